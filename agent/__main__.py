@@ -1,0 +1,3 @@
+from agent.service.cli import main
+
+raise SystemExit(main())

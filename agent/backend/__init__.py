@@ -1,0 +1,1 @@
+"""The datacenter side: the ingest consumer and its stores."""

@@ -1,0 +1,167 @@
+"""The ingest consumer: a shared subscription on results, validated, stored idempotently.
+
+Messages are acknowledged to the broker (manual PUBACK) only after the batch that holds
+them is committed, so an ingest crash loses nothing: the broker redelivers to the
+persistent session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import paho.mqtt.client as paho
+from jsonschema import Draft202012Validator
+
+from agent.backend.store import IngestedRecord, SqliteStore
+from agent.core.topics import parse_topic, results_subscription
+from agent.core.uri import BrokerUrl
+from agent.errors import RecordRejected
+from agent.schemas import load_schema
+from agent.sync.mqtt import LinkOptions, MqttLink
+
+log = logging.getLogger("agent.ingest")
+MAX_PAYLOAD = 1 << 20
+
+
+@dataclass
+class IngestStats:
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    last_reject: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RecordValidator:
+    """Checks a results message against the schema and its topic."""
+
+    def __init__(self) -> None:
+        self._validator = Draft202012Validator(load_schema("result.v1"))
+
+    def validate(self, topic: str, payload: bytes) -> IngestedRecord:
+        try:
+            parsed = parse_topic(topic)
+        except ValueError as exc:
+            raise RecordRejected(str(exc), topic=topic) from exc
+        if parsed.kind != "results":
+            raise RecordRejected(f"not a results topic ({parsed.kind})", topic=topic)
+        if len(payload) > MAX_PAYLOAD:
+            raise RecordRejected(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}",
+                                 topic=topic)
+        try:
+            text = payload.decode("utf-8")
+            body = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RecordRejected(f"payload is not UTF-8 JSON: {exc}", topic=topic) from exc
+        error = next(iter(sorted(self._validator.iter_errors(body), key=lambda e: e.path)), None)
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+            raise RecordRejected(f"schema lepton.result v1 violated at {where}: {error.message}",
+                                 topic=topic)
+        for key, want in (("site", parsed.site), ("device", parsed.device),
+                          ("stream", parsed.stream)):
+            if body[key] != want:
+                raise RecordRejected(f"record {key} {body[key]!r} does not match topic ({want!r})",
+                                     topic=topic)
+        return IngestedRecord(body["device"], body["site"], body["stream"], int(body["seq"]),
+                              body["ts"], text)
+
+
+class Ingest:
+    """Link handler that buffers valid records and commits them in batches."""
+
+    def __init__(self, store: SqliteStore, subscription: str) -> None:
+        self.store = store
+        self.subscription = subscription
+        self.validator = RecordValidator()
+        self.stats = IngestStats()
+        self.link: MqttLink | None = None
+        self._batch: list[tuple[IngestedRecord, int, int]] = []
+        self._wake = asyncio.Event()
+
+    def on_connected(self, session_present: bool) -> None:
+        assert self.link is not None
+        self.link.subscribe(self.subscription, qos=1)
+
+    def on_disconnected(self, reason: str) -> None:
+        # PUBACKs for the uncommitted batch cannot be sent on a dead connection; the
+        # broker redelivers those messages and the store drops the duplicates.
+        self.flush(ack=False)
+
+    def on_puback(self, acked: list[int], rejected: list[tuple[int, str]]) -> None:
+        pass
+
+    def on_message(self, message: paho.MQTTMessage) -> None:
+        self.stats.received += 1
+        try:
+            record = self.validator.validate(message.topic, message.payload)
+        except RecordRejected as exc:
+            self.stats.rejected += 1
+            self.stats.last_reject = str(exc)
+            log.warning("rejected: %s", exc)
+            self.store.reject(message.topic, exc.reason, message.payload)
+            self._ack(message.mid, message.qos)
+            return
+        self._batch.append((record, message.mid, message.qos))
+        self._wake.set()
+
+    def _ack(self, mid: int, qos: int) -> None:
+        if self.link is not None and qos > 0:
+            self.link.ack(mid, qos)
+
+    def flush(self, ack: bool = True) -> None:
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
+        new = self.store.store([r for r, _, _ in batch])
+        self.stats.stored += new
+        self.stats.duplicates += len(batch) - new
+        if ack:
+            for _, mid, qos in batch:
+                self._ack(mid, qos)
+
+    async def committer(self, stop: asyncio.Event, interval: float = 0.05) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=0.5)
+            except asyncio.TimeoutError:
+                continue
+            self._wake.clear()
+            await asyncio.sleep(interval)
+            self.flush()
+        self.flush()
+
+
+async def run_ingest(broker: BrokerUrl, store: SqliteStore, *, group: str | None = "ingest",
+                     client_id: str | None = None, stop: asyncio.Event | None = None,
+                     password: str | None = None, username: str | None = None) -> IngestStats:
+    """Consume results until ``stop`` is set (SIGTERM/SIGINT when run from the CLI)."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    ingest = Ingest(store, results_subscription(group))
+    cid = client_id or f"lepton-ingest-{group or 'solo'}-{socket.gethostname()}"
+    link = MqttLink(broker, LinkOptions(client_id=cid, manual_ack=True, username=username,
+                                        password=password, max_inflight=1000), ingest, loop)
+    ingest.link = link
+    link.start()
+    started = time.monotonic()
+    try:
+        await ingest.committer(stop)
+    finally:
+        await asyncio.to_thread(link.stop, 2.0)
+        log.info("ingest stopped after %.1fs: %s", time.monotonic() - started, ingest.stats)
+    return ingest.stats

@@ -1,0 +1,199 @@
+"""Loading configuration: defaults < board overlay < config file < command-line flags.
+
+Each layer is a TOML table; they are merged, then validated once. Errors name the file,
+the key path and the line where the offending key was written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from agent.config.schema import AgentConfig
+from agent.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BOARDS_DIR = Path(__file__).resolve().parents[2] / "board_configs"
+_SECRET_WORDS = ("password", "secret", "token", "private_key")
+_HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
+_KEY = re.compile(r"""^\s*([A-Za-z0-9_."'-]+?)\s*=""")
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One source of configuration values."""
+
+    name: str
+    data: dict[str, Any]
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Secrets read from systemd's ``$CREDENTIALS_DIRECTORY``, never from a config file."""
+
+    mqtt_password: str | None = None
+
+    @classmethod
+    def from_environment(cls) -> Secrets:
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            return cls()
+        path = Path(directory) / "mqtt-password"
+        try:
+            return cls(mqtt_password=path.read_text().strip() or None)
+        except FileNotFoundError:
+            return cls()
+        except OSError as exc:
+            raise ConfigError(f"cannot read credential: {exc.strerror}", file=str(path),
+                              fix="check the LoadCredential= line of the unit") from exc
+
+    def __repr__(self) -> str:
+        return f"Secrets(mqtt_password={'<set>' if self.mqtt_password else None})"
+
+
+def _split_dotted(key: str) -> list[str]:
+    return [part.strip().strip("\"'") for part in key.split(".")]
+
+
+def find_key_line(text: str, path: tuple[str, ...]) -> int | None:
+    """The 1-based line where ``path`` (or its nearest written ancestor) is set in ``text``."""
+    table: list[str] = []
+    best: tuple[int, int] | None = None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(line)
+        if header:
+            table = _split_dotted(header.group(1))
+            full = table
+        else:
+            key = _KEY.match(line)
+            if not key:
+                continue
+            full = table + _split_dotted(key.group(1))
+        depth = 0
+        while depth < min(len(full), len(path)) and full[depth] == path[depth]:
+            depth += 1
+        if depth == len(full) and (best is None or depth > best[0]):
+            best = (depth, lineno)
+            if depth == len(path):
+                return lineno
+    return best[1] if best else None
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _has_path(data: dict[str, Any], path: tuple[str, ...]) -> bool:
+    node: Any = data
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def read_toml(path: Path) -> Layer:
+    """Read one TOML file as a layer, with a clear error for a missing or malformed file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError("file not found", file=str(path),
+                          fix="check the path, or run without --config to use defaults") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", file=str(path)) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None)
+        if line is None:
+            found = re.search(r"line (\d+)", str(exc))
+            line = int(found.group(1)) if found else None
+        raise ConfigError(f"not valid TOML: {exc}", file=str(path), line=line,
+                          fix="fix the syntax at that line") from exc
+    return Layer(str(path), data, text)
+
+
+def board_layer(name: str, boards_dir: Path = BOARDS_DIR) -> Layer:
+    """The overlay for a named board (``board_configs/NAME.toml``)."""
+    path = boards_dir / f"{name}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in boards_dir.glob("*.toml")) if boards_dir.is_dir() else []
+        raise ConfigError(f"unknown board {name!r}", key="agent.board",
+                          fix=f"use one of: {', '.join(known) or '(no board_configs found)'}")
+    return read_toml(path)
+
+
+def _error_for(exc: ValidationError, layers: list[Layer]) -> ConfigError:
+    first = exc.errors()[0]
+    path = tuple(str(p) for p in first["loc"])
+    key = ".".join(path)
+    layer = next((lay for lay in reversed(layers) if _has_path(lay.data, path)), None)
+    line = find_key_line(layer.text, path) if layer and layer.text else None
+    where = layer.name if layer else None
+    if first["type"] == "extra_forbidden":
+        leaf = path[-1].lower()
+        if any(word in leaf for word in _SECRET_WORDS):
+            return ConfigError("secrets are never read from the config file", file=where, key=key,
+                               line=line, fix="remove it and put it in $CREDENTIALS_DIRECTORY/"
+                               "mqtt-password (systemd LoadCredential=)")
+        return ConfigError("unknown key", file=where, key=key, line=line,
+                           fix="remove it or check its spelling against docs/config.md")
+    message = first["msg"].removeprefix("Value error, ")
+    more = len(exc.errors()) - 1
+    if more:
+        message += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return ConfigError(message, file=where, key=key, line=line,
+                       fix="correct the value; `lepton-agent config check FILE` re-checks")
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    board: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    boards_dir: Path = BOARDS_DIR,
+) -> AgentConfig:
+    """Load, merge and validate the configuration. Raises ConfigError naming file, key and line."""
+    file_layer = read_toml(path) if path else None
+    cli_layer = Layer("command line", overrides or {})
+    board_name = board or (cli_layer.data.get("agent", {}).get("board")) or (
+        file_layer.data.get("agent", {}).get("board") if file_layer else None)
+    layers: list[Layer] = []
+    if board_name:
+        if not isinstance(board_name, str):
+            raise ConfigError("must be a string", key="agent.board",
+                              file=file_layer.name if file_layer else None)
+        overlay = board_layer(board_name, boards_dir)
+        if "board" in overlay.data.get("agent", {}):
+            raise ConfigError("a board overlay cannot name another board", file=overlay.name,
+                              key="agent.board")
+        layers.append(overlay)
+    if file_layer:
+        layers.append(file_layer)
+    layers.append(cli_layer)
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = _merge(merged, layer.data)
+    if board_name:
+        merged.setdefault("agent", {})["board"] = board_name
+    try:
+        return AgentConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise _error_for(exc, layers) from exc

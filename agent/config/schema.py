@@ -1,0 +1,103 @@
+"""The configuration schema. Unknown keys are rejected; every value is checked at load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from agent.core.topics import check_segment
+from agent.core.uri import parse_broker, parse_source
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+DropPolicy = Literal["drop_oldest", "drop_newest", "block"]
+
+
+class AgentSection(_Section):
+    device_id: str = "dev-local"
+    site: str = "default"
+    state_dir: Path = Path("state")
+    board: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_grace_s: float = Field(5.0, ge=0, le=600)
+
+    @field_validator("device_id", "site")
+    @classmethod
+    def _segment(cls, value: str) -> str:
+        return check_segment("identifier", value)
+
+
+class SourceSection(_Section):
+    uri: str = "synthetic://640x480@15"
+    stream: str = "cam0"
+    pace: Literal["auto", "realtime", "fast"] = "auto"
+    loop: bool = False
+    max_frames: int = Field(0, ge=0)
+    reconnect_initial_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    queue_size: int = Field(4, ge=1, le=1024)
+    drop_policy: DropPolicy | Literal["auto"] = "auto"
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        parse_source(value)
+        return value
+
+    @field_validator("stream")
+    @classmethod
+    def _stream(cls, value: str) -> str:
+        return check_segment("stream", value)
+
+    @model_validator(mode="after")
+    def _backoff(self) -> SourceSection:
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_initial_s")
+        return self
+
+
+class ModelSection(_Section):
+    path: Path = Path("models/lepton-vehicles-tiny")
+    num_threads: int = Field(2, ge=1, le=64)
+    delegate: Literal["xnnpack", "none"] = "xnnpack"
+    score_threshold: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class MqttSection(_Section):
+    broker: str | None = "mqtt://127.0.0.1:1883"
+    client_id: str | None = None
+    username: str | None = None
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
+    publish_window: int = Field(100, ge=1, le=65535)
+    tls_ca_file: Path | None = None
+    telemetry_interval_s: float = Field(30.0, gt=0)
+    reconnect_initial_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(60.0, gt=0)
+
+    @field_validator("broker")
+    @classmethod
+    def _broker(cls, value: str | None) -> str | None:
+        if value:
+            parse_broker(value)
+        return value or None
+
+
+class OutboxSection(_Section):
+    commit_interval_ms: int = Field(50, ge=0, le=10_000)
+    keep_sent: int = Field(10_000, ge=0)
+
+
+class AgentConfig(_Section):
+    """The whole configuration of one agent."""
+
+    agent: AgentSection = AgentSection()
+    source: SourceSection = SourceSection()
+    model: ModelSection = ModelSection()
+    mqtt: MqttSection = MqttSection()
+    outbox: OutboxSection = OutboxSection()

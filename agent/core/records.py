@@ -1,0 +1,127 @@
+"""Building and encoding the records the agent publishes (contract ``lepton.result`` v1)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+RESULT_SCHEMA = {"id": "lepton.result", "version": 1}
+STATUS_SCHEMA = {"id": "lepton.status", "version": 1}
+TELEMETRY_SCHEMA = {"id": "lepton.telemetry", "version": 1}
+
+
+def iso_utc(wall_time: float) -> str:
+    """RFC 3339 UTC timestamp with microseconds, e.g. ``2026-11-22T13:37:07.123456Z``."""
+    return datetime.fromtimestamp(wall_time, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected object; ``box`` is ``(ymin, xmin, ymax, xmax)`` normalized to [0, 1]."""
+
+    class_id: int
+    label: str
+    score: float
+    box: tuple[float, float, float, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "class_id": self.class_id,
+            "score": round(self.score, 4),
+            "box": [round(min(1.0, max(0.0, v)), 5) for v in self.box],
+        }
+
+
+@dataclass(frozen=True)
+class Classification:
+    """One class of a classifier's top-k."""
+
+    class_id: int
+    label: str
+    score: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "class_id": self.class_id, "score": round(self.score, 4)}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which model produced a result."""
+
+    name: str
+    version: str
+    sha256: str
+
+
+@dataclass
+class FrameResult:
+    """What inference made of one frame, before it gets its sequence number."""
+
+    stream: str
+    frame_index: int
+    capture_wall: float
+    capture_mono_ns: int
+    width: int
+    height: int
+    task: str
+    detections: list[Detection] = field(default_factory=list)
+    classes: list[Classification] = field(default_factory=list)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    discontinuity: bool = False
+
+
+def encode_result(
+    result: FrameResult, *, seq: int, device: str, site: str, model: ModelRef
+) -> bytes:
+    """The JSON payload of a result record (compact, UTF-8)."""
+    body: dict[str, Any] = {
+        "schema": RESULT_SCHEMA,
+        "device": device,
+        "site": site,
+        "stream": result.stream,
+        "seq": seq,
+        "ts": iso_utc(result.capture_wall),
+        "mono_ns": result.capture_mono_ns,
+        "frame": {
+            "index": result.frame_index,
+            "width": result.width,
+            "height": result.height,
+            "discontinuity": result.discontinuity,
+        },
+        "model": {"name": model.name, "version": model.version, "sha256": model.sha256},
+        "task": result.task,
+        "latency_ms": {k: round(v, 3) for k, v in result.latency_ms.items()},
+    }
+    if result.task == "detection":
+        body["detections"] = [d.to_json() for d in result.detections]
+    else:
+        body["classes"] = [c.to_json() for c in result.classes]
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def encode_status(
+    *, state: str, device: str, site: str, wall_time: float, extra: dict[str, Any] | None = None
+) -> bytes:
+    """Payload of the retained ``status`` topic (birth, clean stop, and last will)."""
+    body: dict[str, Any] = {
+        "schema": STATUS_SCHEMA,
+        "state": state,
+        "device": device,
+        "site": site,
+        "ts": iso_utc(wall_time),
+    }
+    if extra:
+        body.update(extra)
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def encode_telemetry(
+    *, device: str, site: str, wall_time: float, health: dict[str, Any]
+) -> bytes:
+    """Payload of a periodic health report on ``telemetry``."""
+    body = {"schema": TELEMETRY_SCHEMA, "device": device, "site": site,
+            "ts": iso_utc(wall_time), **health}
+    return json.dumps(body, separators=(",", ":")).encode()

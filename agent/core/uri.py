@@ -1,0 +1,105 @@
+"""Parsing of source and broker URIs given on the command line or in config."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import parse_qs, urlsplit
+
+SourceKind = Literal["file", "v4l2", "rtsp", "gst", "synthetic", "http"]
+
+_SYNTHETIC = re.compile(r"^synthetic://(\d{1,5})x(\d{1,5})(?:@(\d+(?:\.\d+)?))?$")
+
+
+@dataclass(frozen=True)
+class SourceUri:
+    """A capture source: what kind it is and what to open."""
+
+    kind: SourceKind
+    target: str
+    width: int = 0
+    height: int = 0
+    fps: float = 0.0
+    raw: str = ""
+
+    @property
+    def is_live(self) -> bool:
+        """Live sources reconnect when lost; finite ones end."""
+        return self.kind in ("v4l2", "rtsp", "gst", "http", "synthetic")
+
+
+def parse_source(uri: str) -> SourceUri:
+    """Parse a source URI; raise ValueError with the accepted forms when it is malformed."""
+    text = uri.strip()
+    if not text:
+        raise ValueError("empty source; give a video file path, v4l2:///dev/video0, "
+                         "rtsp://..., gst:PIPELINE or synthetic://WxH@FPS")
+    if text.startswith("synthetic:"):
+        m = _SYNTHETIC.match(text)
+        if not m:
+            raise ValueError(f"malformed synthetic source {text!r}; expected synthetic://WxH@FPS, "
+                             "e.g. synthetic://640x480@15")
+        width, height = int(m.group(1)), int(m.group(2))
+        fps = float(m.group(3) or 15.0)
+        if not (16 <= width <= 7680 and 16 <= height <= 4320) or not 0 < fps <= 240:
+            raise ValueError(f"synthetic source {text!r} out of range: 16..7680 x 16..4320 "
+                             "pixels, 0 < fps <= 240")
+        return SourceUri("synthetic", text, width, height, fps, raw=text)
+    if text.startswith("gst:"):
+        pipeline = text[4:].strip()
+        if not pipeline:
+            raise ValueError("gst: source needs a GStreamer pipeline after 'gst:'")
+        return SourceUri("gst", pipeline, raw=text)
+    if text.startswith("v4l2:"):
+        parts = urlsplit(text)
+        device = parts.path or parts.netloc
+        if not device:
+            raise ValueError(f"v4l2 source {text!r} names no device; use v4l2:///dev/video0")
+        return SourceUri("v4l2", device, raw=text)
+    if text.startswith(("rtsp://", "rtsps://")):
+        return SourceUri("rtsp", text, raw=text)
+    if text.startswith(("http://", "https://")):
+        return SourceUri("http", text, raw=text)
+    if text.startswith("file://"):
+        return SourceUri("file", urlsplit(text).path, raw=text)
+    if "://" in text:
+        raise ValueError(f"unknown source scheme in {text!r}; use a file path, v4l2://, "
+                         "rtsp://, gst: or synthetic://")
+    return SourceUri("file", text, raw=text)
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    """An MQTT broker address."""
+
+    host: str
+    port: int
+    tls: bool
+    raw: str
+
+    def __str__(self) -> str:
+        return self.raw
+
+
+def parse_broker(url: str) -> BrokerUrl:
+    """Parse ``mqtt://host:port`` or ``mqtts://host:port`` (ports default to 1883/8883)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"broker URL {url!r} must start with mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise ValueError(f"broker URL {url!r} names no host; e.g. mqtt://127.0.0.1:1883")
+    if parts.username or parts.password:
+        raise ValueError(f"broker URL {url!r} carries credentials; put the password in "
+                         "$CREDENTIALS_DIRECTORY/mqtt-password and the user in [mqtt] username")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"broker URL {url!r} has an invalid port") from exc
+    tls = parts.scheme == "mqtts"
+    return BrokerUrl(parts.hostname, port or (8883 if tls else 1883), tls, url.strip())
+
+
+def parse_query(uri: str) -> dict[str, str]:
+    """The query parameters of a URI, last value wins."""
+    return {k: v[-1] for k, v in parse_qs(urlsplit(uri).query).items()}

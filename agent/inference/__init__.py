@@ -1,0 +1,1 @@
+"""LiteRT inference: model bundles, manifests, the runner thread."""

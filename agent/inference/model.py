@@ -1,0 +1,175 @@
+"""Loading a model: a bundle (manifest + .tflite, sha256 checked) or a bare .tflite."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.core.labels import parse_labels
+from agent.core.manifest import (
+    Manifest,
+    ManifestError,
+    StatePair,
+    TensorSpec,
+    check_manifest,
+    infer_manifest,
+)
+from agent.core.records import ModelRef
+from agent.errors import ModelError
+from agent.inference.litert import make_interpreter
+
+MANIFEST_NAME = "manifest.json"
+_MANIFEST_KEYS = {"name", "version", "description", "task", "decoder", "file", "sha256", "input",
+                  "color", "labels", "label_offset", "score_threshold", "max_results", "outputs",
+                  "state", "metrics"}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tensor_specs(details: list[dict[str, Any]]) -> list[TensorSpec]:
+    specs = []
+    for d in details:
+        scale, zero = d.get("quantization", (0.0, 0))
+        specs.append(TensorSpec(int(d["index"]), str(d["name"]), tuple(int(v) for v in d["shape"]),
+                                str(d["dtype"].__name__), float(scale), int(zero)))
+    return specs
+
+
+def read_label_file(path: Path) -> dict[int, str]:
+    try:
+        return parse_labels(path.read_text(encoding="utf-8"), pbtxt=path.suffix == ".pbtxt")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelError(f"cannot read labels {path}: {exc}", path=str(path),
+                         fix="give a text file with one label per line or a .pbtxt label map") from exc
+
+
+def find_sibling_labels(model_file: Path) -> Path | None:
+    """A label file next to a bare model: ``*label*.txt`` or ``*label_map.pbtxt``."""
+    candidates = sorted(model_file.parent.glob("*label*.pbtxt")) + sorted(
+        model_file.parent.glob("*label*.txt"))
+    return candidates[0] if candidates else None
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run: its file, manifest, interpreter and tensor specs."""
+
+    path: Path
+    manifest: Manifest
+    interpreter: Any
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    runtime: str = "ai-edge-litert"
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(self.manifest.name, self.manifest.version, self.manifest.sha256)
+
+    def input_spec(self) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == self.manifest.input)
+
+    def tensor(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs + self.outputs if t.name == name)
+
+
+def _manifest_from_json(path: Path, data: dict[str, Any]) -> Manifest:
+    unknown = set(data) - _MANIFEST_KEYS
+    if unknown:
+        raise ModelError(f"unknown manifest keys {sorted(unknown)}", path=str(path),
+                         fix=f"allowed keys: {', '.join(sorted(_MANIFEST_KEYS))}")
+    try:
+        labels_value = data.get("labels", {})
+        if isinstance(labels_value, str):
+            labels = read_label_file(path.parent / labels_value)
+        else:
+            labels = {int(k): str(v) for k, v in labels_value.items()}
+        state = [StatePair(output=p["output"], input=p["input"]) for p in data.get("state", [])]
+        fields = {k: v for k, v in data.items() if k not in ("labels", "state")}
+        manifest = Manifest(labels=labels, state=state, **fields)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise ModelError(f"malformed manifest: {exc}", path=str(path),
+                         fix="compare it with models/lepton-vehicles-tiny/manifest.json") from exc
+    if manifest.task not in ("classification", "detection"):
+        raise ModelError(f"unknown task {manifest.task!r}", path=str(path),
+                         fix="use 'classification' or 'detection'")
+    if manifest.decoder not in ("softmax", "ssd_postprocess", "grid"):
+        raise ModelError(f"unknown decoder {manifest.decoder!r}", path=str(path),
+                         fix="use 'softmax', 'ssd_postprocess' or 'grid'")
+    return manifest
+
+
+def load_model(path: Path, *, num_threads: int = 2, delegate: str = "xnnpack",
+               score_threshold: float | None = None) -> LoadedModel:
+    """Load a bundle directory, a manifest file, or a bare .tflite."""
+    if not path.exists():
+        raise ModelError("does not exist", path=str(path),
+                         fix="pass --model with a .tflite file or a bundle directory; "
+                             "`make model` rebuilds the default one")
+    manifest_path: Path | None = None
+    if path.is_dir():
+        manifest_path = path / MANIFEST_NAME
+        if not manifest_path.is_file():
+            raise ModelError(f"bundle directory has no {MANIFEST_NAME}", path=str(path),
+                             fix="add a manifest, or pass the .tflite file itself")
+    elif path.suffix == ".json":
+        manifest_path = path
+
+    declared: Manifest | None = None
+    if manifest_path:
+        try:
+            data = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"unreadable manifest: {exc}", path=str(manifest_path),
+                             fix="fix the JSON or rebuild the bundle") from exc
+        if not isinstance(data, dict):
+            raise ModelError("manifest must be a JSON object", path=str(manifest_path))
+        declared = _manifest_from_json(manifest_path, data)
+        model_file = manifest_path.parent / (declared.file or "model.tflite")
+        if not model_file.is_file():
+            raise ModelError(f"manifest names {declared.file!r}, which does not exist",
+                             path=str(manifest_path), fix="restore the model file")
+        actual = sha256_file(model_file)
+        if declared.sha256 and actual != declared.sha256:
+            raise ModelError(
+                f"sha256 mismatch: manifest says {declared.sha256[:12]}..., file is {actual[:12]}...",
+                path=str(model_file),
+                fix="the file is corrupt or was replaced: re-copy the bundle, or rebuild it with "
+                    "`make model`")
+        declared.sha256 = actual
+    else:
+        model_file = path
+
+    interpreter = make_interpreter(str(model_file), num_threads, delegate)
+    from agent.inference.litert import interpreter_class
+
+    inputs = tensor_specs(interpreter.get_input_details())
+    outputs = tensor_specs(interpreter.get_output_details())
+    try:
+        if declared:
+            check_manifest(declared, inputs, outputs)
+            manifest = declared
+        else:
+            manifest = infer_manifest(model_file.stem, inputs, outputs)
+            manifest.sha256 = sha256_file(model_file)
+            manifest.file = model_file.name
+            labels_file = find_sibling_labels(model_file)
+            if labels_file:
+                manifest.labels = read_label_file(labels_file)
+                if manifest.task == "classification" or min(manifest.labels, default=1) == 0:
+                    manifest.label_offset = 0
+    except ManifestError as exc:
+        raise ModelError(str(exc), path=str(manifest_path or model_file),
+                         fix="write a manifest.json beside the model that maps its tensors") from exc
+    if score_threshold is not None:
+        manifest.score_threshold = score_threshold
+    return LoadedModel(model_file, manifest, interpreter, inputs, outputs,
+                       runtime=interpreter_class()[1])

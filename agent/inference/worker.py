@@ -1,0 +1,99 @@
+"""The inference thread: frames in, FrameResults out, one interpreter, GIL released in invoke."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.core.records import FrameResult
+from agent.errors import ModelError
+from agent.inference.runner import ModelRunner
+from agent.pipeline.queues import BoundedQueue, QueueClosed
+from agent.sources.capture import CapturedFrame
+
+log = logging.getLogger("agent.inference")
+MAX_CONSECUTIVE_FAILURES = 10
+
+
+@dataclass
+class InferenceStats:
+    frames: int = 0
+    failures: int = 0
+    detections: int = 0
+    invoke_ms_total: float = 0.0
+    fatal: ModelError | None = None
+    first_result_at: float | None = None
+    last_result_at: float | None = None
+
+
+class InferenceWorker:
+    """Runs ``runner`` on frames from ``frames`` in the ``inference`` thread.
+
+    ``deliver`` hands each result on and may block (results are never dropped; the
+    back-pressure lands on the frame queue, whose policy decides what is dropped).
+    """
+
+    def __init__(self, frames: BoundedQueue[CapturedFrame], runner: ModelRunner, stream: str,
+                 deliver: Callable[[FrameResult], None], on_done: Callable[[], None]) -> None:
+        self.frames = frames
+        self.runner = runner
+        self.stream = stream
+        self.deliver = deliver
+        self.on_done = on_done
+        self.stats = InferenceStats()
+        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        consecutive = 0
+        try:
+            while True:
+                try:
+                    frame = self.frames.get(timeout=0.5)
+                except QueueClosed:
+                    return
+                if frame is None:
+                    continue
+                dequeued = time.perf_counter()
+                try:
+                    out = self.runner.infer(frame.tensor, discontinuity=frame.discontinuity)
+                except ModelError as exc:
+                    self.stats.failures += 1
+                    consecutive += 1
+                    log.error("%s", exc)
+                    if consecutive >= MAX_CONSECUTIVE_FAILURES:
+                        self.stats.fatal = exc
+                        self.frames.close()
+                        self.frames.clear()
+                        return
+                    continue
+                consecutive = 0
+                self.stats.frames += 1
+                self.stats.detections += len(out.detections)
+                self.stats.invoke_ms_total += out.invoke_ms
+                now = time.perf_counter()
+                if self.stats.first_result_at is None:
+                    self.stats.first_result_at = now
+                self.stats.last_result_at = now
+                self.deliver(FrameResult(
+                    stream=self.stream, frame_index=frame.index, capture_wall=frame.wall,
+                    capture_mono_ns=frame.mono_ns, width=frame.width, height=frame.height,
+                    task=self.runner.manifest.task, detections=out.detections,
+                    classes=out.classes, discontinuity=frame.discontinuity,
+                    latency_ms={"capture": frame.capture_ms, "preprocess": frame.preprocess_ms,
+                                "queue": (dequeued - frame.queued_at) * 1e3,
+                                "inference": out.invoke_ms, "postprocess": out.decode_ms}))
+        except Exception as exc:  # noqa: BLE001 - a thread must report, not vanish
+            log.exception("inference thread failed")
+            self.stats.fatal = ModelError(f"inference failed: {exc!r}",
+                                          path=str(self.runner.model.path))
+        finally:
+            self.on_done()

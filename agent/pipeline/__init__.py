@@ -1,0 +1,1 @@
+"""Bounded queues between pipeline stages."""

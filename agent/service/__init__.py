@@ -1,0 +1,1 @@
+"""The agent's lifecycle: the app, signals, the command line."""

@@ -1,0 +1,295 @@
+"""The agent: capture -> inference -> durable outbox -> MQTT, with a graceful stop.
+
+Threads: ``capture`` (read, pace, prepare), ``inference`` (LiteRT, GIL released in
+invoke), ``mqtt-link`` (paho socket). Everything else runs on the event loop, in named
+tasks: ``outbox-writer`` commits results in batches, ``telemetry`` reports health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from agent import __version__
+from agent.config import AgentConfig, Secrets
+from agent.core.backoff import Backoff
+from agent.core.outbox import PublishWindow
+from agent.core.records import FrameResult, encode_result, encode_status, encode_telemetry
+from agent.core.topics import DeviceTopics
+from agent.core.uri import parse_broker, parse_source
+from agent.errors import AgentError
+from agent.inference.model import load_model
+from agent.inference.runner import ModelRunner
+from agent.inference.worker import InferenceWorker
+from agent.pipeline.queues import BoundedQueue, DropPolicy
+from agent.sources.capture import CapturedFrame, CaptureWorker
+from agent.sources.readers import open_reader
+from agent.storage.outbox import Outbox, PendingRecord
+from agent.sync.mqtt import LinkOptions, MqttLink, Will
+from agent.sync.uplink import Uplink
+
+if sys.version_info >= (3, 11):
+    from asyncio import TaskGroup
+else:  # pragma: no cover
+    from taskgroup import TaskGroup
+
+log = logging.getLogger("agent.app")
+RESULT_SLOTS = 256
+
+
+@dataclass
+class RunSummary:
+    """What one run did; printed at exit and returned to callers."""
+
+    frames_captured: int = 0
+    frames_processed: int = 0
+    frames_dropped: int = 0
+    detections: int = 0
+    results_committed: int = 0
+    results_published: int = 0
+    backlog: int = 0
+    elapsed_s: float = 0.0
+    processing_fps: float = 0.0
+    first_publish_s: float | None = None
+    broker: str | None = None
+    broker_connected: bool = False
+    broker_error: str | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class AgentApp:
+    """One agent run, from config to summary."""
+
+    def __init__(self, config: AgentConfig, secrets: Secrets | None = None) -> None:
+        self.config = config
+        self.secrets = secrets or Secrets()
+        self.topics = DeviceTopics(config.agent.site, config.agent.device_id)
+        self.summary = RunSummary()
+
+    def _choose_flow(self, is_live: bool) -> tuple[bool, DropPolicy]:
+        src = self.config.source
+        realtime = src.pace == "realtime" or (src.pace == "auto" and is_live)
+        if src.drop_policy != "auto":
+            return realtime, src.drop_policy
+        return realtime, "drop_oldest" if realtime else "block"
+
+    async def run(self, stop: asyncio.Event | None = None) -> RunSummary:
+        """Run until the source ends, ``max_frames``, or ``stop`` (SIGTERM/SIGINT) is set."""
+        cfg = self.config
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        stop = stop or asyncio.Event()
+        installed = self._install_signals(loop, stop)
+
+        source_uri = parse_source(cfg.source.uri)
+        if not source_uri.is_live:
+            open_reader(source_uri).close()  # fail fast, with the reason, on a bad file
+        model = load_model(cfg.model.path, num_threads=cfg.model.num_threads,
+                           delegate=cfg.model.delegate, score_threshold=cfg.model.score_threshold)
+        runner = ModelRunner(model)
+        model_ref = model.ref
+        outbox = Outbox(cfg.agent.state_dir / "outbox.db")
+        realtime, policy = self._choose_flow(source_uri.is_live)
+        log.info("model %s (%s, %s, sha256 %s...) on %s; source %s (%s, %s)", model_ref.name,
+                 model.manifest.task, model.runtime, model_ref.sha256[:12], cfg.model.delegate,
+                 source_uri.raw, "realtime" if realtime else "as fast as possible", policy)
+
+        frames: BoundedQueue[CapturedFrame] = BoundedQueue("frames", cfg.source.queue_size, policy)
+        pending: list[FrameResult] = []
+        slots = threading.Semaphore(RESULT_SLOTS)
+        wake = asyncio.Event()
+        inference_done = asyncio.Event()
+
+        def on_result(result: FrameResult) -> None:
+            pending.append(result)
+            wake.set()
+
+        def deliver(result: FrameResult) -> None:
+            slots.acquire()
+            loop.call_soon_threadsafe(on_result, result)
+
+        device, site = cfg.agent.device_id, cfg.agent.site
+        results_topic = self.topics.results(cfg.source.stream)
+        status_extra = {"version": __version__, "model": model_ref.name,
+                        "model_sha256": model_ref.sha256, "source": source_uri.raw,
+                        "stream": cfg.source.stream, "board": cfg.agent.board,
+                        "host": socket.gethostname(), "pid": os.getpid()}
+        birth = (self.topics.status, encode_status(state="online", device=device, site=site,
+                                                   wall_time=time.time(), extra=status_extra))
+        window = PublishWindow(cfg.mqtt.publish_window)
+        uplink = Uplink(outbox, window, birth)
+        link = self._make_link(loop, uplink)
+        if link:
+            uplink.attach(link)
+            link.start()
+
+        capture = CaptureWorker(
+            source_uri, frames, runner.prepare, realtime=realtime, loop_file=cfg.source.loop,
+            max_frames=cfg.source.max_frames,
+            backoff=Backoff(cfg.source.reconnect_initial_s, cfg.source.reconnect_max_s))
+        inference = InferenceWorker(frames, runner, cfg.source.stream, deliver,
+                                    lambda: loop.call_soon_threadsafe(inference_done.set))
+        finished = asyncio.Event()
+
+        def commit_pending() -> None:
+            if not pending:
+                return
+            batch = pending[:]
+            pending.clear()
+            outbox.append([PendingRecord(cfg.source.stream, results_topic,
+                                         lambda seq, r=r: encode_result(r, seq=seq, device=device,
+                                                                        site=site, model=model_ref))
+                           for r in batch])
+            for _ in batch:
+                slots.release()
+            self.summary.results_committed += len(batch)
+            uplink.committed()
+
+        async def outbox_writer() -> None:
+            interval = cfg.outbox.commit_interval_ms / 1000
+            while not (inference_done.is_set() and not pending):
+                try:
+                    await asyncio.wait_for(wake.wait(), timeout=0.5)
+                except asyncio.TimeoutError:
+                    pass
+                wake.clear()
+                commit_pending()
+                if interval:
+                    await asyncio.sleep(interval)
+            commit_pending()
+
+        async def telemetry() -> None:
+            last_frames, last_time = 0, time.monotonic()
+            while not finished.is_set():
+                try:
+                    await asyncio.wait_for(finished.wait(), cfg.mqtt.telemetry_interval_s)
+                    return
+                except asyncio.TimeoutError:
+                    pass
+                now = time.monotonic()
+                processed = inference.stats.frames
+                fps = (processed - last_frames) / max(now - last_time, 1e-6)
+                last_frames, last_time = processed, now
+                backlog, oldest = outbox.backlog()
+                health = {"fps": round(fps, 2), "frames_captured": capture.stats.frames,
+                          "frames_processed": processed, "frames_dropped": frames.stats.dropped,
+                          "queue_depth": {"frames": len(frames)}, "backlog": backlog,
+                          "oldest_unsent_s": round(oldest, 1) if oldest is not None else None,
+                          "detections": inference.stats.detections,
+                          "source_reconnects": capture.stats.reconnects,
+                          "source_error": capture.stats.last_error}
+                log.debug("health %s", health)
+                if link and link.connected:
+                    link.publish(self.topics.telemetry, encode_telemetry(
+                        device=device, site=site, wall_time=time.time(), health=health), qos=0)
+
+        async def supervisor() -> None:
+            stop_wait = asyncio.create_task(stop.wait(), name="stop-wait")
+            done_wait = asyncio.create_task(inference_done.wait(), name="inference-wait")
+            await asyncio.wait({stop_wait, done_wait}, return_when=asyncio.FIRST_COMPLETED)
+            stop_wait.cancel()
+            done_wait.cancel()
+            if stop.is_set():
+                log.info("stopping: finishing queued frames, then publishing for up to %.1fs",
+                         cfg.agent.shutdown_grace_s)
+            capture.stop()
+            grace_end = time.monotonic() + cfg.agent.shutdown_grace_s
+            try:
+                await asyncio.wait_for(inference_done.wait(), max(0.1, cfg.agent.shutdown_grace_s))
+            except asyncio.TimeoutError:
+                log.warning("inference did not finish within the grace period")
+                frames.close()
+                frames.clear()
+                inference_done.set()
+            while not (inference_done.is_set() and not pending) and time.monotonic() < grace_end:
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0)
+            while link and link.connected and not uplink.idle and time.monotonic() < grace_end:
+                await asyncio.sleep(0.02)
+            finished.set()
+
+        inference.start()
+        capture.start()
+        try:
+            async with TaskGroup() as tasks:
+                tasks.create_task(outbox_writer(), name="outbox-writer")
+                tasks.create_task(telemetry(), name="telemetry")
+                tasks.create_task(supervisor(), name="supervisor")
+        finally:
+            capture.stop()
+            frames.close()
+            capture.join(2.0)
+            inference.join(2.0)
+            if link:
+                if link.connected:
+                    link.publish(self.topics.status, encode_status(
+                        state="offline", device=device, site=site, wall_time=time.time(),
+                        extra={"reason": "stopped"}), qos=1, retain=True)
+                await asyncio.to_thread(link.stop, 2.0)
+            backlog, _ = outbox.backlog()
+            outbox.close()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+        s = self.summary
+        s.frames_captured = capture.stats.frames
+        s.frames_processed = inference.stats.frames
+        s.frames_dropped = frames.stats.dropped
+        s.detections = inference.stats.detections
+        s.results_published = uplink.acked
+        s.backlog = backlog
+        s.elapsed_s = round(time.monotonic() - started, 3)
+        st = inference.stats
+        if st.first_result_at is not None and st.last_result_at is not None and st.frames > 1:
+            s.processing_fps = round((st.frames - 1) / max(st.last_result_at - st.first_result_at,
+                                                           1e-9), 2)
+        if uplink.first_ack_at is not None:
+            s.first_publish_s = round(uplink.first_ack_at - started, 3)
+        s.broker = cfg.mqtt.broker
+        s.broker_connected = bool(link and link.connects)
+        s.broker_error = link.last_error if link else None
+        fatal: AgentError | None = capture.stats.fatal or inference.stats.fatal
+        if fatal:
+            s.error = str(fatal)
+            raise fatal
+        return s
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> list[int]:
+        if threading.current_thread() is not threading.main_thread():
+            return []
+        installed = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+        return installed
+
+    def _make_link(self, loop: asyncio.AbstractEventLoop, uplink: Uplink) -> MqttLink | None:
+        m = self.config.mqtt
+        if not m.broker:
+            log.warning("no broker configured: results stay in the outbox until one is")
+            return None
+        broker = parse_broker(m.broker)
+        will = Will(self.topics.status, encode_status(
+            state="offline", device=self.config.agent.device_id, site=self.config.agent.site,
+            wall_time=time.time(), extra={"reason": "connection lost"}))
+        options = LinkOptions(
+            client_id=m.client_id or f"lepton-{self.config.agent.site}-{self.config.agent.device_id}",
+            session_expiry_s=m.session_expiry_s, keepalive_s=m.keepalive_s, username=m.username,
+            password=self.secrets.mqtt_password, tls_ca_file=m.tls_ca_file,
+            max_inflight=m.publish_window, will=will, reconnect_initial_s=m.reconnect_initial_s,
+            reconnect_max_s=m.reconnect_max_s)
+        return MqttLink(broker, options, uplink, loop)

@@ -1,0 +1,266 @@
+"""The ``lepton-agent`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.errors import AgentError, ConfigError
+
+FLAG_FOR_KEY = {
+    "source.uri": "--source", "model.path": "--model", "mqtt.broker": "--broker",
+    "agent.device_id": "--device-id", "agent.site": "--site", "agent.state_dir": "--state-dir",
+    "source.max_frames": "--max-frames", "source.pace": "--pace", "model.num_threads": "--threads",
+    "model.delegate": "--delegate", "source.stream": "--stream",
+}
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+
+    def put(path: str, value: Any) -> None:
+        if value is None:
+            return
+        section, key = path.split(".")
+        out.setdefault(section, {})[key] = value
+
+    put("source.uri", args.source)
+    put("source.stream", args.stream)
+    put("model.path", args.model)
+    put("mqtt.broker", "" if args.offline else args.broker)
+    put("agent.device_id", args.device_id)
+    put("agent.site", args.site)
+    put("agent.state_dir", args.state_dir)
+    put("source.max_frames", args.max_frames)
+    put("source.pace", args.pace)
+    put("source.loop", True if args.loop else None)
+    put("model.num_threads", args.threads)
+    put("model.delegate", args.delegate)
+    put("agent.log_level", args.log_level)
+    return out
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from agent.config import load_config
+
+    try:
+        return load_config(args.config, board=args.board, overrides=_overrides(args))
+    except ConfigError as exc:
+        if exc.file == "command line" and exc.key in FLAG_FOR_KEY:
+            raise ConfigError(exc.message.split(": ", 1)[-1], key=FLAG_FOR_KEY[exc.key],
+                              fix=exc.fix) from exc
+        raise
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.config import Secrets
+    from agent.service.app import AgentApp
+    from agent.service.logs import setup_logging
+
+    config = _load(args)
+    setup_logging(config.agent.log_level)
+    summary = asyncio.run(AgentApp(config, Secrets.from_environment()).run())
+    if args.json:
+        print(json.dumps(summary.to_json()))
+    else:
+        print(f"frames: {summary.frames_captured} captured, {summary.frames_processed} processed, "
+              f"{summary.frames_dropped} dropped ({summary.processing_fps} fps)\n"
+              f"detections: {summary.detections}\n"
+              f"results: {summary.results_committed} committed, {summary.results_published} "
+              f"published, {summary.backlog} waiting in the outbox for the next start")
+        if summary.broker_error and summary.backlog:
+            print(f"broker: {summary.broker_error}")
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from agent.config import load_config
+
+    config = load_config(args.file, board=args.board)
+    print(f"{args.file}: ok")
+    if args.verbose:
+        print(json.dumps(config.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def cmd_models_inspect(args: argparse.Namespace) -> int:
+    from agent.inference.model import load_model
+
+    model = load_model(args.path, num_threads=1, delegate=args.delegate)
+    data = {
+        "path": str(model.path), "runtime": model.runtime,
+        "inputs": [vars(t) | {"shape": list(t.shape)} for t in model.inputs],
+        "outputs": [vars(t) | {"shape": list(t.shape)} for t in model.outputs],
+        "manifest": model.manifest.to_json(),
+    }
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    m = model.manifest
+    print(f"{model.path} ({model.runtime})\n  sha256 {m.sha256}")
+    for kind in ("inputs", "outputs"):
+        print(f"  {kind}:")
+        for t in getattr(model, kind):
+            quant = f" q(scale={t.scale:.6g}, zero={t.zero_point})" if t.quantized else ""
+            print(f"    [{t.index}] {t.name} {list(t.shape)} {t.dtype}{quant}")
+    print(f"  manifest ({'inferred' if m.inferred else 'declared'}): task={m.task} "
+          f"decoder={m.decoder} input={m.input} color={m.color} "
+          f"threshold={m.score_threshold} labels={len(m.labels)} offset={m.label_offset}")
+    for role, name in m.outputs.items():
+        print(f"    {role}: {name}")
+    for pair in m.state:
+        print(f"    state: {pair.output} -> {pair.input} (fed back each frame)")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from agent.backend.ingest import run_ingest
+    from agent.backend.store import open_store
+    from agent.config import Secrets
+    from agent.core.uri import parse_broker
+    from agent.service.logs import setup_logging
+
+    setup_logging(args.log_level)
+    try:
+        broker = parse_broker(args.broker)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="--broker") from exc
+    store = open_store(args.db)
+    try:
+        stats = asyncio.run(run_ingest(broker, store, group=args.group or None,
+                                       client_id=args.client_id,
+                                       password=Secrets.from_environment().mqtt_password,
+                                       username=args.username))
+    finally:
+        store.close()
+    print(json.dumps(stats.to_json()))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent.devtools.demo import run_demo
+
+    return run_demo(frames=args.frames, workdir=args.workdir, model=args.model)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from agent.bench.pipeline import bench_pipeline
+
+    report = bench_pipeline(model=args.model, source=args.source, seconds=args.seconds,
+                            threads=args.threads)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for key, value in report.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def cmd_synth_clip(args: argparse.Namespace) -> int:
+    from agent.sources.synthetic import write_clip
+
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError as exc:
+        raise ConfigError(f"malformed size {args.size!r}; use WxH, e.g. 640x480",
+                          key="--size") from exc
+    n = write_clip(str(args.out), width, height, args.fps, args.frames, seed=args.seed)
+    print(f"wrote {n} frames of {width}x{height} to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lepton-agent", description="Lepton Edge agent")
+    parser.add_argument("--version", action="version", version=f"lepton-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the agent (capture -> model -> outbox -> MQTT)")
+    run.add_argument("--config", type=Path, help="TOML config file")
+    run.add_argument("--board", help="board overlay from board_configs/ (rpi4, rpi5, ...)")
+    run.add_argument("--source", help="video file, v4l2:///dev/video0, rtsp://..., gst:PIPELINE, "
+                                      "synthetic://WxH@FPS")
+    run.add_argument("--stream", help="stream name used in topics and records (default cam0)")
+    run.add_argument("--model", type=Path, help="model bundle directory or .tflite file")
+    run.add_argument("--broker", help="mqtt://host:port or mqtts://host:port")
+    run.add_argument("--offline", action="store_true", help="no broker: keep results in the outbox")
+    run.add_argument("--device-id")
+    run.add_argument("--site")
+    run.add_argument("--state-dir", type=Path, help="where the outbox lives")
+    run.add_argument("--max-frames", type=int, help="stop after N frames (0: no limit)")
+    run.add_argument("--pace", choices=["auto", "realtime", "fast"],
+                     help="play files in real time or as fast as possible (default: auto)")
+    run.add_argument("--loop", action="store_true", help="loop a video file")
+    run.add_argument("--threads", type=int, help="interpreter threads")
+    run.add_argument("--delegate", choices=["xnnpack", "none"])
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--json", action="store_true", help="print the summary as JSON")
+    run.set_defaults(func=cmd_run)
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = config_sub.add_parser("check", help="validate a config file")
+    check.add_argument("file", type=Path)
+    check.add_argument("--board")
+    check.add_argument("-v", "--verbose", action="store_true", help="print the merged config")
+    check.set_defaults(func=cmd_config_check)
+
+    models = sub.add_parser("models", help="model tools")
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    inspect = models_sub.add_parser("inspect", help="print tensors and the (inferred) manifest")
+    inspect.add_argument("path", type=Path)
+    inspect.add_argument("--json", action="store_true")
+    inspect.add_argument("--delegate", choices=["xnnpack", "none"], default="xnnpack")
+    inspect.set_defaults(func=cmd_models_inspect)
+
+    ingest = sub.add_parser("ingest", help="backend consumer: results -> database")
+    ingest.add_argument("--broker", required=True)
+    ingest.add_argument("--db", required=True, help="sqlite:///PATH")
+    ingest.add_argument("--group", default="ingest",
+                        help="shared-subscription group ('' for a plain subscription)")
+    ingest.add_argument("--client-id", help="stable id: the broker keeps its session")
+    ingest.add_argument("--username")
+    ingest.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    ingest.set_defaults(func=cmd_ingest)
+
+    demo = sub.add_parser("demo", help="the whole loop on this machine: clip -> agent -> "
+                                       "mosquitto -> ingest, with a summary")
+    demo.add_argument("--frames", type=int, default=150)
+    demo.add_argument("--workdir", type=Path, default=Path("build/demo"))
+    demo.add_argument("--model", type=Path)
+    demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="benchmarks (ratios against a baseline in the same run)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    pipe = bench_sub.add_parser("pipeline", help="raw invoke vs hand-written loop vs the agent")
+    pipe.add_argument("--model", type=Path)
+    pipe.add_argument("--source", type=Path)
+    pipe.add_argument("--seconds", type=float, default=10.0)
+    pipe.add_argument("--threads", type=int, default=1)
+    pipe.add_argument("--json", action="store_true")
+    pipe.set_defaults(func=cmd_bench)
+
+    clip = sub.add_parser("synth-clip", help="write a clip of the synthetic traffic scene")
+    clip.add_argument("out", type=Path)
+    clip.add_argument("--size", default="640x480")
+    clip.add_argument("--fps", type=float, default=15.0)
+    clip.add_argument("--frames", type=int, default=150)
+    clip.add_argument("--seed", type=int, default=0)
+    clip.set_defaults(func=cmd_synth_clip)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except AgentError as exc:
+        print(f"lepton-agent: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,1 @@
+"""Capture sources: OpenCV (files, V4L2, RTSP, GStreamer), the synthetic scene, replay."""

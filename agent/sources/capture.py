@@ -1,0 +1,171 @@
+"""The capture thread: read, pace, prepare and queue frames; reconnect lost live sources."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.core.backoff import Backoff
+from agent.core.uri import SourceUri
+from agent.errors import SourceError
+from agent.pipeline.queues import BoundedQueue
+from agent.sources.readers import FrameReader, open_reader
+
+log = logging.getLogger("agent.capture")
+
+
+@dataclass
+class CapturedFrame:
+    """A frame ready for inference: its tensor and where and when it came from."""
+
+    index: int
+    wall: float
+    mono_ns: int
+    width: int
+    height: int
+    tensor: np.ndarray
+    discontinuity: bool
+    capture_ms: float
+    preprocess_ms: float
+    queued_at: float = field(default_factory=time.perf_counter)
+    image: np.ndarray | None = None
+
+
+@dataclass
+class CaptureStats:
+    frames: int = 0
+    opens: int = 0
+    reconnects: int = 0
+    last_error: str | None = None
+    ended: bool = False
+    fatal: SourceError | None = None
+
+
+class CaptureWorker:
+    """Runs a source in the ``capture`` thread until it ends, ``max_frames`` or stop().
+
+    A live source that fails to read is reopened after a capped, jittered backoff. A slow
+    source is never treated as dead: only a failed read counts, however long it took.
+    """
+
+    def __init__(self, uri: SourceUri, out: BoundedQueue[CapturedFrame],
+                 prepare: Callable[[np.ndarray], np.ndarray], *, realtime: bool,
+                 loop_file: bool = False, max_frames: int = 0, backoff: Backoff | None = None,
+                 reader_factory: Callable[[SourceUri], FrameReader] = open_reader,
+                 keep_image: bool = False) -> None:
+        self.uri = uri
+        self.out = out
+        self.prepare = prepare
+        self.realtime = realtime
+        self.loop_file = loop_file
+        self.max_frames = max_frames
+        self.backoff = backoff or Backoff(0.5, 30.0)
+        self.reader_factory = reader_factory
+        self.keep_image = keep_image
+        self.stats = CaptureStats()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _open(self) -> FrameReader | None:
+        while not self._stop.is_set():
+            try:
+                reader = self.reader_factory(self.uri)
+                self.stats.opens += 1
+                self.backoff.reset()
+                return reader
+            except SourceError as exc:
+                self.stats.last_error = str(exc)
+                if not self.uri.is_live:
+                    self.stats.fatal = exc
+                    return None
+                delay = self.backoff.next_delay()
+                log.warning("%s; retrying in %.1fs", exc, delay)
+                self._stop.wait(delay)
+        return None
+
+    def _run(self) -> None:
+        try:
+            self._capture_loop()
+        except Exception as exc:  # noqa: BLE001 - report, never kill the process from a thread
+            log.exception("capture thread failed")
+            self.stats.fatal = SourceError(f"capture failed: {exc!r}", uri=self.uri.raw)
+        finally:
+            self.stats.ended = True
+            self.out.close()
+
+    def _capture_loop(self) -> None:
+        discontinuity = True
+        reader = self._open()
+        if reader is None:
+            return
+        period = 1.0 / reader.fps if self.realtime and reader.fps > 0 else 0.0
+        next_due = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                if self.max_frames and self.stats.frames >= self.max_frames:
+                    return
+                started = time.perf_counter()
+                image = reader.read()
+                if image is None:
+                    reader.close()
+                    if not self.uri.is_live:
+                        if not self.loop_file:
+                            return
+                        log.info("end of %s; looping", self.uri.raw)
+                        reader = self._open()
+                    else:
+                        self.stats.reconnects += 1
+                        self.stats.last_error = f"source {self.uri.raw}: lost (read failed)"
+                        delay = self.backoff.next_delay()
+                        log.warning("%s; reconnecting in %.1fs", self.stats.last_error, delay)
+                        if self._stop.wait(delay):
+                            return
+                        reader = self._open()
+                    if reader is None:
+                        return
+                    discontinuity = True
+                    next_due = time.monotonic()
+                    continue
+                wall, mono_ns = time.time(), time.monotonic_ns()
+                read_done = time.perf_counter()
+                tensor = self.prepare(image)
+                prepared = time.perf_counter()
+                frame = CapturedFrame(
+                    index=self.stats.frames, wall=wall, mono_ns=mono_ns,
+                    width=int(image.shape[1]), height=int(image.shape[0]), tensor=tensor,
+                    discontinuity=discontinuity, capture_ms=(read_done - started) * 1e3,
+                    preprocess_ms=(prepared - read_done) * 1e3,
+                    image=image if self.keep_image else None)
+                discontinuity = False
+                self.stats.frames += 1
+                while not self._stop.is_set():
+                    if self.out.put(frame, timeout=0.25) or self.out.policy != "block":
+                        break
+                if period:
+                    next_due += period
+                    delay = next_due - time.monotonic()
+                    if delay > 0:
+                        self._stop.wait(delay)
+                    else:
+                        next_due = time.monotonic()
+        finally:
+            if reader is not None:
+                reader.close()

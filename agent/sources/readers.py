@@ -1,0 +1,103 @@
+"""Frame readers: open a source, read BGR frames, close. One class per kind of source."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from agent.core.uri import SourceUri
+from agent.errors import SourceError
+from agent.sources.synthetic import SyntheticScene
+
+
+class FrameReader(Protocol):
+    fps: float
+
+    def read(self) -> np.ndarray | None:
+        """The next BGR frame, or None at the end of the stream or when the source is lost."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@lru_cache(maxsize=1)
+def opencv_has_gstreamer() -> bool:
+    info = cv2.getBuildInformation()
+    return any("GStreamer" in line and "YES" in line for line in info.splitlines())
+
+
+class OpenCVReader:
+    """Files, V4L2 devices, RTSP/HTTP streams and GStreamer pipelines through cv2.VideoCapture."""
+
+    def __init__(self, uri: SourceUri) -> None:
+        self.uri = uri
+        backend = cv2.CAP_ANY
+        if uri.kind == "file":
+            if not os.path.isfile(uri.target):
+                raise SourceError("no such file", uri=uri.raw,
+                                  fix="check the path; for a camera use v4l2:///dev/video0")
+        elif uri.kind == "v4l2":
+            if not os.path.exists(uri.target):
+                raise SourceError("no such device", uri=uri.raw,
+                                  fix="check the camera is plugged in (`ls /dev/video*`) and the "
+                                      "user is in the 'video' group")
+            backend = cv2.CAP_V4L2
+        elif uri.kind == "gst":
+            if not opencv_has_gstreamer():
+                raise SourceError("this OpenCV build has no GStreamer backend", uri=uri.raw,
+                                  fix="use the distribution's python3-opencv (JetPack's on Jetson) "
+                                      "in a venv with --system-site-packages, or a v4l2:// source")
+            backend = cv2.CAP_GSTREAMER
+        elif uri.kind in ("rtsp", "http"):
+            backend = cv2.CAP_FFMPEG
+        target: str | int = uri.target
+        self.capture = cv2.VideoCapture(target, backend)
+        if not self.capture.isOpened():
+            self.capture.release()
+            fix = {
+                "file": "the file is not a video OpenCV can decode (try MJPG .avi or mp4v .mp4)",
+                "v4l2": "check permissions (video group) and that no other process holds it",
+                "rtsp": "check the URL, credentials and that the camera is reachable",
+                "gst": "test the pipeline with gst-launch-1.0 first",
+                "http": "check the URL",
+            }[uri.kind]
+            raise SourceError("cannot open", uri=uri.raw, fix=fix)
+        fps = self.capture.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and 0 < fps < 1000 else 0.0
+
+    def read(self) -> np.ndarray | None:
+        ok, frame = self.capture.read()
+        if not ok or frame is None:
+            return None
+        if frame.ndim == 2:
+            frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        return frame
+
+    def close(self) -> None:
+        self.capture.release()
+
+
+class SyntheticReader:
+    """The generated traffic scene; endless."""
+
+    def __init__(self, uri: SourceUri, seed: int = 0) -> None:
+        self.scene = SyntheticScene(uri.width, uri.height, uri.fps, seed=seed)
+        self.fps = uri.fps
+
+    def read(self) -> np.ndarray | None:
+        frame, _truth = self.scene.step()
+        return frame
+
+    def close(self) -> None:
+        pass
+
+
+def open_reader(uri: SourceUri) -> FrameReader:
+    """Open a reader for ``uri``; raises SourceError naming the source and the fix."""
+    if uri.kind == "synthetic":
+        return SyntheticReader(uri)
+    return OpenCVReader(uri)

@@ -1,0 +1,1 @@
+"""Local cache: the SQLite (WAL) outbox."""

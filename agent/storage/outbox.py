@@ -1,0 +1,148 @@
+"""The durable outbox: every record is committed here before it is published.
+
+SQLite in WAL mode with ``synchronous=NORMAL``: a committed record survives a crash or
+SIGKILL of the agent; on a power cut the last few commits since the previous WAL
+checkpoint can be lost (SQLite's documented trade-off, which spares the SD card an
+fsync per frame). Sequence numbers are assigned in the same transaction as the insert,
+so a seq is never reused across restarts.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import StorageError
+
+SCHEMA_VERSION = 1
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS streams (stream TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL,
+    sent_ns INTEGER,
+    UNIQUE (stream, seq)
+);
+CREATE INDEX IF NOT EXISTS records_unsent ON records (id) WHERE sent_ns IS NULL;
+"""
+
+
+@dataclass(frozen=True)
+class PendingRecord:
+    """A record to append: its payload is built once its seq is known."""
+
+    stream: str
+    topic: str
+    build: Callable[[int], bytes]
+    qos: int = 1
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    id: int
+    stream: str
+    seq: int
+    topic: str
+    payload: bytes
+    qos: int
+
+
+class Outbox:
+    """One SQLite outbox file; used from one thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_DDL)
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                             (str(SCHEMA_VERSION),))
+            self._last_seq = dict(self._db.execute("SELECT stream, last_seq FROM streams"))
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"cannot open outbox database: {exc}", path=str(path),
+                               fix="check the state directory is writable and has free space; "
+                                   "a corrupt file can be moved aside (its unsent records are "
+                                   "then lost)") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot create state directory: {exc.strerror}",
+                               path=str(path.parent),
+                               fix="pass --state-dir with a writable directory") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def last_seq(self, stream: str) -> int:
+        return int(self._last_seq.get(stream, 0))
+
+    def append(self, records: Iterable[PendingRecord]) -> list[int]:
+        """Assign seqs and commit the records in one transaction; returns their ids."""
+        now = time.time_ns()
+        ids: list[int] = []
+        seqs = dict(self._last_seq)
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            for rec in records:
+                seq = seqs.get(rec.stream, 0) + 1
+                seqs[rec.stream] = seq
+                cur = self._db.execute(
+                    "INSERT INTO records (stream, seq, topic, payload, qos, created_ns) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (rec.stream, seq, rec.topic, rec.build(seq), rec.qos, now))
+                ids.append(int(cur.lastrowid or 0))
+            self._db.executemany(
+                "INSERT INTO streams (stream, last_seq) VALUES (?, ?) "
+                "ON CONFLICT (stream) DO UPDATE SET last_seq = excluded.last_seq",
+                [(s, q) for s, q in seqs.items() if q != self._last_seq.get(s)])
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise StorageError(f"cannot commit records: {exc}", path=str(self.path),
+                               fix="check free space on the state directory's filesystem") from exc
+        self._last_seq = seqs
+        return ids
+
+    def fetch_unsent(self, after_id: int, limit: int) -> list[StoredRecord]:
+        rows = self._db.execute(
+            "SELECT id, stream, seq, topic, payload, qos FROM records "
+            "WHERE sent_ns IS NULL AND id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+        return [StoredRecord(int(r[0]), r[1], int(r[2]), r[3], bytes(r[4]), int(r[5])) for r in rows]
+
+    def mark_sent(self, record_ids: Iterable[int]) -> None:
+        now = time.time_ns()
+        try:
+            self._db.executemany("UPDATE records SET sent_ns = ? WHERE id = ?",
+                                 [(now, i) for i in record_ids])
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot mark records sent: {exc}", path=str(self.path)) from exc
+
+    def backlog(self) -> tuple[int, float | None]:
+        """Unsent record count and the age in seconds of the oldest unsent one."""
+        count, oldest = self._db.execute(
+            "SELECT COUNT(*), MIN(created_ns) FROM records WHERE sent_ns IS NULL").fetchone()
+        age = (time.time_ns() - oldest) / 1e9 if oldest is not None else None
+        return int(count), age
+
+    def prune_sent(self, keep: int) -> int:
+        """Delete sent records beyond the newest ``keep``; returns how many went."""
+        cur = self._db.execute(
+            "DELETE FROM records WHERE sent_ns IS NOT NULL AND id <= "
+            "(SELECT id FROM records WHERE sent_ns IS NOT NULL ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (keep,))
+        return int(cur.rowcount)
+
+    def integrity_ok(self) -> bool:
+        return bool(self._db.execute("PRAGMA quick_check").fetchone()[0] == "ok")
