@@ -123,7 +123,7 @@ def evaluate(tflite_path: Path, images: np.ndarray, truths: list[list]) -> dict[
     manifest = Manifest(name="eval", task="detection", decoder="grid", score_threshold=0.5,
                         max_results=50, labels=dict(enumerate(CLASSES)))
     tp = fp = fn = 0
-    for image, truth in zip(images, truths):
+    for image, truth in zip(images, truths, strict=False):
         interp.set_tensor(inp["index"], image[None])
         interp.invoke()
         scale, zero = out["quantization"]

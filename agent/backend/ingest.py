@@ -105,12 +105,12 @@ class Ingest:
     def on_message(self, message: paho.MQTTMessage) -> None:
         self.stats.received += 1
         try:
-            record = self.validator.validate(message.topic, message.payload)
+            record = self.validator.validate(message.topic, bytes(message.payload))
         except RecordRejected as exc:
             self.stats.rejected += 1
             self.stats.last_reject = str(exc)
             log.warning("rejected: %s", exc)
-            self.store.reject(message.topic, exc.reason, message.payload)
+            self.store.reject(message.topic, exc.reason, bytes(message.payload))
             self._ack(message.mid, message.qos)
             return
         self._batch.append((record, message.mid, message.qos))

@@ -15,7 +15,8 @@ def dequantize(raw: npt.NDArray[np.generic], scale: float, zero_point: int) -> F
     """Real values of a (possibly quantized) tensor."""
     if scale == 0.0:
         return np.asarray(raw, dtype=np.float32)
-    return (raw.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+    real: FloatArray = (raw.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+    return real
 
 
 def top_classes(scores: FloatArray, manifest: Manifest) -> list[Classification]:
@@ -43,7 +44,7 @@ def ssd_detections(
         if score < manifest.score_threshold:
             continue
         cls = int(classes[0, i])
-        y0, x0, y1, x1 = (float(v) for v in boxes[0, i])
+        y0, x0, y1, x1 = (min(1.0, max(0.0, float(v))) for v in boxes[0, i])
         out.append(Detection(cls, manifest.label(cls), score, (y0, x0, y1, x1)))
     return out
 

@@ -91,7 +91,7 @@ class InferenceWorker:
                     latency_ms={"capture": frame.capture_ms, "preprocess": frame.preprocess_ms,
                                 "queue": (dequeued - frame.queued_at) * 1e3,
                                 "inference": out.invoke_ms, "postprocess": out.decode_ms}))
-        except Exception as exc:  # noqa: BLE001 - a thread must report, not vanish
+        except Exception as exc:
             log.exception("inference thread failed")
             self.stats.fatal = ModelError(f"inference failed: {exc!r}",
                                           path=str(self.runner.model.path))

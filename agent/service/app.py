@@ -8,13 +8,16 @@ tasks: ``outbox-writer`` commits results in batches, ``telemetry`` reports healt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,7 +25,7 @@ from agent import __version__
 from agent.config import AgentConfig, Secrets
 from agent.core.backoff import Backoff
 from agent.core.outbox import PublishWindow
-from agent.core.records import FrameResult, encode_result, encode_status, encode_telemetry
+from agent.core.records import FrameResult, ModelRef, encode_result, encode_status, encode_telemetry
 from agent.core.topics import DeviceTopics
 from agent.core.uri import parse_broker, parse_source
 from agent.errors import AgentError
@@ -62,10 +65,24 @@ class RunSummary:
     broker: str | None = None
     broker_connected: bool = False
     broker_error: str | None = None
+    peak_rss_mb: float = 0.0
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _result_encoder(result: FrameResult, *, device: str, site: str,
+                    model: ModelRef) -> Callable[[int], bytes]:
+    def build(seq: int) -> bytes:
+        return encode_result(result, seq=seq, device=device, site=site, model=model)
+
+    return build
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 class AgentApp:
@@ -138,8 +155,10 @@ class AgentApp:
             source_uri, frames, runner.prepare, realtime=realtime, loop_file=cfg.source.loop,
             max_frames=cfg.source.max_frames,
             backoff=Backoff(cfg.source.reconnect_initial_s, cfg.source.reconnect_max_s))
-        inference = InferenceWorker(frames, runner, cfg.source.stream, deliver,
-                                    lambda: loop.call_soon_threadsafe(inference_done.set))
+        def inference_finished() -> None:
+            loop.call_soon_threadsafe(inference_done.set)
+
+        inference = InferenceWorker(frames, runner, cfg.source.stream, deliver, inference_finished)
         finished = asyncio.Event()
 
         def commit_pending() -> None:
@@ -147,10 +166,8 @@ class AgentApp:
                 return
             batch = pending[:]
             pending.clear()
-            outbox.append([PendingRecord(cfg.source.stream, results_topic,
-                                         lambda seq, r=r: encode_result(r, seq=seq, device=device,
-                                                                        site=site, model=model_ref))
-                           for r in batch])
+            outbox.append([PendingRecord(cfg.source.stream, results_topic, _result_encoder(
+                r, device=device, site=site, model=model_ref)) for r in batch])
             for _ in batch:
                 slots.release()
             self.summary.results_committed += len(batch)
@@ -159,10 +176,8 @@ class AgentApp:
         async def outbox_writer() -> None:
             interval = cfg.outbox.commit_interval_ms / 1000
             while not (inference_done.is_set() and not pending):
-                try:
+                with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=0.5)
-                except asyncio.TimeoutError:
-                    pass
                 wake.clear()
                 commit_pending()
                 if interval:
@@ -257,6 +272,7 @@ class AgentApp:
         if uplink.first_ack_at is not None:
             s.first_publish_s = round(uplink.first_ack_at - started, 3)
         s.broker = cfg.mqtt.broker
+        s.peak_rss_mb = peak_rss_mb()
         s.broker_connected = bool(link and link.connects)
         s.broker_error = link.last_error if link else None
         fatal: AgentError | None = capture.stats.fatal or inference.stats.fatal
@@ -268,7 +284,7 @@ class AgentApp:
     def _install_signals(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> list[int]:
         if threading.current_thread() is not threading.main_thread():
             return []
-        installed = []
+        installed: list[int] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.add_signal_handler(sig, stop.set)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import ClassVar
 
 
 def setup_logging(level: str = "info") -> None:
@@ -22,8 +23,8 @@ def setup_logging(level: str = "info") -> None:
 class _JournalFormatter(logging.Formatter):
     """Prefixes syslog priorities (<3> error ... <7> debug) that journald understands."""
 
-    _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
-                 logging.CRITICAL: 2}
+    _PRIORITY: ClassVar[dict[int, int]] = {
+        logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
     def format(self, record: logging.LogRecord) -> str:
         record.levelno = self._PRIORITY.get(record.levelno, 6)

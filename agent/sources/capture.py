@@ -104,7 +104,7 @@ class CaptureWorker:
     def _run(self) -> None:
         try:
             self._capture_loop()
-        except Exception as exc:  # noqa: BLE001 - report, never kill the process from a thread
+        except Exception as exc:
             log.exception("capture thread failed")
             self.stats.fatal = SourceError(f"capture failed: {exc!r}", uri=self.uri.raw)
         finally:

@@ -51,7 +51,7 @@ class SyntheticScene:
         for _ in range(int(lanes * density * 2)):
             self._spawn(anywhere=True)
 
-    def _draw_background(self) -> np.ndarray:
+    def _draw_background(self) -> np.ndarray:  # BGR, uint8
         h, w = self.height, self.width
         grass = np.array(self.rng.integers(40, 110, 3), dtype=np.uint8)
         img = np.empty((h, w, 3), np.uint8)
@@ -66,7 +66,7 @@ class SyntheticScene:
             y = int(self.road_top + lane * self.lane_height)
             for x0 in range(0, w, dash * 2):
                 cv2.line(img, (x0, y), (x0 + dash, y), (220, 220, 220), thickness)
-        return img
+        return np.asarray(img, dtype=np.uint8)
 
     def _spawn(self, anywhere: bool = False) -> None:
         lane = int(self.rng.integers(0, self.lanes))
@@ -102,8 +102,8 @@ class SyntheticScene:
             thickness = self.lane_height * (0.55 if v.class_id == 0 else 0.75)
             y0 = lane_top + (self.lane_height - thickness) / 2
             x0, x1 = v.x, v.x + v.length
-            p0 = (int(round(x0)), int(round(y0)))
-            p1 = (int(round(x1)), int(round(y0 + thickness)))
+            p0 = (round(x0), round(y0))
+            p1 = (round(x1), round(y0 + thickness))
             cv2.rectangle(frame, p0, p1, v.color, -1)
             shade = tuple(max(0, c - 70) for c in v.color)
             if v.class_id == 0:
@@ -127,7 +127,7 @@ class SyntheticScene:
 
 def write_clip(path: str, width: int, height: int, fps: float, frames: int, seed: int = 0) -> int:
     """Write a synthetic clip (MJPG in .avi, or mp4v in .mp4); returns frames written."""
-    fourcc = cv2.VideoWriter_fourcc(*("mp4v" if path.endswith(".mp4") else "MJPG"))
+    fourcc = cv2.VideoWriter.fourcc(*("mp4v" if path.endswith(".mp4") else "MJPG"))
     writer = cv2.VideoWriter(path, fourcc, fps, (width, height))
     if not writer.isOpened():
         raise OSError(f"cannot write video {path}")

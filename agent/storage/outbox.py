@@ -107,11 +107,14 @@ class Outbox:
                 "ON CONFLICT (stream) DO UPDATE SET last_seq = excluded.last_seq",
                 [(s, q) for s, q in seqs.items() if q != self._last_seq.get(s)])
             self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            raise StorageError(f"cannot commit records: {exc}", path=str(self.path),
-                               fix="check free space on the state directory's filesystem") from exc
+            if isinstance(exc, sqlite3.Error):
+                raise StorageError(f"cannot commit records: {exc}", path=str(self.path),
+                                   fix="check free space on the state directory's filesystem"
+                                   ) from exc
+            raise
         self._last_seq = seqs
         return ids
 

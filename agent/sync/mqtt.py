@@ -8,6 +8,7 @@ delay between attempts follows the agent's capped, jittered backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -81,7 +83,7 @@ class MqttLink:
 
     def _make_client(self) -> paho.Client:
         o = self.options
-        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=o.client_id,
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=o.client_id,
                              protocol=paho.MQTTv5, reconnect_on_failure=False,
                              manual_ack=o.manual_ack)
         client.max_inflight_messages_set(o.max_inflight)
@@ -101,7 +103,7 @@ class MqttLink:
         return client
 
     def _connect_properties(self) -> Properties:
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.options.session_expiry_s
         return props
 
@@ -115,7 +117,7 @@ class MqttLink:
                 self.client.loop_forever(retry_first_connection=False)
             except (OSError, ssl.SSLError, ValueError) as exc:
                 self._note_error(f"cannot connect to {self.broker}: {exc}")
-            except Exception as exc:  # noqa: BLE001 - the link thread must never die silently
+            except Exception as exc:
                 log.exception("mqtt link failure")
                 self._note_error(f"unexpected MQTT failure: {exc!r}")
             self._set_disconnected(self.last_error or "connection closed")
@@ -194,8 +196,6 @@ class MqttLink:
     def stop(self, timeout: float = 5.0) -> None:
         """Disconnect cleanly (no last will) and join the thread."""
         self._stop.set()
-        try:
+        with contextlib.suppress(Exception):
             self.client.disconnect()
-        except Exception:  # noqa: BLE001 - best effort on the way out
-            pass
         self._thread.join(timeout)

@@ -1,0 +1,28 @@
+/* Lepton native kernels: shared types and status codes. */
+#ifndef LEPTON_COMMON_H
+#define LEPTON_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Every entry point returns one of these; the Python wrappers turn non-zero into KernelError. */
+typedef enum {
+    LK_OK = 0,
+    LK_EINVAL = 1,     /* a NULL pointer, a zero size or an unknown enum value */
+    LK_ERANGE = 2,     /* a size, stride or ROI outside what the buffers hold */
+    LK_ENOMEM = 3,     /* scratch allocation failed */
+    LK_EOVERFLOW = 4   /* dimensions whose byte count would overflow */
+} lk_status;
+
+/* Which implementation a build carries: 0 portable C, 1 NEON, 2 CUDA. */
+int lk_variant(void);
+const char *lk_variant_name(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,136 @@
+"""The capture thread: end of file, looping, and reconnecting a lost live source."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.core.backoff import Backoff
+from agent.core.uri import SourceUri, parse_source
+from agent.errors import SourceError
+from agent.pipeline.queues import BoundedQueue, QueueClosed
+from agent.sources.capture import CapturedFrame, CaptureWorker
+from agent.sources.readers import open_reader
+from agent.sources.synthetic import write_clip
+
+
+def drain(q: BoundedQueue[CapturedFrame], timeout: float = 10) -> list[CapturedFrame]:
+    out: list[CapturedFrame] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            item = q.get(0.2)
+        except QueueClosed:
+            return out
+        if item is not None:
+            out.append(item)
+    raise AssertionError("capture did not end")
+
+
+def identity(image: np.ndarray) -> np.ndarray:
+    return image[:2, :2]
+
+
+def test_file_plays_once_then_ends(tmp_path: Path) -> None:
+    clip = tmp_path / "c.avi"
+    write_clip(str(clip), 64, 48, 10.0, 12)
+    q: BoundedQueue[CapturedFrame] = BoundedQueue("frames", 4, "block")
+    worker = CaptureWorker(parse_source(str(clip)), q, identity, realtime=False)
+    worker.start()
+    frames = drain(q)
+    assert [f.index for f in frames] == list(range(12))
+    assert [f.discontinuity for f in frames] == [True] + [False] * 11
+    assert frames[0].width == 64 and frames[0].height == 48
+
+
+def test_file_loops_with_discontinuity(tmp_path: Path) -> None:
+    clip = tmp_path / "c.avi"
+    write_clip(str(clip), 32, 32, 10.0, 5)
+    q: BoundedQueue[CapturedFrame] = BoundedQueue("frames", 4, "block")
+    worker = CaptureWorker(parse_source(str(clip)), q, identity, realtime=False, loop_file=True,
+                           max_frames=12)
+    worker.start()
+    frames = drain(q)
+    assert len(frames) == 12
+    assert [i for i, f in enumerate(frames) if f.discontinuity] == [0, 5, 10]
+
+
+def test_realtime_pacing_uses_source_fps(tmp_path: Path) -> None:
+    clip = tmp_path / "c.avi"
+    write_clip(str(clip), 32, 32, 50.0, 10)
+    q: BoundedQueue[CapturedFrame] = BoundedQueue("frames", 16, "drop_oldest")
+    worker = CaptureWorker(parse_source(str(clip)), q, identity, realtime=True)
+    worker.start()
+    frames = drain(q)
+    spread = (frames[-1].mono_ns - frames[0].mono_ns) / 1e9
+    assert spread >= 9 / 50 * 0.8
+
+
+class FlakyCamera:
+    """A live source that fails every third read and cannot be reopened twice in a row."""
+
+    fps = 0.0
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self.reads = 0
+
+    def read(self) -> np.ndarray | None:
+        self.reads += 1
+        if self.reads % 3 == 0:
+            self.log.append("lost")
+            return None
+        return np.zeros((8, 8, 3), np.uint8)
+
+    def close(self) -> None:
+        self.log.append("closed")
+
+
+def test_lost_live_source_reconnects_with_backoff() -> None:
+    log: list[str] = []
+    opens = {"n": 0}
+
+    def factory(uri: SourceUri) -> FlakyCamera:
+        opens["n"] += 1
+        if opens["n"] in (2, 3):
+            raise SourceError("cannot open", uri=uri.raw)
+        log.append("opened")
+        return FlakyCamera(log)
+
+    uri = parse_source("v4l2:///dev/video7")
+    q: BoundedQueue[CapturedFrame] = BoundedQueue("frames", 64, "drop_oldest")
+    worker = CaptureWorker(uri, q, identity, realtime=False, max_frames=6,
+                           backoff=Backoff(0.01, 0.05, jitter=0.0), reader_factory=factory)
+    started = time.monotonic()
+    worker.start()
+    frames = drain(q)
+    assert len(frames) == 6
+    assert worker.stats.reconnects >= 2 and opens["n"] >= 4
+    assert sum(f.discontinuity for f in frames) == worker.stats.opens
+    # backoff: two failed opens plus the lost reads each waited, so no busy loop
+    assert time.monotonic() - started >= 0.01 + 0.02 + 0.04
+    assert "lost" in (worker.stats.last_error or "")
+
+
+def test_unopenable_file_is_fatal_and_named(tmp_path: Path) -> None:
+    bogus = tmp_path / "clip.avi"
+    bogus.write_bytes(b"not a video")
+    with pytest.raises(SourceError, match="cannot open") as info:
+        open_reader(parse_source(str(bogus)))
+    assert str(bogus) in str(info.value)
+    with pytest.raises(SourceError, match="no such file"):
+        open_reader(parse_source(str(tmp_path / "missing.mp4")))
+    with pytest.raises(SourceError, match="no such device"):
+        open_reader(parse_source("v4l2:///dev/video99"))
+
+
+def test_gstreamer_absent_says_so() -> None:
+    from agent.sources.readers import opencv_has_gstreamer
+
+    if opencv_has_gstreamer():
+        pytest.skip("this OpenCV has GStreamer")
+    with pytest.raises(SourceError, match="no GStreamer backend"):
+        open_reader(parse_source("gst:videotestsrc ! appsink"))

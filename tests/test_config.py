@@ -1,0 +1,113 @@
+"""Config: typed, validated once, errors name file, key and line; overlays and overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_config
+from agent.config.loader import BOARDS_DIR, Secrets, find_key_line
+from agent.errors import ConfigError
+from tests.conftest import run_cli
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_load() -> None:
+    cfg = load_config()
+    assert cfg.source.uri.startswith("synthetic://") and cfg.mqtt.publish_window > 0
+
+
+@pytest.mark.parametrize("board", ["rpi4", "rpi5", "jetson-orin-nano", "x86-dev", "qemu-arm64"])
+def test_every_board_overlay_is_valid(board: str) -> None:
+    cfg = load_config(board=board)
+    assert cfg.agent.board == board
+    assert (BOARDS_DIR / f"{board}.toml").is_file()
+
+
+def test_layering_defaults_board_file_cli(tmp_path: Path) -> None:
+    path = write(tmp_path, '[agent]\nboard = "rpi4"\n[model]\nnum_threads = 2\n')
+    cfg = load_config(path, overrides={"model": {"delegate": "none"}})
+    assert cfg.source.uri == "v4l2:///dev/video0"  # from the board
+    assert cfg.model.num_threads == 2  # the file beats the board
+    assert cfg.model.delegate == "none"  # the command line beats both
+
+
+def test_unknown_key_names_file_key_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, '[agent]\ndevice_id = "a"\n\n[mqtt]\nbroker = "mqtt://h:1"\npublsh_window = 3\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    err = info.value
+    assert (err.file, err.key, err.line) == (str(path), "mqtt.publsh_window", 6)
+    assert "unknown key" in str(err) and f"{path}:6" in str(err)
+
+
+def test_unknown_dotted_and_nested_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, 'source.uri = "synthetic://64x64@5"\nsource.colour = "x"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert (info.value.key, info.value.line) == ("source.colour", 2)
+    path = write(tmp_path, '[cameras]\nx = 1\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert (info.value.key, info.value.line) == ("cameras", 1)
+
+
+def test_bad_value_is_explained(tmp_path: Path) -> None:
+    path = write(tmp_path, '[model]\ndelegate = "gpu"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.line == 2 and "xnnpack" in str(info.value)
+    path = write(tmp_path, '[source]\nuri = "synthetic://axb"\n')
+    with pytest.raises(ConfigError, match=r"synthetic://WxH@FPS"):
+        load_config(path)
+
+
+def test_secret_in_file_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, '[mqtt]\nusername = "u"\npassword = "hunter2"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "CREDENTIALS_DIRECTORY" in str(info.value) and "hunter2" not in str(info.value)
+
+
+def test_secrets_from_credentials_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mqtt-password").write_text("s3cret\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    secrets = Secrets.from_environment()
+    assert secrets.mqtt_password == "s3cret" and "s3cret" not in repr(secrets)
+
+
+def test_malformed_toml_reports_line(tmp_path: Path) -> None:
+    path = write(tmp_path, '[agent]\ndevice_id = "a\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.line == 2 and "not valid TOML" in str(info.value)
+
+
+def test_unknown_board_lists_known_ones() -> None:
+    with pytest.raises(ConfigError, match="rpi4"):
+        load_config(board="commodore64")
+
+
+def test_find_key_line() -> None:
+    text = '# c\n[a]\nx = 1\n[a.b]\ny = 2\n[c]\n"q" = 3\n'
+    assert find_key_line(text, ("a", "x")) == 3
+    assert find_key_line(text, ("a", "b", "y")) == 5
+    assert find_key_line(text, ("c", "q")) == 7
+    assert find_key_line(text, ("a", "b")) == 4
+
+
+def test_config_check_cli(tmp_path: Path) -> None:
+    good = write(tmp_path, '[agent]\ndevice_id = "cam-7"\n')
+    out = run_cli("config", "check", str(good))
+    assert out.returncode == 0 and "ok" in out.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[agent]\ndevice = "x"\n')
+    out = run_cli("config", "check", str(bad))
+    assert out.returncode == 2
+    assert f"{bad}:2 [agent.device]: unknown key" in out.stderr

@@ -1,0 +1,192 @@
+"""The pure core: backoff, topics, URIs, labels, the publish window. No event loop."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.core.backoff import Backoff
+from agent.core.labels import parse_labels
+from agent.core.outbox import FetchUnsent, MarkSent, PublishWindow
+from agent.core.topics import DeviceTopics, parse_topic, results_subscription
+from agent.core.uri import parse_broker, parse_source
+
+
+class TestBackoff:
+    def test_grows_then_caps(self) -> None:
+        b = Backoff(initial=1.0, maximum=8.0, jitter=0.0)
+        assert [b.next_delay() for _ in range(6)] == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+
+    def test_reset_starts_over(self) -> None:
+        b = Backoff(initial=1.0, maximum=8.0, jitter=0.0)
+        b.next_delay()
+        b.next_delay()
+        b.reset()
+        assert b.next_delay() == 1.0
+
+    @given(st.integers(0, 200), st.floats(0.0, 1.0))
+    def test_jitter_stays_within_band(self, attempts: int, jitter: float) -> None:
+        b = Backoff(initial=0.5, maximum=30.0, jitter=jitter, rng=random.Random(attempts))
+        b.attempts = attempts
+        cap = min(30.0, 0.5 * 2.0 ** min(attempts, 64))
+        delay = b.next_delay()
+        assert cap * (1 - jitter) - 1e-9 <= delay <= cap + 1e-9
+        assert delay > 0
+
+    def test_rejects_nonsense(self) -> None:
+        with pytest.raises(ValueError):
+            Backoff(initial=0)
+        with pytest.raises(ValueError):
+            Backoff(initial=2, maximum=1)
+
+
+class TestTopics:
+    def test_contract_names(self) -> None:
+        t = DeviceTopics("plant-7", "cam-01")
+        assert t.status == "lepton/v1/plant-7/cam-01/status"
+        assert t.results("cam0") == "lepton/v1/plant-7/cam-01/results/cam0"
+        assert results_subscription("ingest") == "$share/ingest/lepton/v1/+/+/results/+"
+        assert results_subscription(None) == "lepton/v1/+/+/results/+"
+
+    @pytest.mark.parametrize("bad", ["", "a/b", "a+b", "#", "x y", "z" * 65])
+    def test_rejects_wildcards_and_slashes(self, bad: str) -> None:
+        with pytest.raises(ValueError, match="not a valid topic segment"):
+            DeviceTopics("site", bad)
+
+    def test_parse_round_trip(self) -> None:
+        p = parse_topic(DeviceTopics("s1", "d1").results("cam0"))
+        assert (p.site, p.device, p.kind, p.stream) == ("s1", "d1", "results", "cam0")
+
+    @pytest.mark.parametrize("bad", ["other/v1/s/d/results/x", "lepton/v2/s/d/results/x",
+                                     "lepton/v1/s/d/results", "lepton/v1/s/d/results/a/b",
+                                     "lepton/v1/s"])
+    def test_parse_rejects(self, bad: str) -> None:
+        with pytest.raises(ValueError):
+            parse_topic(bad)
+
+
+class TestUris:
+    def test_sources(self) -> None:
+        assert parse_source("synthetic://640x480@15").fps == 15.0
+        s = parse_source("synthetic://320x240")
+        assert (s.kind, s.width, s.height, s.fps) == ("synthetic", 320, 240, 15.0)
+        assert parse_source("v4l2:///dev/video0").target == "/dev/video0"
+        assert parse_source("rtsp://cam.local/stream").kind == "rtsp"
+        assert parse_source("gst:videotestsrc ! appsink").target == "videotestsrc ! appsink"
+        assert parse_source("clips/a.mp4").kind == "file"
+        assert parse_source("file:///tmp/a.avi").target == "/tmp/a.avi"
+        assert not parse_source("clips/a.mp4").is_live
+        assert parse_source("v4l2:///dev/video0").is_live
+
+    @pytest.mark.parametrize("bad", ["", "synthetic://axb", "synthetic://10x10@5",
+                                     "synthetic://640x480@0", "gst:", "ftp://x/y", "v4l2://"])
+    def test_bad_sources_say_what_is_accepted(self, bad: str) -> None:
+        with pytest.raises(ValueError) as info:
+            parse_source(bad)
+        assert str(info.value)
+
+    def test_brokers(self) -> None:
+        b = parse_broker("mqtt://127.0.0.1:1884")
+        assert (b.host, b.port, b.tls) == ("127.0.0.1", 1884, False)
+        assert parse_broker("mqtts://broker.example").port == 8883
+        assert parse_broker("mqtt://localhost").port == 1883
+
+    @pytest.mark.parametrize("bad", ["tcp://x:1", "mqtt://", "mqtt://u:p@host:1883", "mqtt://h:99999"])
+    def test_bad_brokers(self, bad: str) -> None:
+        with pytest.raises(ValueError):
+            parse_broker(bad)
+
+
+class TestLabels:
+    def test_plain(self) -> None:
+        assert parse_labels("background\ncat\n\ndog\n", pbtxt=False) == {0: "background", 1: "cat",
+                                                                         3: "dog"}
+
+    def test_pbtxt(self) -> None:
+        text = 'item {\n  name: "sedan"\n  id: 1\n}\nitem { id: 2 name: "bus" display_name: "Bus" }'
+        assert parse_labels(text, pbtxt=True) == {1: "sedan", 2: "Bus"}
+
+    def test_pbtxt_empty(self) -> None:
+        with pytest.raises(ValueError):
+            parse_labels("nothing here", pbtxt=True)
+
+
+class TestPublishWindow:
+    def test_nothing_while_disconnected(self) -> None:
+        w = PublishWindow(window=3)
+        assert w.on_committed() == []
+
+    def test_fill_publish_ack_cycle(self) -> None:
+        w = PublishWindow(window=3)
+        assert w.on_connected() == [FetchUnsent(after_id=0, limit=3)]
+        for mid, rid in ((11, 1), (12, 2), (13, 3)):
+            w.on_published(mid, rid)
+        assert w.on_fetched([1, 2, 3], exhausted=False) == []
+        assert w.on_committed() == []  # window full
+        assert w.on_puback([12]) == [MarkSent((2,)), FetchUnsent(after_id=3, limit=1)]
+        assert w.in_flight_count == 2
+
+    def test_exhausted_waits_for_commit(self) -> None:
+        w = PublishWindow(window=5)
+        w.on_connected()
+        w.on_published(1, 1)
+        w.on_fetched([1], exhausted=True)
+        assert w.on_puback([1]) == [MarkSent((1,))]
+        assert w.on_committed() == [FetchUnsent(after_id=1, limit=5)]
+
+    def test_disconnect_keeps_in_flight_and_cursor(self) -> None:
+        w = PublishWindow(window=2)
+        w.on_connected()
+        w.on_published(7, 40)
+        w.on_fetched([40], exhausted=True)
+        w.on_disconnected()
+        assert w.on_committed() == []
+        # the client retransmits mid 7 itself after reconnecting: the cursor must not rewind
+        assert w.on_connected() == [FetchUnsent(after_id=40, limit=1)]
+        assert w.on_puback([7]) == [MarkSent((40,)), FetchUnsent(after_id=40, limit=2)]
+
+    def test_unknown_and_rejected_acks(self) -> None:
+        w = PublishWindow(window=2)
+        w.on_connected()
+        w.on_published(1, 10)
+        w.on_fetched([10], exhausted=True)
+        assert w.on_puback([99]) == []
+        assert w.on_rejected([1]) == []
+        assert w.in_flight_count == 0
+
+    @given(st.lists(st.sampled_from(["commit", "connect", "disconnect", "ack"]), max_size=60))
+    def test_window_never_overfills_and_marks_each_record_once(self, events: list[str]) -> None:
+        w = PublishWindow(window=4)
+        next_id, next_mid, committed = 1, 1, 0
+        sent: list[int] = []
+
+        def run(actions):
+            nonlocal next_mid
+            for a in actions:
+                if isinstance(a, MarkSent):
+                    sent.extend(a.record_ids)
+                elif isinstance(a, FetchUnsent):
+                    ids = [i for i in range(a.after_id + 1, committed + 1)
+                           if i not in sent][: a.limit]
+                    for rid in ids:
+                        w.on_published(next_mid, rid)
+                        next_mid += 1
+                    run(w.on_fetched(ids, exhausted=len(ids) < a.limit))
+
+        for event in events:
+            if event == "commit":
+                committed = next_id
+                next_id += 1
+                run(w.on_committed())
+            elif event == "connect":
+                run(w.on_connected())
+            elif event == "disconnect":
+                run(w.on_disconnected())
+            elif w.in_flight and w.connected:
+                run(w.on_puback([min(w.in_flight)]))
+            assert w.in_flight_count <= 4
+        assert len(sent) == len(set(sent))
+        assert sent == sorted(sent)

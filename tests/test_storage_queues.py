@@ -1,0 +1,109 @@
+"""The SQLite outbox and the bounded frame queue."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent.errors import StorageError
+from agent.pipeline.queues import BoundedQueue, QueueClosed
+from agent.storage.outbox import Outbox, PendingRecord
+
+
+def _records(n: int, stream: str = "cam0") -> list[PendingRecord]:
+    return [PendingRecord(stream, f"t/{stream}", lambda seq: f"seq={seq}".encode()) for _ in range(n)]
+
+
+def test_seq_contiguous_and_never_reused_across_reopen(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.db"
+    box = Outbox(db)
+    box.append(_records(3))
+    box.append(_records(2, "cam1"))
+    box.close()
+    box = Outbox(db)
+    box.append(_records(2))
+    rows = box.fetch_unsent(0, 100)
+    assert [(r.stream, r.seq) for r in rows] == [
+        ("cam0", 1), ("cam0", 2), ("cam0", 3), ("cam1", 1), ("cam1", 2), ("cam0", 4), ("cam0", 5)]
+    assert rows[-1].payload == b"seq=5"
+    box.mark_sent([r.id for r in rows[:3]])
+    assert box.backlog()[0] == 4
+    assert [r.seq for r in box.fetch_unsent(0, 100)][:2] == [1, 2]  # cam1 now first
+    # deleting sent rows must not let a seq come back
+    assert box.prune_sent(keep=0) == 3
+    box.append(_records(1))
+    assert box.last_seq("cam0") == 6
+    assert box.integrity_ok()
+    box.close()
+
+
+def test_failed_build_rolls_back_whole_batch(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+
+    def boom(seq: int) -> bytes:
+        raise ValueError("encode failed")
+
+    with pytest.raises(ValueError):
+        box.append([*_records(2), PendingRecord("cam0", "t", boom)])
+    assert box.backlog()[0] == 0
+    box.append(_records(1))
+    assert box.fetch_unsent(0, 10)[0].seq == 1
+    box.close()
+
+
+def test_unwritable_state_dir_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StorageError, match="--state-dir"):
+        Outbox(blocker / "sub" / "outbox.db")
+
+
+def test_corrupt_outbox_is_reported(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.db"
+    db.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StorageError, match="cannot open outbox"):
+        Outbox(db)
+
+
+def test_queue_drop_oldest_counts() -> None:
+    q: BoundedQueue[int] = BoundedQueue("frames", 2, "drop_oldest")
+    assert q.put(1) and q.put(2)
+    assert not q.put(3)
+    assert q.stats.dropped == 1
+    assert [q.get(0), q.get(0)] == [2, 3]
+
+
+def test_queue_drop_newest_counts() -> None:
+    q: BoundedQueue[int] = BoundedQueue("frames", 1, "drop_newest")
+    q.put(1)
+    assert not q.put(2)
+    assert q.get(0) == 1 and q.stats.dropped == 1
+
+
+def test_queue_block_applies_back_pressure_then_drains_on_close() -> None:
+    q: BoundedQueue[int] = BoundedQueue("frames", 1, "block")
+    q.put(1)
+    assert not q.put(2, timeout=0.05)  # timed out, nothing dropped
+    assert q.stats.dropped == 0
+    got: list[int] = []
+
+    def consume() -> None:
+        try:
+            while True:
+                item = q.get(1.0)
+                if item is not None:
+                    got.append(item)
+        except QueueClosed:
+            pass
+
+    t = threading.Thread(target=consume)
+    t.start()
+    for i in range(2, 50):
+        q.put(i)
+    q.close()
+    t.join(5)
+    assert got == list(range(1, 50))
+    with pytest.raises(QueueClosed):
+        q.put(99)
