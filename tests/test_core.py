@@ -190,3 +190,44 @@ class TestPublishWindow:
             assert w.in_flight_count <= 4
         assert len(sent) == len(set(sent))
         assert sent == sorted(sent)
+
+
+class TestAcks:
+    def test_ranges(self) -> None:
+        from agent.core.acks import to_ranges
+
+        assert to_ranges([5, 1, 2, 3, 3, 9, 8]) == [(1, 3), (5, 5), (8, 9)]
+        assert to_ranges([]) == []
+
+    def test_round_trip_and_schema(self) -> None:
+        import json
+
+        from jsonschema import Draft202012Validator
+
+        from agent.core.acks import decode_ack, encode_ack
+        from agent.schemas import load_schema
+
+        payload = encode_ack({"cam0": [(1, 4), (7, 7)]}, ingest="i1")
+        Draft202012Validator(load_schema("ack.v1")).validate(json.loads(payload))
+        assert decode_ack(payload) == {"cam0": [(1, 4), (7, 7)]}
+
+    @pytest.mark.parametrize("bad", [b"x", b"[]", b'{"schema": {"id": "lepton.ack", "version": 1}}',
+                                     b'{"schema": {"id": "lepton.ack", "version": 1}, "streams": '
+                                     b'{"c": [[3, 1]]}}',
+                                     b'{"schema": {"id": "lepton.ack", "version": 1}, "streams": '
+                                     b'{"c": [[true, 2]]}}'])
+    def test_malformed(self, bad: bytes) -> None:
+        from agent.core.acks import decode_ack
+
+        with pytest.raises(ValueError):
+            decode_ack(bad)
+
+    def test_requeue_rewinds_and_skips_in_flight(self) -> None:
+        w = PublishWindow(window=4)
+        w.on_connected()
+        w.on_published(1, 10)
+        w.on_fetched([10], exhausted=True)
+        assert w.is_in_flight(10)
+        assert w.on_requeued() == [FetchUnsent(after_id=0, limit=3)]
+        w.on_puback([1])
+        assert not w.is_in_flight(10)

@@ -52,6 +52,9 @@ broker = "{broker_url}"
 reconnect_initial_s = 0.1
 reconnect_max_s = 0.5
 telemetry_interval_s = 1
+
+[outbox]
+ack_timeout_s = 2
 """)
     return path
 

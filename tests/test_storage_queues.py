@@ -22,7 +22,7 @@ def test_seq_contiguous_and_never_reused_across_reopen(tmp_path: Path) -> None:
     box.append(_records(3))
     box.append(_records(2, "cam1"))
     box.close()
-    box = Outbox(db)
+    box = Outbox(db, until_ingested=False)
     box.append(_records(2))
     rows = box.fetch_unsent(0, 100)
     assert [(r.stream, r.seq) for r in rows] == [
@@ -107,3 +107,22 @@ def test_queue_block_applies_back_pressure_then_drains_on_close() -> None:
     assert got == list(range(1, 50))
     with pytest.raises(QueueClosed):
         q.put(99)
+
+
+def test_ingest_acks_and_requeue(tmp_path: Path) -> None:
+    import time
+
+    box = Outbox(tmp_path / "o.db", until_ingested=True)
+    box.append(_records(5))
+    ids = [r.id for r in box.fetch_unsent(0, 10)]
+    box.mark_sent(ids)
+    assert box.backlog()[0] == 5  # sent is not delivered until ingest says so
+    assert box.mark_ingested("cam0", [(1, 2), (4, 4)]) == 3
+    assert box.mark_ingested("cam0", [(1, 2)]) == 0  # acks are idempotent
+    assert box.backlog()[0] == 2
+    assert box.requeue_unacked(time.time_ns() + 1) == 2
+    assert [r.seq for r in box.fetch_unsent(0, 10)] == [3, 5]
+    box.close()
+    broker_only = Outbox(tmp_path / "o.db", until_ingested=False)
+    assert broker_only.backlog()[0] == 2
+    broker_only.close()

@@ -21,7 +21,8 @@ import paho.mqtt.client as paho
 from jsonschema import Draft202012Validator
 
 from agent.backend.store import IngestedRecord, SqliteStore
-from agent.core.topics import parse_topic, results_subscription
+from agent.core.acks import encode_ack, to_ranges
+from agent.core.topics import DeviceTopics, parse_topic, results_subscription
 from agent.core.uri import BrokerUrl
 from agent.errors import RecordRejected
 from agent.schemas import load_schema
@@ -37,6 +38,7 @@ class IngestStats:
     stored: int = 0
     duplicates: int = 0
     rejected: int = 0
+    acks_sent: int = 0
     last_reject: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -81,8 +83,9 @@ class RecordValidator:
 class Ingest:
     """Link handler that buffers valid records and commits them in batches."""
 
-    def __init__(self, store: SqliteStore, subscription: str) -> None:
+    def __init__(self, store: SqliteStore, subscription: str, name: str = "ingest") -> None:
         self.store = store
+        self.name = name
         self.subscription = subscription
         self.validator = RecordValidator()
         self.stats = IngestStats()
@@ -130,6 +133,19 @@ class Ingest:
         if ack:
             for _, mid, qos in batch:
                 self._ack(mid, qos)
+        self._acknowledge_to_devices([r for r, _, _ in batch])
+
+    def _acknowledge_to_devices(self, records: list[IngestedRecord]) -> None:
+        """Tell each device which of its (stream, seq) are stored (duplicates included)."""
+        if self.link is None or not self.link.connected:
+            return  # the device re-publishes after its ack timeout; we ack then
+        per_device: dict[tuple[str, str], dict[str, list[int]]] = {}
+        for r in records:
+            per_device.setdefault((r.site, r.device), {}).setdefault(r.stream, []).append(r.seq)
+        for (site, device), streams in per_device.items():
+            payload = encode_ack({s: to_ranges(seqs) for s, seqs in streams.items()}, ingest=self.name)
+            self.link.publish(DeviceTopics(site, device).ack, payload, qos=1)
+            self.stats.acks_sent += 1
 
     async def committer(self, stop: asyncio.Event, interval: float = 0.05) -> None:
         while not stop.is_set():
@@ -152,8 +168,8 @@ async def run_ingest(broker: BrokerUrl, store: SqliteStore, *, group: str | None
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-    ingest = Ingest(store, results_subscription(group))
     cid = client_id or f"lepton-ingest-{group or 'solo'}-{socket.gethostname()}"
+    ingest = Ingest(store, results_subscription(group), name=cid)
     link = MqttLink(broker, LinkOptions(client_id=cid, manual_ack=True, username=username,
                                         password=password, max_inflight=1000), ingest, loop)
     ingest.link = link

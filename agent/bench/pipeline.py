@@ -116,7 +116,8 @@ def _agent_run(model: Path, source: Path, threads: int, frames: int, workdir: Pa
             [sys.executable, "-m", "agent", "run", "--source", str(source), "--loop", "--pace",
              "fast", "--max-frames", str(frames), "--model", str(model), "--threads",
              str(threads), "--broker", broker.url, "--state-dir", str(workdir / "state"),
-             "--device-id", "bench-agent", "--site", "bench", "--json", "--log-level", "warning"],
+             "--device-id", "bench-agent", "--site", "bench", "--json", "--log-level", "warning",
+             "--delivery", "broker"],
             capture_output=True, text=True, check=False)
         sub.loop_stop()
         sub.disconnect()

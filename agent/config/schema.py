@@ -90,7 +90,9 @@ class MqttSection(_Section):
 
 class OutboxSection(_Section):
     commit_interval_ms: int = Field(50, ge=0, le=10_000)
-    keep_sent: int = Field(10_000, ge=0)
+    keep_delivered: int = Field(10_000, ge=0)
+    delivery: Literal["ingested", "broker"] = "ingested"
+    ack_timeout_s: float = Field(30.0, gt=0, le=86_400)
 
 
 class AgentConfig(_Section):

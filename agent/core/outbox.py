@@ -42,6 +42,7 @@ class PublishWindow:
     cursor: int = 0
     has_unsent: bool = True
     in_flight: dict[int, int] = field(default_factory=dict)
+    _records_in_flight: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if self.window < 1:
@@ -74,22 +75,35 @@ class PublishWindow:
             self.has_unsent = False
         return []
 
+    def on_requeued(self) -> list[Action]:
+        """Records went back to unsent (no ingest ack in time): fetch again from the start."""
+        self.cursor = 0
+        self.has_unsent = True
+        return self._fill()
+
     def on_rejected(self, message_ids: list[int]) -> list[Action]:
         """The broker refused these publishes; they stay unsent until the next start."""
         for m in message_ids:
-            self.in_flight.pop(m, None)
+            record = self.in_flight.pop(m, None)
+            if record is not None:
+                self._records_in_flight.discard(record)
         return self._fill()
 
     def on_published(self, message_id: int, record_id: int) -> list[Action]:
         """The MQTT client accepted ``record_id`` as ``message_id``."""
         self.in_flight[message_id] = record_id
+        self._records_in_flight.add(record_id)
         return []
 
     def on_puback(self, message_ids: list[int]) -> list[Action]:
         """The broker acknowledged these message ids."""
         done = tuple(r for m in message_ids if (r := self.in_flight.pop(m, None)) is not None)
+        self._records_in_flight.difference_update(done)
         actions: list[Action] = [MarkSent(done)] if done else []
         return actions + self._fill()
+
+    def is_in_flight(self, record_id: int) -> bool:
+        return record_id in self._records_in_flight
 
     @property
     def in_flight_count(self) -> int:

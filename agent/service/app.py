@@ -58,6 +58,7 @@ class RunSummary:
     detections: int = 0
     results_committed: int = 0
     results_published: int = 0
+    results_ingested: int = 0
     backlog: int = 0
     elapsed_s: float = 0.0
     processing_fps: float = 0.0
@@ -116,7 +117,8 @@ class AgentApp:
                            delegate=cfg.model.delegate, score_threshold=cfg.model.score_threshold)
         runner = ModelRunner(model)
         model_ref = model.ref
-        outbox = Outbox(cfg.agent.state_dir / "outbox.db")
+        until_ingested = cfg.outbox.delivery == "ingested"
+        outbox = Outbox(cfg.agent.state_dir / "outbox.db", until_ingested=until_ingested)
         realtime, policy = self._choose_flow(source_uri.is_live)
         log.info("model %s (%s, %s, sha256 %s...) on %s; source %s (%s, %s)", model_ref.name,
                  model.manifest.task, model.runtime, model_ref.sha256[:12], cfg.model.delegate,
@@ -145,7 +147,8 @@ class AgentApp:
         birth = (self.topics.status, encode_status(state="online", device=device, site=site,
                                                    wall_time=time.time(), extra=status_extra))
         window = PublishWindow(cfg.mqtt.publish_window)
-        uplink = Uplink(outbox, window, birth)
+        uplink = Uplink(outbox, window, birth,
+                        ack_topic=self.topics.ack if until_ingested else None)
         link = self._make_link(loop, uplink)
         if link:
             uplink.attach(link)
@@ -209,6 +212,27 @@ class AgentApp:
                     link.publish(self.topics.telemetry, encode_telemetry(
                         device=device, site=site, wall_time=time.time(), health=health), qos=0)
 
+        async def housekeeping() -> None:
+            """Re-publish what ingest never acknowledged; prune delivered records."""
+            timeout = cfg.outbox.ack_timeout_s
+            period = min(max(timeout / 2, 0.1), 10.0)
+            while not finished.is_set():
+                try:
+                    await asyncio.wait_for(finished.wait(), period)
+                    return
+                except asyncio.TimeoutError:
+                    pass
+                if until_ingested and link and link.connected:
+                    n = outbox.requeue_unacked(time.time_ns() - int(timeout * 1e9))
+                    if n:
+                        log.warning("%d record(s) published but not acknowledged by ingest within "
+                                    "%.0fs; publishing them again", n, timeout)
+                        uplink.requeued()
+                outbox.prune_sent(cfg.outbox.keep_delivered)
+
+        def delivered() -> bool:
+            return uplink.idle and (not until_ingested or outbox.backlog()[0] == 0)
+
         async def supervisor() -> None:
             stop_wait = asyncio.create_task(stop.wait(), name="stop-wait")
             done_wait = asyncio.create_task(inference_done.wait(), name="inference-wait")
@@ -230,7 +254,7 @@ class AgentApp:
             while not (inference_done.is_set() and not pending) and time.monotonic() < grace_end:
                 await asyncio.sleep(0.02)
             await asyncio.sleep(0)
-            while link and link.connected and not uplink.idle and time.monotonic() < grace_end:
+            while link and link.connected and not delivered() and time.monotonic() < grace_end:
                 await asyncio.sleep(0.02)
             finished.set()
 
@@ -240,6 +264,7 @@ class AgentApp:
             async with TaskGroup() as tasks:
                 tasks.create_task(outbox_writer(), name="outbox-writer")
                 tasks.create_task(telemetry(), name="telemetry")
+                tasks.create_task(housekeeping(), name="outbox-housekeeping")
                 tasks.create_task(supervisor(), name="supervisor")
         finally:
             capture.stop()
@@ -263,6 +288,7 @@ class AgentApp:
         s.frames_dropped = frames.stats.dropped
         s.detections = inference.stats.detections
         s.results_published = uplink.acked
+        s.results_ingested = uplink.ingested
         s.backlog = backlog
         s.elapsed_s = round(time.monotonic() - started, 3)
         st = inference.stats

@@ -42,6 +42,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     put("model.num_threads", args.threads)
     put("model.delegate", args.delegate)
     put("agent.log_level", args.log_level)
+    put("outbox.delivery", args.delivery)
     return out
 
 
@@ -72,7 +73,8 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{summary.frames_dropped} dropped ({summary.processing_fps} fps)\n"
               f"detections: {summary.detections}\n"
               f"results: {summary.results_committed} committed, {summary.results_published} "
-              f"published, {summary.backlog} waiting in the outbox for the next start")
+              f"published, {summary.results_ingested} acknowledged by ingest, {summary.backlog} "
+              "waiting in the outbox for the next start")
         if summary.broker_error and summary.backlog:
             print(f"broker: {summary.broker_error}")
     return 0
@@ -197,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--loop", action="store_true", help="loop a video file")
     run.add_argument("--threads", type=int, help="interpreter threads")
     run.add_argument("--delegate", choices=["xnnpack", "none"])
+    run.add_argument("--delivery", choices=["ingested", "broker"],
+                     help="keep results until ingest acknowledges them (default) or the broker does")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     run.set_defaults(func=cmd_run)

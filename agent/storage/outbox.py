@@ -1,5 +1,9 @@
 """The durable outbox: every record is committed here before it is published.
 
+A record goes unsent -> sent (the broker's PUBACK) -> ingested (the backend's ack on the
+``ack`` topic). With ``delivery = "ingested"`` a record sent but not acknowledged within
+the ack timeout goes back to unsent and is published again (ingest dedupes).
+
 SQLite in WAL mode with ``synchronous=NORMAL``: a committed record survives a crash or
 SIGKILL of the agent; on a power cut the last few commits since the previous WAL
 checkpoint can be lost (SQLite's documented trade-off, which spares the SD card an
@@ -30,9 +34,11 @@ CREATE TABLE IF NOT EXISTS records (
     qos INTEGER NOT NULL,
     created_ns INTEGER NOT NULL,
     sent_ns INTEGER,
+    acked_ns INTEGER,
     UNIQUE (stream, seq)
 );
 CREATE INDEX IF NOT EXISTS records_unsent ON records (id) WHERE sent_ns IS NULL;
+CREATE INDEX IF NOT EXISTS records_unacked ON records (sent_ns) WHERE acked_ns IS NULL;
 """
 
 
@@ -59,8 +65,9 @@ class StoredRecord:
 class Outbox:
     """One SQLite outbox file; used from one thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, until_ingested: bool = True) -> None:
         self.path = path
+        self.until_ingested = until_ingested
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
@@ -132,18 +139,51 @@ class Outbox:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot mark records sent: {exc}", path=str(self.path)) from exc
 
+    def mark_ingested(self, stream: str, ranges: Iterable[tuple[int, int]]) -> int:
+        """Record the backend's ack for inclusive seq ranges of a stream; returns rows newly acked."""
+        now = time.time_ns()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            changed = 0
+            for lo, hi in ranges:
+                cur = self._db.execute(
+                    "UPDATE records SET acked_ns = ?, sent_ns = COALESCE(sent_ns, ?) "
+                    "WHERE stream = ? AND seq BETWEEN ? AND ? AND acked_ns IS NULL",
+                    (now, now, stream, lo, hi))
+                changed += int(cur.rowcount)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise StorageError(f"cannot record ingest ack: {exc}", path=str(self.path)) from exc
+        return changed
+
+    def requeue_unacked(self, sent_before_ns: int) -> int:
+        """Sent but never acknowledged before ``sent_before_ns``: back to unsent. Returns count."""
+        cur = self._db.execute(
+            "UPDATE records SET sent_ns = NULL WHERE acked_ns IS NULL AND sent_ns IS NOT NULL "
+            "AND sent_ns < ?", (sent_before_ns,))
+        return int(cur.rowcount)
+
+    def unacked_sent(self) -> int:
+        return int(self._db.execute(
+            "SELECT COUNT(*) FROM records WHERE acked_ns IS NULL AND sent_ns IS NOT NULL").fetchone()[0])
+
     def backlog(self) -> tuple[int, float | None]:
-        """Unsent record count and the age in seconds of the oldest unsent one."""
+        """Records not yet delivered (ingested, or sent when delivery is to the broker), and the
+        age in seconds of the oldest of them."""
+        column = "acked_ns" if self.until_ingested else "sent_ns"
         count, oldest = self._db.execute(
-            "SELECT COUNT(*), MIN(created_ns) FROM records WHERE sent_ns IS NULL").fetchone()
+            f"SELECT COUNT(*), MIN(created_ns) FROM records WHERE {column} IS NULL").fetchone()
         age = (time.time_ns() - oldest) / 1e9 if oldest is not None else None
         return int(count), age
 
     def prune_sent(self, keep: int) -> int:
-        """Delete sent records beyond the newest ``keep``; returns how many went."""
+        """Delete delivered records beyond the newest ``keep``; returns how many went."""
+        column = "acked_ns" if self.until_ingested else "sent_ns"
         cur = self._db.execute(
-            "DELETE FROM records WHERE sent_ns IS NOT NULL AND id <= "
-            "(SELECT id FROM records WHERE sent_ns IS NOT NULL ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            f"DELETE FROM records WHERE {column} IS NOT NULL AND id <= "
+            f"(SELECT id FROM records WHERE {column} IS NOT NULL ORDER BY id DESC LIMIT 1 OFFSET ?)",
             (keep,))
         return int(cur.rowcount)
 

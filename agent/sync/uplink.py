@@ -7,6 +7,7 @@ import time
 
 import paho.mqtt.client as paho
 
+from agent.core.acks import decode_ack
 from agent.core.outbox import Action, FetchUnsent, MarkSent, PublishWindow
 from agent.storage.outbox import Outbox
 from agent.sync.mqtt import MqttLink
@@ -17,10 +18,14 @@ log = logging.getLogger("agent.uplink")
 class Uplink:
     """Publishes committed outbox records in order and marks them sent on PUBACK."""
 
-    def __init__(self, outbox: Outbox, window: PublishWindow, birth: tuple[str, bytes] | None = None):
+    def __init__(self, outbox: Outbox, window: PublishWindow, birth: tuple[str, bytes] | None = None,
+                 ack_topic: str | None = None):
         self.outbox = outbox
         self.window = window
         self.birth = birth
+        self.ack_topic = ack_topic
+        self.ingested = 0
+        self.bad_acks = 0
         self.link: MqttLink | None = None
         self.published = 0
         self.acked = 0
@@ -46,22 +51,29 @@ class Uplink:
         if self.link is None:
             return []
         records = self.outbox.fetch_unsent(action.after_id, action.limit)
-        handed: list[int] = []
+        examined: list[int] = []
         for rec in records:
-            mid = self.link.publish(rec.topic, rec.payload, qos=rec.qos)
-            if mid is None:
-                break
-            self.window.on_published(mid, rec.id)
-            handed.append(rec.id)
-        self.published += len(handed)
-        exhausted = len(records) < action.limit and len(handed) == len(records)
-        return self.window.on_fetched(handed, exhausted=exhausted)
+            if not self.window.is_in_flight(rec.id):
+                mid = self.link.publish(rec.topic, rec.payload, qos=rec.qos)
+                if mid is None:
+                    break
+                self.window.on_published(mid, rec.id)
+                self.published += 1
+            examined.append(rec.id)
+        exhausted = len(records) < action.limit and len(examined) == len(records)
+        return self.window.on_fetched(examined, exhausted=exhausted)
 
     def committed(self) -> None:
         """New records are in the outbox."""
         self._execute(self.window.on_committed())
 
+    def requeued(self) -> None:
+        """Unacknowledged records went back to unsent."""
+        self._execute(self.window.on_requeued())
+
     def on_connected(self, session_present: bool) -> None:
+        if self.link and self.ack_topic:
+            self.link.subscribe(self.ack_topic, qos=1)
         if self.link and self.birth:
             self.link.publish(self.birth[0], self.birth[1], qos=1, retain=True)
         self._execute(self.window.on_connected())
@@ -80,7 +92,17 @@ class Uplink:
             self._execute(self.window.on_puback(acked))
 
     def on_message(self, message: paho.MQTTMessage) -> None:
-        log.debug("ignoring message on %s", message.topic)
+        if message.topic != self.ack_topic:
+            log.debug("ignoring message on %s", message.topic)
+            return
+        try:
+            streams = decode_ack(bytes(message.payload))
+        except ValueError as exc:
+            self.bad_acks += 1
+            log.warning("ignoring malformed ack on %s: %s", message.topic, exc)
+            return
+        for stream, ranges in streams.items():
+            self.ingested += self.outbox.mark_ingested(stream, ranges)
 
     @property
     def idle(self) -> bool:
