@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
+from agent.devtools.demo import wait_for_file
 from agent.devtools.mosquitto import LocalBroker, free_port
 from agent.schemas import load_schema
 from tests.conftest import DEFAULT_MODEL, ROOT, agent_cmd, ingested_seqs
@@ -62,10 +63,13 @@ ack_timeout_s = 2
 class Ingest:
     def __init__(self, broker_url: str, db: Path, client_id: str) -> None:
         self.db = db
+        ready = db.with_suffix(".ready")
+        ready.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
             agent_cmd("ingest", "--broker", broker_url, "--db", f"sqlite:///{db}",
-                      "--client-id", client_id, "--log-level", "warning"),
+                      "--client-id", client_id, "--log-level", "warning", "--ready-file", str(ready)),
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for_file(ready, self.proc, timeout=30)
 
     def wait_for(self, device: str, count: int, timeout: float = 30) -> list[int]:
         deadline = time.monotonic() + timeout

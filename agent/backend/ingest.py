@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -90,12 +91,19 @@ class Ingest:
         self.validator = RecordValidator()
         self.stats = IngestStats()
         self.link: MqttLink | None = None
+        self.ready_file: Path | None = None
         self._batch: list[tuple[IngestedRecord, int, int]] = []
         self._wake = asyncio.Event()
 
     def on_connected(self, session_present: bool) -> None:
         assert self.link is not None
         self.link.subscribe(self.subscription, qos=1)
+
+    def on_subscribed(self, ok: bool) -> None:
+        if ok and self.ready_file is not None and not self.ready_file.exists():
+            self.ready_file.write_text(self.subscription + "\n")
+        if ok:
+            log.info("subscribed to %s", self.subscription)
 
     def on_disconnected(self, reason: str) -> None:
         # PUBACKs for the uncommitted batch cannot be sent on a dead connection; the
@@ -161,7 +169,8 @@ class Ingest:
 
 async def run_ingest(broker: BrokerUrl, store: SqliteStore, *, group: str | None = "ingest",
                      client_id: str | None = None, stop: asyncio.Event | None = None,
-                     password: str | None = None, username: str | None = None) -> IngestStats:
+                     password: str | None = None, username: str | None = None,
+                     ready_file: Path | None = None) -> IngestStats:
     """Consume results until ``stop`` is set (SIGTERM/SIGINT when run from the CLI)."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -170,6 +179,7 @@ async def run_ingest(broker: BrokerUrl, store: SqliteStore, *, group: str | None
             loop.add_signal_handler(sig, stop.set)
     cid = client_id or f"lepton-ingest-{group or 'solo'}-{socket.gethostname()}"
     ingest = Ingest(store, results_subscription(group), name=cid)
+    ingest.ready_file = ready_file
     link = MqttLink(broker, LinkOptions(client_id=cid, manual_ack=True, username=username,
                                         password=password, max_inflight=1000), ingest, loop)
     ingest.link = link

@@ -95,7 +95,11 @@ def open_store(url: str) -> SqliteStore:
     if parts.scheme not in ("sqlite", ""):
         raise StorageError(f"unknown database scheme {parts.scheme!r}", path=url,
                            fix="use sqlite:///PATH")
-    path = parts.path if parts.scheme else url
+    if parts.scheme and parts.netloc:
+        raise StorageError("the path must follow sqlite:/// (three slashes)", path=url,
+                           fix="use sqlite:///relative/path.db or sqlite:////absolute/path.db")
+    # SQLAlchemy's convention: sqlite:///rel.db is relative, sqlite:////abs.db absolute.
+    path = parts.path[1:] if parts.scheme else url
     if not path:
         raise StorageError("no database path", path=url, fix="use sqlite:///PATH")
     return SqliteStore(Path(path))

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from agent.devtools.mosquitto import LocalBroker, find_mosquitto
+from agent.errors import AgentError
 from agent.sources.synthetic import write_clip
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "lepton-vehicles-tiny"
@@ -34,6 +35,17 @@ def _ingested(db: Path) -> int:
             return int(conn.execute("SELECT COUNT(*) FROM records").fetchone()[0])
         except sqlite3.OperationalError:
             return 0
+
+
+def wait_for_file(path: Path, process: subprocess.Popen[str], timeout: float) -> None:
+    """Wait until ``process`` writes ``path``; fail if it dies first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            raise AgentError(f"ingest exited early with status {process.returncode}")
+        if time.monotonic() > deadline:
+            raise AgentError(f"ingest did not subscribe within {timeout:.0f}s")
+        time.sleep(0.05)
 
 
 def run_demo(frames: int, workdir: Path, model: Path | None = None) -> int:
@@ -62,11 +74,14 @@ def run_demo(frames: int, workdir: Path, model: Path | None = None) -> int:
 
     with LocalBroker(workdir / "broker") as broker:
         print(f"[demo] mosquitto listening on {broker.url}")
+        ready = workdir / "ingest.ready"
+        ready.unlink(missing_ok=True)
         ingest = subprocess.Popen(
             _agent("ingest", "--broker", broker.url, "--db", f"sqlite:///{ingest_db}",
-                   "--client-id", "demo-ingest", "--log-level", "warning"),
+                   "--client-id", "demo-ingest", "--log-level", "warning", "--ready-file", str(ready)),
             stdout=subprocess.PIPE, text=True)
         try:
+            wait_for_file(ready, ingest, timeout=30)
             before = _ingested(ingest_db)
             started = time.monotonic()
             out = subprocess.run(_agent(*run_args, "--broker", broker.url),

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import cv2
+
 from agent import __version__
 from agent.config import AgentConfig, Secrets
 from agent.core.backoff import Backoff
@@ -110,6 +112,9 @@ class AgentApp:
         stop = stop or asyncio.Event()
         installed = self._install_signals(loop, stop)
 
+        # Stages run in parallel threads; OpenCV's own worker threads would compete with the
+        # interpreter's for the same cores (measured: bench pipeline, 2 cores).
+        cv2.setNumThreads(1)
         source_uri = parse_source(cfg.source.uri)
         if not source_uri.is_live:
             open_reader(source_uri).close()  # fail fast, with the reason, on a bad file

@@ -49,6 +49,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _load(args: argparse.Namespace) -> Any:
     from agent.config import load_config
 
+    if args.offline and args.broker:
+        raise ConfigError("--offline and --broker exclude each other", key="--offline",
+                          fix="drop one of them")
     try:
         return load_config(args.config, board=args.board, overrides=_overrides(args))
     except ConfigError as exc:
@@ -137,7 +140,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         stats = asyncio.run(run_ingest(broker, store, group=args.group or None,
                                        client_id=args.client_id,
                                        password=Secrets.from_environment().mqtt_password,
-                                       username=args.username))
+                                       username=args.username, ready_file=args.ready_file))
     finally:
         store.close()
     print(json.dumps(stats.to_json()))
@@ -228,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="shared-subscription group ('' for a plain subscription)")
     ingest.add_argument("--client-id", help="stable id: the broker keeps its session")
     ingest.add_argument("--username")
+    ingest.add_argument("--ready-file", type=Path,
+                        help="written once the subscription is in place (for orchestration)")
     ingest.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     ingest.set_defaults(func=cmd_ingest)

@@ -100,6 +100,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _connect_properties(self) -> Properties:
@@ -171,6 +172,15 @@ class MqttLink:
             rejects, self._rejects = self._rejects, []
             self._acks_scheduled = False
         self.handler.on_puback(acks, rejects)
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any,
+                      properties: Any) -> None:
+        failed = [str(r) for r in reasons if r.is_failure]
+        if failed:
+            self._note_error(f"broker {self.broker} refused a subscription: {', '.join(failed)}")
+        subscribed = getattr(self.handler, "on_subscribed", None)
+        if subscribed is not None:
+            self.loop.call_soon_threadsafe(subscribed, not failed)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         self.loop.call_soon_threadsafe(self.handler.on_message, message)
