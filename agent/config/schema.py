@@ -95,6 +95,10 @@ class OutboxSection(_Section):
     ack_timeout_s: float = Field(30.0, gt=0, le=86_400)
 
 
+class KernelsSection(_Section):
+    preprocess: Literal["native", "opencv"] = "native"
+
+
 class AgentConfig(_Section):
     """The whole configuration of one agent."""
 
@@ -103,3 +107,4 @@ class AgentConfig(_Section):
     model: ModelSection = ModelSection()
     mqtt: MqttSection = MqttSection()
     outbox: OutboxSection = OutboxSection()
+    kernels: KernelsSection = KernelsSection()

@@ -68,10 +68,14 @@ def nms(
 ) -> list[int]:
     """Class-aware greedy non-maximum suppression; indices kept, best score first.
 
-    Ties in score keep the lower index first, so results are deterministic.
+    Ties in score keep the lower index first, so results are deterministic; NaN scores are
+    never kept. This is also the reference of the native ``lk_nms``.
     """
-    order = np.lexsort((np.arange(scores.size), -scores))
+    valid = np.flatnonzero(~np.isnan(scores))
+    order = valid[np.lexsort((valid, -scores[valid]))]
     keep: list[int] = []
+    if max_results <= 0:
+        return keep
     suppressed = np.zeros(scores.size, dtype=bool)
     for pos, i in enumerate(order):
         if suppressed[i]:
@@ -83,7 +87,7 @@ def nms(
         rest = rest[(~suppressed[rest]) & (classes[rest] == classes[i])]
         if rest.size:
             ious = iou_matrix(boxes[i:i + 1], boxes[rest])[0]
-            suppressed[rest[ious > iou_threshold]] = True
+            suppressed[rest[ious > np.float32(iou_threshold)]] = True
     return keep
 
 

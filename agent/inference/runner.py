@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from agent import kernels
 from agent.core.postprocess import dequantize, grid_detections, ssd_detections, top_classes
 from agent.core.records import Classification, Detection
 from agent.errors import ModelError
@@ -27,8 +28,9 @@ class Inference:
 class ModelRunner:
     """Owns one interpreter. Not thread-safe: call it from one thread (the inference thread)."""
 
-    def __init__(self, model: LoadedModel) -> None:
+    def __init__(self, model: LoadedModel, preprocess: str = "native") -> None:
         self.model = model
+        self.use_kernels = preprocess == "native"
         self.manifest = model.manifest
         spec = model.input_spec()
         self.input_index = spec.index
@@ -39,6 +41,16 @@ class ModelRunner:
         self._state = [(model.tensor(p.output), model.tensor(p.input)) for p in self.manifest.state]
         self._outputs = {role: model.tensor(name) for role, name in self.manifest.outputs.items()}
         self._interp = interp
+        common = {"out_w": self.width, "out_h": self.height, "out_c": self.channels,
+                  "rgb": self.manifest.color != "bgr"}
+        if self.input_dtype == "uint8":
+            self.spec = kernels.Preprocess(**common, dtype="uint8")  # type: ignore[arg-type]
+        elif self.input_dtype == "int8":  # pixel - 128: the usual int8 input quantization
+            self.spec = kernels.Preprocess(**common, dtype="int8",  # type: ignore[arg-type]
+                                           add=(-128.0, -128.0, -128.0))
+        else:  # float input normalized to [-1, 1]
+            self.spec = kernels.Preprocess(**common, dtype="float32",  # type: ignore[arg-type]
+                                           mul=(1 / 127.5,) * 3, add=(-1.0,) * 3)
         self.reset_state()
 
     def reset_state(self) -> None:
@@ -48,7 +60,14 @@ class ModelRunner:
             self._interp.set_tensor(tin.index, fill)
 
     def prepare(self, image_bgr: np.ndarray) -> np.ndarray:
-        """The input tensor for a BGR frame: resized, colour-ordered, typed per the model."""
+        """The input tensor for a BGR frame: resized, colour-ordered, typed per the model.
+
+        The fused native kernel (or its numpy reference when the native module is missing)
+        does it in one pass; ``[kernels] preprocess = "opencv"`` uses cv2 instead."""
+        if self.use_kernels:
+            out, _ = kernels.active.preprocess(kernels.Image.packed("bgr", image_bgr), self.spec)
+            tensor: np.ndarray = out[None]
+            return tensor
         resized = cv2.resize(image_bgr, (self.width, self.height), interpolation=cv2.INTER_LINEAR)
         if self.channels == 1:
             pixels = cv2.cvtColor(resized, cv2.COLOR_BGR2GRAY)[..., None]

@@ -7,7 +7,7 @@ They are also the fallback when the native module is missing, so the board still
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -161,8 +161,9 @@ def _bilinear(plane: U8, rows: tuple[I64, I64, I64], cols: tuple[I64, I64, I64])
     r0, r1, wr = rows
     c0, c1, wc = cols
     p = plane.astype(np.int64)
-    blended = p[r0] * (2048 - wr)[:, None] + p[r1] * wr[:, None]
-    out: I64 = (blended[:, c0] * (2048 - wc) + blended[:, c1] * wc + (1 << 21)) >> 22
+    blended: I64 = p[r0] * (2048 - wr)[:, None] + p[r1] * wr[:, None]
+    summed: I64 = blended[:, c0] * (2048 - wc) + blended[:, c1] * wc + (1 << 21)
+    out: I64 = np.right_shift(summed, 22)
     return out
 
 
@@ -182,10 +183,10 @@ def yuv_to_rgb(y: I64, u: I64, v: I64) -> tuple[I64, I64, I64]:
     return r, g, b
 
 
-def _quantize(values: I64, spec: Preprocess, channel: int) -> npt.NDArray[np.generic]:
+def _quantize(values: I64, spec: Preprocess, channel: int) -> npt.NDArray[Any]:
     if spec.dtype == "uint8" and spec.mul == (1.0, 1.0, 1.0) and spec.add == (0.0, 0.0, 0.0):
         return values.astype(np.uint8)
-    x = values.astype(np.float32) * np.float32(spec.mul[channel]) + np.float32(spec.add[channel])
+    x: F32 = values.astype(np.float32) * np.float32(spec.mul[channel]) + np.float32(spec.add[channel])
     if spec.dtype == "float32":
         return x
     q = np.rint(x)
@@ -276,7 +277,8 @@ def preprocess(image: Image, spec: Preprocess) -> tuple[npt.NDArray[np.generic],
 
 
 def dequantize(q: npt.NDArray[np.integer], scale: float, zero_point: int) -> F32:
-    return ((q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)).astype(np.float32)
+    out: F32 = ((q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)).astype(np.float32)
+    return out
 
 
 def ssd_decode(encodings: F32, anchors: F32, scales: tuple[float, float, float, float]) -> F32:
@@ -315,23 +317,9 @@ def order_by_score(scores: F32) -> I64:
 
 def nms(boxes: F32, scores: F32, classes: npt.NDArray[np.int32], iou_threshold: float,
         max_out: int) -> list[int]:
-    from agent.core.postprocess import iou_matrix
+    from agent.core.postprocess import nms as core_nms
 
-    order = order_by_score(scores)
-    suppressed = np.zeros(len(scores), bool)
-    keep: list[int] = []
-    for pos, i in enumerate(order):
-        if suppressed[i]:
-            continue
-        keep.append(int(i))
-        if len(keep) >= max_out:
-            break
-        rest = order[pos + 1:]
-        rest = rest[(~suppressed[rest]) & (classes[rest] == classes[i])]
-        if rest.size:
-            ious = iou_matrix(boxes[i:i + 1], boxes[rest])[0]
-            suppressed[rest[ious > np.float32(iou_threshold)]] = True
-    return keep
+    return core_nms(boxes, scores, classes, iou_threshold, max_out)
 
 
 def topk(scores: F32, k: int) -> list[int]:

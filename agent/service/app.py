@@ -120,7 +120,7 @@ class AgentApp:
             open_reader(source_uri).close()  # fail fast, with the reason, on a bad file
         model = load_model(cfg.model.path, num_threads=cfg.model.num_threads,
                            delegate=cfg.model.delegate, score_threshold=cfg.model.score_threshold)
-        runner = ModelRunner(model)
+        runner = ModelRunner(model, preprocess=cfg.kernels.preprocess)
         model_ref = model.ref
         until_ingested = cfg.outbox.delivery == "ingested"
         outbox = Outbox(cfg.agent.state_dir / "outbox.db", until_ingested=until_ingested)

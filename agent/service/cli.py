@@ -153,6 +153,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(frames=args.frames, workdir=args.workdir, model=args.model)
 
 
+def cmd_diag(args: argparse.Namespace) -> int:
+    from agent.diag import exit_code, render, run_checks
+    from agent.diag.kernels import check_kernels
+
+    available = {"kernels": check_kernels}
+    wanted = args.checks or list(available)
+    unknown = [c for c in wanted if c not in available]
+    if unknown:
+        raise ConfigError(f"unknown check(s) {', '.join(unknown)}", key="diag",
+                          fix=f"choose from: {', '.join(available)}")
+    results = run_checks({name: available[name] for name in wanted}, timeout_s=args.timeout)
+    if args.json:
+        print(json.dumps({"checks": [r.to_json() for r in results],
+                          "exit_code": exit_code(results)}, indent=2))
+    else:
+        print(render(results))
+    return exit_code(results)
+
+
+def cmd_bench_kernels(args: argparse.Namespace) -> int:
+    import cv2
+
+    from agent.bench.kernels import bench_kernels
+
+    cv2.setNumThreads(args.opencv_threads)
+    report = bench_kernels(rounds=args.rounds)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"variant {report['variant']}, OpenCV threads {report['opencv_threads']}")
+    print(f"{'case':28} {'native ms':>10} {'baseline ms':>12} {'speedup':>8} {'max diff':>9}")
+    for r in report["cases"]:
+        print(f"{r['case']:28} {r['native_ms']:10.3f} {r['baseline_ms']:12.3f} {r['speedup']:8.2f} "
+              f"{r['max_abs_diff']:9.1f}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from agent.bench.pipeline import bench_pipeline
 
@@ -244,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", type=Path)
     demo.set_defaults(func=cmd_demo)
 
+    diag = sub.add_parser("diag", help="diagnostics: what is wrong and how to fix it")
+    diag.add_argument("checks", nargs="*", metavar="CHECK", help="checks to run (default: all)")
+    diag.add_argument("--json", action="store_true")
+    diag.add_argument("--timeout", type=float, default=20.0, help="seconds per check")
+    diag.set_defaults(func=cmd_diag)
+
     bench = sub.add_parser("bench", help="benchmarks (ratios against a baseline in the same run)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     pipe = bench_sub.add_parser("pipeline", help="raw invoke vs hand-written loop vs the agent")
@@ -253,6 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--threads", type=int, default=1)
     pipe.add_argument("--json", action="store_true")
     pipe.set_defaults(func=cmd_bench)
+
+    kb = bench_sub.add_parser("kernels", help="native kernels vs the OpenCV/numpy way")
+    kb.add_argument("--rounds", type=int, default=7)
+    kb.add_argument("--opencv-threads", type=int, default=1,
+                    help="OpenCV threads for the baseline (the kernels use one)")
+    kb.add_argument("--json", action="store_true")
+    kb.set_defaults(func=cmd_bench_kernels)
 
     clip = sub.add_parser("synth-clip", help="write a clip of the synthetic traffic scene")
     clip.add_argument("out", type=Path)

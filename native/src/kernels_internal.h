@@ -4,8 +4,14 @@
 
 #include <stdint.h>
 
-/* dst[i] = a[i] * (2048 - wy) + b[i] * wy   (bilinear vertical blend, 11-bit weight) */
-void lk_row_blend(const uint8_t *a, const uint8_t *b, int wy, int32_t *dst, int n);
+/* On x86-64 the baseline (SSE2) has no 32-bit integer min/max or multiply, so these loops
+ * only vectorise with newer ISAs: build AVX2 and SSE4.1 clones, chosen at load time (ifunc). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define LK_VECTOR_CLONES __attribute__((target_clones("avx2", "sse4.1", "default")))
+#else
+#define LK_VECTOR_CLONES
+#endif
+
 /* dst[i] += row[i] * w   (area vertical accumulation, 8-bit weight) */
 void lk_row_accumulate(const uint8_t *row, uint32_t w, uint32_t *dst, int n);
 /* BT.601 limited-range YUV -> R, G, B (0..255) for n pixels, as OpenCV's COLOR_YUV2RGB_NV12. */

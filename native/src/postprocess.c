@@ -71,7 +71,7 @@ static int32_t *order_by_score(const float *scores, size_t n) {
     size_t m = 0;
     for (size_t i = 0; i < n; i++) if (!isnan(scores[i])) order[m++] = (int32_t)i;
     /* Bottom-up merge sort: stable, re-entrant (no qsort comparator state), O(n log n). */
-    int32_t *tmp = (int32_t *)malloc((m ? m : 1) * sizeof(int32_t));
+    int32_t *tmp = (int32_t *)malloc((n ? n : 1) * sizeof(int32_t)); /* both hold n: they swap */
     if (!tmp) { free(order); return NULL; }
     for (size_t width = 1; width < m; width *= 2) {
         for (size_t lo = 0; lo < m; lo += 2 * width) {

@@ -56,6 +56,40 @@ static void area_taps(area_tap *taps, int n, double scale, double offset, int lo
     }
 }
 
+/* Bilinear horizontal stage straight from two source rows, one channel at `step` bytes. The
+ * taps hold pixel indices; the 2x2 sum is exact integer arithmetic, rounded once. */
+static void bilinear_row1(const uint8_t *r0, const uint8_t *r1, int wy, const lin_tap *taps, int n,
+                          int step, int32_t *out) {
+    const int32_t wy1 = 2048 - wy;
+    for (int x = 0; x < n; x++) {
+        const int e0 = taps[x].i0 * step, e1 = taps[x].i1 * step, wx = taps[x].w;
+        const int32_t c0 = r0[e0] * wy1 + r1[e0] * wy, c1 = r0[e1] * wy1 + r1[e1] * wy;
+        out[x] = (c0 * (2048 - wx) + c1 * wx + (1 << 21)) >> 22;
+    }
+}
+
+static void bilinear_row3(const uint8_t *r0, const uint8_t *r1, int wy, const lin_tap *taps, int n,
+                          int32_t *o0, int32_t *o1, int32_t *o2) {
+    const int32_t wy1 = 2048 - wy;
+    for (int x = 0; x < n; x++) {
+        const uint8_t *a0 = r0 + 3 * taps[x].i0, *b0 = r1 + 3 * taps[x].i0;
+        const uint8_t *a1 = r0 + 3 * taps[x].i1, *b1 = r1 + 3 * taps[x].i1;
+        const int32_t wx = taps[x].w, wx1 = 2048 - wx;
+        o0[x] = ((a0[0] * wy1 + b0[0] * wy) * wx1 + (a1[0] * wy1 + b1[0] * wy) * wx + (1 << 21)) >> 22;
+        o1[x] = ((a0[1] * wy1 + b0[1] * wy) * wx1 + (a1[1] * wy1 + b1[1] * wy) * wx + (1 << 21)) >> 22;
+        o2[x] = ((a0[2] * wy1 + b0[2] * wy) * wx1 + (a1[2] * wy1 + b1[2] * wy) * wx + (1 << 21)) >> 22;
+    }
+}
+
+/* round(num / den) with ties up, exact: a reciprocal estimate corrected by one step. */
+static inline uint64_t div_round(uint64_t acc, uint64_t den, double inv) {
+    const uint64_t num = acc + den / 2;
+    uint64_t q = (uint64_t)((double)num * inv);
+    if (q * den > num) q--;
+    else if ((q + 1) * den <= num) q++;
+    return q;
+}
+
 static uint32_t area_weight(const area_tap *t, int k) {
     if (k == 0) return (uint32_t)t->wfirst;
     if (k == t->count - 1) return (uint32_t)t->wlast;
@@ -140,6 +174,17 @@ static void emit_row(const job *j, const sink *o, int y, const int32_t *r, const
     const lk_preprocess_params *p = j->p;
     const int C = p->out_c;
     size_t base = (size_t)y * (size_t)p->out_w * (size_t)C;
+    if (o->identity_u8 && C == 3 && have_rgb && y >= j->oy && y < j->oy + j->ch && j->cw == p->out_w) {
+        /* The common case: a full-width row of uint8 pixels, no quantization. */
+        uint8_t *dst = o->u8 + base;
+        const int32_t *c0 = p->out_rgb ? r : b, *c2 = p->out_rgb ? b : r;
+        for (int x = 0; x < j->cw; x++) {
+            dst[3 * x] = (uint8_t)c0[x];
+            dst[3 * x + 1] = (uint8_t)g[x];
+            dst[3 * x + 2] = (uint8_t)c2[x];
+        }
+        return;
+    }
     for (int x = 0; x < p->out_w; x++) {
         const int cx = x - j->ox;
         const int inside = y >= j->oy && y < j->oy + j->ch && cx >= 0 && cx < j->cw;
@@ -227,6 +272,7 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
     area_tap at, atb;
     const uint8_t *plane0 = src->plane0 + (size_t)j.rx * (size_t)j.src_bpp;
     const uint8_t *plane1 = nv12 ? src->plane1 + (size_t)cx0 * 2 : NULL;
+    const uint8_t *a_r0 = NULL, *a_r1 = NULL, *b_r0 = NULL, *b_r1 = NULL;
 
     for (int y = 0; y < p->out_h; y++) {
         const int cyrow = y - j.oy;
@@ -246,13 +292,14 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
                                       area_weight(&atb, k), (uint32_t *)rowb, b_cols);
             }
         } else {
+            /* Bilinear reads only the 2x2 neighbourhoods it needs, straight from the rows. */
             linear_taps(&vt, 1, sy, cyrow * sy, 0, j.rh - 1);
-            lk_row_blend(plane0 + (size_t)(j.ry + vt.i0) * (size_t)src->stride0,
-                         plane0 + (size_t)(j.ry + vt.i1) * (size_t)src->stride0, vt.w, rowa, a_cols);
+            a_r0 = plane0 + (size_t)(j.ry + vt.i0) * (size_t)src->stride0;
+            a_r1 = plane0 + (size_t)(j.ry + vt.i1) * (size_t)src->stride0;
             if (nv12) {
                 linear_taps(&vtb, 1, sy / 2.0, j.ry / 2.0 - cy0 + cyrow * sy / 2.0, 0, cy1 - cy0);
-                lk_row_blend(plane1 + (size_t)(cy0 + vtb.i0) * (size_t)src->stride1,
-                             plane1 + (size_t)(cy0 + vtb.i1) * (size_t)src->stride1, vtb.w, rowb, b_cols);
+                b_r0 = plane1 + (size_t)(cy0 + vtb.i0) * (size_t)src->stride1;
+                b_r1 = plane1 + (size_t)(cy0 + vtb.i1) * (size_t)src->stride1;
             }
         }
         /* Horizontal stage: luma / packed channels. */
@@ -263,21 +310,22 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
             for (int x = 0; x < cw; x++) {
                 const area_tap *t = (const area_tap *)taps_a + x;
                 const uint64_t tot = vtot * area_total(t);
+                const double inv = 1.0 / (double)tot;
                 for (int c = 0; c < nch; c++) {
-                    uint64_t acc = 0;
-                    for (int k = 0; k < t->count; k++)
-                        acc += (uint64_t)(uint32_t)rowa[(t->start + k) * la.step + c] * area_weight(t, k);
-                    dst[c][x] = (int32_t)((acc + tot / 2) / tot);
+                    const uint32_t *px = (const uint32_t *)rowa + t->start * la.step + c;
+                    uint64_t acc = (uint64_t)px[0] * (uint32_t)t->wfirst;
+                    if (t->count > 1) {
+                        uint64_t mid = 0;
+                        for (int k = 1; k < t->count - 1; k++) mid += px[k * la.step];
+                        acc += mid * 256u + (uint64_t)px[(t->count - 1) * la.step] * (uint32_t)t->wlast;
+                    }
+                    dst[c][x] = (int32_t)div_round(acc, tot, inv);
                 }
             }
+        } else if (nch == 3) {
+            bilinear_row3(a_r0, a_r1, vt.w, (const lin_tap *)taps_a, cw, cy, cu, cv);
         } else {
-            for (int x = 0; x < cw; x++) {
-                const lin_tap *t = (const lin_tap *)taps_a + x;
-                for (int c = 0; c < nch; c++) {
-                    const int32_t a0 = rowa[t->i0 * la.step + c], a1 = rowa[t->i1 * la.step + c];
-                    dst[c][x] = (a0 * (2048 - t->w) + a1 * t->w + (1 << 21)) >> 22;
-                }
-            }
+            bilinear_row1(a_r0, a_r1, vt.w, (const lin_tap *)taps_a, cw, la.step, cy);
         }
         if (!j.yuv) {
             if (nch == 1) { emit_row(&j, &o, y, cy, cy, cy, 0); continue; }
@@ -290,8 +338,8 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
         /* Chroma: NV12 rowb holds U,V interleaved per chroma column; YUYV rowa holds
          * Y0 U Y1 V per pair, so U of pair i is at 4i + 1 and V at 4i + 3. */
         const int cstep = nv12 ? 2 : 4, ubase = nv12 ? 0 : 1, vbase = nv12 ? 1 : 3;
-        const int32_t *crow = nv12 ? rowb : rowa;
         if (area) {
+            const uint32_t *crow = (const uint32_t *)(nv12 ? rowb : rowa);
             const uint64_t vtot = nv12 ? area_total(&atb) : area_total(&at);
             for (int x = 0; x < cw; x++) {
                 const area_tap *t = (const area_tap *)taps_b + x;
@@ -299,18 +347,25 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
                 uint64_t su = 0, sv = 0;
                 for (int k = 0; k < t->count; k++) {
                     const uint32_t w = area_weight(t, k);
-                    su += (uint64_t)(uint32_t)crow[(t->start + k) * cstep + ubase] * w;
-                    sv += (uint64_t)(uint32_t)crow[(t->start + k) * cstep + vbase] * w;
+                    su += (uint64_t)crow[(t->start + k) * cstep + ubase] * w;
+                    sv += (uint64_t)crow[(t->start + k) * cstep + vbase] * w;
                 }
-                cu[x] = (int32_t)((su + tot / 2) / tot);
-                cv[x] = (int32_t)((sv + tot / 2) / tot);
+                const double inv = 1.0 / (double)tot;
+                cu[x] = (int32_t)div_round(su, tot, inv);
+                cv[x] = (int32_t)div_round(sv, tot, inv);
             }
         } else {
+            const uint8_t *c_r0 = nv12 ? b_r0 : a_r0, *c_r1 = nv12 ? b_r1 : a_r1;
+            const int32_t wy = nv12 ? vtb.w : vt.w, wy1 = 2048 - wy;
             for (int x = 0; x < cw; x++) {
                 const lin_tap *t = (const lin_tap *)taps_b + x;
-                const int32_t *p0 = crow + t->i0 * cstep, *p1 = crow + t->i1 * cstep;
-                cu[x] = (p0[ubase] * (2048 - t->w) + p1[ubase] * t->w + (1 << 21)) >> 22;
-                cv[x] = (p0[vbase] * (2048 - t->w) + p1[vbase] * t->w + (1 << 21)) >> 22;
+                const int e0 = t->i0 * cstep, e1 = t->i1 * cstep;
+                const int32_t u0 = c_r0[e0 + ubase] * wy1 + c_r1[e0 + ubase] * wy;
+                const int32_t u1 = c_r0[e1 + ubase] * wy1 + c_r1[e1 + ubase] * wy;
+                const int32_t v0 = c_r0[e0 + vbase] * wy1 + c_r1[e0 + vbase] * wy;
+                const int32_t v1 = c_r0[e1 + vbase] * wy1 + c_r1[e1 + vbase] * wy;
+                cu[x] = (u0 * (2048 - t->w) + u1 * t->w + (1 << 21)) >> 22;
+                cv[x] = (v0 * (2048 - t->w) + v1 * t->w + (1 << 21)) >> 22;
             }
         }
         lk_yuv_to_rgb(cy, cu, cv, cr, cg, cb, cw);

@@ -4,21 +4,6 @@
 #if defined(__ARM_NEON) && !defined(LK_FORCE_PORTABLE)
 #include <arm_neon.h>
 
-void lk_row_blend(const uint8_t *a, const uint8_t *b, int wy, int32_t *dst, int n) {
-    const uint16x4_t wa4 = vdup_n_u16((uint16_t)(2048 - wy)), wb4 = vdup_n_u16((uint16_t)wy);
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const uint16x8_t pa = vmovl_u8(vld1_u8(a + i)), pb = vmovl_u8(vld1_u8(b + i));
-        uint32x4_t lo = vmull_u16(vget_low_u16(pa), wa4);
-        uint32x4_t hi = vmull_u16(vget_high_u16(pa), wa4);
-        lo = vmlal_u16(lo, vget_low_u16(pb), wb4);
-        hi = vmlal_u16(hi, vget_high_u16(pb), wb4);
-        vst1q_s32(dst + i, vreinterpretq_s32_u32(lo));
-        vst1q_s32(dst + i + 4, vreinterpretq_s32_u32(hi));
-    }
-    for (; i < n; i++) dst[i] = (int32_t)a[i] * (2048 - wy) + (int32_t)b[i] * wy;
-}
-
 void lk_row_accumulate(const uint8_t *row, uint32_t w, uint32_t *dst, int n) {
     int i = 0;
     if (w <= 0xFFFF) {

@@ -3,17 +3,14 @@
 
 #if !defined(__ARM_NEON) || defined(LK_FORCE_PORTABLE)
 
-void lk_row_blend(const uint8_t *a, const uint8_t *b, int wy, int32_t *dst, int n) {
-    const int32_t wa = 2048 - wy;
-    for (int i = 0; i < n; i++) dst[i] = (int32_t)a[i] * wa + (int32_t)b[i] * wy;
-}
-
+LK_VECTOR_CLONES
 void lk_row_accumulate(const uint8_t *row, uint32_t w, uint32_t *dst, int n) {
     for (int i = 0; i < n; i++) dst[i] += (uint32_t)row[i] * w;
 }
 
 static inline int32_t clamp255(int32_t v) { return v < 0 ? 0 : (v > 255 ? 255 : v); }
 
+LK_VECTOR_CLONES
 void lk_yuv_to_rgb(const int32_t *y, const int32_t *u, const int32_t *v, int32_t *r, int32_t *g,
                    int32_t *b, int n) {
     for (int i = 0; i < n; i++) {

@@ -1,0 +1,42 @@
+"""Pre/post-processing kernels: native (C, NEON, CUDA) when built, the numpy reference otherwise.
+
+``LEPTON_KERNELS=numpy`` forces the reference at run time (for comparisons); a board whose
+native module failed to build still boots, with a logged warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from types import ModuleType
+
+from agent.kernels import reference
+from agent.kernels.reference import Image, LetterboxInfo, MotionState, Preprocess
+
+log = logging.getLogger("agent.kernels")
+
+__all__ = ["Image", "LetterboxInfo", "MotionState", "Preprocess", "active", "variant"]
+
+
+def _load() -> ModuleType:
+    if os.environ.get("LEPTON_KERNELS", "").strip().lower() == "numpy":
+        return reference
+    try:
+        from agent.kernels import native
+
+        return native
+    except ImportError as exc:
+        log.warning("native kernels unavailable (%s); using the numpy reference, which is slower. "
+                    "Rebuild with `pip install -e .` (needs gcc and python3-dev)", exc)
+        return reference
+
+
+active: ModuleType = _load()
+
+
+def variant() -> str:
+    """'ref', 'neon' or 'cuda' for the native build in use, 'numpy' for the fallback."""
+    if active is reference:
+        return "numpy"
+    name: str = active.variant()
+    return name

@@ -1,0 +1,208 @@
+"""Thin typed wrappers over the C entry points: check arguments, call, turn codes into errors.
+
+Each function mirrors one ``lk_*`` function and its numpy reference in ``reference.py``.
+cffi releases the GIL for the duration of every call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.errors import KernelError
+from agent.kernels import _native  # type: ignore[attr-defined]  # built by native/build_ffi.py
+from agent.kernels.reference import (
+    BYTES_PER_PIXEL,
+    F32,
+    Image,
+    LetterboxInfo,
+    MotionState,
+    Preprocess,
+)
+
+ffi: Any = _native.ffi
+lib: Any = _native.lib
+
+_CODES = {1: "invalid argument", 2: "size, stride or region out of range", 3: "out of memory",
+          4: "dimensions overflow"}
+_FORMATS = {"nv12": 0, "yuyv": 1, "bgr": 2, "rgb": 3, "gray": 4}
+_DTYPES = {"uint8": (0, np.uint8), "int8": (1, np.int8), "float32": (2, np.float32)}
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        raise KernelError(f"{what}: {_CODES.get(rc, f'error {rc}')}",
+                          fix="check shapes, strides and the region against the frame")
+
+
+def _ptr(ctype: str, array: npt.NDArray[Any]) -> Any:
+    return ffi.cast(ctype, array.ctypes.data)
+
+
+def _plane_extent(plane: npt.NDArray[np.uint8], name: str) -> int:
+    """Bytes reachable from the plane's first byte, for C-side bounds checks."""
+    if plane.dtype != np.uint8 or plane.ndim != 2:
+        raise KernelError(f"{name} must be a 2-D uint8 array, got {plane.dtype} {plane.shape}")
+    if plane.strides[1] != 1 or plane.strides[0] < plane.shape[1]:
+        raise KernelError(f"{name} rows must be contiguous bytes with a stride >= the row "
+                          f"(strides {plane.strides})")
+    if plane.shape[0] == 0 or plane.shape[1] == 0:
+        raise KernelError(f"{name} is empty ({plane.shape})")
+    return int((plane.shape[0] - 1) * plane.strides[0] + plane.shape[1])
+
+
+def preprocess(image: Image, spec: Preprocess,
+               out: npt.NDArray[Any] | None = None) -> tuple[npt.NDArray[Any], LetterboxInfo]:
+    """``lk_preprocess``: the frame into a (out_h, out_w, out_c) tensor (``out`` if given)."""
+    code, dtype = _DTYPES[spec.dtype]
+    shape = (spec.out_h, spec.out_w, spec.out_c)
+    if out is None:
+        out = np.empty(shape, dtype)
+    elif out.dtype != dtype or out.shape[-3:] != shape or out.size != int(np.prod(shape)):
+        raise KernelError(f"output must be {dtype.__name__} of shape {shape} (or [1, ...]), got "
+                          f"{out.dtype} {out.shape}")
+    if not out.flags.c_contiguous:
+        raise KernelError("output tensor must be C-contiguous")
+    planes = image.planes
+    need = 2 if image.format == "nv12" else 1
+    if len(planes) != need:
+        raise KernelError(f"{image.format} needs {need} plane(s), got {len(planes)}")
+    src = ffi.new("lk_image *")
+    src.format = _FORMATS[image.format]
+    src.width, src.height = image.width, image.height
+    bpp = BYTES_PER_PIXEL[image.format]
+    if planes[0].shape[1] < image.width * bpp:
+        raise KernelError(f"plane 0 rows hold {planes[0].shape[1]} bytes, need {image.width * bpp}")
+    src.plane0 = _ptr("const uint8_t *", planes[0])
+    src.stride0 = planes[0].strides[0]
+    src.plane0_bytes = _plane_extent(planes[0], "plane 0")
+    if need == 2:
+        src.plane1 = _ptr("const uint8_t *", planes[1])
+        src.stride1 = planes[1].strides[0]
+        src.plane1_bytes = _plane_extent(planes[1], "UV plane")
+    params = ffi.new("lk_preprocess_params *")
+    if spec.roi:
+        params.roi_x, params.roi_y, params.roi_w, params.roi_h = spec.roi
+    params.out_w, params.out_h, params.out_c = spec.out_w, spec.out_h, spec.out_c
+    params.out_rgb = int(spec.rgb)
+    params.resize = 1 if spec.resize == "area" else 0
+    params.letterbox = int(spec.letterbox)
+    params.pad_value = spec.pad_value
+    params.dtype = code
+    params.mul = list(spec.mul)
+    params.add = list(spec.add)
+    info = ffi.new("lk_letterbox_info *")
+    _check(lib.lk_preprocess(src, params, _ptr("void *", out), out.nbytes, info),
+           f"preprocess {image.format} {image.width}x{image.height} -> {shape}")
+    return out, LetterboxInfo(float(info.scale), int(info.offset_x), int(info.offset_y),
+                              int(info.content_w), int(info.content_h))
+
+
+def _f32(array: npt.NDArray[Any], name: str, last: int | None = None) -> F32:
+    a = np.ascontiguousarray(array, dtype=np.float32)
+    if last is not None and (a.ndim != 2 or a.shape[1] != last):
+        raise KernelError(f"{name} must have shape (N, {last}), got {a.shape}")
+    return a
+
+
+def dequantize(q: npt.NDArray[Any], scale: float, zero_point: int) -> F32:
+    if q.dtype not in (np.uint8, np.int8):
+        raise KernelError(f"dequantize takes uint8 or int8, got {q.dtype}")
+    src = np.ascontiguousarray(q)
+    out = np.empty(src.shape, np.float32)
+    _check(lib.lk_dequantize(_ptr("const uint8_t *", src), src.size, int(src.dtype == np.int8),
+                             scale, zero_point, _ptr("float *", out)), "dequantize")
+    return out
+
+
+def ssd_decode(encodings: npt.NDArray[Any], anchors: npt.NDArray[Any],
+               scales: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)) -> F32:
+    e, a = _f32(encodings, "encodings", 4), _f32(anchors, "anchors", 4)
+    if e.shape != a.shape:
+        raise KernelError(f"encodings {e.shape} and anchors {a.shape} differ")
+    out = np.empty_like(e)
+    sc = ffi.new("float[4]", list(scales))
+    _check(lib.lk_ssd_decode(_ptr("const float *", e), _ptr("const float *", a), len(e), sc,
+                             _ptr("float *", out)), "ssd_decode")
+    return out
+
+
+def yolo_decode(rows: npt.NDArray[Any], has_objectness: bool, threshold: float, input_w: float,
+                input_h: float) -> tuple[F32, F32, npt.NDArray[np.int32]]:
+    r = np.ascontiguousarray(rows, dtype=np.float32)
+    if r.ndim != 2:
+        raise KernelError(f"yolo rows must be 2-D (N, 4 [+1] + classes), got {r.shape}")
+    n = r.shape[0]
+    boxes = np.empty((n, 4), np.float32)
+    scores = np.empty(n, np.float32)
+    classes = np.empty(n, np.int32)
+    kept = ffi.new("size_t *")
+    _check(lib.lk_yolo_decode(_ptr("const float *", r), n, r.shape[1], int(has_objectness),
+                              threshold, input_w, input_h, _ptr("float *", boxes),
+                              _ptr("float *", scores), _ptr("int32_t *", classes), n, kept),
+           "yolo_decode")
+    k = int(kept[0])
+    return boxes[:k], scores[:k], classes[:k]
+
+
+def nms(boxes: npt.NDArray[Any], scores: npt.NDArray[Any], classes: npt.NDArray[Any],
+        iou_threshold: float, max_out: int) -> list[int]:
+    b = _f32(boxes, "boxes", 4)
+    s = np.ascontiguousarray(scores, dtype=np.float32)
+    c = np.ascontiguousarray(classes, dtype=np.int32)
+    if not len(b) == len(s) == len(c):
+        raise KernelError(f"nms: {len(b)} boxes, {len(s)} scores, {len(c)} classes")
+    if max_out < 0:
+        raise KernelError("nms: max_out must be >= 0")
+    keep = np.empty(max(min(max_out, len(b)), 1), np.int32)
+    kept = ffi.new("size_t *")
+    _check(lib.lk_nms(_ptr("const float *", b), _ptr("const float *", s), _ptr("const int32_t *", c),
+                      len(b), iou_threshold, min(max_out, len(b)), _ptr("int32_t *", keep), kept),
+           "nms")
+    return [int(i) for i in keep[: int(kept[0])]]
+
+
+def topk(scores: npt.NDArray[Any], k: int) -> list[int]:
+    s = np.ascontiguousarray(scores, dtype=np.float32).reshape(-1)
+    if not 0 <= k <= s.size:
+        raise KernelError(f"topk: k={k} outside 0..{s.size}")
+    out = np.empty(max(k, 1), np.int32)
+    _check(lib.lk_topk(_ptr("const float *", s), s.size, k, _ptr("int32_t *", out)), "topk")
+    return [int(i) for i in out[:k] if i >= 0]
+
+
+class NativeMotion:
+    """``lk_motion_update`` with the state and scratch it needs."""
+
+    def __init__(self, state: MotionState) -> None:
+        if not (0 < state.width <= 4096 and 0 < state.height <= 4096):
+            raise KernelError(f"motion grid {state.width}x{state.height} outside 1..4096")
+        self.state = state
+        self.background = np.zeros((state.height, state.width), np.uint16)
+        self.scratch = np.empty(state.width * state.height * 4 + 64, np.uint8)
+        self.c_state = ffi.new("lk_motion_state *")
+        self.c_state.width, self.c_state.height = state.width, state.height
+        self.c_state.background = _ptr("uint16_t *", self.background)
+        self.c_state.alpha_q8, self.c_state.threshold = state.alpha_q8, state.threshold
+
+    def update(self, gray: npt.NDArray[np.uint8], capacity: int = 8) -> tuple[float, list[tuple[int, ...]]]:
+        if gray.dtype != np.uint8 or gray.shape != (self.state.height, self.state.width):
+            raise KernelError(f"motion frame must be uint8 {(self.state.height, self.state.width)}, "
+                              f"got {gray.dtype} {gray.shape}")
+        if gray.strides[1] != 1:
+            gray = np.ascontiguousarray(gray)
+        score = ffi.new("float *")
+        boxes = ffi.new("lk_motion_box[]", max(capacity, 1))
+        count = ffi.new("size_t *")
+        _check(lib.lk_motion_update(self.c_state, _ptr("const uint8_t *", gray), gray.strides[0],
+                                    score, boxes, capacity, count, _ptr("uint8_t *", self.scratch),
+                                    self.scratch.nbytes), "motion_update")
+        return float(score[0]), [(b.x0, b.y0, b.x1, b.y1, b.pixels)
+                                 for b in (boxes[i] for i in range(int(count[0])))]
+
+
+def variant() -> str:
+    name: bytes = ffi.string(lib.lk_variant_name())
+    return name.decode()
