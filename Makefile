@@ -3,16 +3,24 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 AGENT := $(VENV)/bin/lepton-agent
-APT_PACKAGES := python3-venv python3-dev mosquitto gcc
+APT_PACKAGES := python3-venv python3-dev mosquitto gcc make
+# For the tests on an x86-64 host: the NEON kernels are checked under qemu-aarch64.
+TEST_APT_PACKAGES := $(if $(filter x86_64,$(shell uname -m)),gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages run test test-slow test-all lint model bench clean
+.PHONY: setup system-packages test-packages apt-install run test test-slow test-all lint model bench clean
 
 ## Install what the agent needs: Debian packages (where apt is there), then a venv.
 setup: $(VENV)/.installed
 
 system-packages:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@$(MAKE) -s apt-install PACKAGES="$(APT_PACKAGES)"
+
+test-packages:
+	@$(MAKE) -s apt-install PACKAGES="$(APT_PACKAGES) $(TEST_APT_PACKAGES)"
+
+apt-install:
+	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null; then \
 	    echo "installing Debian packages:$$missing"; \
@@ -32,8 +40,11 @@ run: setup
 	$(AGENT) demo
 
 ## Default test tier (fast unit tests + real-broker tier); slow tiers are marked `slow`.
-test: setup
+test: setup test-packages
 	$(PY) -m pytest -q
+
+test-neon:
+	cross/test-neon.sh
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

@@ -268,8 +268,8 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
     /* YUYV pairs: element offsets in the packed row. */
     const layout la = yuyv ? (layout){2, 0} : (layout){j.src_bpp, 0};
 
-    lin_tap vt, vtb;
-    area_tap at, atb;
+    lin_tap vt = {0, 0, 0}, vtb = {0, 0, 0};
+    area_tap at = {0, 0, 0, 0}, atb = {0, 0, 0, 0};
     const uint8_t *plane0 = src->plane0 + (size_t)j.rx * (size_t)j.src_bpp;
     const uint8_t *plane1 = nv12 ? src->plane1 + (size_t)cx0 * 2 : NULL;
     const uint8_t *a_r0 = NULL, *a_r1 = NULL, *b_r0 = NULL, *b_r1 = NULL;

@@ -1,0 +1,16 @@
+# Builds native/tests/selftest: the kernels as built for the target (NEON on aarch64) plus the
+# portable reference under ref_* names. CC selects the compiler (aarch64-linux-gnu-gcc to cross).
+CC ?= cc
+CFLAGS ?= -O2
+LDFLAGS ?= -static
+FLAGS = -std=c99 -Wall -Wextra -ffp-contract=off -Inative/include $(CFLAGS)
+REF = -DLK_FORCE_PORTABLE -Dlk_row_accumulate=ref_row_accumulate -Dlk_yuv_to_rgb=ref_yuv_to_rgb \
+      -Dlk_preprocess=ref_preprocess
+OUT ?= build/selftest
+
+$(OUT)/selftest: native/tests/selftest.c native/src/*.c native/src/*.h native/include/lepton/*.h
+	mkdir -p $(OUT)
+	$(CC) $(FLAGS) $(REF) -c native/src/row_portable.c -o $(OUT)/ref_rows.o
+	$(CC) $(FLAGS) $(REF) -c native/src/preprocess.c -o $(OUT)/ref_preprocess.o
+	$(CC) $(FLAGS) $(LDFLAGS) native/tests/selftest.c native/src/preprocess.c native/src/row_portable.c \
+	    native/src/row_neon.c native/src/variant.c $(OUT)/ref_rows.o $(OUT)/ref_preprocess.o -lm -o $@
