@@ -134,3 +134,36 @@ def test_gstreamer_absent_says_so() -> None:
         pytest.skip("this OpenCV has GStreamer")
     with pytest.raises(SourceError, match="no GStreamer backend"):
         open_reader(parse_source("gst:videotestsrc ! appsink"))
+
+
+def test_motion_gate_skips_static_frames_but_runs_every_n(tmp_path: Path) -> None:
+    from agent.sources.capture import MotionGate
+
+    class Still:
+        fps = 0.0
+
+        def __init__(self) -> None:
+            self.n = 0
+
+        def read(self) -> np.ndarray | None:
+            self.n += 1
+            frame = np.full((48, 64, 3), 60, np.uint8)
+            if 20 <= self.n < 25:  # something moves through for five frames
+                frame[10:30, 3 * self.n - 40:3 * self.n - 28] = 230
+            return frame
+
+        def close(self) -> None:
+            pass
+
+    gate = MotionGate(min_score=0.01, every_n=10, grid_width=32, pixel_threshold=25,
+                      learning_rate=0.05)
+    q: BoundedQueue[CapturedFrame] = BoundedQueue("frames", 64, "block")
+    worker = CaptureWorker(parse_source("v4l2:///dev/video0"), q, identity, realtime=False,
+                           max_frames=40, reader_factory=lambda uri: Still(), motion=gate)
+    worker.start()
+    frames = drain(q)
+    ran = [f.index for f in frames]
+    assert ran[0] == 0  # a new scene always runs
+    assert {20, 21, 22, 23, 24} <= set(ran)  # motion runs every frame
+    assert all(b - a <= 10 for a, b in zip(ran, ran[1:], strict=False))  # never more than every_n
+    assert gate.skipped == 40 - len(ran) and gate.skipped > 20

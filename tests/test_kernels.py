@@ -247,7 +247,7 @@ def test_dequantize_ssd_and_yolo_match_reference() -> None:
 def test_motion_matches_reference_and_finds_the_mover() -> None:
     rng = np.random.default_rng(3)
     base = rng.integers(40, 60, (45, 80), dtype=np.uint8)
-    nat = native.NativeMotion(MotionState(80, 45))
+    nat = native.Motion(MotionState(80, 45))
     refs = MotionState(80, 45)
     for step in range(12):
         frame = base.copy()
@@ -258,7 +258,7 @@ def test_motion_matches_reference_and_finds_the_mover() -> None:
         assert a[0] == pytest.approx(b[0]) and a[1] == b[1]
         if step:
             assert a[0] > 0 and any(b[0] <= x + 7 and b[2] >= x for b in a[1])
-    static = native.NativeMotion(MotionState(80, 45))
+    static = native.Motion(MotionState(80, 45))
     static.update(base)
     assert static.update(base) == (0.0, [])
 

@@ -95,6 +95,17 @@ class OutboxSection(_Section):
     ack_timeout_s: float = Field(30.0, gt=0, le=86_400)
 
 
+class MotionSection(_Section):
+    """Motion gating: skip inference on static scenes, but run at least every ``every_n`` frames."""
+
+    enabled: bool = False
+    min_score: float = Field(0.002, ge=0.0, le=1.0)
+    every_n: int = Field(15, ge=1)
+    grid_width: int = Field(160, ge=8, le=1024)
+    pixel_threshold: int = Field(25, ge=0, le=255)
+    learning_rate: float = Field(0.05, gt=0.0, le=1.0)
+
+
 class KernelsSection(_Section):
     preprocess: Literal["native", "opencv"] = "native"
 
@@ -108,3 +119,4 @@ class AgentConfig(_Section):
     mqtt: MqttSection = MqttSection()
     outbox: OutboxSection = OutboxSection()
     kernels: KernelsSection = KernelsSection()
+    motion: MotionSection = MotionSection()

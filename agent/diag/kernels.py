@@ -38,12 +38,14 @@ def _self_tests() -> list[str]:
     boxes = np.array([[0, 0, 1, 1], [0, 0, 0.95, 1], [0.5, 0.5, 0.6, 0.6]], np.float32)
     if k.nms(boxes, np.array([0.9, 0.8, 0.7], np.float32), np.zeros(3, np.int32), 0.5, 10) != [0, 2]:
         failed.append("nms")
-    if k is not ref:
-        motion = k.NativeMotion(MotionState(16, 8))
-        motion.update(np.zeros((8, 16), np.uint8))
-        score, _ = motion.update(np.zeros((8, 16), np.uint8))
-        if score != 0.0:
-            failed.append("motion static scene")
+    motion = k.Motion(MotionState(16, 8))
+    motion.update(np.zeros((8, 16), np.uint8))
+    score, _ = motion.update(np.zeros((8, 16), np.uint8))
+    moved = np.zeros((8, 16), np.uint8)
+    moved[2:5, 3:7] = 200
+    score_moved, boxes = motion.update(moved)
+    if score != 0.0 or score_moved <= 0 or boxes[:1] != [(3, 2, 6, 4, 12)]:
+        failed.append("motion")
     return failed
 
 

@@ -173,7 +173,7 @@ def topk(scores: npt.NDArray[Any], k: int) -> list[int]:
     return [int(i) for i in out[:k] if i >= 0]
 
 
-class NativeMotion:
+class Motion:
     """``lk_motion_update`` with the state and scratch it needs."""
 
     def __init__(self, state: MotionState) -> None:

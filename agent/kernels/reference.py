@@ -335,6 +335,16 @@ class MotionState:
     background: npt.NDArray[np.uint16] | None = None
 
 
+class Motion:
+    """Same face as the native ``Motion``: ``update(gray) -> (score, boxes)``."""
+
+    def __init__(self, state: MotionState) -> None:
+        self.state = state
+
+    def update(self, gray: U8, capacity: int = 8) -> tuple[float, list[tuple[int, ...]]]:
+        return motion_update(self.state, gray, capacity)
+
+
 def motion_update(state: MotionState, gray: U8, capacity: int = 8) -> tuple[float, list[tuple[int, ...]]]:
     """Reference of ``lk_motion_update``: (score, [(x0, y0, x1, y1, pixels), ...])."""
     cur = gray.astype(np.int64) << 8

@@ -35,7 +35,7 @@ from agent.inference.model import load_model
 from agent.inference.runner import ModelRunner
 from agent.inference.worker import InferenceWorker
 from agent.pipeline.queues import BoundedQueue, DropPolicy
-from agent.sources.capture import CapturedFrame, CaptureWorker
+from agent.sources.capture import CapturedFrame, CaptureWorker, MotionGate
 from agent.sources.readers import open_reader
 from agent.storage.outbox import Outbox, PendingRecord
 from agent.sync.mqtt import LinkOptions, MqttLink, Will
@@ -57,6 +57,7 @@ class RunSummary:
     frames_captured: int = 0
     frames_processed: int = 0
     frames_dropped: int = 0
+    frames_skipped_static: int = 0
     detections: int = 0
     results_committed: int = 0
     results_published: int = 0
@@ -159,10 +160,13 @@ class AgentApp:
             uplink.attach(link)
             link.start()
 
+        m = cfg.motion
+        gate = MotionGate(m.min_score, m.every_n, m.grid_width, m.pixel_threshold,
+                          m.learning_rate) if m.enabled else None
         capture = CaptureWorker(
             source_uri, frames, runner.prepare, realtime=realtime, loop_file=cfg.source.loop,
             max_frames=cfg.source.max_frames,
-            backoff=Backoff(cfg.source.reconnect_initial_s, cfg.source.reconnect_max_s))
+            backoff=Backoff(cfg.source.reconnect_initial_s, cfg.source.reconnect_max_s), motion=gate)
         def inference_finished() -> None:
             loop.call_soon_threadsafe(inference_done.set)
 
@@ -210,6 +214,7 @@ class AgentApp:
                           "queue_depth": {"frames": len(frames)}, "backlog": backlog,
                           "oldest_unsent_s": round(oldest, 1) if oldest is not None else None,
                           "detections": inference.stats.detections,
+                          "frames_skipped_static": gate.skipped if gate else 0,
                           "source_reconnects": capture.stats.reconnects,
                           "source_error": capture.stats.last_error}
                 log.debug("health %s", health)
@@ -291,6 +296,7 @@ class AgentApp:
         s.frames_captured = capture.stats.frames
         s.frames_processed = inference.stats.frames
         s.frames_dropped = frames.stats.dropped
+        s.frames_skipped_static = gate.skipped if gate else 0
         s.detections = inference.stats.detections
         s.results_published = uplink.acked
         s.results_ingested = uplink.ingested

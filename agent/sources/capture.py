@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from agent import kernels
 from agent.core.backoff import Backoff
 from agent.core.uri import SourceUri
 from agent.errors import SourceError
@@ -36,6 +37,46 @@ class CapturedFrame:
     image: np.ndarray | None = None
 
 
+class MotionGate:
+    """Decides per frame whether inference is worth running (see ``[motion]`` in the config)."""
+
+    def __init__(self, min_score: float, every_n: int, grid_width: int, pixel_threshold: int,
+                 learning_rate: float) -> None:
+        self.min_score = min_score
+        self.every_n = every_n
+        self.grid_width = grid_width
+        self.pixel_threshold = pixel_threshold
+        self.alpha_q8 = max(1, min(256, round(learning_rate * 256)))
+        self.detector: object | None = None
+        self.spec: kernels.Preprocess | None = None
+        self.since_run = 0
+        self.last_score = 0.0
+        self.skipped = 0
+
+    def should_run(self, image: np.ndarray) -> bool:
+        h, w = image.shape[:2]
+        if self.spec is None or self.detector is None:
+            gw = min(self.grid_width, w)
+            gh = max(1, round(h * gw / w))
+            self.spec = kernels.Preprocess(out_w=gw, out_h=gh, out_c=1, resize="area")
+            self.detector = kernels.active.Motion(kernels.MotionState(
+                gw, gh, alpha_q8=self.alpha_q8, threshold=self.pixel_threshold))
+        gray, _ = kernels.active.preprocess(kernels.Image.packed("bgr", image), self.spec)
+        self.last_score, _boxes = self.detector.update(gray[..., 0], 0)  # type: ignore[attr-defined]
+        self.since_run += 1
+        if self.last_score >= self.min_score or self.since_run >= self.every_n:
+            self.since_run = 0
+            return True
+        self.skipped += 1
+        return False
+
+    def reset(self) -> None:
+        """A new scene (reopened source): drop the background and run on the next frame."""
+        self.detector = None
+        self.spec = None
+        self.since_run = self.every_n
+
+
 @dataclass
 class CaptureStats:
     frames: int = 0
@@ -57,7 +98,7 @@ class CaptureWorker:
                  prepare: Callable[[np.ndarray], np.ndarray], *, realtime: bool,
                  loop_file: bool = False, max_frames: int = 0, backoff: Backoff | None = None,
                  reader_factory: Callable[[SourceUri], FrameReader] = open_reader,
-                 keep_image: bool = False) -> None:
+                 keep_image: bool = False, motion: MotionGate | None = None) -> None:
         self.uri = uri
         self.out = out
         self.prepare = prepare
@@ -67,8 +108,10 @@ class CaptureWorker:
         self.backoff = backoff or Backoff(0.5, 30.0)
         self.reader_factory = reader_factory
         self.keep_image = keep_image
+        self.motion = motion
         self.stats = CaptureStats()
         self._stop = threading.Event()
+        self._next_due = 0.0
         self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
 
     def start(self) -> None:
@@ -111,13 +154,24 @@ class CaptureWorker:
             self.stats.ended = True
             self.out.close()
 
+    def _pace(self, period: float) -> None:
+        """Sleep until the next frame is due (real-time playback); never sleeps when behind."""
+        if not period:
+            return
+        self._next_due += period
+        delay = self._next_due - time.monotonic()
+        if delay > 0:
+            self._stop.wait(delay)
+        else:
+            self._next_due = time.monotonic()
+
     def _capture_loop(self) -> None:
         discontinuity = True
         reader = self._open()
         if reader is None:
             return
         period = 1.0 / reader.fps if self.realtime and reader.fps > 0 else 0.0
-        next_due = time.monotonic()
+        self._next_due = time.monotonic()
         try:
             while not self._stop.is_set():
                 if self.max_frames and self.stats.frames >= self.max_frames:
@@ -142,10 +196,17 @@ class CaptureWorker:
                     if reader is None:
                         return
                     discontinuity = True
-                    next_due = time.monotonic()
+                    self._next_due = time.monotonic()
                     continue
                 wall, mono_ns = time.time(), time.monotonic_ns()
                 read_done = time.perf_counter()
+                if self.motion is not None:
+                    if discontinuity:
+                        self.motion.reset()
+                    if not self.motion.should_run(image):
+                        self.stats.frames += 1
+                        self._pace(period)
+                        continue
                 tensor = self.prepare(image)
                 prepared = time.perf_counter()
                 frame = CapturedFrame(
@@ -159,13 +220,7 @@ class CaptureWorker:
                 while not self._stop.is_set():
                     if self.out.put(frame, timeout=0.25) or self.out.policy != "block":
                         break
-                if period:
-                    next_due += period
-                    delay = next_due - time.monotonic()
-                    if delay > 0:
-                        self._stop.wait(delay)
-                    else:
-                        next_due = time.monotonic()
+                self._pace(period)
         finally:
             if reader is not None:
                 reader.close()
