@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class MotionGate:
         self.grid_width = grid_width
         self.pixel_threshold = pixel_threshold
         self.alpha_q8 = max(1, min(256, round(learning_rate * 256)))
-        self.detector: object | None = None
+        self.detector: Any = None
         self.spec: kernels.Preprocess | None = None
         self.since_run = 0
         self.last_score = 0.0
@@ -62,7 +63,7 @@ class MotionGate:
             self.detector = kernels.active.Motion(kernels.MotionState(
                 gw, gh, alpha_q8=self.alpha_q8, threshold=self.pixel_threshold))
         gray, _ = kernels.active.preprocess(kernels.Image.packed("bgr", image), self.spec)
-        self.last_score, _boxes = self.detector.update(gray[..., 0], 0)  # type: ignore[attr-defined]
+        self.last_score, _boxes = self.detector.update(gray[..., 0], 0)
         self.since_run += 1
         if self.last_score >= self.min_score or self.since_run >= self.every_n:
             self.since_run = 0
