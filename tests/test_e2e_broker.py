@@ -88,6 +88,31 @@ class Ingest:
         return json.loads(out.strip().splitlines()[-1])
 
 
+def retained_status(broker: LocalBroker, site: str, device: str) -> dict:
+    import threading
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    got: dict = {}
+    done = threading.Event()
+
+    def on_message(client, userdata, message) -> None:  # type: ignore[no-untyped-def]
+        got.update(json.loads(message.payload))
+        got["_retained"] = message.retain
+        done.set()
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.on_message = on_message
+    client.connect("127.0.0.1", broker.port)
+    client.subscribe(f"lepton/v1/{site}/{device}/status", qos=1)
+    client.loop_start()
+    done.wait(5)
+    client.loop_stop()
+    client.disconnect()
+    return got
+
+
 def run_agent(config: Path, *extra: str, timeout: float = 120) -> dict:
     out = subprocess.run(agent_cmd("run", "--config", str(config), "--json", *extra), cwd=ROOT,
                          capture_output=True, text=True, timeout=timeout)
@@ -145,8 +170,13 @@ def test_agent_sigkill_restart_loses_nothing_reuses_no_seq(tmp_path: Path,
                       "--pace", "realtime"),
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(2.5)
+        assert retained_status(broker, "test-site", "dev-kill")["state"] == "online"
         agent.kill()
         agent.wait(10)
+    time.sleep(0.5)
+    status = retained_status(broker, "test-site", "dev-kill")  # the last will
+    assert status["state"] == "offline" and status["reason"] == "connection lost"
+    assert status["_retained"]
     killed_total = outbox_last_seq(state)
     assert killed_total > 30
     summary = run_agent(config, "--source", "synthetic://320x240@60", "--pace", "fast",
@@ -199,3 +229,7 @@ def test_sigterm_is_a_graceful_stop(tmp_path: Path, broker: LocalBroker) -> None
     assert seqs == list(range(1, summary["results_committed"] + 1))
     with sqlite3.connect(tmp_path / "state" / "outbox.db") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    status = retained_status(broker, "test-site", "dev-term")
+    assert status["state"] == "offline" and status["reason"] == "stopped"
+    Draft202012Validator(load_schema("status.v1")).validate(
+        {k: v for k, v in status.items() if not k.startswith("_")})

@@ -129,25 +129,48 @@ def _agent_run(model: Path, source: Path, threads: int, frames: int, workdir: Pa
 
 
 def bench_pipeline(model: Path | None = None, source: Path | None = None, seconds: float = 10.0,
-                   threads: int = 1) -> dict[str, Any]:
+                   threads: int = 1, rounds: int = 2) -> dict[str, Any]:
+    """Each contender ``rounds`` times, interleaved (raw, peer, agent, raw, ...); medians."""
+    import statistics
+
     from agent.sources.synthetic import write_clip
 
     model_path = model or DEFAULT_MODEL
+    raws: list[dict[str, float]] = []
+    peers: list[dict[str, float]] = []
+    agents: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="lepton-bench-") as tmp:
         work = Path(tmp)
         if source is None:
             source = work / "clip_720p.avi"
             write_clip(str(source), 1280, 720, 30.0, 150, seed=5)
-        raw = _child("raw", str(model_path), str(threads), str(seconds))
-        peer = _child("peer", str(model_path), str(source), str(threads), str(seconds))
-        frames = max(50, int(peer["fps"] * seconds))
-        agent = _agent_run(model_path, source, threads, frames, work)
+        for r in range(rounds):
+            raws.append(_child("raw", str(model_path), str(threads), str(seconds)))
+            peers.append(_child("peer", str(model_path), str(source), str(threads), str(seconds)))
+            frames = max(50, int(peers[-1]["fps"] * seconds))
+            agents.append(_agent_run(model_path, source, threads, frames, work / f"round{r}"))
+
+    def median(runs: list[dict[str, Any]], key: str) -> float:
+        return float(statistics.median(float(run[key]) for run in runs))
+
+    raw = {"fps": median(raws, "fps"), "peak_rss_mb": median(raws, "peak_rss_mb")}
+    peer = {"fps": median(peers, "fps"), "peak_rss_mb": median(peers, "peak_rss_mb")}
+    agent = {"processing_fps": median(agents, "processing_fps"),
+             "peak_rss_mb": median(agents, "peak_rss_mb"),
+             "first_result_s": median([a for a in agents if a["first_result_s"] is not None],
+                                      "first_result_s"),
+             "frames_processed": sum(a["frames_processed"] for a in agents),
+             "results_published": sum(a["results_published"] for a in agents)}
     agent_fps = float(agent["processing_fps"])
     return {
         "model": str(model_path),
         "source": str(source) if model else "generated 1280x720 MJPG clip",
         "threads": threads,
         "seconds": seconds,
+        "rounds": rounds,
+        "runs_fps": {"raw": [round(r["fps"], 2) for r in raws],
+                     "peer": [round(r["fps"], 2) for r in peers],
+                     "agent": [a["processing_fps"] for a in agents]},
         "raw_invoke_fps": round(raw["fps"], 2),
         "peer_fps": round(peer["fps"], 2),
         "agent_fps": agent_fps,
@@ -158,7 +181,7 @@ def bench_pipeline(model: Path | None = None, source: Path | None = None, second
         "agent_rss_mb": agent["peak_rss_mb"],
         "peer_rss_mb": peer["peak_rss_mb"],
         "rss_ratio": round(agent["peak_rss_mb"] / peer["peak_rss_mb"], 3),
-        "first_result_s": agent["first_result_s"],
+        "first_result_s": round(agent["first_result_s"], 3),
     }
 
 

@@ -189,6 +189,9 @@ def load_config(
         layers.append(file_layer)
     layers.append(cli_layer)
     merged: dict[str, Any] = {}
+    state_directory = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state_directory:  # systemd's StateDirectory= is the default state_dir of a service
+        merged = {"agent": {"state_dir": state_directory}}
     for layer in layers:
         merged = _merge(merged, layer.data)
     if board_name:

@@ -35,6 +35,7 @@ from agent.inference.model import load_model
 from agent.inference.runner import ModelRunner
 from agent.inference.worker import InferenceWorker
 from agent.pipeline.queues import BoundedQueue, DropPolicy
+from agent.service.notify import Notifier
 from agent.sources.capture import CapturedFrame, CaptureWorker, MotionGate
 from agent.sources.readers import open_reader
 from agent.storage.outbox import Outbox, PendingRecord
@@ -243,12 +244,42 @@ class AgentApp:
         def delivered() -> bool:
             return uplink.idle and (not until_ingested or outbox.backlog()[0] == 0)
 
+        notifier = Notifier()
+        stall_s = max(10.0, (notifier.watchdog_s or 30.0) / 2)
+        progress = {"frames": -1, "at": time.monotonic()}
+
+        def healthy() -> bool:
+            """False when a stage is stuck: frames wait but inference made no progress."""
+            now = time.monotonic()
+            if inference.stats.frames != progress["frames"]:
+                progress["frames"], progress["at"] = inference.stats.frames, now
+                return True
+            waiting = len(frames) > 0
+            return not (waiting and now - progress["at"] > stall_s) and (
+                capture.alive or capture.stats.ended)
+
+        async def watchdog() -> None:
+            """Feed systemd's watchdog from the event loop while the pipeline is healthy."""
+            if notifier.watchdog_s is None:
+                return
+            period = notifier.watchdog_s / 3
+            while not finished.is_set():
+                if healthy():
+                    notifier.watchdog()
+                else:
+                    log.error("pipeline stuck for over %.0fs: not feeding the watchdog", stall_s)
+                try:
+                    await asyncio.wait_for(finished.wait(), period)
+                except asyncio.TimeoutError:
+                    pass
+
         async def supervisor() -> None:
             stop_wait = asyncio.create_task(stop.wait(), name="stop-wait")
             done_wait = asyncio.create_task(inference_done.wait(), name="inference-wait")
             await asyncio.wait({stop_wait, done_wait}, return_when=asyncio.FIRST_COMPLETED)
             stop_wait.cancel()
             done_wait.cancel()
+            notifier.stopping()
             if stop.is_set():
                 log.info("stopping: finishing queued frames, then publishing for up to %.1fs",
                          cfg.agent.shutdown_grace_s)
@@ -270,8 +301,10 @@ class AgentApp:
 
         inference.start()
         capture.start()
+        notifier.ready(f"running {model_ref.name} on {source_uri.raw}")
         try:
             async with TaskGroup() as tasks:
+                tasks.create_task(watchdog(), name="watchdog")
                 tasks.create_task(outbox_writer(), name="outbox-writer")
                 tasks.create_task(telemetry(), name="telemetry")
                 tasks.create_task(housekeeping(), name="outbox-housekeeping")
@@ -291,6 +324,7 @@ class AgentApp:
             outbox.close()
             for sig in installed:
                 loop.remove_signal_handler(sig)
+            notifier.close()
 
         s = self.summary
         s.frames_captured = capture.stats.frames

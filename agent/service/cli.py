@@ -194,7 +194,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from agent.bench.pipeline import bench_pipeline
 
     report = bench_pipeline(model=args.model, source=args.source, seconds=args.seconds,
-                            threads=args.threads)
+                            threads=args.threads, rounds=args.rounds)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -294,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--source", type=Path)
     pipe.add_argument("--seconds", type=float, default=10.0)
     pipe.add_argument("--threads", type=int, default=1)
+    pipe.add_argument("--rounds", type=int, default=2, help="interleaved repeats (medians)")
     pipe.add_argument("--json", action="store_true")
     pipe.set_defaults(func=cmd_bench)
 
