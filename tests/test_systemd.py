@@ -3,6 +3,7 @@ real unix datagram socket given to the agent as NOTIFY_SOCKET."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -88,10 +89,8 @@ def test_agent_speaks_sd_notify(tmp_path: Path) -> None:
     messages: list[bytes] = []
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and sum(m == b"WATCHDOG=1" for m in messages) < 3:
-        try:
+        with contextlib.suppress(TimeoutError):
             messages.append(sock.recv(512))
-        except TimeoutError:
-            pass
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     while True:

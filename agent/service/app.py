@@ -268,10 +268,8 @@ class AgentApp:
                     notifier.watchdog()
                 else:
                     log.error("pipeline stuck for over %.0fs: not feeding the watchdog", stall_s)
-                try:
+                with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(finished.wait(), period)
-                except asyncio.TimeoutError:
-                    pass
 
         async def supervisor() -> None:
             stop_wait = asyncio.create_task(stop.wait(), name="stop-wait")
