@@ -231,3 +231,41 @@ class TestAcks:
         assert w.on_requeued() == [FetchUnsent(after_id=0, limit=3)]
         w.on_puback([1])
         assert not w.is_in_flight(10)
+
+
+class TestThermal:
+    def test_steps_up_holds_and_recovers_with_hysteresis(self) -> None:
+        from agent.core.thermal import ThermalGovernor, ThermalReading
+
+        g = ThermalGovernor(max_temp_c=75, hysteresis_c=5, step_c=3, max_level=3)
+        levels = [g.update(ThermalReading(t)) for t in
+                  (60, 76, 77, 78.5, 82, 90, 90, 79, 77, 75, 72, 69, 60)]
+        assert levels == [0, 1, 1, 2, 3, 3, 3, 3, 3, 2, 1, 0, 0]
+        assert g.update(ThermalReading(50, throttled=True)) == 1  # throttling alone steps up
+        assert g.update(ThermalReading(None)) == 0  # no sensor: recover
+
+    def test_strides_spare_moving_frames_first(self) -> None:
+        from agent.core.thermal import ThermalGovernor
+
+        g = ThermalGovernor()
+        g.level = 1
+        assert (g.frame_stride(motion_gated=True), g.static_every_n_factor(True)) == (1, 4)
+        assert g.frame_stride(motion_gated=False) == 2
+        g.level = 3
+        assert (g.frame_stride(True), g.frame_stride(False)) == (4, 8)
+
+
+def test_sysfs_thermal_reader(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from agent.service.thermal import SysfsThermal
+
+    assert SysfsThermal(tmp_path).read().temp_c is None  # no sysfs: no reading, no crash
+    for i, (kind, milli) in enumerate((("acpitz", "40000"), ("cpu-thermal", "71234"))):
+        zone = tmp_path / "class" / "thermal" / f"thermal_zone{i}"
+        zone.mkdir(parents=True)
+        (zone / "type").write_text(kind + "\n")
+        (zone / "temp").write_text(milli + "\n")
+    flags = tmp_path / "devices/platform/soc/soc:firmware/get_throttled"
+    flags.parent.mkdir(parents=True)
+    flags.write_text("0x50005\n")
+    reading = SysfsThermal(tmp_path).read()
+    assert reading.temp_c == 71.234 and reading.throttled

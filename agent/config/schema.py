@@ -25,6 +25,7 @@ class AgentSection(_Section):
     board: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_grace_s: float = Field(5.0, ge=0, le=600)
+    status_socket: Path | None = None
 
     @field_validator("device_id", "site")
     @classmethod
@@ -106,6 +107,25 @@ class MotionSection(_Section):
     learning_rate: float = Field(0.05, gt=0.0, le=1.0)
 
 
+class ThermalSection(_Section):
+    """Lower the inference rate step by step when hot or throttled; recover when cool."""
+
+    enabled: bool = True
+    max_temp_c: float = Field(75.0, ge=30, le=120)
+    hysteresis_c: float = Field(5.0, ge=0, le=30)
+    step_c: float = Field(3.0, ge=0, le=20)
+    max_level: int = Field(3, ge=1, le=6)
+    poll_s: float = Field(5.0, gt=0, le=600)
+    sysfs: Path = Path("/sys")
+
+
+class MetricsSection(_Section):
+    """Prometheus endpoint; off unless a port is given. Binds to localhost by default."""
+
+    prometheus_port: int = Field(0, ge=0, le=65535)
+    prometheus_host: str = "127.0.0.1"
+
+
 class KernelsSection(_Section):
     preprocess: Literal["native", "opencv"] = "native"
 
@@ -120,3 +140,5 @@ class AgentConfig(_Section):
     outbox: OutboxSection = OutboxSection()
     kernels: KernelsSection = KernelsSection()
     motion: MotionSection = MotionSection()
+    thermal: ThermalSection = ThermalSection()
+    metrics: MetricsSection = MetricsSection()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.core.records import FrameResult
 from agent.errors import ModelError
@@ -26,6 +27,7 @@ class InferenceStats:
     invoke_ms_total: float = 0.0
     fatal: ModelError | None = None
     first_result_at: float | None = None
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=64))
     last_result_at: float | None = None
 
 
@@ -51,6 +53,18 @@ class InferenceWorker:
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
+
+    def fps(self, window_s: float = 10.0) -> float:
+        """Results per second over the last ``window_s`` (0 when idle)."""
+        now = time.perf_counter()
+        times = [t for t in list(self.stats.recent) if now - t <= window_s]
+        if len(times) < 2:
+            return 0.0
+        return (len(times) - 1) / max(times[-1] - times[0], 1e-6)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def _run(self) -> None:
         consecutive = 0
@@ -83,6 +97,7 @@ class InferenceWorker:
                 if self.stats.first_result_at is None:
                     self.stats.first_result_at = now
                 self.stats.last_result_at = now
+                self.stats.recent.append(now)
                 self.deliver(FrameResult(
                     stream=self.stream, frame_index=frame.index, capture_wall=frame.wall,
                     capture_mono_ns=frame.mono_ns, width=frame.width, height=frame.height,

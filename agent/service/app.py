@@ -28,6 +28,7 @@ from agent.config import AgentConfig, Secrets
 from agent.core.backoff import Backoff
 from agent.core.outbox import PublishWindow
 from agent.core.records import FrameResult, ModelRef, encode_result, encode_status, encode_telemetry
+from agent.core.thermal import ThermalGovernor
 from agent.core.topics import DeviceTopics
 from agent.core.uri import parse_broker, parse_source
 from agent.errors import AgentError
@@ -35,7 +36,12 @@ from agent.inference.model import load_model
 from agent.inference.runner import ModelRunner
 from agent.inference.worker import InferenceWorker
 from agent.pipeline.queues import BoundedQueue, DropPolicy
+from agent.service.health import PipelineHealth
+from agent.service.metrics import start_metrics_server
 from agent.service.notify import Notifier
+from agent.service.status import serve as serve_status
+from agent.service.status import socket_path
+from agent.service.thermal import SysfsThermal
 from agent.sources.capture import CapturedFrame, CaptureWorker, MotionGate
 from agent.sources.readers import open_reader
 from agent.storage.outbox import Outbox, PendingRecord
@@ -77,6 +83,13 @@ class RunSummary:
         return asdict(self)
 
 
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``event``; True once it is set."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
+    return event.is_set()
+
+
 def _result_encoder(result: FrameResult, *, device: str, site: str,
                     model: ModelRef) -> Callable[[int], bytes]:
     def build(seq: int) -> bytes:
@@ -98,6 +111,8 @@ class AgentApp:
         self.secrets = secrets or Secrets()
         self.topics = DeviceTopics(config.agent.site, config.agent.device_id)
         self.summary = RunSummary()
+        self.health: PipelineHealth | None = None
+        self.latest_snapshot: dict[str, Any] | None = None
 
     def _choose_flow(self, is_live: bool) -> tuple[bool, DropPolicy]:
         src = self.config.source
@@ -161,13 +176,17 @@ class AgentApp:
             uplink.attach(link)
             link.start()
 
+        t = cfg.thermal
+        governor = ThermalGovernor(t.max_temp_c, t.hysteresis_c, t.max_level, t.step_c)
+        thermal_sensor = SysfsThermal(t.sysfs)
         m = cfg.motion
         gate = MotionGate(m.min_score, m.every_n, m.grid_width, m.pixel_threshold,
                           m.learning_rate) if m.enabled else None
         capture = CaptureWorker(
             source_uri, frames, runner.prepare, realtime=realtime, loop_file=cfg.source.loop,
             max_frames=cfg.source.max_frames,
-            backoff=Backoff(cfg.source.reconnect_initial_s, cfg.source.reconnect_max_s), motion=gate)
+            backoff=Backoff(cfg.source.reconnect_initial_s, cfg.source.reconnect_max_s), motion=gate,
+            governor=governor)
         def inference_finished() -> None:
             loop.call_soon_threadsafe(inference_done.set)
 
@@ -197,42 +216,43 @@ class AgentApp:
                     await asyncio.sleep(interval)
             commit_pending()
 
+        health = PipelineHealth(
+            device=device, site=site, source=source_uri.raw, model=model_ref.name, capture=capture,
+            inference=inference, frames=frames, outbox=outbox, uplink=uplink, link=link, gate=gate,
+            governor=governor, started=started, broker=cfg.mqtt.broker)
+        self.health = health
+        self.latest_snapshot = health.snapshot()
+
         async def telemetry() -> None:
-            last_frames, last_time = 0, time.monotonic()
-            while not finished.is_set():
-                try:
-                    await asyncio.wait_for(finished.wait(), cfg.mqtt.telemetry_interval_s)
-                    return
-                except asyncio.TimeoutError:
-                    pass
-                now = time.monotonic()
-                processed = inference.stats.frames
-                fps = (processed - last_frames) / max(now - last_time, 1e-6)
-                last_frames, last_time = processed, now
-                backlog, oldest = outbox.backlog()
-                health = {"fps": round(fps, 2), "frames_captured": capture.stats.frames,
-                          "frames_processed": processed, "frames_dropped": frames.stats.dropped,
-                          "queue_depth": {"frames": len(frames)}, "backlog": backlog,
-                          "oldest_unsent_s": round(oldest, 1) if oldest is not None else None,
-                          "detections": inference.stats.detections,
-                          "frames_skipped_static": gate.skipped if gate else 0,
-                          "source_reconnects": capture.stats.reconnects,
-                          "source_error": capture.stats.last_error}
-                log.debug("health %s", health)
+            while not await _wait(finished, cfg.mqtt.telemetry_interval_s):
                 if link and link.connected:
                     link.publish(self.topics.telemetry, encode_telemetry(
-                        device=device, site=site, wall_time=time.time(), health=health), qos=0)
+                        device=device, site=site, wall_time=time.time(),
+                        health=health.telemetry()), qos=0)
+
+        async def monitor() -> None:
+            """Refresh the cached snapshot (metrics read it from their own thread) and poll the
+            thermal sensors, stepping the inference rate down or up."""
+            next_thermal = 0.0
+            while not finished.is_set():
+                now = time.monotonic()
+                if t.enabled and now >= next_thermal:
+                    next_thermal = now + t.poll_s
+                    health.thermal = reading = thermal_sensor.read()
+                    before = governor.level
+                    if governor.update(reading) != before:
+                        log.warning("thermal: %s°C%s -> inference level %d of %d (%s)",
+                                    reading.temp_c, " throttled" if reading.throttled else "",
+                                    governor.level, governor.max_level,
+                                    "recovering" if governor.level < before else "slowing down")
+                self.latest_snapshot = health.snapshot()
+                await _wait(finished, 1.0)
 
         async def housekeeping() -> None:
             """Re-publish what ingest never acknowledged; prune delivered records."""
             timeout = cfg.outbox.ack_timeout_s
             period = min(max(timeout / 2, 0.1), 10.0)
-            while not finished.is_set():
-                try:
-                    await asyncio.wait_for(finished.wait(), period)
-                    return
-                except asyncio.TimeoutError:
-                    pass
+            while not await _wait(finished, period):
                 if until_ingested and link and link.connected:
                     n = outbox.requeue_unacked(time.time_ns() - int(timeout * 1e9))
                     if n:
@@ -268,8 +288,7 @@ class AgentApp:
                     notifier.watchdog()
                 else:
                     log.error("pipeline stuck for over %.0fs: not feeding the watchdog", stall_s)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(finished.wait(), period)
+                await _wait(finished, period)
 
         async def supervisor() -> None:
             stop_wait = asyncio.create_task(stop.wait(), name="stop-wait")
@@ -278,6 +297,7 @@ class AgentApp:
             stop_wait.cancel()
             done_wait.cancel()
             notifier.stopping()
+            health.state = "stopping"
             if stop.is_set():
                 log.info("stopping: finishing queued frames, then publishing for up to %.1fs",
                          cfg.agent.shutdown_grace_s)
@@ -297,6 +317,15 @@ class AgentApp:
                 await asyncio.sleep(0.02)
             finished.set()
 
+        status_server = await serve_status(
+            socket_path(cfg.agent.state_dir, cfg.agent.status_socket), health.snapshot)
+        metrics_server = None
+        if cfg.metrics.prometheus_port:
+            metrics_server = start_metrics_server(cfg.metrics.prometheus_host,
+                                                  cfg.metrics.prometheus_port,
+                                                  lambda: self.latest_snapshot)
+            log.info("Prometheus metrics on http://%s:%d/metrics", cfg.metrics.prometheus_host,
+                     cfg.metrics.prometheus_port)
         inference.start()
         capture.start()
         notifier.ready(f"running {model_ref.name} on {source_uri.raw}")
@@ -305,9 +334,15 @@ class AgentApp:
                 tasks.create_task(watchdog(), name="watchdog")
                 tasks.create_task(outbox_writer(), name="outbox-writer")
                 tasks.create_task(telemetry(), name="telemetry")
+                tasks.create_task(monitor(), name="monitor")
                 tasks.create_task(housekeeping(), name="outbox-housekeeping")
                 tasks.create_task(supervisor(), name="supervisor")
         finally:
+            health.state = "stopped"
+            status_server.close()
+            socket_path(cfg.agent.state_dir, cfg.agent.status_socket).unlink(missing_ok=True)
+            if metrics_server is not None:
+                metrics_server.shutdown()
             capture.stop()
             frames.close()
             capture.join(2.0)

@@ -153,6 +153,71 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(frames=args.frames, workdir=args.workdir, model=args.model)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """The running agent's live state; when it is not running, what its outbox holds."""
+    from agent.config import load_config
+    from agent.service.status import query, socket_path
+
+    overrides = {"agent": {"state_dir": str(args.state_dir)}} if args.state_dir else {}
+    config = load_config(args.config, overrides=overrides)
+    path = socket_path(config.agent.state_dir, args.socket or config.agent.status_socket)
+    snap = query(path)
+    if snap is None:
+        offline = _offline_status(config.agent.state_dir)
+        if args.json:
+            print(json.dumps({"state": "not running", "socket": str(path), **offline}))
+        else:
+            print(f"agent: not running (nothing answers at {path})")
+            for key, value in offline.items():
+                print(f"  {key}: {value}")
+            print("  start it: systemctl start lepton-agent   why it stopped: "
+                  "journalctl -u lepton-agent -n 50   checks: lepton-agent diag")
+        return 3
+    if args.json:
+        print(json.dumps(snap, indent=2))
+        return 0
+    st, q, ob, br, th = (snap["stages"], snap["queues"]["frames"], snap["outbox"], snap["broker"],
+                         snap["thermal"])
+    print(f"agent: {snap['state']} (pid {snap['pid']}, up {snap['uptime_s']:.0f}s) "
+          f"{snap['site']}/{snap['device']}")
+    print(f"  capture:   {'up' if st['capture']['alive'] else 'DOWN'} {st['capture']['source']}, "
+          f"{st['capture']['frames']} frames, {st['capture']['reconnects']} reconnects, "
+          f"{st['capture']['skipped_static']} static skipped")
+    print(f"  inference: {'up' if st['inference']['alive'] else 'DOWN'} {st['inference']['model']}, "
+          f"{snap['fps']} fps, {st['inference']['frames']} frames, "
+          f"{st['inference']['detections']} detections, {st['inference']['failures']} failures")
+    print(f"  queue:     frames {q['depth']}/{q['capacity']} ({q['policy']}), {q['dropped']} dropped")
+    print(f"  outbox:    backlog {ob['backlog']}, oldest unsent {ob['oldest_unsent_s']}s, "
+          f"{ob['published']} published, {ob['ingested']} ingested")
+    print(f"  broker:    {br['url'] or 'none (offline)'} "
+          f"{'connected' if br['connected'] else 'DISCONNECTED'}"
+          f"{': ' + br['last_error'] if br['last_error'] and not br['connected'] else ''}")
+    print(f"  thermal:   {th['temp_c']} C{' THROTTLED' if th['throttled'] else ''}, "
+          f"level {th['level']}")
+    if snap.get("last_error"):
+        print(f"  last error: {snap['last_error']}")
+    return 0
+
+
+def _offline_status(state_dir: Path) -> dict[str, Any]:
+    import sqlite3
+
+    db = state_dir / "outbox.db"
+    if not db.exists():
+        return {"outbox": f"{db} does not exist (never ran with this state dir?)"}
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            count, oldest = conn.execute(
+                "SELECT COUNT(*), MIN(created_ns) FROM records WHERE acked_ns IS NULL").fetchone()
+            streams = dict(conn.execute("SELECT stream, last_seq FROM streams"))
+    except sqlite3.Error as exc:
+        return {"outbox": f"{db} unreadable: {exc}"}
+    import time
+
+    age = round((time.time_ns() - oldest) / 1e9) if oldest else None
+    return {"outbox": str(db), "backlog": count, "oldest_unsent_s": age, "last_seq": streams}
+
+
 def cmd_diag(args: argparse.Namespace) -> int:
     from agent.diag import exit_code, render, run_checks
     from agent.diag.kernels import check_kernels
@@ -280,6 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", type=Path, default=Path("build/demo"))
     demo.add_argument("--model", type=Path)
     demo.set_defaults(func=cmd_demo)
+
+    status = sub.add_parser("status", help="the running agent's live state (exit 3: not running)")
+    status.add_argument("--config", type=Path)
+    status.add_argument("--state-dir", type=Path)
+    status.add_argument("--socket", type=Path, help="status socket (default: from the config)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
 
     diag = sub.add_parser("diag", help="diagnostics: what is wrong and how to fix it")
     diag.add_argument("checks", nargs="*", metavar="CHECK", help="checks to run (default: all)")

@@ -13,6 +13,7 @@ import numpy as np
 
 from agent import kernels
 from agent.core.backoff import Backoff
+from agent.core.thermal import ThermalGovernor
 from agent.core.uri import SourceUri
 from agent.errors import SourceError
 from agent.pipeline.queues import BoundedQueue
@@ -51,6 +52,7 @@ class MotionGate:
         self.detector: Any = None
         self.spec: kernels.Preprocess | None = None
         self.since_run = 0
+        self.every_n_factor = 1
         self.last_score = 0.0
         self.skipped = 0
 
@@ -65,7 +67,7 @@ class MotionGate:
         gray, _ = kernels.active.preprocess(kernels.Image.packed("bgr", image), self.spec)
         self.last_score, _boxes = self.detector.update(gray[..., 0], 0)
         self.since_run += 1
-        if self.last_score >= self.min_score or self.since_run >= self.every_n:
+        if self.last_score >= self.min_score or self.since_run >= self.every_n * self.every_n_factor:
             self.since_run = 0
             return True
         self.skipped += 1
@@ -99,7 +101,8 @@ class CaptureWorker:
                  prepare: Callable[[np.ndarray], np.ndarray], *, realtime: bool,
                  loop_file: bool = False, max_frames: int = 0, backoff: Backoff | None = None,
                  reader_factory: Callable[[SourceUri], FrameReader] = open_reader,
-                 keep_image: bool = False, motion: MotionGate | None = None) -> None:
+                 keep_image: bool = False, motion: MotionGate | None = None,
+                 governor: ThermalGovernor | None = None) -> None:
         self.uri = uri
         self.out = out
         self.prepare = prepare
@@ -110,6 +113,8 @@ class CaptureWorker:
         self.reader_factory = reader_factory
         self.keep_image = keep_image
         self.motion = motion
+        self.governor = governor
+        self.thermal_skipped = 0
         self.stats = CaptureStats()
         self._stop = threading.Event()
         self._next_due = 0.0
@@ -204,7 +209,16 @@ class CaptureWorker:
                 if self.motion is not None:
                     if discontinuity:
                         self.motion.reset()
+                    if self.governor is not None:
+                        self.motion.every_n_factor = self.governor.static_every_n_factor(True)
                     if not self.motion.should_run(image):
+                        self.stats.frames += 1
+                        self._pace(period)
+                        continue
+                if self.governor is not None and self.governor.level:
+                    stride = self.governor.frame_stride(self.motion is not None)
+                    if self.stats.frames % stride:
+                        self.thermal_skipped += 1
                         self.stats.frames += 1
                         self._pace(period)
                         continue

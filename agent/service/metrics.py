@@ -1,0 +1,69 @@
+"""Prometheus endpoint on localhost (off by default), fed from the cached health snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+class SnapshotCollector(Collector):
+    """Exposes one snapshot as metrics named per Prometheus conventions (``lepton_*``)."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any] | None]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot()
+        if not snap:
+            return
+        st, q, ob, br, th = (snap["stages"], snap["queues"]["frames"], snap["outbox"],
+                             snap["broker"], snap["thermal"])
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, value=value)
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, value=value)
+
+        yield counter("lepton_frames_captured", "Frames read from the source",
+                      st["capture"]["frames"])
+        yield counter("lepton_frames_processed", "Frames run through the model",
+                      st["inference"]["frames"])
+        yield counter("lepton_frames_dropped", "Frames dropped by the frame queue's policy",
+                      q["dropped"])
+        yield counter("lepton_frames_skipped_static", "Frames the motion gate skipped",
+                      st["capture"]["skipped_static"])
+        yield counter("lepton_detections", "Objects detected", st["inference"]["detections"])
+        yield counter("lepton_inference_failures", "Failed invokes", st["inference"]["failures"])
+        yield counter("lepton_source_reconnects", "Times the source was reopened",
+                      st["capture"]["reconnects"])
+        yield counter("lepton_results_published", "Results acknowledged by the broker",
+                      ob["published"])
+        yield counter("lepton_results_ingested", "Results acknowledged by ingest", ob["ingested"])
+        yield gauge("lepton_inference_fps", "Results per second over the last 10 s", snap["fps"])
+        yield gauge("lepton_frame_queue_depth", "Frames waiting for inference", q["depth"])
+        yield gauge("lepton_outbox_backlog_records", "Records not yet delivered", ob["backlog"])
+        yield gauge("lepton_outbox_oldest_unsent_seconds", "Age of the oldest undelivered record",
+                    ob["oldest_unsent_s"] or 0.0)
+        yield gauge("lepton_disk_free_bytes", "Free bytes on the state directory's filesystem",
+                    ob["disk_free_bytes"])
+        yield gauge("lepton_broker_connected", "1 when connected to the broker",
+                    1.0 if br["connected"] else 0.0)
+        if th["temp_c"] is not None:
+            yield gauge("lepton_cpu_temperature_celsius", "CPU temperature", th["temp_c"])
+        yield gauge("lepton_cpu_throttled", "1 when the SoC reports throttling",
+                    1.0 if th["throttled"] else 0.0)
+        yield gauge("lepton_thermal_level", "0 full rate; each level halves inference", th["level"])
+        yield gauge("lepton_uptime_seconds", "Seconds since the agent started", snap["uptime_s"])
+
+
+def start_metrics_server(host: str, port: int, snapshot: Callable[[], dict[str, Any] | None]) -> Any:
+    """Serve /metrics on host:port in a daemon thread; returns the server."""
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector(snapshot))
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server

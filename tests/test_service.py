@@ -1,0 +1,117 @@
+"""On the device: status socket, Prometheus endpoint, thermal slow-down, stale sockets."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from agent.devtools.mosquitto import free_port
+from agent.service.status import query
+from tests.conftest import DEFAULT_MODEL, ROOT, agent_cmd, run_cli
+
+
+def start_agent(tmp_path: Path, *extra: str, config: str = "") -> subprocess.Popen[str]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[agent]\nstate_dir = "{tmp_path / "state"}"\n[model]\npath = "{DEFAULT_MODEL}"\n'
+                   + config)
+    return subprocess.Popen(agent_cmd("run", "--config", str(cfg), "--offline", "--source",
+                                      "synthetic://160x120@20", *extra),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_status(sock: Path, timeout: float = 20) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snap = query(sock)
+        if snap and snap["stages"]["inference"]["frames"] > 5:
+            return snap
+        time.sleep(0.2)
+    raise AssertionError("agent did not answer on its status socket")
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+
+
+def test_status_live_then_not_running(tmp_path: Path) -> None:
+    proc = start_agent(tmp_path)
+    sock = tmp_path / "state" / "agent.sock"
+    try:
+        snap = wait_for_status(sock)
+        assert snap["state"] == "running" and snap["stages"]["capture"]["alive"]
+        assert snap["queues"]["frames"]["policy"] == "drop_oldest"
+        out = run_cli("status", "--state-dir", str(tmp_path / "state"))
+        assert out.returncode == 0 and "inference: up lepton-vehicles-tiny" in out.stdout
+        second = start_agent(tmp_path / "second", "--state-dir", str(tmp_path / "state"))
+        _, err = second.communicate(timeout=30)
+        assert second.returncode == 2 and "another agent" in err
+    finally:
+        stop(proc)
+    assert not sock.exists()
+    out = run_cli("status", "--state-dir", str(tmp_path / "state"), "--json")
+    data = json.loads(out.stdout)
+    assert out.returncode == 3 and data["state"] == "not running" and data["backlog"] > 0
+
+
+def test_stale_socket_from_a_killed_agent_is_replaced(tmp_path: Path) -> None:
+    proc = start_agent(tmp_path)
+    sock = tmp_path / "state" / "agent.sock"
+    wait_for_status(sock)
+    proc.kill()
+    proc.wait(10)
+    assert sock.exists()  # left behind by SIGKILL
+    assert query(sock) is None
+    proc = start_agent(tmp_path)
+    try:
+        assert wait_for_status(sock)["pid"] == proc.pid
+    finally:
+        stop(proc)
+
+
+def test_prometheus_endpoint_on_localhost(tmp_path: Path) -> None:
+    port = free_port()
+    proc = start_agent(tmp_path, config=f"[metrics]\nprometheus_port = {port}\n")
+    try:
+        wait_for_status(tmp_path / "state" / "agent.sock")
+        time.sleep(1.2)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        stop(proc)
+    for name in ("lepton_frames_processed_total", "lepton_outbox_backlog_records",
+                 "lepton_broker_connected 0.0", "lepton_thermal_level 0.0"):
+        assert name in body
+
+
+def test_hot_board_slows_inference_and_reports_it(tmp_path: Path) -> None:
+    zone = tmp_path / "sys" / "class" / "thermal" / "thermal_zone0"
+    zone.mkdir(parents=True)
+    (zone / "type").write_text("cpu-thermal\n")
+    (zone / "temp").write_text("90000\n")
+    proc = start_agent(tmp_path, config=f'[thermal]\nsysfs = "{tmp_path / "sys"}"\npoll_s = 0.2\n'
+                                        "max_level = 2\n")
+    sock = tmp_path / "state" / "agent.sock"
+    try:
+        wait_for_status(sock)
+        time.sleep(2.0)
+        hot = query(sock)
+        assert hot and hot["thermal"]["temp_c"] == 90.0 and hot["thermal"]["level"] == 2
+        frames_before = hot["stages"]["capture"]["frames"]
+        processed_before = hot["stages"]["inference"]["frames"]
+        time.sleep(2.0)
+        later = query(sock)
+        assert later
+        captured = later["stages"]["capture"]["frames"] - frames_before
+        processed = later["stages"]["inference"]["frames"] - processed_before
+        assert captured > 20 and processed <= captured / 4 + 2  # level 2: one frame in four
+        (zone / "temp").write_text("50000\n")
+        time.sleep(1.5)
+        cool = query(sock)
+        assert cool and cool["thermal"]["level"] == 0
+    finally:
+        stop(proc)
