@@ -59,7 +59,7 @@ lint: setup
 ## Rebuild the default model from generated data (installs tensorflow-cpu in .venv-train).
 model:
 	@test -x .venv-train/bin/python || python3 -m venv .venv-train
-	.venv-train/bin/python -m pip install -q 'tensorflow-cpu>=2.16' numpy opencv-python-headless
+	.venv-train/bin/python -m pip install -q -e . 'tensorflow-cpu>=2.16'
 	.venv-train/bin/python models/make_default_model.py --out models/lepton-vehicles-tiny
 
 bench: setup

@@ -187,7 +187,7 @@ def main() -> int:
     metrics = evaluate(model_path, x_eval, truth_eval)
 
     interp = tf.lite.Interpreter(model_path=str(model_path))
-    manifest = {
+    manifest: dict = {
         "name": "lepton-vehicles-tiny",
         "version": time.strftime("%Y.%m.%d"),
         "description": "Grid detector for cars and trucks seen from above; trained on the "
@@ -205,6 +205,13 @@ def main() -> int:
         "metrics": {**metrics, "iou": 0.5, "seed": args.seed, "train_frames": args.train_frames,
                     "epochs": args.epochs},
     }
+    (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    # The golden self-test of `lepton-agent diag model`: this model's own output on a fixed frame.
+    from agent.diag.golden import make_golden
+    from agent.inference.model import load_model
+
+    manifest["golden"] = make_golden(load_model(args.out),
+                                     {"width": 640, "height": 480, "seed": 12345, "frame": 30})
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(json.dumps({"model": str(model_path), "bytes": len(blob), **metrics,
                       "seconds": round(time.monotonic() - started, 1)}))

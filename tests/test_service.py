@@ -115,3 +115,26 @@ def test_hot_board_slows_inference_and_reports_it(tmp_path: Path) -> None:
         assert cool and cool["thermal"]["level"] == 0
     finally:
         stop(proc)
+
+
+def test_watchdog_health_detects_a_stuck_stage() -> None:
+    from types import SimpleNamespace
+
+    from agent.core.thermal import ThermalGovernor
+    from agent.service.health import PipelineHealth
+
+    frames: list[int] = []
+    inference = SimpleNamespace(stats=SimpleNamespace(frames=0))
+    capture = SimpleNamespace(alive=True, stats=SimpleNamespace(ended=False))
+    h = PipelineHealth("d", "s", "src", "m", capture, inference, frames, None, None, None,  # type: ignore[arg-type]
+                       None, ThermalGovernor(), 0.0, None)
+    assert h.healthy(10, now=100.0)
+    frames.append(1)  # a frame waits ...
+    assert h.healthy(10, now=105.0)
+    assert not h.healthy(10, now=111.0)  # ... and inference has not moved for over 10 s
+    inference.stats.frames = 1
+    assert h.healthy(10, now=112.0)  # progress: healthy again
+    capture.alive = False
+    assert not h.healthy(10, now=113.0)  # capture thread died without ending
+    capture.stats.ended = True
+    assert h.healthy(10, now=114.0)  # a finished source is not a stuck one

@@ -67,6 +67,7 @@ class Manifest:
     state: list[StatePair] = field(default_factory=list)
     description: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    golden: dict[str, Any] = field(default_factory=dict)
     inferred: bool = False
 
     def label(self, class_id: int) -> str:

@@ -24,7 +24,7 @@ from agent.inference.litert import make_interpreter
 MANIFEST_NAME = "manifest.json"
 _MANIFEST_KEYS = {"name", "version", "description", "task", "decoder", "file", "sha256", "input",
                   "color", "labels", "label_offset", "score_threshold", "max_results", "outputs",
-                  "state", "metrics"}
+                  "state", "metrics", "golden"}
 
 
 def sha256_file(path: Path) -> str:

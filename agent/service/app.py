@@ -266,25 +266,13 @@ class AgentApp:
 
         notifier = Notifier()
         stall_s = max(10.0, (notifier.watchdog_s or 30.0) / 2)
-        progress = {"frames": -1, "at": time.monotonic()}
-
-        def healthy() -> bool:
-            """False when a stage is stuck: frames wait but inference made no progress."""
-            now = time.monotonic()
-            if inference.stats.frames != progress["frames"]:
-                progress["frames"], progress["at"] = inference.stats.frames, now
-                return True
-            waiting = len(frames) > 0
-            return not (waiting and now - progress["at"] > stall_s) and (
-                capture.alive or capture.stats.ended)
-
         async def watchdog() -> None:
             """Feed systemd's watchdog from the event loop while the pipeline is healthy."""
             if notifier.watchdog_s is None:
                 return
             period = notifier.watchdog_s / 3
             while not finished.is_set():
-                if healthy():
+                if health.healthy(stall_s):
                     notifier.watchdog()
                 else:
                     log.error("pipeline stuck for over %.0fs: not feeding the watchdog", stall_s)

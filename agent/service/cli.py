@@ -67,8 +67,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.service.logs import setup_logging
 
     config = _load(args)
-    setup_logging(config.agent.log_level)
-    summary = asyncio.run(AgentApp(config, Secrets.from_environment()).run())
+    secrets = Secrets.from_environment()
+    setup_logging(config.agent.log_level, [secrets.mqtt_password] if secrets.mqtt_password else [])
+    summary = asyncio.run(AgentApp(config, secrets).run())
     if args.json:
         print(json.dumps(summary.to_json()))
     else:
@@ -219,19 +220,41 @@ def _offline_status(state_dir: Path) -> dict[str, Any]:
 
 
 def cmd_diag(args: argparse.Namespace) -> int:
-    from agent.diag import exit_code, render, run_checks
-    from agent.diag.kernels import check_kernels
+    from agent.config import Secrets, load_config
+    from agent.diag import CheckResult, exit_code, render, run_checks
+    from agent.diag.checks import all_checks
 
-    available = {"kernels": check_kernels}
-    wanted = args.checks or list(available)
-    unknown = [c for c in wanted if c not in available]
+    bundle = args.checks[:1] == ["bundle"]
+    wanted = [] if bundle else args.checks
+    results: list[CheckResult] = []
+    try:
+        config = load_config(args.config, board=args.board)
+        results.append(CheckResult("config", "pass", f"{args.config or 'built-in defaults'} valid"
+                                   + (f" (board {config.agent.board})" if config.agent.board else "")))
+    except ConfigError as exc:
+        results.append(CheckResult("config", "fail", exc.message, exc.fix or ""))
+        config = load_config(None, board=None)
+    secrets = Secrets.from_environment()
+    checks = all_checks(config, secrets, args.snapshot)
+    unknown = [c for c in wanted if c not in checks and c != "config"]
     if unknown:
         raise ConfigError(f"unknown check(s) {', '.join(unknown)}", key="diag",
-                          fix=f"choose from: {', '.join(available)}")
-    results = run_checks({name: available[name] for name in wanted}, timeout_s=args.timeout)
+                          fix=f"choose from: config, {', '.join(checks)}, or 'bundle'")
+    selected = {n: c for n, c in checks.items() if not wanted or n in wanted}
+    if wanted and "config" not in wanted:
+        results = []
+    results += run_checks(selected, timeout_s=args.timeout)
+    report = {"checks": [r.to_json() for r in results], "exit_code": exit_code(results)}
+    if bundle:
+        from agent.diag.bundle import write_bundle
+        from agent.service.status import query, socket_path
+
+        output = args.output or Path(f"lepton-diag-{config.agent.device_id}.tar.gz")
+        live = query(socket_path(config.agent.state_dir, config.agent.status_socket))
+        print(f"wrote {write_bundle(config, report, output, live)} (secrets removed)")
+        return exit_code(results)
     if args.json:
-        print(json.dumps({"checks": [r.to_json() for r in results],
-                          "exit_code": exit_code(results)}, indent=2))
+        print(json.dumps(report, indent=2))
     else:
         print(render(results))
     return exit_code(results)
@@ -354,7 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     diag = sub.add_parser("diag", help="diagnostics: what is wrong and how to fix it")
-    diag.add_argument("checks", nargs="*", metavar="CHECK", help="checks to run (default: all)")
+    diag.add_argument("checks", nargs="*", metavar="CHECK",
+                      help="checks to run (default: all): config camera serial model kernels broker "
+                           "cache clock temperature memory; or 'bundle' for a support tarball")
+    diag.add_argument("--config", type=Path)
+    diag.add_argument("--board")
+    diag.add_argument("--snapshot", type=Path, help="save a camera frame here")
+    diag.add_argument("--output", type=Path, help="bundle path (default ./lepton-diag-DEVICE.tar.gz)")
     diag.add_argument("--json", action="store_true")
     diag.add_argument("--timeout", type=float, default=20.0, help="seconds per check")
     diag.set_defaults(func=cmd_diag)

@@ -37,6 +37,18 @@ class PipelineHealth:
     broker: str | None
     state: str = "running"
     thermal: ThermalReading | None = None
+    _progress: tuple[int, float] = (-1, 0.0)
+
+    def healthy(self, stall_s: float, now: float | None = None) -> bool:
+        """False when a stage is stuck: frames wait but inference made no progress for
+        ``stall_s``, or the capture thread died without ending. Feeds the watchdog."""
+        now = time.monotonic() if now is None else now
+        done = self.inference.stats.frames
+        if done != self._progress[0]:
+            self._progress = (done, now)
+        stalled = len(self.frames) > 0 and now - self._progress[1] > stall_s
+        capture_dead = not self.capture.alive and not self.capture.stats.ended
+        return not stalled and not capture_dead
 
     def snapshot(self) -> dict[str, Any]:
         backlog, oldest = self.outbox.backlog()

@@ -1,0 +1,104 @@
+"""``diag bundle``: a support tarball a technician can send, with every secret removed."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.config import AgentConfig
+
+REDACTED = "***"
+PACKAGES = ("lepton-edge", "ai-edge-litert", "tflite-runtime", "numpy", "opencv-python-headless",
+            "paho-mqtt", "pyserial", "cffi", "pydantic", "jsonschema", "prometheus-client")
+
+
+def secret_values() -> list[str]:
+    """Every credential the agent can see: the files of $CREDENTIALS_DIRECTORY."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    values: list[str] = []
+    if directory and Path(directory).is_dir():
+        for path in Path(directory).iterdir():
+            try:
+                text = path.read_text(errors="replace").strip()
+            except OSError:
+                continue
+            values.extend(v for v in (text, *text.splitlines()) if len(v) >= 4)
+    return sorted(set(values), key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for value in secrets:
+        text = text.replace(value, REDACTED)
+    return text
+
+
+def _versions() -> dict[str, Any]:
+    from agent import kernels
+
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return {"agent": __version__, "python": sys.version, "platform": platform.platform(),
+            "machine": platform.machine(), "kernels": kernels.variant(), "packages": found}
+
+
+def _board() -> str:
+    parts = []
+    for path in ("/proc/device-tree/model", "/etc/nv_tegra_release", "/etc/os-release"):
+        try:
+            parts.append(f"== {path}\n" + Path(path).read_text(errors="replace").strip("\0\n"))
+        except OSError:
+            continue
+    parts.append(f"== uname\n{' '.join(platform.uname())}")
+    return "\n".join(parts) + "\n"
+
+
+def _logs(cfg: AgentConfig) -> str:
+    journalctl = shutil.which("journalctl")
+    if journalctl:
+        out = subprocess.run([journalctl, "-u", "lepton-agent", "--no-pager", "-n", "2000",
+                              "-o", "short-iso"], capture_output=True, text=True, timeout=20)
+        if out.stdout.strip() and "No entries" not in out.stdout:
+            return out.stdout
+    logs = sorted(cfg.agent.state_dir.glob("*.log"))
+    if logs:
+        return "".join(f"== {p}\n{p.read_text(errors='replace')[-200_000:]}" for p in logs)
+    return "no journal entries for lepton-agent and no log files in the state directory\n"
+
+
+def write_bundle(cfg: AgentConfig, diag: dict[str, Any], output: Path,
+                 status: dict[str, Any] | None) -> Path:
+    """Write the tarball; returns its path."""
+    secrets = secret_values()
+    members = {
+        "diag.json": json.dumps(diag, indent=2),
+        "config.json": json.dumps(cfg.model_dump(mode="json"), indent=2),
+        "versions.json": json.dumps(_versions(), indent=2),
+        "board.txt": _board(),
+        "logs.txt": _logs(cfg),
+        "status.json": json.dumps(status or {"state": "not running"}, indent=2),
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    root = f"lepton-diag-{cfg.agent.device_id}-{stamp}"
+    with tarfile.open(output, "w:gz") as tar:
+        for name, text in members.items():
+            data = redact(text, secrets).encode()
+            info = tarfile.TarInfo(f"{root}/{name}")
+            info.size, info.mtime, info.mode = len(data), int(time.time()), 0o640
+            tar.addfile(info, io.BytesIO(data))
+    return output

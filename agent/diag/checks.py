@@ -1,0 +1,315 @@
+"""The field technician's checks. Each returns pass/warn/fail with a one-line reason and fix."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import shutil
+import socket
+import sqlite3
+import ssl
+import subprocess
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from agent.config import AgentConfig, Secrets
+from agent.diag import Check, CheckResult
+from agent.errors import AgentError
+
+
+def check_camera(cfg: AgentConfig, snapshot: Path | None, seconds: float = 3.0) -> CheckResult:
+    import cv2
+
+    from agent.core.uri import parse_source
+    from agent.sources.readers import open_reader
+
+    uri = cfg.source.uri
+    try:
+        reader = open_reader(parse_source(uri))
+    except (AgentError, ValueError) as exc:
+        fix = exc.fix if isinstance(exc, AgentError) and exc.fix else "check [source] uri"
+        return CheckResult("camera", "fail", str(exc).split(" (fix:")[0], fix)
+    frames, first, last, image = 0, None, None, None
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and frames < 300:
+            frame = reader.read()
+            if frame is None:
+                break
+            now = time.monotonic()
+            first = first or now
+            last, image, frames = now, frame, frames + 1
+            if reader.fps and frames >= min(30, reader.fps * seconds):
+                break
+            if parse_source(uri).kind == "synthetic":
+                time.sleep(1 / max(reader.fps, 1))
+    finally:
+        reader.close()
+    if frames == 0 or image is None:
+        return CheckResult("camera", "fail", f"{uri} opened but delivered no frame",
+                           "check the cable/stream; try another resolution or format")
+    fps = (frames - 1) / (last - first) if first and last and last > first else 0.0
+    details: dict[str, Any] = {"frames": frames, "measured_fps": round(fps, 1),
+                               "declared_fps": reader.fps, "size": [image.shape[1], image.shape[0]]}
+    if snapshot:
+        snapshot.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(snapshot), image)
+        details["snapshot"] = str(snapshot)
+    reason = f"{uri}: {image.shape[1]}x{image.shape[0]}, {fps:.1f} fps measured"
+    if reader.fps and fps and fps < 0.5 * reader.fps and frames > 5:
+        return CheckResult("camera", "warn", reason + f" (declared {reader.fps:.0f})",
+                           "lower the resolution, or check USB bandwidth and lighting (exposure)",
+                           details)
+    return CheckResult("camera", "pass", reason, details=details)
+
+
+def check_serial(cfg: AgentConfig) -> CheckResult:
+    return CheckResult("serial", "pass", "no serial sensors configured")
+
+
+def check_model(cfg: AgentConfig) -> CheckResult:
+    from agent.diag.golden import run_golden
+    from agent.inference.model import load_model
+
+    try:
+        model = load_model(cfg.model.path, num_threads=1, delegate=cfg.model.delegate)
+    except AgentError as exc:
+        return CheckResult("model", "fail", exc.message, exc.fix or "check [model] path")
+    m = model.manifest
+    details: dict[str, Any] = {"path": str(model.path), "sha256": m.sha256, "task": m.task,
+                               "runtime": model.runtime, "delegate": cfg.model.delegate}
+    outcome = run_golden(model)
+    details["self_test"] = outcome
+    where = f"{m.name} {m.version} ({m.task}, sha256 {m.sha256[:12]}...)"
+    if outcome["status"] == "fail":
+        return CheckResult("model", "fail", f"{where}: golden self-test failed: {outcome['reason']}",
+                           "re-copy the bundle; if it persists try [model] delegate = \"none\"",
+                           details)
+    if outcome["status"] == "none":
+        return CheckResult("model", "warn", f"{where} loads and runs; the manifest has no golden "
+                           "input to check its output", "add a 'golden' entry to manifest.json",
+                           details)
+    return CheckResult("model", "pass", f"{where}: golden self-test matches", details=details)
+
+
+def _tls_expiry(host: str, port: int, ca_file: Path | None) -> float:
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    with socket.create_connection((host, port), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname=host) as tls:
+        cert = tls.getpeercert()
+    not_after = ssl.cert_time_to_seconds(str(cert["notAfter"])) if cert else time.time()
+    return (not_after - time.time()) / 86400
+
+
+def check_broker(cfg: AgentConfig, secrets: Secrets) -> CheckResult:
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from agent.core.topics import DeviceTopics
+    from agent.core.uri import parse_broker
+
+    if not cfg.mqtt.broker:
+        return CheckResult("broker", "warn", "no broker configured: results stay in the outbox",
+                           "set [mqtt] broker = \"mqtts://host:8883\"")
+    broker = parse_broker(cfg.mqtt.broker)
+    details: dict[str, Any] = {"url": broker.raw}
+    try:
+        socket.create_connection((broker.host, broker.port), timeout=3).close()
+    except OSError as exc:
+        return CheckResult("broker", "fail", f"cannot reach {broker.host}:{broker.port}: {exc}",
+                           "check the network, DNS, firewall, and that the broker runs", details)
+    if broker.tls:
+        try:
+            days = _tls_expiry(broker.host, broker.port, cfg.mqtt.tls_ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            return CheckResult("broker", "fail", f"TLS handshake with {broker.raw} failed: {exc}",
+                               "check [mqtt] tls_ca_file and the board's clock", details)
+        details["certificate_days_left"] = round(days, 1)
+        if days < 0:
+            return CheckResult("broker", "fail", "the broker's certificate has expired",
+                               "renew the broker certificate (or fix this board's clock)", details)
+    topic = DeviceTopics(cfg.agent.site, cfg.agent.device_id).base + "/diag"
+    done, result = threading.Event(), {"connect": None, "puback": None}
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5,
+                         client_id=f"lepton-diag-{cfg.agent.device_id}-{os.getpid()}")
+    if cfg.mqtt.username:
+        client.username_pw_set(cfg.mqtt.username, secrets.mqtt_password)
+    if broker.tls:
+        client.tls_set_context(ssl.create_default_context(
+            cafile=str(cfg.mqtt.tls_ca_file) if cfg.mqtt.tls_ca_file else None))
+
+    def on_connect(c: Any, u: Any, flags: Any, reason: Any, props: Any) -> None:
+        result["connect"] = reason
+        if reason.is_failure:
+            done.set()
+        else:
+            c.publish(topic, b'{"diag":true}', qos=1)
+
+    def on_publish(c: Any, u: Any, mid: int, reason: Any, props: Any) -> None:
+        result["puback"] = reason
+        done.set()
+
+    client.on_connect, client.on_publish = on_connect, on_publish
+    try:
+        client.connect(broker.host, broker.port, keepalive=10)
+        client.loop_start()
+        done.wait(8)
+    except (OSError, ssl.SSLError) as exc:
+        return CheckResult("broker", "fail", f"MQTT connect to {broker.raw} failed: {exc}",
+                           "check the port speaks MQTT (1883) or MQTT over TLS (8883)", details)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    connect, puback = result["connect"], result["puback"]
+    if connect is None:
+        return CheckResult("broker", "fail", f"{broker.raw} did not answer CONNECT within 8s",
+                           "check that the port is an MQTT listener", details)
+    if connect.is_failure:
+        return CheckResult("broker", "fail", f"{broker.raw} refused the connection: {connect}",
+                           "check [mqtt] username and the password credential", details)
+    if puback is None or puback.is_failure:
+        return CheckResult("broker", "fail", f"publish on {topic} refused: {puback or 'no PUBACK'}",
+                           "grant this device publish rights on lepton/v1/<site>/<device>/#",
+                           details)
+    if details.get("certificate_days_left", 99) < 30:
+        return CheckResult("broker", "warn", f"connected; the certificate expires in "
+                           f"{details['certificate_days_left']:.0f} days", "renew it", details)
+    return CheckResult("broker", "pass", f"{broker.raw}: connected, publish on {topic} accepted",
+                       details=details)
+
+
+def check_cache(cfg: AgentConfig) -> CheckResult:
+    state = cfg.agent.state_dir
+    db = state / "outbox.db"
+    details: dict[str, Any] = {"state_dir": str(state)}
+    if not state.exists():
+        return CheckResult("cache", "warn", f"state directory {state} does not exist yet",
+                           "it is created at the first run; check [agent] state_dir", details)
+    if not os.access(state, os.W_OK):
+        return CheckResult("cache", "fail", f"state directory {state} is not writable",
+                           "chown -R lepton: the directory (the service runs as 'lepton')", details)
+    usage = shutil.disk_usage(state)
+    details |= {"disk_free_bytes": usage.free, "disk_total_bytes": usage.total}
+    backlog, oldest = 0, None
+    if db.exists():
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+                ok = conn.execute("PRAGMA quick_check").fetchone()[0]
+                backlog, first = conn.execute(
+                    "SELECT COUNT(*), MIN(created_ns) FROM records WHERE acked_ns IS NULL").fetchone()
+        except sqlite3.Error as exc:
+            return CheckResult("cache", "fail", f"outbox {db} unreadable: {exc}",
+                               "stop the agent and move the file aside; it starts a fresh one",
+                               details)
+        if ok != "ok":
+            return CheckResult("cache", "fail", f"outbox {db} is corrupt: {ok}",
+                               "stop the agent and move the file aside", details)
+        oldest = (time.time_ns() - first) / 1e9 if first else None
+    details |= {"backlog": backlog, "oldest_unsent_s": round(oldest) if oldest else None}
+    free_pct = usage.free / usage.total * 100 if usage.total else 0
+    summary = (f"outbox backlog {backlog}"
+               + (f", oldest unsent {oldest / 3600:.1f} h" if oldest else "")
+               + f", {usage.free / 2**30:.1f} GiB free ({free_pct:.0f}%)")
+    if usage.free < 50 * 2**20:
+        return CheckResult("cache", "fail", summary, "free disk space on the state directory's "
+                           "filesystem", details)
+    if free_pct < 10 or (oldest and oldest > 3600):
+        return CheckResult("cache", "warn", summary, "check the broker link (lepton-agent diag "
+                           "broker) and free disk space", details)
+    return CheckResult("cache", "pass", summary, details=details)
+
+
+class _Timex(ctypes.Structure):
+    _fields_ = [("modes", ctypes.c_uint), ("pad", ctypes.c_byte * 252)]
+
+
+def clock_synchronized() -> bool | None:
+    """True/False from the kernel's NTP state (adjtimex), None when it cannot tell."""
+    timedatectl = shutil.which("timedatectl")
+    if timedatectl:
+        out = subprocess.run([timedatectl, "show", "-p", "NTPSynchronized", "--value"],
+                             capture_output=True, text=True, timeout=5)
+        if out.returncode == 0 and out.stdout.strip() in ("yes", "no"):
+            return out.stdout.strip() == "yes"
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return None
+    try:
+        rc = ctypes.CDLL(libc_name, use_errno=True).adjtimex(ctypes.byref(_Timex()))
+    except (OSError, AttributeError):
+        return None
+    return None if rc < 0 else rc != 5  # TIME_ERROR: not synchronized
+
+
+def check_clock(cfg: AgentConfig) -> CheckResult:
+    now = datetime.now(timezone.utc)
+    if now.year < 2025:
+        return CheckResult("clock", "fail", f"the clock says {now:%Y-%m-%d}",
+                           "enable NTP (timedatectl set-ntp true) or fit an RTC; TLS and "
+                           "timestamps need real time")
+    synced = clock_synchronized()
+    if synced is None:
+        return CheckResult("clock", "warn", f"{now:%Y-%m-%d %H:%M:%S}Z; cannot tell if synchronized",
+                           "check timedatectl / chronyc tracking")
+    if not synced:
+        return CheckResult("clock", "warn", f"{now:%Y-%m-%d %H:%M:%S}Z, not NTP-synchronized",
+                           "timedatectl set-ntp true; check that UDP 123 reaches a time server")
+    return CheckResult("clock", "pass", f"{now:%Y-%m-%d %H:%M:%S}Z, NTP-synchronized")
+
+
+def check_temperature(cfg: AgentConfig) -> CheckResult:
+    from agent.service.thermal import SysfsThermal
+
+    reading = SysfsThermal(cfg.thermal.sysfs).read()
+    details = {"temp_c": reading.temp_c, "throttled": reading.throttled}
+    if reading.temp_c is None:
+        return CheckResult("temperature", "warn", "no CPU thermal sensor in sysfs (not a Pi or "
+                           "Jetson?)", "nothing to do on hardware without sensors", details)
+    text = f"CPU {reading.temp_c:.1f} C"
+    if reading.throttled:
+        return CheckResult("temperature", "warn", text + ", firmware reports throttling",
+                           "improve cooling; on a Pi check the power supply (under-voltage)",
+                           details)
+    if reading.temp_c >= cfg.thermal.max_temp_c:
+        return CheckResult("temperature", "warn", text + f" (limit {cfg.thermal.max_temp_c:.0f})",
+                           "add a heatsink/fan; the agent slows inference until it cools",
+                           details)
+    return CheckResult("temperature", "pass", text, details=details)
+
+
+def check_memory(cfg: AgentConfig, meminfo: Path = Path("/proc/meminfo")) -> CheckResult:
+    try:
+        fields = dict(line.split(":", 1) for line in meminfo.read_text().splitlines() if ":" in line)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+        total = int(fields["MemTotal"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return CheckResult("memory", "warn", f"cannot read {meminfo}", "not a Linux /proc?")
+    text = f"{available / 2**20:.0f} MiB available of {total / 2**20:.0f} MiB"
+    details = {"available_bytes": available, "total_bytes": total}
+    if available < 50 * 2**20:
+        return CheckResult("memory", "fail", text, "stop other services or use a smaller model",
+                           details)
+    if available < 150 * 2**20:
+        return CheckResult("memory", "warn", text, "free memory: other services, or a smaller "
+                           "model / queue", details)
+    return CheckResult("memory", "pass", text, details=details)
+
+
+def all_checks(cfg: AgentConfig, secrets: Secrets, snapshot: Path | None) -> dict[str, Check]:
+    from agent.diag.kernels import check_kernels
+
+    return {
+        "camera": lambda: check_camera(cfg, snapshot),
+        "serial": lambda: check_serial(cfg),
+        "model": lambda: check_model(cfg),
+        "kernels": check_kernels,
+        "broker": lambda: check_broker(cfg, secrets),
+        "cache": lambda: check_cache(cfg),
+        "clock": lambda: check_clock(cfg),
+        "temperature": lambda: check_temperature(cfg),
+        "memory": lambda: check_memory(cfg),
+    }
