@@ -8,7 +8,7 @@ APT_PACKAGES := python3-venv python3-dev mosquitto gcc make
 TEST_APT_PACKAGES := $(if $(filter x86_64,$(shell uname -m)),gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages test-packages apt-install run test test-slow test-all lint model bench clean
+.PHONY: setup system-packages test-packages apt-install run test-neon test-arm deb test test-slow test-all lint model bench clean
 
 ## Install what the agent needs: Debian packages (where apt is there), then a venv.
 setup: $(VENV)/.installed
@@ -45,6 +45,16 @@ test: setup test-packages
 
 test-neon:
 	cross/test-neon.sh
+
+## The whole agent in an emulated arm64 Debian (root; debootstrap, qemu-user-static).
+test-arm: setup
+	@$(MAKE) -s apt-install PACKAGES="debootstrap qemu-user-static binfmt-support dpkg-dev"
+	$(SUDO) cross/smoke-arm64.sh
+
+## .deb for this machine's architecture in build/deb.
+deb: setup
+	$(PY) -m pip wheel --no-deps -q -w build/wheel .
+	cross/build-deb.sh $$(dpkg --print-architecture) $$(ls -t build/wheel/lepton_edge-*.whl | head -1)
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow

@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL = ROOT / "models" / "lepton-vehicles-tiny"
+from agent.paths import resolve_model
+
+DEFAULT_MODEL = resolve_model(Path("models/lepton-vehicles-tiny"))
 
 
 def _peak_rss_mb() -> float:

@@ -17,13 +17,14 @@ from pydantic import ValidationError
 
 from agent.config.schema import AgentConfig
 from agent.errors import ConfigError
+from agent.paths import shared_dir
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-BOARDS_DIR = Path(__file__).resolve().parents[2] / "board_configs"
+BOARDS_DIR = shared_dir("board_configs")
 _SECRET_WORDS = ("password", "secret", "token", "private_key")
 _HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
 _KEY = re.compile(r"""^\s*([A-Za-z0-9_."'-]+?)\s*=""")
@@ -43,6 +44,7 @@ class Secrets:
     """Secrets read from systemd's ``$CREDENTIALS_DIRECTORY``, never from a config file."""
 
     mqtt_password: str | None = None
+    tls_key_file: Path | None = None
 
     @classmethod
     def from_environment(cls) -> Secrets:
@@ -50,10 +52,12 @@ class Secrets:
         if not directory:
             return cls()
         path = Path(directory) / "mqtt-password"
+        key = Path(directory) / "tls-key"
+        key_file = key if key.is_file() and key.stat().st_size else None
         try:
-            return cls(mqtt_password=path.read_text().strip() or None)
+            return cls(mqtt_password=path.read_text().strip() or None, tls_key_file=key_file)
         except FileNotFoundError:
-            return cls()
+            return cls(tls_key_file=key_file)
         except OSError as exc:
             raise ConfigError(f"cannot read credential: {exc.strerror}", file=str(path),
                               fix="check the LoadCredential= line of the unit") from exc

@@ -77,6 +77,7 @@ class MqttSection(_Section):
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
     publish_window: int = Field(100, ge=1, le=65535)
     tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
     telemetry_interval_s: float = Field(30.0, gt=0)
     reconnect_initial_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(60.0, gt=0)

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from agent.devtools.mosquitto import LocalBroker, find_mosquitto
 from agent.errors import AgentError
+from agent.paths import resolve_model
 from agent.sources.synthetic import write_clip
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "lepton-vehicles-tiny"
+DEFAULT_MODEL = resolve_model(Path("models/lepton-vehicles-tiny"))
 
 
 def _agent(*args: str) -> list[str]:

@@ -20,6 +20,7 @@ from agent.core.manifest import (
 from agent.core.records import ModelRef
 from agent.errors import ModelError
 from agent.inference.litert import make_interpreter
+from agent.paths import resolve_model
 
 MANIFEST_NAME = "manifest.json"
 _MANIFEST_KEYS = {"name", "version", "description", "task", "decoder", "file", "sha256", "input",
@@ -110,6 +111,7 @@ def _manifest_from_json(path: Path, data: dict[str, Any]) -> Manifest:
 def load_model(path: Path, *, num_threads: int = 2, delegate: str = "xnnpack",
                score_threshold: float | None = None) -> LoadedModel:
     """Load a bundle directory, a manifest file, or a bare .tflite."""
+    path = resolve_model(path)
     if not path.exists():
         raise ModelError("does not exist", path=str(path),
                          fix="pass --model with a .tflite file or a bundle directory; "

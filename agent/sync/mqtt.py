@@ -53,6 +53,8 @@ class LinkOptions:
     username: str | None = None
     password: str | None = None
     tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     max_inflight: int = 100
     manual_ack: bool = False
     will: Will | None = None
@@ -93,6 +95,9 @@ class MqttLink:
         if self.broker.tls:
             context = ssl.create_default_context(
                 cafile=str(o.tls_ca_file) if o.tls_ca_file else None)
+            if o.tls_cert_file:  # mutual TLS: the key comes from the credentials directory
+                context.load_cert_chain(str(o.tls_cert_file),
+                                        str(o.tls_key_file) if o.tls_key_file else None)
             client.tls_set_context(context)
         if o.will:
             client.will_set(o.will.topic, o.will.payload, qos=o.will.qos, retain=o.will.retain)
