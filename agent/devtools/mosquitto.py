@@ -30,7 +30,7 @@ class LocalBroker:
     """Starts and stops one mosquitto bound to 127.0.0.1; restartable on the same port."""
 
     def __init__(self, workdir: Path | None = None, port: int | None = None,
-                 persistence: bool = True) -> None:
+                 persistence: bool = True, tls: dict[str, Path] | None = None) -> None:
         binary = find_mosquitto()
         if binary is None:
             raise AgentError("mosquitto is not installed",
@@ -44,6 +44,8 @@ class LocalBroker:
         self.conf = self.workdir / "mosquitto.conf"
         lines = [
             f"listener {self.port} 127.0.0.1",
+            *([f"cafile {tls['ca']}", f"certfile {tls['cert']}", f"keyfile {tls['key']}",
+               "require_certificate true"] if tls else []),
             "allow_anonymous true",
             f"persistence {'true' if persistence else 'false'}",
             f"persistence_location {self.workdir}/",
@@ -60,10 +62,11 @@ class LocalBroker:
         self.conf.write_text("\n".join(lines) + "\n")
         self.process: subprocess.Popen[bytes] | None = None
         self.log = self.workdir / "mosquitto.log"
+        self.tls = tls is not None
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 5.0) -> LocalBroker:
         with self.log.open("ab") as log:
@@ -76,6 +79,7 @@ class LocalBroker:
                                  f"{self.log.read_text(errors='replace')[-500:]}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    time.sleep(0.05 if self.tls else 0)
                     return self
             except OSError:
                 time.sleep(0.02)

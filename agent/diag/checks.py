@@ -96,8 +96,11 @@ def check_model(cfg: AgentConfig) -> CheckResult:
     return CheckResult("model", "pass", f"{where}: golden self-test matches", details=details)
 
 
-def _tls_expiry(host: str, port: int, ca_file: Path | None) -> float:
+def _tls_expiry(host: str, port: int, ca_file: Path | None, cert_file: Path | None = None,
+                key_file: Path | None = None) -> float:
     context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if cert_file:
+        context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
     with socket.create_connection((host, port), timeout=5) as raw, \
             context.wrap_socket(raw, server_hostname=host) as tls:
         cert = tls.getpeercert()
@@ -124,7 +127,8 @@ def check_broker(cfg: AgentConfig, secrets: Secrets) -> CheckResult:
                            "check the network, DNS, firewall, and that the broker runs", details)
     if broker.tls:
         try:
-            days = _tls_expiry(broker.host, broker.port, cfg.mqtt.tls_ca_file)
+            days = _tls_expiry(broker.host, broker.port, cfg.mqtt.tls_ca_file,
+                               cfg.mqtt.tls_cert_file, secrets.tls_key_file)
         except (ssl.SSLError, OSError) as exc:
             return CheckResult("broker", "fail", f"TLS handshake with {broker.raw} failed: {exc}",
                                "check [mqtt] tls_ca_file and the board's clock", details)
@@ -139,8 +143,12 @@ def check_broker(cfg: AgentConfig, secrets: Secrets) -> CheckResult:
     if cfg.mqtt.username:
         client.username_pw_set(cfg.mqtt.username, secrets.mqtt_password)
     if broker.tls:
-        client.tls_set_context(ssl.create_default_context(
-            cafile=str(cfg.mqtt.tls_ca_file) if cfg.mqtt.tls_ca_file else None))
+        context = ssl.create_default_context(
+            cafile=str(cfg.mqtt.tls_ca_file) if cfg.mqtt.tls_ca_file else None)
+        if cfg.mqtt.tls_cert_file:
+            context.load_cert_chain(str(cfg.mqtt.tls_cert_file),
+                                    str(secrets.tls_key_file) if secrets.tls_key_file else None)
+        client.tls_set_context(context)
 
     def on_connect(c: Any, u: Any, flags: Any, reason: Any, props: Any) -> None:
         result["connect"] = reason
