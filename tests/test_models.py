@@ -117,8 +117,9 @@ def test_missing_model_and_bad_manifest(tmp_path: Path) -> None:
         load_model(bundle)
 
 
-def test_delegate_none_runs() -> None:
-    model = load_model(DEFAULT_MODEL, num_threads=1, delegate="none")
+@pytest.mark.parametrize("delegate", ["none", "reference"])
+def test_delegate_choices_run(delegate: str) -> None:
+    model = load_model(DEFAULT_MODEL, num_threads=1, delegate=delegate)
     runner = ModelRunner(model)
     out = runner.infer(runner.prepare(np.zeros((100, 100, 3), np.uint8)))
     assert out.invoke_ms > 0

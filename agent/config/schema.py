@@ -65,7 +65,7 @@ class SourceSection(_Section):
 class ModelSection(_Section):
     path: Path = Path("models/lepton-vehicles-tiny")
     num_threads: int = Field(2, ge=1, le=64)
-    delegate: Literal["xnnpack", "none"] = "xnnpack"
+    delegate: Literal["xnnpack", "none", "reference"] = "xnnpack"
     score_threshold: float | None = Field(None, ge=0.0, le=1.0)
 
 

@@ -26,16 +26,21 @@ def interpreter_class() -> tuple[Any, str]:
 
 
 def make_interpreter(model_path: str, num_threads: int, delegate: str) -> Any:
-    """An interpreter with tensors allocated; ``delegate='none'`` disables XNNPACK."""
+    """An interpreter with tensors allocated.
+
+    ``delegate``: ``xnnpack`` (the default delegates), ``none`` (builtin optimized kernels,
+    no default delegates), ``reference`` (builtin reference kernels: slow, but the only ones
+    that run our int8 models under qemu-user, where the optimized ones crash)."""
     interpreter_cls, package = interpreter_class()
     kwargs: dict[str, Any] = {"model_path": model_path, "num_threads": num_threads}
-    if delegate == "none":
+    if delegate in ("none", "reference"):
         if package == "ai-edge-litert":
             from ai_edge_litert.interpreter import OpResolverType
         else:
             from tflite_runtime.interpreter import OpResolverType
         kwargs["experimental_op_resolver_type"] = (
-            OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if delegate == "none"
+            else OpResolverType.BUILTIN_REF)
     try:
         interpreter = interpreter_cls(**kwargs)
         interpreter.allocate_tensors()

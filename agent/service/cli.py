@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="play files in real time or as fast as possible (default: auto)")
     run.add_argument("--loop", action="store_true", help="loop a video file")
     run.add_argument("--threads", type=int, help="interpreter threads")
-    run.add_argument("--delegate", choices=["xnnpack", "none"])
+    run.add_argument("--delegate", choices=["xnnpack", "none", "reference"])
     run.add_argument("--delivery", choices=["ingested", "broker"],
                      help="keep results until ingest acknowledges them (default) or the broker does")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = models_sub.add_parser("inspect", help="print tensors and the (inferred) manifest")
     inspect.add_argument("path", type=Path)
     inspect.add_argument("--json", action="store_true")
-    inspect.add_argument("--delegate", choices=["xnnpack", "none"], default="xnnpack")
+    inspect.add_argument("--delegate", choices=["xnnpack", "none", "reference"], default="xnnpack")
     inspect.set_defaults(func=cmd_models_inspect)
 
     ingest = sub.add_parser("ingest", help="backend consumer: results -> database")
