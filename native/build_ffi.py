@@ -67,6 +67,8 @@ int lk_motion_update(lk_motion_state *state, const uint8_t *gray, int stride, fl
 int lk_variant(void);
 const char *lk_variant_name(void);
 int lk_cuda_available(void);
+int lk_cuda_preprocess(const lk_image *src, const lk_preprocess_params *params, void *out,
+                       size_t out_bytes);
 """
 
 SOURCES = ["src/preprocess.c", "src/postprocess.c", "src/motion.c", "src/row_portable.c",
@@ -101,9 +103,27 @@ def _cuda_objects(build_dir: Path) -> list[str]:
     arch = os.environ.get("LEPTON_CUDA_ARCH", "sm_87")
     build_dir.mkdir(parents=True, exist_ok=True)
     obj = build_dir / "preprocess_cuda.o"
-    subprocess.run([nvcc, "-O3", f"-arch={arch}", "-Xcompiler", "-fPIC", "-I", str(HERE / "include"),
+    # --fmad=false: the C side is built with -ffp-contract=off, and the results must match bit
+    # for bit.
+    subprocess.run([nvcc, "-O3", f"-arch={arch}", "-std=c++17", "--fmad=false", "-Xcompiler",
+                    "-fPIC", "-I", str(HERE / "include"),
                     "-c", str(HERE / "cuda" / "preprocess.cu"), "-o", str(obj)], check=True)
     return [str(obj)]
+
+
+def _cudart_dir() -> Path:
+    """The directory holding libcudart.so: $CUDA_HOME, beside nvcc, or /usr/local/cuda*."""
+    homes = [Path(h) for h in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")) if h]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        homes.append(Path(nvcc).resolve().parents[1])
+    homes += sorted(Path("/usr/local").glob("cuda*"))
+    for home in homes:
+        for sub in ("lib64", "lib", "targets/aarch64-linux/lib", "targets/x86_64-linux/lib"):
+            if (home / sub / "libcudart.so").exists():
+                return home / sub
+    raise RuntimeError("LEPTON_KERNELS=cuda but libcudart.so was not found; set CUDA_HOME to the "
+                       "CUDA toolkit (e.g. /usr/local/cuda)")
 
 
 def make_builder() -> FFI:
@@ -115,14 +135,16 @@ def make_builder() -> FFI:
     extra_objects: list[str] = []
     libraries = ["m"]
     library_dirs: list[str] = []
+    extra_link_args: list[str] = []
     if variant == "ref" and is_arm64(platform):
         defines.append(("LK_FORCE_PORTABLE", None))
     if variant == "cuda":
         defines.append(("LK_WITH_CUDA", None))
         extra_objects = _cuda_objects(ROOT / "build" / "cuda")
-        libraries.append("cudart")
-        cuda_home = Path(shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc").resolve().parents[1]
-        library_dirs.append(str(cuda_home / "lib64"))
+        libraries += ["cudart", "stdc++"]
+        cudart = _cudart_dir()
+        library_dirs.append(str(cudart))
+        extra_link_args.append(f"-Wl,-rpath,{cudart}")
     else:
         sources.append(os.path.relpath(HERE / "src" / "cuda_stub.c"))
     ffi = FFI()
@@ -130,7 +152,7 @@ def make_builder() -> FFI:
     ffi.set_source(
         "agent.kernels._native",
         '#include "lepton/preprocess.h"\n#include "lepton/postprocess.h"\n'
-        '#include "lepton/motion.h"\nint lk_cuda_available(void);\n',
+        '#include "lepton/motion.h"\n#include "lepton/cuda.h"\n',
         sources=sources,
         include_dirs=[str(HERE / "include")],
         define_macros=defines,
@@ -138,6 +160,7 @@ def make_builder() -> FFI:
         extra_objects=extra_objects,
         libraries=libraries,
         library_dirs=library_dirs,
+        extra_link_args=extra_link_args,
     )
     print(f"lepton kernels: variant {variant} for target {platform}", file=sys.stderr)
     return ffi

@@ -287,9 +287,9 @@ def test_numpy_fallback_when_forced() -> None:
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
-def test_cuda_kernels_compile_for_orin(tmp_path: Path) -> None:
-    out = subprocess.run(["nvcc", "-O3", "-arch=sm_87", "-Xcompiler", "-fPIC", "-I",
-                          str(ROOT / "native" / "include"), "-c",
-                          str(ROOT / "native" / "cuda" / "preprocess.cu"), "-o",
-                          str(tmp_path / "p.o")], capture_output=True, text=True)
+def test_cuda_kernels_and_bench_build_for_orin(tmp_path: Path) -> None:
+    """The CUDA kernel and its GPU bench/check program compile and link for sm_87."""
+    out = subprocess.run(["make", "-s", "-f", "native/tests/cuda.mk", "CUDA_ARCH=sm_87",
+                          f"OUT={tmp_path}"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
+    assert (tmp_path / "bench").exists()

@@ -80,6 +80,15 @@ def build_cases() -> list[Case]:
 
     cases.append(nv12_case("linear", cv2.INTER_LINEAR))
     cases.append(nv12_case("area", cv2.INTER_AREA))
+    if getattr(kern, "cuda_available", lambda: False)():
+        spec_gpu = Preprocess(out_w=300, out_h=300)
+        out_gpu = np.empty((300, 300, 3), np.uint8)
+        # Host frame in, host tensor out: the copies to and from the GPU are counted.
+        cases.append(Case("nv12_1080p_to_300_linear_cuda",
+                          lambda: kern.preprocess_cuda(nv12_img, spec_gpu, out_gpu),
+                          lambda: cv2.resize(cv2.cvtColor(nv12, cv2.COLOR_YUV2RGB_NV12), (300, 300),
+                                             interpolation=cv2.INTER_LINEAR),
+                          _max_diff))
     yuyv = _yuyv(_scene(1280, 720))
     yuyv_img = Image.packed("yuyv", yuyv)
     spec_yuyv = Preprocess(out_w=224, out_h=224)

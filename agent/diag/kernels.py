@@ -46,12 +46,20 @@ def _self_tests() -> list[str]:
     score_moved, boxes = motion.update(moved)
     if score != 0.0 or score_moved <= 0 or boxes[:1] != [(3, 2, 6, 4, 12)]:
         failed.append("motion")
+    if getattr(k, "cuda_available", lambda: False)():
+        nv12 = Image("nv12", 61, 37, (rng.integers(0, 256, (37, 61), dtype=np.uint8),
+                                      rng.integers(0, 256, (19, 62), dtype=np.uint8)))
+        spec = Preprocess(out_w=23, out_h=17, roi=(3, 2, 50, 30))
+        if not np.array_equal(k.preprocess_cuda(nv12, spec), k.preprocess(nv12, spec)[0]):
+            failed.append("cuda nv12 vs cpu")
     return failed
 
 
 def check_kernels() -> CheckResult:
     variant = kernels.variant()
     details: dict[str, object] = {"variant": variant}
+    if variant == "cuda":
+        details["cuda_device"] = bool(kernels.active.cuda_available())
     try:
         failed = _self_tests()
     except Exception as exc:
@@ -67,5 +75,9 @@ def check_kernels() -> CheckResult:
         return CheckResult("kernels", "warn", "native kernels missing; the numpy reference runs "
                            "(correct, slower)", "reinstall with gcc and python3-dev present so "
                            "the cffi extension builds", details)
+    if variant == "cuda" and not details["cuda_device"]:
+        return CheckResult("kernels", "warn", "CUDA kernels built but no GPU answers; the CPU "
+                           "kernels run", "check the NVIDIA driver (nvidia-smi, or tegrastats on "
+                           "a Jetson) and that the service user is in the video group", details)
     return CheckResult("kernels", "pass", f"{variant} kernels, known-answer self-tests passed",
                        details=details)

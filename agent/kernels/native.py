@@ -26,7 +26,8 @@ ffi: Any = _native.ffi
 lib: Any = _native.lib
 
 _CODES = {1: "invalid argument", 2: "size, stride or region out of range", 3: "out of memory",
-          4: "dimensions overflow"}
+          4: "dimensions overflow", 5: "not supported by this implementation",
+          6: "GPU error"}
 _FORMATS = {"nv12": 0, "yuyv": 1, "bgr": 2, "rgb": 3, "gray": 4}
 _DTYPES = {"uint8": (0, np.uint8), "int8": (1, np.int8), "float32": (2, np.float32)}
 
@@ -53,9 +54,9 @@ def _plane_extent(plane: npt.NDArray[np.uint8], name: str) -> int:
     return int((plane.shape[0] - 1) * plane.strides[0] + plane.shape[1])
 
 
-def preprocess(image: Image, spec: Preprocess,
-               out: npt.NDArray[Any] | None = None) -> tuple[npt.NDArray[Any], LetterboxInfo]:
-    """``lk_preprocess``: the frame into a (out_h, out_w, out_c) tensor (``out`` if given)."""
+def _marshal(image: Image, spec: Preprocess,
+             out: npt.NDArray[Any] | None) -> tuple[Any, Any, npt.NDArray[Any]]:
+    """Checked ``lk_image`` and ``lk_preprocess_params`` structs and the output tensor."""
     code, dtype = _DTYPES[spec.dtype]
     shape = (spec.out_h, spec.out_w, spec.out_c)
     if out is None:
@@ -93,11 +94,48 @@ def preprocess(image: Image, spec: Preprocess,
     params.dtype = code
     params.mul = list(spec.mul)
     params.add = list(spec.add)
+    return src, params, out
+
+
+def preprocess(image: Image, spec: Preprocess,
+               out: npt.NDArray[Any] | None = None) -> tuple[npt.NDArray[Any], LetterboxInfo]:
+    """``lk_preprocess``: the frame into a (out_h, out_w, out_c) tensor (``out`` if given)."""
+    src, params, out = _marshal(image, spec, out)
     info = ffi.new("lk_letterbox_info *")
     _check(lib.lk_preprocess(src, params, _ptr("void *", out), out.nbytes, info),
-           f"preprocess {image.format} {image.width}x{image.height} -> {shape}")
+           f"preprocess {image.format} {image.width}x{image.height} -> {out.shape}")
     return out, LetterboxInfo(float(info.scale), int(info.offset_x), int(info.offset_y),
                               int(info.content_w), int(info.content_h))
+
+
+def cuda_available() -> bool:
+    """True when this build carries the CUDA kernels and a GPU is present."""
+    return bool(lib.lk_cuda_available())
+
+
+def cuda_supports(image: Image, spec: Preprocess) -> bool:
+    """Whether ``preprocess_cuda`` handles this request (NV12, bilinear, RGB/BGR, no letterbox)."""
+    return (image.format == "nv12" and spec.resize == "bilinear" and spec.out_c == 3
+            and not spec.letterbox)
+
+
+def preprocess_cuda(image: Image, spec: Preprocess,
+                    out: npt.NDArray[Any] | None = None) -> npt.NDArray[Any]:
+    """``lk_cuda_preprocess``: as ``preprocess``, on the GPU, bit-identical to the CPU kernel."""
+    if not cuda_supports(image, spec):
+        raise KernelError(f"the CUDA kernel does not handle {image.format} {spec.resize} "
+                          f"letterbox={spec.letterbox} with {spec.out_c} channel(s)",
+                          fix="use preprocess (the CPU kernel) for this request")
+    src, params, out = _marshal(image, spec, out)
+    rc = lib.lk_cuda_preprocess(src, params, _ptr("void *", out), out.nbytes)
+    if rc == 5:
+        raise KernelError("this build has no CUDA kernels",
+                          fix="rebuild with LEPTON_KERNELS=cuda on a machine with nvcc")
+    if rc == 6:
+        raise KernelError("the GPU failed the CUDA preprocess (no device, or a copy or launch "
+                          "failed)", fix="check nvidia-smi / tegrastats and the CUDA driver")
+    _check(rc, f"preprocess_cuda {image.format} {image.width}x{image.height} -> {out.shape}")
+    return out
 
 
 def _f32(array: npt.NDArray[Any], name: str, last: int | None = None) -> F32:

@@ -1,11 +1,14 @@
 // CUDA preprocessing for Jetson Orin (sm_87): NV12 -> bilinear resize -> RGB/BGR -> uint8/int8/
 // float32, one thread per output pixel, same integer arithmetic as src/preprocess.c (so the CUDA
-// and portable results are bit-identical for bilinear NV12). Built only with LEPTON_KERNELS=cuda.
+// and portable results are bit-identical for bilinear NV12; built with --fmad=false because the
+// CPU side is built with -ffp-contract=off). Built only with LEPTON_KERNELS=cuda.
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
 
-#include "lepton/preprocess.h"
+#include <mutex>
+
+#include "lepton/cuda.h"
 
 extern "C" int lk_cuda_available(void) {
     int n = 0;
@@ -74,7 +77,8 @@ __global__ void nv12_bilinear_kernel(const uint8_t *y_plane, int y_stride, const
 // device-visible memory (NVMM), so no copies are made here.
 extern "C" int lk_cuda_preprocess_nv12(const uint8_t *y_plane, int y_stride, const uint8_t *uv_plane,
                                        int uv_stride, const lk_preprocess_params *p, void *out,
-                                       cudaStream_t stream) {
+                                       void *stream_handle) {
+    cudaStream_t stream = static_cast<cudaStream_t>(stream_handle);
     if (!y_plane || !uv_plane || !p || !out) return LK_EINVAL;
     if (p->out_c != 3 || p->resize != LK_RESIZE_BILINEAR || p->letterbox) return LK_EINVAL;
     dim3 block(32, 8), grid((p->out_w + 31) / 32, (p->out_h + 7) / 8);
@@ -83,4 +87,69 @@ extern "C" int lk_cuda_preprocess_nv12(const uint8_t *y_plane, int y_stride, con
         p->out_h, p->out_rgb, p->dtype, make_float3(p->mul[0], p->mul[1], p->mul[2]),
         make_float3(p->add[0], p->add[1], p->add[2]), out);
     return cudaGetLastError() == cudaSuccess ? LK_OK : LK_EINVAL;
+}
+
+namespace {
+
+// Device buffers reused across calls (one camera, one size): a cudaMalloc per frame would cost
+// more than the kernel.
+struct DeviceBuffers {
+    std::mutex lock;
+    uint8_t *y = nullptr, *uv = nullptr;
+    void *out = nullptr;
+    size_t y_cap = 0, uv_cap = 0, out_cap = 0;
+};
+DeviceBuffers g_buffers;
+
+template <typename T> bool reserve(T **ptr, size_t *cap, size_t need) {
+    if (*cap >= need) return true;
+    if (*ptr) cudaFree(*ptr);
+    *ptr = nullptr;
+    *cap = 0;
+    if (cudaMalloc(reinterpret_cast<void **>(ptr), need) != cudaSuccess) return false;
+    *cap = need;
+    return true;
+}
+
+}  // namespace
+
+extern "C" int lk_cuda_preprocess(const lk_image *s, const lk_preprocess_params *p, void *out,
+                                  size_t out_bytes) {
+    if (!s || !p || !out || !s->plane0) return LK_EINVAL;
+    if (s->format != LK_FMT_NV12 || p->resize != LK_RESIZE_BILINEAR || p->letterbox || p->out_c != 3)
+        return LK_ENOTSUP;
+    if (!s->plane1) return LK_EINVAL;
+    if (p->dtype < LK_OUT_UINT8 || p->dtype > LK_OUT_FLOAT32) return LK_EINVAL;
+    if (s->width <= 0 || s->height <= 0 || p->out_w <= 0 || p->out_h <= 0) return LK_EINVAL;
+    if (s->width > 65535 || s->height > 65535 || p->out_w > 16384 || p->out_h > 16384)
+        return LK_EOVERFLOW;
+    const size_t cw = (size_t)(s->width + 1) / 2, ch = (size_t)(s->height + 1) / 2;
+    if (s->stride0 < s->width || s->stride1 < 0 || (size_t)s->stride1 < 2 * cw) return LK_ERANGE;
+    if ((size_t)s->stride0 * (s->height - 1) + s->width > s->plane0_bytes) return LK_ERANGE;
+    if ((size_t)s->stride1 * (ch - 1) + 2 * cw > s->plane1_bytes) return LK_ERANGE;
+    int rx = p->roi_x, ry = p->roi_y, rw = p->roi_w, rh = p->roi_h;
+    if (rx == 0 && ry == 0 && rw == 0 && rh == 0) { rw = s->width; rh = s->height; }
+    if (rx < 0 || ry < 0 || rw <= 0 || rh <= 0) return LK_ERANGE;
+    if ((long long)rx + rw > s->width || (long long)ry + rh > s->height) return LK_ERANGE;
+    static const size_t esize[] = {1, 1, 4};
+    const size_t need = (size_t)p->out_w * p->out_h * 3 * esize[p->dtype];
+    if (need > out_bytes) return LK_ERANGE;
+    if (!lk_cuda_available()) return LK_EDEVICE;
+
+    std::lock_guard<std::mutex> guard(g_buffers.lock);
+    DeviceBuffers &b = g_buffers;
+    if (!reserve(&b.y, &b.y_cap, (size_t)s->width * s->height) ||
+        !reserve(&b.uv, &b.uv_cap, 2 * cw * ch) || !reserve(&b.out, &b.out_cap, need))
+        return LK_ENOMEM;
+    if (cudaMemcpy2D(b.y, s->width, s->plane0, s->stride0, s->width, s->height,
+                     cudaMemcpyHostToDevice) != cudaSuccess ||
+        cudaMemcpy2D(b.uv, 2 * cw, s->plane1, s->stride1, 2 * cw, ch, cudaMemcpyHostToDevice) !=
+            cudaSuccess)
+        return LK_EDEVICE;
+    lk_preprocess_params q = *p;
+    q.roi_x = rx; q.roi_y = ry; q.roi_w = rw; q.roi_h = rh;
+    if (lk_cuda_preprocess_nv12(b.y, s->width, b.uv, (int)(2 * cw), &q, b.out, nullptr) != LK_OK)
+        return LK_EDEVICE;
+    if (cudaMemcpy(out, b.out, need, cudaMemcpyDeviceToHost) != cudaSuccess) return LK_EDEVICE;
+    return LK_OK;
 }

@@ -15,7 +15,9 @@ typedef enum {
     LK_EINVAL = 1,     /* a NULL pointer, a zero size or an unknown enum value */
     LK_ERANGE = 2,     /* a size, stride or ROI outside what the buffers hold */
     LK_ENOMEM = 3,     /* scratch allocation failed */
-    LK_EOVERFLOW = 4   /* dimensions whose byte count would overflow */
+    LK_EOVERFLOW = 4,  /* dimensions whose byte count would overflow */
+    LK_ENOTSUP = 5,    /* a valid request this implementation does not handle (CUDA subset) */
+    LK_EDEVICE = 6     /* the GPU reported an error (no device, launch or copy failed) */
 } lk_status;
 
 /* Which implementation a build carries: 0 portable C, 1 NEON, 2 CUDA. */
