@@ -60,13 +60,6 @@ def test_unwritable_state_dir_is_named(tmp_path: Path) -> None:
         Outbox(blocker / "sub" / "outbox.db")
 
 
-def test_corrupt_outbox_is_reported(tmp_path: Path) -> None:
-    db = tmp_path / "outbox.db"
-    db.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(StorageError, match="cannot open outbox"):
-        Outbox(db)
-
-
 def test_queue_drop_oldest_counts() -> None:
     q: BoundedQueue[int] = BoundedQueue("frames", 2, "drop_oldest")
     assert q.put(1) and q.put(2)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 
 from agent.core.topics import check_segment
 from agent.core.uri import parse_broker, parse_source
+from agent.storage.outbox import DEFAULT_PRIORITIES
 
 
 class _Section(BaseModel):
@@ -91,7 +92,21 @@ class MqttSection(_Section):
 
 
 class OutboxSection(_Section):
+    """The durable outbox: one disk budget for everything it keeps, priorities per class."""
+
+    budget_bytes: ByteSize = Field(ByteSize(256 * 1024 * 1024), ge=256 * 1024)
+    priorities: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_PRIORITIES))
+    durability_interval_s: float = Field(1.0, ge=0, le=3600)
     commit_interval_ms: int = Field(50, ge=0, le=10_000)
+
+    @field_validator("priorities")
+    @classmethod
+    def _classes(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(value) - set(DEFAULT_PRIORITIES))
+        if unknown:
+            raise ValueError(f"unknown record class(es) {', '.join(unknown)}; the classes are "
+                             f"{', '.join(sorted(DEFAULT_PRIORITIES))}")
+        return value
     keep_delivered: int = Field(10_000, ge=0)
     delivery: Literal["ingested", "broker"] = "ingested"
     ack_timeout_s: float = Field(30.0, gt=0, le=86_400)

@@ -31,7 +31,7 @@ from agent.core.records import FrameResult, ModelRef, encode_result, encode_stat
 from agent.core.thermal import ThermalGovernor
 from agent.core.topics import DeviceTopics
 from agent.core.uri import parse_broker, parse_source
-from agent.errors import AgentError
+from agent.errors import AgentError, StorageError
 from agent.inference.model import load_model
 from agent.inference.runner import ModelRunner
 from agent.inference.worker import InferenceWorker
@@ -67,6 +67,7 @@ class RunSummary:
     frames_skipped_static: int = 0
     detections: int = 0
     results_committed: int = 0
+    storage_errors: int = 0
     results_published: int = 0
     results_ingested: int = 0
     backlog: int = 0
@@ -140,7 +141,10 @@ class AgentApp:
         runner = ModelRunner(model, preprocess=cfg.kernels.preprocess)
         model_ref = model.ref
         until_ingested = cfg.outbox.delivery == "ingested"
-        outbox = Outbox(cfg.agent.state_dir / "outbox.db", until_ingested=until_ingested)
+        outbox = Outbox(cfg.agent.state_dir / "outbox.db", until_ingested=until_ingested,
+                        budget_bytes=int(cfg.outbox.budget_bytes),
+                        priorities=cfg.outbox.priorities,
+                        durability_interval_s=cfg.outbox.durability_interval_s)
         realtime, policy = self._choose_flow(source_uri.is_live)
         log.info("model %s (%s, %s, sha256 %s...) on %s; source %s (%s, %s)", model_ref.name,
                  model.manifest.task, model.runtime, model_ref.sha256[:12], cfg.model.delegate,
@@ -162,10 +166,12 @@ class AgentApp:
 
         device, site = cfg.agent.device_id, cfg.agent.site
         results_topic = self.topics.results(cfg.source.stream)
-        status_extra = {"version": __version__, "model": model_ref.name,
+        status_extra: dict[str, Any] = {"version": __version__, "model": model_ref.name,
                         "model_sha256": model_ref.sha256, "source": source_uri.raw,
                         "stream": cfg.source.stream, "board": cfg.agent.board,
                         "host": socket.gethostname(), "pid": os.getpid()}
+        if outbox.quarantined:
+            status_extra["cache"] = {"quarantined": str(outbox.quarantined)}
         birth = (self.topics.status, encode_status(state="online", device=device, site=site,
                                                    wall_time=time.time(), extra=status_extra))
         window = PublishWindow(cfg.mqtt.publish_window)
@@ -193,13 +199,30 @@ class AgentApp:
         inference = InferenceWorker(frames, runner, cfg.source.stream, deliver, inference_finished)
         finished = asyncio.Event()
 
+        commit_retry = Backoff(0.5, 10.0)
+        commit_blocked_until = 0.0
+
         def commit_pending() -> None:
-            if not pending:
+            nonlocal commit_blocked_until
+            if not pending or time.monotonic() < commit_blocked_until:
                 return
             batch = pending[:]
-            pending.clear()
-            outbox.append([PendingRecord(cfg.source.stream, results_topic, _result_encoder(
-                r, device=device, site=site, model=model_ref)) for r in batch])
+            try:
+                outbox.append([PendingRecord(cfg.source.stream, results_topic, _result_encoder(
+                    r, device=device, site=site, model=model_ref)) for r in batch])
+            except StorageError as exc:
+                # Keep the results in memory (bounded by the result slots, which holds back
+                # inference and so capture) and try again; the agent keeps running.
+                delay = commit_retry.next_delay()
+                commit_blocked_until = time.monotonic() + delay
+                self.summary.storage_errors += 1
+                health.storage_error = str(exc)
+                log.error("%s; %d result(s) held in memory, retrying in %.1fs", exc, len(batch),
+                          delay)
+                return
+            commit_retry.reset()
+            health.storage_error = None
+            del pending[:len(batch)]
             for _ in batch:
                 slots.release()
             self.summary.results_committed += len(batch)
@@ -224,11 +247,23 @@ class AgentApp:
         self.latest_snapshot = health.snapshot()
 
         async def telemetry() -> None:
+            """Periodic health on ``telemetry``; the retained ``status`` is re-published when
+            the cache's evictions, quarantine or storage error change."""
+            reported: dict[str, Any] = {}
             while not await _wait(finished, cfg.mqtt.telemetry_interval_s):
+                report = health.telemetry()
+                cache = {k: v for k, v in report["cache"].items() if k != "used_bytes"}
+                if cache != reported and (cache["evictions"] or cache["quarantined"]
+                                          or cache["storage_error"] or reported):
+                    uplink.birth = (self.topics.status, encode_status(
+                        state="online", device=device, site=site, wall_time=time.time(),
+                        extra={**status_extra, "cache": report["cache"]}))
+                    if link and link.connected:
+                        link.publish(*uplink.birth, qos=1, retain=True)
+                        reported = cache
                 if link and link.connected:
                     link.publish(self.topics.telemetry, encode_telemetry(
-                        device=device, site=site, wall_time=time.time(),
-                        health=health.telemetry()), qos=0)
+                        device=device, site=site, wall_time=time.time(), health=report), qos=0)
 
         async def monitor() -> None:
             """Refresh the cached snapshot (metrics read it from their own thread) and poll the

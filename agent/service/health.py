@@ -37,6 +37,7 @@ class PipelineHealth:
     broker: str | None
     state: str = "running"
     thermal: ThermalReading | None = None
+    storage_error: str | None = None
     _progress: tuple[int, float] = (-1, 0.0)
 
     def healthy(self, stall_s: float, now: float | None = None) -> bool:
@@ -52,6 +53,7 @@ class PipelineHealth:
 
     def snapshot(self) -> dict[str, Any]:
         backlog, oldest = self.outbox.backlog()
+        usage = self.outbox.usage()
         cap, inf = self.capture.stats, self.inference.stats
         disk = shutil.disk_usage(self.outbox.path.parent)
         return {
@@ -77,7 +79,11 @@ class PipelineHealth:
             "outbox": {"backlog": backlog,
                        "oldest_unsent_s": round(oldest, 1) if oldest is not None else None,
                        "published": self.uplink.acked, "ingested": self.uplink.ingested,
-                       "disk_free_bytes": disk.free},
+                       "disk_free_bytes": disk.free,
+                       "used_bytes": usage.used_bytes, "budget_bytes": usage.budget_bytes,
+                       "wal_bytes": usage.wal_bytes, "evictions": self.outbox.eviction_counts(),
+                       "quarantined": str(self.outbox.quarantined) if self.outbox.quarantined
+                       else None, "storage_error": self.storage_error},
             "broker": {"url": self.broker,
                        "connected": bool(self.link and self.link.connected),
                        "connects": self.link.connects if self.link else 0,
@@ -85,8 +91,17 @@ class PipelineHealth:
             "thermal": {"temp_c": self.thermal.temp_c if self.thermal else None,
                         "throttled": self.thermal.throttled if self.thermal else False,
                         "level": self.governor.level},
-            "last_error": cap.last_error or (self.link.last_error if self.link else None),
+            "last_error": (self.storage_error or cap.last_error
+                           or (self.link.last_error if self.link else None)),
         }
+
+    @staticmethod
+    def cache_report(snap: dict[str, Any]) -> dict[str, Any]:
+        """The outbox's disk budget figures, for telemetry and the retained status."""
+        o = snap["outbox"]
+        return {"used_bytes": o["used_bytes"], "budget_bytes": o["budget_bytes"],
+                "evictions": o["evictions"], "quarantined": o["quarantined"],
+                "storage_error": o["storage_error"]}
 
     def telemetry(self) -> dict[str, Any]:
         """The flat health record published on ``telemetry`` (schema lepton.telemetry v1)."""
@@ -105,4 +120,5 @@ class PipelineHealth:
                 "cpu_temp_c": snap["thermal"]["temp_c"], "throttled": snap["thermal"]["throttled"],
                 "thermal_level": snap["thermal"]["level"],
                 "disk_free_bytes": snap["outbox"]["disk_free_bytes"],
+                "cache": self.cache_report(snap),
                 "uptime_s": snap["uptime_s"]}

@@ -4,24 +4,44 @@ A record goes unsent -> sent (the broker's PUBACK) -> ingested (the backend's ac
 ``ack`` topic). With ``delivery = "ingested"`` a record sent but not acknowledged within
 the ack timeout goes back to unsent and is published again (ingest dedupes).
 
-SQLite in WAL mode with ``synchronous=NORMAL``: a committed record survives a crash or
-SIGKILL of the agent; on a power cut the last few commits since the previous WAL
-checkpoint can be lost (SQLite's documented trade-off, which spares the SD card an
-fsync per frame). Sequence numbers are assigned in the same transaction as the insert,
-so a seq is never reused across restarts.
+**Disk budget.** One budget in bytes covers the whole file (records of every class and blob
+chunks, see ``agent.storage.blobs``). After each committed batch the outbox measures the pages
+in use; over the budget it deletes delivered records first, then undelivered ones, lowest
+priority first and oldest first, and counts every undelivered record it had to drop by class
+(kept in the file, so the counts survive restarts). The file therefore exceeds the budget by at
+most one write batch.
+
+**Durability.** SQLite in WAL mode with ``synchronous=NORMAL``; commits are grouped by the
+caller (``commit_interval_ms``) and the WAL is fsynced every ``durability_interval_s``. A crash
+or SIGKILL of the agent loses nothing committed; a power cut loses at most the commits of the
+last durability interval. ``durability_interval_s = 0`` fsyncs every commit
+(``synchronous=FULL``), for hardware that does not mind.
+
+Sequence numbers are assigned in the same transaction as the insert, so a seq is never reused
+across restarts. A corrupt file found at start is moved aside (``outbox.db.corrupt-<time>``)
+and a fresh one started whose sequence numbers begin above any the old one can have issued.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import StorageError
 
-SCHEMA_VERSION = 1
+log = logging.getLogger("agent.outbox")
+
+SCHEMA_VERSION = 2
+DEFAULT_PRIORITIES: Mapping[str, int] = {"event": 80, "result": 60, "shard": 40, "telemetry": 20}
+# Bytes SQLite spends per row beyond the payload (row header, index entries), for estimates.
+ROW_OVERHEAD = 96
+
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS streams (stream TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
@@ -35,11 +55,51 @@ CREATE TABLE IF NOT EXISTS records (
     created_ns INTEGER NOT NULL,
     sent_ns INTEGER,
     acked_ns INTEGER,
+    class TEXT NOT NULL DEFAULT 'result',
+    priority INTEGER NOT NULL DEFAULT 60,
     UNIQUE (stream, seq)
 );
 CREATE INDEX IF NOT EXISTS records_unsent ON records (id) WHERE sent_ns IS NULL;
 CREATE INDEX IF NOT EXISTS records_unacked ON records (sent_ns) WHERE acked_ns IS NULL;
+CREATE INDEX IF NOT EXISTS records_eviction ON records (priority, id);
+CREATE TABLE IF NOT EXISTS evictions (
+    class TEXT PRIMARY KEY, records INTEGER NOT NULL, bytes INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs (
+    blob TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    chunk_size INTEGER NOT NULL,
+    chunk_count INTEGER NOT NULL,
+    priority INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL,
+    expires_ns INTEGER,
+    meta TEXT NOT NULL,
+    manifest_sent_ns INTEGER
+);
+CREATE TABLE IF NOT EXISTS blob_chunks (
+    blob TEXT NOT NULL REFERENCES blobs (blob) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    sent_ns INTEGER,
+    PRIMARY KEY (blob, idx)
+) WITHOUT ROWID;
 """
+
+
+class CorruptDatabase(sqlite3.DatabaseError):
+    """The file opened but failed SQLite's integrity check."""
+
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    """A damaged file (to quarantine), as opposed to a full disk or missing permissions."""
+    if isinstance(exc, CorruptDatabase):
+        return True
+    name = getattr(exc, "sqlite_errorname", "")  # Python >= 3.11
+    if name:
+        return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+    text = str(exc).lower()
+    return "not a database" in text or "malformed" in text
 
 
 @dataclass(frozen=True)
@@ -50,6 +110,7 @@ class PendingRecord:
     topic: str
     build: Callable[[int], bytes]
     qos: int = 1
+    kind: str = "result"
 
 
 @dataclass(frozen=True)
@@ -62,68 +123,313 @@ class StoredRecord:
     qos: int
 
 
-class Outbox:
-    """One SQLite outbox file; used from one thread."""
+@dataclass(frozen=True)
+class Usage:
+    """What the outbox file holds against its budget."""
 
-    def __init__(self, path: Path, *, until_ingested: bool = True) -> None:
+    used_bytes: int
+    file_bytes: int
+    wal_bytes: int
+    budget_bytes: int | None
+
+
+class Outbox:
+    """One SQLite outbox file; used from one thread (the event loop)."""
+
+    def __init__(self, path: Path, *, until_ingested: bool = True, budget_bytes: int | None = None,
+                 priorities: Mapping[str, int] | None = None,
+                 durability_interval_s: float = 1.0) -> None:
         self.path = path
         self.until_ingested = until_ingested
+        self.budget_bytes = budget_bytes
+        self.priorities = {**DEFAULT_PRIORITIES, **(priorities or {})}
+        self.durability_interval_s = durability_interval_s
+        self.quarantined: Path | None = None
+        self.reserve = path.with_name(path.name + ".reserve")
+        self.reserve_bytes = (min(max(budget_bytes // 64, 64 * 1024), 4 * 1024 * 1024)
+                              if budget_bytes else 1024 * 1024)
+        self.evictions: dict[str, list[int]] = {}
+        self._last_fsync = time.monotonic()
+        self._last_eviction_log = -1e9
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_DDL)
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                             (str(SCHEMA_VERSION),))
-            self._last_seq = dict(self._db.execute("SELECT stream, last_seq FROM streams"))
-        except sqlite3.DatabaseError as exc:
-            raise StorageError(f"cannot open outbox database: {exc}", path=str(path),
-                               fix="check the state directory is writable and has free space; "
-                                   "a corrupt file can be moved aside (its unsent records are "
-                                   "then lost)") from exc
         except OSError as exc:
             raise StorageError(f"cannot create state directory: {exc.strerror}",
                                path=str(path.parent),
                                fix="pass --state-dir with a writable directory") from exc
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as exc:
+            if not _is_corruption(exc):
+                raise self._open_error(exc) from exc
+            self._quarantine(exc)
+            try:
+                self._db = self._open(seq_floor=int(time.time() * 1000) * 1000)
+            except sqlite3.DatabaseError as again:
+                raise self._open_error(again) from again
+        self._make_reserve()
+
+    def _open_error(self, exc: Exception) -> StorageError:
+        return StorageError(f"cannot open outbox database: {exc}", path=str(self.path),
+                            fix="check the state directory is writable and has free space")
+
+    def _open(self, seq_floor: int = 0) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=" + ("FULL" if self.durability_interval_s == 0
+                                                 else "NORMAL"))
+            db.execute("PRAGMA busy_timeout=5000")
+            if self.budget_bytes:
+                # Keep the WAL a small part of the budget: checkpoint every budget/16 of pages.
+                page = int(db.execute("PRAGMA page_size").fetchone()[0])
+                db.execute(f"PRAGMA wal_autocheckpoint={max(16, self.budget_bytes // 16 // page)}")
+                db.execute(f"PRAGMA journal_size_limit={self.budget_bytes // 8}")
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise CorruptDatabase(f"integrity check failed: {check}")
+            self._migrate(db)
+            if seq_floor:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('seq_floor', ?)", (str(seq_floor),))
+            self._seq_floor = int(dict(db.execute("SELECT key, value FROM meta")).get("seq_floor", 0))
+            self._last_seq = dict(db.execute("SELECT stream, last_seq FROM streams"))
+            self.evictions = {c: [int(n), int(b)] for c, n, b in
+                              db.execute("SELECT class, records, bytes FROM evictions")}
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(records)")}
+        if columns and "class" not in columns:  # schema 1: results only
+            db.execute("ALTER TABLE records ADD COLUMN class TEXT NOT NULL DEFAULT 'result'")
+            db.execute("ALTER TABLE records ADD COLUMN priority INTEGER NOT NULL DEFAULT 60")
+        db.executescript(_DDL)
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def _quarantine(self, exc: Exception) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                src.replace(Path(str(target) + suffix))
+        self.quarantined = target
+        log.error("OUTBOX CORRUPT: %s is unreadable (%s); moved it to %s and started a fresh "
+                  "outbox. Records it held that were not yet delivered are not sent; keep the "
+                  "file for a support bundle.", self.path, exc, target)
 
     def close(self) -> None:
         self._db.close()
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        return self._db
+
+    def priority(self, kind: str) -> int:
+        return self.priorities.get(kind, self.priorities["result"])
+
     def last_seq(self, stream: str) -> int:
-        return int(self._last_seq.get(stream, 0))
+        return int(self._last_seq.get(stream, self._seq_floor))
 
     def append(self, records: Iterable[PendingRecord]) -> list[int]:
-        """Assign seqs and commit the records in one transaction; returns their ids."""
+        """Assign seqs and commit the records in one transaction; returns their ids.
+
+        On a full disk the outbox frees its reserve file (so that SQLite can write the WAL
+        frames a delete needs), makes room within its own file as if over budget, and tries
+        once more before raising StorageError; the caller keeps the records and retries later.
+        """
+        batch = list(records)
+        try:
+            return self._append(batch)
+        except sqlite3.OperationalError as exc:
+            if "full" not in str(exc).lower():
+                raise self._commit_error(exc) from exc
+            self.reserve.unlink(missing_ok=True)
+            try:
+                freed = self.make_room(max(self.usage().used_bytes // 10, self.reserve_bytes))
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                log.error("disk full at %s while committing %d record(s); evicted %d item(s) "
+                          "from the outbox to make room", self.path.parent, len(batch), freed)
+                ids = self._append(batch)
+            except sqlite3.Error as again:
+                raise self._commit_error(again) from again
+            self._make_reserve()
+            return ids
+        except sqlite3.Error as exc:
+            raise self._commit_error(exc) from exc
+
+    def _make_reserve(self) -> None:
+        """Keep ``reserve_bytes`` of disk in a file beside the outbox, released on a full disk.
+
+        Best effort: on a disk already full the reserve is as large as what fits."""
+        if self.reserve_bytes <= 0 or (self.reserve.exists()
+                                       and self.reserve.stat().st_size >= self.reserve_bytes):
+            return
+        try:
+            with self.reserve.open("ab") as f:
+                missing = self.reserve_bytes - f.tell()
+                while missing > 0:
+                    n = min(missing, 64 * 1024)
+                    f.write(b"\0" * n)
+                    f.flush()
+                    missing -= n
+        except OSError:
+            pass
+
+    def _commit_error(self, exc: Exception) -> StorageError:
+        return StorageError(f"cannot commit records: {exc}", path=str(self.path),
+                            fix="free space on the state directory's filesystem or lower "
+                                "[outbox] budget_bytes")
+
+    def _append(self, batch: list[PendingRecord]) -> list[int]:
         now = time.time_ns()
         ids: list[int] = []
         seqs = dict(self._last_seq)
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            for rec in records:
-                seq = seqs.get(rec.stream, 0) + 1
+        with self._transaction():
+            for rec in batch:
+                seq = seqs.get(rec.stream, self._seq_floor) + 1
                 seqs[rec.stream] = seq
                 cur = self._db.execute(
-                    "INSERT INTO records (stream, seq, topic, payload, qos, created_ns) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (rec.stream, seq, rec.topic, rec.build(seq), rec.qos, now))
+                    "INSERT INTO records (stream, seq, topic, payload, qos, created_ns, class, "
+                    "priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (rec.stream, seq, rec.topic, rec.build(seq), rec.qos, now, rec.kind,
+                     self.priority(rec.kind)))
                 ids.append(int(cur.lastrowid or 0))
             self._db.executemany(
                 "INSERT INTO streams (stream, last_seq) VALUES (?, ?) "
                 "ON CONFLICT (stream) DO UPDATE SET last_seq = excluded.last_seq",
                 [(s, q) for s, q in seqs.items() if q != self._last_seq.get(s)])
+        self._last_seq = seqs
+        self.enforce_budget()
+        self.maybe_fsync()
+        return ids
+
+    def maybe_fsync(self, force: bool = False) -> None:
+        """Make the commits so far survive a power cut, once per durability interval."""
+        if self.durability_interval_s == 0:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_fsync < self.durability_interval_s:
+            return
+        self._last_fsync = now
+        wal = Path(str(self.path) + "-wal")
+        try:
+            fd = os.open(wal, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)  # fsync flushes the file, whichever descriptor names it
+        finally:
+            os.close(fd)
+
+    # -- budget --------------------------------------------------------------------------
+
+    def usage(self) -> Usage:
+        page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
+        free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+        wal = Path(str(self.path) + "-wal")
+        return Usage((pages - free) * page, pages * page,
+                     wal.stat().st_size if wal.exists() else 0, self.budget_bytes)
+
+    def enforce_budget(self) -> int:
+        """Evict until the pages in use fit the budget; returns undelivered items evicted."""
+        if not self.budget_bytes:
+            return 0
+        evicted = 0
+        for _ in range(256):
+            excess = self.usage().used_bytes - self.budget_bytes
+            if excess <= 0:
+                break
+            if self._db.execute("SELECT NOT EXISTS (SELECT 1 FROM records) AND "
+                                "NOT EXISTS (SELECT 1 FROM blobs)").fetchone()[0]:
+                log.error("outbox over its budget by %d bytes with nothing left to evict; "
+                          "raise [outbox] budget_bytes", excess)
+                break
+            # Freed rows free whole pages only once neighbours go too: evict in steps.
+            evicted += self.make_room(max(excess, 16 * 1024))
+        now = time.monotonic()
+        if evicted and now - self._last_eviction_log > 30:
+            self._last_eviction_log = now
+            log.warning("outbox over its budget of %d bytes: evicting lowest priority first; "
+                        "evicted so far: %s", self.budget_bytes, ", ".join(
+                            f"{n} {k} ({b} bytes)" for k, (n, b) in sorted(self.evictions.items())))
+        return evicted
+
+    def make_room(self, nbytes: int) -> int:
+        """Delete about ``nbytes`` of data: delivered records first, then the lowest priority
+        and oldest undelivered records and blobs (a blob goes whole). Returns how many
+        undelivered items were evicted."""
+        if self._prune_delivered_bytes(nbytes):
+            return 0
+        column = "acked_ns" if self.until_ingested else "sent_ns"
+        candidates = self._db.execute(
+            f"SELECT 0, id, class, priority, created_ns, length(payload) FROM records "
+            f"WHERE {column} IS NULL "
+            "UNION ALL SELECT 1, rowid, kind, priority, created_ns, size FROM blobs "
+            "ORDER BY 4, 5 LIMIT 5000").fetchall()
+        counts: dict[str, list[int]] = {}
+        doomed_records: list[tuple[int]] = []
+        doomed_blobs: list[tuple[int]] = []
+        want = nbytes
+        for is_blob, rowid, kind, _prio, _created, size in candidates:
+            if want <= 0:
+                break
+            (doomed_blobs if is_blob else doomed_records).append((rowid,))
+            entry = counts.setdefault(kind, [0, 0])
+            entry[0] += 1
+            entry[1] += size
+            want -= size + ROW_OVERHEAD
+        with self._transaction():
+            self._db.executemany("DELETE FROM records WHERE id = ?", doomed_records)
+            self._db.executemany("DELETE FROM blob_chunks WHERE blob = "
+                                 "(SELECT blob FROM blobs WHERE rowid = ?)", doomed_blobs)
+            self._db.executemany("DELETE FROM blobs WHERE rowid = ?", doomed_blobs)
+            self._db.executemany(
+                "INSERT INTO evictions (class, records, bytes) VALUES (?, ?, ?) ON CONFLICT "
+                "(class) DO UPDATE SET records = records + excluded.records, "
+                "bytes = bytes + excluded.bytes", [(k, n, b) for k, (n, b) in counts.items()])
+        for kind, (n, b) in counts.items():
+            entry = self.evictions.setdefault(kind, [0, 0])
+            entry[0] += n
+            entry[1] += b
+        return len(doomed_records) + len(doomed_blobs)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
             self._db.execute("COMMIT")
-        except BaseException as exc:
+        except BaseException:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise StorageError(f"cannot commit records: {exc}", path=str(self.path),
-                                   fix="check free space on the state directory's filesystem"
-                                   ) from exc
             raise
-        self._last_seq = seqs
-        return ids
+
+    def _prune_delivered_bytes(self, nbytes: int) -> bool:
+        """Delete the oldest delivered records worth ``nbytes``; True if that covered it."""
+        column = "acked_ns" if self.until_ingested else "sent_ns"
+        rows = self._db.execute(
+            f"SELECT id, length(payload) FROM records WHERE {column} IS NOT NULL ORDER BY id "
+            "LIMIT 5000").fetchall()
+        want, doomed = nbytes, []
+        for rid, size in rows:
+            if want <= 0:
+                break
+            doomed.append((rid,))
+            want -= size + ROW_OVERHEAD
+        if doomed:
+            with self._transaction():
+                self._db.executemany("DELETE FROM records WHERE id = ?", doomed)
+        return want <= 0
+
+    def eviction_counts(self) -> dict[str, dict[str, int]]:
+        return {k: {"records": n, "bytes": b} for k, (n, b) in sorted(self.evictions.items())}
+
+    # -- delivery ------------------------------------------------------------------------
 
     def fetch_unsent(self, after_id: int, limit: int) -> list[StoredRecord]:
         rows = self._db.execute(

@@ -1,0 +1,180 @@
+"""The outbox's disk budget, priorities, durability settings, corruption and a full disk."""
+
+from __future__ import annotations
+
+import logging
+import random
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.errors import StorageError
+from agent.storage.outbox import Outbox, PendingRecord
+
+BUDGET = 1_000_000
+
+
+def _payload(size: int) -> Callable[[int], bytes]:
+    return lambda seq: b"x" * size
+
+
+def _batch(rng: random.Random, n: int = 40,
+           kinds: tuple[str, ...] = ("result", "event", "telemetry")) -> list[PendingRecord]:
+    return [PendingRecord("cam0", "t/cam0", _payload(rng.randint(300, 900)), kind=rng.choice(kinds))
+            for _ in range(n)]
+
+
+def test_budget_holds_after_every_batch_and_evicts_lowest_priority_first(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", budget_bytes=BUDGET)
+    rng = random.Random(3)
+    batch_bytes = 40 * (900 + 96)
+    for _ in range(150):
+        box.append(_batch(rng))
+        usage = box.usage()
+        assert usage.used_bytes <= BUDGET
+        assert usage.file_bytes <= BUDGET + batch_bytes + 64 * 1024
+    counts = box.eviction_counts()
+    assert counts["telemetry"]["records"] > 0
+    kept = dict(box.db.execute("SELECT class, COUNT(*) FROM records GROUP BY class").fetchall())
+    # Events (highest priority) outlive everything; telemetry goes first.
+    assert kept.get("event", 0) > kept.get("result", 0) >= kept.get("telemetry", 0)
+    assert counts.get("event", {"records": 0})["records"] < counts["telemetry"]["records"]
+    box.close()
+    # The counts are in the file: they survive a restart.
+    again = Outbox(tmp_path / "o.db", budget_bytes=BUDGET)
+    assert again.eviction_counts() == counts
+    assert again.integrity_ok()
+
+
+def test_delivered_records_go_before_any_undelivered_one(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", budget_bytes=BUDGET, until_ingested=False)
+    rng = random.Random(4)
+    for _ in range(20):
+        box.append(_batch(rng, kinds=("telemetry",)))
+        box.mark_sent(r.id for r in box.fetch_unsent(0, 1000))
+    for _ in range(25):
+        box.append(_batch(rng, kinds=("event",)))
+    assert box.eviction_counts() == {}  # only delivered records were deleted so far
+    assert box.usage().used_bytes <= BUDGET
+    assert box.backlog()[0] == 25 * 40
+
+
+def test_priorities_come_from_config(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", budget_bytes=BUDGET, priorities={"telemetry": 99, "event": 1})
+    rng = random.Random(5)
+    for _ in range(25):
+        box.append(_batch(rng, kinds=("telemetry",)))
+    for _ in range(20):
+        box.append(_batch(rng, kinds=("event",)))
+    counts = box.eviction_counts()
+    assert counts["event"]["records"] > 0 and "telemetry" not in counts
+
+
+def test_durability_interval_zero_means_every_commit_is_synced(tmp_path: Path) -> None:
+    full = Outbox(tmp_path / "a.db", durability_interval_s=0)
+    normal = Outbox(tmp_path / "b.db")
+    assert full.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert normal.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    normal.append(_batch(random.Random(1), 3))
+    normal.maybe_fsync(force=True)  # the WAL exists and is flushed without error
+
+
+def test_schema_1_outbox_is_migrated_in_place(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "o.db")
+    db.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        CREATE TABLE streams (stream TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
+        INSERT INTO streams VALUES ('cam0', 7);
+        CREATE TABLE records (id INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL,
+            seq INTEGER NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL,
+            created_ns INTEGER NOT NULL, sent_ns INTEGER, acked_ns INTEGER, UNIQUE (stream, seq));
+        INSERT INTO records (stream, seq, topic, payload, qos, created_ns)
+            VALUES ('cam0', 7, 't', x'00', 1, 1);
+    """)
+    db.commit()
+    db.close()
+    box = Outbox(tmp_path / "o.db")
+    box.append(_batch(random.Random(1), 1))
+    assert [(r.seq) for r in box.fetch_unsent(0, 10)] == [7, 8]
+    assert box.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "torn_pages"])
+def test_corrupt_outbox_is_quarantined_and_a_fresh_one_started(
+        tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
+    db = tmp_path / "outbox.db"
+    if damage == "garbage":
+        db.write_bytes(b"this is not a database" * 100)
+    else:
+        box = Outbox(db)
+        for _ in range(30):
+            box.append(_batch(random.Random(2)))
+        box.close()
+        raw = bytearray(db.read_bytes())
+        for offset in range(4096 * 2, len(raw), 4096 * 3):  # smash some b-tree pages
+            raw[offset:offset + 64] = b"\xff" * 64
+        db.write_bytes(bytes(raw))
+    with caplog.at_level(logging.ERROR, logger="agent.outbox"):
+        box = Outbox(db)
+    assert "OUTBOX CORRUPT" in caplog.text
+    assert box.quarantined is not None and box.quarantined.exists()
+    assert box.quarantined.name.startswith("outbox.db.corrupt-")
+    box.append(_batch(random.Random(1), 2))
+    seqs = [r.seq for r in box.fetch_unsent(0, 10)]
+    # New seqs start above any the lost file could have issued (ingest dedupes on seq).
+    assert seqs[0] > int(time.time() * 1000) * 1000 - 10**9 and seqs[1] == seqs[0] + 1
+    assert box.integrity_ok()
+    box.close()
+    assert Outbox(db).last_seq("cam0") == seqs[1]  # the floor persists
+
+
+def test_unwritable_state_dir_is_still_an_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StorageError, match="--state-dir"):
+        Outbox(blocker / "sub" / "outbox.db")
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: a disk that really fills up (needs root; skipped otherwise)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_evicts_within_the_file_and_keeps_going(tiny_filesystem: Path) -> None:
+    # A budget larger than the disk: the filesystem fills before the budget does.
+    box = Outbox(tiny_filesystem / "o.db", budget_bytes=64 * 1024 * 1024)
+    rng = random.Random(6)
+    for _ in range(120):
+        box.append(_batch(rng, 20))
+    counts = box.eviction_counts()
+    assert sum(c["records"] for c in counts.values()) > 0
+    assert box.integrity_ok()
+    assert box.backlog()[0] > 0
+
+
+def test_a_batch_larger_than_the_free_disk_raises_a_named_error(tiny_filesystem: Path) -> None:
+    box = Outbox(tiny_filesystem / "o.db", budget_bytes=64 * 1024 * 1024)
+    box.append([PendingRecord("cam0", "t", lambda seq: b"y" * 1000)])
+    with pytest.raises(StorageError, match="free space") as err:
+        box.append([PendingRecord("cam0", "t", lambda seq: b"y" * 1_500_000)])
+    assert str(tiny_filesystem / "o.db") in str(err.value)
+    # What was committed is still there, or counted as evicted to make room.
+    evicted = sum(c["records"] for c in box.eviction_counts().values())
+    assert box.backlog()[0] + evicted == 1
+    box.append([PendingRecord("cam0", "t", lambda seq: b"z" * 1000)])  # and it goes on
+    assert box.integrity_ok()
