@@ -21,7 +21,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from jsonschema import Draft202012Validator
 
-from agent.backend.store import IngestedRecord, SqliteStore
+from agent.backend.store import IngestedRecord, Store
 from agent.core.acks import encode_ack, to_ranges
 from agent.core.topics import DeviceTopics, parse_topic, results_subscription
 from agent.core.uri import BrokerUrl
@@ -84,7 +84,7 @@ class RecordValidator:
 class Ingest:
     """Link handler that buffers valid records and commits them in batches."""
 
-    def __init__(self, store: SqliteStore, subscription: str, name: str = "ingest") -> None:
+    def __init__(self, store: Store, subscription: str, name: str = "ingest") -> None:
         self.store = store
         self.name = name
         self.subscription = subscription
@@ -167,7 +167,7 @@ class Ingest:
         self.flush()
 
 
-async def run_ingest(broker: BrokerUrl, store: SqliteStore, *, group: str | None = "ingest",
+async def run_ingest(broker: BrokerUrl, store: Store, *, group: str | None = "ingest",
                      client_id: str | None = None, stop: asyncio.Event | None = None,
                      password: str | None = None, username: str | None = None,
                      ready_file: Path | None = None) -> IngestStats:

@@ -1,12 +1,20 @@
-"""Where ingest keeps records: SQLite by default (``sqlite:///PATH``)."""
+"""Where ingest keeps records: SQLite (``sqlite:///PATH``) or PostgreSQL
+(``postgresql://user@host:port/db?schema=NAME``).
+
+Both stores are idempotent on (device, stream, seq): a redelivered or re-published record
+is counted as a duplicate and stored once, so several ingest processes on one shared
+subscription, or an ingest restarted mid-batch, never store a record twice.
+"""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from agent.errors import StorageError
 
@@ -42,8 +50,17 @@ CREATE TABLE IF NOT EXISTS rejects (
 """
 
 
+class Store(Protocol):
+    """What ingest needs from a database."""
+
+    def store(self, records: list[IngestedRecord]) -> int: ...
+    def reject(self, topic: str, reason: str, payload: bytes) -> None: ...
+    def count(self) -> int: ...
+    def close(self) -> None: ...
+
+
 class SqliteStore:
-    """Idempotent record store keyed by (device, stream, seq)."""
+    """Idempotent record store keyed by (device, stream, seq), in one SQLite file."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -86,15 +103,120 @@ class SqliteStore:
         self._db.close()
 
 
-def open_store(url: str) -> SqliteStore:
-    """Open the store named by ``sqlite:///PATH`` (or a bare path)."""
+_PG_DDL = """
+CREATE TABLE IF NOT EXISTS records (
+    device TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    site TEXT NOT NULL,
+    ts TIMESTAMPTZ NOT NULL,
+    received_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    payload JSONB NOT NULL,
+    PRIMARY KEY (device, stream, seq)
+);
+CREATE INDEX IF NOT EXISTS records_site_ts ON records (site, ts);
+CREATE TABLE IF NOT EXISTS rejects (
+    id BIGSERIAL PRIMARY KEY,
+    received_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    topic TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    payload BYTEA
+);
+"""
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class PostgresStore:
+    """Idempotent record store in PostgreSQL: one multi-row ``INSERT .. ON CONFLICT DO NOTHING``
+    per batch, so concurrent ingest processes never store a record twice."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            import psycopg
+        except ImportError as exc:
+            raise StorageError("PostgreSQL ingest needs psycopg", path=_redact(url),
+                               fix="pip install 'lepton-edge[backend]'") from exc
+        self._psycopg: Any = psycopg
+        conninfo, self.schema = _split_schema(url)
+        try:
+            self._db = psycopg.connect(conninfo, autocommit=False, connect_timeout=10)
+            with self._db.cursor() as cur:
+                if self.schema:
+                    cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                    cur.execute(f'SET search_path TO "{self.schema}"')
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext('lepton-ingest-ddl'))")
+                cur.execute(_PG_DDL)
+            self._db.commit()
+        except psycopg.Error as exc:
+            raise StorageError(f"cannot open PostgreSQL: {exc}".strip(), path=_redact(url),
+                               fix="check the server is up, the URL, and that the user may "
+                                   "create tables in the schema") from exc
+
+    def store(self, records: list[IngestedRecord]) -> int:
+        """Insert records not yet stored, in one transaction; returns how many were new."""
+        if not records:
+            return 0
+        rows = [(r.device, r.stream, r.seq, r.site, r.ts, r.payload) for r in records]
+        cols = list(zip(*rows, strict=True))
+        try:
+            with self._db.cursor() as cur:
+                cur.execute(
+                    "INSERT INTO records (device, stream, seq, site, ts, payload) "
+                    "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], "
+                    "%s::timestamptz[], %s::jsonb[]) ON CONFLICT DO NOTHING",
+                    [list(c) for c in cols])
+                inserted = int(cur.rowcount)
+            self._db.commit()
+        except self._psycopg.Error:
+            self._db.rollback()
+            raise
+        return inserted
+
+    def reject(self, topic: str, reason: str, payload: bytes) -> None:
+        with self._db.cursor() as cur:
+            cur.execute("INSERT INTO rejects (topic, reason, payload) VALUES (%s, %s, %s)",
+                        (topic, reason, payload[:65536]))
+        self._db.commit()
+
+    def count(self) -> int:
+        with self._db.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM records")
+            row = cur.fetchone()
+        self._db.commit()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _split_schema(url: str) -> tuple[str, str | None]:
+    """Take our ``schema=NAME`` query parameter out of a libpq URL."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "schema"), None)
+    if schema is not None and not _SCHEMA_NAME.match(schema):
+        raise StorageError(f"schema name {schema!r} is not a plain lowercase identifier",
+                           path=_redact(url), fix="use letters, digits and _ (e.g. schema=lepton)")
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    return urlunsplit(parts._replace(query=rest)), schema
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def open_store(url: str) -> Store:
+    """Open the store named by ``sqlite:///PATH`` (or a bare path) or ``postgresql://...``."""
     parts = urlsplit(url)
     if parts.scheme in ("postgresql", "postgres"):
-        raise StorageError("PostgreSQL ingest is not built yet", path=url,
-                           fix="use --db sqlite:///PATH for now")
+        return PostgresStore(url)
     if parts.scheme not in ("sqlite", ""):
         raise StorageError(f"unknown database scheme {parts.scheme!r}", path=url,
-                           fix="use sqlite:///PATH")
+                           fix="use sqlite:///PATH or postgresql://user@host/db")
     if parts.scheme and parts.netloc:
         raise StorageError("the path must follow sqlite:/// (three slashes)", path=url,
                            fix="use sqlite:///relative/path.db or sqlite:////absolute/path.db")

@@ -351,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = sub.add_parser("ingest", help="backend consumer: results -> database")
     ingest.add_argument("--broker", required=True)
-    ingest.add_argument("--db", required=True, help="sqlite:///PATH")
+    ingest.add_argument("--db", required=True,
+                        help="sqlite:///PATH or postgresql://user@host:port/db[?schema=NAME]")
     ingest.add_argument("--group", default="ingest",
                         help="shared-subscription group ('' for a plain subscription)")
     ingest.add_argument("--client-id", help="stable id: the broker keeps its session")

@@ -1,0 +1,114 @@
+"""Helpers for the real-process tiers: agent config, ingest processes, outbox and status reads."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+from agent.devtools.demo import wait_for_file
+from agent.devtools.mosquitto import LocalBroker
+from tests.conftest import DEFAULT_MODEL, ROOT, agent_cmd, ingested_seqs
+
+
+def outbox_seqs(state: Path) -> list[int]:
+    with sqlite3.connect(state / "outbox.db") as conn:
+        return [r[0] for r in conn.execute("SELECT seq FROM records ORDER BY seq")]
+
+
+def outbox_last_seq(state: Path) -> int:
+    with sqlite3.connect(state / "outbox.db") as conn:
+        row = conn.execute("SELECT last_seq FROM streams WHERE stream = 'cam0'").fetchone()
+        return int(row[0]) if row else 0
+
+
+def write_config(tmp_path: Path, broker_url: str, device: str, grace: float = 8.0) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(f"""
+[agent]
+device_id = "{device}"
+site = "test-site"
+state_dir = "{tmp_path / 'state'}"
+shutdown_grace_s = {grace}
+
+[model]
+path = "{DEFAULT_MODEL}"
+num_threads = 1
+
+[mqtt]
+broker = "{broker_url}"
+reconnect_initial_s = 0.1
+reconnect_max_s = 0.5
+telemetry_interval_s = 1
+
+[outbox]
+ack_timeout_s = 2
+""")
+    return path
+
+
+class Ingest:
+    """``lepton-agent ingest`` as a real process, into SQLite (``db``) or ``db_url``."""
+
+    def __init__(self, broker_url: str, db: Path, client_id: str, *, db_url: str | None = None,
+                 group: str = "ingest") -> None:
+        self.db = db
+        ready = db.with_suffix(".ready")
+        ready.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            agent_cmd("ingest", "--broker", broker_url, "--db", db_url or f"sqlite:///{db}",
+                      "--client-id", client_id, "--group", group, "--log-level", "warning",
+                      "--ready-file", str(ready)),
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for_file(ready, self.proc, timeout=30)
+
+    def wait_for(self, device: str, count: int, timeout: float = 30) -> list[int]:
+        deadline = time.monotonic() + timeout
+        seqs: list[int] = []
+        while time.monotonic() < deadline:
+            seqs = ingested_seqs(self.db, device)
+            if len(seqs) >= count:
+                break
+            time.sleep(0.1)
+        return seqs
+
+    def stop(self) -> dict:
+        self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=15)
+        assert self.proc.returncode == 0, err
+        return json.loads(out.strip().splitlines()[-1])
+
+
+def retained_status(broker: LocalBroker, site: str, device: str) -> dict:
+    import threading
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    got: dict = {}
+    done = threading.Event()
+
+    def on_message(client, userdata, message) -> None:  # type: ignore[no-untyped-def]
+        got.update(json.loads(message.payload))
+        got["_retained"] = message.retain
+        done.set()
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.on_message = on_message
+    client.connect("127.0.0.1", broker.port)
+    client.subscribe(f"lepton/v1/{site}/{device}/status", qos=1)
+    client.loop_start()
+    done.wait(5)
+    client.loop_stop()
+    client.disconnect()
+    return got
+
+
+def run_agent(config: Path, *extra: str, timeout: float = 120) -> dict:
+    out = subprocess.run(agent_cmd("run", "--config", str(config), "--json", *extra), cwd=ROOT,
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,0 +1,89 @@
+"""PostgreSQL ingest against the server on this machine (127.0.0.1:5432, database ``test``),
+each test in a schema of its own, created and dropped here."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.backend.store import IngestedRecord, PostgresStore, open_store
+from agent.devtools.mosquitto import LocalBroker
+from agent.errors import StorageError
+from tests.e2e import Ingest, run_agent, write_config
+
+psycopg = pytest.importorskip("psycopg", reason="pip install 'lepton-edge[backend]'")
+SERVER = os.environ.get("LEPTON_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    try:
+        admin = psycopg.connect(SERVER, autocommit=True, connect_timeout=5)
+    except psycopg.Error as exc:
+        pytest.skip(f"no PostgreSQL at {SERVER}: {exc}")
+    schema = f"lepton_test_{uuid.uuid4().hex[:10]}"
+    try:
+        yield f"{SERVER}?schema={schema}"
+    finally:
+        admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        admin.close()
+
+
+def _rows(url: str, sql: str) -> list[tuple]:
+    base, _, schema = url.partition("?schema=")
+    with psycopg.connect(base) as conn:
+        conn.execute(f'SET search_path TO "{schema}"')
+        return list(conn.execute(sql).fetchall())
+
+
+def _record(seq: int, device: str = "dev-a", stream: str = "cam0") -> IngestedRecord:
+    payload = json.dumps({"device": device, "stream": stream, "seq": seq, "detections": []})
+    return IngestedRecord(device, "site-1", stream, seq, "2026-11-22T12:00:00.000Z", payload)
+
+
+def test_upserts_are_idempotent_and_payloads_queryable(pg_url: str) -> None:
+    store = open_store(pg_url)
+    assert isinstance(store, PostgresStore)
+    assert store.store([_record(1), _record(2), _record(3)]) == 3
+    assert store.store([_record(2), _record(3), _record(4)]) == 1  # two duplicates
+    assert store.store([_record(1, stream="cam1")]) == 1  # same seq, other stream
+    assert store.count() == 5
+    store.reject("lepton/v1/x", "bad json", b"\xff")
+    store.close()
+    assert _rows(pg_url, "SELECT payload->>'seq' FROM records WHERE stream = 'cam0' ORDER BY seq") \
+        == [("1",), ("2",), ("3",), ("4",)]
+    assert _rows(pg_url, "SELECT reason FROM rejects") == [("bad json",)]
+    # A second opening (another ingest process) finds the tables and adds nothing twice.
+    again = open_store(pg_url)
+    assert again.store([_record(4)]) == 0
+    again.close()
+
+
+def test_bad_urls_name_the_problem() -> None:
+    with pytest.raises(StorageError, match="plain lowercase identifier"):
+        open_store("postgresql://postgres@127.0.0.1:5432/test?schema=Robert');DROP")
+    with pytest.raises(StorageError, match=r"cannot open PostgreSQL") as err:
+        open_store("postgresql://lepton:s3cret@127.0.0.1:1/test")
+    assert "s3cret" not in str(err.value) and ":***@" in str(err.value)
+
+
+@pytest.mark.broker
+def test_two_ingest_processes_split_a_shared_subscription_without_duplicates(
+        tmp_path: Path, broker: LocalBroker, pg_url: str) -> None:
+    ingests = [Ingest(broker.url, tmp_path / f"i{n}.db", f"ingest-pg-{n}", db_url=pg_url,
+                      group="pg") for n in range(2)]
+    config = write_config(tmp_path, broker.url, "dev-pg")
+    summary = run_agent(config, "--source", "synthetic://320x240@200", "--max-frames", "400")
+    committed = summary["results_committed"]
+    assert committed == 400
+    stats = [i.stop() for i in ingests]
+    rows = _rows(pg_url, "SELECT seq FROM records WHERE device = 'dev-pg' ORDER BY seq")
+    assert [r[0] for r in rows] == list(range(1, committed + 1))
+    stored = [s["stored"] for s in stats]
+    assert sum(stored) == committed  # each record stored by exactly one process
+    assert min(stored) > 0, f"the shared subscription did not split the load: {stored}"
