@@ -87,3 +87,38 @@ def test_two_ingest_processes_split_a_shared_subscription_without_duplicates(
     stored = [s["stored"] for s in stats]
     assert sum(stored) == committed  # each record stored by exactly one process
     assert min(stored) > 0, f"the shared subscription did not split the load: {stored}"
+
+
+def test_two_processes_share_chunks_of_one_blob_and_one_finishes_it(pg_url: str,
+                                                                    tmp_path: Path) -> None:
+    import threading
+
+    from agent.backend.shards import parse_shard
+    from agent.storage.blobs import BlobStore
+    from agent.storage.outbox import Outbox
+    from agent.sync.uplink import shard_properties
+
+    box = BlobStore(Outbox(tmp_path / "o.db"), chunk_size=1024)
+    data = os.urandom(40_000)
+    blob = box.put(data, meta={"k": 1})
+    topic = "lepton/v1/s/d/shards/" + blob
+    parts = [parse_shard(topic, shard_properties(p), p.data) for p in box.pending(1000)]
+    stores = [PostgresStore(pg_url, tmp_path / "blobs"), PostgresStore(pg_url, tmp_path / "blobs")]
+    finished: list[bool] = []
+
+    def feed(store: PostgresStore, mine: list) -> None:  # type: ignore[type-arg]
+        for part in mine:
+            state = store.add_shard(part)
+            finished.append(state.complete)
+
+    threads = [threading.Thread(target=feed, args=(stores[n], parts[n::2])) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert finished.count(True) == 1  # exactly one process completed it
+    assert (tmp_path / "blobs" / blob[:2] / blob).read_bytes() == data
+    assert _rows(pg_url, "SELECT meta->>'k', size FROM blobs") == [("1", 40_000)]
+    assert _rows(pg_url, "SELECT COUNT(*) FROM shard_chunks") == [(0,)]
+    for s in stores:
+        s.close()

@@ -21,8 +21,9 @@ from typing import Any
 import paho.mqtt.client as paho
 from jsonschema import Draft202012Validator
 
+from agent.backend.shards import parse_shard
 from agent.backend.store import IngestedRecord, Store
-from agent.core.acks import encode_ack, to_ranges
+from agent.core.acks import Ranges, encode_ack, to_ranges
 from agent.core.topics import DeviceTopics, parse_topic, results_subscription
 from agent.core.uri import BrokerUrl
 from agent.errors import RecordRejected
@@ -40,6 +41,8 @@ class IngestStats:
     duplicates: int = 0
     rejected: int = 0
     acks_sent: int = 0
+    chunks: int = 0
+    blobs_completed: int = 0
     last_reject: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -84,10 +87,13 @@ class RecordValidator:
 class Ingest:
     """Link handler that buffers valid records and commits them in batches."""
 
-    def __init__(self, store: Store, subscription: str, name: str = "ingest") -> None:
+    def __init__(self, store: Store, subscription: str, name: str = "ingest",
+                 shard_subscription: str | None = None) -> None:
         self.store = store
         self.name = name
         self.subscription = subscription
+        self.shard_subscription = shard_subscription
+        self._blob_acks: dict[tuple[str, str], tuple[set[str], dict[str, Ranges]]] = {}
         self.validator = RecordValidator()
         self.stats = IngestStats()
         self.link: MqttLink | None = None
@@ -97,6 +103,8 @@ class Ingest:
 
     def on_connected(self, session_present: bool) -> None:
         assert self.link is not None
+        if self.shard_subscription:
+            self.link.subscribe(self.shard_subscription, qos=1)
         self.link.subscribe(self.subscription, qos=1)
 
     def on_subscribed(self, ok: bool) -> None:
@@ -113,16 +121,43 @@ class Ingest:
     def on_puback(self, acked: list[int], rejected: list[tuple[int, str]]) -> None:
         pass
 
+    def _rejected(self, message: paho.MQTTMessage, exc: RecordRejected) -> None:
+        self.stats.rejected += 1
+        self.stats.last_reject = str(exc)
+        log.warning("rejected: %s", exc)
+        self.store.reject(message.topic, exc.reason, bytes(message.payload))
+        self._ack(message.mid, message.qos)
+
+    def on_shard(self, message: paho.MQTTMessage) -> None:
+        """A chunk or manifest: stored at once (chunks are large; no batching), then PUBACKed."""
+        props = getattr(message.properties, "UserProperty", None) or []
+        try:
+            part = parse_shard(message.topic, list(props), bytes(message.payload))
+            state = self.store.add_shard(part)
+        except RecordRejected as exc:
+            self._rejected(message, exc)
+            return
+        self.stats.chunks += part.index >= 0
+        complete, held = self._blob_acks.setdefault((part.site, part.device), (set(), {}))
+        if state.complete:
+            if state.path is not None and part.blob not in complete:
+                self.stats.blobs_completed += 1
+            complete.add(part.blob)
+            held.pop(part.blob, None)
+        else:
+            held[part.blob] = state.held
+        self._ack(message.mid, message.qos)
+        self._wake.set()
+
     def on_message(self, message: paho.MQTTMessage) -> None:
         self.stats.received += 1
+        if "/shards/" in message.topic:
+            self.on_shard(message)
+            return
         try:
             record = self.validator.validate(message.topic, bytes(message.payload))
         except RecordRejected as exc:
-            self.stats.rejected += 1
-            self.stats.last_reject = str(exc)
-            log.warning("rejected: %s", exc)
-            self.store.reject(message.topic, exc.reason, bytes(message.payload))
-            self._ack(message.mid, message.qos)
+            self._rejected(message, exc)
             return
         self._batch.append((record, message.mid, message.qos))
         self._wake.set()
@@ -133,6 +168,7 @@ class Ingest:
 
     def flush(self, ack: bool = True) -> None:
         if not self._batch:
+            self._acknowledge_to_devices([])
             return
         batch, self._batch = self._batch, []
         new = self.store.store([r for r, _, _ in batch])
@@ -150,8 +186,12 @@ class Ingest:
         per_device: dict[tuple[str, str], dict[str, list[int]]] = {}
         for r in records:
             per_device.setdefault((r.site, r.device), {}).setdefault(r.stream, []).append(r.seq)
-        for (site, device), streams in per_device.items():
-            payload = encode_ack({s: to_ranges(seqs) for s, seqs in streams.items()}, ingest=self.name)
+        blob_acks, self._blob_acks = self._blob_acks, {}
+        for (site, device) in per_device.keys() | blob_acks.keys():
+            streams = per_device.get((site, device), {})
+            complete, held = blob_acks.get((site, device), (set(), {}))
+            payload = encode_ack({s: to_ranges(seqs) for s, seqs in streams.items()},
+                                 ingest=self.name, blobs_complete=complete, blobs_held=held)
             self.link.publish(DeviceTopics(site, device).ack, payload, qos=1)
             self.stats.acks_sent += 1
 
@@ -178,7 +218,8 @@ async def run_ingest(broker: BrokerUrl, store: Store, *, group: str | None = "in
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     cid = client_id or f"lepton-ingest-{group or 'solo'}-{socket.gethostname()}"
-    ingest = Ingest(store, results_subscription(group), name=cid)
+    ingest = Ingest(store, results_subscription(group), name=cid,
+                    shard_subscription=results_subscription(group, "shards"))
     ingest.ready_file = ready_file
     link = MqttLink(broker, LinkOptions(client_id=cid, manual_ack=True, username=username,
                                         password=password, max_inflight=1000), ingest, loop)

@@ -8,6 +8,7 @@ subscription, or an ingest restarted mid-batch, never store a record twice.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import time
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from agent.errors import StorageError
+from agent.backend.shards import BlobDirectory, ShardPart
+from agent.core.acks import Ranges, to_ranges
+from agent.errors import RecordRejected, StorageError
 
 
 @dataclass(frozen=True)
@@ -47,13 +50,34 @@ CREATE TABLE IF NOT EXISTS rejects (
     reason TEXT NOT NULL,
     payload BLOB
 );
+CREATE TABLE IF NOT EXISTS shard_chunks (
+    blob TEXT NOT NULL, idx INTEGER NOT NULL, count INTEGER NOT NULL, size INTEGER NOT NULL,
+    data BLOB NOT NULL, PRIMARY KEY (blob, idx));
+CREATE TABLE IF NOT EXISTS shard_manifests (
+    blob TEXT PRIMARY KEY, device TEXT NOT NULL, site TEXT NOT NULL, manifest TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs (
+    blob TEXT PRIMARY KEY, device TEXT NOT NULL, site TEXT NOT NULL, kind TEXT NOT NULL,
+    content_type TEXT NOT NULL, size INTEGER NOT NULL, path TEXT NOT NULL, meta TEXT NOT NULL,
+    stored_ns INTEGER NOT NULL);
 """
+
+
+@dataclass(frozen=True)
+class ShardState:
+    """Where a blob stands after a part was stored: complete, or the chunk ranges held."""
+
+    complete: bool
+    held: Ranges
+    path: Path | None = None
 
 
 class Store(Protocol):
     """What ingest needs from a database."""
 
+    blobs: BlobDirectory
+
     def store(self, records: list[IngestedRecord]) -> int: ...
+    def add_shard(self, part: ShardPart) -> ShardState: ...
     def reject(self, topic: str, reason: str, payload: bytes) -> None: ...
     def count(self) -> int: ...
     def close(self) -> None: ...
@@ -62,8 +86,9 @@ class Store(Protocol):
 class SqliteStore:
     """Idempotent record store keyed by (device, stream, seq), in one SQLite file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, blob_dir: Path | None = None) -> None:
         self.path = path
+        self.blobs = BlobDirectory(blob_dir or path.parent / "blobs")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
@@ -91,6 +116,56 @@ class SqliteStore:
             self._db.execute("ROLLBACK")
             raise
         return inserted
+
+    def add_shard(self, part: ShardPart) -> ShardState:
+        """Keep a chunk or manifest; finish the blob when it has everything."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("SELECT 1 FROM blobs WHERE blob = ?", (part.blob,)).fetchone():
+                db.execute("COMMIT")
+                return ShardState(True, [], self.blobs.path(part.blob))
+            known = db.execute("SELECT count, size FROM shard_chunks WHERE blob = ? LIMIT 1",
+                               (part.blob,)).fetchone()
+            if known and tuple(known) != (part.count, part.size):
+                raise RecordRejected(
+                    f"blob {part.blob[:12]}...: chunk count/size {part.count}/{part.size} "
+                    f"disagree with earlier chunks ({known[0]}/{known[1]})",
+                    topic=f"shards/{part.blob}")
+            if part.manifest is not None:
+                db.execute("INSERT OR IGNORE INTO shard_manifests VALUES (?, ?, ?, ?)",
+                           (part.blob, part.device, part.site, json.dumps(part.manifest)))
+            else:
+                db.execute("INSERT OR IGNORE INTO shard_chunks VALUES (?, ?, ?, ?, ?)",
+                           (part.blob, part.index, part.count, part.size, part.data))
+            have = [r[0] for r in db.execute(
+                "SELECT idx FROM shard_chunks WHERE blob = ? ORDER BY idx", (part.blob,))]
+            manifest = db.execute("SELECT device, site, manifest FROM shard_manifests WHERE "
+                                  "blob = ?", (part.blob,)).fetchone()
+            state = ShardState(False, to_ranges(have))
+            if manifest and len(have) == part.count:
+                chunks = [bytes(r[0]) for r in db.execute(
+                    "SELECT data FROM shard_chunks WHERE blob = ? ORDER BY idx", (part.blob,))]
+                path = self.blobs.write(part.blob, chunks)
+                db.execute("DELETE FROM shard_chunks WHERE blob = ?", (part.blob,))
+                db.execute("DELETE FROM shard_manifests WHERE blob = ?", (part.blob,))
+                if path is None:
+                    db.execute("COMMIT")
+                    raise RecordRejected(f"blob {part.blob[:12]}... reassembled does not match "
+                                         "its sha256; dropped (the device sends it again)",
+                                         topic=f"shards/{part.blob}")
+                m = json.loads(manifest[2])
+                db.execute("INSERT INTO blobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           (part.blob, manifest[0], manifest[1], m.get("kind", part.kind),
+                            m.get("content_type", part.content_type), part.size, str(path),
+                            json.dumps(m.get("meta", {})), time.time_ns()))
+                state = ShardState(True, [], path)
+            db.execute("COMMIT")
+            return state
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     def reject(self, topic: str, reason: str, payload: bytes) -> None:
         self._db.execute("INSERT INTO rejects (received_ns, topic, reason, payload) VALUES (?,?,?,?)",
@@ -122,6 +197,15 @@ CREATE TABLE IF NOT EXISTS rejects (
     reason TEXT NOT NULL,
     payload BYTEA
 );
+CREATE TABLE IF NOT EXISTS shard_chunks (
+    blob TEXT NOT NULL, idx INTEGER NOT NULL, count INTEGER NOT NULL, size BIGINT NOT NULL,
+    data BYTEA NOT NULL, PRIMARY KEY (blob, idx));
+CREATE TABLE IF NOT EXISTS shard_manifests (
+    blob TEXT PRIMARY KEY, device TEXT NOT NULL, site TEXT NOT NULL, manifest JSONB NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs (
+    blob TEXT PRIMARY KEY, device TEXT NOT NULL, site TEXT NOT NULL, kind TEXT NOT NULL,
+    content_type TEXT NOT NULL, size BIGINT NOT NULL, path TEXT NOT NULL, meta JSONB NOT NULL,
+    stored_at TIMESTAMPTZ NOT NULL DEFAULT now());
 """
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -130,7 +214,8 @@ class PostgresStore:
     """Idempotent record store in PostgreSQL: one multi-row ``INSERT .. ON CONFLICT DO NOTHING``
     per batch, so concurrent ingest processes never store a record twice."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, blob_dir: Path | None = None) -> None:
+        self.blobs = BlobDirectory(blob_dir or Path("blobs"))
         try:
             import psycopg
         except ImportError as exc:
@@ -172,6 +257,64 @@ class PostgresStore:
             raise
         return inserted
 
+    def add_shard(self, part: ShardPart) -> ShardState:
+        """Keep a chunk or manifest; finish the blob when it has everything. A per-blob
+        advisory lock serializes ingest processes, so exactly one of them finishes it."""
+        try:
+            with self._db.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (part.blob,))
+                cur.execute("SELECT 1 FROM blobs WHERE blob = %s", (part.blob,))
+                if cur.fetchone():
+                    self._db.commit()
+                    return ShardState(True, [], self.blobs.path(part.blob))
+                cur.execute("SELECT count, size FROM shard_chunks WHERE blob = %s LIMIT 1",
+                            (part.blob,))
+                known = cur.fetchone()
+                if known and (int(known[0]), int(known[1])) != (part.count, part.size):
+                    raise RecordRejected(
+                        f"blob {part.blob[:12]}...: chunk count/size {part.count}/{part.size} "
+                        f"disagree with earlier chunks ({known[0]}/{known[1]})",
+                        topic=f"shards/{part.blob}")
+                if part.manifest is not None:
+                    cur.execute("INSERT INTO shard_manifests VALUES (%s, %s, %s, %s) "
+                                "ON CONFLICT DO NOTHING", (part.blob, part.device, part.site,
+                                                          json.dumps(part.manifest)))
+                else:
+                    cur.execute("INSERT INTO shard_chunks VALUES (%s, %s, %s, %s, %s) "
+                                "ON CONFLICT DO NOTHING", (part.blob, part.index, part.count,
+                                                          part.size, part.data))
+                cur.execute("SELECT idx FROM shard_chunks WHERE blob = %s ORDER BY idx",
+                            (part.blob,))
+                have = [int(r[0]) for r in cur.fetchall()]
+                cur.execute("SELECT device, site, manifest FROM shard_manifests WHERE blob = %s",
+                            (part.blob,))
+                manifest = cur.fetchone()
+                state = ShardState(False, to_ranges(have))
+                if manifest and len(have) == part.count:
+                    cur.execute("SELECT data FROM shard_chunks WHERE blob = %s ORDER BY idx",
+                                (part.blob,))
+                    path = self.blobs.write(part.blob, [bytes(r[0]) for r in cur.fetchall()])
+                    cur.execute("DELETE FROM shard_chunks WHERE blob = %s", (part.blob,))
+                    cur.execute("DELETE FROM shard_manifests WHERE blob = %s", (part.blob,))
+                    if path is None:
+                        self._db.commit()
+                        raise RecordRejected(
+                            f"blob {part.blob[:12]}... reassembled does not match its sha256; "
+                            "dropped (the device sends it again)", topic=f"shards/{part.blob}")
+                    m = manifest[2]
+                    cur.execute("INSERT INTO blobs (blob, device, site, kind, content_type, size, "
+                                "path, meta) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                                (part.blob, manifest[0], manifest[1], m.get("kind", part.kind),
+                                 m.get("content_type", part.content_type), part.size, str(path),
+                                 json.dumps(m.get("meta", {}))))
+                    state = ShardState(True, [], path)
+            self._db.commit()
+            return state
+        except BaseException:
+            if not self._db.closed:
+                self._db.rollback()
+            raise
+
     def reject(self, topic: str, reason: str, payload: bytes) -> None:
         with self._db.cursor() as cur:
             cur.execute("INSERT INTO rejects (topic, reason, payload) VALUES (%s, %s, %s)",
@@ -209,11 +352,13 @@ def _redact(url: str) -> str:
     return url
 
 
-def open_store(url: str) -> Store:
-    """Open the store named by ``sqlite:///PATH`` (or a bare path) or ``postgresql://...``."""
+def open_store(url: str, blob_dir: Path | None = None) -> Store:
+    """Open the store named by ``sqlite:///PATH`` (or a bare path) or ``postgresql://...``;
+    finished blobs go to ``blob_dir`` (default: ``blobs/`` beside the SQLite file, or in the
+    working directory for PostgreSQL)."""
     parts = urlsplit(url)
     if parts.scheme in ("postgresql", "postgres"):
-        return PostgresStore(url)
+        return PostgresStore(url, blob_dir)
     if parts.scheme not in ("sqlite", ""):
         raise StorageError(f"unknown database scheme {parts.scheme!r}", path=url,
                            fix="use sqlite:///PATH or postgresql://user@host/db")
@@ -224,4 +369,4 @@ def open_store(url: str) -> Store:
     path = parts.path[1:] if parts.scheme else url
     if not path:
         raise StorageError("no database path", path=url, fix="use sqlite:///PATH")
-    return SqliteStore(Path(path))
+    return SqliteStore(Path(path), blob_dir)

@@ -112,6 +112,17 @@ class OutboxSection(_Section):
     ack_timeout_s: float = Field(30.0, gt=0, le=86_400)
 
 
+class ShardsSection(_Section):
+    """Blobs sent in chunks on ``shards/{blob}``: event snapshots for now."""
+
+    chunk_size: ByteSize = Field(ByteSize(64 * 1024), ge=1024, le=1024 * 1024)
+    expiry_s: float = Field(7 * 24 * 3600.0, ge=0)
+    in_flight: int = Field(4, ge=1, le=256)
+    snapshot_interval_s: float = Field(0.0, ge=0, description="0: no snapshots")
+    snapshot_min_detections: int = Field(1, ge=0)
+    snapshot_quality: int = Field(80, ge=10, le=100)
+
+
 class MotionSection(_Section):
     """Motion gating: skip inference on static scenes, but run at least every ``every_n`` frames."""
 
@@ -154,6 +165,7 @@ class AgentConfig(_Section):
     model: ModelSection = ModelSection()
     mqtt: MqttSection = MqttSection()
     outbox: OutboxSection = OutboxSection()
+    shards: ShardsSection = ShardsSection()
     kernels: KernelsSection = KernelsSection()
     motion: MotionSection = MotionSection()
     thermal: ThermalSection = ThermalSection()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -71,6 +72,7 @@ class FrameResult:
     classes: list[Classification] = field(default_factory=list)
     latency_ms: dict[str, float] = field(default_factory=dict)
     discontinuity: bool = False
+    snapshot: bytes | None = None  # a JPEG of the frame, sent as a blob
 
 
 def encode_result(
@@ -95,6 +97,8 @@ def encode_result(
         "task": result.task,
         "latency_ms": {k: round(v, 3) for k, v in result.latency_ms.items()},
     }
+    if result.snapshot is not None:
+        body["snapshot"] = hashlib.sha256(result.snapshot).hexdigest()
     if result.task == "detection":
         body["detections"] = [d.to_json() for d in result.detections]
     else:

@@ -57,10 +57,14 @@ class DeviceTopics:
     def events(self, stream: str) -> str:
         return f"{self.base}/events/{check_segment('stream', stream)}"
 
+    def shards(self, blob: str) -> str:
+        return f"{self.base}/shards/{check_segment('blob', blob)}"
 
-def results_subscription(group: str | None) -> str:
-    """The subscription a backend ingest uses; shared when ``group`` is given."""
-    topic = f"{ROOT}/{VERSION}/+/+/results/+"
+
+def results_subscription(group: str | None, kind: str = "results") -> str:
+    """The subscription a backend ingest uses for ``kind`` (results, shards); shared when
+    ``group`` is given."""
+    topic = f"{ROOT}/{VERSION}/+/+/{kind}/+"
     return f"$share/{check_segment('group', group)}/{topic}" if group else topic
 
 

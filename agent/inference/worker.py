@@ -9,6 +9,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import cv2
+import numpy as np
+
 from agent.core.records import FrameResult
 from agent.errors import ModelError
 from agent.inference.runner import ModelRunner
@@ -31,6 +34,27 @@ class InferenceStats:
     last_result_at: float | None = None
 
 
+@dataclass
+class SnapshotPolicy:
+    """JPEG snapshots of frames with detections, at most one per ``interval_s``."""
+
+    interval_s: float
+    min_detections: int = 1
+    quality: int = 80
+    last_at: float = -1e18
+    taken: int = 0
+
+    def take(self, image: np.ndarray, detections: int, now: float) -> bytes | None:
+        if detections < self.min_detections or now - self.last_at < self.interval_s:
+            return None
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if not ok:
+            return None
+        self.last_at = now
+        self.taken += 1
+        return jpeg.tobytes()
+
+
 class InferenceWorker:
     """Runs ``runner`` on frames from ``frames`` in the ``inference`` thread.
 
@@ -39,8 +63,10 @@ class InferenceWorker:
     """
 
     def __init__(self, frames: BoundedQueue[CapturedFrame], runner: ModelRunner, stream: str,
-                 deliver: Callable[[FrameResult], None], on_done: Callable[[], None]) -> None:
+                 deliver: Callable[[FrameResult], None], on_done: Callable[[], None],
+                 snapshots: SnapshotPolicy | None = None) -> None:
         self.frames = frames
+        self.snapshots = snapshots
         self.runner = runner
         self.stream = stream
         self.deliver = deliver
@@ -98,6 +124,9 @@ class InferenceWorker:
                     self.stats.first_result_at = now
                 self.stats.last_result_at = now
                 self.stats.recent.append(now)
+                snapshot = None
+                if self.snapshots is not None and frame.image is not None:
+                    snapshot = self.snapshots.take(frame.image, len(out.detections), now)
                 self.deliver(FrameResult(
                     stream=self.stream, frame_index=frame.index, capture_wall=frame.wall,
                     capture_mono_ns=frame.mono_ns, width=frame.width, height=frame.height,
@@ -105,7 +134,8 @@ class InferenceWorker:
                     classes=out.classes, discontinuity=frame.discontinuity,
                     latency_ms={"capture": frame.capture_ms, "preprocess": frame.preprocess_ms,
                                 "queue": (dequeued - frame.queued_at) * 1e3,
-                                "inference": out.invoke_ms, "postprocess": out.decode_ms}))
+                                "inference": out.invoke_ms, "postprocess": out.decode_ms},
+                    snapshot=snapshot))
         except Exception as exc:
             log.exception("inference thread failed")
             self.stats.fatal = ModelError(f"inference failed: {exc!r}",

@@ -27,14 +27,21 @@ from agent import __version__
 from agent.config import AgentConfig, Secrets
 from agent.core.backoff import Backoff
 from agent.core.outbox import PublishWindow
-from agent.core.records import FrameResult, ModelRef, encode_result, encode_status, encode_telemetry
+from agent.core.records import (
+    FrameResult,
+    ModelRef,
+    encode_result,
+    encode_status,
+    encode_telemetry,
+    iso_utc,
+)
 from agent.core.thermal import ThermalGovernor
 from agent.core.topics import DeviceTopics
 from agent.core.uri import parse_broker, parse_source
 from agent.errors import AgentError, StorageError
 from agent.inference.model import load_model
 from agent.inference.runner import ModelRunner
-from agent.inference.worker import InferenceWorker
+from agent.inference.worker import InferenceWorker, SnapshotPolicy
 from agent.pipeline.queues import BoundedQueue, DropPolicy
 from agent.service.health import PipelineHealth
 from agent.service.metrics import start_metrics_server
@@ -44,6 +51,7 @@ from agent.service.status import socket_path
 from agent.service.thermal import SysfsThermal
 from agent.sources.capture import CapturedFrame, CaptureWorker, MotionGate
 from agent.sources.readers import open_reader
+from agent.storage.blobs import BlobStore
 from agent.storage.outbox import Outbox, PendingRecord
 from agent.sync.mqtt import LinkOptions, MqttLink, Will
 from agent.sync.uplink import Uplink
@@ -175,8 +183,13 @@ class AgentApp:
         birth = (self.topics.status, encode_status(state="online", device=device, site=site,
                                                    wall_time=time.time(), extra=status_extra))
         window = PublishWindow(cfg.mqtt.publish_window)
+        sh = cfg.shards
+        blobs = BlobStore(outbox, chunk_size=int(sh.chunk_size), expiry_s=sh.expiry_s)
+        snapshots = (SnapshotPolicy(sh.snapshot_interval_s, sh.snapshot_min_detections,
+                                    sh.snapshot_quality) if sh.snapshot_interval_s > 0 else None)
         uplink = Uplink(outbox, window, birth,
-                        ack_topic=self.topics.ack if until_ingested else None)
+                        ack_topic=self.topics.ack if until_ingested else None, blobs=blobs,
+                        shard_topic=self.topics.shards, shard_window=sh.in_flight)
         link = self._make_link(loop, uplink)
         if link:
             uplink.attach(link)
@@ -192,11 +205,12 @@ class AgentApp:
             source_uri, frames, runner.prepare, realtime=realtime, loop_file=cfg.source.loop,
             max_frames=cfg.source.max_frames,
             backoff=Backoff(cfg.source.reconnect_initial_s, cfg.source.reconnect_max_s), motion=gate,
-            governor=governor)
+            governor=governor, keep_image=snapshots is not None)
         def inference_finished() -> None:
             loop.call_soon_threadsafe(inference_done.set)
 
-        inference = InferenceWorker(frames, runner, cfg.source.stream, deliver, inference_finished)
+        inference = InferenceWorker(frames, runner, cfg.source.stream, deliver, inference_finished,
+                                    snapshots=snapshots)
         finished = asyncio.Event()
 
         commit_retry = Backoff(0.5, 10.0)
@@ -208,6 +222,12 @@ class AgentApp:
                 return
             batch = pending[:]
             try:
+                for r in batch:
+                    if r.snapshot is not None:
+                        blobs.put(r.snapshot, kind="snapshot", content_type="image/jpeg", meta={
+                            "stream": r.stream, "frame_index": r.frame_index,
+                            "ts": iso_utc(r.capture_wall), "detections": len(r.detections),
+                            "labels": sorted({d.label for d in r.detections})})
                 outbox.append([PendingRecord(cfg.source.stream, results_topic, _result_encoder(
                     r, device=device, site=site, model=model_ref)) for r in batch])
             except StorageError as exc:
@@ -227,6 +247,7 @@ class AgentApp:
                 slots.release()
             self.summary.results_committed += len(batch)
             uplink.committed()
+            uplink.blobs_added()
 
         async def outbox_writer() -> None:
             interval = cfg.outbox.commit_interval_ms / 1000
@@ -294,10 +315,16 @@ class AgentApp:
                         log.warning("%d record(s) published but not acknowledged by ingest within "
                                     "%.0fs; publishing them again", n, timeout)
                         uplink.requeued()
+                    parts = blobs.requeue_unacked(time.time_ns() - int(timeout * 1e9))
+                    if parts:
+                        log.warning("%d blob part(s) not acknowledged by ingest within %.0fs; "
+                                    "sending them again", parts, timeout)
+                        uplink.blobs_added()
                 outbox.prune_sent(cfg.outbox.keep_delivered)
 
         def delivered() -> bool:
-            return uplink.idle and (not until_ingested or outbox.backlog()[0] == 0)
+            return uplink.idle and (not until_ingested or (outbox.backlog()[0] == 0
+                                                           and blobs.backlog()[0] == 0))
 
         notifier = Notifier()
         stall_s = max(10.0, (notifier.watchdog_s or 30.0) / 2)

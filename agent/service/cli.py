@@ -136,7 +136,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         broker = parse_broker(args.broker)
     except ValueError as exc:
         raise ConfigError(str(exc), key="--broker") from exc
-    store = open_store(args.db)
+    store = open_store(args.db, args.blob_dir)
     try:
         stats = asyncio.run(run_ingest(broker, store, group=args.group or None,
                                        client_id=args.client_id,
@@ -353,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--broker", required=True)
     ingest.add_argument("--db", required=True,
                         help="sqlite:///PATH or postgresql://user@host:port/db[?schema=NAME]")
+    ingest.add_argument("--blob-dir", type=Path, default=None,
+                        help="where finished shard blobs are written (default: blobs/ beside "
+                             "the SQLite file, ./blobs for PostgreSQL)")
     ingest.add_argument("--group", default="ingest",
                         help="shared-subscription group ('' for a plain subscription)")
     ingest.add_argument("--client-id", help="stable id: the broker keeps its session")

@@ -54,6 +54,7 @@ class PipelineHealth:
     def snapshot(self) -> dict[str, Any]:
         backlog, oldest = self.outbox.backlog()
         usage = self.outbox.usage()
+        blobs, blob_bytes = self.uplink.blobs.backlog() if self.uplink.blobs else (0, 0)
         cap, inf = self.capture.stats, self.inference.stats
         disk = shutil.disk_usage(self.outbox.path.parent)
         return {
@@ -79,6 +80,9 @@ class PipelineHealth:
             "outbox": {"backlog": backlog,
                        "oldest_unsent_s": round(oldest, 1) if oldest is not None else None,
                        "published": self.uplink.acked, "ingested": self.uplink.ingested,
+                       "blobs_waiting": blobs, "blob_bytes_waiting": blob_bytes,
+                       "chunks_sent": self.uplink.chunks_sent,
+                       "blobs_completed": self.uplink.blobs_completed,
                        "disk_free_bytes": disk.free,
                        "used_bytes": usage.used_bytes, "budget_bytes": usage.budget_bytes,
                        "wal_bytes": usage.wal_bytes, "evictions": self.outbox.eviction_counts(),

@@ -369,7 +369,7 @@ class Outbox:
         candidates = self._db.execute(
             f"SELECT 0, id, class, priority, created_ns, length(payload) FROM records "
             f"WHERE {column} IS NULL "
-            "UNION ALL SELECT 1, rowid, kind, priority, created_ns, size FROM blobs "
+            "UNION ALL SELECT 1, rowid, 'shard', priority, created_ns, size FROM blobs "
             "ORDER BY 4, 5 LIMIT 5000").fetchall()
         counts: dict[str, list[int]] = {}
         doomed_records: list[tuple[int]] = []

@@ -193,11 +193,16 @@ class MqttLink:
     def start(self) -> None:
         self._thread.start()
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int | None:
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                user_properties: list[tuple[str, str]] | None = None) -> int | None:
         """Hand a message to the client; its mid, or None when not connected."""
         if not self.connected:
             return None
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        props = None
+        if user_properties:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.UserProperty = user_properties
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc != paho.MQTT_ERR_SUCCESS and info.rc != paho.MQTT_ERR_QUEUE_SIZE:
             return None
         return int(info.mid)

@@ -2,26 +2,48 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from collections.abc import Callable
 
 import paho.mqtt.client as paho
 
-from agent.core.acks import decode_ack
+from agent.core.acks import decode_ack_full
 from agent.core.outbox import Action, FetchUnsent, MarkSent, PublishWindow
+from agent.storage.blobs import MANIFEST, BlobStore, OutgoingPart
 from agent.storage.outbox import Outbox
 from agent.sync.mqtt import MqttLink
 
 log = logging.getLogger("agent.uplink")
 
 
+def shard_properties(part: OutgoingPart) -> list[tuple[str, str]]:
+    """The MQTT 5 user properties of a shard message (contract: docs/contract.md)."""
+    props = [("lepton-part", "manifest" if part.index == MANIFEST else "chunk"),
+             ("blob-sha256", part.blob), ("chunk-count", str(part.chunk_count)),
+             ("blob-size", str(part.size)), ("kind", part.kind), ("content-type", part.content_type)]
+    if part.index != MANIFEST:
+        props += [("chunk-index", str(part.index)),
+                  ("chunk-sha256", hashlib.sha256(part.data).hexdigest())]
+    return props
+
+
 class Uplink:
-    """Publishes committed outbox records in order and marks them sent on PUBACK."""
+    """Publishes committed outbox records in order and marks them sent on PUBACK; in the
+    bandwidth records leave, publishes blob chunks (a few in flight, records always first)."""
 
     def __init__(self, outbox: Outbox, window: PublishWindow, birth: tuple[str, bytes] | None = None,
-                 ack_topic: str | None = None):
+                 ack_topic: str | None = None, blobs: BlobStore | None = None,
+                 shard_topic: Callable[[str], str] | None = None, shard_window: int = 4):
         self.outbox = outbox
         self.window = window
+        self.blobs = blobs
+        self.shard_topic = shard_topic
+        self.shard_window = shard_window
+        self.shards_in_flight: dict[int, tuple[str, int]] = {}
+        self.chunks_sent = 0
+        self.blobs_completed = 0
         self.birth = birth
         self.ack_topic = ack_topic
         self.ingested = 0
@@ -46,6 +68,25 @@ class Uplink:
                     self.first_ack_at = time.monotonic()
             elif isinstance(action, FetchUnsent):
                 actions.extend(self._publish_unsent(action))
+        self._pump_shards()
+
+    def _pump_shards(self) -> None:
+        if (self.blobs is None or self.shard_topic is None or self.link is None
+                or not self.link.connected or self.window.has_unsent):
+            return
+        free = self.shard_window - len(self.shards_in_flight)
+        if free <= 0:
+            return
+        for part in self.blobs.pending(free, exclude=set(self.shards_in_flight.values())):
+            mid = self.link.publish(self.shard_topic(part.blob), part.data, qos=1,
+                                    user_properties=shard_properties(part))
+            if mid is None:
+                break
+            self.shards_in_flight[mid] = (part.blob, part.index)
+
+    def blobs_added(self) -> None:
+        """New blobs are waiting to be sent."""
+        self._pump_shards()
 
     def _publish_unsent(self, action: FetchUnsent) -> list[Action]:
         if self.link is None:
@@ -82,6 +123,13 @@ class Uplink:
         self._execute(self.window.on_disconnected())
 
     def on_puback(self, acked: list[int], rejected: list[tuple[int, str]]) -> None:
+        if self.shards_in_flight:
+            parts = [p for m in acked if (p := self.shards_in_flight.pop(m, None)) is not None]
+            for m, _ in rejected:
+                self.shards_in_flight.pop(m, None)
+            if parts and self.blobs is not None:
+                self.blobs.mark_sent(parts)
+                self.chunks_sent += len(parts)
         if rejected:
             self.rejected += len(rejected)
             self.last_reject = rejected[-1][1]
@@ -96,15 +144,19 @@ class Uplink:
             log.debug("ignoring message on %s", message.topic)
             return
         try:
-            streams = decode_ack(bytes(message.payload))
+            ack = decode_ack_full(bytes(message.payload))
         except ValueError as exc:
             self.bad_acks += 1
             log.warning("ignoring malformed ack on %s: %s", message.topic, exc)
             return
-        for stream, ranges in streams.items():
+        for stream, ranges in ack.streams.items():
             self.ingested += self.outbox.mark_ingested(stream, ranges)
+        if self.blobs is not None and (ack.blobs_complete or ack.blobs_held):
+            self.blobs_completed += self.blobs.on_ack(ack.blobs_complete, ack.blobs_held)
+            self._pump_shards()
 
     @property
     def idle(self) -> bool:
         """Nothing in flight and nothing known to be unsent."""
-        return self.window.in_flight_count == 0 and not self.window.has_unsent
+        return (self.window.in_flight_count == 0 and not self.window.has_unsent
+                and not self.shards_in_flight)
