@@ -228,8 +228,10 @@ class AgentApp:
                             "stream": r.stream, "frame_index": r.frame_index,
                             "ts": iso_utc(r.capture_wall), "detections": len(r.detections),
                             "labels": sorted({d.label for d in r.detections})})
-                outbox.append([PendingRecord(cfg.source.stream, results_topic, _result_encoder(
-                    r, device=device, site=site, model=model_ref)) for r in batch])
+                ids = outbox.append([PendingRecord(cfg.source.stream, results_topic,
+                                                   _result_encoder(r, device=device, site=site,
+                                                                   model=model_ref))
+                                     for r in batch])
             except StorageError as exc:
                 # Keep the results in memory (bounded by the result slots, which holds back
                 # inference and so capture) and try again; the agent keeps running.
@@ -246,7 +248,7 @@ class AgentApp:
             for _ in batch:
                 slots.release()
             self.summary.results_committed += len(batch)
-            uplink.committed()
+            uplink.committed(ids)
             uplink.blobs_added()
 
         async def outbox_writer() -> None:
@@ -310,6 +312,7 @@ class AgentApp:
             period = min(max(timeout / 2, 0.1), 10.0)
             while not await _wait(finished, period):
                 if until_ingested and link and link.connected:
+                    uplink.flush_sent()
                     n = outbox.requeue_unacked(time.time_ns() - int(timeout * 1e9))
                     if n:
                         log.warning("%d record(s) published but not acknowledged by ingest within "
@@ -403,6 +406,7 @@ class AgentApp:
                         state="offline", device=device, site=site, wall_time=time.time(),
                         extra={"reason": "stopped"}), qos=1, retain=True)
                 await asyncio.to_thread(link.stop, 2.0)
+            uplink.flush_sent()
             backlog, _ = outbox.backlog()
             outbox.close()
             for sig in installed:

@@ -291,6 +291,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_sync(args: argparse.Namespace) -> int:
+    from agent.bench.sync import bench_sync
+
+    report = bench_sync(n=args.messages, rounds=args.rounds, backlog=args.backlog,
+                        live_hz=args.live_hz)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"raw paho QoS 1: {report['raw_paho_per_s']}/s; durable outbox path: "
+          f"{report['durable_per_s']}/s ({report['durable_vs_raw']:.2f}x); "
+          f"{report['disk_bytes_per_record']} disk bytes per record")
+    if "drain" in report:
+        d = report["drain"]
+        print(f"drain: {d['backlog']} records in {d['drain_s']}s ({d['drain_per_s']}/s); live "
+              f"latency p50/p99 {d['live_latency_ms_quiet']['p50']}/"
+              f"{d['live_latency_ms_quiet']['p99']} ms quiet, "
+              f"{d['live_latency_ms_draining']['p50']}/{d['live_latency_ms_draining']['p99']} ms "
+              "while draining")
+    return 0
+
+
 def cmd_synth_clip(args: argparse.Namespace) -> int:
     from agent.sources.synthetic import write_clip
 
@@ -409,6 +430,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="OpenCV threads for the baseline (the kernels use one)")
     kb.add_argument("--json", action="store_true")
     kb.set_defaults(func=cmd_bench_kernels)
+
+    sb = bench_sub.add_parser("sync", help="durable outbox path vs raw paho; backlog drain")
+    sb.add_argument("--messages", type=int, default=20_000)
+    sb.add_argument("--rounds", type=int, default=3)
+    sb.add_argument("--backlog", type=int, default=100_000, help="0 skips the drain test")
+    sb.add_argument("--live-hz", type=float, default=30.0)
+    sb.add_argument("--json", action="store_true")
+    sb.set_defaults(func=cmd_bench_sync)
 
     clip = sub.add_parser("synth-clip", help="write a clip of the synthetic traffic scene")
     clip.add_argument("out", type=Path)

@@ -126,6 +126,10 @@ class BlobStore:
 
     def mark_sent(self, parts: Iterable[tuple[str, int]]) -> None:
         now = time.time_ns()
+        with self.outbox.transaction():
+            self._mark_sent(parts, now)
+
+    def _mark_sent(self, parts: Iterable[tuple[str, int]], now: int) -> None:
         for blob, idx in parts:
             if idx == MANIFEST:
                 self.db.execute("UPDATE blobs SET manifest_sent_ns = ? WHERE blob = ?", (now, blob))

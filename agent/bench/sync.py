@@ -1,0 +1,211 @@
+"""``lepton-agent bench sync``: the durable publish path against raw paho, and backlog drain.
+
+Both against a private mosquitto on a free loopback port, measured in one run:
+
+- **throughput**: raw paho QoS 1 publishes (same in-flight window, no storage) vs the agent's
+  path: each record committed to the SQLite outbox, then published by the uplink and marked
+  sent on PUBACK. Interleaved rounds, medians; also bytes written to disk per record.
+- **drain**: ``backlog`` records committed while the broker is down, then the broker returns
+  while live records keep arriving at ``live_hz``: the drain rate, and the live records'
+  commit-to-PUBACK latency during the drain against the same latency with no backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.core.outbox import PublishWindow
+from agent.core.uri import parse_broker
+from agent.devtools.mosquitto import LocalBroker
+from agent.storage.outbox import Outbox, PendingRecord
+from agent.sync.mqtt import LinkOptions, MqttLink
+from agent.sync.uplink import Uplink
+
+PAYLOAD = b'{"schema":{"id":"lepton.result","version":1},"detections":[' + b"0" * 480 + b"]}"
+WINDOW = 100
+TOPIC = "lepton/v1/bench/dev/results/cam0"
+
+
+def _disk_writes() -> int:
+    """Bytes this process has caused to be written to storage (Linux /proc/self/io)."""
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def raw_paho_rate(port: int, n: int) -> float:
+    """Messages per second: n QoS 1 publishes, WINDOW in flight, until the last PUBACK."""
+    done = threading.Event()
+    acked = 0
+
+    def on_publish(client: paho.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        nonlocal acked
+        acked += 1
+        if acked == n:
+            done.set()
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-raw",
+                         protocol=paho.MQTTv5)
+    client.max_inflight_messages_set(WINDOW)
+    client.max_queued_messages_set(0)
+    client.on_publish = on_publish
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    started = time.perf_counter()
+    for _ in range(n):
+        client.publish(TOPIC, PAYLOAD, qos=1)
+    done.wait(120)
+    elapsed = time.perf_counter() - started
+    client.loop_stop()
+    client.disconnect()
+    return n / elapsed
+
+
+class _Durable:
+    """The agent's uplink over a fresh outbox; records latency from commit to PUBACK."""
+
+    def __init__(self, state: Path, url: str, loop: asyncio.AbstractEventLoop, name: str) -> None:
+        self.outbox = Outbox(state / f"{name}.db", until_ingested=False)
+        self.uplink = Uplink(self.outbox, PublishWindow(WINDOW))
+        self.link = MqttLink(parse_broker(url), LinkOptions(
+            client_id=f"bench-{name}", clean_start=True, max_inflight=WINDOW,
+            reconnect_initial_s=0.05, reconnect_max_s=0.2), self.uplink, loop)
+        self.uplink.attach(self.link)
+        self.committed_at: dict[int, float] = {}
+        self.latency_s: list[float] = []
+        # Latency is taken at PUBACK (when the uplink counts it), not when the mark is flushed.
+        on_puback = self.uplink.on_puback
+
+        def timed_puback(acked: list[int], rejected: list[tuple[int, str]]) -> None:
+            ids = [r for m in acked if (r := self.uplink.window.in_flight.get(m)) is not None]
+            now = time.perf_counter()
+            for i in ids:
+                t = self.committed_at.pop(i, None)
+                if t is not None:
+                    self.latency_s.append(now - t)
+            on_puback(acked, rejected)
+
+        self.uplink.on_puback = timed_puback  # type: ignore[method-assign]
+
+    def commit(self, count: int, *, timed: bool = False) -> None:
+        ids = self.outbox.append([PendingRecord("cam0", TOPIC, lambda seq: PAYLOAD)] * count)
+        if timed:
+            now = time.perf_counter()
+            self.committed_at.update((i, now) for i in ids)
+        self.uplink.committed(ids)
+
+    async def wait_connected(self, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.link.connected and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    async def wait_acked(self, total: int, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while self.uplink.acked < total and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+
+    def close(self) -> None:
+        self.link.stop(2.0)
+        self.outbox.close()
+
+
+async def durable_rate(state: Path, url: str, n: int, name: str) -> tuple[float, float]:
+    """Records per second through commit -> publish -> PUBACK, and disk bytes per record."""
+    loop = asyncio.get_running_loop()
+    durable = _Durable(state, url, loop, name)
+    durable.link.start()
+    await durable.wait_connected()
+    writes = _disk_writes()
+    started = time.perf_counter()
+    batch = WINDOW
+    for _ in range(n // batch):
+        durable.commit(batch)
+        await asyncio.sleep(0)  # let PUBACKs in, as the agent's loop does between commits
+    await durable.wait_acked(n // batch * batch)
+    durable.uplink.flush_sent()
+    elapsed = time.perf_counter() - started
+    durable.outbox.maybe_fsync(force=True)
+    written = _disk_writes() - writes
+    durable.close()
+    return n / elapsed, written / n
+
+
+async def drain(state: Path, broker: LocalBroker, backlog: int, live_hz: float,
+                live_s: float) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    durable = _Durable(state, broker.url, loop, "drain")
+    durable.link.start()
+    await durable.wait_connected()
+
+    async def live(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            durable.commit(1, timed=True)
+            await asyncio.sleep(1 / live_hz)
+
+    await live(live_s)
+    await durable.wait_acked(durable.uplink.acked + 0)
+    quiet = sorted(durable.latency_s)
+    durable.latency_s.clear()
+    broker.stop()
+    for _ in range(backlog // 1000):
+        durable.commit(1000)
+    sent_before = durable.uplink.acked
+    broker.start()
+    started = time.perf_counter()
+    # Records committed before the link is back are part of the outage's backlog.
+    await durable.wait_connected()
+    live_task = asyncio.create_task(live(3600), name="bench-live")
+    await durable.wait_acked(sent_before + backlog, timeout=600)
+    drained_s = time.perf_counter() - started
+    live_task.cancel()
+    during = sorted(durable.latency_s)
+    durable.close()
+
+    def pct(values: list[float], q: float) -> float | None:
+        return round(values[min(len(values) - 1, int(q * len(values)))] * 1e3, 2) if values else None
+
+    return {"backlog": backlog, "drain_s": round(drained_s, 2),
+            "drain_per_s": round(backlog / drained_s), "live_hz": live_hz,
+            "live_latency_ms_quiet": {"p50": pct(quiet, 0.5), "p99": pct(quiet, 0.99),
+                                      "n": len(quiet)},
+            "live_latency_ms_draining": {"p50": pct(during, 0.5), "p99": pct(during, 0.99),
+                                         "n": len(during)}}
+
+
+def bench_sync(n: int = 20_000, rounds: int = 3, backlog: int = 100_000,
+               live_hz: float = 30.0) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="lepton-bench-sync-") as tmp, \
+            LocalBroker(Path(tmp) / "broker", persistence=False) as broker:
+        state = Path(tmp)
+        raw: list[float] = []
+        durable: list[float] = []
+        per_record: list[float] = []
+        for r in range(rounds):
+            raw.append(raw_paho_rate(broker.port, n))
+            rate, written = asyncio.run(durable_rate(state, broker.url, n, f"round{r}"))
+            durable.append(rate)
+            per_record.append(written)
+        raw_med, durable_med = statistics.median(raw), statistics.median(durable)
+        report: dict[str, Any] = {
+            "messages": n, "rounds": rounds, "payload_bytes": len(PAYLOAD),
+            "raw_paho_per_s": round(raw_med), "durable_per_s": round(durable_med),
+            "durable_vs_raw": round(durable_med / raw_med, 3),
+            "disk_bytes_per_record": round(statistics.median(per_record)),
+        }
+        if backlog:
+            report["drain"] = asyncio.run(drain(state, broker, backlog, live_hz, 3.0))
+        return report
