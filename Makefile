@@ -56,7 +56,7 @@ deb: setup
 	$(PY) -m pip wheel --no-deps -q -w build/wheel .
 	cross/build-deb.sh $$(dpkg --print-architecture) $$(ls -t build/wheel/lepton_edge-*.whl | head -1)
 
-## Slow tier: the arm64 smoke test (root; installs debootstrap and qemu-user-static).
+## Slow tier: the arm64 smoke test (root; debootstrap, qemu-user-static) and the full fault-injection soak.
 test-slow: setup
 	@$(MAKE) -s apt-install PACKAGES="debootstrap qemu-user-static binfmt-support dpkg-dev"
 	$(PY) -m pytest -q -m slow

@@ -178,3 +178,22 @@ def test_a_batch_larger_than_the_free_disk_raises_a_named_error(tiny_filesystem:
     assert box.backlog()[0] + evicted == 1
     box.append([PendingRecord("cam0", "t", lambda seq: b"z" * 1000)])  # and it goes on
     assert box.integrity_ok()
+
+
+def test_diag_cache_reports_budget_evictions_and_quarantine(tmp_path: Path) -> None:
+    from agent.config.schema import AgentConfig
+    from agent.diag.checks import check_cache
+
+    cfg = AgentConfig.model_validate({"agent": {"state_dir": str(tmp_path)},
+                                      "outbox": {"budget_bytes": BUDGET}})
+    box = Outbox(tmp_path / "outbox.db", budget_bytes=BUDGET)
+    rng = random.Random(9)
+    for _ in range(80):
+        box.append(_batch(rng))
+    box.close()
+    result = check_cache(cfg)
+    assert result.status == "warn" and "evicted" in result.reason
+    assert result.details["used_bytes"] <= BUDGET
+    (tmp_path / "outbox.db.corrupt-20261122T000000").write_bytes(b"junk")
+    result = check_cache(cfg)
+    assert "moved aside" in result.reason and "support bundle" in (result.fix or "")

@@ -209,19 +209,45 @@ def check_cache(cfg: AgentConfig) -> CheckResult:
                 ok = conn.execute("PRAGMA quick_check").fetchone()[0]
                 backlog, first = conn.execute(
                     "SELECT COUNT(*), MIN(created_ns) FROM records WHERE acked_ns IS NULL").fetchone()
+                page = conn.execute("PRAGMA page_size").fetchone()[0]
+                used = (conn.execute("PRAGMA page_count").fetchone()[0]
+                        - conn.execute("PRAGMA freelist_count").fetchone()[0]) * page
+                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+                evicted = dict(conn.execute("SELECT class, records FROM evictions")) \
+                    if "evictions" in tables else {}
+                blobs = conn.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] \
+                    if "blobs" in tables else 0
         except sqlite3.Error as exc:
             return CheckResult("cache", "fail", f"outbox {db} unreadable: {exc}",
-                               "stop the agent and move the file aside; it starts a fresh one",
-                               details)
+                               "restart the agent: it moves a corrupt file aside and starts a "
+                               "fresh one", details)
         if ok != "ok":
             return CheckResult("cache", "fail", f"outbox {db} is corrupt: {ok}",
-                               "stop the agent and move the file aside", details)
+                               "restart the agent: it moves a corrupt file aside and starts a "
+                               "fresh one", details)
         oldest = (time.time_ns() - first) / 1e9 if first else None
+        budget = int(cfg.outbox.budget_bytes)
+        details |= {"used_bytes": used, "budget_bytes": budget, "evictions": evicted,
+                    "blobs_waiting": blobs}
     details |= {"backlog": backlog, "oldest_unsent_s": round(oldest) if oldest else None}
+    quarantined = sorted(str(q) for q in state.glob("outbox.db.corrupt-*")
+                         if not q.name.endswith(("-wal", "-shm")))
+    details["quarantined"] = quarantined
     free_pct = usage.free / usage.total * 100 if usage.total else 0
     summary = (f"outbox backlog {backlog}"
                + (f", oldest unsent {oldest / 3600:.1f} h" if oldest else "")
+               + (f", {details['used_bytes'] / 2**20:.1f} of {details['budget_bytes'] / 2**20:.0f}"
+                  " MiB budget" if "used_bytes" in details else "")
+               + (f", evicted {sum(details['evictions'].values())} undelivered"
+                  if details.get("evictions") else "")
                + f", {usage.free / 2**30:.1f} GiB free ({free_pct:.0f}%)")
+    if quarantined:
+        return CheckResult("cache", "warn", summary + f"; a corrupt outbox was moved aside: "
+                           f"{quarantined[-1]}", "keep it for a support bundle (lepton-agent diag "
+                           "bundle), then delete it; check the SD card (dmesg, badblocks)", details)
+    if details.get("evictions"):
+        return CheckResult("cache", "warn", summary, "the disk budget was too small for the "
+                           "outage: raise [outbox] budget_bytes or fix the broker link", details)
     if usage.free < 50 * 2**20:
         return CheckResult("cache", "fail", summary, "free disk space on the state directory's "
                            "filesystem", details)

@@ -312,6 +312,17 @@ def cmd_bench_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_faults(args: argparse.Namespace) -> int:
+    from agent.devtools.faults import SCENARIOS, format_report, run_fault_scenario
+
+    reports = []
+    for scenario in args.scenario or SCENARIOS:
+        report = run_fault_scenario(scenario, args.cycles, outage_s=args.outage_s, seed=args.seed)
+        reports.append(report)
+        print(json.dumps(report.to_json()) if args.json else format_report(report), flush=True)
+    return 0 if all(r.ok for r in reports) else 1
+
+
 def cmd_synth_clip(args: argparse.Namespace) -> int:
     from agent.sources.synthetic import write_clip
 
@@ -438,6 +449,17 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--live-hz", type=float, default=30.0)
     sb.add_argument("--json", action="store_true")
     sb.set_defaults(func=cmd_bench_sync)
+
+    faults = sub.add_parser("faults", help="fault injection with real processes on loopback "
+                            "(broker and agent kills, disk budget, outage); exit 1 on any loss")
+    faults.add_argument("scenario", nargs="*",
+                        choices=["broker-kill", "agent-kill", "budget", "outage"],
+                        help="default: all of them")
+    faults.add_argument("--cycles", type=int, default=20)
+    faults.add_argument("--outage-s", type=float, default=20.0)
+    faults.add_argument("--seed", type=int, default=0)
+    faults.add_argument("--json", action="store_true")
+    faults.set_defaults(func=cmd_faults)
 
     clip = sub.add_parser("synth-clip", help="write a clip of the synthetic traffic scene")
     clip.add_argument("out", type=Path)
