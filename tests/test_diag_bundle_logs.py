@@ -22,7 +22,7 @@ def test_diag_all_checks_json(tmp_path: Path, broker) -> None:  # type: ignore[n
     out = run_cli("diag", "--config", str(cfg), "--json", "--snapshot", str(snap))
     report = json.loads(out.stdout)
     by_name = {c["name"]: c for c in report["checks"]}
-    assert set(by_name) == {"config", "camera", "serial", "model", "kernels", "broker", "cache",
+    assert set(by_name) == {"config", "camera", "sensors", "model", "kernels", "broker", "cache",
                             "clock", "temperature", "memory"}
     for name in ("config", "camera", "model", "kernels", "broker", "cache"):
         assert by_name[name]["status"] == "pass", by_name[name]
@@ -57,7 +57,7 @@ def test_checks_on_missing_sysfs_and_full_disks(tmp_path: Path) -> None:
     assert check_memory(cfg, meminfo).status == "fail"
     (tmp_path / "outbox.db").write_bytes(b"garbage" * 1000)
     result = check_cache(cfg)
-    assert result.status == "fail" and "move the file aside" in result.fix
+    assert result.status == "fail" and "moves a corrupt file aside" in result.fix
 
 
 def test_bundle_has_no_secrets(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ def test_valid_record() -> None:
     ("lepton/v1/site1/other/results/cam0", good(), "does not match topic"),
     ("lepton/v1/site1/dev1/results/cam9", good(), "does not match topic"),
     ("lepton/v2/site1/dev1/results/cam0", good(), "unsupported contract version"),
-    ("lepton/v1/site1/dev1/status", good(), "not a results topic"),
+    ("lepton/v1/site1/dev1/status", good(), "not a record topic"),
 ])
 def test_rejections_name_the_problem(topic: str, payload: bytes, why: str) -> None:
     with pytest.raises(RecordRejected) as info:

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import paho.mqtt.client as paho
 from jsonschema import Draft202012Validator
@@ -50,18 +50,22 @@ class IngestStats:
 
 
 class RecordValidator:
-    """Checks a results message against the schema and its topic."""
+    """Checks a message on ``results``, ``sensors`` or ``events`` against its schema and topic."""
+
+    SCHEMAS: ClassVar[dict[str, str]] = {"results": "result.v1", "sensors": "sensor.v1",
+                                         "events": "event.v1"}
 
     def __init__(self) -> None:
-        self._validator = Draft202012Validator(load_schema("result.v1"))
+        self._validators = {kind: Draft202012Validator(load_schema(name))
+                            for kind, name in self.SCHEMAS.items()}
 
     def validate(self, topic: str, payload: bytes) -> IngestedRecord:
         try:
             parsed = parse_topic(topic)
         except ValueError as exc:
             raise RecordRejected(str(exc), topic=topic) from exc
-        if parsed.kind != "results":
-            raise RecordRejected(f"not a results topic ({parsed.kind})", topic=topic)
+        if parsed.kind not in self._validators:
+            raise RecordRejected(f"not a record topic ({parsed.kind})", topic=topic)
         if len(payload) > MAX_PAYLOAD:
             raise RecordRejected(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}",
                                  topic=topic)
@@ -70,13 +74,17 @@ class RecordValidator:
             body = json.loads(text)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise RecordRejected(f"payload is not UTF-8 JSON: {exc}", topic=topic) from exc
-        error = next(iter(sorted(self._validator.iter_errors(body), key=lambda e: e.path)), None)
+        validator = self._validators[parsed.kind]
+        error = next(iter(sorted(validator.iter_errors(body), key=lambda e: e.path)), None)
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-            raise RecordRejected(f"schema lepton.result v1 violated at {where}: {error.message}",
+            schema = self.SCHEMAS[parsed.kind].replace(".v", " v")
+            raise RecordRejected(f"schema lepton.{schema} violated at {where}: {error.message}",
                                  topic=topic)
+        # An event's stream is its own seq space ("{source}.events"); the topic names the source.
+        topic_key = "source" if parsed.kind == "events" else "stream"
         for key, want in (("site", parsed.site), ("device", parsed.device),
-                          ("stream", parsed.stream)):
+                          (topic_key, parsed.stream)):
             if body[key] != want:
                 raise RecordRejected(f"record {key} {body[key]!r} does not match topic ({want!r})",
                                      topic=topic)
@@ -88,11 +96,13 @@ class Ingest:
     """Link handler that buffers valid records and commits them in batches."""
 
     def __init__(self, store: Store, subscription: str, name: str = "ingest",
-                 shard_subscription: str | None = None) -> None:
+                 shard_subscription: str | None = None,
+                 extra_subscriptions: tuple[str, ...] = ()) -> None:
         self.store = store
         self.name = name
         self.subscription = subscription
         self.shard_subscription = shard_subscription
+        self.extra_subscriptions = extra_subscriptions
         self._blob_acks: dict[tuple[str, str], tuple[set[str], dict[str, Ranges]]] = {}
         self.validator = RecordValidator()
         self.stats = IngestStats()
@@ -105,6 +115,8 @@ class Ingest:
         assert self.link is not None
         if self.shard_subscription:
             self.link.subscribe(self.shard_subscription, qos=1)
+        for topic in self.extra_subscriptions:
+            self.link.subscribe(topic, qos=1)
         self.link.subscribe(self.subscription, qos=1)
 
     def on_subscribed(self, ok: bool) -> None:
@@ -219,7 +231,9 @@ async def run_ingest(broker: BrokerUrl, store: Store, *, group: str | None = "in
             loop.add_signal_handler(sig, stop.set)
     cid = client_id or f"lepton-ingest-{group or 'solo'}-{socket.gethostname()}"
     ingest = Ingest(store, results_subscription(group), name=cid,
-                    shard_subscription=results_subscription(group, "shards"))
+                    shard_subscription=results_subscription(group, "shards"),
+                    extra_subscriptions=(results_subscription(group, "sensors"),
+                                         results_subscription(group, "events")))
     ingest.ready_file = ready_file
     link = MqttLink(broker, LinkOptions(client_id=cid, manual_ack=True, username=username,
                                         password=password, max_inflight=1000), ingest, loop)

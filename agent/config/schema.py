@@ -43,6 +43,8 @@ class SourceSection(_Section):
     reconnect_initial_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
     queue_size: int = Field(4, ge=1, le=1024)
+    attach_sensors: list[str] = []
+    attach_window_s: float = Field(2.0, gt=0, le=3600)
     drop_policy: DropPolicy | Literal["auto"] = "auto"
 
     @field_validator("uri")
@@ -112,6 +114,31 @@ class OutboxSection(_Section):
     ack_timeout_s: float = Field(30.0, gt=0, le=86_400)
 
 
+class SensorSection(_Section):
+    """One serial sensor: ``uri`` names port, baud, protocol and sensor name."""
+
+    uri: str
+    record_interval_s: float = Field(5.0, ge=0, description="0: a record per reading/window")
+    model: Path | None = None
+    anomaly_on: float = Field(0.7, ge=0, le=1)
+    anomaly_off: float = Field(0.4, ge=0, le=1)
+    anomaly_min_windows: int = Field(2, ge=1, le=1000)
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        from agent.sources.serial import parse_sensor_uri
+
+        parse_sensor_uri(value)
+        return value
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> SensorSection:
+        if self.anomaly_off > self.anomaly_on:
+            raise ValueError("anomaly_off must be <= anomaly_on (hysteresis)")
+        return self
+
+
 class ShardsSection(_Section):
     """Blobs sent in chunks on ``shards/{blob}``: event snapshots for now."""
 
@@ -166,7 +193,19 @@ class AgentConfig(_Section):
     mqtt: MqttSection = MqttSection()
     outbox: OutboxSection = OutboxSection()
     shards: ShardsSection = ShardsSection()
+    sensors: list[SensorSection] = []
     kernels: KernelsSection = KernelsSection()
     motion: MotionSection = MotionSection()
     thermal: ThermalSection = ThermalSection()
     metrics: MetricsSection = MetricsSection()
+
+    @model_validator(mode="after")
+    def _attached_sensors_exist(self) -> AgentConfig:
+        from agent.sources.serial import parse_sensor_uri
+
+        names = {parse_sensor_uri(s.uri).name for s in self.sensors}
+        missing = [n for n in self.source.attach_sensors if n not in names]
+        if missing:
+            raise ValueError(f"source.attach_sensors names {', '.join(missing)}, which no "
+                             f"[[sensors]] entry is called (sensors: {', '.join(sorted(names)) or 'none'})")
+        return self

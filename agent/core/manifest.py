@@ -68,6 +68,7 @@ class Manifest:
     description: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     golden: dict[str, Any] = field(default_factory=dict)
+    sensor: dict[str, Any] = field(default_factory=dict)  # window geometry and normalization
     inferred: bool = False
 
     def label(self, class_id: int) -> str:

@@ -76,7 +76,8 @@ class FrameResult:
 
 
 def encode_result(
-    result: FrameResult, *, seq: int, device: str, site: str, model: ModelRef
+    result: FrameResult, *, seq: int, device: str, site: str, model: ModelRef,
+    sensors: dict[str, Any] | None = None,
 ) -> bytes:
     """The JSON payload of a result record (compact, UTF-8)."""
     body: dict[str, Any] = {
@@ -99,6 +100,8 @@ def encode_result(
     }
     if result.snapshot is not None:
         body["snapshot"] = hashlib.sha256(result.snapshot).hexdigest()
+    if sensors:
+        body["sensors"] = sensors
     if result.task == "detection":
         body["detections"] = [d.to_json() for d in result.detections]
     else:

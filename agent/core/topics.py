@@ -57,6 +57,9 @@ class DeviceTopics:
     def events(self, stream: str) -> str:
         return f"{self.base}/events/{check_segment('stream', stream)}"
 
+    def sensors(self, sensor: str) -> str:
+        return f"{self.base}/sensors/{check_segment('sensor', sensor)}"
+
     def shards(self, blob: str) -> str:
         return f"{self.base}/shards/{check_segment('blob', blob)}"
 
@@ -89,7 +92,7 @@ def parse_topic(topic: str) -> ParsedTopic:
     check_segment("site", site)
     check_segment("device", device)
     stream: str | None = None
-    if kind in ("results", "events", "shards"):
+    if kind in ("results", "events", "shards", "sensors"):
         if len(parts) != 6:
             raise ValueError(f"topic {topic!r} needs exactly one segment after {kind!r}")
         stream = check_segment("stream", parts[5])

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig, Secrets
-from agent.diag import Check, CheckResult
+from agent.diag import Check, CheckResult, Status
 from agent.errors import AgentError
 
 
@@ -67,8 +67,73 @@ def check_camera(cfg: AgentConfig, snapshot: Path | None, seconds: float = 3.0) 
     return CheckResult("camera", "pass", reason, details=details)
 
 
-def check_serial(cfg: AgentConfig) -> CheckResult:
-    return CheckResult("serial", "pass", "no serial sensors configured")
+def probe_sensor(uri: str, seconds: float = 2.0) -> dict[str, Any]:
+    """Open one sensor port, read for ``seconds``, parse: bytes, readings, errors, latest."""
+    import serial
+
+    from agent.core.sensors import make_parser
+    from agent.sources.serial import open_failure_hint, parse_sensor_uri
+
+    u = parse_sensor_uri(uri)
+    out: dict[str, Any] = {"name": u.name, "port": u.port, "baud": u.baud,
+                           "protocol": u.protocol, "bytes": 0, "readings": 0, "parse_errors": 0,
+                           "last_error": None, "latest": None, "opened": False}
+    try:
+        port = serial.Serial(u.port, u.baud, timeout=0.1)
+    except (serial.SerialException, OSError) as exc:
+        out["last_error"] = f"cannot open: {exc}"
+        out["fix"] = open_failure_hint(u.port, exc)
+        return out
+    out["opened"] = True
+    parser = make_parser(u.protocol, u.name, time.time, columns=list(u.columns) or None)
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            data = port.read(4096)
+            out["bytes"] += len(data)
+            for reading in parser.feed(data):
+                out["readings"] += 1
+                out["latest"] = reading.values
+    except (serial.SerialException, OSError) as exc:
+        out["last_error"] = f"read failed: {exc}"
+    finally:
+        port.close()
+    out["parse_errors"] = parser.errors
+    out["last_error"] = out["last_error"] or parser.last_error
+    return out
+
+
+def check_sensors(cfg: AgentConfig, seconds: float = 2.0) -> CheckResult:
+    """Each configured serial port: opens, bytes arrive, they parse."""
+    if not cfg.sensors:
+        return CheckResult("sensors", "pass", "no serial sensors configured",
+                           details={"sensors": []})
+    probes = [probe_sensor(s.uri, seconds) for s in cfg.sensors]
+    details: dict[str, Any] = {"sensors": probes}
+    lines = []
+    status: Status = "pass"
+    fix = ""
+    for p in probes:
+        if not p["opened"]:
+            lines.append(f"{p['name']} ({p['port']}): {p['last_error']}")
+            status, fix = "fail", str(p["fix"])
+        elif p["bytes"] == 0:
+            lines.append(f"{p['name']} ({p['port']}): open, but no data in {seconds:.0f}s")
+            if status == "pass":
+                status, fix = "warn", "check the sensor is powered and wired (TX->RX) and sending"
+        elif p["readings"] == 0:
+            lines.append(f"{p['name']}: {p['bytes']} bytes, nothing parses as {p['protocol']} "
+                         f"({p['last_error']})")
+            if status != "fail":
+                status, fix = "fail", (f"wrong baud rate ({p['baud']}?) or protocol; garbage or "
+                                       "non-UTF-8 bytes usually mean the baud rate")
+        else:
+            latest = ", ".join(f"{k}={v:g}" for k, v in list((p["latest"] or {}).items())[:4])
+            lines.append(f"{p['name']}: {p['readings']} readings, {p['parse_errors']} errors "
+                         f"({latest})")
+            if p["parse_errors"] > p["readings"] and status == "pass":
+                status, fix = "warn", "many frames fail to parse: check baud rate and wiring noise"
+    return CheckResult("sensors", status, "; ".join(lines), fix, details)
 
 
 def check_model(cfg: AgentConfig) -> CheckResult:
@@ -338,7 +403,7 @@ def all_checks(cfg: AgentConfig, secrets: Secrets, snapshot: Path | None) -> dic
 
     return {
         "camera": lambda: check_camera(cfg, snapshot),
-        "serial": lambda: check_serial(cfg),
+        "sensors": lambda: check_sensors(cfg),
         "model": lambda: check_model(cfg),
         "kernels": check_kernels,
         "broker": lambda: check_broker(cfg, secrets),

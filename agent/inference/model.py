@@ -25,7 +25,7 @@ from agent.paths import resolve_model
 MANIFEST_NAME = "manifest.json"
 _MANIFEST_KEYS = {"name", "version", "description", "task", "decoder", "file", "sha256", "input",
                   "color", "labels", "label_offset", "score_threshold", "max_results", "outputs",
-                  "state", "metrics", "golden"}
+                  "state", "metrics", "golden", "sensor"}
 
 
 def sha256_file(path: Path) -> str:

@@ -46,6 +46,7 @@ from agent.pipeline.queues import BoundedQueue, DropPolicy
 from agent.service.health import PipelineHealth
 from agent.service.metrics import start_metrics_server
 from agent.service.notify import Notifier
+from agent.service.sensors import SensorHub
 from agent.service.status import serve as serve_status
 from agent.service.status import socket_path
 from agent.service.thermal import SysfsThermal
@@ -63,6 +64,7 @@ else:  # pragma: no cover
 
 log = logging.getLogger("agent.app")
 RESULT_SLOTS = 256
+SENSOR_BACKLOG = 10_000  # sensor records held in memory while commits fail
 
 
 @dataclass
@@ -76,6 +78,7 @@ class RunSummary:
     detections: int = 0
     results_committed: int = 0
     storage_errors: int = 0
+    sensor_records_dropped: int = 0
     results_published: int = 0
     results_ingested: int = 0
     backlog: int = 0
@@ -99,10 +102,11 @@ async def _wait(event: asyncio.Event, seconds: float) -> bool:
     return event.is_set()
 
 
-def _result_encoder(result: FrameResult, *, device: str, site: str,
-                    model: ModelRef) -> Callable[[int], bytes]:
+def _result_encoder(result: FrameResult, *, device: str, site: str, model: ModelRef,
+                    sensors: dict[str, Any] | None = None) -> Callable[[int], bytes]:
     def build(seq: int) -> bytes:
-        return encode_result(result, seq=seq, device=device, site=site, model=model)
+        return encode_result(result, seq=seq, device=device, site=site, model=model,
+                             sensors=sensors)
 
     return build
 
@@ -213,14 +217,28 @@ class AgentApp:
                                     snapshots=snapshots)
         finished = asyncio.Event()
 
+        sensor_pending: list[PendingRecord] = []
+
+        def on_sensor_records(records: list[PendingRecord]) -> None:
+            if len(sensor_pending) > SENSOR_BACKLOG:  # the disk is failing: keep the newest
+                del sensor_pending[:len(records)]
+                self.summary.sensor_records_dropped += len(records)
+            sensor_pending.extend(records)
+            wake.set()
+
+        hub = (SensorHub(cfg.sensors, self.topics, emit=on_sensor_records, loop=loop,
+                         delegate=cfg.model.delegate) if cfg.sensors else None)
+        attach = cfg.source.attach_sensors
+
         commit_retry = Backoff(0.5, 10.0)
         commit_blocked_until = 0.0
 
         def commit_pending() -> None:
             nonlocal commit_blocked_until
-            if not pending or time.monotonic() < commit_blocked_until:
+            if not (pending or sensor_pending) or time.monotonic() < commit_blocked_until:
                 return
             batch = pending[:]
+            sensor_batch = sensor_pending[:]
             try:
                 for r in batch:
                     if r.snapshot is not None:
@@ -228,10 +246,11 @@ class AgentApp:
                             "stream": r.stream, "frame_index": r.frame_index,
                             "ts": iso_utc(r.capture_wall), "detections": len(r.detections),
                             "labels": sorted({d.label for d in r.detections})})
-                ids = outbox.append([PendingRecord(cfg.source.stream, results_topic,
-                                                   _result_encoder(r, device=device, site=site,
-                                                                   model=model_ref))
-                                     for r in batch])
+                ids = outbox.append([PendingRecord(
+                    cfg.source.stream, results_topic, _result_encoder(
+                        r, device=device, site=site, model=model_ref,
+                        sensors=hub.attach(attach, r.capture_wall, cfg.source.attach_window_s)
+                        if hub and attach else None)) for r in batch] + sensor_batch)
             except StorageError as exc:
                 # Keep the results in memory (bounded by the result slots, which holds back
                 # inference and so capture) and try again; the agent keeps running.
@@ -245,6 +264,7 @@ class AgentApp:
             commit_retry.reset()
             health.storage_error = None
             del pending[:len(batch)]
+            del sensor_pending[:len(sensor_batch)]
             for _ in batch:
                 slots.release()
             self.summary.results_committed += len(batch)
@@ -253,7 +273,7 @@ class AgentApp:
 
         async def outbox_writer() -> None:
             interval = cfg.outbox.commit_interval_ms / 1000
-            while not (inference_done.is_set() and not pending):
+            while not (inference_done.is_set() and not pending and not sensor_pending):
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=0.5)
                 wake.clear()
@@ -381,6 +401,9 @@ class AgentApp:
                      cfg.metrics.prometheus_port)
         inference.start()
         capture.start()
+        if hub:
+            hub.start()
+            health.sensors = hub
         notifier.ready(f"running {model_ref.name} on {source_uri.raw}")
         try:
             async with TaskGroup() as tasks:
@@ -400,6 +423,11 @@ class AgentApp:
             frames.close()
             capture.join(2.0)
             inference.join(2.0)
+            if hub:
+                hub.stop()
+                await asyncio.sleep(0)  # bytes the readers handed over are parsed
+                commit_blocked_until = 0.0
+                commit_pending()
             if link:
                 if link.connected:
                     link.publish(self.topics.status, encode_status(

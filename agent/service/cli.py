@@ -43,6 +43,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     put("model.delegate", args.delegate)
     put("agent.log_level", args.log_level)
     put("outbox.delivery", args.delivery)
+    if getattr(args, "sensor", None):
+        out["sensors"] = [{"uri": uri} for uri in args.sensor]
     return out
 
 
@@ -236,6 +238,7 @@ def cmd_diag(args: argparse.Namespace) -> int:
         config = load_config(None, board=None)
     secrets = Secrets.from_environment()
     checks = all_checks(config, secrets, args.snapshot)
+    wanted = ["sensors" if c == "serial" else c for c in wanted]
     unknown = [c for c in wanted if c not in checks and c != "config"]
     if unknown:
         raise ConfigError(f"unknown check(s) {', '.join(unknown)}", key="diag",
@@ -354,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--site")
     run.add_argument("--state-dir", type=Path, help="where the outbox lives")
     run.add_argument("--max-frames", type=int, help="stop after N frames (0: no limit)")
+    run.add_argument("--sensor", action="append", metavar="URI",
+                     help="a serial sensor, repeatable: serial:///dev/ttyUSB0?baud=9600&"
+                          "protocol=nmea0183|csv|jsonl|binary&name=gps (replaces [[sensors]])")
     run.add_argument("--pace", choices=["auto", "realtime", "fast"],
                      help="play files in real time or as fast as possible (default: auto)")
     run.add_argument("--loop", action="store_true", help="loop a video file")
@@ -414,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     diag = sub.add_parser("diag", help="diagnostics: what is wrong and how to fix it")
     diag.add_argument("checks", nargs="*", metavar="CHECK",
-                      help="checks to run (default: all): config camera serial model kernels broker "
+                      help="checks to run (default: all): config camera sensors model kernels broker "
                            "cache clock temperature memory; or 'bundle' for a support tarball")
     diag.add_argument("--config", type=Path)
     diag.add_argument("--board")

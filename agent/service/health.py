@@ -38,6 +38,7 @@ class PipelineHealth:
     state: str = "running"
     thermal: ThermalReading | None = None
     storage_error: str | None = None
+    sensors: Any = None  # the SensorHub when sensors are configured
     _progress: tuple[int, float] = (-1, 0.0)
 
     def healthy(self, stall_s: float, now: float | None = None) -> bool:
@@ -92,6 +93,7 @@ class PipelineHealth:
                        "connected": bool(self.link and self.link.connected),
                        "connects": self.link.connects if self.link else 0,
                        "last_error": self.link.last_error if self.link else None},
+            "sensors": self.sensors.snapshot() if self.sensors is not None else {},
             "thermal": {"temp_c": self.thermal.temp_c if self.thermal else None,
                         "throttled": self.thermal.throttled if self.thermal else False,
                         "level": self.governor.level},
