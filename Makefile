@@ -8,7 +8,7 @@ APT_PACKAGES := python3-venv python3-dev mosquitto gcc make
 TEST_APT_PACKAGES := systemd openssl $(if $(filter x86_64,$(shell uname -m)),gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-packages test-packages apt-install run test-neon test-arm deb test test-slow test-all lint model bench clean
+.PHONY: setup system-packages test-packages apt-install run test-neon test-arm deb test test-slow test-all lint model sensor-model bench clean
 
 ## Install what the agent needs: Debian packages (where apt is there), then a venv.
 setup: $(VENV)/.installed
@@ -73,6 +73,12 @@ model:
 	@test -x .venv-train/bin/python || python3 -m venv .venv-train
 	.venv-train/bin/python -m pip install -q -e . 'tensorflow-cpu>=2.16'
 	.venv-train/bin/python models/make_default_model.py --out models/lepton-vehicles-tiny
+
+## The shipped sensor model (bearing anomaly from generated vibration); about a minute.
+sensor-model:
+	@test -x .venv-train/bin/python || python3 -m venv .venv-train
+	.venv-train/bin/python -m pip install -q -e . 'tensorflow-cpu>=2.16'
+	.venv-train/bin/python models/make_sensor_model.py --out models/lepton-bearing-anomaly
 
 bench: setup
 	$(AGENT) bench pipeline --json

@@ -111,3 +111,19 @@ def test_config_check_cli(tmp_path: Path) -> None:
     out = run_cli("config", "check", str(bad))
     assert out.returncode == 2
     assert f"{bad}:2 [agent.device]: unknown key" in out.stderr
+
+
+def test_sensor_errors_name_file_line_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('[agent]\ndevice_id = "x"\n\n[[sensors]]\n'
+                    'uri = "serial:///dev/ttyUSB0?protocol=nmea0183&name=gps"\n\n'
+                    '[[sensors]]\nuri = "serial:///dev/ttyUSB1?protocol=modbus"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert (err.value.file, err.value.line, err.value.key) == (str(path), 8, "sensors.1.uri")
+    assert "unknown protocol 'modbus'" in err.value.message
+    path.write_text('[agent]\nsite = "a"\n\n[source]\nattach_sensors = ["gps"]\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert (err.value.line, err.value.key) == (5, "source.attach_sensors")
+    assert "no [[sensors]] entry" in err.value.message

@@ -222,7 +222,7 @@ class Ingest:
 async def run_ingest(broker: BrokerUrl, store: Store, *, group: str | None = "ingest",
                      client_id: str | None = None, stop: asyncio.Event | None = None,
                      password: str | None = None, username: str | None = None,
-                     ready_file: Path | None = None) -> IngestStats:
+                     ready_file: Path | None = None, reconnect_max_s: float = 5.0) -> IngestStats:
     """Consume results until ``stop`` is set (SIGTERM/SIGINT when run from the CLI)."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -235,8 +235,12 @@ async def run_ingest(broker: BrokerUrl, store: Store, *, group: str | None = "in
                     extra_subscriptions=(results_subscription(group, "sensors"),
                                          results_subscription(group, "events")))
     ingest.ready_file = ready_file
+    # A consumer reconnects quickly (at most reconnect_max_s apart): while it is away the
+    # broker may drop what devices publish (mosquitto does not restore shared subscriptions).
     link = MqttLink(broker, LinkOptions(client_id=cid, manual_ack=True, username=username,
-                                        password=password, max_inflight=1000), ingest, loop)
+                                        password=password, max_inflight=1000,
+                                        reconnect_initial_s=0.2,
+                                        reconnect_max_s=reconnect_max_s), ingest, loop)
     ingest.link = link
     link.start()
     started = time.monotonic()

@@ -27,6 +27,8 @@ else:  # pragma: no cover
 BOARDS_DIR = shared_dir("board_configs")
 _SECRET_WORDS = ("password", "secret", "token", "private_key")
 _HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
+_ARRAY_HEADER = re.compile(r"^\s*\[\[\s*([^\[\]]+?)\s*\]\]\s*(#.*)?$")
+_KEYED_MESSAGE = re.compile(r"^([a-z_]+(?:\.[a-z_0-9]+)+): ")
 _KEY = re.compile(r"""^\s*([A-Za-z0-9_."'-]+?)\s*=""")
 
 
@@ -74,9 +76,16 @@ def find_key_line(text: str, path: tuple[str, ...]) -> int | None:
     """The 1-based line where ``path`` (or its nearest written ancestor) is set in ``text``."""
     table: list[str] = []
     best: tuple[int, int] | None = None
+    arrays: dict[str, int] = {}
     for lineno, line in enumerate(text.splitlines(), start=1):
+        array = _ARRAY_HEADER.match(line)
         header = _HEADER.match(line)
-        if header:
+        if array:  # [[sensors]]: the n-th one is sensors.<n-1>
+            name = array.group(1)
+            arrays[name] = arrays.get(name, 0) + 1
+            table = [*_split_dotted(name), str(arrays[name] - 1)]
+            full = table
+        elif header:
             table = _split_dotted(header.group(1))
             full = table
         else:
@@ -107,9 +116,12 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 def _has_path(data: dict[str, Any], path: tuple[str, ...]) -> bool:
     node: Any = data
     for part in path:
-        if not isinstance(node, dict) or part not in node:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
             return False
-        node = node[part]
     return True
 
 
@@ -147,6 +159,9 @@ def board_layer(name: str, boards_dir: Path = BOARDS_DIR) -> Layer:
 def _error_for(exc: ValidationError, layers: list[Layer]) -> ConfigError:
     first = exc.errors()[0]
     path = tuple(str(p) for p in first["loc"])
+    keyed = _KEYED_MESSAGE.match(first["msg"].removeprefix("Value error, "))
+    if not path and keyed:  # a check across sections names the key it is about
+        path = tuple(keyed.group(1).split("."))
     key = ".".join(path)
     layer = next((lay for lay in reversed(layers) if _has_path(lay.data, path)), None)
     line = find_key_line(layer.text, path) if layer and layer.text else None
@@ -160,6 +175,8 @@ def _error_for(exc: ValidationError, layers: list[Layer]) -> ConfigError:
         return ConfigError("unknown key", file=where, key=key, line=line,
                            fix="remove it or check its spelling against docs/config.md")
     message = first["msg"].removeprefix("Value error, ")
+    if keyed:
+        message = message[keyed.end():]
     more = len(exc.errors()) - 1
     if more:
         message += f" (and {more} more problem{'s' if more > 1 else ''})"

@@ -206,6 +206,6 @@ class AgentConfig(_Section):
         names = {parse_sensor_uri(s.uri).name for s in self.sensors}
         missing = [n for n in self.source.attach_sensors if n not in names]
         if missing:
-            raise ValueError(f"source.attach_sensors names {', '.join(missing)}, which no "
+            raise ValueError(f"source.attach_sensors: names {', '.join(missing)}, which no "
                              f"[[sensors]] entry is called (sensors: {', '.join(sorted(names)) or 'none'})")
         return self

@@ -143,7 +143,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         stats = asyncio.run(run_ingest(broker, store, group=args.group or None,
                                        client_id=args.client_id,
                                        password=Secrets.from_environment().mqtt_password,
-                                       username=args.username, ready_file=args.ready_file))
+                                       username=args.username, ready_file=args.ready_file,
+                                       reconnect_max_s=args.reconnect_max))
     finally:
         store.close()
     print(json.dumps(stats.to_json()))
@@ -391,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--broker", required=True)
     ingest.add_argument("--db", required=True,
                         help="sqlite:///PATH or postgresql://user@host:port/db[?schema=NAME]")
+    ingest.add_argument("--reconnect-max", type=float, default=5.0, metavar="SECONDS",
+                        help="longest wait between reconnect attempts to the broker")
     ingest.add_argument("--blob-dir", type=Path, default=None,
                         help="where finished shard blobs are written (default: blobs/ beside "
                              "the SQLite file, ./blobs for PostgreSQL)")
