@@ -12,6 +12,7 @@ import json
 import re
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,7 +59,7 @@ CREATE TABLE IF NOT EXISTS shard_manifests (
 CREATE TABLE IF NOT EXISTS blobs (
     blob TEXT PRIMARY KEY, device TEXT NOT NULL, site TEXT NOT NULL, kind TEXT NOT NULL,
     content_type TEXT NOT NULL, size INTEGER NOT NULL, path TEXT NOT NULL, meta TEXT NOT NULL,
-    stored_ns INTEGER NOT NULL);
+    stored_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP);
 """
 
 
@@ -69,6 +70,54 @@ class ShardState:
     complete: bool
     held: Ranges
     path: Path | None = None
+
+
+class BlobMismatch(RecordRejected):
+    """A blob's chunks, each intact, do not hash to the blob's id; they were dropped."""
+
+
+Execute = Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]
+
+
+def assemble_shard(execute: Execute, part: ShardPart, blobs: BlobDirectory) -> ShardState:
+    """Store one shard part and finish its blob when complete, inside the caller's
+    transaction (SQL in ``?`` placeholders; both SQLite and PostgreSQL run it)."""
+    topic = f"shards/{part.blob}"
+    if execute("SELECT 1 FROM blobs WHERE blob = ?", (part.blob,)):
+        return ShardState(True, [], blobs.path(part.blob))
+    known = execute("SELECT count, size FROM shard_chunks WHERE blob = ? LIMIT 1", (part.blob,))
+    if known and (int(known[0][0]), int(known[0][1])) != (part.count, part.size):
+        raise RecordRejected(f"blob {part.blob[:12]}...: chunk count/size {part.count}/{part.size} "
+                             f"disagree with earlier chunks ({known[0][0]}/{known[0][1]})",
+                             topic=topic)
+    if part.manifest is not None:
+        execute("INSERT INTO shard_manifests VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (part.blob, part.device, part.site, json.dumps(part.manifest)))
+    else:
+        execute("INSERT INTO shard_chunks VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (part.blob, part.index, part.count, part.size, part.data))
+    have = [int(r[0]) for r in execute("SELECT idx FROM shard_chunks WHERE blob = ? ORDER BY idx",
+                                       (part.blob,))]
+    manifest = execute("SELECT device, site, manifest FROM shard_manifests WHERE blob = ?",
+                       (part.blob,))
+    if not manifest or len(have) != part.count:
+        return ShardState(False, to_ranges(have))
+    chunks = [bytes(r[0]) for r in execute(
+        "SELECT data FROM shard_chunks WHERE blob = ? ORDER BY idx", (part.blob,))]
+    path = blobs.write(part.blob, chunks)
+    execute("DELETE FROM shard_chunks WHERE blob = ?", (part.blob,))
+    execute("DELETE FROM shard_manifests WHERE blob = ?", (part.blob,))
+    if path is None:
+        raise BlobMismatch(f"blob {part.blob[:12]}... reassembled does not match its sha256; "
+                           "dropped (the device sends it again)", topic=topic)
+    device, site, raw = manifest[0]
+    m = raw if isinstance(raw, dict) else json.loads(raw)  # JSONB arrives parsed
+    execute("INSERT INTO blobs (blob, device, site, kind, content_type, size, path, meta) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (part.blob, device, site, m.get("kind", part.kind),
+             m.get("content_type", part.content_type), part.size, str(path),
+             json.dumps(m.get("meta", {}))))
+    return ShardState(True, [], path)
 
 
 class Store(Protocol):
@@ -122,46 +171,13 @@ class SqliteStore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            if db.execute("SELECT 1 FROM blobs WHERE blob = ?", (part.blob,)).fetchone():
-                db.execute("COMMIT")
-                return ShardState(True, [], self.blobs.path(part.blob))
-            known = db.execute("SELECT count, size FROM shard_chunks WHERE blob = ? LIMIT 1",
-                               (part.blob,)).fetchone()
-            if known and tuple(known) != (part.count, part.size):
-                raise RecordRejected(
-                    f"blob {part.blob[:12]}...: chunk count/size {part.count}/{part.size} "
-                    f"disagree with earlier chunks ({known[0]}/{known[1]})",
-                    topic=f"shards/{part.blob}")
-            if part.manifest is not None:
-                db.execute("INSERT OR IGNORE INTO shard_manifests VALUES (?, ?, ?, ?)",
-                           (part.blob, part.device, part.site, json.dumps(part.manifest)))
-            else:
-                db.execute("INSERT OR IGNORE INTO shard_chunks VALUES (?, ?, ?, ?, ?)",
-                           (part.blob, part.index, part.count, part.size, part.data))
-            have = [r[0] for r in db.execute(
-                "SELECT idx FROM shard_chunks WHERE blob = ? ORDER BY idx", (part.blob,))]
-            manifest = db.execute("SELECT device, site, manifest FROM shard_manifests WHERE "
-                                  "blob = ?", (part.blob,)).fetchone()
-            state = ShardState(False, to_ranges(have))
-            if manifest and len(have) == part.count:
-                chunks = [bytes(r[0]) for r in db.execute(
-                    "SELECT data FROM shard_chunks WHERE blob = ? ORDER BY idx", (part.blob,))]
-                path = self.blobs.write(part.blob, chunks)
-                db.execute("DELETE FROM shard_chunks WHERE blob = ?", (part.blob,))
-                db.execute("DELETE FROM shard_manifests WHERE blob = ?", (part.blob,))
-                if path is None:
-                    db.execute("COMMIT")
-                    raise RecordRejected(f"blob {part.blob[:12]}... reassembled does not match "
-                                         "its sha256; dropped (the device sends it again)",
-                                         topic=f"shards/{part.blob}")
-                m = json.loads(manifest[2])
-                db.execute("INSERT INTO blobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           (part.blob, manifest[0], manifest[1], m.get("kind", part.kind),
-                            m.get("content_type", part.content_type), part.size, str(path),
-                            json.dumps(m.get("meta", {})), time.time_ns()))
-                state = ShardState(True, [], path)
+            state = assemble_shard(lambda sql, args: db.execute(sql, args).fetchall(), part,
+                                   self.blobs)
             db.execute("COMMIT")
             return state
+        except BlobMismatch:
+            db.execute("COMMIT")  # the bad chunks are deleted; the device sends the blob again
+            raise
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
@@ -263,53 +279,17 @@ class PostgresStore:
         try:
             with self._db.cursor() as cur:
                 cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (part.blob,))
-                cur.execute("SELECT 1 FROM blobs WHERE blob = %s", (part.blob,))
-                if cur.fetchone():
-                    self._db.commit()
-                    return ShardState(True, [], self.blobs.path(part.blob))
-                cur.execute("SELECT count, size FROM shard_chunks WHERE blob = %s LIMIT 1",
-                            (part.blob,))
-                known = cur.fetchone()
-                if known and (int(known[0]), int(known[1])) != (part.count, part.size):
-                    raise RecordRejected(
-                        f"blob {part.blob[:12]}...: chunk count/size {part.count}/{part.size} "
-                        f"disagree with earlier chunks ({known[0]}/{known[1]})",
-                        topic=f"shards/{part.blob}")
-                if part.manifest is not None:
-                    cur.execute("INSERT INTO shard_manifests VALUES (%s, %s, %s, %s) "
-                                "ON CONFLICT DO NOTHING", (part.blob, part.device, part.site,
-                                                          json.dumps(part.manifest)))
-                else:
-                    cur.execute("INSERT INTO shard_chunks VALUES (%s, %s, %s, %s, %s) "
-                                "ON CONFLICT DO NOTHING", (part.blob, part.index, part.count,
-                                                          part.size, part.data))
-                cur.execute("SELECT idx FROM shard_chunks WHERE blob = %s ORDER BY idx",
-                            (part.blob,))
-                have = [int(r[0]) for r in cur.fetchall()]
-                cur.execute("SELECT device, site, manifest FROM shard_manifests WHERE blob = %s",
-                            (part.blob,))
-                manifest = cur.fetchone()
-                state = ShardState(False, to_ranges(have))
-                if manifest and len(have) == part.count:
-                    cur.execute("SELECT data FROM shard_chunks WHERE blob = %s ORDER BY idx",
-                                (part.blob,))
-                    path = self.blobs.write(part.blob, [bytes(r[0]) for r in cur.fetchall()])
-                    cur.execute("DELETE FROM shard_chunks WHERE blob = %s", (part.blob,))
-                    cur.execute("DELETE FROM shard_manifests WHERE blob = %s", (part.blob,))
-                    if path is None:
-                        self._db.commit()
-                        raise RecordRejected(
-                            f"blob {part.blob[:12]}... reassembled does not match its sha256; "
-                            "dropped (the device sends it again)", topic=f"shards/{part.blob}")
-                    m = manifest[2]
-                    cur.execute("INSERT INTO blobs (blob, device, site, kind, content_type, size, "
-                                "path, meta) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                                (part.blob, manifest[0], manifest[1], m.get("kind", part.kind),
-                                 m.get("content_type", part.content_type), part.size, str(path),
-                                 json.dumps(m.get("meta", {}))))
-                    state = ShardState(True, [], path)
+
+                def execute(sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+                    cur.execute(sql.replace("?", "%s"), args)
+                    return list(cur.fetchall()) if cur.description else []
+
+                state = assemble_shard(execute, part, self.blobs)
             self._db.commit()
             return state
+        except BlobMismatch:
+            self._db.commit()  # the bad chunks are deleted; the device sends the blob again
+            raise
         except BaseException:
             if not self._db.closed:
                 self._db.rollback()

@@ -198,6 +198,15 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"{': ' + br['last_error'] if br['last_error'] and not br['connected'] else ''}")
     print(f"  thermal:   {th['temp_c']} C{' THROTTLED' if th['throttled'] else ''}, "
           f"level {th['level']}")
+    for name, s in snap.get("sensors", {}).items():
+        latest = ", ".join(f"{k}={v:g}" for k, v in list(((s["latest"] or {}).get("values")
+                                                          or {}).items())[:4])
+        state = "up" if s["connected"] else f"DOWN ({s['last_error']})"
+        anomaly = "" if s["anomaly"] is None else (
+            f", score {s['score']:.2f}{' ANOMALY' if s['anomaly'] else ''}"
+            if s["score"] is not None else ", no window yet")
+        print(f"  sensor {name}: {state} {s['port']} {s['protocol']}, {s['readings']} readings, "
+              f"{s['parse_errors']} parse errors{anomaly}{'; ' + latest if latest else ''}")
     if snap.get("last_error"):
         print(f"  last error: {snap['last_error']}")
     return 0
