@@ -117,8 +117,9 @@ class _Durable:
         while self.uplink.acked < total and time.monotonic() < deadline:
             await asyncio.sleep(0.002)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         self.link.stop(2.0)
+        await asyncio.sleep(0.05)  # PUBACK callbacks the link queued run before the outbox closes
         self.outbox.close()
 
 
@@ -139,7 +140,7 @@ async def durable_rate(state: Path, url: str, n: int, name: str) -> tuple[float,
     elapsed = time.perf_counter() - started
     durable.outbox.maybe_fsync(force=True)
     written = _disk_writes() - writes
-    durable.close()
+    await durable.aclose()
     return n / elapsed, written / n
 
 
@@ -173,7 +174,7 @@ async def drain(state: Path, broker: LocalBroker, backlog: int, live_hz: float,
     drained_s = time.perf_counter() - started
     live_task.cancel()
     during = sorted(durable.latency_s)
-    durable.close()
+    await durable.aclose()
 
     def pct(values: list[float], q: float) -> float | None:
         return round(values[min(len(values) - 1, int(q * len(values)))] * 1e3, 2) if values else None
