@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 
@@ -44,9 +44,7 @@ from agent.inference.runner import ModelRunner
 from agent.inference.worker import InferenceWorker, SnapshotPolicy
 from agent.pipeline.queues import BoundedQueue, DropPolicy
 from agent.service.health import PipelineHealth
-from agent.service.metrics import start_metrics_server
 from agent.service.notify import Notifier
-from agent.service.sensors import SensorHub
 from agent.service.status import serve as serve_status
 from agent.service.status import socket_path
 from agent.service.thermal import SysfsThermal
@@ -56,6 +54,9 @@ from agent.storage.blobs import BlobStore
 from agent.storage.outbox import Outbox, PendingRecord
 from agent.sync.mqtt import LinkOptions, MqttLink, Will
 from agent.sync.uplink import Uplink
+
+if TYPE_CHECKING:
+    from agent.service.sensors import SensorHub
 
 if sys.version_info >= (3, 11):
     from asyncio import TaskGroup
@@ -226,8 +227,12 @@ class AgentApp:
             sensor_pending.extend(records)
             wake.set()
 
-        hub = (SensorHub(cfg.sensors, self.topics, emit=on_sensor_records, loop=loop,
-                         delegate=cfg.model.delegate) if cfg.sensors else None)
+        hub: SensorHub | None = None
+        if cfg.sensors:  # imported only when used: pyserial and the sensor code cost RSS
+            from agent.service.sensors import SensorHub
+
+            hub = SensorHub(cfg.sensors, self.topics, emit=on_sensor_records, loop=loop,
+                            delegate=cfg.model.delegate)
         attach = cfg.source.attach_sensors
 
         commit_retry = Backoff(0.5, 10.0)
@@ -394,6 +399,8 @@ class AgentApp:
             socket_path(cfg.agent.state_dir, cfg.agent.status_socket), health.snapshot)
         metrics_server = None
         if cfg.metrics.prometheus_port:
+            from agent.service.metrics import start_metrics_server
+
             metrics_server = start_metrics_server(cfg.metrics.prometheus_host,
                                                   cfg.metrics.prometheus_port,
                                                   lambda: self.latest_snapshot)
