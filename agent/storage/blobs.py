@@ -61,6 +61,10 @@ class BlobStore:
         self.chunk_size = chunk_size
         self.expiry_s = expiry_s
         self.expired = 0
+        # Whether unsent parts may exist: the uplink asks on every PUBACK batch, and with no
+        # blobs waiting (the usual case) that must not cost a query.
+        self.maybe_pending = bool(self.db.execute("SELECT 1 FROM blobs LIMIT 1").fetchone())
+        self._next_expiry = 0.0
 
     def put(self, data: bytes, *, kind: str = "snapshot", content_type: str = "image/jpeg",
             meta: Mapping[str, Any] | None = None, record_class: str = "shard",
@@ -91,13 +95,18 @@ class BlobStore:
                 self.db.execute("ROLLBACK")
             raise StorageError(f"cannot store blob: {exc}", path=str(self.outbox.path),
                                fix="free space on the state directory's filesystem") from exc
+        self.maybe_pending = True
         self.outbox.enforce_budget()
         return blob
 
     def pending(self, limit: int, exclude: set[tuple[str, int]] | None = None) -> list[OutgoingPart]:
         """Up to ``limit`` parts not yet sent: highest priority blobs first, oldest first,
         each blob's manifest before its chunks."""
-        self.expire()
+        if not self.maybe_pending:
+            return []
+        if time.monotonic() >= self._next_expiry:
+            self._next_expiry = time.monotonic() + 10.0
+            self.expire()
         exclude = exclude or set()
         out: list[OutgoingPart] = []
         rows = self.db.execute(
@@ -122,6 +131,8 @@ class BlobStore:
                     break
             if len(out) >= limit:
                 break
+        if not out and not exclude:
+            self.maybe_pending = False
         return out
 
     def mark_sent(self, parts: Iterable[tuple[str, int]]) -> None:
@@ -157,6 +168,8 @@ class BlobStore:
         # The manifest too, for blobs ingest has not completed (it may have missed it).
         n += self.db.execute("UPDATE blobs SET manifest_sent_ns = NULL WHERE manifest_sent_ns < ?",
                              (sent_before_ns,)).rowcount
+        if n:
+            self.maybe_pending = True
         return int(n)
 
     def expire(self) -> int:
