@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,22 @@ ack_timeout_s = 3
             raise AgentError(f"agent exited with {self.agent.returncode}: {err[-800:]}")
         self.agent = None
 
+    def interrupt_broker(self, cycles: int, up_s: Callable[[], float],
+                         down_s: Callable[[], float], *, kill: bool) -> None:
+        """With the agent running, take the broker away ``cycles`` times (SIGKILL, or a clean
+        stop) for ``down_s()`` seconds after ``up_s()`` seconds up; then stop the agent."""
+        self.start_agent()
+        self.wait_agent_running()
+        for _ in range(cycles):
+            time.sleep(up_s())
+            if kill:
+                self.broker.kill()
+            else:
+                self.broker.stop()
+            time.sleep(down_s())
+            self.broker.start()
+        self.stop_agent()
+
     def last_seq(self) -> int:
         db = self.state / "outbox.db"
         if not db.exists():
@@ -185,9 +202,10 @@ ack_timeout_s = 3
     def flush(self, timeout: float = 90) -> None:
         """A short agent run that delivers whatever the outbox still holds."""
         self.start_agent(frames=1)
-        self._wait_agent(timeout)
+        self.wait_agent(timeout)
 
-    def _wait_agent(self, timeout: float) -> None:
+    def wait_agent(self, timeout: float) -> None:
+        """Until the agent exits by itself; its exit status must be 0."""
         assert self.agent is not None
         _, err = self.agent.communicate(timeout=timeout)
         if self.agent.returncode != 0:
@@ -220,14 +238,8 @@ def run_fault_scenario(scenario: str, cycles: int, workdir: Path | None = None,
                 rig.broker.start()
                 rig.start_ingest()
             if scenario == "broker-kill":
-                rig.start_agent()
-                rig.wait_agent_running()
-                for _ in range(cycles):
-                    time.sleep(rng.uniform(0.4, 1.2))
-                    rig.broker.kill()
-                    time.sleep(rng.uniform(0.1, 0.6))
-                    rig.broker.start()
-                rig.stop_agent()
+                rig.interrupt_broker(cycles, lambda: rng.uniform(0.4, 1.2),
+                                     lambda: rng.uniform(0.1, 0.6), kill=True)
             elif scenario == "agent-kill":
                 for _ in range(cycles):
                     rig.start_agent()
@@ -239,18 +251,12 @@ def run_fault_scenario(scenario: str, cycles: int, workdir: Path | None = None,
             elif scenario == "budget":
                 # No broker for the whole run: the budget fills and evicts.
                 rig.start_agent(frames=max(400, 300 * cycles), fps=240)
-                rig._wait_agent(timeout=600)
+                rig.wait_agent(timeout=600)
                 rig.broker.start()
                 rig.start_ingest()
             elif scenario == "outage":
-                rig.start_agent()
-                rig.wait_agent_running()
-                for _ in range(cycles):
-                    time.sleep(rng.uniform(0.5, 1.0))
-                    rig.broker.stop()
-                    time.sleep(outage_s)
-                    rig.broker.start()
-                rig.stop_agent()
+                rig.interrupt_broker(cycles, lambda: rng.uniform(0.5, 1.0), lambda: outage_s,
+                                     kill=False)
             # Deliver what the outbox kept: short runs until nothing is pending (bounded).
             deadline = time.monotonic() + 180
             while True:

@@ -77,27 +77,28 @@ class BlobStore:
         ttl = self.expiry_s if expiry_s is None else expiry_s
         count = (len(data) + self.chunk_size - 1) // self.chunk_size
         try:
-            self.db.execute("BEGIN IMMEDIATE")
-            cur = self.db.execute(
-                "INSERT OR IGNORE INTO blobs (blob, kind, content_type, size, chunk_size, "
-                "chunk_count, priority, created_ns, expires_ns, meta) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (blob, kind, content_type, len(data), self.chunk_size, count,
-                 self.outbox.priority(record_class), now, now + int(ttl * 1e9) if ttl else None,
-                 json.dumps(dict(meta or {}), sort_keys=True)))
-            if cur.rowcount:
-                self.db.executemany(
-                    "INSERT INTO blob_chunks (blob, idx, data) VALUES (?, ?, ?)",
-                    [(blob, i, data[i * self.chunk_size:(i + 1) * self.chunk_size])
-                     for i in range(count)])
-            self.db.execute("COMMIT")
+            with self.outbox.transaction():
+                self._insert(blob, data, kind, content_type, count, now, ttl, record_class, meta)
         except sqlite3.Error as exc:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
             raise StorageError(f"cannot store blob: {exc}", path=str(self.outbox.path),
                                fix="free space on the state directory's filesystem") from exc
         self.maybe_pending = True
         self.outbox.enforce_budget()
         return blob
+
+    def _insert(self, blob: str, data: bytes, kind: str, content_type: str, count: int, now: int,
+                ttl: float, record_class: str, meta: Mapping[str, Any] | None) -> None:
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO blobs (blob, kind, content_type, size, chunk_size, "
+            "chunk_count, priority, created_ns, expires_ns, meta) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (blob, kind, content_type, len(data), self.chunk_size, count,
+             self.outbox.priority(record_class), now, now + int(ttl * 1e9) if ttl else None,
+             json.dumps(dict(meta or {}), sort_keys=True)))
+        if cur.rowcount:  # new content (the same blob waiting already is a no-op)
+            self.db.executemany(
+                "INSERT INTO blob_chunks (blob, idx, data) VALUES (?, ?, ?)",
+                [(blob, i, data[i * self.chunk_size:(i + 1) * self.chunk_size])
+                 for i in range(count)])
 
     def pending(self, limit: int, exclude: set[tuple[str, int]] | None = None) -> list[OutgoingPart]:
         """Up to ``limit`` parts not yet sent: highest priority blobs first, oldest first,

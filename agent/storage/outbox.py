@@ -466,19 +466,16 @@ class Outbox:
     def mark_ingested(self, stream: str, ranges: Iterable[tuple[int, int]]) -> int:
         """Record the backend's ack for inclusive seq ranges of a stream; returns rows newly acked."""
         now = time.time_ns()
+        changed = 0
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            changed = 0
-            for lo, hi in ranges:
-                cur = self._db.execute(
-                    "UPDATE records SET acked_ns = ?, sent_ns = COALESCE(sent_ns, ?) "
-                    "WHERE stream = ? AND seq BETWEEN ? AND ? AND acked_ns IS NULL",
-                    (now, now, stream, lo, hi))
-                changed += int(cur.rowcount)
-            self._db.execute("COMMIT")
+            with self.transaction():
+                for lo, hi in ranges:
+                    cur = self._db.execute(
+                        "UPDATE records SET acked_ns = ?, sent_ns = COALESCE(sent_ns, ?) "
+                        "WHERE stream = ? AND seq BETWEEN ? AND ? AND acked_ns IS NULL",
+                        (now, now, stream, lo, hi))
+                    changed += int(cur.rowcount)
         except sqlite3.Error as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
             raise StorageError(f"cannot record ingest ack: {exc}", path=str(self.path)) from exc
         return changed
 
