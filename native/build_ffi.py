@@ -72,7 +72,7 @@ int lk_cuda_preprocess(const lk_image *src, const lk_preprocess_params *params, 
 """
 
 SOURCES = ["src/preprocess.c", "src/postprocess.c", "src/motion.c", "src/row_portable.c",
-           "src/row_neon.c", "src/variant.c"]
+           "src/row_neon.c", "src/row_gather.c", "src/variant.c"]
 
 
 def target_platform() -> str:

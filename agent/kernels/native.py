@@ -6,6 +6,7 @@ cffi releases the GIL for the duration of every call.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,10 @@ def _check(rc: int, what: str) -> None:
 
 
 def _ptr(ctype: str, array: npt.NDArray[Any]) -> Any:
+    # from_buffer is ~10x cheaper than ndarray.ctypes, which matters at tens of calls a frame;
+    # it needs one contiguous block, so strided views go through ctypes.
+    if array.flags.c_contiguous:
+        return ffi.cast(ctype, ffi.from_buffer(array))
     return ffi.cast(ctype, array.ctypes.data)
 
 
@@ -57,11 +62,11 @@ def _plane_extent(plane: npt.NDArray[np.uint8], name: str) -> int:
 def _marshal(image: Image, spec: Preprocess,
              out: npt.NDArray[Any] | None) -> tuple[Any, Any, npt.NDArray[Any]]:
     """Checked ``lk_image`` and ``lk_preprocess_params`` structs and the output tensor."""
-    code, dtype = _DTYPES[spec.dtype]
+    dtype = _DTYPES[spec.dtype][1]
     shape = (spec.out_h, spec.out_w, spec.out_c)
     if out is None:
         out = np.empty(shape, dtype)
-    elif out.dtype != dtype or out.shape[-3:] != shape or out.size != int(np.prod(shape)):
+    elif out.dtype != dtype or out.shape[-3:] != shape or out.size != shape[0] * shape[1] * shape[2]:
         raise KernelError(f"output must be {dtype.__name__} of shape {shape} (or [1, ...]), got "
                           f"{out.dtype} {out.shape}")
     if not out.flags.c_contiguous:
@@ -83,6 +88,12 @@ def _marshal(image: Image, spec: Preprocess,
         src.plane1 = _ptr("const uint8_t *", planes[1])
         src.stride1 = planes[1].strides[0]
         src.plane1_bytes = _plane_extent(planes[1], "UV plane")
+    return src, _params(spec), out
+
+
+@functools.lru_cache(maxsize=64)
+def _params(spec: Preprocess) -> Any:
+    """The ``lk_preprocess_params`` of a spec; read-only on the C side, so one per spec."""
     params = ffi.new("lk_preprocess_params *")
     if spec.roi:
         params.roi_x, params.roi_y, params.roi_w, params.roi_h = spec.roi
@@ -91,10 +102,10 @@ def _marshal(image: Image, spec: Preprocess,
     params.resize = 1 if spec.resize == "area" else 0
     params.letterbox = int(spec.letterbox)
     params.pad_value = spec.pad_value
-    params.dtype = code
+    params.dtype = _DTYPES[spec.dtype][0]
     params.mul = list(spec.mul)
     params.add = list(spec.add)
-    return src, params, out
+    return params
 
 
 def preprocess(image: Image, spec: Preprocess,

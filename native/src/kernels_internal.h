@@ -12,10 +12,71 @@
 #define LK_VECTOR_CLONES
 #endif
 
+/* Outputs never overlap inputs: `restrict` lets the compiler vectorise without alias checks. */
+
 /* dst[i] += row[i] * w   (area vertical accumulation, 8-bit weight) */
-void lk_row_accumulate(const uint8_t *row, uint32_t w, uint32_t *dst, int n);
+void lk_row_accumulate(const uint8_t *restrict row, uint32_t w, uint32_t *restrict dst, int n);
 /* BT.601 limited-range YUV -> R, G, B (0..255) for n pixels, as OpenCV's COLOR_YUV2RGB_NV12. */
-void lk_yuv_to_rgb(const int32_t *y, const int32_t *u, const int32_t *v, int32_t *r, int32_t *g,
-                   int32_t *b, int n);
+void lk_yuv_to_rgb(const int32_t *restrict y, const int32_t *restrict u, const int32_t *restrict v,
+                   int32_t *restrict r, int32_t *restrict g, int32_t *restrict b, int n);
+
+/* out[x] = floor((num[x] + floor(t / 2)) / t) with t = den[x] * scale: round-half-up division
+ * of integer-valued doubles, exact while num + t < 2^52 (the caller checks): an estimate from
+ * the reciprocals inv[x] * inv_scale, corrected by one step in exact arithmetic. */
+void lk_row_div_round(const double *restrict num, const double *restrict den,
+                      const double *restrict inv, double scale, double inv_scale,
+                      int32_t *restrict out, int n);
+/* dst[i] += r0[i] * w0 + r1[i] * w1   (area vertical accumulation, two rows a pass) */
+void lk_row_accumulate2(const uint8_t *restrict r0, uint32_t w0, const uint8_t *restrict r1,
+                        uint32_t w1, uint32_t *restrict dst, int n);
+/* acc[x] = sum over k < 8 of row[first[x] + k] * tab8[8 * x + k]: the area horizontal sums for
+ * contiguous columns and spans up to 8, exact while the sums fit int32 (the caller checks);
+ * reads up to 7 columns past the last span (rows are padded). */
+void lk_row_area_h8(const uint32_t *restrict row, const int32_t *restrict first,
+                    const uint32_t *restrict tab8, double *restrict acc, int n);
+/* acc[x] = sum over k < span of row[(first[x] + k) * step] * tab[k * n + x], as a double: the
+ * area horizontal sums (weights laid out k-major), exact while below 2^53 (the caller checks). */
+void lk_row_area_h(const uint32_t *restrict row, int step, const int32_t *restrict first,
+                   const uint32_t *restrict tab, int span, double *restrict acc, int n);
+
+/* Bilinear horizontal stage straight from two source rows (exact, the 2x2 formula):
+ * v(e) = r0[e] * (2048 - wy) + r1[e] * wy,
+ * out[x] = (v(off[x]) * (2048 - w[x]) + v(off[x] + step) * w[x] + 2^21) >> 22,
+ * the second tap read only where w[x] > 0 (at the right edge w is 0). `limit` is how many bytes
+ * of r0 and r1 may be read. On x86-64 an AVX2 version with gathers is chosen at load time. */
+void lk_row_bilerp(const uint8_t *restrict r0, const uint8_t *restrict r1, int32_t wy,
+                   const int32_t *restrict off, const int32_t *restrict w, int step, int limit,
+                   int32_t *restrict out, int n);
+/* The same for interleaved U,V pairs (NV12 chroma): U at off[x], V at off[x] + 1, the second
+ * tap's pair at off[x] + 2. */
+void lk_row_bilerp_uv(const uint8_t *restrict r0, const uint8_t *restrict r1, int32_t wy,
+                      const int32_t *restrict off, const int32_t *restrict w, int limit,
+                      int32_t *restrict u, int32_t *restrict v, int n);
+/* Bilinear taps of up to three channels of one plane, read through byte shuffles of a 64-byte
+ * window per group of eight outputs instead of gathers (x86-64 AVX2; elsewhere no group is
+ * planned and the gather kernels above do all the work). Channel c of output x reads bytes
+ * off[x] + first[c] and off[x] + second[c]. */
+typedef struct {
+    int32_t base;              /* window start, bytes into the row */
+    uint8_t mask[3][4][16];    /* per channel, per 16-byte chunk: pshufb indices (0x80: none) */
+} lk_pair_group;
+typedef struct {
+    lk_pair_group *groups;
+    int covered;               /* outputs [0, covered) are planned (a multiple of 8) */
+    int channels;
+} lk_pair_plan;
+/* Plans the leading groups whose windows stay inside `limit` bytes and hold every tap; groups
+ * must hold room for n / 8 entries. */
+void lk_pair_plan_build(lk_pair_plan *plan, lk_pair_group *groups, const int32_t *off,
+                        const int *first, const int *second, int channels, int limit, int n);
+/* out[c][x] for x < plan->covered, exactly as lk_row_bilerp with the plan's taps; prefetches
+ * the same windows of rows next0 and next1 (the next output row's, or r0 and r1 again). */
+void lk_row_bilerp_planned(const uint8_t *restrict r0, const uint8_t *restrict r1, int32_t wy,
+                           const lk_pair_plan *plan, const int32_t *restrict w,
+                           int32_t *const out[3], const uint8_t *next0, const uint8_t *next1);
+
+/* Interleaves three channels of 0..255 values into n pixels of uint8. */
+void lk_row_pack3(const int32_t *restrict c0, const int32_t *restrict c1,
+                  const int32_t *restrict c2, uint8_t *restrict dst, int n);
 
 #endif

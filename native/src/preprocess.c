@@ -56,37 +56,22 @@ static void area_taps(area_tap *taps, int n, double scale, double offset, int lo
     }
 }
 
-/* Bilinear horizontal stage straight from two source rows, one channel at `step` bytes. The
- * taps hold pixel indices; the 2x2 sum is exact integer arithmetic, rounded once. */
-static void bilinear_row1(const uint8_t *r0, const uint8_t *r1, int wy, const lin_tap *taps, int n,
-                          int step, int32_t *out) {
-    const int32_t wy1 = 2048 - wy;
-    for (int x = 0; x < n; x++) {
-        const int e0 = taps[x].i0 * step, e1 = taps[x].i1 * step, wx = taps[x].w;
-        const int32_t c0 = r0[e0] * wy1 + r1[e0] * wy, c1 = r0[e1] * wy1 + r1[e1] * wy;
-        out[x] = (c0 * (2048 - wx) + c1 * wx + (1 << 21)) >> 22;
-    }
+static void prefetch_row(const uint8_t *row, int bytes) {
+#if defined(__GNUC__)
+    for (int i = 0; i < bytes; i += 64) __builtin_prefetch(row + i);
+#else
+    (void)row; (void)bytes;
+#endif
 }
 
-static void bilinear_row3(const uint8_t *r0, const uint8_t *r1, int wy, const lin_tap *taps, int n,
-                          int32_t *o0, int32_t *o1, int32_t *o2) {
-    const int32_t wy1 = 2048 - wy;
-    for (int x = 0; x < n; x++) {
-        const uint8_t *a0 = r0 + 3 * taps[x].i0, *b0 = r1 + 3 * taps[x].i0;
-        const uint8_t *a1 = r0 + 3 * taps[x].i1, *b1 = r1 + 3 * taps[x].i1;
-        const int32_t wx = taps[x].w, wx1 = 2048 - wx;
-        o0[x] = ((a0[0] * wy1 + b0[0] * wy) * wx1 + (a1[0] * wy1 + b1[0] * wy) * wx + (1 << 21)) >> 22;
-        o1[x] = ((a0[1] * wy1 + b0[1] * wy) * wx1 + (a1[1] * wy1 + b1[1] * wy) * wx + (1 << 21)) >> 22;
-        o2[x] = ((a0[2] * wy1 + b0[2] * wy) * wx1 + (a1[2] * wy1 + b1[2] * wy) * wx + (1 << 21)) >> 22;
-    }
-}
-
-/* round(num / den) with ties up, exact: a reciprocal estimate corrected by one step. */
+/* round(num / den) with ties up, exact: a reciprocal estimate corrected by one step. Sums stay
+ * below 2^63, so the conversions go through int64 (one instruction each, unlike uint64). */
 static inline uint64_t div_round(uint64_t acc, uint64_t den, double inv) {
     const uint64_t num = acc + den / 2;
-    uint64_t q = (uint64_t)((double)num * inv);
-    if (q * den > num) q--;
-    else if ((q + 1) * den <= num) q++;
+    uint64_t q = (uint64_t)(int64_t)((double)(int64_t)num * inv);
+    /* Branch-free: the correction's direction is data-dependent and would mispredict. */
+    q -= (uint64_t)(q * den > num);
+    q += (uint64_t)((q + 1) * den <= num);
     return q;
 }
 
@@ -94,6 +79,85 @@ static uint32_t area_weight(const area_tap *t, int k) {
     if (k == 0) return (uint32_t)t->wfirst;
     if (k == t->count - 1) return (uint32_t)t->wlast;
     return 256u;
+}
+
+/* Area vertical stage: the rows of one tap, weighted, added into dst two rows a pass. */
+static void accumulate_rows(const uint8_t *first, int stride, const area_tap *t, uint32_t *dst,
+                            int n) {
+    int k = 0;
+    for (; k + 1 < t->count; k += 2)
+        lk_row_accumulate2(first + (size_t)k * (size_t)stride, area_weight(t, k),
+                           first + (size_t)(k + 1) * (size_t)stride, area_weight(t, k + 1), dst, n);
+    if (k < t->count) lk_row_accumulate(first + (size_t)k * (size_t)stride, area_weight(t, k), dst, n);
+}
+
+static int area_span(const area_tap *t, int n) {
+    int span = 1;
+    for (int x = 0; x < n; x++) span = t[x].count > span ? t[x].count : span;
+    return span;
+}
+
+/* Weight tables and per-column totals of one plane's horizontal area stage. */
+typedef struct {
+    const int32_t *first;   /* first source column of each output column's span */
+    const uint32_t *tab;    /* weights, k-major: tab[k * n + x] (0 outside the box) */
+    const uint32_t *tab8;   /* span <= 8: the same weights x-major, 8 per column, or NULL */
+    const double *htot;     /* sum of each column's weights */
+    const double *hinv;     /* 1 / htot */
+    int span;
+    double htot_max;
+} area_plane;
+
+/* One channel of the horizontal area stage: out[x] = round(sum_k row[(first[x] + k) * step] *
+ * tab[x][k] / (vtot * htot[x])), exact. Sums below 2^52 are exact in doubles, so the division
+ * runs vectorised in floating point; larger ones (frames far beyond camera sizes) stay in
+ * uint64. */
+static void area_row(const uint32_t *row, int step, const area_plane *a, uint64_t vtot,
+                     double *acc_buf, int32_t *out, int n) {
+    const double vinv = 1.0 / (double)vtot;
+    /* Contiguous columns and sums that fit int32: eight-wide loads instead of gathers. */
+    if (step == 1 && a->tab8 && 256.0 * (double)vtot * a->htot_max < 2147483648.0) {
+        lk_row_area_h8(row, a->first, a->tab8, acc_buf, n);
+        lk_row_div_round(acc_buf, a->htot, a->hinv, (double)vtot, vinv, out, n);
+        return;
+    }
+    /* Column sums (at most 255 * vtot) must also fit the int32 lanes of the gathers. */
+    if (256.0 * (double)vtot * a->htot_max < 4503599627370496.0 && 256.0 * (double)vtot < 2147483648.0) {
+        lk_row_area_h(row, step, a->first, a->tab, a->span, acc_buf, n);
+        lk_row_div_round(acc_buf, a->htot, a->hinv, (double)vtot, vinv, out, n);
+        return;
+    }
+    for (int x = 0; x < n; x++) {
+        const uint32_t *px = row + a->first[x] * step;
+        uint64_t acc = 0;
+        for (int k = 0; k < a->span; k++)
+            acc += (uint64_t)px[k * step] * a->tab[(size_t)k * (size_t)n + (size_t)x];
+        out[x] = (int32_t)div_round(acc, vtot * (uint64_t)a->htot[x], vinv * a->hinv[x]);
+    }
+}
+
+/* Dense form of area taps: output column x sums source columns first[x] + k, k < span, with
+ * weight tab[k * n + x] (0 outside its box), so the loop has a fixed length and no
+ * data-dependent exit to mispredict. first[x] moves left where the box ends near the row's
+ * end, keeping every read inside the ncols columns (span <= ncols). */
+static void area_table(const area_tap *t, int n, int span, int ncols, int32_t *first,
+                       uint32_t *tab) {
+    for (int x = 0; x < n; x++) {
+        const int start = t[x].start + span <= ncols ? t[x].start : ncols - span;
+        first[x] = start;
+        for (int k = 0; k < span; k++) {
+            const int rel = start + k - t[x].start;
+            tab[(size_t)k * (size_t)n + (size_t)x] =
+                rel >= 0 && rel < t[x].count ? area_weight(t + x, rel) : 0u;
+        }
+    }
+}
+
+/* k-major weights (span per column) to x-major rows of eight, zero-filled past the span. */
+static void transpose_to8(const uint32_t *tab, int span, int n, uint32_t *tab8) {
+    for (int x = 0; x < n; x++)
+        for (int k = 0; k < 8; k++)
+            tab8[(size_t)x * 8 + (size_t)k] = k < span ? tab[(size_t)k * (size_t)n + (size_t)x] : 0u;
 }
 
 static uint32_t area_total(const area_tap *t) {
@@ -176,13 +240,7 @@ static void emit_row(const job *j, const sink *o, int y, const int32_t *r, const
     size_t base = (size_t)y * (size_t)p->out_w * (size_t)C;
     if (o->identity_u8 && C == 3 && have_rgb && y >= j->oy && y < j->oy + j->ch && j->cw == p->out_w) {
         /* The common case: a full-width row of uint8 pixels, no quantization. */
-        uint8_t *dst = o->u8 + base;
-        const int32_t *c0 = p->out_rgb ? r : b, *c2 = p->out_rgb ? b : r;
-        for (int x = 0; x < j->cw; x++) {
-            dst[3 * x] = (uint8_t)c0[x];
-            dst[3 * x + 1] = (uint8_t)g[x];
-            dst[3 * x + 2] = (uint8_t)c2[x];
-        }
+        lk_row_pack3(p->out_rgb ? r : b, g, p->out_rgb ? b : r, o->u8 + base, j->cw);
         return;
     }
     for (int x = 0; x < p->out_w; x++) {
@@ -242,15 +300,23 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
     const int cw = j.cw;
 
     /* Scratch: vertical rows (int32) and taps. */
-    size_t bytes = (size_t)(a_cols + b_cols + 8) * 4 + (size_t)cw * 6 * 4 +
+    size_t bytes = (size_t)cw * 2 * sizeof(double) + (size_t)(a_cols + 2 * b_cols + 40) * 4 +
+                   (size_t)cw * 10 * 4 +
                    (size_t)cw * 2 * (area ? sizeof(area_tap) : sizeof(lin_tap)) +
                    64;
-    uint8_t *scratch = (uint8_t *)malloc(bytes);
+    /* Zeroed: rows carry 8 columns of padding that eight-wide loads read with weight 0. */
+    uint8_t *scratch = (uint8_t *)calloc(1, bytes);
     if (!scratch) return LK_ENOMEM;
-    int32_t *rowa = (int32_t *)scratch;
-    int32_t *rowb = rowa + a_cols + 4;
-    int32_t *cy = rowb + b_cols + 4, *cu = cy + cw, *cv = cu + cw, *cr = cv + cw, *cg = cr + cw, *cb = cg + cw;
-    void *taps_a = (void *)(cb + cw);
+    double *a_inv = (double *)scratch, *b_inv = a_inv + cw;
+    int32_t *rowa = (int32_t *)(b_inv + cw);
+    int32_t *rowb = rowa + a_cols + 8;
+    /* NV12 area: rowb's U and V split into rows of their own, so both are contiguous. */
+    int32_t *row_u = rowb + b_cols + 8, *row_v = row_u + b_cols / 2 + 8;
+    int32_t *cy = row_v + b_cols / 2 + 8, *cu = cy + cw, *cv = cu + cw, *cr = cv + cw, *cg = cr + cw, *cb = cg + cw;
+    /* Bilinear tables: byte offsets of the left tap in the source row, and weights. Area:
+     * a_w, b_w hold each column's weight total and a_inv, b_inv its reciprocal. */
+    int32_t *a_off = cb + cw, *a_w = a_off + cw, *b_off = a_w + cw, *b_w = b_off + cw;
+    void *taps_a = (void *)(b_w + cw);
     void *taps_b = (uint8_t *)taps_a + (size_t)cw * (area ? sizeof(area_tap) : sizeof(lin_tap));
 
     /* Horizontal taps in ROI-relative columns. Chroma (NV12, YUYV) in chroma columns relative
@@ -267,12 +333,63 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
     }
     /* YUYV pairs: element offsets in the packed row. */
     const layout la = yuyv ? (layout){2, 0} : (layout){j.src_bpp, 0};
+    const int nch = j.yuv ? 1 : j.src_bpp;
+    /* Chroma: NV12 rows hold U,V interleaved per chroma column; YUYV rows hold Y0 U Y1 V per
+     * pair, so U of pair i is at 4i + 1 and V at 4i + 3. */
+    const int cstep = nv12 ? 2 : 4, ubase = nv12 ? 0 : 1, vbase = nv12 ? 1 : 3;
+    double *area_mem = NULL, *acc_buf = NULL;
+    lk_pair_group *groups = NULL;
+    lk_pair_plan plan_a = {NULL, 0, 0}, plan_b = {NULL, 0, 0};
+    area_plane ap = {a_off, NULL, NULL, NULL, a_inv, 1, 0.0};
+    area_plane bp = {b_off, NULL, NULL, NULL, b_inv, 1, 0.0};
+    if (area) {
+        const area_tap *ta = (const area_tap *)taps_a, *tb = (const area_tap *)taps_b;
+        ap.span = area_span(ta, cw);
+        if (j.yuv) bp.span = area_span(tb, cw);
+        area_mem = (double *)malloc((size_t)cw * (3 * sizeof(double) +
+                                    (size_t)(ap.span + bp.span + 16) * sizeof(uint32_t)));
+        if (!area_mem) { free(scratch); return LK_ENOMEM; }
+        double *a_htot = area_mem, *b_htot = a_htot + cw;
+        acc_buf = b_htot + cw;
+        uint32_t *a_tab = (uint32_t *)(acc_buf + cw), *b_tab = a_tab + (size_t)cw * (size_t)ap.span;
+        area_table(ta, cw, ap.span, j.rw, a_off, a_tab);
+        if (j.yuv) area_table(tb, cw, bp.span, nv12 ? cx1 - cx0 + 1 : (j.rw + 1) / 2, b_off, b_tab);
+        for (int x = 0; x < cw; x++) {
+            a_htot[x] = area_total(ta + x); a_inv[x] = 1.0 / a_htot[x];
+            if (a_htot[x] > ap.htot_max) ap.htot_max = a_htot[x];
+            if (j.yuv) {
+                b_htot[x] = area_total(tb + x); b_inv[x] = 1.0 / b_htot[x];
+                if (b_htot[x] > bp.htot_max) bp.htot_max = b_htot[x];
+            }
+        }
+        ap.tab = a_tab; ap.htot = a_htot; bp.tab = b_tab; bp.htot = b_htot;
+        uint32_t *a_tab8 = b_tab + (size_t)cw * (size_t)bp.span, *b_tab8 = a_tab8 + (size_t)cw * 8;
+        if (ap.span <= 8) { ap.tab8 = a_tab8; transpose_to8(a_tab, ap.span, cw, a_tab8); }
+        if (j.yuv && bp.span <= 8) { bp.tab8 = b_tab8; transpose_to8(b_tab, bp.span, cw, b_tab8); }
+    } else {
+        const lin_tap *ta = (const lin_tap *)taps_a, *tb = (const lin_tap *)taps_b;
+        for (int x = 0; x < cw; x++) {
+            a_off[x] = ta[x].i0 * la.step; a_w[x] = ta[x].w;
+            if (j.yuv) { b_off[x] = tb[x].i0 * cstep; b_w[x] = tb[x].w; }
+        }
+        groups = (lk_pair_group *)malloc((size_t)(cw / 8 + 1) * 2 * sizeof(lk_pair_group));
+        if (!groups) { free(scratch); return LK_ENOMEM; }
+        /* Plane A: the luma or packed channels; plane B: chroma U and V (NV12 pairs, or the U
+         * and V bytes of YUYV's Y0 U Y1 V). */
+        const int a_first[3] = {0, 1, 2}, a_second[3] = {la.step, la.step + 1, la.step + 2};
+        const int b_first[2] = {ubase, vbase}, b_second[2] = {ubase + cstep, vbase + cstep};
+        lk_pair_plan_build(&plan_a, groups, a_off, a_first, a_second, nch, a_cols, cw);
+        if (j.yuv && p->out_c == 3)
+            lk_pair_plan_build(&plan_b, groups + cw / 8 + 1, b_off, b_first, b_second, 2,
+                               nv12 ? b_cols : a_cols, cw);
+    }
 
     lin_tap vt = {0, 0, 0}, vtb = {0, 0, 0};
     area_tap at = {0, 0, 0, 0}, atb = {0, 0, 0, 0};
     const uint8_t *plane0 = src->plane0 + (size_t)j.rx * (size_t)j.src_bpp;
     const uint8_t *plane1 = nv12 ? src->plane1 + (size_t)cx0 * 2 : NULL;
     const uint8_t *a_r0 = NULL, *a_r1 = NULL, *b_r0 = NULL, *b_r1 = NULL;
+    const uint8_t *a_n0 = NULL, *a_n1 = NULL, *b_n0 = NULL, *b_n1 = NULL;
 
     for (int y = 0; y < p->out_h; y++) {
         const int cyrow = y - j.oy;
@@ -281,15 +398,13 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
         if (area) {
             area_taps(&at, 1, sy, cyrow * sy, 0, j.rh);
             memset(rowa, 0, (size_t)a_cols * 4);
-            for (int k = 0; k < at.count; k++)
-                lk_row_accumulate(plane0 + (size_t)(j.ry + at.start + k) * (size_t)src->stride0,
-                                  area_weight(&at, k), (uint32_t *)rowa, a_cols);
+            accumulate_rows(plane0 + (size_t)(j.ry + at.start) * (size_t)src->stride0,
+                            src->stride0, &at, (uint32_t *)rowa, a_cols);
             if (nv12) {
                 area_taps(&atb, 1, sy / 2.0, j.ry / 2.0 - cy0 + cyrow * sy / 2.0, 0, cy1 - cy0 + 1);
                 memset(rowb, 0, (size_t)b_cols * 4);
-                for (int k = 0; k < atb.count; k++)
-                    lk_row_accumulate(plane1 + (size_t)(cy0 + atb.start + k) * (size_t)src->stride1,
-                                      area_weight(&atb, k), (uint32_t *)rowb, b_cols);
+                accumulate_rows(plane1 + (size_t)(cy0 + atb.start) * (size_t)src->stride1,
+                                src->stride1, &atb, (uint32_t *)rowb, b_cols);
             }
         } else {
             /* Bilinear reads only the 2x2 neighbourhoods it needs, straight from the rows. */
@@ -301,31 +416,36 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
                 b_r0 = plane1 + (size_t)(cy0 + vtb.i0) * (size_t)src->stride1;
                 b_r1 = plane1 + (size_t)(cy0 + vtb.i1) * (size_t)src->stride1;
             }
+            /* Rows of the next output row, for the kernels to prefetch while this one is
+             * computed (the gathers wait on rows not yet in cache). */
+            if (cyrow + 1 < j.ch) {
+                lin_tap nt, ntb;
+                linear_taps(&nt, 1, sy, (cyrow + 1) * sy, 0, j.rh - 1);
+                a_n0 = plane0 + (size_t)(j.ry + nt.i0) * (size_t)src->stride0;
+                a_n1 = plane0 + (size_t)(j.ry + nt.i1) * (size_t)src->stride0;
+                if (nv12) {
+                    linear_taps(&ntb, 1, sy / 2.0, j.ry / 2.0 - cy0 + (cyrow + 1) * sy / 2.0, 0,
+                                cy1 - cy0);
+                    b_n0 = plane1 + (size_t)(cy0 + ntb.i0) * (size_t)src->stride1;
+                    b_n1 = plane1 + (size_t)(cy0 + ntb.i1) * (size_t)src->stride1;
+                }
+            } else {
+                a_n0 = a_r0; a_n1 = a_r1; b_n0 = b_r0; b_n1 = b_r1;
+            }
+            if (plan_a.covered < cw) { prefetch_row(a_n0, a_cols); prefetch_row(a_n1, a_cols); }
+            if (nv12 && plan_b.covered < cw) { prefetch_row(b_n0, b_cols); prefetch_row(b_n1, b_cols); }
         }
         /* Horizontal stage: luma / packed channels. */
-        const int nch = j.yuv ? 1 : j.src_bpp;
         int32_t *dst[3] = {cy, cu, cv};
         if (area) {
-            const uint64_t vtot = area_total(&at);
-            for (int x = 0; x < cw; x++) {
-                const area_tap *t = (const area_tap *)taps_a + x;
-                const uint64_t tot = vtot * area_total(t);
-                const double inv = 1.0 / (double)tot;
-                for (int c = 0; c < nch; c++) {
-                    const uint32_t *px = (const uint32_t *)rowa + t->start * la.step + c;
-                    uint64_t acc = (uint64_t)px[0] * (uint32_t)t->wfirst;
-                    if (t->count > 1) {
-                        uint64_t mid = 0;
-                        for (int k = 1; k < t->count - 1; k++) mid += px[k * la.step];
-                        acc += mid * 256u + (uint64_t)px[(t->count - 1) * la.step] * (uint32_t)t->wlast;
-                    }
-                    dst[c][x] = (int32_t)div_round(acc, tot, inv);
-                }
-            }
-        } else if (nch == 3) {
-            bilinear_row3(a_r0, a_r1, vt.w, (const lin_tap *)taps_a, cw, cy, cu, cv);
+            for (int c = 0; c < nch; c++)
+                area_row((const uint32_t *)rowa + c, la.step, &ap, area_total(&at), acc_buf, dst[c], cw);
         } else {
-            bilinear_row1(a_r0, a_r1, vt.w, (const lin_tap *)taps_a, cw, la.step, cy);
+            const int k = plan_a.covered;
+            lk_row_bilerp_planned(a_r0, a_r1, vt.w, &plan_a, a_w, dst, a_n0, a_n1);
+            for (int c = 0; c < nch; c++)
+                lk_row_bilerp(a_r0 + c, a_r1 + c, vt.w, a_off + k, a_w + k, la.step, a_cols - c,
+                              dst[c] + k, cw - k);
         }
         if (!j.yuv) {
             if (nch == 1) { emit_row(&j, &o, y, cy, cy, cy, 0); continue; }
@@ -335,42 +455,36 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
             continue;
         }
         if (p->out_c == 1) { emit_row(&j, &o, y, cy, cy, cy, 0); continue; }
-        /* Chroma: NV12 rowb holds U,V interleaved per chroma column; YUYV rowa holds
-         * Y0 U Y1 V per pair, so U of pair i is at 4i + 1 and V at 4i + 3. */
-        const int cstep = nv12 ? 2 : 4, ubase = nv12 ? 0 : 1, vbase = nv12 ? 1 : 3;
         if (area) {
-            const uint32_t *crow = (const uint32_t *)(nv12 ? rowb : rowa);
             const uint64_t vtot = nv12 ? area_total(&atb) : area_total(&at);
-            for (int x = 0; x < cw; x++) {
-                const area_tap *t = (const area_tap *)taps_b + x;
-                const uint64_t tot = vtot * area_total(t);
-                uint64_t su = 0, sv = 0;
-                for (int k = 0; k < t->count; k++) {
-                    const uint32_t w = area_weight(t, k);
-                    su += (uint64_t)crow[(t->start + k) * cstep + ubase] * w;
-                    sv += (uint64_t)crow[(t->start + k) * cstep + vbase] * w;
-                }
-                const double inv = 1.0 / (double)tot;
-                cu[x] = (int32_t)div_round(su, tot, inv);
-                cv[x] = (int32_t)div_round(sv, tot, inv);
+            if (nv12) {
+                for (int i = 0; i < b_cols / 2; i++) { row_u[i] = rowb[2 * i]; row_v[i] = rowb[2 * i + 1]; }
+                area_row((const uint32_t *)row_u, 1, &bp, vtot, acc_buf, cu, cw);
+                area_row((const uint32_t *)row_v, 1, &bp, vtot, acc_buf, cv, cw);
+            } else {
+                area_row((const uint32_t *)rowa + ubase, cstep, &bp, vtot, acc_buf, cu, cw);
+                area_row((const uint32_t *)rowa + vbase, cstep, &bp, vtot, acc_buf, cv, cw);
             }
         } else {
             const uint8_t *c_r0 = nv12 ? b_r0 : a_r0, *c_r1 = nv12 ? b_r1 : a_r1;
-            const int32_t wy = nv12 ? vtb.w : vt.w, wy1 = 2048 - wy;
-            for (int x = 0; x < cw; x++) {
-                const lin_tap *t = (const lin_tap *)taps_b + x;
-                const int e0 = t->i0 * cstep, e1 = t->i1 * cstep;
-                const int32_t u0 = c_r0[e0 + ubase] * wy1 + c_r1[e0 + ubase] * wy;
-                const int32_t u1 = c_r0[e1 + ubase] * wy1 + c_r1[e1 + ubase] * wy;
-                const int32_t v0 = c_r0[e0 + vbase] * wy1 + c_r1[e0 + vbase] * wy;
-                const int32_t v1 = c_r0[e1 + vbase] * wy1 + c_r1[e1 + vbase] * wy;
-                cu[x] = (u0 * (2048 - t->w) + u1 * t->w + (1 << 21)) >> 22;
-                cv[x] = (v0 * (2048 - t->w) + v1 * t->w + (1 << 21)) >> 22;
+            const int32_t wy = nv12 ? vtb.w : vt.w, k = plan_b.covered;
+            int32_t *const uv[3] = {cu, cv, NULL};
+            lk_row_bilerp_planned(c_r0, c_r1, wy, &plan_b, b_w, uv, nv12 ? b_n0 : a_n0,
+                                  nv12 ? b_n1 : a_n1);
+            if (nv12) {
+                lk_row_bilerp_uv(b_r0, b_r1, wy, b_off + k, b_w + k, b_cols, cu + k, cv + k, cw - k);
+            } else {
+                lk_row_bilerp(a_r0 + ubase, a_r1 + ubase, wy, b_off + k, b_w + k, cstep,
+                              a_cols - ubase, cu + k, cw - k);
+                lk_row_bilerp(a_r0 + vbase, a_r1 + vbase, wy, b_off + k, b_w + k, cstep,
+                              a_cols - vbase, cv + k, cw - k);
             }
         }
         lk_yuv_to_rgb(cy, cu, cv, cr, cg, cb, cw);
         emit_row(&j, &o, y, cr, cg, cb, 1);
     }
+    free(area_mem);
+    free(groups);
     free(scratch);
     return LK_OK;
 }

@@ -4,7 +4,7 @@
 #if defined(__ARM_NEON) && !defined(LK_FORCE_PORTABLE)
 #include <arm_neon.h>
 
-void lk_row_accumulate(const uint8_t *row, uint32_t w, uint32_t *dst, int n) {
+void lk_row_accumulate(const uint8_t *restrict row, uint32_t w, uint32_t *restrict dst, int n) {
     int i = 0;
     if (w <= 0xFFFF) {
         const uint16x4_t w4 = vdup_n_u16((uint16_t)w);
@@ -21,8 +21,8 @@ static inline int32x4_t clamp255x4(int32x4_t v) {
     return vminq_s32(vmaxq_s32(v, vdupq_n_s32(0)), vdupq_n_s32(255));
 }
 
-void lk_yuv_to_rgb(const int32_t *y, const int32_t *u, const int32_t *v, int32_t *r, int32_t *g,
-                   int32_t *b, int n) {
+void lk_yuv_to_rgb(const int32_t *restrict y, const int32_t *restrict u, const int32_t *restrict v,
+                   int32_t *restrict r, int32_t *restrict g, int32_t *restrict b, int n) {
     const int32x4_t half = vdupq_n_s32(1 << 19), c128 = vdupq_n_s32(128), c16 = vdupq_n_s32(16);
     int i = 0;
     for (; i + 4 <= n; i += 4) {

@@ -4,15 +4,15 @@
 #if !defined(__ARM_NEON) || defined(LK_FORCE_PORTABLE)
 
 LK_VECTOR_CLONES
-void lk_row_accumulate(const uint8_t *row, uint32_t w, uint32_t *dst, int n) {
+void lk_row_accumulate(const uint8_t *restrict row, uint32_t w, uint32_t *restrict dst, int n) {
     for (int i = 0; i < n; i++) dst[i] += (uint32_t)row[i] * w;
 }
 
 static inline int32_t clamp255(int32_t v) { return v < 0 ? 0 : (v > 255 ? 255 : v); }
 
 LK_VECTOR_CLONES
-void lk_yuv_to_rgb(const int32_t *y, const int32_t *u, const int32_t *v, int32_t *r, int32_t *g,
-                   int32_t *b, int n) {
+void lk_yuv_to_rgb(const int32_t *restrict y, const int32_t *restrict u, const int32_t *restrict v,
+                   int32_t *restrict r, int32_t *restrict g, int32_t *restrict b, int n) {
     for (int i = 0; i < n; i++) {
         int32_t yy = y[i] - 16;
         yy = (yy < 0 ? 0 : yy) * 1220542;

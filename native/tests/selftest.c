@@ -1,10 +1,15 @@
 /* Checks the build's kernels (NEON on aarch64) against the portable C reference, linked in
  * under ref_* names: row kernels on odd lengths and unaligned pointers, and whole
  * lk_preprocess calls over formats, ROIs, strides, resize modes and dtypes.
+ * Planes end right before an inaccessible page, so a vector load or gather that reads past
+ * the last row faults (sanitizers do not see gathers).
  * Exit status 0 when every comparison is bit-exact. Run by cross/test-neon.sh under qemu. */
+#define _DEFAULT_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "lepton/preprocess.h"
 #include "../src/kernels_internal.h"
@@ -23,6 +28,21 @@ static int failures = 0, checks = 0;
 static void expect(int ok, const char *what, int a, int b) {
     checks++;
     if (!ok && failures++ < 20) fprintf(stderr, "MISMATCH %s (%d, %d)\n", what, a, b);
+}
+
+/* `bytes` bytes that end where a PROT_NONE page begins. */
+static uint8_t *guarded(size_t bytes, size_t *mapped) {
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    *mapped = (bytes + page - 1) / page * page + page;
+    uint8_t *base = mmap(NULL, *mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) { perror("mmap"); exit(2); }
+    if (mprotect(base + *mapped - page, page, PROT_NONE) != 0) { perror("mprotect"); exit(2); }
+    return base + *mapped - page - bytes;
+}
+
+static void unguard(uint8_t *p, size_t bytes, size_t mapped) {
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    munmap(p + bytes + page - mapped, mapped);
 }
 
 static void rows(void) {
@@ -55,8 +75,11 @@ static void preprocess(int iterations) {
         static const int bpp[] = {1, 2, 3, 3, 1};
         const int stride0 = w * bpp[fmt] + range(0, 9);
         const int cw = (w + 1) / 2, ch = (h + 1) / 2, stride1 = 2 * cw + range(0, 5);
-        const size_t b0 = (size_t)stride0 * h, b1 = (size_t)stride1 * ch;
-        uint8_t *p0 = malloc(b0), *p1 = malloc(b1);
+        /* The last row ends the plane: no stride padding after it. */
+        const size_t b0 = (size_t)stride0 * (h - 1) + (size_t)w * bpp[fmt];
+        const size_t b1 = (size_t)stride1 * (ch - 1) + 2 * (size_t)cw;
+        size_t m0, m1;
+        uint8_t *p0 = guarded(b0, &m0), *p1 = guarded(b1, &m1);
         for (size_t i = 0; i < b0; i++) p0[i] = (uint8_t)rnd();
         for (size_t i = 0; i < b1; i++) p1[i] = (uint8_t)rnd();
         lk_image img = {fmt, w, h, p0, stride0, fmt == LK_FMT_NV12 ? p1 : NULL, stride1, b0, b1};
@@ -84,7 +107,8 @@ static void preprocess(int iterations) {
         const int rc1 = lk_preprocess(&img, &p, o1, n, NULL), rc2 = ref_preprocess(&img, &p, o2, n, NULL);
         expect(rc1 == rc2, "preprocess status", rc1, rc2);
         if (rc1 == 0) expect(memcmp(o1, o2, n) == 0, "preprocess output", fmt, p.resize);
-        free(o1); free(o2); free(p0); free(p1);
+        free(o1); free(o2);
+        unguard(p0, b0, m0); unguard(p1, b1, m1);
     }
 }
 

@@ -1,0 +1,451 @@
+/* Row kernels with an AVX2 version written by hand (gathers, shuffles, pmaddwd, which compilers
+ * do not find): the bilinear horizontal stage, the area stages and their exact division, and
+ * the output packing. The portable C is the reference and the build on aarch64; on x86-64 an AVX2
+ * version with hardware gathers is chosen at load time (ifunc), bit-exact with it. */
+#include "kernels_internal.h"
+
+#include <math.h>
+#include <string.h>
+
+static void bilerp_c(const uint8_t *restrict r0, const uint8_t *restrict r1, int32_t wy,
+                     const int32_t *restrict off, const int32_t *restrict w, int step, int limit,
+                     int32_t *restrict out, int n) {
+    (void)limit;
+    const int32_t wy1 = 2048 - wy;
+    for (int x = 0; x < n; x++) {
+        const int e0 = off[x], wx = w[x];
+        const int e1 = wx ? e0 + step : e0;
+        const int32_t c0 = r0[e0] * wy1 + r1[e0] * wy, c1 = r0[e1] * wy1 + r1[e1] * wy;
+        out[x] = (c0 * (2048 - wx) + c1 * wx + (1 << 21)) >> 22;
+    }
+}
+
+static void bilerp_uv_c(const uint8_t *restrict r0, const uint8_t *restrict r1, int32_t wy,
+                        const int32_t *restrict off, const int32_t *restrict w, int limit,
+                        int32_t *restrict u, int32_t *restrict v, int n) {
+    (void)limit;
+    const int32_t wy1 = 2048 - wy;
+    for (int x = 0; x < n; x++) {
+        const int e0 = off[x], wx = w[x], wx1 = 2048 - wx;
+        const int e1 = wx ? e0 + 2 : e0;
+        const int32_t u0 = r0[e0] * wy1 + r1[e0] * wy, u1 = r0[e1] * wy1 + r1[e1] * wy;
+        const int32_t v0 = r0[e0 + 1] * wy1 + r1[e0 + 1] * wy;
+        const int32_t v1 = r0[e1 + 1] * wy1 + r1[e1 + 1] * wy;
+        u[x] = (u0 * wx1 + u1 * wx + (1 << 21)) >> 22;
+        v[x] = (v0 * wx1 + v1 * wx + (1 << 21)) >> 22;
+    }
+}
+
+static void pack3_c(const int32_t *restrict c0, const int32_t *restrict c1,
+                    const int32_t *restrict c2, uint8_t *restrict dst, int n) {
+    for (int x = 0; x < n; x++) {
+        dst[3 * x] = (uint8_t)c0[x];
+        dst[3 * x + 1] = (uint8_t)c1[x];
+        dst[3 * x + 2] = (uint8_t)c2[x];
+    }
+}
+
+static void area_h_c(const uint32_t *restrict row, int step, const int32_t *restrict first,
+                     const uint32_t *restrict tab, int span, double *restrict acc, int n) {
+    for (int x = 0; x < n; x++) {
+        const uint32_t *px = row + first[x] * step;
+        uint64_t sum = 0;
+        for (int k = 0; k < span; k++) sum += (uint64_t)px[k * step] * tab[(size_t)k * (size_t)n + (size_t)x];
+        acc[x] = (double)(int64_t)sum;
+    }
+}
+
+static void accumulate2_c(const uint8_t *restrict r0, uint32_t w0, const uint8_t *restrict r1,
+                          uint32_t w1, uint32_t *restrict dst, int n) {
+    for (int i = 0; i < n; i++) dst[i] += (uint32_t)r0[i] * w0 + (uint32_t)r1[i] * w1;
+}
+
+static void area_h8_c(const uint32_t *restrict row, const int32_t *restrict first,
+                      const uint32_t *restrict tab8, double *restrict acc, int n) {
+    for (int x = 0; x < n; x++) {
+        const uint32_t *px = row + first[x], *w = tab8 + 8 * (size_t)x;
+        uint32_t sum = 0;
+        for (int k = 0; k < 8; k++) sum += px[k] * w[k];
+        acc[x] = (double)sum;
+    }
+}
+
+static void div_round_c(const double *restrict num, const double *restrict den,
+                        const double *restrict inv, double scale, double inv_scale,
+                        int32_t *restrict out, int n) {
+    for (int x = 0; x < n; x++) {
+        const double t = den[x] * scale, m = num[x] + floor(t * 0.5);
+        double q = floor(m * (inv[x] * inv_scale));
+        if (q * t > m) q -= 1.0;
+        else if ((q + 1.0) * t <= m) q += 1.0;
+        out[x] = (int32_t)q;
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(LK_FORCE_PORTABLE)
+#define LK_PAIR_SHUFFLES 1
+#endif
+
+void lk_pair_plan_build(lk_pair_plan *plan, lk_pair_group *groups, const int32_t *off,
+                        const int *first, const int *second, int channels, int limit, int n) {
+    plan->groups = groups;
+    plan->channels = channels;
+    plan->covered = 0;
+#ifdef LK_PAIR_SHUFFLES
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2")) return;
+    for (int g = 0; g + 1 <= n / 8; g++) {
+        lk_pair_group *grp = groups + g;
+        const int base = off[8 * g];
+        if (base + 64 > limit) return;
+        int fits = 1;
+        memset(grp->mask, 0x80, sizeof grp->mask);
+        grp->base = base;
+        for (int c = 0; c < channels && fits; c++)
+            for (int k = 0; k < 8 && fits; k++) {
+                const int at[2] = {off[8 * g + k] + first[c] - base, off[8 * g + k] + second[c] - base};
+                for (int t = 0; t < 2; t++) {
+                    if (at[t] < 0 || at[t] >= 64) { fits = 0; break; }
+                    grp->mask[c][at[t] >> 4][2 * k + t] = (uint8_t)(at[t] & 15);
+                }
+            }
+        if (!fits) return;
+        plan->covered = 8 * (g + 1);
+    }
+#else
+    (void)off; (void)first; (void)second; (void)limit; (void)n;
+#endif
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(LK_FORCE_PORTABLE)
+#include <immintrin.h>
+
+#define LK_AVX2 __attribute__((target("avx2")))
+
+/* Eight (r0 * wy1 + r1 * wy) sums, exact in 32 bits (at most 255 * 2048). */
+LK_AVX2 static inline __m256i vblend8(__m256i a, __m256i b, __m256i wy1, __m256i wy) {
+    return _mm256_add_epi32(_mm256_mullo_epi32(a, wy1), _mm256_mullo_epi32(b, wy));
+}
+
+LK_AVX2 static inline __m256i hblend8(__m256i c0, __m256i c1, __m256i wx) {
+    const __m256i wx1 = _mm256_sub_epi32(_mm256_set1_epi32(2048), wx);
+    const __m256i s = _mm256_add_epi32(_mm256_mullo_epi32(c0, wx1), _mm256_mullo_epi32(c1, wx));
+    return _mm256_srai_epi32(_mm256_add_epi32(s, _mm256_set1_epi32(1 << 21)), 22);
+}
+
+/* Vector lanes read 4 bytes from each offset, so they stop where that would pass `limit`
+ * (offsets grow with x); the scalar loop finishes the row. */
+static int vector_prefix(const int32_t *off, int reach, int limit, int n) {
+    int m = n;
+    while (m > 0 && off[m - 1] + reach > limit) m--;
+    return m & ~7;
+}
+
+LK_AVX2 static void bilerp_avx2(const uint8_t *restrict r0, const uint8_t *restrict r1,
+                                int32_t wy, const int32_t *restrict off,
+                                const int32_t *restrict w, int step, int limit,
+                                int32_t *restrict out, int n) {
+    const int m = vector_prefix(off, step + 4, limit, n);
+    const __m256i wyv = _mm256_set1_epi32(wy), wy1v = _mm256_set1_epi32(2048 - wy);
+    const __m256i lo = _mm256_set1_epi32(0xFF);
+    const __m128i shift = _mm_cvtsi32_si128(8 * step);
+    const int one_load = step <= 3;
+    for (int x = 0; x < m; x += 8) {
+        const __m256i e0 = _mm256_loadu_si256((const __m256i *)(off + x));
+        const __m256i wx = _mm256_loadu_si256((const __m256i *)(w + x));
+        const __m256i g0 = _mm256_i32gather_epi32((const int *)r0, e0, 1);
+        const __m256i g1 = _mm256_i32gather_epi32((const int *)r1, e0, 1);
+        __m256i a1, b1;
+        if (one_load) {
+            a1 = _mm256_and_si256(_mm256_srl_epi32(g0, shift), lo);
+            b1 = _mm256_and_si256(_mm256_srl_epi32(g1, shift), lo);
+        } else {
+            const __m256i e1 = _mm256_add_epi32(e0, _mm256_set1_epi32(step));
+            a1 = _mm256_and_si256(_mm256_i32gather_epi32((const int *)r0, e1, 1), lo);
+            b1 = _mm256_and_si256(_mm256_i32gather_epi32((const int *)r1, e1, 1), lo);
+        }
+        const __m256i c0 = vblend8(_mm256_and_si256(g0, lo), _mm256_and_si256(g1, lo), wy1v, wyv);
+        const __m256i c1 = vblend8(a1, b1, wy1v, wyv);
+        _mm256_storeu_si256((__m256i *)(out + x), hblend8(c0, c1, wx));
+    }
+    bilerp_c(r0, r1, wy, off + m, w + m, step, limit, out + m, n - m);
+}
+
+LK_AVX2 static void bilerp_uv_avx2(const uint8_t *restrict r0, const uint8_t *restrict r1,
+                                   int32_t wy, const int32_t *restrict off,
+                                   const int32_t *restrict w, int limit, int32_t *restrict u,
+                                   int32_t *restrict v, int n) {
+    const int m = vector_prefix(off, 4, limit, n);
+    const __m256i wyv = _mm256_set1_epi32(wy), wy1v = _mm256_set1_epi32(2048 - wy);
+    const __m256i lo = _mm256_set1_epi32(0xFF);
+    for (int x = 0; x < m; x += 8) {
+        const __m256i e0 = _mm256_loadu_si256((const __m256i *)(off + x));
+        const __m256i wx = _mm256_loadu_si256((const __m256i *)(w + x));
+        /* One dword per row holds U0 V0 U1 V1 (bytes 0..3). */
+        const __m256i g0 = _mm256_i32gather_epi32((const int *)r0, e0, 1);
+        const __m256i g1 = _mm256_i32gather_epi32((const int *)r1, e0, 1);
+        const __m256i u0 = vblend8(_mm256_and_si256(g0, lo), _mm256_and_si256(g1, lo), wy1v, wyv);
+        const __m256i v0 = vblend8(_mm256_and_si256(_mm256_srli_epi32(g0, 8), lo),
+                                   _mm256_and_si256(_mm256_srli_epi32(g1, 8), lo), wy1v, wyv);
+        const __m256i u1 = vblend8(_mm256_and_si256(_mm256_srli_epi32(g0, 16), lo),
+                                   _mm256_and_si256(_mm256_srli_epi32(g1, 16), lo), wy1v, wyv);
+        const __m256i v1 = vblend8(_mm256_srli_epi32(g0, 24), _mm256_srli_epi32(g1, 24), wy1v, wyv);
+        _mm256_storeu_si256((__m256i *)(u + x), hblend8(u0, u1, wx));
+        _mm256_storeu_si256((__m256i *)(v + x), hblend8(v0, v1, wx));
+    }
+    bilerp_uv_c(r0, r1, wy, off + m, w + m, limit, u + m, v + m, n - m);
+}
+
+LK_AVX2 static void pack3_avx2(const int32_t *restrict c0, const int32_t *restrict c1,
+                               const int32_t *restrict c2, uint8_t *restrict dst, int n) {
+    /* Eight pixels: the low byte of each lane, interleaved c0 c1 c2, 24 bytes stored. */
+    const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          -1, -1);
+    const __m128i order = _mm_setr_epi8(0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11, -1, -1, -1, -1);
+    int x = 0;
+    for (; x + 8 <= n; x += 8) {
+        const __m256i a = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(c0 + x)), pick);
+        const __m256i b = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(c1 + x)), pick);
+        const __m256i c = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(c2 + x)), pick);
+        /* Per 128-bit half: a0..a3 | b0..b3 | c0..c3 as dwords 0, 1, 2 after the unpacks. */
+        const __m256i ab = _mm256_unpacklo_epi32(a, b);
+        const __m256i abc = _mm256_unpacklo_epi64(ab, c);
+        const __m128i lo4 = _mm_shuffle_epi8(_mm256_castsi256_si128(abc), order);
+        const __m128i hi4 = _mm_shuffle_epi8(_mm256_extracti128_si256(abc, 1), order);
+        uint8_t *d = dst + 3 * x;
+        const uint32_t lo_tail = (uint32_t)_mm_extract_epi32(lo4, 2);
+        const uint32_t hi_tail = (uint32_t)_mm_extract_epi32(hi4, 2);
+        _mm_storel_epi64((__m128i *)d, lo4);
+        memcpy(d + 8, &lo_tail, 4);
+        _mm_storel_epi64((__m128i *)(d + 12), hi4);
+        memcpy(d + 20, &hi_tail, 4);
+    }
+    pack3_c(c0 + x, c1 + x, c2 + x, dst + 3 * x, n - x);
+}
+
+LK_AVX2 static void area_h_avx2(const uint32_t *restrict row, int step,
+                                const int32_t *restrict first, const uint32_t *restrict tab,
+                                int span, double *restrict acc, int n) {
+    /* Across four output columns at a time: no serial chain over the span, and the sums are
+     * exact integers in doubles, so their order does not matter. */
+    const __m256i stepv = _mm256_set1_epi32(step);
+    int x = 0;
+    for (; x + 8 <= n; x += 8) {
+        __m256i idx = _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(first + x)), stepv);
+        __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+        for (int k = 0; k < span; k++) {
+            const __m256i v = _mm256_i32gather_epi32((const int *)row, idx, 4);
+            const __m256i w = _mm256_loadu_si256((const __m256i *)(tab + (size_t)k * (size_t)n + x));
+            lo = _mm256_add_pd(lo, _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(v)),
+                                                 _mm256_cvtepi32_pd(_mm256_castsi256_si128(w))));
+            hi = _mm256_add_pd(hi, _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(v, 1)),
+                                                 _mm256_cvtepi32_pd(_mm256_extracti128_si256(w, 1))));
+            idx = _mm256_add_epi32(idx, stepv);
+        }
+        _mm256_storeu_pd(acc + x, lo);
+        _mm256_storeu_pd(acc + x + 4, hi);
+    }
+    for (; x < n; x++) {
+        const uint32_t *px = row + first[x] * step;
+        uint64_t sum = 0;
+        for (int k = 0; k < span; k++) sum += (uint64_t)px[k * step] * tab[(size_t)k * (size_t)n + (size_t)x];
+        acc[x] = (double)(int64_t)sum;
+    }
+}
+
+LK_AVX2 static void accumulate2_avx2(const uint8_t *restrict r0, uint32_t w0,
+                                     const uint8_t *restrict r1, uint32_t w1,
+                                     uint32_t *restrict dst, int n) {
+    int i = 0;
+    if (w0 <= 32767 && w1 <= 32767) {
+        /* Bytes of the two rows interleaved, widened to int16 pairs: pmaddwd gives r0*w0 + r1*w1. */
+        const __m256i wpair = _mm256_set1_epi32((int32_t)(w0 | (w1 << 16)));
+        for (; i + 16 <= n; i += 16) {
+            const __m128i a = _mm_loadu_si128((const __m128i *)(r0 + i));
+            const __m128i b = _mm_loadu_si128((const __m128i *)(r1 + i));
+            const __m256i lo = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, b)), wpair);
+            const __m256i hi = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpackhi_epi8(a, b)), wpair);
+            __m256i *d = (__m256i *)(dst + i);
+            _mm256_storeu_si256(d, _mm256_add_epi32(_mm256_loadu_si256(d), lo));
+            _mm256_storeu_si256(d + 1, _mm256_add_epi32(_mm256_loadu_si256(d + 1), hi));
+        }
+    }
+    accumulate2_c(r0 + i, w0, r1 + i, w1, dst + i, n - i);
+}
+
+LK_AVX2 static void area_h8_avx2(const uint32_t *restrict row, const int32_t *restrict first,
+                                 const uint32_t *restrict tab8, double *restrict acc, int n) {
+    int x = 0;
+    for (; x + 8 <= n; x += 8) {
+        __m256i p[8];
+        for (int i = 0; i < 8; i++)
+            p[i] = _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(row + first[x + i])),
+                                      _mm256_loadu_si256((const __m256i *)(tab8 + 8 * (size_t)(x + i))));
+        /* Eight horizontal sums at once: pairwise adds, then the two 128-bit halves. */
+        const __m256i t0 = _mm256_hadd_epi32(p[0], p[1]), t1 = _mm256_hadd_epi32(p[2], p[3]);
+        const __m256i t2 = _mm256_hadd_epi32(p[4], p[5]), t3 = _mm256_hadd_epi32(p[6], p[7]);
+        const __m256i u0 = _mm256_hadd_epi32(t0, t1), u1 = _mm256_hadd_epi32(t2, t3);
+        const __m256i sums = _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),
+                                              _mm256_permute2x128_si256(u0, u1, 0x31));
+        _mm256_storeu_pd(acc + x, _mm256_cvtepi32_pd(_mm256_castsi256_si128(sums)));
+        _mm256_storeu_pd(acc + x + 4, _mm256_cvtepi32_pd(_mm256_extracti128_si256(sums, 1)));
+    }
+    area_h8_c(row, first + x, tab8 + 8 * (size_t)x, acc + x, n - x);
+}
+
+LK_AVX2 static void div_round_avx2(const double *restrict num, const double *restrict den,
+                                   const double *restrict inv, double scale, double inv_scale,
+                                   int32_t *restrict out, int n) {
+    const __m256d sc = _mm256_set1_pd(scale), isc = _mm256_set1_pd(inv_scale);
+    const __m256d half = _mm256_set1_pd(0.5), one = _mm256_set1_pd(1.0);
+    int x = 0;
+    for (; x + 4 <= n; x += 4) {
+        const __m256d t = _mm256_mul_pd(_mm256_loadu_pd(den + x), sc);
+        const __m256d m = _mm256_add_pd(_mm256_loadu_pd(num + x), _mm256_floor_pd(_mm256_mul_pd(t, half)));
+        __m256d q = _mm256_floor_pd(_mm256_mul_pd(m, _mm256_mul_pd(_mm256_loadu_pd(inv + x), isc)));
+        q = _mm256_sub_pd(q, _mm256_and_pd(_mm256_cmp_pd(_mm256_mul_pd(q, t), m, _CMP_GT_OQ), one));
+        q = _mm256_add_pd(q, _mm256_and_pd(
+            _mm256_cmp_pd(_mm256_mul_pd(_mm256_add_pd(q, one), t), m, _CMP_LE_OQ), one));
+        _mm_storeu_si128((__m128i *)(out + x), _mm256_cvttpd_epi32(q));
+    }
+    div_round_c(num + x, den + x, inv + x, scale, inv_scale, out + x, n - x);
+}
+
+/* Output x of one group: out = ((a*wx1 + b*wx) * wy1 + (c*wx1 + d*wx) * wy + 2^21) >> 22 with
+ * a, b from r0 and c, d from r1, the same integer as the vertical-first form (all below 2^31). */
+LK_AVX2 static void bilerp_planned_avx2(const uint8_t *restrict r0, const uint8_t *restrict r1,
+                                        int32_t wy, const lk_pair_plan *plan,
+                                        const int32_t *restrict w, int32_t *const out[3],
+                                        const uint8_t *next0, const uint8_t *next1) {
+    const __m256i wyv = _mm256_set1_epi32(wy), wy1v = _mm256_set1_epi32(2048 - wy);
+    const __m256i round = _mm256_set1_epi32(1 << 21), full = _mm256_set1_epi32(2048);
+    for (int g = 0; g < plan->covered / 8; g++) {
+        const lk_pair_group *grp = plan->groups + g;
+        /* The next output row's windows, fetched while this one computes. */
+        _mm_prefetch((const char *)(next0 + grp->base), _MM_HINT_T0);
+        _mm_prefetch((const char *)(next0 + grp->base + 63), _MM_HINT_T0);
+        _mm_prefetch((const char *)(next1 + grp->base), _MM_HINT_T0);
+        _mm_prefetch((const char *)(next1 + grp->base + 63), _MM_HINT_T0);
+        __m256i win[4];
+        for (int q = 0; q < 4; q++)
+            win[q] = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(r0 + grp->base + 16 * q))),
+                _mm_loadu_si128((const __m128i *)(r1 + grp->base + 16 * q)), 1);
+        /* (2048 - wx, wx) as int16 pairs for pmaddwd. */
+        const __m256i wx = _mm256_loadu_si256((const __m256i *)(w + 8 * g));
+        const __m256i wpair = _mm256_or_si256(_mm256_sub_epi32(full, wx), _mm256_slli_epi32(wx, 16));
+        for (int c = 0; c < plan->channels; c++) {
+            __m256i bytes = _mm256_setzero_si256();
+            for (int q = 0; q < 4; q++) {
+                const __m256i m = _mm256_broadcastsi128_si256(
+                    _mm_loadu_si128((const __m128i *)grp->mask[c][q]));
+                bytes = _mm256_or_si256(bytes, _mm256_shuffle_epi8(win[q], m));
+            }
+            const __m256i top = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(bytes)), wpair);
+            const __m256i bot = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_extracti128_si256(bytes, 1)), wpair);
+            const __m256i sum = _mm256_add_epi32(_mm256_mullo_epi32(top, wy1v), _mm256_mullo_epi32(bot, wyv));
+            _mm256_storeu_si256((__m256i *)(out[c] + 8 * g),
+                                _mm256_srai_epi32(_mm256_add_epi32(sum, round), 22));
+        }
+    }
+}
+
+typedef void bilerp_fn(const uint8_t *restrict, const uint8_t *restrict, int32_t,
+                       const int32_t *restrict, const int32_t *restrict, int, int,
+                       int32_t *restrict, int);
+typedef void bilerp_uv_fn(const uint8_t *restrict, const uint8_t *restrict, int32_t,
+                          const int32_t *restrict, const int32_t *restrict, int,
+                          int32_t *restrict, int32_t *restrict, int);
+typedef void pack3_fn(const int32_t *restrict, const int32_t *restrict, const int32_t *restrict,
+                      uint8_t *restrict, int);
+
+typedef void area_h_fn(const uint32_t *restrict, int, const int32_t *restrict,
+                       const uint32_t *restrict, int, double *restrict, int);
+typedef void accumulate2_fn(const uint8_t *restrict, uint32_t, const uint8_t *restrict, uint32_t,
+                            uint32_t *restrict, int);
+typedef void area_h8_fn(const uint32_t *restrict, const int32_t *restrict,
+                        const uint32_t *restrict, double *restrict, int);
+typedef void div_round_fn(const double *restrict, const double *restrict, const double *restrict,
+                          double, double, int32_t *restrict, int);
+
+/* Resolvers run while the dynamic loader relocates, before sanitizer runtimes are set up. */
+#define LK_RESOLVER __attribute__((no_sanitize_address, no_sanitize_undefined))
+
+LK_RESOLVER static int have_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+}
+LK_RESOLVER static bilerp_fn *resolve_bilerp(void) { return have_avx2() ? bilerp_avx2 : bilerp_c; }
+LK_RESOLVER static bilerp_uv_fn *resolve_bilerp_uv(void) { return have_avx2() ? bilerp_uv_avx2 : bilerp_uv_c; }
+LK_RESOLVER static pack3_fn *resolve_pack3(void) { return have_avx2() ? pack3_avx2 : pack3_c; }
+LK_RESOLVER static area_h_fn *resolve_area_h(void) { return have_avx2() ? area_h_avx2 : area_h_c; }
+LK_RESOLVER static accumulate2_fn *resolve_accumulate2(void) {
+    return have_avx2() ? accumulate2_avx2 : accumulate2_c;
+}
+LK_RESOLVER static area_h8_fn *resolve_area_h8(void) { return have_avx2() ? area_h8_avx2 : area_h8_c; }
+LK_RESOLVER static div_round_fn *resolve_div_round(void) { return have_avx2() ? div_round_avx2 : div_round_c; }
+
+void lk_row_bilerp_planned(const uint8_t *restrict r0, const uint8_t *restrict r1, int32_t wy,
+                           const lk_pair_plan *plan, const int32_t *restrict w,
+                           int32_t *const out[3], const uint8_t *next0, const uint8_t *next1) {
+    if (plan->covered > 0) bilerp_planned_avx2(r0, r1, wy, plan, w, out, next0, next1);
+}
+
+bilerp_fn lk_row_bilerp __attribute__((ifunc("resolve_bilerp")));
+bilerp_uv_fn lk_row_bilerp_uv __attribute__((ifunc("resolve_bilerp_uv")));
+pack3_fn lk_row_pack3 __attribute__((ifunc("resolve_pack3")));
+area_h_fn lk_row_area_h __attribute__((ifunc("resolve_area_h")));
+div_round_fn lk_row_div_round __attribute__((ifunc("resolve_div_round")));
+area_h8_fn lk_row_area_h8 __attribute__((ifunc("resolve_area_h8")));
+accumulate2_fn lk_row_accumulate2 __attribute__((ifunc("resolve_accumulate2")));
+
+#else
+
+void lk_row_bilerp_planned(const uint8_t *restrict r0, const uint8_t *restrict r1, int32_t wy,
+                           const lk_pair_plan *plan, const int32_t *restrict w,
+                           int32_t *const out[3], const uint8_t *next0, const uint8_t *next1) {
+    (void)r0; (void)r1; (void)wy; (void)plan; (void)w; (void)out; (void)next0; (void)next1;
+}
+
+void lk_row_bilerp(const uint8_t *restrict r0, const uint8_t *restrict r1, int32_t wy,
+                   const int32_t *restrict off, const int32_t *restrict w, int step, int limit,
+                   int32_t *restrict out, int n) {
+    bilerp_c(r0, r1, wy, off, w, step, limit, out, n);
+}
+
+void lk_row_bilerp_uv(const uint8_t *restrict r0, const uint8_t *restrict r1, int32_t wy,
+                      const int32_t *restrict off, const int32_t *restrict w, int limit,
+                      int32_t *restrict u, int32_t *restrict v, int n) {
+    bilerp_uv_c(r0, r1, wy, off, w, limit, u, v, n);
+}
+
+void lk_row_pack3(const int32_t *restrict c0, const int32_t *restrict c1,
+                  const int32_t *restrict c2, uint8_t *restrict dst, int n) {
+    pack3_c(c0, c1, c2, dst, n);
+}
+
+void lk_row_area_h(const uint32_t *restrict row, int step, const int32_t *restrict first,
+                   const uint32_t *restrict tab, int span, double *restrict acc, int n) {
+    area_h_c(row, step, first, tab, span, acc, n);
+}
+
+void lk_row_accumulate2(const uint8_t *restrict r0, uint32_t w0, const uint8_t *restrict r1,
+                        uint32_t w1, uint32_t *restrict dst, int n) {
+    accumulate2_c(r0, w0, r1, w1, dst, n);
+}
+
+void lk_row_area_h8(const uint32_t *restrict row, const int32_t *restrict first,
+                    const uint32_t *restrict tab8, double *restrict acc, int n) {
+    area_h8_c(row, first, tab8, acc, n);
+}
+
+void lk_row_div_round(const double *restrict num, const double *restrict den,
+                      const double *restrict inv, double scale, double inv_scale,
+                      int32_t *restrict out, int n) {
+    div_round_c(num, den, inv, scale, inv_scale, out, n);
+}
+
+#endif
