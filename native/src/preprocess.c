@@ -432,8 +432,15 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
             } else {
                 a_n0 = a_r0; a_n1 = a_r1; b_n0 = b_r0; b_n1 = b_r1;
             }
-            if (plan_a.covered < cw) { prefetch_row(a_n0, a_cols); prefetch_row(a_n1, a_cols); }
-            if (nv12 && plan_b.covered < cw) { prefetch_row(b_n0, b_cols); prefetch_row(b_n1, b_cols); }
+            /* The planned windows prefetch themselves; the rest of the row here. */
+            const int a_from = plan_a.covered < cw ? a_off[plan_a.covered] : a_cols;
+            prefetch_row(a_n0 + a_from, a_cols - a_from);
+            prefetch_row(a_n1 + a_from, a_cols - a_from);
+            if (nv12) {
+                const int b_from = plan_b.covered < cw ? b_off[plan_b.covered] : b_cols;
+                prefetch_row(b_n0 + b_from, b_cols - b_from);
+                prefetch_row(b_n1 + b_from, b_cols - b_from);
+            }
         }
         /* Horizontal stage: luma / packed channels. */
         int32_t *dst[3] = {cy, cu, cv};
