@@ -192,6 +192,72 @@ class TestPublishWindow:
         assert sent == sorted(sent)
 
 
+    def test_live_commit_published_whole_needs_no_fetch(self) -> None:
+        w = PublishWindow(window=4)
+        w.on_connected()
+        w.on_fetched([], exhausted=True)
+        w.on_published(1, 1)
+        w.on_published(2, 2)
+        assert w.on_committed([1, 2], all_published=True) == []
+        assert w.cursor == 2 and not w.has_unsent
+        w.on_published(3, 3)  # 3 of 3..4 went out at once: 4 must be fetched
+        assert w.on_committed([3], all_published=False) == [FetchUnsent(after_id=2, limit=1)]
+
+    @given(st.lists(st.sampled_from(["commit", "live", "connect", "disconnect", "ack"]),
+                    max_size=80))
+    def test_live_first_publishes_each_record_once_and_loses_none(self, events: list[str]) -> None:
+        """Records published at commit (live-first, up to a reserve beyond the window) and
+        records fetched share one window: none goes twice, and once connected and acked,
+        every committed record has been sent."""
+        w = PublishWindow(window=3)
+        reserve = 2
+        committed, next_mid = 0, 1
+        sent: list[int] = []
+        published: set[int] = set()
+
+        def publish(rid: int) -> None:
+            nonlocal next_mid
+            assert rid not in published
+            published.add(rid)
+            w.on_published(next_mid, rid)
+            next_mid += 1
+
+        def run(actions):
+            for a in actions:
+                if isinstance(a, MarkSent):
+                    sent.extend(a.record_ids)
+                elif isinstance(a, FetchUnsent):
+                    ids = [i for i in range(a.after_id + 1, committed + 1)
+                           if i not in sent and not w.is_in_flight(i)][: a.limit]
+                    for rid in ids:
+                        publish(rid)
+                    run(w.on_fetched(ids, exhausted=len(ids) < a.limit))
+
+        for event in events:
+            if event in ("commit", "live"):
+                committed += 1
+                done: list[int] = []
+                if event == "live" and w.connected and w.in_flight_count < w.window + reserve:
+                    publish(committed)
+                    done.append(committed)
+                run(w.on_committed(done, all_published=bool(done)))
+            elif event == "connect":
+                run(w.on_connected())
+            elif event == "disconnect":
+                run(w.on_disconnected())
+            elif w.in_flight and w.connected:
+                run(w.on_puback([min(w.in_flight)]))
+            assert w.in_flight_count <= w.window + reserve
+        if not w.connected:
+            run(w.on_connected())
+        for _ in range(4 * committed + 4):
+            if not w.in_flight:
+                break
+            run(w.on_puback(list(w.in_flight)))
+        assert sorted(sent) == list(range(1, committed + 1))
+        assert len(sent) == len(set(sent))
+
+
 class TestAcks:
     def test_ranges(self) -> None:
         from agent.core.acks import to_ranges

@@ -40,8 +40,7 @@ def test_live_records_jump_the_backlog_and_nothing_goes_twice(tmp_path: Path) ->
     uplink.attach(link)  # type: ignore[arg-type]
     uplink.on_connected(False)
     assert len(link.sent) == 100  # the window is full of backlog
-    live_ids = outbox.append(_records(3, "live"))
-    uplink.committed(live_ids)
+    uplink.committed(outbox.append(_records(3, "live")))
     assert [p for _, _, p in link.sent[100:]] == [b"live:1001", b"live:1002", b"live:1003"]
     # Drain: PUBACK everything in flight until the outbox is empty.
     while uplink.window.in_flight:

@@ -247,6 +247,6 @@ async def run_ingest(broker: BrokerUrl, store: Store, *, group: str | None = "in
     try:
         await ingest.committer(stop)
     finally:
-        await asyncio.to_thread(link.stop, 2.0)
+        await link.stop(2.0)
         log.info("ingest stopped after %.1fs: %s", time.monotonic() - started, ingest.stats)
     return ingest.stats

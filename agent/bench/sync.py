@@ -101,11 +101,11 @@ class _Durable:
         self.uplink.on_puback = timed_puback  # type: ignore[method-assign]
 
     def commit(self, count: int, *, timed: bool = False) -> None:
-        ids = self.outbox.append([PendingRecord("cam0", TOPIC, lambda seq: PAYLOAD)] * count)
+        stored = self.outbox.append([PendingRecord("cam0", TOPIC, lambda seq: PAYLOAD)] * count)
         if timed:
             now = time.perf_counter()
-            self.committed_at.update((i, now) for i in ids)
-        self.uplink.committed(ids)
+            self.committed_at.update((r.id, now) for r in stored)
+        self.uplink.committed(stored)
 
     async def wait_connected(self, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
@@ -118,7 +118,7 @@ class _Durable:
             await asyncio.sleep(0.002)
 
     async def aclose(self) -> None:
-        self.link.stop(2.0)
+        await self.link.stop(2.0)
         await asyncio.sleep(0.05)  # PUBACK callbacks the link queued run before the outbox closes
         self.outbox.close()
 

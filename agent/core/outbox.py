@@ -7,6 +7,7 @@ counts as sent. Events go in as method calls; the actions to carry out come back
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -62,8 +63,16 @@ class PublishWindow:
         self.connected = False
         return []
 
-    def on_committed(self) -> list[Action]:
-        """New records were committed to the outbox."""
+    def on_committed(self, published: Sequence[int] = (), *, all_published: bool = False
+                     ) -> list[Action]:
+        """New records were committed to the outbox; ``published``: those of them the client
+        took at once (live-first), in id order, ``all_published`` when that was all of them.
+
+        With nothing else unsent, records all published at once need no fetch: the cursor
+        moves past them (every commit comes through here, so nothing unsent lies between)."""
+        if published and all_published and not self.has_unsent:
+            self.cursor = max(self.cursor, published[-1])
+            return []
         self.has_unsent = True
         return self._fill()
 

@@ -251,7 +251,7 @@ class AgentApp:
                             "stream": r.stream, "frame_index": r.frame_index,
                             "ts": iso_utc(r.capture_wall), "detections": len(r.detections),
                             "labels": sorted({d.label for d in r.detections})})
-                ids = outbox.append([PendingRecord(
+                stored = outbox.append([PendingRecord(
                     cfg.source.stream, results_topic, _result_encoder(
                         r, device=device, site=site, model=model_ref,
                         sensors=hub.attach(attach, r.capture_wall, cfg.source.attach_window_s)
@@ -273,7 +273,7 @@ class AgentApp:
             for _ in batch:
                 slots.release()
             self.summary.results_committed += len(batch)
-            uplink.committed(ids)
+            uplink.committed(stored)
             uplink.blobs_added()
 
         async def outbox_writer() -> None:
@@ -440,7 +440,7 @@ class AgentApp:
                     link.publish(self.topics.status, encode_status(
                         state="offline", device=device, site=site, wall_time=time.time(),
                         extra={"reason": "stopped"}), qos=1, retain=True)
-                await asyncio.to_thread(link.stop, 2.0)
+                await link.stop(2.0)
                 await asyncio.sleep(0)  # callbacks the link queued run before the outbox closes
             uplink.flush_sent()
             backlog, _ = outbox.backlog()

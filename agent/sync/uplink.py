@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import paho.mqtt.client as paho
 
 from agent.core.acks import decode_ack_full
 from agent.core.outbox import Action, FetchUnsent, MarkSent, PublishWindow
 from agent.storage.blobs import MANIFEST, BlobStore, OutgoingPart
-from agent.storage.outbox import Outbox
+from agent.storage.outbox import Outbox, StoredRecord
 from agent.sync.mqtt import MqttLink
 
 log = logging.getLogger("agent.uplink")
@@ -115,22 +115,25 @@ class Uplink:
         exhausted = len(records) < action.limit and len(examined) == len(records)
         return self.window.on_fetched(examined, exhausted=exhausted)
 
-    def committed(self, record_ids: list[int] | None = None) -> None:
-        """New records are in the outbox. Those just committed (``record_ids``) are published
-        at once, ahead of any backlog, in up to ``LIVE_RESERVE`` slots beyond the window the
-        backlog may use: after an outage live results are not held behind the catch-up."""
-        if record_ids and self.link is not None and self.link.connected:
+    def committed(self, records: Sequence[StoredRecord] = ()) -> None:
+        """New records are in the outbox (``records``: those just committed, as stored). They
+        are published at once, ahead of any backlog, in up to ``LIVE_RESERVE`` slots beyond the
+        window the backlog may use: after an outage live results are not held behind the
+        catch-up."""
+        published: list[int] = []
+        if records and self.link is not None and self.link.connected:
             room = self.window.window + LIVE_RESERVE - self.window.in_flight_count
-            if room > 0:
-                for rec in self.outbox.fetch_ids(record_ids[:room]):
-                    if self.window.is_in_flight(rec.id) or rec.id in self._sent_set:
-                        continue
-                    mid = self.link.publish(rec.topic, rec.payload, qos=rec.qos)
-                    if mid is None:
-                        break
-                    self.window.on_published(mid, rec.id)
-                    self.published += 1
-        self._execute(self.window.on_committed())
+            for rec in records[:max(room, 0)]:
+                if self.window.is_in_flight(rec.id) or rec.id in self._sent_set:
+                    continue
+                mid = self.link.publish(rec.topic, rec.payload, qos=rec.qos)
+                if mid is None:
+                    break
+                self.window.on_published(mid, rec.id)
+                self.published += 1
+                published.append(rec.id)
+        self._execute(self.window.on_committed(published,
+                                               all_published=len(published) == len(records)))
 
     def flush_sent(self) -> None:
         """Record the PUBACKed ids in the outbox."""
