@@ -78,7 +78,9 @@ def test_two_ingest_processes_split_a_shared_subscription_without_duplicates(
     ingests = [Ingest(broker.url, tmp_path / f"i{n}.db", f"ingest-pg-{n}", db_url=pg_url,
                       group="pg") for n in range(2)]
     config = write_config(tmp_path, broker.url, "dev-pg")
-    summary = run_agent(config, "--source", "synthetic://320x240@200", "--max-frames", "400")
+    # Paced as fast as it goes with no frame dropped: the count must not depend on timing.
+    summary = run_agent(config, "--source", "synthetic://320x240@200", "--pace", "fast",
+                        "--max-frames", "400")
     committed = summary["results_committed"]
     assert committed == 400
     stats = [i.stop() for i in ingests]

@@ -238,7 +238,7 @@ async def run_ingest(broker: BrokerUrl, store: Store, *, group: str | None = "in
     # A consumer reconnects quickly (at most reconnect_max_s apart): while it is away the
     # broker may drop what devices publish (mosquitto does not restore shared subscriptions).
     link = MqttLink(broker, LinkOptions(client_id=cid, manual_ack=True, username=username,
-                                        password=password, max_inflight=1000,
+                                        password=password,
                                         reconnect_initial_s=0.2,
                                         reconnect_max_s=reconnect_max_s), ingest, loop)
     ingest.link = link

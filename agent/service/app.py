@@ -501,6 +501,6 @@ class AgentApp:
             session_expiry_s=m.session_expiry_s, keepalive_s=m.keepalive_s, username=m.username,
             password=self.secrets.mqtt_password, tls_ca_file=m.tls_ca_file,
             tls_cert_file=m.tls_cert_file, tls_key_file=self.secrets.tls_key_file,
-            max_inflight=m.publish_window, will=will, reconnect_initial_s=m.reconnect_initial_s,
+            will=will, reconnect_initial_s=m.reconnect_initial_s,
             reconnect_max_s=m.reconnect_max_s)
         return MqttLink(broker, options, uplink, loop)

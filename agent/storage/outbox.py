@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from agent.core.acks import to_ranges
 from agent.errors import StorageError
@@ -114,8 +115,9 @@ class PendingRecord:
     kind: str = "result"
 
 
-@dataclass(frozen=True)
-class StoredRecord:
+class StoredRecord(NamedTuple):
+    """A committed record as the uplink publishes it (a tuple: made per record per publish)."""
+
     id: int
     stream: str
     seq: int

@@ -60,7 +60,6 @@ class LinkOptions:
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
-    max_inflight: int = 100
     manual_ack: bool = False
     will: Will | None = None
     reconnect_initial_s: float = 0.5
@@ -99,7 +98,10 @@ class MqttLink:
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=o.client_id,
                              protocol=paho.MQTTv5, reconnect_on_failure=False,
                              manual_ack=o.manual_ack)
-        client.max_inflight_messages_set(o.max_inflight)
+        # No limit inside paho: the uplink's window (plus its live reserve) bounds what is in
+        # flight, and paho's own limit scans every message in flight on each PUBACK and would
+        # hold the live reserve back in its queue.
+        client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
         if o.username:
             client.username_pw_set(o.username, o.password)
