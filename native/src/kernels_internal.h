@@ -53,12 +53,13 @@ void lk_row_bilerp_uv(const uint8_t *restrict r0, const uint8_t *restrict r1, in
                       const int32_t *restrict off, const int32_t *restrict w, int limit,
                       int32_t *restrict u, int32_t *restrict v, int n);
 /* Bilinear taps of up to three channels of one plane, read through byte shuffles of a 64-byte
- * window per group of eight outputs instead of gathers (x86-64 AVX2; elsewhere no group is
- * planned and the gather kernels above do all the work). Channel c of output x reads bytes
- * off[x] + first[c] and off[x] + second[c]. */
+ * window per group of eight outputs instead of gathers (x86-64 AVX2 pshufb, aarch64 NEON
+ * tbl; a portable build plans no group and the kernels above do all the work). Channel c of
+ * output x reads bytes off[x] + first[c] and off[x] + second[c]. */
 typedef struct {
     int32_t base;              /* window start, bytes into the row */
-    uint8_t mask[3][4][16];    /* per channel, per 16-byte chunk: pshufb indices (0x80: none) */
+    uint8_t index[3][16];      /* per channel: window offsets of (first, second) for 8 outputs */
+    uint8_t mask[3][4][16];    /* the same per 16-byte chunk as pshufb indices (0x80: none) */
 } lk_pair_group;
 typedef struct {
     lk_pair_group *groups;

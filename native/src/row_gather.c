@@ -1,7 +1,7 @@
-/* Row kernels with an AVX2 version written by hand (gathers, shuffles, pmaddwd, which compilers
- * do not find): the bilinear horizontal stage, the area stages and their exact division, and
- * the output packing. The portable C is the reference and the build on aarch64; on x86-64 an AVX2
- * version with hardware gathers is chosen at load time (ifunc), bit-exact with it. */
+/* Row kernels written by hand for x86-64 AVX2 (gathers, byte shuffles, pmaddwd: what compilers
+ * do not find), the bilinear shuffles also for NEON: the bilinear horizontal stage, the area
+ * stages and their exact division, and the output packing. The portable C beside each is the
+ * reference; the AVX2 versions are chosen at load time (ifunc) and are bit-exact with it. */
 #include "kernels_internal.h"
 
 #include <math.h>
@@ -85,6 +85,10 @@ static void div_round_c(const double *restrict num, const double *restrict den,
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
     !defined(LK_FORCE_PORTABLE)
 #define LK_PAIR_SHUFFLES 1
+#elif defined(__ARM_NEON) && defined(__aarch64__) && !defined(LK_FORCE_PORTABLE)
+#define LK_PAIR_SHUFFLES 1
+#define LK_PAIR_NEON 1
+#include <arm_neon.h>
 #endif
 
 void lk_pair_plan_build(lk_pair_plan *plan, lk_pair_group *groups, const int32_t *off,
@@ -93,8 +97,10 @@ void lk_pair_plan_build(lk_pair_plan *plan, lk_pair_group *groups, const int32_t
     plan->channels = channels;
     plan->covered = 0;
 #ifdef LK_PAIR_SHUFFLES
+#ifndef LK_PAIR_NEON
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx2")) return;
+#endif
     for (int g = 0; g + 1 <= n / 8; g++) {
         lk_pair_group *grp = groups + g;
         const int base = off[8 * g];
@@ -107,6 +113,7 @@ void lk_pair_plan_build(lk_pair_plan *plan, lk_pair_group *groups, const int32_t
                 const int at[2] = {off[8 * g + k] + first[c] - base, off[8 * g + k] + second[c] - base};
                 for (int t = 0; t < 2; t++) {
                     if (at[t] < 0 || at[t] >= 64) { fits = 0; break; }
+                    grp->index[c][2 * k + t] = (uint8_t)at[t];
                     grp->mask[c][at[t] >> 4][2 * k + t] = (uint8_t)(at[t] & 15);
                 }
             }
@@ -404,11 +411,50 @@ accumulate2_fn lk_row_accumulate2 __attribute__((ifunc("resolve_accumulate2")));
 
 #else
 
+#ifdef LK_PAIR_NEON
+/* out = ((a*wx1 + b*wx) * wy1 + (c*wx1 + d*wx) * wy + 2^21) >> 22 as on x86: tbl pulls the
+ * (first, second) bytes of eight outputs from the 64-byte windows of both rows. */
+void lk_row_bilerp_planned(const uint8_t *restrict r0, const uint8_t *restrict r1, int32_t wy,
+                           const lk_pair_plan *plan, const int32_t *restrict w,
+                           int32_t *const out[3], const uint8_t *next0, const uint8_t *next1) {
+    const uint32x4_t round = vdupq_n_u32(1u << 21);
+    const uint32_t wyu = (uint32_t)wy, wy1u = 2048u - (uint32_t)wy;
+    for (int g = 0; g < plan->covered / 8; g++) {
+        const lk_pair_group *grp = plan->groups + g;
+        __builtin_prefetch(next0 + grp->base);
+        __builtin_prefetch(next1 + grp->base);
+        const uint8x16x4_t top = vld1q_u8_x4(r0 + grp->base), bot = vld1q_u8_x4(r1 + grp->base);
+        const uint16x8_t wx = vcombine_u16(vmovn_u32(vreinterpretq_u32_s32(vld1q_s32(w + 8 * g))),
+                                           vmovn_u32(vreinterpretq_u32_s32(vld1q_s32(w + 8 * g + 4))));
+        const uint16x8_t wx1 = vsubq_u16(vdupq_n_u16(2048), wx);
+        for (int c = 0; c < plan->channels; c++) {
+            const uint8x16_t idx = vld1q_u8(grp->index[c]);
+            const uint8x16_t pt = vqtbl4q_u8(top, idx), pb = vqtbl4q_u8(bot, idx);
+            /* Even bytes: first taps; odd bytes: second taps. */
+            const uint8x8x2_t t = vuzp_u8(vget_low_u8(pt), vget_high_u8(pt));
+            const uint8x8x2_t b = vuzp_u8(vget_low_u8(pb), vget_high_u8(pb));
+            const uint16x8_t ta = vmovl_u8(t.val[0]), tb = vmovl_u8(t.val[1]);
+            const uint16x8_t ba = vmovl_u8(b.val[0]), bb = vmovl_u8(b.val[1]);
+            for (int h = 0; h < 2; h++) {
+                const uint16x4_t w1 = h ? vget_high_u16(wx1) : vget_low_u16(wx1);
+                const uint16x4_t w0 = h ? vget_high_u16(wx) : vget_low_u16(wx);
+                uint32x4_t th = vmull_u16(h ? vget_high_u16(ta) : vget_low_u16(ta), w1);
+                th = vmlal_u16(th, h ? vget_high_u16(tb) : vget_low_u16(tb), w0);
+                uint32x4_t bh = vmull_u16(h ? vget_high_u16(ba) : vget_low_u16(ba), w1);
+                bh = vmlal_u16(bh, h ? vget_high_u16(bb) : vget_low_u16(bb), w0);
+                const uint32x4_t sum = vmlaq_n_u32(vmlaq_n_u32(round, th, wy1u), bh, wyu);
+                vst1q_s32(out[c] + 8 * g + 4 * h, vreinterpretq_s32_u32(vshrq_n_u32(sum, 22)));
+            }
+        }
+    }
+}
+#else
 void lk_row_bilerp_planned(const uint8_t *restrict r0, const uint8_t *restrict r1, int32_t wy,
                            const lk_pair_plan *plan, const int32_t *restrict w,
                            int32_t *const out[3], const uint8_t *next0, const uint8_t *next1) {
     (void)r0; (void)r1; (void)wy; (void)plan; (void)w; (void)out; (void)next0; (void)next1;
 }
+#endif
 
 void lk_row_bilerp(const uint8_t *restrict r0, const uint8_t *restrict r1, int32_t wy,
                    const int32_t *restrict off, const int32_t *restrict w, int step, int limit,
