@@ -42,6 +42,15 @@ def test_argparse_errors_exit_2() -> None:
     assert out.returncode == 2 and "--offline and --broker exclude each other" in out.stderr
 
 
+def test_faults_scenarios_default_to_all_and_unknown_ones_are_named() -> None:
+    from agent.service.cli import build_parser
+
+    assert build_parser().parse_args(["faults", "--cycles", "1"]).scenario == []
+    out = run_cli("faults", "broker-kill", "meteor")
+    assert out.returncode == 2
+    assert "'meteor'" in out.stderr and "broker-kill, agent-kill, budget, outage" in out.stderr
+
+
 def test_corrupt_video_file_is_named(tmp_path: Path) -> None:
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(b"\x00" * 4096)
