@@ -105,15 +105,22 @@ class Uplink:
         records = self.outbox.fetch_unsent(action.after_id, action.limit)
         examined: list[int] = []
         for rec in records:
-            if not self.window.is_in_flight(rec.id) and rec.id not in self._sent_set:
-                mid = self.link.publish(rec.topic, rec.payload, qos=rec.qos)
-                if mid is None:
-                    break
-                self.window.on_published(mid, rec.id)
-                self.published += 1
+            pending = not self.window.is_in_flight(rec.id) and rec.id not in self._sent_set
+            if pending and not self._publish_record(rec):
+                break
             examined.append(rec.id)
         exhausted = len(records) < action.limit and len(examined) == len(records)
         return self.window.on_fetched(examined, exhausted=exhausted)
+
+    def _publish_record(self, rec: StoredRecord) -> bool:
+        """Hand one record to the client and the window; False when the client took none."""
+        assert self.link is not None
+        mid = self.link.publish(rec.topic, rec.payload, qos=rec.qos)
+        if mid is None:
+            return False
+        self.window.on_published(mid, rec.id)
+        self.published += 1
+        return True
 
     def committed(self, records: Sequence[StoredRecord] = ()) -> None:
         """New records are in the outbox (``records``: those just committed, as stored). They
@@ -126,11 +133,8 @@ class Uplink:
             for rec in records[:max(room, 0)]:
                 if self.window.is_in_flight(rec.id) or rec.id in self._sent_set:
                     continue
-                mid = self.link.publish(rec.topic, rec.payload, qos=rec.qos)
-                if mid is None:
+                if not self._publish_record(rec):
                     break
-                self.window.on_published(mid, rec.id)
-                self.published += 1
                 published.append(rec.id)
         self._execute(self.window.on_committed(published,
                                                all_published=len(published) == len(records)))
