@@ -22,6 +22,19 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _reap_processes():
+    """A test that fails half-way leaves no ingest process behind."""
+    yield
+    from tests.e2e import RUNNING
+
+    while RUNNING:
+        proc = RUNNING.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 @pytest.fixture
 def broker(tmp_path: Path):
     from agent.devtools.mosquitto import LocalBroker, find_mosquitto

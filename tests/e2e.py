@@ -50,6 +50,9 @@ ack_timeout_s = 2
     return path
 
 
+RUNNING: list[subprocess.Popen[str]] = []  # killed after each test by conftest's reaper
+
+
 class Ingest:
     """``lepton-agent ingest`` as a real process, into SQLite (``db``) or ``db_url``."""
 
@@ -63,6 +66,7 @@ class Ingest:
                       "--client-id", client_id, "--group", group, "--log-level", "warning",
                       "--ready-file", str(ready)),
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        RUNNING.append(self.proc)
         wait_for_file(ready, self.proc, timeout=30)
 
     def wait_for(self, device: str, count: int, timeout: float = 30) -> list[int]:

@@ -26,14 +26,21 @@ void lk_yuv_to_rgb(const int32_t *restrict y, const int32_t *restrict u, const i
 void lk_row_div_round(const double *restrict num, const double *restrict den,
                       const double *restrict inv, double scale, double inv_scale,
                       int32_t *restrict out, int n);
-/* dst[i] += r0[i] * w0 + r1[i] * w1   (area vertical accumulation, two rows a pass) */
-void lk_row_accumulate2(const uint8_t *restrict r0, uint32_t w0, const uint8_t *restrict r1,
-                        uint32_t w1, uint32_t *restrict dst, int n);
+/* dst[i] = (set ? 0 : dst[i]) + r0[i] * w0 + r1[i] * w1   (area vertical stage, two rows a
+ * pass; r0 and r1 may be the same row) */
+void lk_row_accumulate2(const uint8_t *r0, uint32_t w0, const uint8_t *r1, uint32_t w1,
+                        uint32_t *restrict dst, int n, int set);
 /* acc[x] = sum over k < 8 of row[first[x] + k] * tab8[8 * x + k]: the area horizontal sums for
  * contiguous columns and spans up to 8, exact while the sums fit int32 (the caller checks);
  * reads up to 7 columns past the last span (rows are padded). */
 void lk_row_area_h8(const uint32_t *restrict row, const int32_t *restrict first,
-                    const uint32_t *restrict tab8, double *restrict acc, int n);
+                    const uint32_t *restrict tab8, int32_t *restrict acc, int n);
+/* out[x] = (num[x] + t / 2) / t with t = den[x] * scale, in integers: num + t and 257 * t
+ * must fit int32 (the caller checks). inv and inv_scale (the reciprocals as floats) let the
+ * AVX2 version estimate the quotient and correct it by one step, exactly. */
+void lk_row_div_round_i32(const int32_t *restrict num, const int32_t *restrict den,
+                          const float *restrict inv, int32_t scale, float inv_scale,
+                          int32_t *restrict out, int n);
 /* acc[x] = sum over k < span of row[(first[x] + k) * step] * tab[k * n + x], as a double: the
  * area horizontal sums (weights laid out k-major), exact while below 2^53 (the caller checks). */
 void lk_row_area_h(const uint32_t *restrict row, int step, const int32_t *restrict first,

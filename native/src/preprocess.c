@@ -81,13 +81,18 @@ static uint32_t area_weight(const area_tap *t, int k) {
     return 256u;
 }
 
-/* Area vertical stage: the rows of one tap, weighted, added into dst two rows a pass. */
+/* Area vertical stage: the rows of one tap, weighted, summed into dst (overwritten) two rows a
+ * pass; the first pass writes, so dst needs no clearing. */
 static void accumulate_rows(const uint8_t *first, int stride, const area_tap *t, uint32_t *dst,
                             int n) {
-    int k = 0;
+    const uint8_t *second = t->count > 1 ? first + stride : first;
+    lk_row_accumulate2(first, area_weight(t, 0), second, t->count > 1 ? area_weight(t, 1) : 0u,
+                       dst, n, 1);
+    int k = 2;
     for (; k + 1 < t->count; k += 2)
         lk_row_accumulate2(first + (size_t)k * (size_t)stride, area_weight(t, k),
-                           first + (size_t)(k + 1) * (size_t)stride, area_weight(t, k + 1), dst, n);
+                           first + (size_t)(k + 1) * (size_t)stride, area_weight(t, k + 1), dst,
+                           n, 0);
     if (k < t->count) lk_row_accumulate(first + (size_t)k * (size_t)stride, area_weight(t, k), dst, n);
 }
 
@@ -104,6 +109,8 @@ typedef struct {
     const uint32_t *tab8;   /* span <= 8: the same weights x-major, 8 per column, or NULL */
     const double *htot;     /* sum of each column's weights */
     const double *hinv;     /* 1 / htot */
+    const int32_t *htot_i;  /* htot as int32 and 1 / htot as float, for the int32 path */
+    const float *hinv_f;
     int span;
     double htot_max;
 } area_plane;
@@ -115,10 +122,12 @@ typedef struct {
 static void area_row(const uint32_t *row, int step, const area_plane *a, uint64_t vtot,
                      double *acc_buf, int32_t *out, int n) {
     const double vinv = 1.0 / (double)vtot;
-    /* Contiguous columns and sums that fit int32: eight-wide loads instead of gathers. */
-    if (step == 1 && a->tab8 && 256.0 * (double)vtot * a->htot_max < 2147483648.0) {
-        lk_row_area_h8(row, a->first, a->tab8, acc_buf, n);
-        lk_row_div_round(acc_buf, a->htot, a->hinv, (double)vtot, vinv, out, n);
+    /* Contiguous columns and sums (and their checks, up to 257 * total) that fit int32:
+     * eight-wide loads instead of gathers, and the division in int32 lanes. */
+    if (step == 1 && a->tab8 && 512.0 * (double)vtot * a->htot_max < 2147483648.0) {
+        int32_t *sums = (int32_t *)acc_buf;
+        lk_row_area_h8(row, a->first, a->tab8, sums, n);
+        lk_row_div_round_i32(sums, a->htot_i, a->hinv_f, (int32_t)vtot, (float)vinv, out, n);
         return;
     }
     /* Column sums (at most 255 * vtot) must also fit the int32 lanes of the gathers. */
@@ -340,14 +349,14 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
     double *area_mem = NULL, *acc_buf = NULL;
     lk_pair_group *groups = NULL;
     lk_pair_plan plan_a = {NULL, 0, 0}, plan_b = {NULL, 0, 0};
-    area_plane ap = {a_off, NULL, NULL, NULL, a_inv, 1, 0.0};
-    area_plane bp = {b_off, NULL, NULL, NULL, b_inv, 1, 0.0};
+    area_plane ap = {a_off, NULL, NULL, NULL, a_inv, NULL, NULL, 1, 0.0};
+    area_plane bp = {b_off, NULL, NULL, NULL, b_inv, NULL, NULL, 1, 0.0};
     if (area) {
         const area_tap *ta = (const area_tap *)taps_a, *tb = (const area_tap *)taps_b;
         ap.span = area_span(ta, cw);
         if (j.yuv) bp.span = area_span(tb, cw);
         area_mem = (double *)malloc((size_t)cw * (3 * sizeof(double) +
-                                    (size_t)(ap.span + bp.span + 16) * sizeof(uint32_t)));
+                                    (size_t)(ap.span + bp.span + 20) * sizeof(uint32_t)));
         if (!area_mem) { free(scratch); return LK_ENOMEM; }
         double *a_htot = area_mem, *b_htot = a_htot + cw;
         acc_buf = b_htot + cw;
@@ -366,6 +375,13 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
         uint32_t *a_tab8 = b_tab + (size_t)cw * (size_t)bp.span, *b_tab8 = a_tab8 + (size_t)cw * 8;
         if (ap.span <= 8) { ap.tab8 = a_tab8; transpose_to8(a_tab, ap.span, cw, a_tab8); }
         if (j.yuv && bp.span <= 8) { bp.tab8 = b_tab8; transpose_to8(b_tab, bp.span, cw, b_tab8); }
+        int32_t *a_htot_i = (int32_t *)(b_tab8 + (size_t)cw * 8), *b_htot_i = a_htot_i + cw;
+        float *a_hinv_f = (float *)(b_htot_i + cw), *b_hinv_f = a_hinv_f + cw;
+        for (int x = 0; x < cw; x++) {
+            a_htot_i[x] = (int32_t)a_htot[x]; a_hinv_f[x] = (float)a_inv[x];
+            if (j.yuv) { b_htot_i[x] = (int32_t)b_htot[x]; b_hinv_f[x] = (float)b_inv[x]; }
+        }
+        ap.htot_i = a_htot_i; ap.hinv_f = a_hinv_f; bp.htot_i = b_htot_i; bp.hinv_f = b_hinv_f;
     } else {
         const lin_tap *ta = (const lin_tap *)taps_a, *tb = (const lin_tap *)taps_b;
         for (int x = 0; x < cw; x++) {
@@ -397,12 +413,10 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
         /* Vertical stage. */
         if (area) {
             area_taps(&at, 1, sy, cyrow * sy, 0, j.rh);
-            memset(rowa, 0, (size_t)a_cols * 4);
             accumulate_rows(plane0 + (size_t)(j.ry + at.start) * (size_t)src->stride0,
                             src->stride0, &at, (uint32_t *)rowa, a_cols);
             if (nv12) {
                 area_taps(&atb, 1, sy / 2.0, j.ry / 2.0 - cy0 + cyrow * sy / 2.0, 0, cy1 - cy0 + 1);
-                memset(rowb, 0, (size_t)b_cols * 4);
                 accumulate_rows(plane1 + (size_t)(cy0 + atb.start) * (size_t)src->stride1,
                                 src->stride1, &atb, (uint32_t *)rowb, b_cols);
             }

@@ -55,18 +55,31 @@ static void area_h_c(const uint32_t *restrict row, int step, const int32_t *rest
     }
 }
 
-static void accumulate2_c(const uint8_t *restrict r0, uint32_t w0, const uint8_t *restrict r1,
-                          uint32_t w1, uint32_t *restrict dst, int n) {
-    for (int i = 0; i < n; i++) dst[i] += (uint32_t)r0[i] * w0 + (uint32_t)r1[i] * w1;
+static void accumulate2_c(const uint8_t *r0, uint32_t w0, const uint8_t *r1, uint32_t w1,
+                          uint32_t *restrict dst, int n, int set) {
+    if (set)
+        for (int i = 0; i < n; i++) dst[i] = (uint32_t)r0[i] * w0 + (uint32_t)r1[i] * w1;
+    else
+        for (int i = 0; i < n; i++) dst[i] += (uint32_t)r0[i] * w0 + (uint32_t)r1[i] * w1;
 }
 
 static void area_h8_c(const uint32_t *restrict row, const int32_t *restrict first,
-                      const uint32_t *restrict tab8, double *restrict acc, int n) {
+                      const uint32_t *restrict tab8, int32_t *restrict acc, int n) {
     for (int x = 0; x < n; x++) {
         const uint32_t *px = row + first[x], *w = tab8 + 8 * (size_t)x;
         uint32_t sum = 0;
         for (int k = 0; k < 8; k++) sum += px[k] * w[k];
-        acc[x] = (double)sum;
+        acc[x] = (int32_t)sum;
+    }
+}
+
+static void div_round_i32_c(const int32_t *restrict num, const int32_t *restrict den,
+                            const float *restrict inv, int32_t scale, float inv_scale,
+                            int32_t *restrict out, int n) {
+    (void)inv; (void)inv_scale;
+    for (int x = 0; x < n; x++) {
+        const int32_t t = den[x] * scale;
+        out[x] = (num[x] + t / 2) / t;
     }
 }
 
@@ -263,9 +276,8 @@ LK_AVX2 static void area_h_avx2(const uint32_t *restrict row, int step,
     }
 }
 
-LK_AVX2 static void accumulate2_avx2(const uint8_t *restrict r0, uint32_t w0,
-                                     const uint8_t *restrict r1, uint32_t w1,
-                                     uint32_t *restrict dst, int n) {
+LK_AVX2 static void accumulate2_avx2(const uint8_t *r0, uint32_t w0, const uint8_t *r1,
+                                     uint32_t w1, uint32_t *restrict dst, int n, int set) {
     int i = 0;
     if (w0 <= 32767 && w1 <= 32767) {
         /* Bytes of the two rows interleaved, widened to int16 pairs: pmaddwd gives r0*w0 + r1*w1. */
@@ -276,15 +288,20 @@ LK_AVX2 static void accumulate2_avx2(const uint8_t *restrict r0, uint32_t w0,
             const __m256i lo = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, b)), wpair);
             const __m256i hi = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpackhi_epi8(a, b)), wpair);
             __m256i *d = (__m256i *)(dst + i);
-            _mm256_storeu_si256(d, _mm256_add_epi32(_mm256_loadu_si256(d), lo));
-            _mm256_storeu_si256(d + 1, _mm256_add_epi32(_mm256_loadu_si256(d + 1), hi));
+            if (set) {
+                _mm256_storeu_si256(d, lo);
+                _mm256_storeu_si256(d + 1, hi);
+            } else {
+                _mm256_storeu_si256(d, _mm256_add_epi32(_mm256_loadu_si256(d), lo));
+                _mm256_storeu_si256(d + 1, _mm256_add_epi32(_mm256_loadu_si256(d + 1), hi));
+            }
         }
     }
-    accumulate2_c(r0 + i, w0, r1 + i, w1, dst + i, n - i);
+    accumulate2_c(r0 + i, w0, r1 + i, w1, dst + i, n - i, set);
 }
 
 LK_AVX2 static void area_h8_avx2(const uint32_t *restrict row, const int32_t *restrict first,
-                                 const uint32_t *restrict tab8, double *restrict acc, int n) {
+                                 const uint32_t *restrict tab8, int32_t *restrict acc, int n) {
     int x = 0;
     for (; x + 8 <= n; x += 8) {
         __m256i p[8];
@@ -297,10 +314,32 @@ LK_AVX2 static void area_h8_avx2(const uint32_t *restrict row, const int32_t *re
         const __m256i u0 = _mm256_hadd_epi32(t0, t1), u1 = _mm256_hadd_epi32(t2, t3);
         const __m256i sums = _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20),
                                               _mm256_permute2x128_si256(u0, u1, 0x31));
-        _mm256_storeu_pd(acc + x, _mm256_cvtepi32_pd(_mm256_castsi256_si128(sums)));
-        _mm256_storeu_pd(acc + x + 4, _mm256_cvtepi32_pd(_mm256_extracti128_si256(sums, 1)));
+        _mm256_storeu_si256((__m256i *)(acc + x), sums);
     }
     area_h8_c(row, first + x, tab8 + 8 * (size_t)x, acc + x, n - x);
+}
+
+LK_AVX2 static void div_round_i32_avx2(const int32_t *restrict num, const int32_t *restrict den,
+                                       const float *restrict inv, int32_t scale,
+                                       float inv_scale, int32_t *restrict out, int n) {
+    /* A float estimate is within one of the quotient (relative error ~2^-22 on at most 256);
+     * the corrections are exact in int32. */
+    const __m256i sc = _mm256_set1_epi32(scale), one = _mm256_set1_epi32(1);
+    const __m256 isc = _mm256_set1_ps(inv_scale);
+    int x = 0;
+    for (; x + 8 <= n; x += 8) {
+        const __m256i t = _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(den + x)), sc);
+        const __m256i m = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(num + x)),
+                                           _mm256_srli_epi32(t, 1));
+        const __m256 r = _mm256_mul_ps(_mm256_loadu_ps(inv + x), isc);
+        __m256i q = _mm256_cvttps_epi32(_mm256_mul_ps(_mm256_cvtepi32_ps(m), r));
+        /* q * t > m: one too many; (q + 1) * t <= m: one too few (compare masks are -1). */
+        q = _mm256_add_epi32(q, _mm256_cmpgt_epi32(_mm256_mullo_epi32(q, t), m));
+        q = _mm256_sub_epi32(q, _mm256_cmpgt_epi32(
+            _mm256_add_epi32(m, one), _mm256_mullo_epi32(_mm256_add_epi32(q, one), t)));
+        _mm256_storeu_si256((__m256i *)(out + x), q);
+    }
+    div_round_i32_c(num + x, den + x, inv + x, scale, inv_scale, out + x, n - x);
 }
 
 LK_AVX2 static void div_round_avx2(const double *restrict num, const double *restrict den,
@@ -371,10 +410,12 @@ typedef void pack3_fn(const int32_t *restrict, const int32_t *restrict, const in
 
 typedef void area_h_fn(const uint32_t *restrict, int, const int32_t *restrict,
                        const uint32_t *restrict, int, double *restrict, int);
-typedef void accumulate2_fn(const uint8_t *restrict, uint32_t, const uint8_t *restrict, uint32_t,
-                            uint32_t *restrict, int);
+typedef void accumulate2_fn(const uint8_t *, uint32_t, const uint8_t *, uint32_t,
+                            uint32_t *restrict, int, int);
 typedef void area_h8_fn(const uint32_t *restrict, const int32_t *restrict,
-                        const uint32_t *restrict, double *restrict, int);
+                        const uint32_t *restrict, int32_t *restrict, int);
+typedef void div_round_i32_fn(const int32_t *restrict, const int32_t *restrict,
+                              const float *restrict, int32_t, float, int32_t *restrict, int);
 typedef void div_round_fn(const double *restrict, const double *restrict, const double *restrict,
                           double, double, int32_t *restrict, int);
 
@@ -392,6 +433,9 @@ LK_RESOLVER static area_h_fn *resolve_area_h(void) { return have_avx2() ? area_h
 LK_RESOLVER static accumulate2_fn *resolve_accumulate2(void) {
     return have_avx2() ? accumulate2_avx2 : accumulate2_c;
 }
+LK_RESOLVER static div_round_i32_fn *resolve_div_round_i32(void) {
+    return have_avx2() ? div_round_i32_avx2 : div_round_i32_c;
+}
 LK_RESOLVER static area_h8_fn *resolve_area_h8(void) { return have_avx2() ? area_h8_avx2 : area_h8_c; }
 LK_RESOLVER static div_round_fn *resolve_div_round(void) { return have_avx2() ? div_round_avx2 : div_round_c; }
 
@@ -407,6 +451,7 @@ pack3_fn lk_row_pack3 __attribute__((ifunc("resolve_pack3")));
 area_h_fn lk_row_area_h __attribute__((ifunc("resolve_area_h")));
 div_round_fn lk_row_div_round __attribute__((ifunc("resolve_div_round")));
 area_h8_fn lk_row_area_h8 __attribute__((ifunc("resolve_area_h8")));
+div_round_i32_fn lk_row_div_round_i32 __attribute__((ifunc("resolve_div_round_i32")));
 accumulate2_fn lk_row_accumulate2 __attribute__((ifunc("resolve_accumulate2")));
 
 #else
@@ -478,14 +523,20 @@ void lk_row_area_h(const uint32_t *restrict row, int step, const int32_t *restri
     area_h_c(row, step, first, tab, span, acc, n);
 }
 
-void lk_row_accumulate2(const uint8_t *restrict r0, uint32_t w0, const uint8_t *restrict r1,
-                        uint32_t w1, uint32_t *restrict dst, int n) {
-    accumulate2_c(r0, w0, r1, w1, dst, n);
+void lk_row_accumulate2(const uint8_t *r0, uint32_t w0, const uint8_t *r1, uint32_t w1,
+                        uint32_t *restrict dst, int n, int set) {
+    accumulate2_c(r0, w0, r1, w1, dst, n, set);
 }
 
 void lk_row_area_h8(const uint32_t *restrict row, const int32_t *restrict first,
-                    const uint32_t *restrict tab8, double *restrict acc, int n) {
+                    const uint32_t *restrict tab8, int32_t *restrict acc, int n) {
     area_h8_c(row, first, tab8, acc, n);
+}
+
+void lk_row_div_round_i32(const int32_t *restrict num, const int32_t *restrict den,
+                          const float *restrict inv, int32_t scale, float inv_scale,
+                          int32_t *restrict out, int n) {
+    div_round_i32_c(num, den, inv, scale, inv_scale, out, n);
 }
 
 void lk_row_div_round(const double *restrict num, const double *restrict den,
