@@ -1,0 +1,111 @@
+"""MqttLink on the event loop against a real mosquitto: PUBACKs come back in batches on the
+loop, the link reconnects after the broker restarts, and stop() is prompt whether or not a
+broker is there."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from agent.core.uri import parse_broker
+from agent.devtools.mosquitto import LocalBroker, free_port
+from agent.sync.mqtt import LinkOptions, MqttLink
+
+
+class Recorder:
+    """A LinkHandler that notes what reaches it and on which thread."""
+
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+        self.batches = 0
+        self.connected = 0
+        self.disconnected: list[str] = []
+        self.threads: set[int] = set()
+
+    def on_connected(self, session_present: bool) -> None:
+        self.threads.add(threading.get_ident())
+        self.connected += 1
+
+    def on_disconnected(self, reason: str) -> None:
+        self.threads.add(threading.get_ident())
+        self.disconnected.append(reason)
+
+    def on_puback(self, acked: list[int], rejected: list[tuple[int, str]]) -> None:
+        self.threads.add(threading.get_ident())
+        self.acked.extend(acked)
+        self.batches += 1
+
+    def on_message(self, message: object) -> None:
+        self.threads.add(threading.get_ident())
+
+
+async def _until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.01)
+
+
+def _link(url: str, handler: Recorder, loop: asyncio.AbstractEventLoop) -> MqttLink:
+    return MqttLink(parse_broker(url), LinkOptions(client_id=f"link-test-{id(handler)}",
+                                                  clean_start=True, reconnect_initial_s=0.05,
+                                                  reconnect_max_s=0.2), handler, loop)
+
+
+@pytest.mark.broker
+def test_pubacks_come_back_on_the_loop_in_batches(broker: LocalBroker) -> None:
+    async def main() -> Recorder:
+        rec = Recorder()
+        link = _link(broker.url, rec, asyncio.get_running_loop())
+        link.start()
+        await _until(lambda: link.connected)
+        mids = [link.publish("t/link", b"x" * 200) for _ in range(2000)]
+        assert None not in mids
+        await _until(lambda: len(rec.acked) == 2000)
+        await link.stop(2.0)
+        assert sorted(rec.acked) == sorted(m for m in mids if m is not None)
+        return rec
+
+    rec = asyncio.run(main())
+    assert rec.threads == {threading.get_ident()}  # every handler call ran on the loop
+    assert rec.batches < 2000  # acks read together are delivered together
+
+
+@pytest.mark.broker
+def test_reconnects_after_the_broker_restarts(broker: LocalBroker) -> None:
+    async def main() -> None:
+        rec = Recorder()
+        link = _link(broker.url, rec, asyncio.get_running_loop())
+        link.start()
+        await _until(lambda: link.connected)
+        broker.kill()
+        await _until(lambda: not link.connected)
+        assert link.publish("t/link", b"while away") is None
+        broker.start()
+        await _until(lambda: link.connected and link.connects == 2)
+        assert link.publish("t/link", b"back") is not None
+        await _until(lambda: len(rec.acked) == 1)
+        await link.stop(2.0)
+        assert rec.connected == 2 and rec.disconnected
+
+    asyncio.run(main())
+
+
+def test_stop_is_prompt_with_no_broker() -> None:
+    async def main() -> MqttLink:
+        rec = Recorder()
+        link = _link(f"mqtt://127.0.0.1:{free_port()}", rec, asyncio.get_running_loop())
+        link.start()
+        await asyncio.sleep(0.3)  # a few refused attempts, then waiting out a backoff
+        started = time.monotonic()
+        await link.stop(2.0)
+        assert time.monotonic() - started < 1.0
+        return link
+
+    link = asyncio.run(main())
+    assert not link.connected and link.connects == 0
+    assert link.last_error and "cannot connect" in link.last_error
