@@ -59,19 +59,21 @@ void lk_row_bilerp(const uint8_t *restrict r0, const uint8_t *restrict r1, int32
 void lk_row_bilerp_uv(const uint8_t *restrict r0, const uint8_t *restrict r1, int32_t wy,
                       const int32_t *restrict off, const int32_t *restrict w, int limit,
                       int32_t *restrict u, int32_t *restrict v, int n);
-/* Bilinear taps of up to three channels of one plane, read through byte shuffles of a 64-byte
- * window per group of eight outputs instead of gathers (x86-64 AVX2 pshufb, aarch64 NEON
- * tbl; a portable build plans no group and the kernels above do all the work). Channel c of
- * output x reads bytes off[x] + first[c] and off[x] + second[c]. */
+/* Bilinear taps of up to three channels of one plane, read through byte shuffles of a 64- or
+ * 128-byte window per group of eight outputs instead of gathers (x86-64 AVX2 pshufb, aarch64
+ * NEON tbl; a portable build plans no group and the kernels above do all the work). Channel c
+ * of output x reads bytes off[x] + first[c] and off[x] + second[c]. */
+#define LK_PAIR_MAX_CHUNKS 8
 typedef struct {
     int32_t base;              /* window start, bytes into the row */
     uint8_t index[3][16];      /* per channel: window offsets of (first, second) for 8 outputs */
-    uint8_t mask[3][4][16];    /* the same per 16-byte chunk as pshufb indices (0x80: none) */
+    uint8_t mask[3][LK_PAIR_MAX_CHUNKS][16];  /* per 16-byte chunk: pshufb indices (0x80: none) */
 } lk_pair_group;
 typedef struct {
     lk_pair_group *groups;
     int covered;               /* outputs [0, covered) are planned (a multiple of 8) */
     int channels;
+    int chunks;                /* window size in 16-byte chunks: 4 (64 bytes) or 8 */
 } lk_pair_plan;
 /* Plans the leading groups whose windows stay inside `limit` bytes and hold every tap; groups
  * must hold room for n / 8 entries. */

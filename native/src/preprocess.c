@@ -348,7 +348,7 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
     const int cstep = nv12 ? 2 : 4, ubase = nv12 ? 0 : 1, vbase = nv12 ? 1 : 3;
     double *area_mem = NULL, *acc_buf = NULL;
     lk_pair_group *groups = NULL;
-    lk_pair_plan plan_a = {NULL, 0, 0}, plan_b = {NULL, 0, 0};
+    lk_pair_plan plan_a = {NULL, 0, 0, 4}, plan_b = {NULL, 0, 0, 4};
     area_plane ap = {a_off, NULL, NULL, NULL, a_inv, NULL, NULL, 1, 0.0};
     area_plane bp = {b_off, NULL, NULL, NULL, b_inv, NULL, NULL, 1, 0.0};
     if (area) {

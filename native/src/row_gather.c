@@ -109,15 +109,26 @@ void lk_pair_plan_build(lk_pair_plan *plan, lk_pair_group *groups, const int32_t
     plan->groups = groups;
     plan->channels = channels;
     plan->covered = 0;
+    plan->chunks = 4;
 #ifdef LK_PAIR_SHUFFLES
 #ifndef LK_PAIR_NEON
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx2")) return;
 #endif
+    /* The window size follows the widest group (taps further apart need 128 bytes, which
+     * costs twice the shuffles but still beats gathers). */
+    int reach = 0;
+    for (int g = 0; g < n / 8 && reach <= 16 * LK_PAIR_MAX_CHUNKS; g++)
+        for (int c = 0; c < channels; c++) {
+            const int far = off[8 * g + 7] + second[c] - off[8 * g] + 1;
+            reach = far > reach ? far : reach;
+        }
+    plan->chunks = reach <= 64 ? 4 : LK_PAIR_MAX_CHUNKS;
+    const int window = 16 * plan->chunks;
     for (int g = 0; g + 1 <= n / 8; g++) {
         lk_pair_group *grp = groups + g;
         const int base = off[8 * g];
-        if (base + 64 > limit) return;
+        if (base + window > limit) return;
         int fits = 1;
         memset(grp->mask, 0x80, sizeof grp->mask);
         grp->base = base;
@@ -125,7 +136,7 @@ void lk_pair_plan_build(lk_pair_plan *plan, lk_pair_group *groups, const int32_t
             for (int k = 0; k < 8 && fits; k++) {
                 const int at[2] = {off[8 * g + k] + first[c] - base, off[8 * g + k] + second[c] - base};
                 for (int t = 0; t < 2; t++) {
-                    if (at[t] < 0 || at[t] >= 64) { fits = 0; break; }
+                    if (at[t] < 0 || at[t] >= window) { fits = 0; break; }
                     grp->index[c][2 * k + t] = (uint8_t)at[t];
                     grp->mask[c][at[t] >> 4][2 * k + t] = (uint8_t)(at[t] & 15);
                 }
@@ -362,21 +373,24 @@ LK_AVX2 static void div_round_avx2(const double *restrict num, const double *res
 
 /* Output x of one group: out = ((a*wx1 + b*wx) * wy1 + (c*wx1 + d*wx) * wy + 2^21) >> 22 with
  * a, b from r0 and c, d from r1, the same integer as the vertical-first form (all below 2^31). */
-LK_AVX2 static void bilerp_planned_avx2(const uint8_t *restrict r0, const uint8_t *restrict r1,
-                                        int32_t wy, const lk_pair_plan *plan,
-                                        const int32_t *restrict w, int32_t *const out[3],
-                                        const uint8_t *next0, const uint8_t *next1) {
+/* `chunks` is a constant at each call below, so the window stays in registers. */
+LK_AVX2 static inline __attribute__((always_inline)) void bilerp_planned_body(
+        const uint8_t *restrict r0, const uint8_t *restrict r1, int32_t wy,
+        const lk_pair_plan *plan, const int32_t *restrict w, int32_t *const out[3],
+        const uint8_t *next0, const uint8_t *next1, const int chunks) {
     const __m256i wyv = _mm256_set1_epi32(wy), wy1v = _mm256_set1_epi32(2048 - wy);
     const __m256i round = _mm256_set1_epi32(1 << 21), full = _mm256_set1_epi32(2048);
     for (int g = 0; g < plan->covered / 8; g++) {
         const lk_pair_group *grp = plan->groups + g;
         /* The next output row's windows, fetched while this one computes. */
-        _mm_prefetch((const char *)(next0 + grp->base), _MM_HINT_T0);
-        _mm_prefetch((const char *)(next0 + grp->base + 63), _MM_HINT_T0);
-        _mm_prefetch((const char *)(next1 + grp->base), _MM_HINT_T0);
-        _mm_prefetch((const char *)(next1 + grp->base + 63), _MM_HINT_T0);
-        __m256i win[4];
-        for (int q = 0; q < 4; q++)
+        for (int at = 0; at < 16 * chunks; at += 64) {
+            _mm_prefetch((const char *)(next0 + grp->base + at), _MM_HINT_T0);
+            _mm_prefetch((const char *)(next1 + grp->base + at), _MM_HINT_T0);
+        }
+        _mm_prefetch((const char *)(next0 + grp->base + 16 * chunks - 1), _MM_HINT_T0);
+        _mm_prefetch((const char *)(next1 + grp->base + 16 * chunks - 1), _MM_HINT_T0);
+        __m256i win[LK_PAIR_MAX_CHUNKS];
+        for (int q = 0; q < chunks; q++)
             win[q] = _mm256_inserti128_si256(
                 _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(r0 + grp->base + 16 * q))),
                 _mm_loadu_si128((const __m128i *)(r1 + grp->base + 16 * q)), 1);
@@ -385,7 +399,7 @@ LK_AVX2 static void bilerp_planned_avx2(const uint8_t *restrict r0, const uint8_
         const __m256i wpair = _mm256_or_si256(_mm256_sub_epi32(full, wx), _mm256_slli_epi32(wx, 16));
         for (int c = 0; c < plan->channels; c++) {
             __m256i bytes = _mm256_setzero_si256();
-            for (int q = 0; q < 4; q++) {
+            for (int q = 0; q < chunks; q++) {
                 const __m256i m = _mm256_broadcastsi128_si256(
                     _mm_loadu_si128((const __m128i *)grp->mask[c][q]));
                 bytes = _mm256_or_si256(bytes, _mm256_shuffle_epi8(win[q], m));
@@ -397,6 +411,14 @@ LK_AVX2 static void bilerp_planned_avx2(const uint8_t *restrict r0, const uint8_
                                 _mm256_srai_epi32(_mm256_add_epi32(sum, round), 22));
         }
     }
+}
+
+LK_AVX2 static void bilerp_planned_avx2(const uint8_t *restrict r0, const uint8_t *restrict r1,
+                                        int32_t wy, const lk_pair_plan *plan,
+                                        const int32_t *restrict w, int32_t *const out[3],
+                                        const uint8_t *next0, const uint8_t *next1) {
+    if (plan->chunks == 4) bilerp_planned_body(r0, r1, wy, plan, w, out, next0, next1, 4);
+    else bilerp_planned_body(r0, r1, wy, plan, w, out, next0, next1, LK_PAIR_MAX_CHUNKS);
 }
 
 typedef void bilerp_fn(const uint8_t *restrict, const uint8_t *restrict, int32_t,
@@ -458,23 +480,35 @@ accumulate2_fn lk_row_accumulate2 __attribute__((ifunc("resolve_accumulate2")));
 
 #ifdef LK_PAIR_NEON
 /* out = ((a*wx1 + b*wx) * wy1 + (c*wx1 + d*wx) * wy + 2^21) >> 22 as on x86: tbl pulls the
- * (first, second) bytes of eight outputs from the 64-byte windows of both rows. */
+ * (first, second) bytes of eight outputs from the 64-byte windows of both rows (tbl, then tbx
+ * for the second 64 bytes of a 128-byte window). */
 void lk_row_bilerp_planned(const uint8_t *restrict r0, const uint8_t *restrict r1, int32_t wy,
                            const lk_pair_plan *plan, const int32_t *restrict w,
                            int32_t *const out[3], const uint8_t *next0, const uint8_t *next1) {
     const uint32x4_t round = vdupq_n_u32(1u << 21);
     const uint32_t wyu = (uint32_t)wy, wy1u = 2048u - (uint32_t)wy;
+    const int wide = plan->chunks > 4;
     for (int g = 0; g < plan->covered / 8; g++) {
         const lk_pair_group *grp = plan->groups + g;
         __builtin_prefetch(next0 + grp->base);
         __builtin_prefetch(next1 + grp->base);
         const uint8x16x4_t top = vld1q_u8_x4(r0 + grp->base), bot = vld1q_u8_x4(r1 + grp->base);
+        uint8x16x4_t top2 = top, bot2 = bot;  /* bytes 64..127 of a 128-byte window */
+        if (wide) {
+            top2 = vld1q_u8_x4(r0 + grp->base + 64);
+            bot2 = vld1q_u8_x4(r1 + grp->base + 64);
+        }
         const uint16x8_t wx = vcombine_u16(vmovn_u32(vreinterpretq_u32_s32(vld1q_s32(w + 8 * g))),
                                            vmovn_u32(vreinterpretq_u32_s32(vld1q_s32(w + 8 * g + 4))));
         const uint16x8_t wx1 = vsubq_u16(vdupq_n_u16(2048), wx);
         for (int c = 0; c < plan->channels; c++) {
             const uint8x16_t idx = vld1q_u8(grp->index[c]);
-            const uint8x16_t pt = vqtbl4q_u8(top, idx), pb = vqtbl4q_u8(bot, idx);
+            uint8x16_t pt = vqtbl4q_u8(top, idx), pb = vqtbl4q_u8(bot, idx);
+            if (wide) {  /* tbx keeps the lanes whose index is out of its table's range */
+                const uint8x16_t hi = vsubq_u8(idx, vdupq_n_u8(64));
+                pt = vqtbx4q_u8(pt, top2, hi);
+                pb = vqtbx4q_u8(pb, bot2, hi);
+            }
             /* Even bytes: first taps; odd bytes: second taps. */
             const uint8x8x2_t t = vuzp_u8(vget_low_u8(pt), vget_high_u8(pt));
             const uint8x8x2_t b = vuzp_u8(vget_low_u8(pb), vget_high_u8(pb));

@@ -119,6 +119,8 @@ static void camera_sizes(void) {
         {LK_FMT_NV12, 1280, 720, 300, 300}, {LK_FMT_NV12, 640, 480, 224, 224},
         {LK_FMT_GRAY, 640, 480, 200, 150}, {LK_FMT_YUYV, 640, 480, 320, 240},
         {LK_FMT_BGR, 320, 240, 160, 120}, {LK_FMT_RGB, 300, 200, 96, 96},
+        {LK_FMT_BGR, 1280, 720, 300, 300}, {LK_FMT_BGR, 960, 540, 256, 256},
+        {LK_FMT_YUYV, 1280, 720, 224, 224},
     };
     static const int bpp[] = {1, 2, 3, 3, 1};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
