@@ -159,38 +159,12 @@ class TestPublishWindow:
 
     @given(st.lists(st.sampled_from(["commit", "connect", "disconnect", "ack"]), max_size=60))
     def test_window_never_overfills_and_marks_each_record_once(self, events: list[str]) -> None:
-        w = PublishWindow(window=4)
-        next_id, next_mid, committed = 1, 1, 0
-        sent: list[int] = []
-
-        def run(actions):
-            nonlocal next_mid
-            for a in actions:
-                if isinstance(a, MarkSent):
-                    sent.extend(a.record_ids)
-                elif isinstance(a, FetchUnsent):
-                    ids = [i for i in range(a.after_id + 1, committed + 1)
-                           if i not in sent][: a.limit]
-                    for rid in ids:
-                        w.on_published(next_mid, rid)
-                        next_mid += 1
-                    run(w.on_fetched(ids, exhausted=len(ids) < a.limit))
-
+        sim = _WindowSim(PublishWindow(window=4))
         for event in events:
-            if event == "commit":
-                committed = next_id
-                next_id += 1
-                run(w.on_committed())
-            elif event == "connect":
-                run(w.on_connected())
-            elif event == "disconnect":
-                run(w.on_disconnected())
-            elif w.in_flight and w.connected:
-                run(w.on_puback([min(w.in_flight)]))
-            assert w.in_flight_count <= 4
-        assert len(sent) == len(set(sent))
-        assert sent == sorted(sent)
-
+            sim.step(event)
+            assert sim.w.in_flight_count <= 4
+        assert len(sim.sent) == len(set(sim.sent))
+        assert sim.sent == sorted(sim.sent)
 
     def test_live_commit_published_whole_needs_no_fetch(self) -> None:
         w = PublishWindow(window=4)
@@ -209,53 +183,63 @@ class TestPublishWindow:
         """Records published at commit (live-first, up to a reserve beyond the window) and
         records fetched share one window: none goes twice, and once connected and acked,
         every committed record has been sent."""
-        w = PublishWindow(window=3)
-        reserve = 2
-        committed, next_mid = 0, 1
-        sent: list[int] = []
-        published: set[int] = set()
-
-        def publish(rid: int) -> None:
-            nonlocal next_mid
-            assert rid not in published
-            published.add(rid)
-            w.on_published(next_mid, rid)
-            next_mid += 1
-
-        def run(actions):
-            for a in actions:
-                if isinstance(a, MarkSent):
-                    sent.extend(a.record_ids)
-                elif isinstance(a, FetchUnsent):
-                    ids = [i for i in range(a.after_id + 1, committed + 1)
-                           if i not in sent and not w.is_in_flight(i)][: a.limit]
-                    for rid in ids:
-                        publish(rid)
-                    run(w.on_fetched(ids, exhausted=len(ids) < a.limit))
-
+        sim = _WindowSim(PublishWindow(window=3), reserve=2)
         for event in events:
-            if event in ("commit", "live"):
-                committed += 1
-                done: list[int] = []
-                if event == "live" and w.connected and w.in_flight_count < w.window + reserve:
-                    publish(committed)
-                    done.append(committed)
-                run(w.on_committed(done, all_published=bool(done)))
-            elif event == "connect":
-                run(w.on_connected())
-            elif event == "disconnect":
-                run(w.on_disconnected())
-            elif w.in_flight and w.connected:
-                run(w.on_puback([min(w.in_flight)]))
-            assert w.in_flight_count <= w.window + reserve
-        if not w.connected:
-            run(w.on_connected())
-        for _ in range(4 * committed + 4):
-            if not w.in_flight:
+            sim.step(event)
+            assert sim.w.in_flight_count <= 3 + 2
+        if not sim.w.connected:
+            sim.run(sim.w.on_connected())
+        for _ in range(4 * sim.committed + 4):
+            if not sim.w.in_flight:
                 break
-            run(w.on_puback(list(w.in_flight)))
-        assert sorted(sent) == list(range(1, committed + 1))
-        assert len(sent) == len(set(sent))
+            sim.run(sim.w.on_puback(list(sim.w.in_flight)))
+        assert sorted(sim.sent) == list(range(1, sim.committed + 1))
+        assert len(sim.sent) == len(set(sim.sent))
+
+
+class _WindowSim:
+    """A PublishWindow driven against an in-memory outbox of ids 1..committed: carries out
+    its actions as the uplink does, and publishes "live" commits at once while there is room
+    (``reserve`` beyond the window)."""
+
+    def __init__(self, w: PublishWindow, reserve: int = 0) -> None:
+        self.w, self.reserve = w, reserve
+        self.committed, self.next_mid = 0, 1
+        self.sent: list[int] = []
+        self.published: set[int] = set()
+
+    def publish(self, rid: int) -> None:
+        assert rid not in self.published
+        self.published.add(rid)
+        self.w.on_published(self.next_mid, rid)
+        self.next_mid += 1
+
+    def run(self, actions: list) -> None:  # type: ignore[type-arg]
+        for a in actions:
+            if isinstance(a, MarkSent):
+                self.sent.extend(a.record_ids)
+            elif isinstance(a, FetchUnsent):
+                ids = [i for i in range(a.after_id + 1, self.committed + 1)
+                       if i not in self.sent and not self.w.is_in_flight(i)][: a.limit]
+                for rid in ids:
+                    self.publish(rid)
+                self.run(self.w.on_fetched(ids, exhausted=len(ids) < a.limit))
+
+    def step(self, event: str) -> None:
+        w = self.w
+        if event in ("commit", "live"):
+            self.committed += 1
+            done: list[int] = []
+            if event == "live" and w.connected and w.in_flight_count < w.window + self.reserve:
+                self.publish(self.committed)
+                done.append(self.committed)
+            self.run(w.on_committed(done, all_published=bool(done)))
+        elif event == "connect":
+            self.run(w.on_connected())
+        elif event == "disconnect":
+            self.run(w.on_disconnected())
+        elif w.in_flight and w.connected:
+            self.run(w.on_puback([min(w.in_flight)]))
 
 
 class TestAcks:
