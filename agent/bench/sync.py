@@ -193,7 +193,7 @@ async def drain(state: Path, broker: LocalBroker, backlog: int, live_hz: float,
                                          "n": len(during)}}
 
 
-def bench_sync(n: int = 20_000, rounds: int = 3, backlog: int = 100_000,
+def bench_sync(n: int = 20_000, rounds: int = 5, backlog: int = 100_000,
                live_hz: float = 30.0) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="lepton-bench-sync-") as tmp, \
             LocalBroker(Path(tmp) / "broker", persistence=False) as broker:

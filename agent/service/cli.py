@@ -466,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sb = bench_sub.add_parser("sync", help="durable outbox path vs raw paho; backlog drain")
     sb.add_argument("--messages", type=int, default=20_000)
-    sb.add_argument("--rounds", type=int, default=3)
+    sb.add_argument("--rounds", type=int, default=5)
     sb.add_argument("--backlog", type=int, default=100_000, help="0 skips the drain test")
     sb.add_argument("--live-hz", type=float, default=30.0)
     sb.add_argument("--json", action="store_true")

@@ -66,6 +66,33 @@ class LinkOptions:
     reconnect_max_s: float = 60.0
 
 
+class _BufferedClient(paho.Client):
+    """paho reads a packet with up to three ``recv`` calls (command byte, length, body), so a
+    PUBACK costs three syscalls; on the event loop they serialize with everything else. This
+    reads what the socket holds in one call and serves paho's reads from it."""
+
+    _rbuf = b""
+    _rpos = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rpos >= len(self._rbuf):
+            data = super()._sock_recv(max(bufsize, 65536))
+            if len(data) <= bufsize:
+                return data
+            self._rbuf, self._rpos = data, 0
+        start = self._rpos
+        self._rpos = min(start + bufsize, len(self._rbuf))
+        return self._rbuf[start:self._rpos]
+
+    @property
+    def buffered(self) -> bool:
+        """Bytes read off the socket that paho has not consumed yet."""
+        return self._rpos < len(self._rbuf)
+
+    def drop_buffer(self) -> None:
+        self._rbuf, self._rpos = b"", 0
+
+
 class MqttLink:
     """An MQTT 5 client on the event loop that reconnects by itself until stopped.
 
@@ -93,11 +120,11 @@ class MqttLink:
         self._loop_thread = 0
         self.client = self._make_client()
 
-    def _make_client(self) -> paho.Client:
+    def _make_client(self) -> _BufferedClient:
         o = self.options
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=o.client_id,
-                             protocol=paho.MQTTv5, reconnect_on_failure=False,
-                             manual_ack=o.manual_ack)
+        client = _BufferedClient(CallbackAPIVersion.VERSION2, client_id=o.client_id,
+                                 protocol=paho.MQTTv5, reconnect_on_failure=False,
+                                 manual_ack=o.manual_ack)
         # No limit inside paho: the uplink's window (plus its live reserve) bounds what is in
         # flight, and paho's own limit scans every message in flight on each PUBACK and would
         # hold the live reserve back in its queue.
@@ -142,6 +169,7 @@ class MqttLink:
                 self.loop.call_soon_threadsafe(fn, *args)
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self.client.drop_buffer()  # nothing is read before the loop watches the new socket
         self._in_loop(self._watch, sock)
 
     def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
@@ -178,14 +206,13 @@ class MqttLink:
             self.loop.remove_writer(sock)
 
     def _readable(self) -> None:
-        self.client.loop_read()
-        # TLS decrypts whole records: bytes already read off the socket wait in the SSL
-        # object, where the selector cannot see them.
-        sock = self.client.socket()
-        while isinstance(sock, ssl.SSLSocket) and sock.pending():
-            if self.client.loop_read() != paho.MQTT_ERR_SUCCESS:
-                break
+        # Bytes already read off the socket, in the client's buffer or (TLS decrypts whole
+        # records) in the SSL object, are invisible to the selector: read until none are left.
+        while self.client.loop_read() == paho.MQTT_ERR_SUCCESS:
             sock = self.client.socket()
+            if sock is None or not (self.client.buffered or (
+                    isinstance(sock, ssl.SSLSocket) and sock.pending())):
+                break
 
     def _writable(self) -> None:
         self.client.loop_write()
