@@ -124,7 +124,6 @@ class _Durable:
 
     async def aclose(self) -> None:
         await self.link.stop(2.0)
-        await asyncio.sleep(0.05)  # PUBACK callbacks the link queued run before the outbox closes
         self.outbox.close()
 
 

@@ -441,7 +441,6 @@ class AgentApp:
                         state="offline", device=device, site=site, wall_time=time.time(),
                         extra={"reason": "stopped"}), qos=1, retain=True)
                 await link.stop(2.0)
-                await asyncio.sleep(0)  # callbacks the link queued run before the outbox closes
             uplink.flush_sent()
             backlog, _ = outbox.backlog()
             outbox.close()

@@ -360,3 +360,6 @@ class MqttLink:
             with contextlib.suppress(OSError):
                 sock.close()
         self._set_disconnected("stopped")
+        # Handler calls already queued (the last PUBACKs, the disconnect) run before stop
+        # returns, so the caller may close what they write to.
+        await asyncio.sleep(0)

@@ -20,12 +20,6 @@ void lk_row_accumulate(const uint8_t *restrict row, uint32_t w, uint32_t *restri
 void lk_yuv_to_rgb(const int32_t *restrict y, const int32_t *restrict u, const int32_t *restrict v,
                    int32_t *restrict r, int32_t *restrict g, int32_t *restrict b, int n);
 
-/* out[x] = floor((num[x] + floor(t / 2)) / t) with t = den[x] * scale: round-half-up division
- * of integer-valued doubles, exact while num + t < 2^52 (the caller checks): an estimate from
- * the reciprocals inv[x] * inv_scale, corrected by one step in exact arithmetic. */
-void lk_row_div_round(const double *restrict num, const double *restrict den,
-                      const double *restrict inv, double scale, double inv_scale,
-                      int32_t *restrict out, int n);
 /* dst[i] = (set ? 0 : dst[i]) + r0[i] * w0 + r1[i] * w1   (area vertical stage, two rows a
  * pass; r0 and r1 may be the same row) */
 void lk_row_accumulate2(const uint8_t *r0, uint32_t w0, const uint8_t *r1, uint32_t w1,
@@ -41,10 +35,10 @@ void lk_row_area_h8(const uint32_t *restrict row, const int32_t *restrict first,
 void lk_row_div_round_i32(const int32_t *restrict num, const int32_t *restrict den,
                           const float *restrict inv, int32_t scale, float inv_scale,
                           int32_t *restrict out, int n);
-/* acc[x] = sum over k < span of row[(first[x] + k) * step] * tab[k * n + x], as a double: the
- * area horizontal sums (weights laid out k-major), exact while below 2^53 (the caller checks). */
+/* acc[x] = sum over k < span of row[(first[x] + k) * step] * tab[k * n + x]: the area
+ * horizontal sums (weights laid out k-major), exact while they fit int32 (the caller checks). */
 void lk_row_area_h(const uint32_t *restrict row, int step, const int32_t *restrict first,
-                   const uint32_t *restrict tab, int span, double *restrict acc, int n);
+                   const uint32_t *restrict tab, int span, int32_t *restrict acc, int n);
 
 /* Bilinear horizontal stage straight from two source rows (exact, the 2x2 formula):
  * v(e) = r0[e] * (2048 - wy) + r1[e] * wy,

@@ -116,24 +116,18 @@ typedef struct {
 } area_plane;
 
 /* One channel of the horizontal area stage: out[x] = round(sum_k row[(first[x] + k) * step] *
- * tab[x][k] / (vtot * htot[x])), exact. Sums below 2^52 are exact in doubles, so the division
- * runs vectorised in floating point; larger ones (frames far beyond camera sizes) stay in
- * uint64. */
+ * tab[x][k] / (vtot * htot[x])), exact. Where the sums (and the division's checks, up to
+ * 257 * total) fit int32, SIMD sums (eight-wide loads for contiguous spans up to 8, gathers
+ * otherwise) and the division in int32 lanes; frames far beyond camera sizes take uint64. */
 static void area_row(const uint32_t *row, int step, const area_plane *a, uint64_t vtot,
-                     double *acc_buf, int32_t *out, int n) {
+                     int32_t *sums, int32_t *out, int n) {
     const double vinv = 1.0 / (double)vtot;
-    /* Contiguous columns and sums (and their checks, up to 257 * total) that fit int32:
-     * eight-wide loads instead of gathers, and the division in int32 lanes. */
-    if (step == 1 && a->tab8 && 512.0 * (double)vtot * a->htot_max < 2147483648.0) {
-        int32_t *sums = (int32_t *)acc_buf;
-        lk_row_area_h8(row, a->first, a->tab8, sums, n);
+    if (512.0 * (double)vtot * a->htot_max < 2147483648.0) {
+        if (step == 1 && a->tab8)
+            lk_row_area_h8(row, a->first, a->tab8, sums, n);
+        else
+            lk_row_area_h(row, step, a->first, a->tab, a->span, sums, n);
         lk_row_div_round_i32(sums, a->htot_i, a->hinv_f, (int32_t)vtot, (float)vinv, out, n);
-        return;
-    }
-    /* Column sums (at most 255 * vtot) must also fit the int32 lanes of the gathers. */
-    if (256.0 * (double)vtot * a->htot_max < 4503599627370496.0 && 256.0 * (double)vtot < 2147483648.0) {
-        lk_row_area_h(row, step, a->first, a->tab, a->span, acc_buf, n);
-        lk_row_div_round(acc_buf, a->htot, a->hinv, (double)vtot, vinv, out, n);
         return;
     }
     for (int x = 0; x < n; x++) {
@@ -346,7 +340,8 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
     /* Chroma: NV12 rows hold U,V interleaved per chroma column; YUYV rows hold Y0 U Y1 V per
      * pair, so U of pair i is at 4i + 1 and V at 4i + 3. */
     const int cstep = nv12 ? 2 : 4, ubase = nv12 ? 0 : 1, vbase = nv12 ? 1 : 3;
-    double *area_mem = NULL, *acc_buf = NULL;
+    double *area_mem = NULL;
+    int32_t *sums = NULL;
     lk_pair_group *groups = NULL;
     lk_pair_plan plan_a = {NULL, 0, 0, 4}, plan_b = {NULL, 0, 0, 4};
     area_plane ap = {a_off, NULL, NULL, NULL, a_inv, NULL, NULL, 1, 0.0};
@@ -359,8 +354,8 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
                                     (size_t)(ap.span + bp.span + 20) * sizeof(uint32_t)));
         if (!area_mem) { free(scratch); return LK_ENOMEM; }
         double *a_htot = area_mem, *b_htot = a_htot + cw;
-        acc_buf = b_htot + cw;
-        uint32_t *a_tab = (uint32_t *)(acc_buf + cw), *b_tab = a_tab + (size_t)cw * (size_t)ap.span;
+        sums = (int32_t *)(b_htot + cw);  /* one row of column sums, in a slot of cw doubles */
+        uint32_t *a_tab = (uint32_t *)(b_htot + 2 * cw), *b_tab = a_tab + (size_t)cw * (size_t)ap.span;
         area_table(ta, cw, ap.span, j.rw, a_off, a_tab);
         if (j.yuv) area_table(tb, cw, bp.span, nv12 ? cx1 - cx0 + 1 : (j.rw + 1) / 2, b_off, b_tab);
         for (int x = 0; x < cw; x++) {
@@ -460,7 +455,7 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
         int32_t *dst[3] = {cy, cu, cv};
         if (area) {
             for (int c = 0; c < nch; c++)
-                area_row((const uint32_t *)rowa + c, la.step, &ap, area_total(&at), acc_buf, dst[c], cw);
+                area_row((const uint32_t *)rowa + c, la.step, &ap, area_total(&at), sums, dst[c], cw);
         } else {
             const int k = plan_a.covered;
             lk_row_bilerp_planned(a_r0, a_r1, vt.w, &plan_a, a_w, dst, a_n0, a_n1);
@@ -480,11 +475,11 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
             const uint64_t vtot = nv12 ? area_total(&atb) : area_total(&at);
             if (nv12) {
                 for (int i = 0; i < b_cols / 2; i++) { row_u[i] = rowb[2 * i]; row_v[i] = rowb[2 * i + 1]; }
-                area_row((const uint32_t *)row_u, 1, &bp, vtot, acc_buf, cu, cw);
-                area_row((const uint32_t *)row_v, 1, &bp, vtot, acc_buf, cv, cw);
+                area_row((const uint32_t *)row_u, 1, &bp, vtot, sums, cu, cw);
+                area_row((const uint32_t *)row_v, 1, &bp, vtot, sums, cv, cw);
             } else {
-                area_row((const uint32_t *)rowa + ubase, cstep, &bp, vtot, acc_buf, cu, cw);
-                area_row((const uint32_t *)rowa + vbase, cstep, &bp, vtot, acc_buf, cv, cw);
+                area_row((const uint32_t *)rowa + ubase, cstep, &bp, vtot, sums, cu, cw);
+                area_row((const uint32_t *)rowa + vbase, cstep, &bp, vtot, sums, cv, cw);
             }
         } else {
             const uint8_t *c_r0 = nv12 ? b_r0 : a_r0, *c_r1 = nv12 ? b_r1 : a_r1;

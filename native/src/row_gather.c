@@ -46,12 +46,12 @@ static void pack3_c(const int32_t *restrict c0, const int32_t *restrict c1,
 }
 
 static void area_h_c(const uint32_t *restrict row, int step, const int32_t *restrict first,
-                     const uint32_t *restrict tab, int span, double *restrict acc, int n) {
+                     const uint32_t *restrict tab, int span, int32_t *restrict acc, int n) {
     for (int x = 0; x < n; x++) {
         const uint32_t *px = row + first[x] * step;
-        uint64_t sum = 0;
-        for (int k = 0; k < span; k++) sum += (uint64_t)px[k * step] * tab[(size_t)k * (size_t)n + (size_t)x];
-        acc[x] = (double)(int64_t)sum;
+        uint32_t sum = 0;
+        for (int k = 0; k < span; k++) sum += px[k * step] * tab[(size_t)k * (size_t)n + (size_t)x];
+        acc[x] = (int32_t)sum;
     }
 }
 
@@ -80,18 +80,6 @@ static void div_round_i32_c(const int32_t *restrict num, const int32_t *restrict
     for (int x = 0; x < n; x++) {
         const int32_t t = den[x] * scale;
         out[x] = (num[x] + t / 2) / t;
-    }
-}
-
-static void div_round_c(const double *restrict num, const double *restrict den,
-                        const double *restrict inv, double scale, double inv_scale,
-                        int32_t *restrict out, int n) {
-    for (int x = 0; x < n; x++) {
-        const double t = den[x] * scale, m = num[x] + floor(t * 0.5);
-        double q = floor(m * (inv[x] * inv_scale));
-        if (q * t > m) q -= 1.0;
-        else if ((q + 1.0) * t <= m) q += 1.0;
-        out[x] = (int32_t)q;
     }
 }
 
@@ -259,31 +247,26 @@ LK_AVX2 static void pack3_avx2(const int32_t *restrict c0, const int32_t *restri
 
 LK_AVX2 static void area_h_avx2(const uint32_t *restrict row, int step,
                                 const int32_t *restrict first, const uint32_t *restrict tab,
-                                int span, double *restrict acc, int n) {
-    /* Across four output columns at a time: no serial chain over the span, and the sums are
-     * exact integers in doubles, so their order does not matter. */
+                                int span, int32_t *restrict acc, int n) {
+    /* Across eight output columns at a time: no serial chain over the span. */
     const __m256i stepv = _mm256_set1_epi32(step);
     int x = 0;
     for (; x + 8 <= n; x += 8) {
         __m256i idx = _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(first + x)), stepv);
-        __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+        __m256i sum = _mm256_setzero_si256();
         for (int k = 0; k < span; k++) {
             const __m256i v = _mm256_i32gather_epi32((const int *)row, idx, 4);
             const __m256i w = _mm256_loadu_si256((const __m256i *)(tab + (size_t)k * (size_t)n + x));
-            lo = _mm256_add_pd(lo, _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(v)),
-                                                 _mm256_cvtepi32_pd(_mm256_castsi256_si128(w))));
-            hi = _mm256_add_pd(hi, _mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(v, 1)),
-                                                 _mm256_cvtepi32_pd(_mm256_extracti128_si256(w, 1))));
+            sum = _mm256_add_epi32(sum, _mm256_mullo_epi32(v, w));
             idx = _mm256_add_epi32(idx, stepv);
         }
-        _mm256_storeu_pd(acc + x, lo);
-        _mm256_storeu_pd(acc + x + 4, hi);
+        _mm256_storeu_si256((__m256i *)(acc + x), sum);
     }
-    for (; x < n; x++) {
+    for (; x < n; x++) {  /* the tail on its own: the weights' stride is n, not n - x */
         const uint32_t *px = row + first[x] * step;
-        uint64_t sum = 0;
-        for (int k = 0; k < span; k++) sum += (uint64_t)px[k * step] * tab[(size_t)k * (size_t)n + (size_t)x];
-        acc[x] = (double)(int64_t)sum;
+        uint32_t sum = 0;
+        for (int k = 0; k < span; k++) sum += px[k * step] * tab[(size_t)k * (size_t)n + (size_t)x];
+        acc[x] = (int32_t)sum;
     }
 }
 
@@ -353,24 +336,6 @@ LK_AVX2 static void div_round_i32_avx2(const int32_t *restrict num, const int32_
     div_round_i32_c(num + x, den + x, inv + x, scale, inv_scale, out + x, n - x);
 }
 
-LK_AVX2 static void div_round_avx2(const double *restrict num, const double *restrict den,
-                                   const double *restrict inv, double scale, double inv_scale,
-                                   int32_t *restrict out, int n) {
-    const __m256d sc = _mm256_set1_pd(scale), isc = _mm256_set1_pd(inv_scale);
-    const __m256d half = _mm256_set1_pd(0.5), one = _mm256_set1_pd(1.0);
-    int x = 0;
-    for (; x + 4 <= n; x += 4) {
-        const __m256d t = _mm256_mul_pd(_mm256_loadu_pd(den + x), sc);
-        const __m256d m = _mm256_add_pd(_mm256_loadu_pd(num + x), _mm256_floor_pd(_mm256_mul_pd(t, half)));
-        __m256d q = _mm256_floor_pd(_mm256_mul_pd(m, _mm256_mul_pd(_mm256_loadu_pd(inv + x), isc)));
-        q = _mm256_sub_pd(q, _mm256_and_pd(_mm256_cmp_pd(_mm256_mul_pd(q, t), m, _CMP_GT_OQ), one));
-        q = _mm256_add_pd(q, _mm256_and_pd(
-            _mm256_cmp_pd(_mm256_mul_pd(_mm256_add_pd(q, one), t), m, _CMP_LE_OQ), one));
-        _mm_storeu_si128((__m128i *)(out + x), _mm256_cvttpd_epi32(q));
-    }
-    div_round_c(num + x, den + x, inv + x, scale, inv_scale, out + x, n - x);
-}
-
 /* Output x of one group: out = ((a*wx1 + b*wx) * wy1 + (c*wx1 + d*wx) * wy + 2^21) >> 22 with
  * a, b from r0 and c, d from r1, the same integer as the vertical-first form (all below 2^31). */
 /* `chunks` is a constant at each call below, so the window stays in registers. */
@@ -431,15 +396,13 @@ typedef void pack3_fn(const int32_t *restrict, const int32_t *restrict, const in
                       uint8_t *restrict, int);
 
 typedef void area_h_fn(const uint32_t *restrict, int, const int32_t *restrict,
-                       const uint32_t *restrict, int, double *restrict, int);
+                       const uint32_t *restrict, int, int32_t *restrict, int);
 typedef void accumulate2_fn(const uint8_t *, uint32_t, const uint8_t *, uint32_t,
                             uint32_t *restrict, int, int);
 typedef void area_h8_fn(const uint32_t *restrict, const int32_t *restrict,
                         const uint32_t *restrict, int32_t *restrict, int);
 typedef void div_round_i32_fn(const int32_t *restrict, const int32_t *restrict,
                               const float *restrict, int32_t, float, int32_t *restrict, int);
-typedef void div_round_fn(const double *restrict, const double *restrict, const double *restrict,
-                          double, double, int32_t *restrict, int);
 
 /* Resolvers run while the dynamic loader relocates, before sanitizer runtimes are set up. */
 #define LK_RESOLVER __attribute__((no_sanitize_address, no_sanitize_undefined))
@@ -459,7 +422,6 @@ LK_RESOLVER static div_round_i32_fn *resolve_div_round_i32(void) {
     return have_avx2() ? div_round_i32_avx2 : div_round_i32_c;
 }
 LK_RESOLVER static area_h8_fn *resolve_area_h8(void) { return have_avx2() ? area_h8_avx2 : area_h8_c; }
-LK_RESOLVER static div_round_fn *resolve_div_round(void) { return have_avx2() ? div_round_avx2 : div_round_c; }
 
 void lk_row_bilerp_planned(const uint8_t *restrict r0, const uint8_t *restrict r1, int32_t wy,
                            const lk_pair_plan *plan, const int32_t *restrict w,
@@ -471,7 +433,6 @@ bilerp_fn lk_row_bilerp __attribute__((ifunc("resolve_bilerp")));
 bilerp_uv_fn lk_row_bilerp_uv __attribute__((ifunc("resolve_bilerp_uv")));
 pack3_fn lk_row_pack3 __attribute__((ifunc("resolve_pack3")));
 area_h_fn lk_row_area_h __attribute__((ifunc("resolve_area_h")));
-div_round_fn lk_row_div_round __attribute__((ifunc("resolve_div_round")));
 area_h8_fn lk_row_area_h8 __attribute__((ifunc("resolve_area_h8")));
 div_round_i32_fn lk_row_div_round_i32 __attribute__((ifunc("resolve_div_round_i32")));
 accumulate2_fn lk_row_accumulate2 __attribute__((ifunc("resolve_accumulate2")));
@@ -553,7 +514,7 @@ void lk_row_pack3(const int32_t *restrict c0, const int32_t *restrict c1,
 }
 
 void lk_row_area_h(const uint32_t *restrict row, int step, const int32_t *restrict first,
-                   const uint32_t *restrict tab, int span, double *restrict acc, int n) {
+                   const uint32_t *restrict tab, int span, int32_t *restrict acc, int n) {
     area_h_c(row, step, first, tab, span, acc, n);
 }
 
@@ -573,10 +534,5 @@ void lk_row_div_round_i32(const int32_t *restrict num, const int32_t *restrict d
     div_round_i32_c(num, den, inv, scale, inv_scale, out, n);
 }
 
-void lk_row_div_round(const double *restrict num, const double *restrict den,
-                      const double *restrict inv, double scale, double inv_scale,
-                      int32_t *restrict out, int n) {
-    div_round_c(num, den, inv, scale, inv_scale, out, n);
-}
 
 #endif
