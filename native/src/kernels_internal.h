@@ -65,19 +65,32 @@ typedef struct {
 } lk_pair_group;
 typedef struct {
     lk_pair_group *groups;
-    int covered;               /* outputs [0, covered) are planned (a multiple of 8) */
+    int covered;               /* outputs [0, covered) are planned, in (covered + 7) / 8 groups */
     int channels;
     int chunks;                /* window size in 16-byte chunks: 4 (64 bytes) or 8 */
 } lk_pair_plan;
 /* Plans the leading groups whose windows stay inside `limit` bytes and hold every tap; groups
- * must hold room for n / 8 entries. */
+ * must hold room for (n + 7) / 8 entries. The last group may be partial: its lanes past n
+ * repeat output n - 1, and the kernels below write all eight lanes, so their outputs (and the
+ * weights they read) need 8 entries of padding past n. */
 void lk_pair_plan_build(lk_pair_plan *plan, lk_pair_group *groups, const int32_t *off,
                         const int *first, const int *second, int channels, int limit, int n);
-/* out[c][x] for x < plan->covered, exactly as lk_row_bilerp with the plan's taps; prefetches
- * the same windows of rows next0 and next1 (the next output row's, or r0 and r1 again). */
-void lk_row_bilerp_planned(const uint8_t *restrict r0, const uint8_t *restrict r1, int32_t wy,
-                           const lk_pair_plan *plan, const int32_t *restrict w,
-                           int32_t *const out[3], const uint8_t *next0, const uint8_t *next1);
+/* Two source rows of one plane as the planned kernels read them: their vertical weight, the
+ * plan and horizontal weights, and the next output row's rows to prefetch (or r0, r1 again). */
+typedef struct {
+    const uint8_t *r0, *r1, *next0, *next1;
+    int32_t wy;
+    const lk_pair_plan *plan;
+    const int32_t *w;
+} lk_planned_rows;
+/* out[c][x] for x < plan->covered, exactly as lk_row_bilerp with the plan's taps. */
+void lk_row_bilerp_planned(const lk_planned_rows *rows, int32_t *const out[3]);
+/* NV12 straight to n interleaved uint8 pixels (R, G, B, or B, G, R where swap_rb): luma and
+ * chroma bilerp, lk_yuv_to_rgb and lk_row_pack3 fused, exactly equal to them, kept in registers.
+ * Writes the leading outputs both plans cover and returns how many (0 where this build has no
+ * fused kernel); the caller finishes the row. */
+int lk_row_nv12_rgb_planned(const lk_planned_rows *luma, const lk_planned_rows *chroma,
+                            int swap_rb, uint8_t *dst, int n);
 
 /* Interleaves three channels of 0..255 values into n pixels of uint8. */
 void lk_row_pack3(const int32_t *restrict c0, const int32_t *restrict c1,

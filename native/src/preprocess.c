@@ -302,9 +302,11 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
     const int b_cols = nv12 ? 2 * (cx1 - cx0 + 1) : 0;
     const int cw = j.cw;
 
-    /* Scratch: vertical rows (int32) and taps. */
+    /* Scratch: vertical rows (int32) and taps. The per-column arrays carry 8 entries of
+     * padding: the planned kernels write (and read weights of) whole groups of eight. */
+    const int cwp = cw + 8;
     size_t bytes = (size_t)cw * 2 * sizeof(double) + (size_t)(a_cols + 2 * b_cols + 40) * 4 +
-                   (size_t)cw * 10 * 4 +
+                   (size_t)cwp * 10 * 4 +
                    (size_t)cw * 2 * (area ? sizeof(area_tap) : sizeof(lin_tap)) +
                    64;
     /* Zeroed: rows carry 8 columns of padding that eight-wide loads read with weight 0. */
@@ -315,11 +317,12 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
     int32_t *rowb = rowa + a_cols + 8;
     /* NV12 area: rowb's U and V split into rows of their own, so both are contiguous. */
     int32_t *row_u = rowb + b_cols + 8, *row_v = row_u + b_cols / 2 + 8;
-    int32_t *cy = row_v + b_cols / 2 + 8, *cu = cy + cw, *cv = cu + cw, *cr = cv + cw, *cg = cr + cw, *cb = cg + cw;
+    int32_t *cy = row_v + b_cols / 2 + 8, *cu = cy + cwp, *cv = cu + cwp, *cr = cv + cwp;
+    int32_t *cg = cr + cwp, *cb = cg + cwp;
     /* Bilinear tables: byte offsets of the left tap in the source row, and weights. Area:
      * a_w, b_w hold each column's weight total and a_inv, b_inv its reciprocal. */
-    int32_t *a_off = cb + cw, *a_w = a_off + cw, *b_off = a_w + cw, *b_w = b_off + cw;
-    void *taps_a = (void *)(b_w + cw);
+    int32_t *a_off = cb + cwp, *a_w = a_off + cwp, *b_off = a_w + cwp, *b_w = b_off + cwp;
+    void *taps_a = (void *)(b_w + cwp);
     void *taps_b = (uint8_t *)taps_a + (size_t)cw * (area ? sizeof(area_tap) : sizeof(lin_tap));
 
     /* Horizontal taps in ROI-relative columns. Chroma (NV12, YUYV) in chroma columns relative
@@ -342,7 +345,9 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
     const int cstep = nv12 ? 2 : 4, ubase = nv12 ? 0 : 1, vbase = nv12 ? 1 : 3;
     double *area_mem = NULL;
     int32_t *sums = NULL;
+    void *lin_mem = NULL;
     lk_pair_group *groups = NULL;
+    lin_tap *vrows = NULL, *vrows_b = NULL;
     lk_pair_plan plan_a = {NULL, 0, 0, 4}, plan_b = {NULL, 0, 0, 4};
     area_plane ap = {a_off, NULL, NULL, NULL, a_inv, NULL, NULL, 1, 0.0};
     area_plane bp = {b_off, NULL, NULL, NULL, b_inv, NULL, NULL, 1, 0.0};
@@ -383,24 +388,33 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
             a_off[x] = ta[x].i0 * la.step; a_w[x] = ta[x].w;
             if (j.yuv) { b_off[x] = tb[x].i0 * cstep; b_w[x] = tb[x].w; }
         }
-        groups = (lk_pair_group *)malloc((size_t)(cw / 8 + 1) * 2 * sizeof(lk_pair_group));
-        if (!groups) { free(scratch); return LK_ENOMEM; }
+        /* Vertical taps of every output row (luma or packed, then NV12 chroma) and the
+         * groups of both plans, in one block. */
+        const size_t plan_groups = (size_t)(cw + 7) / 8;
+        lin_mem = malloc((size_t)j.ch * 2 * sizeof(lin_tap) + plan_groups * 2 * sizeof(lk_pair_group));
+        if (!lin_mem) { free(scratch); return LK_ENOMEM; }
+        groups = (lk_pair_group *)lin_mem;
+        vrows = (lin_tap *)(groups + 2 * plan_groups);
+        vrows_b = vrows + j.ch;
+        /* Row by row with the offset as the reference computes it (bit for bit). */
+        for (int r = 0; r < j.ch; r++) {
+            linear_taps(vrows + r, 1, sy, r * sy, 0, j.rh - 1);
+            if (nv12) linear_taps(vrows_b + r, 1, sy / 2.0, j.ry / 2.0 - cy0 + r * sy / 2.0, 0, cy1 - cy0);
+        }
         /* Plane A: the luma or packed channels; plane B: chroma U and V (NV12 pairs, or the U
          * and V bytes of YUYV's Y0 U Y1 V). */
         const int a_first[3] = {0, 1, 2}, a_second[3] = {la.step, la.step + 1, la.step + 2};
         const int b_first[2] = {ubase, vbase}, b_second[2] = {ubase + cstep, vbase + cstep};
         lk_pair_plan_build(&plan_a, groups, a_off, a_first, a_second, nch, a_cols, cw);
         if (j.yuv && p->out_c == 3)
-            lk_pair_plan_build(&plan_b, groups + cw / 8 + 1, b_off, b_first, b_second, 2,
+            lk_pair_plan_build(&plan_b, groups + plan_groups, b_off, b_first, b_second, 2,
                                nv12 ? b_cols : a_cols, cw);
     }
 
-    lin_tap vt = {0, 0, 0}, vtb = {0, 0, 0};
     area_tap at = {0, 0, 0, 0}, atb = {0, 0, 0, 0};
     const uint8_t *plane0 = src->plane0 + (size_t)j.rx * (size_t)j.src_bpp;
     const uint8_t *plane1 = nv12 ? src->plane1 + (size_t)cx0 * 2 : NULL;
-    const uint8_t *a_r0 = NULL, *a_r1 = NULL, *b_r0 = NULL, *b_r1 = NULL;
-    const uint8_t *a_n0 = NULL, *a_n1 = NULL, *b_n0 = NULL, *b_n1 = NULL;
+    lk_planned_rows luma = {NULL, NULL, NULL, NULL, 0, &plan_a, a_w}, chroma = luma;
 
     for (int y = 0; y < p->out_h; y++) {
         const int cyrow = y - j.oy;
@@ -416,40 +430,53 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
                                 src->stride1, &atb, (uint32_t *)rowb, b_cols);
             }
         } else {
-            /* Bilinear reads only the 2x2 neighbourhoods it needs, straight from the rows. */
-            linear_taps(&vt, 1, sy, cyrow * sy, 0, j.rh - 1);
-            a_r0 = plane0 + (size_t)(j.ry + vt.i0) * (size_t)src->stride0;
-            a_r1 = plane0 + (size_t)(j.ry + vt.i1) * (size_t)src->stride0;
+            /* Bilinear reads only the 2x2 neighbourhoods it needs, straight from the rows, and
+             * names the next output row's rows for the kernels to prefetch (the shuffles wait
+             * on rows not yet in cache). */
+            const int next = cyrow + 1 < j.ch ? cyrow + 1 : cyrow;
+            const lin_tap vt = vrows[cyrow];
+            luma = (lk_planned_rows){plane0 + (size_t)(j.ry + vt.i0) * (size_t)src->stride0,
+                                     plane0 + (size_t)(j.ry + vt.i1) * (size_t)src->stride0,
+                                     plane0 + (size_t)(j.ry + vrows[next].i0) * (size_t)src->stride0,
+                                     plane0 + (size_t)(j.ry + vrows[next].i1) * (size_t)src->stride0,
+                                     vt.w, &plan_a, a_w};
             if (nv12) {
-                linear_taps(&vtb, 1, sy / 2.0, j.ry / 2.0 - cy0 + cyrow * sy / 2.0, 0, cy1 - cy0);
-                b_r0 = plane1 + (size_t)(cy0 + vtb.i0) * (size_t)src->stride1;
-                b_r1 = plane1 + (size_t)(cy0 + vtb.i1) * (size_t)src->stride1;
-            }
-            /* Rows of the next output row, for the kernels to prefetch while this one is
-             * computed (the gathers wait on rows not yet in cache). */
-            if (cyrow + 1 < j.ch) {
-                lin_tap nt, ntb;
-                linear_taps(&nt, 1, sy, (cyrow + 1) * sy, 0, j.rh - 1);
-                a_n0 = plane0 + (size_t)(j.ry + nt.i0) * (size_t)src->stride0;
-                a_n1 = plane0 + (size_t)(j.ry + nt.i1) * (size_t)src->stride0;
-                if (nv12) {
-                    linear_taps(&ntb, 1, sy / 2.0, j.ry / 2.0 - cy0 + (cyrow + 1) * sy / 2.0, 0,
-                                cy1 - cy0);
-                    b_n0 = plane1 + (size_t)(cy0 + ntb.i0) * (size_t)src->stride1;
-                    b_n1 = plane1 + (size_t)(cy0 + ntb.i1) * (size_t)src->stride1;
-                }
+                const lin_tap vtb = vrows_b[cyrow];
+                chroma = (lk_planned_rows){
+                    plane1 + (size_t)(cy0 + vtb.i0) * (size_t)src->stride1,
+                    plane1 + (size_t)(cy0 + vtb.i1) * (size_t)src->stride1,
+                    plane1 + (size_t)(cy0 + vrows_b[next].i0) * (size_t)src->stride1,
+                    plane1 + (size_t)(cy0 + vrows_b[next].i1) * (size_t)src->stride1,
+                    vtb.w, &plan_b, b_w};
             } else {
-                a_n0 = a_r0; a_n1 = a_r1; b_n0 = b_r0; b_n1 = b_r1;
+                chroma = luma;
+                chroma.plan = &plan_b;
+                chroma.w = b_w;
             }
             /* The planned windows prefetch themselves; the rest of the row here. */
             const int a_from = plan_a.covered < cw ? a_off[plan_a.covered] : a_cols;
-            prefetch_row(a_n0 + a_from, a_cols - a_from);
-            prefetch_row(a_n1 + a_from, a_cols - a_from);
+            prefetch_row(luma.next0 + a_from, a_cols - a_from);
+            prefetch_row(luma.next1 + a_from, a_cols - a_from);
             if (nv12) {
                 const int b_from = plan_b.covered < cw ? b_off[plan_b.covered] : b_cols;
-                prefetch_row(b_n0 + b_from, b_cols - b_from);
-                prefetch_row(b_n1 + b_from, b_cols - b_from);
+                prefetch_row(chroma.next0 + b_from, b_cols - b_from);
+                prefetch_row(chroma.next1 + b_from, b_cols - b_from);
             }
+        }
+        /* NV12 to plain uint8 RGB/BGR rows, the common camera case: one fused pass where the
+         * build has it, the remaining columns (if any) through the separate stages. */
+        if (!area && nv12 && p->out_c == 3 && o.identity_u8 && cw == p->out_w) {
+            uint8_t *row = o.u8 + (size_t)y * (size_t)p->out_w * 3;
+            const int k = lk_row_nv12_rgb_planned(&luma, &chroma, !p->out_rgb, row, cw);
+            if (k < cw) {
+                lk_row_bilerp(luma.r0, luma.r1, luma.wy, a_off + k, a_w + k, 1, a_cols, cy + k, cw - k);
+                lk_row_bilerp_uv(chroma.r0, chroma.r1, chroma.wy, b_off + k, b_w + k, b_cols, cu + k,
+                                 cv + k, cw - k);
+                lk_yuv_to_rgb(cy + k, cu + k, cv + k, cr + k, cg + k, cb + k, cw - k);
+                lk_row_pack3(p->out_rgb ? cr + k : cb + k, cg + k, p->out_rgb ? cb + k : cr + k,
+                             row + (size_t)k * 3, cw - k);
+            }
+            continue;
         }
         /* Horizontal stage: luma / packed channels. */
         int32_t *dst[3] = {cy, cu, cv};
@@ -458,10 +485,10 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
                 area_row((const uint32_t *)rowa + c, la.step, &ap, area_total(&at), sums, dst[c], cw);
         } else {
             const int k = plan_a.covered;
-            lk_row_bilerp_planned(a_r0, a_r1, vt.w, &plan_a, a_w, dst, a_n0, a_n1);
+            lk_row_bilerp_planned(&luma, dst);
             for (int c = 0; c < nch; c++)
-                lk_row_bilerp(a_r0 + c, a_r1 + c, vt.w, a_off + k, a_w + k, la.step, a_cols - c,
-                              dst[c] + k, cw - k);
+                lk_row_bilerp(luma.r0 + c, luma.r1 + c, luma.wy, a_off + k, a_w + k, la.step,
+                              a_cols - c, dst[c] + k, cw - k);
         }
         if (!j.yuv) {
             if (nch == 1) { emit_row(&j, &o, y, cy, cy, cy, 0); continue; }
@@ -482,25 +509,24 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
                 area_row((const uint32_t *)rowa + vbase, cstep, &bp, vtot, sums, cv, cw);
             }
         } else {
-            const uint8_t *c_r0 = nv12 ? b_r0 : a_r0, *c_r1 = nv12 ? b_r1 : a_r1;
-            const int32_t wy = nv12 ? vtb.w : vt.w, k = plan_b.covered;
+            const int k = plan_b.covered;
             int32_t *const uv[3] = {cu, cv, NULL};
-            lk_row_bilerp_planned(c_r0, c_r1, wy, &plan_b, b_w, uv, nv12 ? b_n0 : a_n0,
-                                  nv12 ? b_n1 : a_n1);
+            lk_row_bilerp_planned(&chroma, uv);
             if (nv12) {
-                lk_row_bilerp_uv(b_r0, b_r1, wy, b_off + k, b_w + k, b_cols, cu + k, cv + k, cw - k);
+                lk_row_bilerp_uv(chroma.r0, chroma.r1, chroma.wy, b_off + k, b_w + k, b_cols,
+                                 cu + k, cv + k, cw - k);
             } else {
-                lk_row_bilerp(a_r0 + ubase, a_r1 + ubase, wy, b_off + k, b_w + k, cstep,
-                              a_cols - ubase, cu + k, cw - k);
-                lk_row_bilerp(a_r0 + vbase, a_r1 + vbase, wy, b_off + k, b_w + k, cstep,
-                              a_cols - vbase, cv + k, cw - k);
+                lk_row_bilerp(luma.r0 + ubase, luma.r1 + ubase, chroma.wy, b_off + k, b_w + k,
+                              cstep, a_cols - ubase, cu + k, cw - k);
+                lk_row_bilerp(luma.r0 + vbase, luma.r1 + vbase, chroma.wy, b_off + k, b_w + k,
+                              cstep, a_cols - vbase, cv + k, cw - k);
             }
         }
         lk_yuv_to_rgb(cy, cu, cv, cr, cg, cb, cw);
         emit_row(&j, &o, y, cr, cg, cb, 1);
     }
     free(area_mem);
-    free(groups);
+    free(lin_mem);
     free(scratch);
     return LK_OK;
 }

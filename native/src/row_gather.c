@@ -106,23 +106,27 @@ void lk_pair_plan_build(lk_pair_plan *plan, lk_pair_group *groups, const int32_t
     /* The window size follows the widest group (taps further apart need 128 bytes, which
      * costs twice the shuffles but still beats gathers). */
     int reach = 0;
-    for (int g = 0; g < n / 8 && reach <= 16 * LK_PAIR_MAX_CHUNKS; g++)
+    for (int g = 0; 8 * g < n && reach <= 16 * LK_PAIR_MAX_CHUNKS; g++) {
+        const int last = 8 * g + 7 < n ? 8 * g + 7 : n - 1;
         for (int c = 0; c < channels; c++) {
-            const int far = off[8 * g + 7] + second[c] - off[8 * g] + 1;
+            const int far = off[last] + second[c] - off[8 * g] + 1;
             reach = far > reach ? far : reach;
         }
+    }
     plan->chunks = reach <= 64 ? 4 : LK_PAIR_MAX_CHUNKS;
     const int window = 16 * plan->chunks;
-    for (int g = 0; g + 1 <= n / 8; g++) {
+    if (window > limit) return;
+    for (int g = 0; 8 * g < n; g++) {
         lk_pair_group *grp = groups + g;
-        const int base = off[8 * g];
-        if (base + window > limit) return;
+        /* Near the row's end the window slides left to stay inside it. */
+        const int base = off[8 * g] + window <= limit ? off[8 * g] : limit - window;
         int fits = 1;
         memset(grp->mask, 0x80, sizeof grp->mask);
         grp->base = base;
         for (int c = 0; c < channels && fits; c++)
             for (int k = 0; k < 8 && fits; k++) {
-                const int at[2] = {off[8 * g + k] + first[c] - base, off[8 * g + k] + second[c] - base};
+                const int x = 8 * g + k < n ? 8 * g + k : n - 1;
+                const int at[2] = {off[x] + first[c] - base, off[x] + second[c] - base};
                 for (int t = 0; t < 2; t++) {
                     if (at[t] < 0 || at[t] >= window) { fits = 0; break; }
                     grp->index[c][2 * k + t] = (uint8_t)at[t];
@@ -130,7 +134,7 @@ void lk_pair_plan_build(lk_pair_plan *plan, lk_pair_group *groups, const int32_t
                 }
             }
         if (!fits) return;
-        plan->covered = 8 * (g + 1);
+        plan->covered = 8 * g + 8 < n ? 8 * g + 8 : n;
     }
 #else
     (void)off; (void)first; (void)second; (void)limit; (void)n;
@@ -336,54 +340,133 @@ LK_AVX2 static void div_round_i32_avx2(const int32_t *restrict num, const int32_
     div_round_i32_c(num + x, den + x, inv + x, scale, inv_scale, out + x, n - x);
 }
 
-/* Output x of one group: out = ((a*wx1 + b*wx) * wy1 + (c*wx1 + d*wx) * wy + 2^21) >> 22 with
- * a, b from r0 and c, d from r1, the same integer as the vertical-first form (all below 2^31). */
+/* The window of one group: 16-byte chunk q of r0 in the low lane of win[q], of r1 in the high. */
+LK_AVX2 static inline __attribute__((always_inline)) void planned_window(
+        const lk_planned_rows *rows, const lk_pair_group *grp, int chunks, __m256i *win) {
+    /* The next output row's window, fetched while this one computes. */
+    for (int at = 0; at < 16 * chunks; at += 64) {
+        _mm_prefetch((const char *)(rows->next0 + grp->base + at), _MM_HINT_T0);
+        _mm_prefetch((const char *)(rows->next1 + grp->base + at), _MM_HINT_T0);
+    }
+    _mm_prefetch((const char *)(rows->next0 + grp->base + 16 * chunks - 1), _MM_HINT_T0);
+    _mm_prefetch((const char *)(rows->next1 + grp->base + 16 * chunks - 1), _MM_HINT_T0);
+    for (int q = 0; q < chunks; q++)
+        win[q] = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(rows->r0 + grp->base + 16 * q))),
+            _mm_loadu_si128((const __m128i *)(rows->r1 + grp->base + 16 * q)), 1);
+}
+
+/* (2048 - wx, wx) of eight outputs as int16 pairs for pmaddwd. */
+LK_AVX2 static inline __m256i weight_pairs(const int32_t *w) {
+    const __m256i wx = _mm256_loadu_si256((const __m256i *)w);
+    return _mm256_or_si256(_mm256_sub_epi32(_mm256_set1_epi32(2048), wx), _mm256_slli_epi32(wx, 16));
+}
+
+/* Channel c of eight outputs: out = ((a*wx1 + b*wx) * wy1 + (c*wx1 + d*wx) * wy + 2^21) >> 22
+ * with a, b from r0 and c, d from r1, the same integer as the vertical-first form (all below
+ * 2^31). The shuffles put the (first, second) bytes of r0 in the low lane, of r1 in the high. */
+LK_AVX2 static inline __attribute__((always_inline)) __m256i planned_channel(
+        const __m256i *win, const uint8_t (*mask)[16], int chunks, __m256i wpair, __m256i wy1v,
+        __m256i wyv) {
+    __m256i bytes = _mm256_shuffle_epi8(win[0], _mm256_broadcastsi128_si256(
+        _mm_loadu_si128((const __m128i *)mask[0])));
+    for (int q = 1; q < chunks; q++)
+        bytes = _mm256_or_si256(bytes, _mm256_shuffle_epi8(win[q], _mm256_broadcastsi128_si256(
+            _mm_loadu_si128((const __m128i *)mask[q]))));
+    const __m256i top = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(bytes)), wpair);
+    const __m256i bot = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_extracti128_si256(bytes, 1)), wpair);
+    const __m256i sum = _mm256_add_epi32(_mm256_mullo_epi32(top, wy1v), _mm256_mullo_epi32(bot, wyv));
+    return _mm256_srai_epi32(_mm256_add_epi32(sum, _mm256_set1_epi32(1 << 21)), 22);
+}
+
 /* `chunks` is a constant at each call below, so the window stays in registers. */
 LK_AVX2 static inline __attribute__((always_inline)) void bilerp_planned_body(
-        const uint8_t *restrict r0, const uint8_t *restrict r1, int32_t wy,
-        const lk_pair_plan *plan, const int32_t *restrict w, int32_t *const out[3],
-        const uint8_t *next0, const uint8_t *next1, const int chunks) {
-    const __m256i wyv = _mm256_set1_epi32(wy), wy1v = _mm256_set1_epi32(2048 - wy);
-    const __m256i round = _mm256_set1_epi32(1 << 21), full = _mm256_set1_epi32(2048);
-    for (int g = 0; g < plan->covered / 8; g++) {
-        const lk_pair_group *grp = plan->groups + g;
-        /* The next output row's windows, fetched while this one computes. */
-        for (int at = 0; at < 16 * chunks; at += 64) {
-            _mm_prefetch((const char *)(next0 + grp->base + at), _MM_HINT_T0);
-            _mm_prefetch((const char *)(next1 + grp->base + at), _MM_HINT_T0);
-        }
-        _mm_prefetch((const char *)(next0 + grp->base + 16 * chunks - 1), _MM_HINT_T0);
-        _mm_prefetch((const char *)(next1 + grp->base + 16 * chunks - 1), _MM_HINT_T0);
+        const lk_planned_rows *rows, int32_t *const out[3], const int chunks) {
+    const __m256i wyv = _mm256_set1_epi32(rows->wy), wy1v = _mm256_set1_epi32(2048 - rows->wy);
+    const lk_pair_plan plan = *rows->plan;
+    for (int g = 0; 8 * g < plan.covered; g++) {
+        const lk_pair_group *grp = plan.groups + g;
         __m256i win[LK_PAIR_MAX_CHUNKS];
-        for (int q = 0; q < chunks; q++)
-            win[q] = _mm256_inserti128_si256(
-                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(r0 + grp->base + 16 * q))),
-                _mm_loadu_si128((const __m128i *)(r1 + grp->base + 16 * q)), 1);
-        /* (2048 - wx, wx) as int16 pairs for pmaddwd. */
-        const __m256i wx = _mm256_loadu_si256((const __m256i *)(w + 8 * g));
-        const __m256i wpair = _mm256_or_si256(_mm256_sub_epi32(full, wx), _mm256_slli_epi32(wx, 16));
-        for (int c = 0; c < plan->channels; c++) {
-            __m256i bytes = _mm256_setzero_si256();
-            for (int q = 0; q < chunks; q++) {
-                const __m256i m = _mm256_broadcastsi128_si256(
-                    _mm_loadu_si128((const __m128i *)grp->mask[c][q]));
-                bytes = _mm256_or_si256(bytes, _mm256_shuffle_epi8(win[q], m));
-            }
-            const __m256i top = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(bytes)), wpair);
-            const __m256i bot = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm256_extracti128_si256(bytes, 1)), wpair);
-            const __m256i sum = _mm256_add_epi32(_mm256_mullo_epi32(top, wy1v), _mm256_mullo_epi32(bot, wyv));
+        planned_window(rows, grp, chunks, win);
+        const __m256i wpair = weight_pairs(rows->w + 8 * g);
+        for (int c = 0; c < plan.channels; c++)
             _mm256_storeu_si256((__m256i *)(out[c] + 8 * g),
-                                _mm256_srai_epi32(_mm256_add_epi32(sum, round), 22));
-        }
+                                planned_channel(win, grp->mask[c], chunks, wpair, wy1v, wyv));
     }
 }
 
-LK_AVX2 static void bilerp_planned_avx2(const uint8_t *restrict r0, const uint8_t *restrict r1,
-                                        int32_t wy, const lk_pair_plan *plan,
-                                        const int32_t *restrict w, int32_t *const out[3],
-                                        const uint8_t *next0, const uint8_t *next1) {
-    if (plan->chunks == 4) bilerp_planned_body(r0, r1, wy, plan, w, out, next0, next1, 4);
-    else bilerp_planned_body(r0, r1, wy, plan, w, out, next0, next1, LK_PAIR_MAX_CHUNKS);
+LK_AVX2 static void bilerp_planned_avx2(const lk_planned_rows *rows, int32_t *const out[3]) {
+    if (rows->plan->chunks == 4) bilerp_planned_body(rows, out, 4);
+    else bilerp_planned_body(rows, out, LK_PAIR_MAX_CHUNKS);
+}
+
+/* Eight pixels of lk_yuv_to_rgb then lk_row_pack3, 24 bytes at dst (32 stored where `wide`:
+ * the 8 past them belong to the next pixels, written later). */
+LK_AVX2 static inline __attribute__((always_inline)) void yuv_rgb_store8(
+        __m256i y, __m256i u, __m256i v, int swap_rb, uint8_t *dst, int wide) {
+    const __m256i c128 = _mm256_set1_epi32(128);
+    const __m256i uu = _mm256_sub_epi32(u, c128), vv = _mm256_sub_epi32(v, c128);
+    const __m256i yy = _mm256_add_epi32(
+        _mm256_mullo_epi32(_mm256_max_epi32(_mm256_sub_epi32(y, _mm256_set1_epi32(16)),
+                                            _mm256_setzero_si256()), _mm256_set1_epi32(1220542)),
+        _mm256_set1_epi32(1 << 19));
+    const __m256i r = _mm256_srai_epi32(
+        _mm256_add_epi32(yy, _mm256_mullo_epi32(vv, _mm256_set1_epi32(1673527))), 20);
+    const __m256i g = _mm256_srai_epi32(_mm256_sub_epi32(yy, _mm256_add_epi32(
+        _mm256_mullo_epi32(vv, _mm256_set1_epi32(852492)),
+        _mm256_mullo_epi32(uu, _mm256_set1_epi32(409993)))), 20);
+    const __m256i b = _mm256_srai_epi32(
+        _mm256_add_epi32(yy, _mm256_mullo_epi32(uu, _mm256_set1_epi32(2116026))), 20);
+    /* The saturating packs clamp to 0..255: per lane c0 x4, c1 x4, c2 x4, c2 x4 as bytes. */
+    const __m256i px = _mm256_packus_epi16(_mm256_packs_epi32(swap_rb ? b : r, g),
+                                           _mm256_packs_epi32(swap_rb ? r : b, swap_rb ? r : b));
+    const __m256i order = _mm256_setr_epi8(0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11, -1, -1, -1, -1,
+                                           0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11, -1, -1, -1, -1);
+    const __m256i rgb = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(px, order),
+                                                    _mm256_setr_epi32(0, 1, 2, 4, 5, 6, 3, 7));
+    if (wide) {
+        _mm256_storeu_si256((__m256i *)dst, rgb);
+    } else {
+        _mm_storeu_si128((__m128i *)dst, _mm256_castsi256_si128(rgb));
+        _mm_storel_epi64((__m128i *)(dst + 16), _mm256_extracti128_si256(rgb, 1));
+    }
+}
+
+LK_AVX2 static inline __attribute__((always_inline)) int nv12_rgb_body(
+        const lk_planned_rows *luma, const lk_planned_rows *chroma, int swap_rb, uint8_t *dst,
+        int n, const int ca, const int cb) {
+    const __m256i wyv = _mm256_set1_epi32(luma->wy), wy1v = _mm256_set1_epi32(2048 - luma->wy);
+    const __m256i wcv = _mm256_set1_epi32(chroma->wy), wc1v = _mm256_set1_epi32(2048 - chroma->wy);
+    const lk_pair_plan pa = *luma->plan, pb = *chroma->plan;
+    const int covered = pa.covered < pb.covered ? pa.covered : pb.covered;
+    const int whole = covered / 8, done = covered == n ? n : 8 * whole;
+    for (int g = 0; 8 * g < done; g++) {
+        const lk_pair_group *ga = pa.groups + g, *gb = pb.groups + g;
+        __m256i ywin[LK_PAIR_MAX_CHUNKS], cwin[LK_PAIR_MAX_CHUNKS];
+        planned_window(luma, ga, ca, ywin);
+        planned_window(chroma, gb, cb, cwin);
+        const __m256i cpair = weight_pairs(chroma->w + 8 * g);
+        const __m256i y = planned_channel(ywin, ga->mask[0], ca, weight_pairs(luma->w + 8 * g),
+                                          wy1v, wyv);
+        const __m256i u = planned_channel(cwin, gb->mask[0], cb, cpair, wc1v, wcv);
+        const __m256i v = planned_channel(cwin, gb->mask[1], cb, cpair, wc1v, wcv);
+        if (8 * g + 8 <= n) {
+            yuv_rgb_store8(y, u, v, swap_rb, dst + 24 * (size_t)g, 8 * g + 16 <= n);
+        } else {  /* the partial last group */
+            uint8_t last[32];
+            yuv_rgb_store8(y, u, v, swap_rb, last, 1);
+            memcpy(dst + 24 * (size_t)g, last, 3 * (size_t)(n - 8 * g));
+        }
+    }
+    return done;
+}
+
+LK_AVX2 static int nv12_rgb_planned_avx2(const lk_planned_rows *luma,
+                                         const lk_planned_rows *chroma, int swap_rb,
+                                         uint8_t *dst, int n) {
+    if (luma->plan->chunks == 4 && chroma->plan->chunks == 4)
+        return nv12_rgb_body(luma, chroma, swap_rb, dst, n, 4, 4);
+    return nv12_rgb_body(luma, chroma, swap_rb, dst, n, luma->plan->chunks, chroma->plan->chunks);
 }
 
 typedef void bilerp_fn(const uint8_t *restrict, const uint8_t *restrict, int32_t,
@@ -423,10 +506,14 @@ LK_RESOLVER static div_round_i32_fn *resolve_div_round_i32(void) {
 }
 LK_RESOLVER static area_h8_fn *resolve_area_h8(void) { return have_avx2() ? area_h8_avx2 : area_h8_c; }
 
-void lk_row_bilerp_planned(const uint8_t *restrict r0, const uint8_t *restrict r1, int32_t wy,
-                           const lk_pair_plan *plan, const int32_t *restrict w,
-                           int32_t *const out[3], const uint8_t *next0, const uint8_t *next1) {
-    if (plan->covered > 0) bilerp_planned_avx2(r0, r1, wy, plan, w, out, next0, next1);
+void lk_row_bilerp_planned(const lk_planned_rows *rows, int32_t *const out[3]) {
+    if (rows->plan->covered > 0) bilerp_planned_avx2(rows, out);
+}
+
+int lk_row_nv12_rgb_planned(const lk_planned_rows *luma, const lk_planned_rows *chroma,
+                            int swap_rb, uint8_t *dst, int n) {
+    if (luma->plan->covered == 0 || chroma->plan->covered == 0) return 0;
+    return nv12_rgb_planned_avx2(luma, chroma, swap_rb, dst, n);
 }
 
 bilerp_fn lk_row_bilerp __attribute__((ifunc("resolve_bilerp")));
@@ -440,59 +527,128 @@ accumulate2_fn lk_row_accumulate2 __attribute__((ifunc("resolve_accumulate2")));
 #else
 
 #ifdef LK_PAIR_NEON
-/* out = ((a*wx1 + b*wx) * wy1 + (c*wx1 + d*wx) * wy + 2^21) >> 22 as on x86: tbl pulls the
- * (first, second) bytes of eight outputs from the 64-byte windows of both rows (tbl, then tbx
- * for the second 64 bytes of a 128-byte window). */
-void lk_row_bilerp_planned(const uint8_t *restrict r0, const uint8_t *restrict r1, int32_t wy,
-                           const lk_pair_plan *plan, const int32_t *restrict w,
-                           int32_t *const out[3], const uint8_t *next0, const uint8_t *next1) {
-    const uint32x4_t round = vdupq_n_u32(1u << 21);
-    const uint32_t wyu = (uint32_t)wy, wy1u = 2048u - (uint32_t)wy;
-    const int wide = plan->chunks > 4;
-    for (int g = 0; g < plan->covered / 8; g++) {
-        const lk_pair_group *grp = plan->groups + g;
-        __builtin_prefetch(next0 + grp->base);
-        __builtin_prefetch(next1 + grp->base);
-        const uint8x16x4_t top = vld1q_u8_x4(r0 + grp->base), bot = vld1q_u8_x4(r1 + grp->base);
-        uint8x16x4_t top2 = top, bot2 = bot;  /* bytes 64..127 of a 128-byte window */
-        if (wide) {
-            top2 = vld1q_u8_x4(r0 + grp->base + 64);
-            bot2 = vld1q_u8_x4(r1 + grp->base + 64);
-        }
-        const uint16x8_t wx = vcombine_u16(vmovn_u32(vreinterpretq_u32_s32(vld1q_s32(w + 8 * g))),
-                                           vmovn_u32(vreinterpretq_u32_s32(vld1q_s32(w + 8 * g + 4))));
-        const uint16x8_t wx1 = vsubq_u16(vdupq_n_u16(2048), wx);
-        for (int c = 0; c < plan->channels; c++) {
-            const uint8x16_t idx = vld1q_u8(grp->index[c]);
-            uint8x16_t pt = vqtbl4q_u8(top, idx), pb = vqtbl4q_u8(bot, idx);
-            if (wide) {  /* tbx keeps the lanes whose index is out of its table's range */
-                const uint8x16_t hi = vsubq_u8(idx, vdupq_n_u8(64));
-                pt = vqtbx4q_u8(pt, top2, hi);
-                pb = vqtbx4q_u8(pb, bot2, hi);
-            }
-            /* Even bytes: first taps; odd bytes: second taps. */
-            const uint8x8x2_t t = vuzp_u8(vget_low_u8(pt), vget_high_u8(pt));
-            const uint8x8x2_t b = vuzp_u8(vget_low_u8(pb), vget_high_u8(pb));
-            const uint16x8_t ta = vmovl_u8(t.val[0]), tb = vmovl_u8(t.val[1]);
-            const uint16x8_t ba = vmovl_u8(b.val[0]), bb = vmovl_u8(b.val[1]);
-            for (int h = 0; h < 2; h++) {
-                const uint16x4_t w1 = h ? vget_high_u16(wx1) : vget_low_u16(wx1);
-                const uint16x4_t w0 = h ? vget_high_u16(wx) : vget_low_u16(wx);
-                uint32x4_t th = vmull_u16(h ? vget_high_u16(ta) : vget_low_u16(ta), w1);
-                th = vmlal_u16(th, h ? vget_high_u16(tb) : vget_low_u16(tb), w0);
-                uint32x4_t bh = vmull_u16(h ? vget_high_u16(ba) : vget_low_u16(ba), w1);
-                bh = vmlal_u16(bh, h ? vget_high_u16(bb) : vget_low_u16(bb), w0);
-                const uint32x4_t sum = vmlaq_n_u32(vmlaq_n_u32(round, th, wy1u), bh, wyu);
-                vst1q_s32(out[c] + 8 * g + 4 * h, vreinterpretq_s32_u32(vshrq_n_u32(sum, 22)));
-            }
+/* The 64- or 128-byte window of one group in both rows. */
+typedef struct { uint8x16x4_t top, bot, top2, bot2; int wide; } neon_window;
+
+static inline __attribute__((always_inline)) void neon_planned_window(
+        const lk_planned_rows *rows, const lk_pair_group *grp, int wide, neon_window *win) {
+    __builtin_prefetch(rows->next0 + grp->base);
+    __builtin_prefetch(rows->next1 + grp->base);
+    win->wide = wide;
+    win->top = vld1q_u8_x4(rows->r0 + grp->base);
+    win->bot = vld1q_u8_x4(rows->r1 + grp->base);
+    win->top2 = win->top;
+    win->bot2 = win->bot;
+    if (wide) {  /* bytes 64..127 of a 128-byte window */
+        win->top2 = vld1q_u8_x4(rows->r0 + grp->base + 64);
+        win->bot2 = vld1q_u8_x4(rows->r1 + grp->base + 64);
+    }
+}
+
+/* out = ((a*wx1 + b*wx) * wy1 + (c*wx1 + d*wx) * wy + 2^21) >> 22 as on x86, for channel c of
+ * eight outputs (w: their weights): tbl pulls the (first, second) bytes from the window of both
+ * rows (tbl, then tbx for the second 64 bytes of a 128-byte window). */
+static inline __attribute__((always_inline)) uint32x4x2_t neon_planned_channel(
+        const neon_window *win, const uint8_t index[16], const int32_t *w, uint32_t wy) {
+    const uint16x8_t wx = vcombine_u16(vmovn_u32(vreinterpretq_u32_s32(vld1q_s32(w))),
+                                       vmovn_u32(vreinterpretq_u32_s32(vld1q_s32(w + 4))));
+    const uint16x8_t wx1 = vsubq_u16(vdupq_n_u16(2048), wx);
+    const uint8x16_t idx = vld1q_u8(index);
+    uint8x16_t pt = vqtbl4q_u8(win->top, idx), pb = vqtbl4q_u8(win->bot, idx);
+    if (win->wide) {  /* tbx keeps the lanes whose index is out of its table's range */
+        const uint8x16_t hi = vsubq_u8(idx, vdupq_n_u8(64));
+        pt = vqtbx4q_u8(pt, win->top2, hi);
+        pb = vqtbx4q_u8(pb, win->bot2, hi);
+    }
+    /* Even bytes: first taps; odd bytes: second taps. */
+    const uint8x8x2_t t = vuzp_u8(vget_low_u8(pt), vget_high_u8(pt));
+    const uint8x8x2_t b = vuzp_u8(vget_low_u8(pb), vget_high_u8(pb));
+    const uint16x8_t ta = vmovl_u8(t.val[0]), tb = vmovl_u8(t.val[1]);
+    const uint16x8_t ba = vmovl_u8(b.val[0]), bb = vmovl_u8(b.val[1]);
+    uint32x4x2_t out;
+    for (int h = 0; h < 2; h++) {
+        const uint16x4_t w1 = h ? vget_high_u16(wx1) : vget_low_u16(wx1);
+        const uint16x4_t w0 = h ? vget_high_u16(wx) : vget_low_u16(wx);
+        uint32x4_t th = vmull_u16(h ? vget_high_u16(ta) : vget_low_u16(ta), w1);
+        th = vmlal_u16(th, h ? vget_high_u16(tb) : vget_low_u16(tb), w0);
+        uint32x4_t bh = vmull_u16(h ? vget_high_u16(ba) : vget_low_u16(ba), w1);
+        bh = vmlal_u16(bh, h ? vget_high_u16(bb) : vget_low_u16(bb), w0);
+        const uint32x4_t sum = vmlaq_n_u32(vmlaq_n_u32(vdupq_n_u32(1u << 21), th, 2048u - wy),
+                                           bh, wy);
+        out.val[h] = vshrq_n_u32(sum, 22);
+    }
+    return out;
+}
+
+void lk_row_bilerp_planned(const lk_planned_rows *rows, int32_t *const out[3]) {
+    const lk_pair_plan plan = *rows->plan;
+    for (int g = 0; 8 * g < plan.covered; g++) {
+        const lk_pair_group *grp = plan.groups + g;
+        neon_window win;
+        neon_planned_window(rows, grp, plan.chunks > 4, &win);
+        for (int c = 0; c < plan.channels; c++) {
+            const uint32x4x2_t v = neon_planned_channel(&win, grp->index[c], rows->w + 8 * g,
+                                                        (uint32_t)rows->wy);
+            vst1q_s32(out[c] + 8 * g, vreinterpretq_s32_u32(v.val[0]));
+            vst1q_s32(out[c] + 8 * g + 4, vreinterpretq_s32_u32(v.val[1]));
         }
     }
 }
+
+/* Four pixels of lk_yuv_to_rgb, narrowed to bytes with saturation (the clamp to 0..255). */
+static inline void neon_yuv_rgb4(uint32x4_t y, uint32x4_t u, uint32x4_t v, int16x4_t *r,
+                                 int16x4_t *g, int16x4_t *b) {
+    const int32x4_t c128 = vdupq_n_s32(128);
+    const int32x4_t uu = vsubq_s32(vreinterpretq_s32_u32(u), c128);
+    const int32x4_t vv = vsubq_s32(vreinterpretq_s32_u32(v), c128);
+    int32x4_t yy = vmaxq_s32(vsubq_s32(vreinterpretq_s32_u32(y), vdupq_n_s32(16)), vdupq_n_s32(0));
+    yy = vaddq_s32(vmulq_n_s32(yy, 1220542), vdupq_n_s32(1 << 19));
+    *r = vqmovn_s32(vshrq_n_s32(vmlaq_n_s32(yy, vv, 1673527), 20));
+    *g = vqmovn_s32(vshrq_n_s32(vmlaq_n_s32(vmlaq_n_s32(yy, vv, -852492), uu, -409993), 20));
+    *b = vqmovn_s32(vshrq_n_s32(vmlaq_n_s32(yy, uu, 2116026), 20));
+}
+
+int lk_row_nv12_rgb_planned(const lk_planned_rows *luma, const lk_planned_rows *chroma,
+                            int swap_rb, uint8_t *dst, int n) {
+    const lk_pair_plan pa = *luma->plan, pb = *chroma->plan;
+    const int covered = pa.covered < pb.covered ? pa.covered : pb.covered;
+    const int done = covered == n ? n : 8 * (covered / 8);
+    for (int g = 0; 8 * g < done; g++) {
+        const lk_pair_group *ga = pa.groups + g, *gb = pb.groups + g;
+        neon_window ywin, cwin;
+        neon_planned_window(luma, ga, pa.chunks > 4, &ywin);
+        neon_planned_window(chroma, gb, pb.chunks > 4, &cwin);
+        const uint32x4x2_t y = neon_planned_channel(&ywin, ga->index[0], luma->w + 8 * g,
+                                                    (uint32_t)luma->wy);
+        const uint32x4x2_t u = neon_planned_channel(&cwin, gb->index[0], chroma->w + 8 * g,
+                                                    (uint32_t)chroma->wy);
+        const uint32x4x2_t v = neon_planned_channel(&cwin, gb->index[1], chroma->w + 8 * g,
+                                                    (uint32_t)chroma->wy);
+        int16x4_t r[2], gr[2], b[2];
+        for (int h = 0; h < 2; h++) neon_yuv_rgb4(y.val[h], u.val[h], v.val[h], r + h, gr + h, b + h);
+        uint8x8x3_t px;
+        px.val[0] = vqmovun_s16(swap_rb ? vcombine_s16(b[0], b[1]) : vcombine_s16(r[0], r[1]));
+        px.val[1] = vqmovun_s16(vcombine_s16(gr[0], gr[1]));
+        px.val[2] = vqmovun_s16(swap_rb ? vcombine_s16(r[0], r[1]) : vcombine_s16(b[0], b[1]));
+        if (8 * g + 8 <= n) {
+            vst3_u8(dst + 24 * (size_t)g, px);
+        } else {  /* the partial last group */
+            uint8_t last[24];
+            vst3_u8(last, px);
+            memcpy(dst + 24 * (size_t)g, last, 3 * (size_t)(n - 8 * g));
+        }
+    }
+    return done;
+}
 #else
-void lk_row_bilerp_planned(const uint8_t *restrict r0, const uint8_t *restrict r1, int32_t wy,
-                           const lk_pair_plan *plan, const int32_t *restrict w,
-                           int32_t *const out[3], const uint8_t *next0, const uint8_t *next1) {
-    (void)r0; (void)r1; (void)wy; (void)plan; (void)w; (void)out; (void)next0; (void)next1;
+void lk_row_bilerp_planned(const lk_planned_rows *rows, int32_t *const out[3]) {
+    (void)rows; (void)out;
+}
+
+int lk_row_nv12_rgb_planned(const lk_planned_rows *luma, const lk_planned_rows *chroma,
+                            int swap_rb, uint8_t *dst, int n) {
+    (void)luma; (void)chroma; (void)swap_rb; (void)dst; (void)n;
+    return 0;
 }
 #endif
 

@@ -112,15 +112,17 @@ static void preprocess(int iterations) {
     }
 }
 
-/* Camera-sized frames, where the shuffle-planned and eight-wide vector paths cover whole rows
- * (the random cases above are small), every format, both resize modes. */
+/* Camera-sized frames, where the shuffle-planned, fused and eight-wide vector paths cover whole
+ * rows (the random cases above are small), every format, both resize modes and channel orders,
+ * output widths that end in a partial group of eight. */
 static void camera_sizes(void) {
     static const struct { int fmt, w, h, ow, oh; } cases[] = {
         {LK_FMT_NV12, 1280, 720, 300, 300}, {LK_FMT_NV12, 640, 480, 224, 224},
         {LK_FMT_GRAY, 640, 480, 200, 150}, {LK_FMT_YUYV, 640, 480, 320, 240},
         {LK_FMT_BGR, 320, 240, 160, 120}, {LK_FMT_RGB, 300, 200, 96, 96},
         {LK_FMT_BGR, 1280, 720, 300, 300}, {LK_FMT_BGR, 960, 540, 256, 256},
-        {LK_FMT_YUYV, 1280, 720, 224, 224},
+        {LK_FMT_YUYV, 1280, 720, 224, 224}, {LK_FMT_NV12, 1920, 1080, 300, 300},
+        {LK_FMT_NV12, 1280, 720, 301, 171}, {LK_FMT_BGR, 640, 480, 203, 97},
     };
     static const int bpp[] = {1, 2, 3, 3, 1};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -131,11 +133,11 @@ static void camera_sizes(void) {
         for (size_t k = 0; k < b0; k++) p0[k] = (uint8_t)rnd();
         for (size_t k = 0; k < b1; k++) p1[k] = (uint8_t)rnd();
         lk_image img = {fmt, w, h, p0, w * bpp[fmt], fmt == LK_FMT_NV12 ? p1 : NULL, w, b0, b1};
-        for (int mode = 0; mode < 2; mode++) {
+        for (int mode = 0; mode < 4; mode++) {  /* bilinear, area; RGB, then BGR out */
             lk_preprocess_params p;
             memset(&p, 0, sizeof p);
-            p.out_w = cases[i].ow; p.out_h = cases[i].oh; p.out_c = 3; p.out_rgb = 1;
-            p.resize = mode; p.dtype = LK_OUT_UINT8;
+            p.out_w = cases[i].ow; p.out_h = cases[i].oh; p.out_c = 3; p.out_rgb = mode < 2;
+            p.resize = mode & 1; p.dtype = LK_OUT_UINT8;
             for (int c = 0; c < 3; c++) { p.mul[c] = 1.0f; p.add[c] = 0.0f; }
             const size_t n = (size_t)p.out_w * p.out_h * 3;
             uint8_t *o1 = malloc(n), *o2 = malloc(n);
