@@ -47,16 +47,18 @@ def _ptr(ctype: str, array: npt.NDArray[Any]) -> Any:
     return ffi.cast(ctype, array.ctypes.data)
 
 
-def _plane_extent(plane: npt.NDArray[np.uint8], name: str) -> int:
-    """Bytes reachable from the plane's first byte, for C-side bounds checks."""
-    if plane.dtype != np.uint8 or plane.ndim != 2:
+def _plane(plane: npt.NDArray[np.uint8], name: str) -> tuple[Any, int, int]:
+    """A plane's pointer, its row stride, and the bytes reachable from its first byte (for the
+    C-side bounds checks)."""
+    if plane.dtype.char != "B" or plane.ndim != 2:
         raise KernelError(f"{name} must be a 2-D uint8 array, got {plane.dtype} {plane.shape}")
-    if plane.strides[1] != 1 or plane.strides[0] < plane.shape[1]:
+    (rows, cols), (stride, step) = plane.shape, plane.strides
+    if step != 1 or stride < cols:
         raise KernelError(f"{name} rows must be contiguous bytes with a stride >= the row "
                           f"(strides {plane.strides})")
-    if plane.shape[0] == 0 or plane.shape[1] == 0:
+    if rows == 0 or cols == 0:
         raise KernelError(f"{name} is empty ({plane.shape})")
-    return int((plane.shape[0] - 1) * plane.strides[0] + plane.shape[1])
+    return _ptr("const uint8_t *", plane), stride, (rows - 1) * stride + cols
 
 
 def _marshal(image: Image, spec: Preprocess,
@@ -72,22 +74,17 @@ def _marshal(image: Image, spec: Preprocess,
     if not out.flags.c_contiguous:
         raise KernelError("output tensor must be C-contiguous")
     planes = image.planes
-    need = 2 if image.format == "nv12" else 1
-    if len(planes) != need:
-        raise KernelError(f"{image.format} needs {need} plane(s), got {len(planes)}")
-    src = ffi.new("lk_image *")
-    src.format = _FORMATS[image.format]
-    src.width, src.height = image.width, image.height
-    bpp = BYTES_PER_PIXEL[image.format]
-    if planes[0].shape[1] < image.width * bpp:
-        raise KernelError(f"plane 0 rows hold {planes[0].shape[1]} bytes, need {image.width * bpp}")
-    src.plane0 = _ptr("const uint8_t *", planes[0])
-    src.stride0 = planes[0].strides[0]
-    src.plane0_bytes = _plane_extent(planes[0], "plane 0")
-    if need == 2:
-        src.plane1 = _ptr("const uint8_t *", planes[1])
-        src.stride1 = planes[1].strides[0]
-        src.plane1_bytes = _plane_extent(planes[1], "UV plane")
+    nv12 = image.format == "nv12"
+    if len(planes) != (2 if nv12 else 1):
+        raise KernelError(f"{image.format} needs {2 if nv12 else 1} plane(s), got {len(planes)}")
+    if planes[0].shape[1] < image.width * BYTES_PER_PIXEL[image.format]:
+        raise KernelError(f"plane 0 rows hold {planes[0].shape[1]} bytes, need "
+                          f"{image.width * BYTES_PER_PIXEL[image.format]}")
+    plane0, stride0, bytes0 = _plane(planes[0], "plane 0")
+    plane1, stride1, bytes1 = _plane(planes[1], "UV plane") if nv12 else (ffi.NULL, 0, 0)
+    # One initializer in field order: cheaper than nine attribute stores through cffi.
+    src = ffi.new("lk_image *", (_FORMATS[image.format], image.width, image.height, plane0,
+                                 stride0, plane1, stride1, bytes0, bytes1))
     return src, _params(spec), out
 
 

@@ -19,17 +19,29 @@ typedef struct { int start, count, wfirst, wlast; } area_tap; /* 8-bit weights, 
 
 static int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
+/* floor() of a double within int range, inline: x86-64's baseline has no rounding instruction,
+ * and floor is a libm call there, thousands of them per frame in the taps. */
+static inline int floor_int(double v) {
+    const int t = (int)v;
+    return t > v ? t - 1 : t;
+}
+
+static inline int ceil_int(double v) {
+    const int t = (int)v;
+    return t < v ? t + 1 : t;
+}
+
 /* OpenCV INTER_LINEAR geometry: half-pixel centres, clamped at the edges of [lo, hi]. */
 static void linear_taps(lin_tap *taps, int n, double scale, double offset, int lo, int hi) {
     for (int i = 0; i < n; i++) {
         double f = (i + 0.5) * scale - 0.5 + offset;
-        int s = (int)floor(f);
+        int s = floor_int(f);
         double frac = f - s;
         if (s < lo) { s = lo; frac = 0.0; }
         if (s >= hi) { s = hi; frac = 0.0; }
         taps[i].i0 = s;
         taps[i].i1 = s < hi ? s + 1 : s;
-        taps[i].w = (int)floor(frac * 2048.0 + 0.5);
+        taps[i].w = floor_int(frac * 2048.0 + 0.5);
     }
 }
 
@@ -39,17 +51,17 @@ static void area_taps(area_tap *taps, int n, double scale, double offset, int lo
         double b0 = i * scale + offset, b1 = (i + 1) * scale + offset;
         if (b0 < lo) b0 = lo;
         if (b1 > hi) b1 = hi;
-        int s = (int)floor(b0), e = (int)ceil(b1);
+        int s = floor_int(b0), e = ceil_int(b1);
         if (e <= s) e = s + 1;
         if (e > hi) { e = hi; if (s >= e) s = e - 1; }
         taps[i].start = s;
         taps[i].count = e - s;
         if (e - s == 1) {
-            int w = (int)floor((b1 - b0) * 256.0 + 0.5);
+            int w = floor_int((b1 - b0) * 256.0 + 0.5);
             taps[i].wfirst = taps[i].wlast = w < 1 ? 1 : w;
         } else {
-            int wf = (int)floor(((s + 1) - b0) * 256.0 + 0.5);
-            int wl = (int)floor((b1 - (e - 1)) * 256.0 + 0.5);
+            int wf = floor_int(((s + 1) - b0) * 256.0 + 0.5);
+            int wl = floor_int((b1 - (e - 1)) * 256.0 + 0.5);
             taps[i].wfirst = wf < 1 ? 1 : wf;
             taps[i].wlast = wl < 1 ? 1 : wl;
         }
@@ -453,8 +465,17 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
                 chroma.plan = &plan_b;
                 chroma.w = b_w;
             }
-            /* The planned windows prefetch themselves; the rest of the row here. */
+            /* The planned windows prefetch their last lines; the first line of the first
+             * window and the rest of the row here. */
             const int a_from = plan_a.covered < cw ? a_off[plan_a.covered] : a_cols;
+            if (plan_a.covered) {
+                prefetch_row(luma.next0 + plan_a.groups[0].base, 1);
+                prefetch_row(luma.next1 + plan_a.groups[0].base, 1);
+            }
+            if (nv12 && plan_b.covered) {
+                prefetch_row(chroma.next0 + plan_b.groups[0].base, 1);
+                prefetch_row(chroma.next1 + plan_b.groups[0].base, 1);
+            }
             prefetch_row(luma.next0 + a_from, a_cols - a_from);
             prefetch_row(luma.next1 + a_from, a_cols - a_from);
             if (nv12) {

@@ -121,7 +121,7 @@ void lk_pair_plan_build(lk_pair_plan *plan, lk_pair_group *groups, const int32_t
         /* Near the row's end the window slides left to stay inside it. */
         const int base = off[8 * g] + window <= limit ? off[8 * g] : limit - window;
         int fits = 1;
-        memset(grp->mask, 0x80, sizeof grp->mask);
+        for (int c = 0; c < channels; c++) memset(grp->mask[c], 0x80, (size_t)window);
         grp->base = base;
         for (int c = 0; c < channels && fits; c++)
             for (int k = 0; k < 8 && fits; k++) {
@@ -343,10 +343,11 @@ LK_AVX2 static void div_round_i32_avx2(const int32_t *restrict num, const int32_
 /* The window of one group: 16-byte chunk q of r0 in the low lane of win[q], of r1 in the high. */
 LK_AVX2 static inline __attribute__((always_inline)) void planned_window(
         const lk_planned_rows *rows, const lk_pair_group *grp, int chunks, __m256i *win) {
-    /* The next output row's window, fetched while this one computes. */
-    for (int at = 0; at < 16 * chunks; at += 64) {
-        _mm_prefetch((const char *)(rows->next0 + grp->base + at), _MM_HINT_T0);
-        _mm_prefetch((const char *)(rows->next1 + grp->base + at), _MM_HINT_T0);
+    /* The next output row's window, fetched while this one computes: its last line (the
+     * first is the previous window's last, or was fetched before the row). */
+    for (int at = 64; at < 16 * chunks; at += 64) {
+        _mm_prefetch((const char *)(rows->next0 + grp->base + at - 1), _MM_HINT_T0);
+        _mm_prefetch((const char *)(rows->next1 + grp->base + at - 1), _MM_HINT_T0);
     }
     _mm_prefetch((const char *)(rows->next0 + grp->base + 16 * chunks - 1), _MM_HINT_T0);
     _mm_prefetch((const char *)(rows->next1 + grp->base + 16 * chunks - 1), _MM_HINT_T0);
