@@ -2,6 +2,7 @@
 #ifndef LEPTON_KERNELS_INTERNAL_H
 #define LEPTON_KERNELS_INTERNAL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* On x86-64 the baseline (SSE2) has no 32-bit integer min/max or multiply, so these loops
@@ -20,10 +21,13 @@ void lk_row_accumulate(const uint8_t *restrict row, uint32_t w, uint32_t *restri
 void lk_yuv_to_rgb(const int32_t *restrict y, const int32_t *restrict u, const int32_t *restrict v,
                    int32_t *restrict r, int32_t *restrict g, int32_t *restrict b, int n);
 
-/* dst[i] = (set ? 0 : dst[i]) + r0[i] * w0 + r1[i] * w1   (area vertical stage, two rows a
- * pass; r0 and r1 may be the same row) */
-void lk_row_accumulate2(const uint8_t *r0, uint32_t w0, const uint8_t *r1, uint32_t w1,
-                        uint32_t *restrict dst, int n, int set);
+/* The area vertical stage of one output row, overwriting dst: the sum over its count rows
+ * (first, then every stride bytes) of row[i] * weight, the weight wfirst for the first row,
+ * wlast for the last (a single row: wfirst) and 256 between. Where dst2 is given, the columns
+ * alternate between two channels (NV12's U, V): even columns' sums go to dst[i / 2], odd ones'
+ * to dst2[i / 2]. Exact in uint32 for any frame up to 65535 rows. */
+void lk_row_area_v(const uint8_t *first, size_t stride, int count, uint32_t wfirst,
+                   uint32_t wlast, uint32_t *restrict dst, uint32_t *restrict dst2, int n);
 /* acc[x] = sum over k < 8 of row[first[x] + k] * tab8[8 * x + k]: the area horizontal sums for
  * contiguous columns and spans up to 8, exact while the sums fit int32 (the caller checks);
  * reads up to 7 columns past the last span (rows are padded). */

@@ -93,21 +93,6 @@ static uint32_t area_weight(const area_tap *t, int k) {
     return 256u;
 }
 
-/* Area vertical stage: the rows of one tap, weighted, summed into dst (overwritten) two rows a
- * pass; the first pass writes, so dst needs no clearing. */
-static void accumulate_rows(const uint8_t *first, int stride, const area_tap *t, uint32_t *dst,
-                            int n) {
-    const uint8_t *second = t->count > 1 ? first + stride : first;
-    lk_row_accumulate2(first, area_weight(t, 0), second, t->count > 1 ? area_weight(t, 1) : 0u,
-                       dst, n, 1);
-    int k = 2;
-    for (; k + 1 < t->count; k += 2)
-        lk_row_accumulate2(first + (size_t)k * (size_t)stride, area_weight(t, k),
-                           first + (size_t)(k + 1) * (size_t)stride, area_weight(t, k + 1), dst,
-                           n, 0);
-    if (k < t->count) lk_row_accumulate(first + (size_t)k * (size_t)stride, area_weight(t, k), dst, n);
-}
-
 static int area_span(const area_tap *t, int n) {
     int span = 1;
     for (int x = 0; x < n; x++) span = t[x].count > span ? t[x].count : span;
@@ -317,7 +302,7 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
     /* Scratch: vertical rows (int32) and taps. The per-column arrays carry 8 entries of
      * padding: the planned kernels write (and read weights of) whole groups of eight. */
     const int cwp = cw + 8;
-    size_t bytes = (size_t)cw * 2 * sizeof(double) + (size_t)(a_cols + 2 * b_cols + 40) * 4 +
+    size_t bytes = (size_t)cw * 2 * sizeof(double) + (size_t)(a_cols + b_cols + 40) * 4 +
                    (size_t)cwp * 10 * 4 +
                    (size_t)cw * 2 * (area ? sizeof(area_tap) : sizeof(lin_tap)) +
                    64;
@@ -326,9 +311,8 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
     if (!scratch) return LK_ENOMEM;
     double *a_inv = (double *)scratch, *b_inv = a_inv + cw;
     int32_t *rowa = (int32_t *)(b_inv + cw);
-    int32_t *rowb = rowa + a_cols + 8;
-    /* NV12 area: rowb's U and V split into rows of their own, so both are contiguous. */
-    int32_t *row_u = rowb + b_cols + 8, *row_v = row_u + b_cols / 2 + 8;
+    /* NV12 area: the U and V sums in rows of their own, so both are contiguous. */
+    int32_t *row_u = rowa + a_cols + 8, *row_v = row_u + b_cols / 2 + 8;
     int32_t *cy = row_v + b_cols / 2 + 8, *cu = cy + cwp, *cv = cu + cwp, *cr = cv + cwp;
     int32_t *cg = cr + cwp, *cb = cg + cwp;
     /* Bilinear tables: byte offsets of the left tap in the source row, and weights. Area:
@@ -434,12 +418,14 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
         /* Vertical stage. */
         if (area) {
             area_taps(&at, 1, sy, cyrow * sy, 0, j.rh);
-            accumulate_rows(plane0 + (size_t)(j.ry + at.start) * (size_t)src->stride0,
-                            src->stride0, &at, (uint32_t *)rowa, a_cols);
+            lk_row_area_v(plane0 + (size_t)(j.ry + at.start) * (size_t)src->stride0,
+                          (size_t)src->stride0, at.count, (uint32_t)at.wfirst, (uint32_t)at.wlast,
+                          (uint32_t *)rowa, NULL, a_cols);
             if (nv12) {
                 area_taps(&atb, 1, sy / 2.0, j.ry / 2.0 - cy0 + cyrow * sy / 2.0, 0, cy1 - cy0 + 1);
-                accumulate_rows(plane1 + (size_t)(cy0 + atb.start) * (size_t)src->stride1,
-                                src->stride1, &atb, (uint32_t *)rowb, b_cols);
+                lk_row_area_v(plane1 + (size_t)(cy0 + atb.start) * (size_t)src->stride1,
+                              (size_t)src->stride1, atb.count, (uint32_t)atb.wfirst,
+                              (uint32_t)atb.wlast, (uint32_t *)row_u, (uint32_t *)row_v, b_cols);
             }
         } else {
             /* Bilinear reads only the 2x2 neighbourhoods it needs, straight from the rows, and
@@ -522,7 +508,6 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
         if (area) {
             const uint64_t vtot = nv12 ? area_total(&atb) : area_total(&at);
             if (nv12) {
-                for (int i = 0; i < b_cols / 2; i++) { row_u[i] = rowb[2 * i]; row_v[i] = rowb[2 * i + 1]; }
                 area_row((const uint32_t *)row_u, 1, &bp, vtot, sums, cu, cw);
                 area_row((const uint32_t *)row_v, 1, &bp, vtot, sums, cv, cw);
             } else {

@@ -55,12 +55,26 @@ static void area_h_c(const uint32_t *restrict row, int step, const int32_t *rest
     }
 }
 
-static void accumulate2_c(const uint8_t *r0, uint32_t w0, const uint8_t *r1, uint32_t w1,
-                          uint32_t *restrict dst, int n, int set) {
-    if (set)
-        for (int i = 0; i < n; i++) dst[i] = (uint32_t)r0[i] * w0 + (uint32_t)r1[i] * w1;
-    else
-        for (int i = 0; i < n; i++) dst[i] += (uint32_t)r0[i] * w0 + (uint32_t)r1[i] * w1;
+static void area_v_c(const uint8_t *first, size_t stride, int count, uint32_t wfirst,
+                     uint32_t wlast, uint32_t *restrict dst, uint32_t *restrict dst2, int n) {
+    const uint8_t *last = first + (size_t)(count - 1) * stride;
+    const uint32_t wl = count > 1 ? wlast : 0u;
+    if (!dst2) {
+        for (int i = 0; i < n; i++) dst[i] = first[i] * wfirst + last[i] * wl;
+        for (int k = 1; k < count - 1; k++) lk_row_accumulate(first + (size_t)k * stride, 256u, dst, n);
+        return;
+    }
+    for (int i = 0; i < n / 2; i++) {
+        dst[i] = first[2 * i] * wfirst + last[2 * i] * wl;
+        dst2[i] = first[2 * i + 1] * wfirst + last[2 * i + 1] * wl;
+    }
+    for (int k = 1; k < count - 1; k++) {
+        const uint8_t *row = first + (size_t)k * stride;
+        for (int i = 0; i < n / 2; i++) {
+            dst[i] += (uint32_t)row[2 * i] << 8;
+            dst2[i] += (uint32_t)row[2 * i + 1] << 8;
+        }
+    }
 }
 
 static void area_h8_c(const uint32_t *restrict row, const int32_t *restrict first,
@@ -274,28 +288,53 @@ LK_AVX2 static void area_h_avx2(const uint32_t *restrict row, int step,
     }
 }
 
-LK_AVX2 static void accumulate2_avx2(const uint8_t *r0, uint32_t w0, const uint8_t *r1,
-                                     uint32_t w1, uint32_t *restrict dst, int n, int set) {
+LK_AVX2 static void area_v_avx2(const uint8_t *first, size_t stride, int count, uint32_t wfirst,
+                                uint32_t wlast, uint32_t *restrict dst, uint32_t *restrict dst2,
+                                int n) {
+    /* Sixteen columns at a time: the first and last rows through pmaddwd (their bytes
+     * interleaved and widened to int16 pairs, times (wfirst, wlast)); the rows between, all of
+     * weight 256, summed as uint16 (up to 257 rows of 255 fit) and shifted in. One pass, and
+     * NV12's U and V come out split, where pairs of rows took two passes and a third to split. */
+    if (count > 259) {  /* beyond what uint16 lanes sum: downscales far past camera sizes */
+        area_v_c(first, stride, count, wfirst, wlast, dst, dst2, n);
+        return;
+    }
+    const uint8_t *last = first + (size_t)(count - 1) * stride;
+    const __m256i wpair = _mm256_set1_epi32((int32_t)(wfirst | ((count > 1 ? wlast : 0u) << 16)));
+    const __m256i uv_order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
     int i = 0;
-    if (w0 <= 32767 && w1 <= 32767) {
-        /* Bytes of the two rows interleaved, widened to int16 pairs: pmaddwd gives r0*w0 + r1*w1. */
-        const __m256i wpair = _mm256_set1_epi32((int32_t)(w0 | (w1 << 16)));
-        for (; i + 16 <= n; i += 16) {
-            const __m128i a = _mm_loadu_si128((const __m128i *)(r0 + i));
-            const __m128i b = _mm_loadu_si128((const __m128i *)(r1 + i));
-            const __m256i lo = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, b)), wpair);
-            const __m256i hi = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpackhi_epi8(a, b)), wpair);
-            __m256i *d = (__m256i *)(dst + i);
-            if (set) {
-                _mm256_storeu_si256(d, lo);
-                _mm256_storeu_si256(d + 1, hi);
-            } else {
-                _mm256_storeu_si256(d, _mm256_add_epi32(_mm256_loadu_si256(d), lo));
-                _mm256_storeu_si256(d + 1, _mm256_add_epi32(_mm256_loadu_si256(d + 1), hi));
+    for (; i + 16 <= n; i += 16) {
+        const __m128i a = _mm_loadu_si128((const __m128i *)(first + i));
+        const __m128i b = _mm_loadu_si128((const __m128i *)(last + i));
+        __m256i lo = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(a, b)), wpair);
+        __m256i hi = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpackhi_epi8(a, b)), wpair);
+        if (count > 2) {
+            const uint8_t *row = first + stride + i;
+            __m256i sum16 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)row));
+            for (int k = 2; k < count - 1; k++) {
+                row += stride;
+                sum16 = _mm256_add_epi16(sum16, _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)row)));
             }
+            lo = _mm256_add_epi32(lo, _mm256_slli_epi32(
+                _mm256_cvtepu16_epi32(_mm256_castsi256_si128(sum16)), 8));
+            hi = _mm256_add_epi32(hi, _mm256_slli_epi32(
+                _mm256_cvtepu16_epi32(_mm256_extracti128_si256(sum16, 1)), 8));
+        }
+        if (!dst2) {
+            _mm256_storeu_si256((__m256i *)(dst + i), lo);
+            _mm256_storeu_si256((__m256i *)(dst + i + 8), hi);
+        } else {  /* U0 V0 U1 V1 ... to U0..U7 and V0..V7 */
+            const __m256i l = _mm256_permutevar8x32_epi32(lo, uv_order);
+            const __m256i h = _mm256_permutevar8x32_epi32(hi, uv_order);
+            _mm256_storeu_si256((__m256i *)(dst + i / 2), _mm256_permute2x128_si256(l, h, 0x20));
+            _mm256_storeu_si256((__m256i *)(dst2 + i / 2), _mm256_permute2x128_si256(l, h, 0x31));
         }
     }
-    accumulate2_c(r0 + i, w0, r1 + i, w1, dst + i, n - i, set);
+    if (i < n) {  /* the last columns; pairs stay whole (n is even where split) */
+        const size_t half = (size_t)i / 2;
+        area_v_c(first + i, stride, count, wfirst, wlast, dst2 ? dst + half : dst + i,
+                 dst2 ? dst2 + half : NULL, n - i);
+    }
 }
 
 LK_AVX2 static void area_h8_avx2(const uint32_t *restrict row, const int32_t *restrict first,
@@ -481,8 +520,8 @@ typedef void pack3_fn(const int32_t *restrict, const int32_t *restrict, const in
 
 typedef void area_h_fn(const uint32_t *restrict, int, const int32_t *restrict,
                        const uint32_t *restrict, int, int32_t *restrict, int);
-typedef void accumulate2_fn(const uint8_t *, uint32_t, const uint8_t *, uint32_t,
-                            uint32_t *restrict, int, int);
+typedef void area_v_fn(const uint8_t *, size_t, int, uint32_t, uint32_t, uint32_t *restrict,
+                       uint32_t *restrict, int);
 typedef void area_h8_fn(const uint32_t *restrict, const int32_t *restrict,
                         const uint32_t *restrict, int32_t *restrict, int);
 typedef void div_round_i32_fn(const int32_t *restrict, const int32_t *restrict,
@@ -499,9 +538,7 @@ LK_RESOLVER static bilerp_fn *resolve_bilerp(void) { return have_avx2() ? bilerp
 LK_RESOLVER static bilerp_uv_fn *resolve_bilerp_uv(void) { return have_avx2() ? bilerp_uv_avx2 : bilerp_uv_c; }
 LK_RESOLVER static pack3_fn *resolve_pack3(void) { return have_avx2() ? pack3_avx2 : pack3_c; }
 LK_RESOLVER static area_h_fn *resolve_area_h(void) { return have_avx2() ? area_h_avx2 : area_h_c; }
-LK_RESOLVER static accumulate2_fn *resolve_accumulate2(void) {
-    return have_avx2() ? accumulate2_avx2 : accumulate2_c;
-}
+LK_RESOLVER static area_v_fn *resolve_area_v(void) { return have_avx2() ? area_v_avx2 : area_v_c; }
 LK_RESOLVER static div_round_i32_fn *resolve_div_round_i32(void) {
     return have_avx2() ? div_round_i32_avx2 : div_round_i32_c;
 }
@@ -523,7 +560,7 @@ pack3_fn lk_row_pack3 __attribute__((ifunc("resolve_pack3")));
 area_h_fn lk_row_area_h __attribute__((ifunc("resolve_area_h")));
 area_h8_fn lk_row_area_h8 __attribute__((ifunc("resolve_area_h8")));
 div_round_i32_fn lk_row_div_round_i32 __attribute__((ifunc("resolve_div_round_i32")));
-accumulate2_fn lk_row_accumulate2 __attribute__((ifunc("resolve_accumulate2")));
+area_v_fn lk_row_area_v __attribute__((ifunc("resolve_area_v")));
 
 #else
 
@@ -675,11 +712,10 @@ void lk_row_area_h(const uint32_t *restrict row, int step, const int32_t *restri
     area_h_c(row, step, first, tab, span, acc, n);
 }
 
-void lk_row_accumulate2(const uint8_t *r0, uint32_t w0, const uint8_t *r1, uint32_t w1,
-                        uint32_t *restrict dst, int n, int set) {
-    accumulate2_c(r0, w0, r1, w1, dst, n, set);
+void lk_row_area_v(const uint8_t *first, size_t stride, int count, uint32_t wfirst,
+                   uint32_t wlast, uint32_t *restrict dst, uint32_t *restrict dst2, int n) {
+    area_v_c(first, stride, count, wfirst, wlast, dst, dst2, n);
 }
-
 void lk_row_area_h8(const uint32_t *restrict row, const int32_t *restrict first,
                     const uint32_t *restrict tab8, int32_t *restrict acc, int n) {
     area_h8_c(row, first, tab8, acc, n);

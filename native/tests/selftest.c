@@ -15,6 +15,8 @@
 #include "../src/kernels_internal.h"
 
 void ref_row_accumulate(const uint8_t *row, uint32_t w, uint32_t *dst, int n);
+void ref_row_area_v(const uint8_t *first, size_t stride, int count, uint32_t wfirst,
+                    uint32_t wlast, uint32_t *dst, uint32_t *dst2, int n);
 void ref_yuv_to_rgb(const int32_t *y, const int32_t *u, const int32_t *v, int32_t *r, int32_t *g,
                     int32_t *b, int n);
 int ref_preprocess(const lk_image *src, const lk_preprocess_params *params, void *out,
@@ -150,10 +152,36 @@ static void camera_sizes(void) {
     }
 }
 
+/* The area vertical stage over 1..7 rows and past the 257 rows a uint16 lane sums, plain and
+ * split into two channels, on guarded rows. */
+static void area_vertical(void) {
+    static const int counts[] = {1, 2, 3, 4, 5, 6, 7, 258, 300, 600};
+    for (int n = 1; n < 70; n += (n < 40 ? 1 : 7)) {
+        for (size_t c = 0; c < sizeof counts / sizeof counts[0]; c++) {
+            const int count = counts[c];
+            const int split = n % 2 == 0 && (rnd() & 1), stride = n + range(0, 5);
+            const size_t bytes = (size_t)stride * (size_t)(count - 1) + (size_t)n;
+            size_t mapped;
+            uint8_t *rows = guarded(bytes, &mapped);
+            for (size_t i = 0; i < bytes; i++) rows[i] = count > 7 ? (uint8_t)(255 - (rnd() & 3)) : (uint8_t)rnd();
+            const uint32_t wfirst = (uint32_t)range(1, 256);
+            const uint32_t wlast = count == 1 ? wfirst : (uint32_t)range(1, 256);
+            uint32_t a[70], a2[70], b[70], b2[70];
+            memset(a, 0xA5, sizeof a); memset(a2, 0xA5, sizeof a2);
+            memset(b, 0xA5, sizeof b); memset(b2, 0xA5, sizeof b2);
+            lk_row_area_v(rows, (size_t)stride, count, wfirst, wlast, a, split ? a2 : NULL, n);
+            ref_row_area_v(rows, (size_t)stride, count, wfirst, wlast, b, split ? b2 : NULL, n);
+            expect(!memcmp(a, b, sizeof a) && !memcmp(a2, b2, sizeof a2), "row_area_v", n, count);
+            unguard(rows, bytes, mapped);
+        }
+    }
+}
+
 int main(int argc, char **argv) {
     const int iterations = argc > 1 ? atoi(argv[1]) : 2000;
     printf("variant: %s\n", lk_variant_name());
     rows();
+    area_vertical();
     preprocess(iterations);
     camera_sizes();
     printf("%d checks, %d mismatches\n", checks, failures);

@@ -7,7 +7,7 @@ FLAGS = -std=c99 -Wall -Wextra -ffp-contract=off -Inative/include $(CFLAGS)
 REF = -DLK_FORCE_PORTABLE -Dlk_row_accumulate=ref_row_accumulate -Dlk_yuv_to_rgb=ref_yuv_to_rgb \
       -Dlk_preprocess=ref_preprocess -Dlk_row_bilerp=ref_row_bilerp -Dlk_row_bilerp_uv=ref_row_bilerp_uv \
       -Dlk_row_pack3=ref_row_pack3 -Dlk_row_area_h=ref_row_area_h -Dlk_row_area_h8=ref_row_area_h8 \
-      -Dlk_row_accumulate2=ref_row_accumulate2 -Dlk_pair_plan_build=ref_pair_plan_build \
+      -Dlk_row_area_v=ref_row_area_v -Dlk_pair_plan_build=ref_pair_plan_build \
       -Dlk_row_bilerp_planned=ref_row_bilerp_planned -Dlk_row_nv12_rgb_planned=ref_row_nv12_rgb_planned \
       -Dlk_row_div_round_i32=ref_row_div_round_i32
 OUT ?= build/selftest
