@@ -96,6 +96,9 @@ void lk_row_bilerp_planned(const lk_planned_rows *rows, int32_t *const out[3]);
 int lk_row_nv12_rgb_planned(const lk_planned_rows *luma, const lk_planned_rows *chroma,
                             int swap_rb, uint8_t *dst, int n);
 
+/* lk_yuv_to_rgb then lk_row_pack3 (R, G, B or, where swap_rb, B, G, R) in one pass. */
+void lk_row_yuv_rgb_pack(const int32_t *restrict y, const int32_t *restrict u,
+                         const int32_t *restrict v, int swap_rb, uint8_t *restrict dst, int n);
 /* Interleaves three channels of 0..255 values into n pixels of uint8. */
 void lk_row_pack3(const int32_t *restrict c0, const int32_t *restrict c1,
                   const int32_t *restrict c2, uint8_t *restrict dst, int n);

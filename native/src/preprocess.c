@@ -479,9 +479,7 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
                 lk_row_bilerp(luma.r0, luma.r1, luma.wy, a_off + k, a_w + k, 1, a_cols, cy + k, cw - k);
                 lk_row_bilerp_uv(chroma.r0, chroma.r1, chroma.wy, b_off + k, b_w + k, b_cols, cu + k,
                                  cv + k, cw - k);
-                lk_yuv_to_rgb(cy + k, cu + k, cv + k, cr + k, cg + k, cb + k, cw - k);
-                lk_row_pack3(p->out_rgb ? cr + k : cb + k, cg + k, p->out_rgb ? cb + k : cr + k,
-                             row + (size_t)k * 3, cw - k);
+                lk_row_yuv_rgb_pack(cy + k, cu + k, cv + k, !p->out_rgb, row + (size_t)k * 3, cw - k);
             }
             continue;
         }
@@ -527,6 +525,10 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
                 lk_row_bilerp(luma.r0 + vbase, luma.r1 + vbase, chroma.wy, b_off + k, b_w + k,
                               cstep, a_cols - vbase, cv + k, cw - k);
             }
+        }
+        if (o.identity_u8 && cw == p->out_w) {  /* plain uint8 RGB/BGR: converted and packed */
+            lk_row_yuv_rgb_pack(cy, cu, cv, !p->out_rgb, o.u8 + (size_t)y * (size_t)p->out_w * 3, cw);
+            continue;
         }
         lk_yuv_to_rgb(cy, cu, cv, cr, cg, cb, cw);
         emit_row(&j, &o, y, cr, cg, cb, 1);

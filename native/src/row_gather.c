@@ -45,6 +45,17 @@ static void pack3_c(const int32_t *restrict c0, const int32_t *restrict c1,
     }
 }
 
+/* lk_yuv_to_rgb then lk_row_pack3, through a small buffer. */
+static void yuv_rgb_pack_c(const int32_t *restrict y, const int32_t *restrict u,
+                           const int32_t *restrict v, int swap_rb, uint8_t *restrict dst, int n) {
+    int32_t r[64], g[64], b[64];
+    for (int x = 0; x < n; x += 64) {
+        const int m = n - x < 64 ? n - x : 64;
+        lk_yuv_to_rgb(y + x, u + x, v + x, r, g, b, m);
+        pack3_c(swap_rb ? b : r, g, swap_rb ? r : b, dst + 3 * (size_t)x, m);
+    }
+}
+
 static void area_h_c(const uint32_t *restrict row, int step, const int32_t *restrict first,
                      const uint32_t *restrict tab, int span, int32_t *restrict acc, int n) {
     for (int x = 0; x < n; x++) {
@@ -509,6 +520,18 @@ LK_AVX2 static int nv12_rgb_planned_avx2(const lk_planned_rows *luma,
     return nv12_rgb_body(luma, chroma, swap_rb, dst, n, luma->plan->chunks, chroma->plan->chunks);
 }
 
+LK_AVX2 static void yuv_rgb_pack_avx2(const int32_t *restrict y, const int32_t *restrict u,
+                                      const int32_t *restrict v, int swap_rb,
+                                      uint8_t *restrict dst, int n) {
+    int x = 0;
+    for (; x + 8 <= n; x += 8)
+        yuv_rgb_store8(_mm256_loadu_si256((const __m256i *)(y + x)),
+                       _mm256_loadu_si256((const __m256i *)(u + x)),
+                       _mm256_loadu_si256((const __m256i *)(v + x)), swap_rb, dst + 3 * (size_t)x,
+                       x + 16 <= n);
+    yuv_rgb_pack_c(y + x, u + x, v + x, swap_rb, dst + 3 * (size_t)x, n - x);
+}
+
 typedef void bilerp_fn(const uint8_t *restrict, const uint8_t *restrict, int32_t,
                        const int32_t *restrict, const int32_t *restrict, int, int,
                        int32_t *restrict, int);
@@ -517,6 +540,8 @@ typedef void bilerp_uv_fn(const uint8_t *restrict, const uint8_t *restrict, int3
                           int32_t *restrict, int32_t *restrict, int);
 typedef void pack3_fn(const int32_t *restrict, const int32_t *restrict, const int32_t *restrict,
                       uint8_t *restrict, int);
+typedef void yuv_rgb_pack_fn(const int32_t *restrict, const int32_t *restrict,
+                             const int32_t *restrict, int, uint8_t *restrict, int);
 
 typedef void area_h_fn(const uint32_t *restrict, int, const int32_t *restrict,
                        const uint32_t *restrict, int, int32_t *restrict, int);
@@ -537,6 +562,9 @@ LK_RESOLVER static int have_avx2(void) {
 LK_RESOLVER static bilerp_fn *resolve_bilerp(void) { return have_avx2() ? bilerp_avx2 : bilerp_c; }
 LK_RESOLVER static bilerp_uv_fn *resolve_bilerp_uv(void) { return have_avx2() ? bilerp_uv_avx2 : bilerp_uv_c; }
 LK_RESOLVER static pack3_fn *resolve_pack3(void) { return have_avx2() ? pack3_avx2 : pack3_c; }
+LK_RESOLVER static yuv_rgb_pack_fn *resolve_yuv_rgb_pack(void) {
+    return have_avx2() ? yuv_rgb_pack_avx2 : yuv_rgb_pack_c;
+}
 LK_RESOLVER static area_h_fn *resolve_area_h(void) { return have_avx2() ? area_h_avx2 : area_h_c; }
 LK_RESOLVER static area_v_fn *resolve_area_v(void) { return have_avx2() ? area_v_avx2 : area_v_c; }
 LK_RESOLVER static div_round_i32_fn *resolve_div_round_i32(void) {
@@ -557,6 +585,7 @@ int lk_row_nv12_rgb_planned(const lk_planned_rows *luma, const lk_planned_rows *
 bilerp_fn lk_row_bilerp __attribute__((ifunc("resolve_bilerp")));
 bilerp_uv_fn lk_row_bilerp_uv __attribute__((ifunc("resolve_bilerp_uv")));
 pack3_fn lk_row_pack3 __attribute__((ifunc("resolve_pack3")));
+yuv_rgb_pack_fn lk_row_yuv_rgb_pack __attribute__((ifunc("resolve_yuv_rgb_pack")));
 area_h_fn lk_row_area_h __attribute__((ifunc("resolve_area_h")));
 area_h8_fn lk_row_area_h8 __attribute__((ifunc("resolve_area_h8")));
 div_round_i32_fn lk_row_div_round_i32 __attribute__((ifunc("resolve_div_round_i32")));
@@ -678,9 +707,32 @@ int lk_row_nv12_rgb_planned(const lk_planned_rows *luma, const lk_planned_rows *
     }
     return done;
 }
+
+void lk_row_yuv_rgb_pack(const int32_t *restrict y, const int32_t *restrict u,
+                         const int32_t *restrict v, int swap_rb, uint8_t *restrict dst, int n) {
+    int x = 0;
+    for (; x + 8 <= n; x += 8) {
+        int16x4_t r[2], g[2], b[2];
+        for (int h = 0; h < 2; h++)
+            neon_yuv_rgb4(vreinterpretq_u32_s32(vld1q_s32(y + x + 4 * h)),
+                          vreinterpretq_u32_s32(vld1q_s32(u + x + 4 * h)),
+                          vreinterpretq_u32_s32(vld1q_s32(v + x + 4 * h)), r + h, g + h, b + h);
+        uint8x8x3_t px;
+        px.val[0] = vqmovun_s16(swap_rb ? vcombine_s16(b[0], b[1]) : vcombine_s16(r[0], r[1]));
+        px.val[1] = vqmovun_s16(vcombine_s16(g[0], g[1]));
+        px.val[2] = vqmovun_s16(swap_rb ? vcombine_s16(r[0], r[1]) : vcombine_s16(b[0], b[1]));
+        vst3_u8(dst + 3 * (size_t)x, px);
+    }
+    yuv_rgb_pack_c(y + x, u + x, v + x, swap_rb, dst + 3 * (size_t)x, n - x);
+}
 #else
 void lk_row_bilerp_planned(const lk_planned_rows *rows, int32_t *const out[3]) {
     (void)rows; (void)out;
+}
+
+void lk_row_yuv_rgb_pack(const int32_t *restrict y, const int32_t *restrict u,
+                         const int32_t *restrict v, int swap_rb, uint8_t *restrict dst, int n) {
+    yuv_rgb_pack_c(y, u, v, swap_rb, dst, n);
 }
 
 int lk_row_nv12_rgb_planned(const lk_planned_rows *luma, const lk_planned_rows *chroma,

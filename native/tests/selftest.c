@@ -17,6 +17,8 @@
 void ref_row_accumulate(const uint8_t *row, uint32_t w, uint32_t *dst, int n);
 void ref_row_area_v(const uint8_t *first, size_t stride, int count, uint32_t wfirst,
                     uint32_t wlast, uint32_t *dst, uint32_t *dst2, int n);
+void ref_row_yuv_rgb_pack(const int32_t *y, const int32_t *u, const int32_t *v, int swap_rb,
+                          uint8_t *dst, int n);
 void ref_yuv_to_rgb(const int32_t *y, const int32_t *u, const int32_t *v, int32_t *r, int32_t *g,
                     int32_t *b, int n);
 int ref_preprocess(const lk_image *src, const lk_preprocess_params *params, void *out,
@@ -65,6 +67,11 @@ static void rows(void) {
             ref_yuv_to_rgb(y + shift, u, v + shift, r2, g2, b2, n);
             expect(!memcmp(r1, r2, sizeof r1) && !memcmp(g1, g2, sizeof g1) && !memcmp(b1, b2, sizeof b1),
                    "yuv_to_rgb", n, shift);
+            uint8_t px1[3 * 96], px2[3 * 96];
+            memset(px1, 0, sizeof px1); memset(px2, 0, sizeof px2);
+            lk_row_yuv_rgb_pack(y + shift, u, v + shift, shift & 1, px1, n);
+            ref_row_yuv_rgb_pack(y + shift, u, v + shift, shift & 1, px2, n);
+            expect(!memcmp(px1, px2, sizeof px1), "yuv_rgb_pack", n, shift);
         }
     }
 }

@@ -9,6 +9,7 @@ REF = -DLK_FORCE_PORTABLE -Dlk_row_accumulate=ref_row_accumulate -Dlk_yuv_to_rgb
       -Dlk_row_pack3=ref_row_pack3 -Dlk_row_area_h=ref_row_area_h -Dlk_row_area_h8=ref_row_area_h8 \
       -Dlk_row_area_v=ref_row_area_v -Dlk_pair_plan_build=ref_pair_plan_build \
       -Dlk_row_bilerp_planned=ref_row_bilerp_planned -Dlk_row_nv12_rgb_planned=ref_row_nv12_rgb_planned \
+      -Dlk_row_yuv_rgb_pack=ref_row_yuv_rgb_pack \
       -Dlk_row_div_round_i32=ref_row_div_round_i32
 OUT ?= build/selftest
 
