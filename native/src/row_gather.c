@@ -1,7 +1,8 @@
 /* Row kernels written by hand for x86-64 AVX2 (gathers, byte shuffles, pmaddwd: what compilers
- * do not find), the bilinear shuffles also for NEON: the bilinear horizontal stage, the area
- * stages and their exact division, and the output packing. The portable C beside each is the
- * reference; the AVX2 versions are chosen at load time (ifunc) and are bit-exact with it. */
+ * do not find), the bilinear shuffles, the fused NV12 -> RGB pass and the YUV -> RGB packing
+ * also for NEON: the bilinear horizontal stage, the area stages and their exact division, and
+ * the output packing. The portable C beside each is the reference; the AVX2 versions are
+ * chosen at load time (ifunc) and are bit-exact with it. */
 #include "kernels_internal.h"
 
 #include <math.h>
