@@ -67,7 +67,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.config import Secrets
     from agent.service.app import AgentApp
     from agent.service.logs import setup_logging
+    from agent.service.memory import return_large_buffers_to_os
 
+    return_large_buffers_to_os()  # before any thread starts allocating frames
     config = _load(args)
     secrets = Secrets.from_environment()
     setup_logging(config.agent.log_level, [secrets.mqtt_password] if secrets.mqtt_password else [])
