@@ -5,8 +5,10 @@ broker is there."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -56,17 +58,26 @@ def _link(url: str, handler: Recorder, loop: asyncio.AbstractEventLoop) -> MqttL
                                                   reconnect_max_s=0.2), handler, loop)
 
 
+@contextlib.asynccontextmanager
+async def _connected_link(url: str) -> AsyncIterator[tuple[MqttLink, Recorder]]:
+    """A started link, connected, and the Recorder it reports to; stopped on the way out."""
+    rec = Recorder()
+    link = _link(url, rec, asyncio.get_running_loop())
+    link.start()
+    try:
+        await _until(lambda: link.connected)
+        yield link, rec
+    finally:
+        await link.stop(2.0)
+
+
 @pytest.mark.broker
 def test_pubacks_come_back_on_the_loop_in_batches(broker: LocalBroker) -> None:
     async def main() -> Recorder:
-        rec = Recorder()
-        link = _link(broker.url, rec, asyncio.get_running_loop())
-        link.start()
-        await _until(lambda: link.connected)
-        mids = [link.publish("t/link", b"x" * 200) for _ in range(2000)]
-        assert None not in mids
-        await _until(lambda: len(rec.acked) == 2000)
-        await link.stop(2.0)
+        async with _connected_link(broker.url) as (link, rec):
+            mids = [link.publish("t/link", b"x" * 200) for _ in range(2000)]
+            assert None not in mids
+            await _until(lambda: len(rec.acked) == 2000)
         assert sorted(rec.acked) == sorted(m for m in mids if m is not None)
         return rec
 
@@ -78,18 +89,14 @@ def test_pubacks_come_back_on_the_loop_in_batches(broker: LocalBroker) -> None:
 @pytest.mark.broker
 def test_reconnects_after_the_broker_restarts(broker: LocalBroker) -> None:
     async def main() -> None:
-        rec = Recorder()
-        link = _link(broker.url, rec, asyncio.get_running_loop())
-        link.start()
-        await _until(lambda: link.connected)
-        broker.kill()
-        await _until(lambda: not link.connected)
-        assert link.publish("t/link", b"while away") is None
-        broker.start()
-        await _until(lambda: link.connected and link.connects == 2)
-        assert link.publish("t/link", b"back") is not None
-        await _until(lambda: len(rec.acked) == 1)
-        await link.stop(2.0)
+        async with _connected_link(broker.url) as (link, rec):
+            broker.kill()
+            await _until(lambda: not link.connected)
+            assert link.publish("t/link", b"while away") is None
+            broker.start()
+            await _until(lambda: link.connected and link.connects == 2)
+            assert link.publish("t/link", b"back") is not None
+            await _until(lambda: len(rec.acked) == 1)
         assert rec.connected == 2 and rec.disconnected
 
     asyncio.run(main())
