@@ -133,6 +133,22 @@ def test_corrupt_outbox_is_quarantined_and_a_fresh_one_started(
     assert Outbox(db).last_seq("cam0") == seqs[1]  # the floor persists
 
 
+def test_seqs_after_a_second_quarantine_start_above_the_first_replacement(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.db"
+    issued: list[int] = []
+    for _ in range(2):
+        db.write_bytes(b"this is not a database" * 100)
+        box = Outbox(db)
+        assert box.quarantined is not None
+        for _ in range(3):
+            issued += [r.seq for r in box.append(_batch(random.Random(1), 40))]
+        box.close()
+    # The second fresh file's seqs continue above everything the first one issued.
+    assert issued == sorted(set(issued)) and len(issued) == 240
+    # Each damaged file is kept for a support bundle, even two within one second.
+    assert len(list(tmp_path.glob("outbox.db.corrupt-*"))) == 2
+
+
 def test_unwritable_state_dir_is_still_an_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")

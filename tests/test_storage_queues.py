@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.errors import StorageError
 from agent.pipeline.queues import BoundedQueue, QueueClosed
@@ -37,6 +40,60 @@ def test_seq_contiguous_and_never_reused_across_reopen(tmp_path: Path) -> None:
     assert box.last_seq("cam0") == 6
     assert box.integrity_ok()
     box.close()
+
+
+def test_seq_never_comes_back_after_delivered_records_are_pruned(tmp_path: Path) -> None:
+    # keep_delivered prunes the oldest delivered rows; when every row of a stream is gone, the
+    # last seq must still come from the stream's counter, not from the rows that remain
+    # (ingest would silently drop a reused seq as a duplicate).
+    db = tmp_path / "outbox.db"
+    box = Outbox(db, until_ingested=True)
+    box.append(_records(5))
+    box.append(_records(3, "cam1"))
+    box.mark_ingested("cam0", [(1, 5)])
+    box.mark_ingested("cam1", [(1, 2)])  # cam1 seq 3 stays undelivered
+    assert box.prune_sent(keep=0) == 7
+    box.close()
+    box = Outbox(db, until_ingested=True)
+    assert box.last_seq("cam0") == 5 and box.last_seq("cam1") == 3
+    box.append([*_records(2), *_records(1, "cam1")])
+    assert [(r.stream, r.seq) for r in box.fetch_unsent(0, 10)] == [
+        ("cam1", 3), ("cam0", 6), ("cam0", 7), ("cam1", 4)]
+    box.close()
+
+
+_OPS = st.lists(st.one_of(
+    st.tuples(st.just("append"), st.sampled_from(["cam0", "cam1"]), st.integers(1, 5)),
+    st.tuples(st.just("deliver"), st.sampled_from(["cam0", "cam1"]), st.integers(0, 10**6)),
+    st.tuples(st.just("prune"), st.just(""), st.integers(0, 3)),
+    st.tuples(st.just("reopen"), st.just(""), st.just(0))), max_size=25)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=_OPS)
+def test_seqs_per_stream_only_grow_through_prunes_and_restarts(
+        ops: list[tuple[str, str, int]]) -> None:
+    """Property: whatever is delivered, pruned or reopened in between, each stream's seqs are
+    1, 2, 3, ... in commit order, none issued twice."""
+    issued: dict[str, list[int]] = {"cam0": [], "cam1": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "outbox.db"
+        box = Outbox(db, until_ingested=True)
+        try:
+            for op, stream, n in ops:
+                if op == "append":
+                    issued[stream] += [r.seq for r in box.append(_records(n, stream))]
+                elif op == "deliver":
+                    box.mark_ingested(stream, [(1, n)])
+                elif op == "prune":
+                    box.prune_sent(keep=n)
+                else:
+                    box.close()
+                    box = Outbox(db, until_ingested=True)
+        finally:
+            box.close()
+    for seqs in issued.values():
+        assert seqs == list(range(1, len(seqs) + 1))
 
 
 def test_failed_build_rolls_back_whole_batch(tmp_path: Path) -> None:
