@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from agent.devtools.demo import wait_for_file
 from agent.devtools.mosquitto import LocalBroker
 from tests.conftest import DEFAULT_MODEL, ROOT, agent_cmd, ingested_seqs
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], what: str, timeout: float = 60.0,
+             interval: float = 0.05) -> T:
+    """Poll ``predicate`` until it returns something truthy and return that; fail naming
+    ``what`` after ``timeout`` seconds (a hang guard, generous on a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
 
 
 def outbox_seqs(state: Path) -> list[int]:
@@ -116,3 +136,70 @@ def run_agent(config: Path, *extra: str, timeout: float = 120) -> dict:
                          capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+class AgentProcess:
+    """``lepton-agent run --config`` as a real process: its status socket, its log lines."""
+
+    def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None,
+                 preexec_fn: Callable[[], Any] | None = None) -> None:
+        from agent.config import load_config
+        from agent.service.status import socket_path
+
+        cfg = load_config(config)
+        self.socket = socket_path(cfg.agent.state_dir, cfg.agent.status_socket)
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            agent_cmd("run", "--config", str(config), "--json", *extra), cwd=ROOT,
+            env={**os.environ, **(env or {})}, preexec_fn=preexec_fn,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        RUNNING.append(self.proc)
+        # Drained in a thread so a chatty agent never blocks on a full pipe.
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def status(self) -> dict[str, Any] | None:
+        """The running agent's snapshot; fails at once when the process has exited."""
+        from agent.service.status import query
+
+        if self.proc.poll() is not None:
+            raise AssertionError(f"agent exited with status {self.proc.returncode}:\n{self.log}")
+        return query(self.socket)
+
+    def wait_status(self, predicate: Callable[[dict[str, Any]], bool], what: str,
+                    timeout: float = 60.0) -> dict[str, Any]:
+        """The first snapshot for which ``predicate`` holds."""
+        def check() -> dict[str, Any] | None:
+            snap = self.status()
+            return snap if snap is not None and predicate(snap) else None
+
+        try:
+            return wait_for(check, what, timeout, interval=0.1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last status {self.status()}\nagent log:\n{self.log}") \
+                from None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._reader.join(10)
+
+    def stop(self, timeout: float = 60.0) -> dict[str, Any]:
+        """SIGTERM, then the run summary it prints (the exit status must be 0)."""
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout)
+        self._reader.join(10)
+        assert self.proc.stdout is not None
+        out = self.proc.stdout.read()
+        assert self.proc.returncode == 0, self.log
+        return dict(json.loads(out.strip().splitlines()[-1]))
