@@ -107,15 +107,67 @@ def test_unknown_protocol_names_the_known_ones() -> None:
         make_parser("modbus", "x", clock)
 
 
+def _certainly_malformed(protocol: str, line: bytes) -> bool:
+    """A line the protocol's contract says is an error, judged without the parser's code."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    if protocol == "nmea0183":
+        return "$" not in text
+    if protocol == "jsonl":
+        try:
+            return not isinstance(json.loads(text), dict)
+        except ValueError:
+            return True
+    cells = [c.strip() for c in text.split(",")]  # csv: numbers mixed with non-numbers
+
+    def number(cell: str) -> bool:
+        try:
+            float(cell)
+        except ValueError:
+            return False
+        return True
+
+    return any(map(number, cells)) and not all(map(number, cells))
+
+
 @settings(max_examples=300, deadline=None)
 @given(protocol=st.sampled_from(sorted(PROTOCOLS)), chunks=st.lists(st.binary(max_size=300),
                                                                      max_size=20))
-def test_fuzzed_bytes_never_escape(protocol: str, chunks: list[bytes]) -> None:
+def test_fuzzed_bytes_never_escape_and_every_bad_frame_is_counted(protocol: str,
+                                                                  chunks: list[bytes]) -> None:
     parser = make_parser(protocol, "fuzz", clock, columns=None)
-    total = 0
-    for chunk in chunks:
-        total += len(parser.feed(chunk))
-    assert total == parser.frames and parser.errors >= 0
+    readings = [r for chunk in chunks for r in parser.feed(chunk)]
+    assert len(readings) == parser.frames
+    stream = b"".join(chunks)
+    if protocol == "binary":
+        # Every byte is in a frame, still buffered, or skipped; skipping is always counted,
+        # and each error skips at least one byte.
+        framed = sum(2 + 1 + 4 * len(r.values) + 2 for r in readings)
+        skipped = len(stream) - framed - len(parser._buffer)  # type: ignore[attr-defined]
+        assert skipped >= 0
+        assert (parser.errors > 0) == (skipped > 0)
+        assert parser.errors <= skipped
+        return
+    *lines, tail = stream.split(b"\n")
+    if max(len(line) for line in [*lines, tail]) > MAX_LINE:
+        return  # the long-line rule: its own test above
+    lines = [line.rstrip(b"\r") for line in lines]
+    # Lines are independent: any split of the stream counts what each line counts alone ...
+    frames = errors = 0
+    for line in lines:
+        alone = make_parser(protocol, "one", clock, columns=None)
+        out = alone.feed(line + b"\n")
+        assert len(out) + alone.errors <= 1  # a line is a reading, an error, or skipped
+        frames, errors = frames + len(out), errors + alone.errors
+    assert (parser.frames, parser.errors) == (frames, errors)
+    # ... and every line the contract calls malformed is among the errors.
+    bad = [line for line in lines if line.strip() and _certainly_malformed(protocol, line)]
+    assert parser.errors >= len(bad)
+    for line in bad:
+        alone = make_parser(protocol, "one", clock, columns=None)
+        assert alone.feed(line + b"\n") == [] and alone.errors == 1, line
 
 
 @settings(max_examples=100, deadline=None)
@@ -159,8 +211,62 @@ def test_latest_readings_within_the_window_only() -> None:
     assert set(latest.around(["gps", "temp", "none"], 101.0, 2.0)) == {"gps"}
 
 
-def test_event_and_sensor_schemas_parse() -> None:
-    from agent.schemas import load_schema
+def test_sensor_and_event_records_match_their_schemas() -> None:
+    """Records the sensor hub builds (NMEA without a model, vibration through the shipped
+    bearing model into an anomaly) validate against sensor.v1 / event.v1, field by field."""
+    from datetime import datetime
 
-    for name in ("sensor.v1", "event.v1"):
-        assert json.dumps(load_schema(name))
+    from jsonschema import Draft202012Validator, ValidationError
+
+    from agent.config.schema import SensorSection
+    from agent.core.topics import DeviceTopics
+    from agent.schemas import load_schema
+    from agent.service.sensors import SensorHub
+    from agent.sources.vibration import VibrationSignal, csv_lines
+    from agent.storage.outbox import PendingRecord
+    from tests.conftest import ROOT
+
+    emitted: list[PendingRecord] = []
+    ticks = itertools.count()
+    hub = SensorHub([
+        SensorSection(uri="serial:///dev/ttyGPS?protocol=nmea0183&name=gps",
+                      record_interval_s=1),
+        SensorSection(uri="serial:///dev/ttyVIB?protocol=csv&name=vib0&columns=ax,ay,az",
+                      model=ROOT / "models" / "lepton-bearing-anomaly", record_interval_s=0),
+    ], DeviceTopics("site-1", "dev-1"), emit=emitted.extend, delegate="none",
+        clock=lambda: 1_700_000_000 + next(ticks) / 400)
+    hub.feed("gps", b"garbage\n" + nmea(GGA))
+    signal = VibrationSignal(seed=5)
+    for i in range(400):  # 400 Hz, 8 samples a chunk: healthy, then the bearing fails
+        signal.fault = 0.0 if i < 150 else 0.8
+        hub.feed("vib0", csv_lines(signal.samples(8)))
+
+    sensor_schema = Draft202012Validator(load_schema("sensor.v1"))
+    event_schema = Draft202012Validator(load_schema("event.v1"))
+    bodies = [(r, json.loads(r.build(seq))) for seq, r in enumerate(emitted, start=1)]
+    for record, body in bodies:
+        schema = event_schema if record.kind == "event" else sensor_schema
+        schema.validate(body)
+        assert body["device"] == "dev-1" and body["site"] == "site-1"
+        assert body["stream"] == record.stream
+        assert datetime.fromisoformat(body["ts"].replace("Z", "+00:00")).year == 2023
+    gps = [b for r, b in bodies if b["stream"] == "gps"]
+    assert len(gps) == 1 and gps[0]["schema"] == {"id": "lepton.sensor", "version": 1}
+    assert gps[0]["values"]["lat"] == pytest.approx(48.1173) and gps[0]["protocol"] == "nmea0183"
+    assert gps[0]["counters"]["parse_errors"] == 1 and "score" not in gps[0]
+    vib = [b for r, b in bodies if b["stream"] == "vib0"]
+    assert vib and all(set(b["values"]) == {"ax", "ay", "az"} for b in vib)
+    assert all(0 <= b["score"] <= 1 and b["model"]["name"] for b in vib)
+    assert all(set(b["window"]["rms"]) == {"ax", "ay", "az"} for b in vib)
+    assert not vib[0]["anomaly"] and any(b["anomaly"] for b in vib)
+    events = [b for r, b in bodies if r.kind == "event"]
+    assert events and events[0]["type"] == "anomaly_start"
+    assert events[0]["source"] == "vib0" and events[0]["stream"] == "vib0.events"
+    assert events[0]["label"] == "bearing_fault" and events[0]["score"] >= 0.7
+    # The schemas constrain, not only parse: a wrong id, a missing field, an extra field fail.
+    for broken in ({**gps[0], "schema": {"id": "lepton.event", "version": 1}},
+                   {k: v for k, v in events[0].items() if k != "type"},
+                   {**gps[0], "unexpected": 1}, {**vib[0], "score": 1.5}):
+        schema = event_schema if broken["schema"]["id"] == "lepton.event" else sensor_schema
+        with pytest.raises(ValidationError):
+            schema.validate(broken)
