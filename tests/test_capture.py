@@ -168,3 +168,54 @@ def test_motion_gate_skips_static_frames_but_runs_every_n(tmp_path: Path) -> Non
     assert {20, 21, 22, 23, 24} <= set(ran)  # motion runs every frame
     assert all(b - a <= 10 for a, b in itertools.pairwise(ran))  # never more than every_n
     assert gate.skipped == 40 - len(ran) and gate.skipped > 20
+
+
+def _write_frames(folder: Path, numbers: list[int], name: str = "{:04d}.bmp") -> None:
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in numbers:
+        assert cv2.imwrite(str(folder / name.format(n)), np.full((24, 32, 3), n, np.uint8))
+
+
+@pytest.mark.parametrize("numbers", [[1, 2, 3], [7, 8, 9, 10], [0, 5, 12]])
+def test_image_sequence_reads_in_number_order_from_any_start(tmp_path: Path,
+                                                             numbers: list[int]) -> None:
+    _write_frames(tmp_path / "frames", numbers)
+    (tmp_path / "frames" / "notes.txt").write_text("not a frame")
+    reader = open_reader(parse_source(str(tmp_path / "frames" / "%04d.bmp")))
+    values = []
+    while (image := reader.read()) is not None:
+        assert image.shape == (24, 32, 3)
+        values.append(int(image[0, 0, 0]))
+    reader.close()
+    assert values == numbers
+
+
+def test_image_sequence_unpadded_pattern_and_unreadable_frame_skipped(tmp_path: Path) -> None:
+    _write_frames(tmp_path, [1, 2, 10], name="img{}.png")
+    (tmp_path / "img3.png").write_bytes(b"not a png")
+    reader = open_reader(parse_source(str(tmp_path / "img%d.png")))
+    values = []
+    while (image := reader.read()) is not None:
+        values.append(int(image[0, 0, 0]))
+    assert values == [1, 2, 10]
+
+
+def test_image_sequence_through_the_capture_thread(tmp_path: Path) -> None:
+    _write_frames(tmp_path / "f", [3, 4, 5, 6])
+    q: BoundedQueue[CapturedFrame] = BoundedQueue("frames", 8, "block")
+    worker = CaptureWorker(parse_source(str(tmp_path / "f" / "%04d.bmp")), q, identity,
+                           realtime=True)
+    worker.start()
+    frames = drain(q)
+    worker.join(5)
+    assert [f.index for f in frames] == [0, 1, 2, 3] and frames[0].discontinuity
+    assert worker.stats.fatal is None and worker.stats.frames == 4
+
+
+def test_image_sequence_without_files_is_named(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match=r"no file in .* matches %04d\.bmp"):
+        open_reader(parse_source(str(tmp_path / "%04d.bmp")))
+    with pytest.raises(SourceError, match="no such directory"):
+        open_reader(parse_source(str(tmp_path / "absent" / "%04d.bmp")))

@@ -14,12 +14,15 @@ from agent.errors import ModelError
 from agent.inference.model import load_model
 from agent.inference.runner import ModelRunner
 from tests.conftest import DEFAULT_MODEL, run_cli, shared_file
+from tests.tflite_models import rename_custom_op, write_model
 
 
 @pytest.fixture(scope="module")
 def classifier() -> ModelRunner:
+    # imagenet_labels.txt is not named after the model: it is given, as a user would.
     return ModelRunner(load_model(shared_file("classify", "mobilenet_v2_1.0_224_quant.tflite"),
-                                  num_threads=2))
+                                  num_threads=2,
+                                  labels=shared_file("classify", "imagenet_labels.txt")))
 
 
 @pytest.mark.parametrize(("image", "label"), [("cat.bmp", "Egyptian cat"),
@@ -123,3 +126,118 @@ def test_delegate_choices_run(delegate: str) -> None:
     runner = ModelRunner(model)
     out = runner.infer(runner.prepare(np.zeros((100, 100, 3), np.uint8)))
     assert out.invoke_ms > 0
+
+
+XNNPACK_INFO = "Created TensorFlow Lite XNNPACK delegate"
+
+
+def _bundle_28x28(folder: Path) -> Path:
+    """A bundle whose manifest names a [1, 28, 28] input (MNIST-like, no channel axis)."""
+    folder.mkdir()
+    write_model(folder / "model.tflite", [1, 28, 28], [1, 784])
+    (folder / "manifest.json").write_text(json.dumps({
+        "name": "mnist-like", "task": "classification", "decoder": "softmax", "input": "x",
+        "outputs": {"scores": "y"}}))
+    return folder
+
+
+def test_input_shape_the_runner_cannot_feed_is_refused(tmp_path: Path) -> None:
+    """Issue 13, defect 12: it passed `models inspect`, then `run` died with an IndexError."""
+    bundle = _bundle_28x28(tmp_path / "mnist")
+    with pytest.raises(ModelError, match=r"shape \[1, 28, 28\].*\[1, H, W, 1\|3\]"):
+        load_model(bundle)
+    inspect = run_cli("models", "inspect", str(bundle))
+    assert inspect.returncode == 2, inspect.stdout
+    assert "[1, 28, 28]" in inspect.stderr and "[1, H, W, 1|3]" in inspect.stderr
+    run = run_cli("run", "--offline", "--model", str(bundle), "--max-frames", "2",
+                  "--source", "synthetic://64x48@5", "--state-dir", str(tmp_path / "state"))
+    assert run.returncode == 2 and "Traceback" not in run.stderr and "IndexError" not in run.stderr
+    assert "[1, 28, 28]" in run.stderr, run.stderr
+    bare = write_model(tmp_path / "bare.tflite", [1, 28, 28], [1, 784])
+    with pytest.raises(ModelError, match=r"x\[1, 28, 28\].*\[1, H, W, 1\|3\]"):
+        load_model(bare)
+
+
+def test_declared_decoder_outputs_of_the_wrong_shape_are_refused(tmp_path: Path) -> None:
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    write_model(bundle / "model.tflite", [1, 4, 4, 3], [1, 48])
+    (bundle / "manifest.json").write_text(json.dumps({
+        "name": "g", "task": "detection", "decoder": "grid", "input": "x",
+        "outputs": {"grid": "y"}}))
+    with pytest.raises(ModelError, match=r"grid output 'y' has shape \[1, 48\]"):
+        load_model(bundle)
+
+
+@pytest.mark.parametrize("source", ["built", "traffic"])
+def test_custom_op_the_runtime_lacks_is_named(tmp_path: Path, source: str) -> None:
+    """Issue 13, defect 13: `models inspect` said "check it is not truncated"."""
+    if source == "built":
+        model = write_model(tmp_path / "m.tflite", [1, 4, 4, 3], [1, 48],
+                            custom_op="LeptonMysteryOp")
+        op = "LeptonMysteryOp"
+    else:  # the real LSTM-SSD with its (provided) post-processing op renamed
+        op = "LeptonPostProcess"
+        model = rename_custom_op(shared_file("traffic", "traffic_model.tflite"),
+                                 tmp_path / "traffic.tflite", "TFLite_Detection_PostProcess", op)
+    out = run_cli("models", "inspect", str(model))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"custom op '{op}', which LiteRT does not provide" in out.stderr, out.stderr
+    assert "truncated" not in out.stderr
+
+
+def test_inspect_lists_provided_custom_ops_and_label_source() -> None:
+    out = run_cli("models", "inspect", str(shared_file("traffic", "traffic_model.tflite")))
+    assert out.returncode == 0, out.stderr
+    assert "custom op: TFLite_Detection_PostProcess (provided by LiteRT)" in out.stdout
+    assert "classes: 3; labels from" in out.stdout and "traffic_label_map.pbtxt" in out.stdout
+
+
+def test_no_xnnpack_info_line_on_stderr() -> None:
+    """Issue 13, defect 17: every command printed LiteRT's INFO line."""
+    out = run_cli("models", "inspect", str(DEFAULT_MODEL))
+    assert out.returncode == 0 and "decoder=grid" in out.stdout
+    assert XNNPACK_INFO not in out.stderr and XNNPACK_INFO not in out.stdout, out.stderr
+
+
+def test_other_native_stderr_is_kept() -> None:
+    import os
+
+    from agent.inference.litert import quiet_native_stderr
+
+    read, write = os.pipe()
+    saved = os.dup(2)
+    os.dup2(write, 2)
+    try:
+        with quiet_native_stderr() as captured:
+            os.write(2, f"INFO: {XNNPACK_INFO} for CPU.\nWARNING: something real\n".encode())
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(write)
+    with os.fdopen(read) as fh:
+        assert fh.read() == "WARNING: something real\n"
+    assert captured == ["WARNING: something real"]
+
+
+def test_classification_run_summary_shows_the_top_class(tmp_path: Path) -> None:
+    """Issue 13, defect 18: the summary said "detections: 0" and named no class."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cat = cv2.imread(str(shared_file("classify", "cat.bmp")))
+    for i in range(1, 5):  # an image sequence, OpenCV's syntax
+        cv2.imwrite(str(frames / f"{i:04d}.bmp"), cat)
+    args = ["run", "--offline", "--source", str(frames / "%04d.bmp"), "--max-frames", "3",
+            "--model", str(shared_file("classify", "mobilenet_v2_1.0_224_quant.tflite")),
+            "--labels", str(shared_file("classify", "imagenet_labels.txt")),
+            "--state-dir", str(tmp_path / "state")]
+    out = run_cli(*args)
+    assert out.returncode == 0, out.stderr
+    assert "frames: 3 captured, 3 processed" in out.stdout
+    assert "top class: Egyptian cat (score up to 0." in out.stdout and "top-1 in 3 of 3" in \
+        out.stdout, out.stdout
+    assert "detections:" not in out.stdout and "results: 3 committed" in out.stdout
+    summary = json.loads(run_cli(*args, "--json").stdout)
+    assert summary["task"] == "classification" and summary["frames_processed"] == 3
+    assert summary["top_classes"][0]["label"] == "Egyptian cat"
+    assert summary["top_classes"][0]["frames"] == 3 and summary["results_committed"] == 3

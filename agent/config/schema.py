@@ -70,6 +70,7 @@ class ModelSection(_Section):
     num_threads: int = Field(2, ge=1, le=64)
     delegate: Literal["xnnpack", "none", "reference"] = "xnnpack"
     score_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    labels: Path | None = None  # label file for a bare model (default: MODEL_labels.txt beside it)
 
 
 class MqttSection(_Section):

@@ -84,11 +84,16 @@ class ManifestError(ValueError):
     """A manifest is inconsistent with the model's tensors."""
 
 
+class InputShapeError(ManifestError):
+    """The model's image input is not one the runner can feed a frame to."""
+
+
 def _image_input(inputs: list[TensorSpec]) -> TensorSpec:
     images = [t for t in inputs if len(t.shape) == 4 and t.shape[0] == 1 and t.shape[3] in (1, 3)]
     if not images:
         shapes = ", ".join(f"{t.name}{list(t.shape)}" for t in inputs)
-        raise ManifestError(f"no image input of shape [1, H, W, 1|3] among inputs: {shapes}")
+        raise InputShapeError(f"no image input among inputs {shapes}; the runner feeds frames "
+                              f"only to an input of shape {RUNNER_INPUT}")
     return max(images, key=lambda t: t.shape[1] * t.shape[2])
 
 
@@ -111,6 +116,7 @@ def find_state_pairs(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> lis
 def infer_manifest(name: str, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> Manifest:
     """Guess the task and the tensor roles of a bare model from its signature."""
     image = _image_input(inputs)
+    check_image_input(image)
     state = find_state_pairs(inputs, outputs)
     unpaired_inputs = [t for t in inputs if t.name != image.name
                        and t.name not in {p.input for p in state}]
@@ -151,12 +157,62 @@ def infer_manifest(name: str, inputs: list[TensorSpec], outputs: list[TensorSpec
     )
 
 
+RUNNER_INPUT = "[1, H, W, 1|3] of uint8, int8 or float32"
+_INPUT_DTYPES = ("uint8", "int8", "float32")
+
+
+def check_image_input(spec: TensorSpec) -> None:
+    """Raise ManifestError unless the runner can feed ``spec`` a frame."""
+    shape = spec.shape
+    if len(shape) != 4 or shape[0] != 1 or shape[3] not in (1, 3) or min(shape) < 1:
+        raise InputShapeError(f"image input {spec.name!r} has shape {list(shape)}; the runner feeds "
+                            f"frames only to an input of shape {RUNNER_INPUT}")
+    if spec.dtype not in _INPUT_DTYPES:
+        raise InputShapeError(f"image input {spec.name!r} is {spec.dtype}; the runner feeds "
+                            f"frames only to an input of shape {RUNNER_INPUT}")
+
+
+def _check_output_shapes(manifest: Manifest, by_name: dict[str, TensorSpec]) -> None:
+    """The decoder can read the tensors it is given (shapes it would index into)."""
+    def shape(role: str) -> tuple[int, ...]:
+        return by_name[manifest.outputs[role]].shape
+
+    if manifest.decoder == "grid":
+        grid = shape("grid")
+        if len(grid) != 4 or grid[0] != 1 or grid[3] < 6:
+            raise ManifestError(f"grid output {manifest.outputs['grid']!r} has shape {list(grid)}; "
+                                "the grid decoder reads [1, GH, GW, 5 + classes]")
+    elif manifest.decoder == "ssd_postprocess":
+        boxes, classes, scores = shape("boxes"), shape("classes"), shape("scores")
+        if len(boxes) != 3 or boxes[0] != 1 or boxes[2] != 4 or classes != boxes[:2] \
+                or scores != boxes[:2] or shape("count") not in ((1,), ()):
+            raise ManifestError(
+                f"SSD outputs have shapes boxes {list(boxes)}, classes {list(classes)}, scores "
+                f"{list(scores)}, count {list(shape('count'))}; the ssd_postprocess decoder reads "
+                "[1, N, 4], [1, N], [1, N], [1]")
+    elif min(shape("scores"), default=1) < 1:
+        raise ManifestError(f"scores output {manifest.outputs['scores']!r} is empty")
+
+
+def output_classes(manifest: Manifest, outputs: list[TensorSpec]) -> int | None:
+    """How many classes the decoder can report (None when the tensors do not say)."""
+    by_name = {t.name: t for t in outputs}
+    if manifest.decoder == "softmax" and "scores" in manifest.outputs:
+        shape = by_name[manifest.outputs["scores"]].shape
+        return shape[-1] if shape else 1
+    if manifest.decoder == "grid" and "grid" in manifest.outputs:
+        return by_name[manifest.outputs["grid"]].shape[-1] - 5
+    return None
+
+
 def check_manifest(manifest: Manifest, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
-    """Raise ManifestError if a declared manifest names tensors the model does not have."""
+    """Raise ManifestError if a declared manifest names tensors the model does not have, or
+    tensors of shapes the runner cannot feed or decode."""
     in_names = {t.name for t in inputs}
     out_names = {t.name for t in outputs}
     if manifest.input not in in_names:
         raise ManifestError(f"input {manifest.input!r} not in model inputs {sorted(in_names)}")
+    check_image_input(next(t for t in inputs if t.name == manifest.input))
     for role, tensor in manifest.outputs.items():
         if tensor not in out_names:
             raise ManifestError(f"output {role}={tensor!r} not in model outputs {sorted(out_names)}")
@@ -168,3 +224,4 @@ def check_manifest(manifest: Manifest, inputs: list[TensorSpec], outputs: list[T
     missing = required - set(manifest.outputs)
     if missing:
         raise ManifestError(f"decoder {manifest.decoder!r} needs outputs {sorted(missing)}")
+    _check_output_shapes(manifest, {t.name: t for t in outputs})

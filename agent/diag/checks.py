@@ -141,7 +141,8 @@ def check_model(cfg: AgentConfig) -> CheckResult:
     from agent.inference.model import load_model
 
     try:
-        model = load_model(cfg.model.path, num_threads=1, delegate=cfg.model.delegate)
+        model = load_model(cfg.model.path, num_threads=1, delegate=cfg.model.delegate,
+                           labels=cfg.model.labels)
     except AgentError as exc:
         return CheckResult("model", "fail", exc.message, exc.fix or "check [model] path")
     m = model.manifest

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.core.labels import parse_labels
+from agent.core.labels import LabelError, check_declared_labels, fit_labels, is_background, parse_labels
 from agent.core.manifest import (
+    InputShapeError,
     Manifest,
     ManifestError,
     StatePair,
     TensorSpec,
     check_manifest,
     infer_manifest,
+    output_classes,
 )
 from agent.core.records import ModelRef
 from agent.errors import ModelError
-from agent.inference.litert import make_interpreter
+from agent.inference.litert import interpreter_class, make_interpreter
+from agent.inference.tflite_file import detection_classes, read_ops
 from agent.paths import resolve_model
+
+log = logging.getLogger("agent.inference")
 
 MANIFEST_NAME = "manifest.json"
 _MANIFEST_KEYS = {"name", "version", "description", "task", "decoder", "file", "sha256", "input",
@@ -53,11 +59,52 @@ def read_label_file(path: Path) -> dict[int, str]:
                          fix="give a text file with one label per line or a .pbtxt label map") from exc
 
 
+LABEL_SUFFIXES = (".labels.txt", "_labels.txt", ".labels.pbtxt", "_labels.pbtxt",
+                  ".label_map.pbtxt", "_label_map.pbtxt")
+LABELS_FIX = ("give the label file written for this model: --labels FILE or [model] labels, "
+              "one line per output class (plus a first 'background' line when the model has "
+              "no background class), or a .pbtxt label map")
+
+
+def label_file_candidates(model_file: Path) -> list[Path]:
+    """Label files named after a bare model, in order of preference: ``MODEL.labels.txt``,
+    ``MODEL_labels.txt``, ``MODEL_label_map.pbtxt``, ...; MODEL is the file's stem, or the stem
+    without a ``_model`` suffix (``traffic_model.tflite`` -> ``traffic_label_map.pbtxt``)."""
+    stem = model_file.stem
+    bases = [stem] + [stem[: -len(s)] for s in ("_model", "-model", ".model")
+                      if stem.endswith(s) and len(stem) > len(s)]
+    return [model_file.with_name(base + suffix) for base in bases for suffix in LABEL_SUFFIXES]
+
+
 def find_sibling_labels(model_file: Path) -> Path | None:
-    """A label file next to a bare model: ``*label*.txt`` or ``*label_map.pbtxt``."""
-    candidates = sorted(model_file.parent.glob("*label*.pbtxt")) + sorted(
-        model_file.parent.glob("*label*.txt"))
-    return candidates[0] if candidates else None
+    """The label file named after a bare model, if there is one. Any other file in the folder
+    (``imagenet_labels.txt`` next to a bird model) is never taken: it would name every class
+    wrongly, silently."""
+    return next((p for p in label_file_candidates(model_file) if p.is_file()), None)
+
+
+def fit_label_file(manifest: Manifest, labels_file: Path, classes: int | None) -> None:
+    """Read ``labels_file`` into ``manifest``, with the offset that fits ``classes``."""
+    labels = read_label_file(labels_file)
+    if classes is None:  # the model does not say; a background row or a 1-based map shifts by 1
+        offset = 1 if 0 not in labels or is_background(labels[0]) else 0
+    else:
+        try:
+            offset = fit_labels(labels, classes)
+        except LabelError as exc:
+            raise ModelError(f"labels {labels_file} do not fit the model: {exc}",
+                             path=str(labels_file), fix=LABELS_FIX) from exc
+    manifest.labels = labels
+    manifest.label_offset = offset
+
+
+def model_classes(manifest: Manifest, outputs: list[TensorSpec], model_file: Path) -> int | None:
+    """How many classes the model reports: the score vector's width, the grid's class
+    channels, or TFLite_Detection_PostProcess's ``num_classes`` read from the file."""
+    classes = output_classes(manifest, outputs)
+    if classes is None and manifest.decoder == "ssd_postprocess":
+        classes = detection_classes(read_ops(model_file) or [])
+    return classes
 
 
 @dataclass
@@ -70,6 +117,8 @@ class LoadedModel:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     runtime: str = "ai-edge-litert"
+    labels_source: str = ""  # where the labels came from, for `models inspect`
+    classes: int | None = None
 
     @property
     def ref(self) -> ModelRef:
@@ -109,9 +158,16 @@ def _manifest_from_json(path: Path, data: dict[str, Any]) -> Manifest:
 
 
 def load_model(path: Path, *, num_threads: int = 2, delegate: str = "xnnpack",
-               score_threshold: float | None = None) -> LoadedModel:
-    """Load a bundle directory, a manifest file, or a bare .tflite."""
+               score_threshold: float | None = None, labels: Path | None = None) -> LoadedModel:
+    """Load a bundle directory, a manifest file, or a bare .tflite.
+
+    Labels: ``labels`` when given (checked against the model's class count); else a bundle's
+    manifest labels; else a label file named after a bare model (:func:`find_sibling_labels`);
+    else none (results carry ``class_N``)."""
     path = resolve_model(path)
+    if labels is not None and not labels.is_file():
+        raise ModelError("label file does not exist", path=str(labels),
+                         fix="check the --labels / [model] labels path")
     if not path.exists():
         raise ModelError("does not exist", path=str(path),
                          fix="pass --model with a .tflite file or a bundle directory; "
@@ -151,8 +207,6 @@ def load_model(path: Path, *, num_threads: int = 2, delegate: str = "xnnpack",
         model_file = path
 
     interpreter = make_interpreter(str(model_file), num_threads, delegate)
-    from agent.inference.litert import interpreter_class
-
     inputs = tensor_specs(interpreter.get_input_details())
     outputs = tensor_specs(interpreter.get_output_details())
     try:
@@ -163,15 +217,36 @@ def load_model(path: Path, *, num_threads: int = 2, delegate: str = "xnnpack",
             manifest = infer_manifest(model_file.stem, inputs, outputs)
             manifest.sha256 = sha256_file(model_file)
             manifest.file = model_file.name
-            labels_file = find_sibling_labels(model_file)
-            if labels_file:
-                manifest.labels = read_label_file(labels_file)
-                if manifest.task == "classification" or min(manifest.labels, default=1) == 0:
-                    manifest.label_offset = 0
     except ManifestError as exc:
-        raise ModelError(str(exc), path=str(manifest_path or model_file),
-                         fix="write a manifest.json beside the model that maps its tensors") from exc
+        if isinstance(exc, InputShapeError):
+            fix = ("use a model that takes one image (NHWC, 1 or 3 channels); the agent feeds it "
+                   "camera frames")
+        elif declared:
+            fix = "correct the manifest's tensor names and decoder (`models inspect` lists them)"
+        else:
+            fix = "write a manifest.json beside the model that maps its tensors"
+        raise ModelError(str(exc), path=str(manifest_path or model_file), fix=fix) from exc
+    classes = model_classes(manifest, outputs, model_file)
+    labels_file = labels or (None if declared else find_sibling_labels(model_file))
+    source = ""
+    if labels_file is not None:
+        fit_label_file(manifest, labels_file, classes)
+        source = str(labels_file)
+    elif declared and manifest.labels:
+        if classes is not None:
+            try:
+                check_declared_labels(manifest.labels, manifest.label_offset, classes)
+            except LabelError as exc:
+                raise ModelError(f"the manifest's labels do not fit the model: {exc}",
+                                 path=str(manifest_path), fix=LABELS_FIX) from exc
+        source = "manifest"
+    else:
+        log.warning("model %s has no labels: results name classes class_N; give --labels FILE "
+                    "or put %s beside it", model_file, label_file_candidates(model_file)[1].name)
+    if source:
+        log.info("labels of %s: %d from %s (offset %d)", model_file.name, len(manifest.labels),
+                 source, manifest.label_offset)
     if score_threshold is not None:
         manifest.score_threshold = score_threshold
     return LoadedModel(model_file, manifest, interpreter, inputs, outputs,
-                       runtime=interpreter_class()[1])
+                       runtime=interpreter_class()[1], labels_source=source, classes=classes)

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from agent import kernels
+from agent.core.manifest import ManifestError, check_image_input
 from agent.core.postprocess import dequantize, grid_detections, ssd_detections, top_classes
 from agent.core.records import Classification, Detection
 from agent.errors import ModelError
@@ -33,6 +34,11 @@ class ModelRunner:
         self.use_kernels = preprocess == "native"
         self.manifest = model.manifest
         spec = model.input_spec()
+        try:
+            check_image_input(spec)
+        except ManifestError as exc:
+            raise ModelError(str(exc), path=str(model.path),
+                             fix="give a model with an image input, or a manifest naming it") from exc
         self.input_index = spec.index
         self.height, self.width, self.channels = spec.shape[1], spec.shape[2], spec.shape[3]
         self.input_dtype = spec.dtype

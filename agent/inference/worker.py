@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -32,6 +33,17 @@ class InferenceStats:
     first_result_at: float | None = None
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=64))
     last_result_at: float | None = None
+    top1: Counter[str] = field(default_factory=Counter)  # classification: frames per top class
+    top1_score: dict[str, float] = field(default_factory=dict)  # and its best score
+
+    def count_top_class(self, label: str, score: float) -> None:
+        self.top1[label] += 1
+        self.top1_score[label] = max(score, self.top1_score.get(label, 0.0))
+
+    def top_classes(self, n: int = 3) -> list[dict[str, Any]]:
+        """The ``n`` most frequent top-1 classes: label, frames, best score."""
+        return [{"label": label, "frames": frames, "score": round(self.top1_score[label], 4)}
+                for label, frames in self.top1.most_common(n)]
 
 
 @dataclass
@@ -118,6 +130,8 @@ class InferenceWorker:
                 consecutive = 0
                 self.stats.frames += 1
                 self.stats.detections += len(out.detections)
+                if out.classes:
+                    self.stats.count_top_class(out.classes[0].label, out.classes[0].score)
                 self.stats.invoke_ms_total += out.invoke_ms
                 now = time.perf_counter()
                 if self.stats.first_result_at is None:

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -91,6 +91,8 @@ class RunSummary:
     broker_error: str | None = None
     peak_rss_mb: float = 0.0
     error: str | None = None
+    task: str = ""
+    top_classes: list[dict[str, Any]] = field(default_factory=list)  # classification only
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,7 +152,8 @@ class AgentApp:
         if not source_uri.is_live:
             open_reader(source_uri).close()  # fail fast, with the reason, on a bad file
         model = load_model(cfg.model.path, num_threads=cfg.model.num_threads,
-                           delegate=cfg.model.delegate, score_threshold=cfg.model.score_threshold)
+                           delegate=cfg.model.delegate, score_threshold=cfg.model.score_threshold,
+                           labels=cfg.model.labels)
         runner = ModelRunner(model, preprocess=cfg.kernels.preprocess)
         model_ref = model.ref
         until_ingested = cfg.outbox.delivery == "ingested"
@@ -454,6 +457,8 @@ class AgentApp:
         s.frames_dropped = frames.stats.dropped
         s.frames_skipped_static = gate.skipped if gate else 0
         s.detections = inference.stats.detections
+        s.task = model.manifest.task
+        s.top_classes = inference.stats.top_classes()
         s.results_published = uplink.acked
         s.results_ingested = uplink.ingested
         s.backlog = backlog

@@ -16,7 +16,7 @@ FLAG_FOR_KEY = {
     "source.uri": "--source", "model.path": "--model", "mqtt.broker": "--broker",
     "agent.device_id": "--device-id", "agent.site": "--site", "agent.state_dir": "--state-dir",
     "source.max_frames": "--max-frames", "source.pace": "--pace", "model.num_threads": "--threads",
-    "model.delegate": "--delegate", "source.stream": "--stream",
+    "model.delegate": "--delegate", "source.stream": "--stream", "model.labels": "--labels",
 }
 
 
@@ -41,6 +41,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     put("source.loop", True if args.loop else None)
     put("model.num_threads", args.threads)
     put("model.delegate", args.delegate)
+    put("model.labels", getattr(args, "labels", None))
     put("agent.log_level", args.log_level)
     put("outbox.delivery", args.delivery)
     if getattr(args, "sensor", None):
@@ -79,13 +80,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print(f"frames: {summary.frames_captured} captured, {summary.frames_processed} processed, "
               f"{summary.frames_dropped} dropped ({summary.processing_fps} fps)\n"
-              f"detections: {summary.detections}\n"
+              f"{_outcome_line(summary)}\n"
               f"results: {summary.results_committed} committed, {summary.results_published} "
               f"published, {summary.results_ingested} acknowledged by ingest, {summary.backlog} "
               "waiting in the outbox for the next start")
         if summary.broker_error and summary.backlog:
             print(f"broker: {summary.broker_error}")
     return 0
+
+
+def _outcome_line(summary: Any) -> str:
+    """What the model found: detections, or for a classifier its most frequent top class."""
+    if getattr(summary, "task", "") != "classification":
+        return f"detections: {summary.detections}"
+    tops = summary.top_classes
+    if not tops:
+        return (f"top class: none above the score threshold in {summary.frames_processed} "
+                "frames")
+    best = tops[0]
+    line = (f"top class: {best['label']} (score up to {best['score']:.2f}, top-1 in "
+            f"{best['frames']} of {summary.frames_processed} frames)")
+    if len(tops) > 1:
+        line += "; then " + ", ".join(f"{t['label']} ({t['frames']})" for t in tops[1:])
+    return line
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -100,10 +117,13 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 def cmd_models_inspect(args: argparse.Namespace) -> int:
     from agent.inference.model import load_model
+    from agent.inference.tflite_file import PROVIDED_CUSTOM_OPS, custom_ops, read_ops
 
-    model = load_model(args.path, num_threads=1, delegate=args.delegate)
+    model = load_model(args.path, num_threads=1, delegate=args.delegate, labels=args.labels)
+    custom = custom_ops(read_ops(model.path) or [])
     data = {
-        "path": str(model.path), "runtime": model.runtime,
+        "path": str(model.path), "runtime": model.runtime, "custom_ops": custom,
+        "classes": model.classes, "labels_source": model.labels_source or None,
         "inputs": [vars(t) | {"shape": list(t.shape)} for t in model.inputs],
         "outputs": [vars(t) | {"shape": list(t.shape)} for t in model.outputs],
         "manifest": model.manifest.to_json(),
@@ -121,6 +141,11 @@ def cmd_models_inspect(args: argparse.Namespace) -> int:
     print(f"  manifest ({'inferred' if m.inferred else 'declared'}): task={m.task} "
           f"decoder={m.decoder} input={m.input} color={m.color} "
           f"threshold={m.score_threshold} labels={len(m.labels)} offset={m.label_offset}")
+    classes = "unknown" if model.classes is None else model.classes
+    print(f"    classes: {classes}; labels from {model.labels_source or 'nowhere (class_N)'}")
+    for op in custom:
+        provided = "provided by LiteRT" if op in PROVIDED_CUSTOM_OPS else "registered by this runtime"
+        print(f"    custom op: {op} ({provided})")
     for role, name in m.outputs.items():
         print(f"    {role}: {name}")
     for pair in m.state:
@@ -381,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--loop", action="store_true", help="loop a video file")
     run.add_argument("--threads", type=int, help="interpreter threads")
     run.add_argument("--delegate", choices=["xnnpack", "none", "reference"])
+    run.add_argument("--labels", type=Path, metavar="FILE",
+                     help="label file for a bare model (.txt one per line, or a .pbtxt map)")
     run.add_argument("--delivery", choices=["ingested", "broker"],
                      help="keep results until ingest acknowledges them (default) or the broker does")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -401,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("path", type=Path)
     inspect.add_argument("--json", action="store_true")
     inspect.add_argument("--delegate", choices=["xnnpack", "none", "reference"], default="xnnpack")
+    inspect.add_argument("--labels", type=Path, metavar="FILE",
+                         help="check this label file against the model")
     inspect.set_defaults(func=cmd_models_inspect)
 
     ingest = sub.add_parser("ingest", help="backend consumer: results -> database")

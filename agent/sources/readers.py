@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from functools import lru_cache
 from typing import Protocol
 
@@ -12,6 +14,8 @@ import numpy as np
 from agent.core.uri import SourceUri
 from agent.errors import SourceError
 from agent.sources.synthetic import SyntheticScene
+
+log = logging.getLogger("agent.capture")
 
 
 class FrameReader(Protocol):
@@ -81,6 +85,62 @@ class OpenCVReader:
         self.capture.release()
 
 
+_SEQUENCE = re.compile(r"%(0?)(\d*)d")
+
+
+def sequence_pattern(target: str) -> re.Pattern[str] | None:
+    """For an image sequence (``frames/%04d.bmp``, OpenCV's syntax), a regex matching the
+    names of its files (number in group 1); None for an ordinary path."""
+    name = os.path.basename(target)
+    found = list(_SEQUENCE.finditer(name))
+    if len(found) != 1:
+        return None
+    m = found[0]
+    digits = rf"(\d{{{int(m.group(2))}}})" if m.group(1) and m.group(2) else r"(\d+)"
+    return re.compile(re.escape(name[:m.start()]) + digits + re.escape(name[m.end():]) + "$")
+
+
+class ImageSequenceReader:
+    """Numbered still images (``frames/%04d.bmp``) in number order, wherever the numbering
+    starts (OpenCV's own image-sequence backends give up unless it starts at 0..4). Finite;
+    unpaced (no frame rate of its own). An unreadable file is skipped with a warning."""
+
+    fps = 0.0
+
+    def __init__(self, uri: SourceUri, pattern: re.Pattern[str]) -> None:
+        self.uri = uri
+        folder = os.path.dirname(uri.target) or "."
+        if not os.path.isdir(folder):
+            raise SourceError(f"no such directory {folder}", uri=uri.raw,
+                              fix="check the path of the image sequence")
+        numbered = []
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                m = pattern.match(entry.name)
+                if m and entry.is_file():
+                    numbered.append((int(m.group(1)), entry.path))
+        if not numbered:
+            raise SourceError(f"no file in {folder} matches {os.path.basename(uri.target)}",
+                              uri=uri.raw,
+                              fix="name the images with the number the pattern gives, e.g. "
+                                  "frames/%04d.bmp for frames/0001.bmp, frames/0002.bmp, ...")
+        self.files = [path for _, path in sorted(numbered)]
+        self.position = 0
+
+    def read(self) -> np.ndarray | None:
+        while self.position < len(self.files):
+            path = self.files[self.position]
+            self.position += 1
+            image = cv2.imread(path, cv2.IMREAD_COLOR)
+            if image is not None:
+                return image
+            log.warning("source %s: cannot decode %s; skipped", self.uri.raw, path)
+        return None
+
+    def close(self) -> None:
+        pass
+
+
 class SyntheticReader:
     """The generated traffic scene; endless."""
 
@@ -100,4 +160,8 @@ def open_reader(uri: SourceUri) -> FrameReader:
     """Open a reader for ``uri``; raises SourceError naming the source and the fix."""
     if uri.kind == "synthetic":
         return SyntheticReader(uri)
+    if uri.kind == "file" and not os.path.isfile(uri.target):
+        pattern = sequence_pattern(uri.target)
+        if pattern is not None:
+            return ImageSequenceReader(uri, pattern)
     return OpenCVReader(uri)
