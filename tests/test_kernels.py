@@ -1,4 +1,5 @@
-"""Native kernels against their numpy reference: known answers, hypothesis properties, bad input."""
+"""Native kernels against their numpy reference and an independent model of the formulas
+(tests/independent_reference.py): known answers, hypothesis properties, bad input."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from agent.errors import KernelError
 from agent.kernels import Image, MotionState, Preprocess
 from agent.kernels import reference as ref
+from tests import independent_reference as ind
 
 native = pytest.importorskip("agent.kernels.native", reason="native kernels not built")
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,14 +85,129 @@ def cases(draw: st.DrawFn) -> tuple[Image, Preprocess, int]:
     return image, spec, seed
 
 
-@SETTINGS
+def independent(image: Image, spec: Preprocess) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    return ind.preprocess(image.format, image.planes, image.width, image.height, out_w=spec.out_w,
+                          out_h=spec.out_h, out_c=spec.out_c, dtype=spec.dtype, rgb=spec.rgb,
+                          resize=spec.resize, roi=spec.roi, letterbox_on=spec.letterbox,
+                          pad_value=spec.pad_value, mul=spec.mul, add=spec.add)
+
+
+def assert_identical(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    """Same dtype, shape and values, bit for bit (float32 too): no LSB of tolerance."""
+    assert got.dtype == want.dtype and got.shape == want.shape, what
+    if not np.array_equal(got, want):
+        where = np.argwhere(got != want)
+        y, x, c = where[0]
+        raise AssertionError(f"{what}: {len(where)} elements differ, first at (y={y}, x={x}, c={c}): "
+                             f"{got[y, x, c]!r} != {want[y, x, c]!r}")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_preprocess_matches_reference(case: tuple[Image, Preprocess, int]) -> None:
+    """The docs say exact: native, numpy reference and the independent model agree bit for bit."""
     image, spec, _ = case
     a, b = both(image, spec)
-    assert a.dtype == b.dtype and a.shape == b.shape
-    tolerance = 1e-6 if spec.dtype == "float32" else 1
-    assert diff(a, b) <= tolerance * (2.0 * max(spec.mul) if spec.dtype == "float32" else 1)
+    want, geometry = independent(image, spec)
+    _, info = native.preprocess(image, spec)
+    assert (info.content_w, info.content_h, info.offset_x, info.offset_y) == geometry
+    assert_identical(a, want, "native vs independent model")
+    assert_identical(b, want, "reference.py vs independent model")
+
+
+@pytest.mark.parametrize(("fmt", "size", "out", "resize", "roi"), [
+    ("nv12", (1920, 1080), (300, 300), "bilinear", None),
+    ("nv12", (1920, 1080), (300, 300), "area", None),
+    ("nv12", (1920, 1080), (24, 20), "area", (3, 5, 1901, 1071)),  # uint64 sums, odd ROI
+    ("yuyv", (1280, 720), (224, 224), "bilinear", (2, 1, 1270, 715)),
+    ("yuyv", (1280, 720), (224, 224), "area", None),
+    ("bgr", (960, 540), (256, 256), "bilinear", (1, 3, 955, 531)),
+    ("bgr", (960, 540), (256, 256), "area", None),
+])
+def test_camera_sizes_match_independent_model(fmt: str, size: tuple[int, int], out: tuple[int, int],
+                                              resize: str, roi: tuple[int, int, int, int] | None) -> None:
+    image = make_image(fmt, size[0], size[1], np.random.default_rng(7), padded=True)
+    for dtype, mul, add in (("uint8", (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)),
+                            ("int8", (1.0, 1.0, 1.0), (-128.0, -128.0, -128.0)),
+                            ("float32", (1 / 127.5, 1 / 127.5, 1 / 127.5), (-1.0, -1.0, -1.0))):
+        spec = Preprocess(out_w=out[0], out_h=out[1], dtype=dtype, resize=resize, roi=roi,  # type: ignore[arg-type]
+                          mul=mul, add=add)
+        got, _ = native.preprocess(image, spec)
+        assert_identical(got, independent(image, spec)[0], f"{fmt} {resize} {dtype}")
+
+
+def test_integer_outputs_round_half_to_even() -> None:
+    """x = pixel * 0.5 lands on .5 for odd pixels: lrintf and np.rint go to the even neighbour
+    (0.5 -> 0, 1.5 -> 2, 2.5 -> 2); floor or half-up would differ there."""
+    ramp = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    for dtype, add in (("uint8", 0.0), ("int8", -64.0)):
+        spec = Preprocess(out_w=16, out_h=16, out_c=1, dtype=dtype, mul=(0.5, 0.5, 0.5),  # type: ignore[arg-type]
+                          add=(add, add, add))
+        want = np.array([round(v / 2 + add) for v in range(256)]).reshape(16, 16)  # Python: half even
+        for impl in (native, ref):
+            got, _ = impl.preprocess(Image.packed("gray", ramp), spec)
+            assert got[..., 0].astype(int).tolist() == want.tolist(), (impl.__name__, dtype)
+
+
+def test_area_box_ending_on_a_pixel_boundary_takes_no_next_pixel() -> None:
+    """40 rows to 24: output row 11 covers rows [18.33, 20). In doubles 12 * (40/24) is
+    20.000000000000004, which used to pull in row 20 with the minimum weight (1/256)."""
+    column = np.zeros((40, 1), np.uint8)
+    column[20] = 255
+    spec = Preprocess(out_w=1, out_h=24, out_c=1, resize="area")
+    for impl in (native, ref):
+        got, _ = impl.preprocess(Image.packed("gray", column), spec)
+        assert got[11, 0, 0] == 0 and got[12, 0, 0] == 153, impl.__name__  # 255 * 256 / (256 + 171)
+
+
+def test_letterbox_size_ties_round_half_up() -> None:
+    """85 rows at scale 7/10 are 59.5 rows: 60 (in doubles 85 * 0.7 is 59.49999999999999)."""
+    spec = Preprocess(out_w=7, out_h=61, out_c=1, letterbox=True)
+    image = Image.packed("gray", np.zeros((85, 10), np.uint8))
+    for impl in (native, ref):
+        _, info = impl.preprocess(image, spec)
+        assert (info.content_w, info.content_h, info.offset_x, info.offset_y) == (7, 60, 0, 0)
+
+
+def test_yuv_to_rgb_over_every_chroma_pair() -> None:
+    """Every (U, V) with a spread of Y: the native conversion equals the independent Q20 model,
+    and that model is BT.601 (OpenCV's decimals) rounded half up, except where the exact value is
+    within 1e-3 of a .5 tie (the Q20 constants are the decimals rounded to 2**-20)."""
+    ys = np.array([0, 15, 16, 17, 40, 81, 128, 200, 234, 235, 236, 255])
+    u, v = (a.ravel() for a in np.meshgrid(np.arange(256), np.arange(256), indexing="ij"))
+    # An NV12 frame of constant 2x2 blocks, halved by area: each output pixel is one block.
+    n = u.size
+    yy = np.repeat(ys, n)
+    uu, vv = np.tile(u, len(ys)), np.tile(v, len(ys))
+    side = 256
+    rows = yy.size // side
+    y_plane = np.repeat(np.repeat(yy.reshape(rows, side), 2, axis=0), 2, axis=1).astype(np.uint8)
+    uv_plane = np.stack([uu, vv], axis=1).reshape(rows, 2 * side).astype(np.uint8)
+    got, _ = native.preprocess(Image.nv12(y_plane, uv_plane),
+                               Preprocess(out_w=side, out_h=rows, resize="area"))
+    r, g, b = ind.yuv_to_rgb(yy.astype(np.int64), uu.astype(np.int64), vv.astype(np.int64))
+    want = np.stack([r, g, b], axis=1).reshape(rows, side, 3).astype(np.uint8)
+    assert_identical(got, want, "native YUV->RGB vs independent Q20 model")
+    dy, du, dv = np.maximum(yy - 16, 0).astype(float), uu - 128.0, vv - 128.0
+    ideal = np.stack([1.164 * dy + 1.596 * dv, 1.164 * dy - 0.813 * dv - 0.391 * du,
+                      1.164 * dy + 2.018 * du], axis=1)
+    rounded = np.clip(np.floor(ideal + 0.5), 0, 255)
+    ours = np.stack([r, g, b], axis=1)
+    near_tie = np.abs(ideal - np.floor(ideal) - 0.5) < 1e-3
+    assert (np.abs(ours - rounded) <= 1).all()
+    assert (ours == rounded)[~near_tie].all()
+
+
+def test_gray_weights_are_bt601_luma() -> None:
+    """BGR to one channel: 0.299 R + 0.587 G + 0.114 B rounded half up (Q14 as OpenCV)."""
+    rng = np.random.default_rng(11)
+    bgr = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    got, _ = native.preprocess(Image.packed("bgr", bgr), Preprocess(out_w=64, out_h=64, out_c=1))
+    b, g, r = (bgr[..., c].astype(float) for c in range(3))
+    ideal = 0.299 * r + 0.587 * g + 0.114 * b
+    assert np.abs(got[..., 0] - np.floor(ideal + 0.5)).max() <= 1
+    assert_identical(got, ind.preprocess("bgr", (bgr.reshape(64, -1),), 64, 64, out_w=64, out_h=64,
+                                         out_c=1)[0], "gray")
 
 
 @SETTINGS
@@ -148,8 +265,10 @@ def test_letterbox_geometry_and_padding() -> None:
 def test_huge_ratio_and_single_pixels() -> None:
     big = np.random.default_rng(1).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
     for resize in ("bilinear", "area"):
-        a, b = both(Image.packed("bgr", big), Preprocess(out_w=1, out_h=1, resize=resize))
-        assert diff(a, b) <= 1
+        spec = Preprocess(out_w=1, out_h=1, resize=resize)  # type: ignore[arg-type]
+        a, b = both(Image.packed("bgr", big), spec)
+        assert_identical(a, b, resize)
+        assert_identical(a, independent(Image.packed("bgr", big), spec)[0], resize)
     px = np.array([[[1, 2, 3]]], np.uint8)
     a, b = both(Image.packed("rgb", px), Preprocess(out_w=33, out_h=17))
     assert diff(a, b) == 0 and (a == [1, 2, 3]).all()

@@ -1,6 +1,7 @@
 """numpy reference of every native kernel: the executable specification of their results.
 
-The native kernels must match these exactly (tests allow 1 LSB where the issue asks for it).
+The native kernels must match these exactly, and both must match the independent model in
+tests/independent_reference.py (written from the formulas, sharing no code).
 They are also the fallback when the native module is missing, so the board still boots.
 """
 
@@ -97,9 +98,10 @@ class Preprocess:
     def geometry(self, image: Image) -> tuple[tuple[int, int, int, int], LetterboxInfo]:
         rx, ry, rw, rh = self.roi or (0, 0, image.width, image.height)
         if self.letterbox:
-            sc = min(self.out_w / rw, self.out_h / rh)
-            cw = min(max(int(np.floor(rw * sc + 0.5)), 1), self.out_w)
-            ch = min(max(int(np.floor(rh * sc + 0.5)), 1), self.out_h)
+            # scale = min(out_w / rw, out_h / rh) = num / den; sizes rounded half up, exactly
+            num, den = (self.out_w, rw) if self.out_w * rh <= self.out_h * rw else (self.out_h, rh)
+            cw = min(max((2 * rw * num + den) // (2 * den), 1), self.out_w)
+            ch = min(max((2 * rh * num + den) // (2 * den), 1), self.out_h)
             ox, oy = (self.out_w - cw) // 2, (self.out_h - ch) // 2
         else:
             cw, ch, ox, oy = self.out_w, self.out_h, 0, 0
@@ -120,26 +122,31 @@ def linear_taps(n: int, scale: float, offset: F64 | float, lo: int, hi: int) -> 
     return s, i1, np.floor(frac * 2048.0 + 0.5).astype(np.int64)
 
 
-def area_weights(n: int, scale: float, offset: F64 | float, lo: int, hi: int, size: int) -> F64:
-    """Dense (n, size) matrix of 8-bit fixed-point box weights, as the C taps."""
-    i = np.arange(n, dtype=np.float64)
-    b0 = np.maximum(i * scale + offset, lo)
-    b1 = np.minimum((i + 1) * scale + offset, hi)
-    s = np.floor(b0).astype(np.int64)
-    e = np.ceil(b1).astype(np.int64)
+def area_weights(n: int, num0: int, step: int, den: int, lo: int, hi: int, size: int) -> F64:
+    """Dense (n, size) matrix of 8-bit fixed-point box weights, as the C taps: output i covers
+    [(num0 + i*step) / den, (num0 + (i+1)*step) / den), in exact integers (a float box that ends
+    on a pixel boundary can overshoot it and pick up a pixel it does not cover)."""
+    i = np.arange(n, dtype=np.int64)
+    b0 = np.maximum(num0 + i * step, lo * den)
+    b1 = np.minimum(num0 + (i + 1) * step, hi * den)
+    s = b0 // den
+    e = -(-b1 // den)
     e = np.where(e <= s, s + 1, e)
     over = e > hi
     e = np.where(over, hi, e)
     s = np.where(over & (s >= e), e - 1, s)
+
+    def w256(q: I64 | int) -> int:
+        return max(1, int((2 * 256 * q + den) // (2 * den)))
+
     weights = np.zeros((n, size), np.float64)
     for k in range(n):
-        count = e[k] - s[k]
-        if count == 1:
-            weights[k, s[k]] = max(1.0, np.floor((b1[k] - b0[k]) * 256.0 + 0.5))
+        if e[k] - s[k] == 1:
+            weights[k, s[k]] = w256(b1[k] - b0[k])
             continue
         weights[k, s[k]:e[k]] = 256.0
-        weights[k, s[k]] = max(1.0, np.floor(((s[k] + 1) - b0[k]) * 256.0 + 0.5))
-        weights[k, e[k] - 1] = max(1.0, np.floor((b1[k] - (e[k] - 1)) * 256.0 + 0.5))
+        weights[k, s[k]] = w256((s[k] + 1) * den - b0[k])
+        weights[k, e[k] - 1] = w256(b1[k] - (e[k] - 1) * den)
     return weights
 
 
@@ -208,8 +215,8 @@ def preprocess(image: Image, spec: Preprocess) -> tuple[npt.NDArray[np.generic],
 
     def luma_or_packed(c: int) -> I64:
         if spec.resize == "area":
-            wr = np.vstack([area_weights(1, sy, float(r * sy), 0, rh, rh) for r in range(ch)])
-            wc_pix = area_weights(cw, sx, 0.0, 0, rw, rw)
+            wr = np.vstack([area_weights(1, r * rh, rh, ch, 0, rh, rh) for r in range(ch)])
+            wc_pix = area_weights(cw, 0, rw, cw, 0, rw, rw)
             wc = np.zeros((cw, plane.shape[1]), np.float64)
             wc[:, c::step][:, :rw] = wc_pix
             return _area(plane, wr, wc)
@@ -230,11 +237,12 @@ def preprocess(image: Image, spec: Preprocess) -> tuple[npt.NDArray[np.generic],
         nrows = cplane.shape[0]
         if spec.resize == "area":
             if fmt == "nv12":
-                wr = np.vstack([area_weights(1, sy / 2.0, (ry / 2.0 - cy0) + (r * sy) / 2.0, 0, nrows,
+                wr = np.vstack([area_weights(1, (ry - 2 * cy0) * ch + r * rh, rh, 2 * ch, 0, nrows,
                                              nrows) for r in range(ch)])
             else:
-                wr = np.vstack([area_weights(1, sy, float(r * sy), 0, rh, rh) for r in range(ch)])
-            wpix = area_weights(cw, sx / 2.0, offset, 0, ncols, ncols)
+                wr = np.vstack([area_weights(1, r * rh, rh, ch, 0, rh, rh) for r in range(ch)])
+            first = cx0 if fmt == "nv12" else rx // 2
+            wpix = area_weights(cw, (rx - 2 * first) * cw, rw, 2 * cw, 0, ncols, ncols)
             wu = np.zeros((cw, cplane.shape[1]), np.float64)
             wv = np.zeros((cw, cplane.shape[1]), np.float64)
             wu[:, ub::cstep][:, :ncols] = wpix

@@ -26,11 +26,6 @@ static inline int floor_int(double v) {
     return t > v ? t - 1 : t;
 }
 
-static inline int ceil_int(double v) {
-    const int t = (int)v;
-    return t < v ? t + 1 : t;
-}
-
 /* OpenCV INTER_LINEAR geometry: half-pixel centres, clamped at the edges of [lo, hi]. */
 static void linear_taps(lin_tap *taps, int n, double scale, double offset, int lo, int hi) {
     for (int i = 0; i < n; i++) {
@@ -45,26 +40,33 @@ static void linear_taps(lin_tap *taps, int n, double scale, double offset, int l
     }
 }
 
-/* Box [i*scale + offset, (i+1)*scale + offset) clipped to [lo, hi), pixel weights in 1/256. */
-static void area_taps(area_tap *taps, int n, double scale, double offset, int lo, int hi) {
+/* Box [(num0 + i*step) / den, (num0 + (i+1)*step) / den) clipped to [lo, hi), pixel weights in
+ * 1/256: each pixel's overlap with the box rounded half up (at least 1). Exact integer
+ * arithmetic: in floating point a box that ends on a pixel boundary (12 * (40/24) =
+ * 20.000000000000004) reached one pixel further, with the minimum weight. */
+static void area_taps(area_tap *taps, int n, int64_t num0, int64_t step, int64_t den, int lo, int hi) {
+    const int64_t lo_q = (int64_t)lo * den, hi_q = (int64_t)hi * den;
     for (int i = 0; i < n; i++) {
-        double b0 = i * scale + offset, b1 = (i + 1) * scale + offset;
-        if (b0 < lo) b0 = lo;
-        if (b1 > hi) b1 = hi;
-        int s = floor_int(b0), e = ceil_int(b1);
+        int64_t b0 = num0 + i * step, b1 = b0 + step;     /* in units of 1/den */
+        if (b0 < lo_q) b0 = lo_q;
+        if (b1 > hi_q) b1 = hi_q;
+        int s = (int)(b0 / den), e = (int)((b1 + den - 1) / den);   /* b0, b1 >= 0 */
         if (e <= s) e = s + 1;
         if (e > hi) { e = hi; if (s >= e) s = e - 1; }
         taps[i].start = s;
         taps[i].count = e - s;
+        /* round(overlap * 256) with ties up, overlap = q / den */
+#define LK_W256(q) ((int)((2 * 256 * (q) + den) / (2 * den)))
         if (e - s == 1) {
-            int w = floor_int((b1 - b0) * 256.0 + 0.5);
+            const int w = LK_W256(b1 - b0);
             taps[i].wfirst = taps[i].wlast = w < 1 ? 1 : w;
         } else {
-            int wf = floor_int(((s + 1) - b0) * 256.0 + 0.5);
-            int wl = floor_int((b1 - (e - 1)) * 256.0 + 0.5);
+            const int wf = LK_W256((int64_t)(s + 1) * den - b0);
+            const int wl = LK_W256(b1 - (int64_t)(e - 1) * den);
             taps[i].wfirst = wf < 1 ? 1 : wf;
             taps[i].wlast = wl < 1 ? 1 : wl;
         }
+#undef LK_W256
     }
 }
 
@@ -207,9 +209,12 @@ static int validate(const lk_image *s, const lk_preprocess_params *p, size_t out
     const uint64_t need = (uint64_t)p->out_w * (uint64_t)p->out_h * (uint64_t)p->out_c * esize[p->dtype];
     if (need > out_bytes) return LK_ERANGE;
     if (p->letterbox) {
-        const double sc = fmin((double)p->out_w / j->rw, (double)p->out_h / j->rh);
-        j->cw = clampi((int)floor(j->rw * sc + 0.5), 1, p->out_w);
-        j->ch = clampi((int)floor(j->rh * sc + 0.5), 1, p->out_h);
+        /* scale = min(out_w / rw, out_h / rh) = num / den; sizes rounded half up, exactly (in
+         * doubles 85 * 0.7 is 59.49999999999999, so a 59.5 tie went down). */
+        const int by_w = (int64_t)p->out_w * j->rh <= (int64_t)p->out_h * j->rw;
+        const int64_t num = by_w ? p->out_w : p->out_h, den = by_w ? j->rw : j->rh;
+        j->cw = clampi((int)((2 * j->rw * num + den) / (2 * den)), 1, p->out_w);
+        j->ch = clampi((int)((2 * j->rh * num + den) / (2 * den)), 1, p->out_h);
         j->ox = (p->out_w - j->cw) / 2;
         j->oy = (p->out_h - j->ch) / 2;
     } else {
@@ -325,8 +330,11 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
      * to cx0 (NV12) or to the first pair of the ROI (YUYV, whose ROI starts on even x). */
     const double chroma_offset = (j.rx) / 2.0 - (nv12 ? cx0 : j.rx / 2);
     if (area) {
-        area_taps((area_tap *)taps_a, cw, sx, 0.0, 0, j.rw);
-        if (j.yuv) area_taps((area_tap *)taps_b, cw, sx / 2.0, chroma_offset, 0,
+        /* Boxes in exact rationals: luma i*rw/cw; chroma (rx + i*rw/cw)/2 - first chroma column. */
+        area_taps((area_tap *)taps_a, cw, 0, j.rw, cw, 0, j.rw);
+        const int64_t cfirst = nv12 ? cx0 : j.rx / 2;
+        if (j.yuv) area_taps((area_tap *)taps_b, cw, (j.rx - 2 * cfirst) * (int64_t)cw, j.rw,
+                             2 * (int64_t)cw, 0,
                              nv12 ? cx1 - cx0 + 1 : (j.rw + 1) / 2);
     } else {
         linear_taps((lin_tap *)taps_a, cw, sx, 0.0, 0, j.rw - 1);
@@ -417,12 +425,13 @@ int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void 
         if (cyrow < 0 || cyrow >= j.ch) { emit_row(&j, &o, y, cr, cg, cb, 0); continue; }
         /* Vertical stage. */
         if (area) {
-            area_taps(&at, 1, sy, cyrow * sy, 0, j.rh);
+            area_taps(&at, 1, (int64_t)cyrow * j.rh, j.rh, j.ch, 0, j.rh);
             lk_row_area_v(plane0 + (size_t)(j.ry + at.start) * (size_t)src->stride0,
                           (size_t)src->stride0, at.count, (uint32_t)at.wfirst, (uint32_t)at.wlast,
                           (uint32_t *)rowa, NULL, a_cols);
             if (nv12) {
-                area_taps(&atb, 1, sy / 2.0, j.ry / 2.0 - cy0 + cyrow * sy / 2.0, 0, cy1 - cy0 + 1);
+                area_taps(&atb, 1, (int64_t)(j.ry - 2 * cy0) * j.ch + (int64_t)cyrow * j.rh, j.rh,
+                          2 * (int64_t)j.ch, 0, cy1 - cy0 + 1);
                 lk_row_area_v(plane1 + (size_t)(cy0 + atb.start) * (size_t)src->stride1,
                               (size_t)src->stride1, atb.count, (uint32_t)atb.wfirst,
                               (uint32_t)atb.wlast, (uint32_t *)row_u, (uint32_t *)row_v, b_cols);
