@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.backend.ingest import RecordValidator
-from agent.backend.store import open_store
+from agent.backend.store import Store, open_store
 from agent.core.records import FrameResult, ModelRef, encode_result
 from agent.errors import RecordRejected, StorageError
+from tests.conftest import agent_cmd
+from tests.ingest_support import (
+    EVENTS,
+    RESULTS,
+    SENSORS,
+    dumps,
+    event_body,
+    message,
+    new_ingest,
+    open_test_store,
+    rejects,
+    result_body,
+    sensor_body,
+    stored_seqs,
+)
 
 TOPIC = "lepton/v1/site1/dev1/results/cam0"
 
@@ -26,8 +45,8 @@ def test_valid_record() -> None:
 
 
 @pytest.mark.parametrize(("topic", "payload", "why"), [
-    (TOPIC, b"\xff\xfe", "not UTF-8 JSON"),
-    (TOPIC, b"{", "not UTF-8 JSON"),
+    (TOPIC, b"\xff\xfe", "not UTF-8"),
+    (TOPIC, b"{", "not JSON"),
     (TOPIC, b"[]", "schema"),
     (TOPIC, json.dumps({**json.loads(good()), "seq": 0}).encode(), "seq"),
     (TOPIC, json.dumps({**json.loads(good()), "extra": 1}).encode(), "extra"),
@@ -56,3 +75,124 @@ def test_store_is_idempotent(tmp_path: Path) -> None:
 def test_bad_db_urls() -> None:
     with pytest.raises(StorageError, match="sqlite:///PATH"):
         open_store("mysql://x/y")
+
+
+# -- poison messages: rejected, counted, acknowledged; the next valid record is stored ------
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    yield from open_test_store(request.param, tmp_path)
+
+
+def _poison() -> list[tuple[str, str, bytes]]:
+    """(reason code, topic, payload) of messages that used to crash or wedge ingest."""
+    def result(**change: Any) -> bytes:
+        return dumps({**result_body(1), **change})
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    return [
+        ("number_range", RESULTS, result(seq=2**70)),
+        ("schema", RESULTS, result(seq=2**63)),
+        ("schema", RESULTS, result(mono_ns=2**64 - 1)),
+        ("number_range", RESULTS, result(mono_ns=-(2**70))),
+        ("schema", SENSORS, dumps({**sensor_body(1), "counters": {"bytes": 2**63}})),
+        ("schema", EVENTS, dumps({**event_body(2**63)})),
+        ("too_deep", RESULTS, deep),
+        ("too_deep", RESULTS, b'{"a":' * 50_000 + b"1" + b"}" * 50_000),
+        ("too_large", RESULTS, b" " * (2 << 20)),
+        ("number_range", RESULTS, result(latency_ms={"capture": float("nan")})),
+        ("number_range", RESULTS, result(latency_ms={"capture": float("inf")})),
+        ("number_range", RESULTS, result(latency_ms={"capture": 1}).replace(b":1}", b":1e999}")),
+        ("duplicate_key", RESULTS, result().replace(b'"seq":1,', b'"seq":1,"seq":2,')),
+        ("bad_string", RESULTS, result(model={"name": "a\x00b", "version": "1",
+                                              "sha256": "0" * 64})),
+        ("bad_string", RESULTS, result().replace(b'"m"', b'"\\ud800"')),
+        ("bad_ts", RESULTS, result(ts="2026-13-45T99:99:99Z")),
+        ("bad_ts", SENSORS, dumps({**sensor_body(1), "ts": "yesterday"})),
+        ("schema", EVENTS, dumps({**event_body(1), "stream": "x\x01y"})),
+        ("not_utf8", RESULTS, b'{"a": "\xff"}'),
+    ]
+
+
+def test_poison_messages_are_rejected_counted_and_the_next_record_stored(store: Store) -> None:
+    ingest = new_ingest(store)
+    poison = _poison()
+    for n, (_, topic, payload) in enumerate(poison, start=1):
+        ingest.on_message(message(topic, payload, mid=n))
+        ingest.flush()
+    ingest.on_message(message(RESULTS, dumps(result_body(7))))
+    ingest.flush()
+    assert stored_seqs(store) == [7]
+    want: dict[str, int] = {}
+    for code, _, _ in poison:
+        want[code] = want.get(code, 0) + 1
+    assert ingest.stats.rejects == want, [r[1] for r in rejects(store)]
+    assert ingest.stats.rejected == len(poison) and ingest.stats.stored == 1
+    rows = rejects(store)
+    assert [r[0] for r in rows] == [topic for _, topic, _ in poison]
+    assert all(len(payload) <= 65536 for _, _, payload in rows)
+    big = next(r for r in rows if "exceeds" in r[1])
+    assert len(big[2]) == 65536  # a huge payload is kept truncated
+    assert "nested 100000 deep" in rows[6][1]
+    for code in want:
+        assert f"{code} {want[code]}" in ingest.stats.summary()
+
+
+def test_a_record_the_database_refuses_is_rejected_and_the_rest_of_its_batch_stored(
+        tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/ingest.db")
+    with sqlite3.connect(tmp_path / "ingest.db") as conn:  # a value rule the schema lacks
+        conn.execute("CREATE TRIGGER no13 BEFORE INSERT ON records WHEN NEW.seq = 13 "
+                     "BEGIN SELECT RAISE(ABORT, 'seq 13 refused'); END")
+    ingest = new_ingest(store)
+    for seq in (12, 13, 14):
+        ingest.on_message(message(RESULTS, dumps(result_body(seq)), mid=seq))
+    ingest.flush()
+    assert stored_seqs(store) == [12, 14]
+    assert ingest.stats.rejects == {"unstorable": 1}
+    assert "seq 13 refused" in rejects(store)[0][1]
+    store.close()
+
+
+# -- the --db URL ------------------------------------------------------------------------
+
+def test_three_slashes_are_relative_and_the_absolute_reading_is_suggested(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StorageError) as err:
+        open_store("sqlite:///tmp/x.db")  # meant /tmp/x.db; ./tmp does not exist
+    assert "sqlite:////tmp/x.db" in str(err.value) and str(tmp_path) in str(err.value)
+    assert not (tmp_path / "tmp").exists()
+    store = open_store("sqlite:///rel.db")
+    assert store.describe() == f"SQLite {tmp_path / 'rel.db'}"
+    store.close()
+    store = open_store(f"sqlite:///{tmp_path}/abs.db")  # four slashes: absolute
+    assert (tmp_path / "abs.db").exists()
+    store.close()
+
+
+def test_a_missing_directory_is_an_error_not_created(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such"
+    with pytest.raises(StorageError, match=f"directory {missing} does not exist") as err:
+        open_store(f"sqlite:///{missing}/x.db")
+    assert "mkdir -p" in str(err.value)
+    assert not (tmp_path / "no").exists()
+
+
+def test_an_agent_outbox_is_refused_as_ingest_database(tmp_path: Path) -> None:
+    from agent.storage.outbox import Outbox
+
+    Outbox(tmp_path / "outbox.db").close()
+    before = (tmp_path / "outbox.db").read_bytes()
+    with pytest.raises(StorageError, match="not an ingest database") as err:
+        open_store(f"sqlite:///{tmp_path}/outbox.db")
+    assert "streams" in str(err.value)
+    assert (tmp_path / "outbox.db").read_bytes() == before
+
+
+def test_cli_names_the_db_problem_in_one_line(tmp_path: Path) -> None:
+    out = subprocess.run(agent_cmd("ingest", "--broker", "mqtt://127.0.0.1:1", "--db",
+                                   "sqlite:///tmp/x.db"), cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "sqlite:////tmp/x.db" in out.stderr and not (tmp_path / "tmp").exists()

@@ -8,30 +8,44 @@ persistent session.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import os
+import secrets
 import signal
 import socket
+import ssl
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import paho.mqtt.client as paho
 from jsonschema import Draft202012Validator
 
+from agent.backend.decode import (
+    BAD_TOPIC,
+    INTERNAL,
+    PAYLOAD_KEPT,
+    SCHEMA,
+    SHARD,
+    TOPIC_MISMATCH,
+    UNSTORABLE,
+    Reject,
+    check_timestamp,
+    clean,
+    decode_json,
+)
 from agent.backend.shards import parse_shard
-from agent.backend.store import IngestedRecord, Store
+from agent.backend.store import IngestedRecord, Store, Unstorable
 from agent.core.acks import Ranges, encode_ack, to_ranges
 from agent.core.topics import DeviceTopics, parse_topic, results_subscription
 from agent.core.uri import BrokerUrl
-from agent.errors import RecordRejected
+from agent.errors import ConfigError, RecordRejected
 from agent.schemas import load_schema
 from agent.sync.mqtt import LinkOptions, MqttLink
 
 log = logging.getLogger("agent.ingest")
-MAX_PAYLOAD = 1 << 20
 
 
 @dataclass
@@ -40,13 +54,23 @@ class IngestStats:
     stored: int = 0
     duplicates: int = 0
     rejected: int = 0
+    rejects: dict[str, int] = field(default_factory=dict)
+    """Rejected messages per reason code (see agent.backend.decode)."""
     acks_sent: int = 0
     chunks: int = 0
     blobs_completed: int = 0
+    connects: int = 0
     last_reject: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def summary(self) -> str:
+        """One log line: the counters, and each reject reason with its count."""
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.rejects.items())) or "none"
+        return (f"received {self.received}, stored {self.stored}, duplicates {self.duplicates}, "
+                f"rejected {self.rejected} ({reasons}), chunks {self.chunks}, "
+                f"blobs {self.blobs_completed}, acks {self.acks_sent}")
 
 
 class RecordValidator:
@@ -60,40 +84,41 @@ class RecordValidator:
                             for kind, name in self.SCHEMAS.items()}
 
     def validate(self, topic: str, payload: bytes) -> IngestedRecord:
+        """The record to store, or a :class:`Reject` naming why not."""
         try:
             parsed = parse_topic(topic)
         except ValueError as exc:
-            raise RecordRejected(str(exc), topic=topic) from exc
+            raise Reject(str(exc), topic=topic, code=BAD_TOPIC) from exc
         if parsed.kind not in self._validators:
-            raise RecordRejected(f"not a record topic ({parsed.kind})", topic=topic)
-        if len(payload) > MAX_PAYLOAD:
-            raise RecordRejected(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}",
-                                 topic=topic)
-        try:
-            text = payload.decode("utf-8")
-            body = json.loads(text)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RecordRejected(f"payload is not UTF-8 JSON: {exc}", topic=topic) from exc
+            raise Reject(f"not a record topic ({parsed.kind})", topic=topic, code=BAD_TOPIC)
+        text, body = decode_json(topic, payload)
         validator = self._validators[parsed.kind]
         error = next(iter(sorted(validator.iter_errors(body), key=lambda e: e.path)), None)
         if error is not None:
-            where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+            where = "/".join(clean(str(p), 64) for p in error.absolute_path) or "(root)"
             schema = self.SCHEMAS[parsed.kind].replace(".v", " v")
-            raise RecordRejected(f"schema lepton.{schema} violated at {where}: {error.message}",
-                                 topic=topic)
+            raise Reject(f"schema lepton.{schema} violated at {where}: {clean(error.message, 300)}",
+                         topic=topic, code=SCHEMA)
         # An event's stream is its own seq space ("{source}.events"); the topic names the source.
         topic_key = "source" if parsed.kind == "events" else "stream"
         for key, want in (("site", parsed.site), ("device", parsed.device),
                           (topic_key, parsed.stream)):
             if body[key] != want:
-                raise RecordRejected(f"record {key} {body[key]!r} does not match topic ({want!r})",
-                                     topic=topic)
+                raise Reject(f"record {key} {clean(repr(body[key]), 80)} does not match topic "
+                             f"({want!r})", topic=topic, code=TOPIC_MISMATCH)
+        ts = check_timestamp(body["ts"], topic)
         return IngestedRecord(body["device"], body["site"], body["stream"], int(body["seq"]),
-                              body["ts"], text)
+                              ts, text)
+
+
+Pending = tuple[IngestedRecord, int, int, str]  # record, mid, qos, topic
 
 
 class Ingest:
-    """Link handler that buffers valid records and commits them in batches."""
+    """Link handler that buffers valid records and commits them in batches.
+
+    No message stops it: whatever cannot be stored goes to ``rejects`` with its reason and
+    is acknowledged to the broker, so it never comes back."""
 
     def __init__(self, store: Store, subscription: str, name: str = "ingest",
                  shard_subscription: str | None = None,
@@ -101,29 +126,29 @@ class Ingest:
         self.store = store
         self.name = name
         self.subscription = subscription
-        self.shard_subscription = shard_subscription
-        self.extra_subscriptions = extra_subscriptions
+        self.subscriptions = [*([shard_subscription] if shard_subscription else []),
+                              *extra_subscriptions, subscription]
         self._blob_acks: dict[tuple[str, str], tuple[set[str], dict[str, Ranges]]] = {}
         self.validator = RecordValidator()
         self.stats = IngestStats()
         self.link: MqttLink | None = None
         self.ready_file: Path | None = None
-        self._batch: list[tuple[IngestedRecord, int, int]] = []
+        self._batch: list[Pending] = []
         self._wake = asyncio.Event()
 
     def on_connected(self, session_present: bool) -> None:
         assert self.link is not None
-        if self.shard_subscription:
-            self.link.subscribe(self.shard_subscription, qos=1)
-        for topic in self.extra_subscriptions:
-            self.link.subscribe(topic, qos=1)
-        self.link.subscribe(self.subscription, qos=1)
+        self.stats.connects += 1
+        # One SUBSCRIBE for all topics: one SUBACK says they are all in place.
+        self.link.client.subscribe([(topic, 1) for topic in self.subscriptions])
 
     def on_subscribed(self, ok: bool) -> None:
-        if ok and self.ready_file is not None and not self.ready_file.exists():
-            self.ready_file.write_text(self.subscription + "\n")
-        if ok:
-            log.info("subscribed to %s", self.subscription)
+        if not ok:
+            return
+        for topic in self.subscriptions:
+            log.info("subscribed to %s", topic)
+        if self.ready_file is not None and not self.ready_file.exists():
+            self.ready_file.write_text("\n".join(self.subscriptions) + "\n")
 
     def on_disconnected(self, reason: str) -> None:
         # PUBACKs for the uncommitted batch cannot be sent on a dead connection; the
@@ -133,21 +158,33 @@ class Ingest:
     def on_puback(self, acked: list[int], rejected: list[tuple[int, str]]) -> None:
         pass
 
-    def _rejected(self, message: paho.MQTTMessage, exc: RecordRejected) -> None:
+    def _rejected(self, topic: str, payload: bytes, mid: int, qos: int, exc: RecordRejected,
+                  ack: bool = True) -> None:
+        """Keep the message in ``rejects`` (committed), count its reason, then acknowledge it."""
+        code = getattr(exc, "code", SHARD)
         self.stats.rejected += 1
-        self.stats.last_reject = str(exc)
-        log.warning("rejected: %s", exc)
-        self.store.reject(message.topic, exc.reason, bytes(message.payload))
-        self._ack(message.mid, message.qos)
+        self.stats.rejects[code] = self.stats.rejects.get(code, 0) + 1
+        reason = clean(exc.reason)
+        self.stats.last_reject = f"topic {clean(topic, 200)}: {reason}"
+        log.warning("rejected (%s): %s", code, self.stats.last_reject)
+        self.store.reject(topic, reason, payload[:PAYLOAD_KEPT])
+        if ack:
+            self._ack(mid, qos)
 
     def on_shard(self, message: paho.MQTTMessage) -> None:
         """A chunk or manifest: stored at once (chunks are large; no batching), then PUBACKed."""
         props = getattr(message.properties, "UserProperty", None) or []
+        payload = bytes(message.payload)
         try:
-            part = parse_shard(message.topic, list(props), bytes(message.payload))
+            part = parse_shard(message.topic, list(props), payload)
             state = self.store.add_shard(part)
         except RecordRejected as exc:
-            self._rejected(message, exc)
+            self._rejected(message.topic, payload, message.mid, message.qos, exc)
+            return
+        except Unstorable as exc:
+            self._rejected(message.topic, payload, message.mid, message.qos,
+                           Reject(f"the database refused it: {exc}", topic=message.topic,
+                                  code=UNSTORABLE))
             return
         self.stats.chunks += part.index >= 0
         complete, held = self._blob_acks.setdefault((part.site, part.device), (set(), {}))
@@ -163,15 +200,22 @@ class Ingest:
 
     def on_message(self, message: paho.MQTTMessage) -> None:
         self.stats.received += 1
-        if "/shards/" in message.topic:
-            self.on_shard(message)
-            return
+        topic, payload = message.topic, bytes(message.payload)
         try:
-            record = self.validator.validate(message.topic, bytes(message.payload))
+            if "/shards/" in topic:
+                self.on_shard(message)
+                return
+            record = self.validator.validate(topic, payload)
         except RecordRejected as exc:
-            self._rejected(message, exc)
+            self._rejected(topic, payload, message.mid, message.qos, exc)
             return
-        self._batch.append((record, message.mid, message.qos))
+        except Exception as exc:  # a defect here must not block the broker's in-flight window
+            log.debug("unexpected failure on a message", exc_info=True)
+            self._rejected(topic, payload, message.mid, message.qos,
+                           Reject(f"internal error: {clean(repr(exc), 300)}", topic=topic,
+                                  code=INTERNAL))
+            return
+        self._batch.append((record, message.mid, message.qos, topic))
         self._wake.set()
 
     def _ack(self, mid: int, qos: int) -> None:
@@ -179,17 +223,36 @@ class Ingest:
             self.link.ack(mid, qos)
 
     def flush(self, ack: bool = True) -> None:
+        """Commit the batch, then acknowledge it to the broker and to the devices."""
         if not self._batch:
             self._acknowledge_to_devices([])
             return
         batch, self._batch = self._batch, []
-        new = self.store.store([r for r, _, _ in batch])
+        try:
+            new = self.store.store([r for r, _, _, _ in batch])
+            kept = batch
+        except Unstorable:
+            new, kept = self._store_one_by_one(batch, ack)
         self.stats.stored += new
-        self.stats.duplicates += len(batch) - new
+        self.stats.duplicates += len(kept) - new
         if ack:
-            for _, mid, qos in batch:
+            for _, mid, qos, _ in kept:
                 self._ack(mid, qos)
-        self._acknowledge_to_devices([r for r, _, _ in batch])
+        self._acknowledge_to_devices([r for r, _, _, _ in kept])
+
+    def _store_one_by_one(self, batch: list[Pending], ack: bool) -> tuple[int, list[Pending]]:
+        """A batch the database refused: store each record alone, reject the ones it refuses."""
+        new, kept = 0, []
+        for item in batch:
+            record, mid, qos, topic = item
+            try:
+                new += self.store.store([record])
+                kept.append(item)
+            except Unstorable as exc:
+                self._rejected(topic, record.payload.encode("utf-8", "backslashreplace"), mid,
+                               qos, Reject(f"the database refused it: {exc}", topic=topic,
+                                           code=UNSTORABLE), ack=ack)
+        return new, kept
 
     def _acknowledge_to_devices(self, records: list[IngestedRecord]) -> None:
         """Tell each device which of its (stream, seq) are stored (duplicates included)."""
@@ -207,10 +270,19 @@ class Ingest:
             self.link.publish(DeviceTopics(site, device).ack, payload, qos=1)
             self.stats.acks_sent += 1
 
-    async def committer(self, stop: asyncio.Event, interval: float = 0.05) -> None:
+    async def committer(self, stop: asyncio.Event, interval: float = 0.05,
+                        stats_interval: float = 60.0) -> None:
+        next_stats = time.monotonic() + stats_interval
+        logged = ""
         while not stop.is_set():
+            if time.monotonic() >= next_stats:
+                next_stats = time.monotonic() + stats_interval
+                line = self.stats.summary()
+                if line != logged:
+                    log.info("ingest: %s", line)
+                    logged = line
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=0.5)
+                await asyncio.wait_for(self._wake.wait(), timeout=min(0.5, stats_interval))
             except asyncio.TimeoutError:
                 continue
             self._wake.clear()
@@ -219,34 +291,88 @@ class Ingest:
         self.flush()
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """The CA that signs the broker's certificate, and this client's certificate and key."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def check(self, broker: BrokerUrl) -> None:
+        """Refuse, naming the flag and file, what the TLS connection could not load."""
+        given = {f"--tls-{n}": p for n, p in (("ca", self.ca), ("cert", self.cert),
+                                              ("key", self.key)) if p is not None}
+        if given and not broker.tls:
+            raise ConfigError(f"{', '.join(given)} given, but the broker URL is not mqtts://",
+                              key="--broker", fix="use mqtts://HOST:8883 or drop the TLS flags")
+        if self.key is not None and self.cert is None:
+            raise ConfigError("a client key without a certificate", key="--tls-key",
+                              fix="add --tls-cert FILE")
+        for flag, path in given.items():
+            if not path.is_file():
+                raise ConfigError(f"{path} does not exist or is not a file", key=flag,
+                                  fix="give the path of a PEM file")
+        if not broker.tls:
+            return
+        try:
+            context = ssl.create_default_context(cafile=str(self.ca) if self.ca else None)
+            if self.cert is not None:
+                context.load_cert_chain(str(self.cert), str(self.key) if self.key else None)
+        except (ssl.SSLError, OSError) as exc:
+            flag = "--tls-ca" if self.cert is None or "verify" in str(exc) else "--tls-cert"
+            raise ConfigError(f"cannot load the TLS files: {exc}", key=flag,
+                              fix="--tls-ca must be the CA's PEM certificate; --tls-cert the "
+                                  "client's PEM certificate, and --tls-key its unencrypted "
+                                  "PEM key (unless the certificate file holds the key)") from None
+
+
+def default_client_id(group: str | None) -> str:
+    """A client id no other process uses: host, pid and a random suffix."""
+    host = socket.gethostname().split(".")[0][:32] or "host"
+    return f"lepton-ingest-{group or 'solo'}-{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
 async def run_ingest(broker: BrokerUrl, store: Store, *, group: str | None = "ingest",
                      client_id: str | None = None, stop: asyncio.Event | None = None,
                      password: str | None = None, username: str | None = None,
-                     ready_file: Path | None = None, reconnect_max_s: float = 5.0) -> IngestStats:
-    """Consume results until ``stop`` is set (SIGTERM/SIGINT when run from the CLI)."""
+                     ready_file: Path | None = None, reconnect_max_s: float = 5.0,
+                     tls: TlsFiles | None = None, stats_interval_s: float = 60.0) -> IngestStats:
+    """Consume results until ``stop`` is set (SIGTERM/SIGINT when run from the CLI).
+
+    With ``client_id`` the broker keeps the session (and its in-flight messages) across
+    restarts; without one, the id is unique to this process and the session ends with it:
+    a session nobody reconnects to would hold its share of the messages for a week."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-    cid = client_id or f"lepton-ingest-{group or 'solo'}-{socket.gethostname()}"
+    cid = client_id or default_client_id(group)
     ingest = Ingest(store, results_subscription(group), name=cid,
                     shard_subscription=results_subscription(group, "shards"),
                     extra_subscriptions=(results_subscription(group, "sensors"),
                                          results_subscription(group, "events")))
     ingest.ready_file = ready_file
+    tls = tls or TlsFiles()
     # A consumer reconnects quickly (at most reconnect_max_s apart): while it is away the
     # broker may drop what devices publish (mosquitto does not restore shared subscriptions).
     link = MqttLink(broker, LinkOptions(client_id=cid, manual_ack=True, username=username,
-                                        password=password,
+                                        password=password, tls_ca_file=tls.ca,
+                                        tls_cert_file=tls.cert, tls_key_file=tls.key,
                                         reconnect_initial_s=0.2,
-                                        reconnect_max_s=reconnect_max_s), ingest, loop)
+                                        reconnect_max_s=reconnect_max_s,
+                                        clean_start=client_id is None,
+                                        session_expiry_s=7 * 24 * 3600 if client_id else 0),
+                   ingest, loop)
     ingest.link = link
+    log.info("ingest %s: %s -> %s", cid, broker, store.describe())
     link.start()
     started = time.monotonic()
     try:
-        await ingest.committer(stop)
+        await ingest.committer(stop, stats_interval=stats_interval_s)
     finally:
         await link.stop(2.0)
-        log.info("ingest stopped after %.1fs: %s", time.monotonic() - started, ingest.stats)
+        log.info("ingest stopped after %.1fs: %s", time.monotonic() - started,
+                 ingest.stats.summary())
     return ingest.stats

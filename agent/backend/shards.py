@@ -8,7 +8,6 @@ blob is checked against its sha256, written to the blob directory and its metada
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import tempfile
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.backend.decode import decode_json
 from agent.core.topics import parse_topic
 from agent.errors import RecordRejected
 
@@ -72,10 +72,7 @@ def parse_shard(topic: str, properties: list[tuple[str, str]], payload: bytes) -
                                                               "application/octet-stream")
     part = props.get("lepton-part")
     if part == "manifest":
-        try:
-            manifest = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RecordRejected(f"shard manifest is not JSON: {exc}", topic=topic) from exc
+        _, manifest = decode_json(topic, payload)
         if (not isinstance(manifest, dict)
                 or manifest.get("schema") != {"id": "lepton.shard-manifest", "version": 1}):
             raise RecordRejected("manifest lacks schema lepton.shard-manifest v1", topic=topic)

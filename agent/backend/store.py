@@ -8,6 +8,7 @@ subscription, or an ingest restarted mid-batch, never store a record twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sqlite3
@@ -15,9 +16,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from agent.backend.decode import PAYLOAD_KEPT, clean
 from agent.backend.shards import BlobDirectory, ShardPart
 from agent.core.acks import Ranges, to_ranges
 from agent.errors import RecordRejected, StorageError
@@ -120,6 +122,11 @@ def assemble_shard(execute: Execute, part: ShardPart, blobs: BlobDirectory) -> S
     return ShardState(True, [], path)
 
 
+class Unstorable(Exception):
+    """The database refused a record's values (not the database being unavailable): the
+    transaction was rolled back, and the record is rejected rather than retried."""
+
+
 class Store(Protocol):
     """What ingest needs from a database."""
 
@@ -129,7 +136,16 @@ class Store(Protocol):
     def add_shard(self, part: ShardPart) -> ShardState: ...
     def reject(self, topic: str, reason: str, payload: bytes) -> None: ...
     def count(self) -> int: ...
+    def describe(self) -> str: ...
     def close(self) -> None: ...
+
+
+_OWN_TABLES = {"records", "rejects", "shard_chunks", "shard_manifests", "blobs",
+               "sqlite_sequence"}
+_RECORD_COLUMNS = ["device", "stream", "seq", "site", "ts", "received_ns", "payload"]
+# What a value (not the database's state) can make SQLite or the driver refuse.
+_SQLITE_DATA_ERRORS = (OverflowError, ValueError, sqlite3.IntegrityError, sqlite3.DataError,
+                       sqlite3.InterfaceError)
 
 
 class SqliteStore:
@@ -138,32 +154,60 @@ class SqliteStore:
     def __init__(self, path: Path, blob_dir: Path | None = None) -> None:
         self.path = path
         self.blobs = BlobDirectory(blob_dir or path.parent / "blobs")
+        if not path.parent.is_dir():
+            raise StorageError(f"the directory {path.parent} does not exist", path=str(path),
+                               fix=f"create it (mkdir -p {path.parent}) or name another path; "
+                                   "ingest does not create directories")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._check_tables()
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=10000")
             self._db.executescript(_DDL)
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open ingest database: {exc}", path=str(path),
-                               fix="check the directory exists and is writable") from exc
+                               fix="check the file is an SQLite database and the directory is "
+                                   "writable") from exc
+
+    def _check_tables(self) -> None:
+        """Refuse a database that belongs to something else (an agent's outbox.db, say)."""
+        tables = {r[0] for r in self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        foreign = sorted(tables - _OWN_TABLES)
+        columns = [r[1] for r in self._db.execute("PRAGMA table_info(records)")]
+        if foreign or (columns and columns != _RECORD_COLUMNS):
+            what = f"tables {', '.join(foreign)}" if foreign else "another records table"
+            self._db.close()
+            raise StorageError(f"not an ingest database: it holds {what} (an agent's outbox.db?)",
+                               path=str(self.path),
+                               fix="give ingest a database of its own, e.g. "
+                                   "sqlite:////var/lib/lepton/ingest.db")
 
     def store(self, records: list[IngestedRecord]) -> int:
         """Insert records not yet stored, in one transaction; returns how many were new."""
         now = time.time_ns()
-        self._db.execute("BEGIN IMMEDIATE")
         try:
-            before = self._db.total_changes
-            self._db.executemany(
-                "INSERT OR IGNORE INTO records (device, stream, seq, site, ts, received_ns, payload) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(r.device, r.stream, r.seq, r.site, r.ts, now, r.payload) for r in records])
-            inserted = self._db.total_changes - before
-            self._db.execute("COMMIT")
-        except sqlite3.Error:
-            self._db.execute("ROLLBACK")
-            raise
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                before = self._db.total_changes
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO records "
+                    "(device, stream, seq, site, ts, received_ns, payload) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(r.device, r.stream, r.seq, r.site, r.ts, now, r.payload) for r in records])
+                inserted = self._db.total_changes - before
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        except _SQLITE_DATA_ERRORS as exc:
+            raise Unstorable(str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot write records: {exc}", path=str(self.path),
+                               fix="check free space and that no other program locks the "
+                                   "file; the broker redelivers what was not stored") from exc
         return inserted
 
     def add_shard(self, part: ShardPart) -> ShardState:
@@ -178,14 +222,20 @@ class SqliteStore:
         except BlobMismatch:
             db.execute("COMMIT")  # the bad chunks are deleted; the device sends the blob again
             raise
-        except BaseException:
+        except BaseException as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            if isinstance(exc, _SQLITE_DATA_ERRORS):
+                raise Unstorable(str(exc)) from exc
             raise
 
     def reject(self, topic: str, reason: str, payload: bytes) -> None:
         self._db.execute("INSERT INTO rejects (received_ns, topic, reason, payload) VALUES (?,?,?,?)",
-                         (time.time_ns(), topic, reason, payload[:65536]))
+                         (time.time_ns(), clean(topic, 1000), clean(reason),
+                          payload[:PAYLOAD_KEPT]))
+
+    def describe(self) -> str:
+        return f"SQLite {self.path.resolve()}"
 
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
@@ -238,6 +288,7 @@ class PostgresStore:
             raise StorageError("PostgreSQL ingest needs psycopg", path=_redact(url),
                                fix="pip install 'lepton-edge[backend]'") from exc
         self._psycopg: Any = psycopg
+        self._url = _redact(url)
         conninfo, self.schema = _split_schema(url)
         try:
             self._db = psycopg.connect(conninfo, autocommit=False, connect_timeout=10)
@@ -268,10 +319,20 @@ class PostgresStore:
                     [list(c) for c in cols])
                 inserted = int(cur.rowcount)
             self._db.commit()
-        except self._psycopg.Error:
-            self._db.rollback()
-            raise
+        except self._psycopg.Error as exc:
+            self._refused(exc)
         return inserted
+
+    def _refused(self, exc: Exception) -> NoReturn:
+        """Roll back; a value the server refuses is Unstorable, anything else a StorageError."""
+        if not self._db.closed:
+            with contextlib.suppress(self._psycopg.Error):
+                self._db.rollback()
+        if isinstance(exc, (self._psycopg.DataError, self._psycopg.IntegrityError)):
+            raise Unstorable(str(exc).strip()) from exc
+        raise StorageError(f"PostgreSQL: {str(exc).strip()}", path=self._url,
+                           fix="check the server is up; the broker redelivers what was not "
+                               "stored") from exc
 
     def add_shard(self, part: ShardPart) -> ShardState:
         """Keep a chunk or manifest; finish the blob when it has everything. A per-blob
@@ -290,16 +351,24 @@ class PostgresStore:
         except BlobMismatch:
             self._db.commit()  # the bad chunks are deleted; the device sends the blob again
             raise
+        except self._psycopg.Error as exc:
+            self._refused(exc)
         except BaseException:
             if not self._db.closed:
                 self._db.rollback()
             raise
 
     def reject(self, topic: str, reason: str, payload: bytes) -> None:
-        with self._db.cursor() as cur:
-            cur.execute("INSERT INTO rejects (topic, reason, payload) VALUES (%s, %s, %s)",
-                        (topic, reason, payload[:65536]))
-        self._db.commit()
+        try:
+            with self._db.cursor() as cur:
+                cur.execute("INSERT INTO rejects (topic, reason, payload) VALUES (%s, %s, %s)",
+                            (clean(topic, 1000), clean(reason), payload[:PAYLOAD_KEPT]))
+            self._db.commit()
+        except self._psycopg.Error as exc:
+            self._refused(exc)
+
+    def describe(self) -> str:
+        return f"PostgreSQL {self._url}" + (f" schema {self.schema}" if self.schema else "")
 
     def count(self) -> int:
         with self._db.cursor() as cur:
@@ -339,14 +408,31 @@ def open_store(url: str, blob_dir: Path | None = None) -> Store:
     parts = urlsplit(url)
     if parts.scheme in ("postgresql", "postgres"):
         return PostgresStore(url, blob_dir)
+    return SqliteStore(sqlite_path(url), blob_dir)
+
+
+def sqlite_path(url: str) -> Path:
+    """The file an SQLite URL names, by SQLAlchemy's convention: ``sqlite:////abs/x.db`` (four
+    slashes) is absolute, ``sqlite:///rel/x.db`` relative to the working directory; a bare
+    path is taken as it is. Its directory must exist: a missing one is an error, never created,
+    and one that only exists read as absolute says so."""
+    parts = urlsplit(url)
     if parts.scheme not in ("sqlite", ""):
         raise StorageError(f"unknown database scheme {parts.scheme!r}", path=url,
                            fix="use sqlite:///PATH or postgresql://user@host/db")
-    if parts.scheme and parts.netloc:
+    if parts.scheme and (parts.netloc or not url.startswith("sqlite:///")):
         raise StorageError("the path must follow sqlite:/// (three slashes)", path=url,
                            fix="use sqlite:///relative/path.db or sqlite:////absolute/path.db")
-    # SQLAlchemy's convention: sqlite:///rel.db is relative, sqlite:////abs.db absolute.
-    path = parts.path[1:] if parts.scheme else url
-    if not path:
+    raw = url[len("sqlite:///"):] if parts.scheme else url
+    if not raw:
         raise StorageError("no database path", path=url, fix="use sqlite:///PATH")
-    return SqliteStore(Path(path), blob_dir)
+    path = Path(raw)
+    if not path.parent.is_dir():
+        where = path.parent.absolute()
+        fix = f"create it (mkdir -p {where}) or name another path; ingest creates no directories"
+        if parts.scheme and not path.is_absolute() and Path("/", raw).parent.is_dir():
+            fix = (f"for the absolute path /{raw} write sqlite:////{raw} (four slashes: "
+                   f"sqlite:/// then /{raw}); sqlite:///{raw} is relative to the working "
+                   f"directory {Path.cwd()}")
+        raise StorageError(f"the directory {where} does not exist", path=url, fix=fix)
+    return path
