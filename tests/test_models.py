@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from agent.errors import ModelError
-from agent.inference.model import load_model
+from agent.inference.model import LoadedModel, load_model
 from agent.inference.runner import ModelRunner
 from tests.conftest import DEFAULT_MODEL, run_cli, shared_file
 from tests.tflite_models import rename_custom_op, write_model
@@ -120,12 +120,55 @@ def test_missing_model_and_bad_manifest(tmp_path: Path) -> None:
         load_model(bundle)
 
 
-@pytest.mark.parametrize("delegate", ["none", "reference"])
-def test_delegate_choices_run(delegate: str) -> None:
-    model = load_model(DEFAULT_MODEL, num_threads=1, delegate=delegate)
-    runner = ModelRunner(model)
-    out = runner.infer(runner.prepare(np.zeros((100, 100, 3), np.uint8)))
-    assert out.invoke_ms > 0
+DELEGATES = ["xnnpack", "none"]  # each compared with the builtin reference kernels
+
+
+def _raw_outputs(model: LoadedModel) -> list[np.ndarray]:
+    interp = model.interpreter
+    return [interp.get_tensor(o["index"]).astype(np.int32) for o in interp.get_output_details()]
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+@pytest.mark.parametrize("delegate", DELEGATES)
+def test_delegates_agree_with_the_reference_kernels_on_a_real_classifier(delegate: str) -> None:
+    """The same quantized MobileNet v2 and images give the same answer under each delegate:
+    the uint8 scores within a few output steps (rounding differs between kernel libraries)."""
+    path = shared_file("classify", "mobilenet_v2_1.0_224_quant.tflite")
+    runners = {d: ModelRunner(load_model(path, num_threads=1, delegate=d))
+               for d in (delegate, "reference")}
+    # imagenet_labels.txt lines (0 = background): 286 "Egyptian cat", 653 "military uniform"
+    for image, class_id in (("cat.bmp", 286), ("grace_hopper.bmp", 653)):
+        frame = cv2.imread(str(shared_file("classify", image)))
+        results = {d: r.infer(r.prepare(frame)) for d, r in runners.items()}
+        raw = {d: _raw_outputs(r.model) for d, r in runners.items()}
+        assert [int(raw[d][0].argmax()) for d in runners] == [class_id, class_id], image
+        diff = np.abs(raw[delegate][0] - raw["reference"][0])
+        assert diff.max() <= 8, (image, int(diff.max()))  # of 256 steps; measured <= 6
+        assert results[delegate].invoke_ms > 0
+
+
+@pytest.mark.parametrize("delegate", DELEGATES)
+def test_delegates_agree_with_the_reference_kernels_on_the_default_detector(
+        delegate: str) -> None:
+    """Every confident detection of the reference kernels is found under each delegate: same
+    class, nearly the same box and score (XNNPACK requantizes differently: marginal cells move)."""
+    frame = cv2.imread(str(shared_file("traffic", "frames", "0001.bmp")))
+    found = {}
+    for d in (delegate, "reference"):
+        runner = ModelRunner(load_model(DEFAULT_MODEL, num_threads=1, delegate=d))
+        found[d] = runner.infer(runner.prepare(frame)).detections
+    confident = [det for det in found["reference"] if det.score >= 0.9]
+    assert len(confident) >= 3  # cars in the frame: the comparison has something to compare
+    for ref in confident:
+        match = max(found[delegate], key=lambda det: _iou(det.box, ref.box))
+        assert match.label == ref.label and _iou(match.box, ref.box) >= 0.8, (ref, match)
+        assert abs(match.score - ref.score) <= 0.05, (ref, match)
 
 
 XNNPACK_INFO = "Created TensorFlow Lite XNNPACK delegate"
