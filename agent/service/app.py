@@ -14,6 +14,7 @@ import os
 import resource
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -51,6 +52,7 @@ from agent.service.thermal import SysfsThermal
 from agent.sources.capture import CapturedFrame, CaptureWorker, MotionGate
 from agent.sources.readers import open_reader
 from agent.storage.blobs import BlobStore
+from agent.storage.lock import StateDirLock
 from agent.storage.outbox import Outbox, PendingRecord
 from agent.sync.mqtt import LinkOptions, MqttLink, Will
 from agent.sync.uplink import Uplink
@@ -66,6 +68,9 @@ else:  # pragma: no cover
 log = logging.getLogger("agent.app")
 RESULT_SLOTS = 256
 SENSOR_BACKLOG = 10_000  # sensor records held in memory while commits fail
+# After SIGTERM/SIGINT the process ends within shutdown_grace_s plus this, whatever the
+# storage or a stage is doing (systemd's TimeoutStopSec must allow for both).
+STOP_BOUND_S = 10.0
 
 
 @dataclass
@@ -80,6 +85,7 @@ class RunSummary:
     results_committed: int = 0
     storage_errors: int = 0
     sensor_records_dropped: int = 0
+    results_uncommitted: int = 0  # held in memory at stop because every commit failed
     results_published: int = 0
     results_ingested: int = 0
     backlog: int = 0
@@ -129,6 +135,8 @@ class AgentApp:
         self.summary = RunSummary()
         self.health: PipelineHealth | None = None
         self.latest_snapshot: dict[str, Any] | None = None
+        self._stop_deadline: threading.Timer | None = None
+        self._held: Callable[[], tuple[int, int]] = lambda: (0, 0)
 
     def _choose_flow(self, is_live: bool) -> tuple[bool, DropPolicy]:
         src = self.config.source
@@ -138,7 +146,18 @@ class AgentApp:
         return realtime, "drop_oldest" if realtime else "block"
 
     async def run(self, stop: asyncio.Event | None = None) -> RunSummary:
-        """Run until the source ends, ``max_frames``, or ``stop`` (SIGTERM/SIGINT) is set."""
+        """Run until the source ends, ``max_frames``, or ``stop`` (SIGTERM/SIGINT) is set.
+
+        The state directory is locked for the whole run: a second agent on it is refused."""
+        lock = StateDirLock(self.config.agent.state_dir).acquire()
+        try:
+            return await self._run(stop)
+        finally:
+            if self._stop_deadline is not None:
+                self._stop_deadline.cancel()
+            lock.release()
+
+    async def _run(self, stop: asyncio.Event | None) -> RunSummary:
         cfg = self.config
         started = time.monotonic()
         loop = asyncio.get_running_loop()
@@ -279,15 +298,22 @@ class AgentApp:
             uplink.committed(stored)
             uplink.blobs_added()
 
+        self._held = lambda: (len(pending), len(sensor_pending))
+
         async def outbox_writer() -> None:
             interval = cfg.outbox.commit_interval_ms / 1000
-            while not (inference_done.is_set() and not pending and not sensor_pending):
+            # Ends when everything is committed, or once the stop's grace is over (finished)
+            # while commits still fail: a stop is never held up by the storage.
+            while not ((inference_done.is_set() and not pending and not sensor_pending)
+                       or finished.is_set()):
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=0.5)
                 wake.clear()
                 commit_pending()
                 if interval:
                     await asyncio.sleep(interval)
+            nonlocal commit_blocked_until
+            commit_blocked_until = 0.0  # one last try, whatever the retry delay
             commit_pending()
 
         health = PipelineHealth(
@@ -331,7 +357,8 @@ class AgentApp:
                                     reading.temp_c, " throttled" if reading.throttled else "",
                                     governor.level, governor.max_level,
                                     "recovering" if governor.level < before else "slowing down")
-                self.latest_snapshot = health.snapshot()
+                with contextlib.suppress(sqlite3.Error):  # a failing disk is reported elsewhere
+                    self.latest_snapshot = health.snapshot()
                 await _wait(finished, 1.0)
 
         async def housekeeping() -> None:
@@ -339,19 +366,26 @@ class AgentApp:
             timeout = cfg.outbox.ack_timeout_s
             period = min(max(timeout / 2, 0.1), 10.0)
             while not await _wait(finished, period):
-                if until_ingested and link and link.connected:
-                    uplink.flush_sent()
-                    n = outbox.requeue_unacked(time.time_ns() - int(timeout * 1e9))
-                    if n:
-                        log.warning("%d record(s) published but not acknowledged by ingest within "
-                                    "%.0fs; publishing them again", n, timeout)
-                        uplink.requeued()
-                    parts = blobs.requeue_unacked(time.time_ns() - int(timeout * 1e9))
-                    if parts:
-                        log.warning("%d blob part(s) not acknowledged by ingest within %.0fs; "
-                                    "sending them again", parts, timeout)
-                        uplink.blobs_added()
-                outbox.prune_sent(cfg.outbox.keep_delivered)
+                try:
+                    housekeep(timeout)
+                except (sqlite3.Error, StorageError) as exc:  # the disk: retried next period
+                    health.storage_error = str(exc)
+                    log.error("outbox housekeeping failed: %s", exc)
+
+        def housekeep(timeout: float) -> None:
+            if until_ingested and link and link.connected:
+                uplink.flush_sent()
+                n = outbox.requeue_unacked(time.time_ns() - int(timeout * 1e9))
+                if n:
+                    log.warning("%d record(s) published but not acknowledged by ingest within "
+                                "%.0fs; publishing them again", n, timeout)
+                    uplink.requeued()
+                parts = blobs.requeue_unacked(time.time_ns() - int(timeout * 1e9))
+                if parts:
+                    log.warning("%d blob part(s) not acknowledged by ingest within %.0fs; "
+                                "sending them again", parts, timeout)
+                    uplink.blobs_added()
+            outbox.prune_sent(cfg.outbox.keep_delivered)
 
         def delivered() -> bool:
             return uplink.idle and (not until_ingested or (outbox.backlog()[0] == 0
@@ -444,9 +478,14 @@ class AgentApp:
                         state="offline", device=device, site=site, wall_time=time.time(),
                         extra={"reason": "stopped"}), qos=1, retain=True)
                 await link.stop(2.0)
-            uplink.flush_sent()
-            backlog, _ = outbox.backlog()
-            outbox.close()
+            backlog = self._close_storage(uplink, outbox)
+            if pending or sensor_pending:
+                self.summary.results_uncommitted = len(pending)
+                self.summary.sensor_records_dropped += len(sensor_pending)
+                log.error("stopping with %d result(s) and %d sensor record(s) not committed "
+                          "(%s); they are lost. Records committed before are kept.",
+                          len(pending), len(sensor_pending),
+                          health.storage_error or "the storage did not take them in time")
             for sig in installed:
                 loop.remove_signal_handler(sig)
             notifier.close()
@@ -479,13 +518,46 @@ class AgentApp:
             raise fatal
         return s
 
+    @staticmethod
+    def _close_storage(uplink: Uplink, outbox: Outbox) -> int:
+        """Mark what the broker took, close the outbox; the backlog left (-1 if unreadable).
+        A failing disk is logged, never raised: committed records are safe in the file."""
+        backlog = -1
+        try:
+            uplink.flush_sent()  # lost on failure: those records are only published again
+            backlog, _ = outbox.backlog()
+        except (sqlite3.Error, StorageError) as exc:
+            log.error("outbox at stop: %s", exc)
+        with contextlib.suppress(sqlite3.Error):
+            outbox.close()
+        return backlog
+
+    def _on_signal(self, stop: asyncio.Event) -> None:
+        """SIGTERM/SIGINT: stop gracefully, and make sure the process ends in bounded time."""
+        stop.set()
+        if self._stop_deadline is None:
+            limit = self.config.agent.shutdown_grace_s + STOP_BOUND_S
+            self._stop_deadline = threading.Timer(limit, self._stop_overdue, (limit,))
+            self._stop_deadline.daemon = True
+            self._stop_deadline.start()
+
+    def _stop_overdue(self, limit: float) -> None:
+        """The graceful stop did not finish in time (a stage or the disk hangs): exit now.
+        Records already committed are safe in the outbox (SQLite's WAL survives this)."""
+        results, sensors = self._held()
+        log.critical("did not stop within %.0fs of the signal; exiting now with %d result(s) "
+                     "and %d sensor record(s) not committed, which are lost", limit, results,
+                     sensors)
+        logging.shutdown()
+        os._exit(1)
+
     def _install_signals(self, loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> list[int]:
         if threading.current_thread() is not threading.main_thread():
             return []
         installed: list[int] = []
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, self._on_signal, stop)
                 installed.append(sig)
             except (NotImplementedError, RuntimeError):
                 pass
