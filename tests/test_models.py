@@ -284,3 +284,13 @@ def test_classification_run_summary_shows_the_top_class(tmp_path: Path) -> None:
     assert summary["task"] == "classification" and summary["frames_processed"] == 3
     assert summary["top_classes"][0]["label"] == "Egyptian cat"
     assert summary["top_classes"][0]["frames"] == 3 and summary["results_committed"] == 3
+
+
+def test_sensor_model_inspects_but_is_refused_as_a_camera_model(tmp_path: Path) -> None:
+    sensor = DEFAULT_MODEL.parent / "lepton-bearing-anomaly"
+    inspect = run_cli("models", "inspect", str(sensor))
+    assert inspect.returncode == 0, inspect.stderr
+    run = run_cli("run", "--offline", "--model", str(sensor), "--max-frames", "1",
+                  "--source", "synthetic://64x48@5", "--state-dir", str(tmp_path / "state"))
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "sensor model" in run.stderr and "[[sensors]]" in run.stderr, run.stderr

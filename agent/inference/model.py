@@ -166,7 +166,8 @@ def load_model(path: Path, *, num_threads: int = 2, delegate: str = "xnnpack",
     else none (results carry ``class_N``)."""
     path = resolve_model(path)
     if labels is not None and not labels.is_file():
-        raise ModelError("label file does not exist", path=str(labels),
+        raise ModelError("label file does not exist" if not labels.exists() else
+                         "label path is not a file", path=str(labels),
                          fix="check the --labels / [model] labels path")
     if not path.exists():
         raise ModelError("does not exist", path=str(path),

@@ -34,6 +34,10 @@ class ModelRunner:
         self.use_kernels = preprocess == "native"
         self.manifest = model.manifest
         spec = model.input_spec()
+        if self.manifest.sensor:
+            raise ModelError("this is a sensor model: it scores windows of serial readings, "
+                             "not camera frames", path=str(model.path),
+                             fix="give it as a [[sensors]] model; --model takes an image model")
         try:
             check_image_input(spec)
         except ManifestError as exc:
