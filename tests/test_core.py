@@ -12,7 +12,7 @@ from agent.core.backoff import Backoff
 from agent.core.labels import parse_labels
 from agent.core.outbox import FetchUnsent, MarkSent, PublishWindow
 from agent.core.topics import DeviceTopics, parse_topic, results_subscription
-from agent.core.uri import parse_broker, parse_source
+from agent.core.uri import parse_broker, parse_source, redact_url
 
 
 class TestBackoff:
@@ -98,6 +98,23 @@ class TestUris:
     def test_bad_brokers(self, bad: str) -> None:
         with pytest.raises(ValueError):
             parse_broker(bad)
+
+    @given(user=st.text("abcdefghijklmnopqrstuvwxyz0123456789_-.", max_size=8),
+           password=st.text(st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=24),
+           scheme=st.sampled_from(["mqtt", "mqtts", "tcp"]),
+           host=st.sampled_from(["host", "broker.example:8883", "10.0.0.1:1883", "[::1]", ""]))
+    def test_a_refused_broker_url_never_shows_its_password(self, user: str, password: str,
+                                                            scheme: str, host: str) -> None:
+        def refusal(url: str) -> str:
+            with pytest.raises(ValueError) as info:
+                parse_broker(url)
+            return str(info.value)
+
+        url = f"{scheme}://{user}:{password}@{host}"
+        assert redact_url(url) == f"{scheme}://{user}:***@{host}"
+        # The message is the same whatever the password: nothing of it shows.
+        assert refusal(url) == refusal(f"{scheme}://{user}:***@{host}")
+        assert url not in refusal(url) and f"{user}:***@{host}" in refusal(url)
 
 
 class TestLabels:

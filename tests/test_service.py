@@ -138,3 +138,17 @@ def test_watchdog_health_detects_a_stuck_stage() -> None:
     assert not h.healthy(10, now=113.0)  # capture thread died without ending
     capture.stats.ended = True
     assert h.healthy(10, now=114.0)  # a finished source is not a stuck one
+
+
+def test_a_broker_url_with_a_password_is_refused_without_showing_it(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('[mqtt]\nbroker = "mqtt://cam:s3cr3t-Pa55@broker.example:1883"\n')
+    for args in (["run", "--broker", "mqtts://cam:s3cr3t-Pa55@broker.example",
+                  "--state-dir", str(tmp_path / "state")],
+                 ["config", "check", str(cfg)],
+                 ["ingest", "--broker", "mqtt://cam:s3cr3t-Pa55@broker.example",
+                  "--db", f"sqlite:///{tmp_path / 'i.db'}"]):
+        out = run_cli(*args)
+        assert out.returncode == 2, out.stderr
+        assert "carries credentials" in out.stderr and "cam:***@broker.example" in out.stderr
+        assert "s3cr3t" not in out.stderr + out.stdout

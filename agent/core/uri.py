@@ -82,22 +82,41 @@ class BrokerUrl:
         return self.raw
 
 
+def redact_url(url: str) -> str:
+    """``url`` as it may be shown: a password in it (``scheme://user:PASSWORD@host``) becomes
+    ``***``. The user information runs to the last ``@`` of the authority, as for urlsplit,
+    but a password holding ``/``, ``?`` or ``#`` is masked too."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    userinfo, _, host = rest.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
+
+
 def parse_broker(url: str) -> BrokerUrl:
-    """Parse ``mqtt://host:port`` or ``mqtts://host:port`` (ports default to 1883/8883)."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"broker URL {url!r} must start with mqtt:// or mqtts://")
-    if not parts.hostname:
-        raise ValueError(f"broker URL {url!r} names no host; e.g. mqtt://127.0.0.1:1883")
-    if parts.username or parts.password:
-        raise ValueError(f"broker URL {url!r} carries credentials; put the password in "
+    """Parse ``mqtt://host:port`` or ``mqtts://host:port`` (ports default to 1883/8883).
+
+    Error messages show the URL with any password masked."""
+    text = url.strip()
+    shown = redact_url(text)
+    if text.partition("://")[0] not in ("mqtt", "mqtts"):
+        raise ValueError(f"broker URL {shown!r} must start with mqtt:// or mqtts://")
+    if "@" in text.partition("://")[2]:  # user information, perhaps a password
+        raise ValueError(f"broker URL {shown!r} carries credentials; put the password in "
                          "$CREDENTIALS_DIRECTORY/mqtt-password and the user in [mqtt] username")
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise ValueError(f"broker URL {shown!r} is malformed: {exc}") from exc
+    if not parts.hostname:
+        raise ValueError(f"broker URL {shown!r} names no host; e.g. mqtt://127.0.0.1:1883")
     try:
         port = parts.port
     except ValueError as exc:
-        raise ValueError(f"broker URL {url!r} has an invalid port") from exc
+        raise ValueError(f"broker URL {shown!r} has an invalid port") from exc
     tls = parts.scheme == "mqtts"
-    return BrokerUrl(parts.hostname, port or (8883 if tls else 1883), tls, url.strip())
+    return BrokerUrl(parts.hostname, port or (8883 if tls else 1883), tls, text)
 
 
 def parse_query(uri: str) -> dict[str, str]:
