@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +21,7 @@ from paho.mqtt.properties import Properties
 
 from agent.backend.ingest import Ingest
 from agent.backend.store import PostgresStore, SqliteStore, Store, open_store
+from agent.devtools.demo import wait_for_file
 
 PG_SERVER = os.environ.get("LEPTON_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 SITE, DEVICE = "site1", "dev1"
@@ -121,3 +125,65 @@ def open_test_store(kind: str, tmp_path: Path) -> Iterator[Store]:
         store = open_store(url, tmp_path / "blobs")
         yield store
         store.close()
+
+
+class IngestProcess:
+    """``lepton-agent ingest`` as a real process with the given flags (no --client-id unless
+    given), logging at info; reaped by conftest if a test fails half-way."""
+
+    def __init__(self, broker_url: str, db: Path, *flags: str) -> None:
+        from tests.conftest import ROOT, agent_cmd
+        from tests.e2e import RUNNING
+
+        self.db = db
+        ready = db.with_suffix(".ready")
+        ready.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            agent_cmd("ingest", "--broker", broker_url, "--db", f"sqlite:///{db}",
+                      "--ready-file", str(ready), "--log-level", "info", *flags),
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        RUNNING.append(self.proc)
+        wait_for_file(ready, self.proc, timeout=60)
+
+    def stop(self) -> tuple[dict[str, Any], str]:
+        """SIGTERM; the stats JSON it prints and its stderr."""
+        self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=60)
+        assert self.proc.returncode == 0, err
+        return json.loads(out.strip().splitlines()[-1]), err
+
+
+def publish(port: int, messages: list[tuple[str, bytes]], tls: dict[str, Path] | None = None,
+            props: list[list[tuple[str, str]] | None] | None = None) -> None:
+    """Publish QoS 1 and wait until the broker has each one."""
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    if tls:
+        client.tls_set(ca_certs=str(tls["ca"]), certfile=str(tls["cert"]),
+                       keyfile=str(tls["key"]))
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        infos = []
+        for n, (topic, payload) in enumerate(messages):
+            p = None
+            if props and props[n]:
+                p = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                p.UserProperty = props[n]
+            infos.append(client.publish(topic, payload, qos=1, properties=p))
+        for info in infos:
+            info.wait_for_publish(timeout=60)
+            assert info.is_published()
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def wait_until(condition: Any, what: str, timeout: float = 60.0) -> None:
+    """Poll ``condition()`` until true; fail naming ``what`` after a generous deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

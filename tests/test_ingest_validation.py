@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -14,21 +15,25 @@ import pytest
 from agent.backend.ingest import RecordValidator
 from agent.backend.store import Store, open_store
 from agent.core.records import FrameResult, ModelRef, encode_result
+from agent.devtools.mosquitto import LocalBroker
 from agent.errors import RecordRejected, StorageError
-from tests.conftest import agent_cmd
+from tests.conftest import agent_cmd, ingested_seqs
 from tests.ingest_support import (
     EVENTS,
     RESULTS,
     SENSORS,
+    IngestProcess,
     dumps,
     event_body,
     message,
     new_ingest,
     open_test_store,
+    publish,
     rejects,
     result_body,
     sensor_body,
     stored_seqs,
+    wait_until,
 )
 
 TOPIC = "lepton/v1/site1/dev1/results/cam0"
@@ -196,3 +201,56 @@ def test_cli_names_the_db_problem_in_one_line(tmp_path: Path) -> None:
                          text=True, timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "sqlite:////tmp/x.db" in out.stderr and not (tmp_path / "tmp").exists()
+
+
+# -- real processes against a real mosquitto ----------------------------------------------
+
+@pytest.mark.broker
+def test_two_default_ingests_on_one_host_each_keep_their_connection(
+        tmp_path: Path, broker: LocalBroker) -> None:
+    ingests = [IngestProcess(broker.url, tmp_path / f"i{n}.db") for n in range(2)]
+    publish(broker.port, [(RESULTS, dumps(result_body(seq))) for seq in range(1, 61)])
+    wait_until(lambda: sum(len(ingested_seqs(i.db)) for i in ingests) == 60,
+               "both ingests to store the 60 records")
+    stats, logs = zip(*(i.stop() for i in ingests), strict=True)
+    assert [s["connects"] for s in stats] == [1, 1], logs
+    assert sorted(ingested_seqs(ingests[0].db) + ingested_seqs(ingests[1].db)) == \
+        list(range(1, 61))
+    assert all(s["stored"] > 0 for s in stats), stats  # the shared subscription split them
+    for log in logs:
+        assert "disconnected" not in log
+        subscribed = [line.split("subscribed to ")[1] for line in log.splitlines()
+                      if "subscribed to " in line]
+        assert sorted(subscribed) == sorted(
+            f"$share/ingest/lepton/v1/+/+/{kind}/+"
+            for kind in ("results", "shards", "sensors", "events")), log
+
+
+@pytest.mark.broker
+@pytest.mark.skipif(not shutil.which("openssl"), reason="needs openssl")
+def test_ingest_over_mutual_tls(tmp_path: Path) -> None:
+    from tests.test_tls import make_pki
+
+    pki = make_pki(tmp_path)
+    server = {"ca": pki["ca.crt"], "cert": pki["server.crt"], "key": pki["server.key"]}
+    client = {"ca": pki["ca.crt"], "cert": pki["client.crt"], "key": pki["client.key"]}
+    with LocalBroker(tmp_path / "broker", tls=server) as broker:
+        ingest = IngestProcess(broker.url, tmp_path / "i.db", "--tls-ca", str(pki["ca.crt"]),
+                               "--tls-cert", str(pki["client.crt"]),
+                               "--tls-key", str(pki["client.key"]))
+        publish(broker.port, [(RESULTS, dumps(result_body(1)))], tls=client)
+        wait_until(lambda: ingested_seqs(ingest.db) == [1], "the record over mqtts")
+        stats, _ = ingest.stop()
+        assert stats["stored"] == 1 and stats["connects"] == 1
+
+
+@pytest.mark.parametrize(("flags", "why"), [
+    (["--tls-ca", "/no/such/ca.pem"], "[--tls-ca]: /no/such/ca.pem does not exist"),
+    (["--tls-key", "/etc/hostname"], "[--tls-key]: a client key without a certificate"),
+])
+def test_ingest_tls_flags_name_the_bad_file(tmp_path: Path, flags: list[str], why: str) -> None:
+    out = subprocess.run(agent_cmd("ingest", "--broker", "mqtts://127.0.0.1:1", "--db",
+                                   f"sqlite:///{tmp_path}/x.db", *flags), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert why in out.stderr
