@@ -294,3 +294,16 @@ def test_sensor_model_inspects_but_is_refused_as_a_camera_model(tmp_path: Path) 
                   "--source", "synthetic://64x48@5", "--state-dir", str(tmp_path / "state"))
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert "sensor model" in run.stderr and "[[sensors]]" in run.stderr, run.stderr
+
+
+def test_models_load_with_stderr_closed() -> None:
+    """A service started with fd 2 closed still loads its model (nothing to capture)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = subprocess.run(["bash", "-c", f"'{sys.executable}' -m agent models inspect "
+                                        f"'{DEFAULT_MODEL}' 2>&-"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0 and "decoder=grid" in out.stdout

@@ -46,12 +46,20 @@ def quiet_native_stderr() -> Iterator[list[str]]:
     """Capture what native code writes to fd 2 meanwhile; yield the list it ends up in.
 
     The XNNPACK INFO line is dropped; every other line is written back to stderr afterwards,
-    so a native warning is delayed, never lost."""
+    so a native warning is delayed, never lost. Without a usable fd 2 or temporary directory
+    (a read-only root), nothing is captured."""
     captured: list[str] = []
-    with _stderr_lock, tempfile.TemporaryFile() as sink:
+    with _stderr_lock, contextlib.ExitStack() as stack:
+        try:
+            sink = stack.enter_context(tempfile.TemporaryFile())
+            saved: int | None = os.dup(2)
+        except OSError:
+            saved = None
+        if saved is None:
+            yield captured
+            return
         with contextlib.suppress(AttributeError, ValueError, OSError):
             sys.stderr.flush()
-        saved = os.dup(2)
         try:
             os.dup2(sink.fileno(), 2)
             yield captured
