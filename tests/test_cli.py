@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import re
+import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -102,3 +107,165 @@ def test_demo_runs_offline_without_mosquitto(tmp_path: Path, monkeypatch: pytest
 
     monkeypatch.setattr(demo, "find_mosquitto", lambda: None)
     assert demo.run_demo(frames=10, workdir=tmp_path, model=DEFAULT_MODEL) == 0
+
+
+# -- status (defect 14) -------------------------------------------------------------------------
+
+UNIT = ROOT / "systemd" / "lepton-agent.service"
+REPRS = ("None", "{", "}", "'", "True", "False")
+
+
+def _unit_setting(name: str) -> str:
+    found = re.search(rf"^{name}=(\S+)$", UNIT.read_text(), re.MULTILINE)
+    assert found, f"{name}= missing from {UNIT}"
+    return found.group(1)
+
+
+def test_status_looks_where_the_unit_puts_the_socket_and_the_outbox(tmp_path: Path) -> None:
+    from agent.service.status import SYSTEMD_RUNTIME_DIR, SYSTEMD_STATE_DIR, socket_candidates
+
+    assert Path("/run") / _unit_setting("RuntimeDirectory") == SYSTEMD_RUNTIME_DIR
+    assert Path("/var/lib") / _unit_setting("StateDirectory") == SYSTEMD_STATE_DIR
+    assert socket_candidates(tmp_path) == [tmp_path / "agent.sock",
+                                           SYSTEMD_RUNTIME_DIR / "status.sock"]
+    assert socket_candidates(tmp_path, tmp_path / "x.sock") == [tmp_path / "x.sock"]
+
+
+def _wait_for_socket(path: Path, proc: subprocess.Popen[str]) -> dict:
+    from agent.service.status import query
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        snap = query(path)
+        if snap and snap["stages"]["inference"]["frames"] > 2:
+            return snap
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.1)
+    raise AssertionError(f"the agent did not answer on {path}")
+
+
+def test_status_finds_a_service_agent_without_flags_and_prints_words(tmp_path: Path) -> None:
+    """An agent started as the unit starts it (RUNTIME_DIRECTORY=/run/lepton-agent) is found by a
+    plain `lepton-agent status` from a shell, whose environment has no RUNTIME_DIRECTORY."""
+    run_dir = Path("/run") / _unit_setting("RuntimeDirectory")
+    if run_dir.exists() or not os.access(run_dir.parent, os.W_OK):
+        pytest.skip(f"needs to create {run_dir} (root, and no agent service here)")
+    run_dir.mkdir()
+    env = {**os.environ, "RUNTIME_DIRECTORY": str(run_dir)}
+    shell_env = {k: v for k, v in os.environ.items() if k != "RUNTIME_DIRECTORY"}
+    proc = subprocess.Popen(agent_cmd("run", "--offline", "--state-dir", str(tmp_path / "state"),
+                                      "--source", "synthetic://160x120@20", "--model",
+                                      str(DEFAULT_MODEL)),
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        _wait_for_socket(run_dir / "status.sock", proc)
+        out = subprocess.run(agent_cmd("status"), capture_output=True, text=True, cwd=ROOT,
+                             env=shell_env, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"(pid {proc.pid}," in out.stdout
+        assert "broker:    none (offline)" in out.stdout
+        assert re.search(r"thermal:   (no sensor|\d+\.\d C)", out.stdout), out.stdout
+        assert not [r for r in REPRS if r in out.stdout], out.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _outbox(state: Path, sent: int, unsent: int) -> None:
+    from agent.storage.outbox import Outbox, PendingRecord
+
+    box = Outbox(state / "outbox.db")
+    try:
+        stored = box.append([PendingRecord("cam0", "t/cam0", lambda seq: b"{}")
+                             for _ in range(sent + unsent)])
+        box.append([PendingRecord("mic", "t/mic", lambda seq: b"{}")])
+        box.mark_sent(r.id for r in stored[:sent])
+    finally:
+        box.close()
+
+
+def test_status_of_a_stopped_agent_reads_its_outbox_as_text(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    _outbox(state, sent=3, unsent=2)
+    out = run_cli("status", "--state-dir", str(state))
+    assert out.returncode == 3, out.stderr
+    assert "backlog 6 records" in out.stdout and "(until ingested)" in out.stdout
+    assert "last seq:  cam0 5, mic 1" in out.stdout
+    assert not [r for r in REPRS if r in out.stdout], out.stdout
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[agent]\nstate_dir = "{state}"\n[outbox]\ndelivery = "broker"\n')
+    out = run_cli("status", "--config", str(cfg), "--json")
+    data = json.loads(out.stdout)
+    assert out.returncode == 3 and data["backlog"] == 3 and data["delivery"] == "broker"
+    assert data["last_seq"] == {"cam0": 5, "mic": 1}
+
+
+@pytest.mark.parametrize("args", [["status", "--config", "CONFIG"],
+                                  ["config", "check", "-v", "CONFIG"]])
+def test_output_into_a_reader_that_left_ends_quietly(tmp_path: Path, args: list[str]) -> None:
+    """`lepton-agent status | head -0`: the reader is gone before the first write."""
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[agent]\nstate_dir = "{tmp_path}"\n')
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        out = subprocess.run(agent_cmd(*[str(cfg) if a == "CONFIG" else a for a in args]),
+                             stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                             timeout=60)
+    finally:
+        os.close(write_end)
+    assert out.stderr == "" and out.returncode == 141  # as if killed by SIGPIPE, like cat or seq
+
+
+# -- synth-clip (defect 16) ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "extra", "expect"), [
+    ("missing/clip.avi", [], "directory {tmp}/missing does not exist"),
+    ("clip.mkv", [], "unknown video extension '.mkv'"),
+    ("clip", [], "supported: .avi, .mp4"),
+    ("clip.avi", ["--frames", "-1"], "argument --frames: '-1' must be above zero"),
+    ("clip.avi", ["--frames", "0"], "argument --frames: '0' must be above zero"),
+    ("clip.avi", ["--fps", "nan"], "argument --fps"),
+    ("clip.avi", ["--size", "0x0"], "size 0x0 out of range"),
+    ("clip.avi", ["--seed", "-2"], "argument --seed"),
+])
+def test_synth_clip_refuses_bad_output_and_counts(tmp_path: Path, name: str, extra: list[str],
+                                                   expect: str) -> None:
+    out = run_cli("synth-clip", str(tmp_path / name), "--frames", "2", *extra)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert expect.format(tmp=tmp_path) in out.stderr
+    assert "Traceback" not in out.stderr and "wrote" not in out.stdout
+    assert not list(tmp_path.iterdir())
+
+
+def test_synth_clip_writes_what_it_says(tmp_path: Path) -> None:
+    import cv2
+
+    for name in ("clip.avi", "clip.MP4"):
+        out = run_cli("synth-clip", str(tmp_path / name), "--frames", "3", "--size", "64x48")
+        assert out.returncode == 0 and f"wrote 3 frames of 64x48 to {tmp_path / name}" in out.stdout
+        cap = cv2.VideoCapture(str(tmp_path / name))
+        assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+        cap.release()
+
+
+# -- README usage (defect 17) -------------------------------------------------------------------
+
+def _run_options() -> set[str]:
+    from agent.service.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {s for a in sub.choices["run"]._actions for s in a.option_strings
+            if s.startswith("--") and s != "--help"}
+
+
+def test_readme_usage_lists_every_run_option() -> None:
+    block = re.search(r"```sh\n(lepton-agent run .*?)```", (ROOT / "README.md").read_text(),
+                      re.DOTALL)
+    assert block, "README.md has no `lepton-agent run` usage block"
+    documented = set(re.findall(r"\[(--[a-z-]+)", block.group(1)))
+    assert documented == _run_options(), (f"missing from README: {_run_options() - documented}; "
+                                          f"not an option: {documented - _run_options()}")

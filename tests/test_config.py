@@ -127,3 +127,92 @@ def test_sensor_errors_name_file_line_and_key(tmp_path: Path) -> None:
         load_config(path)
     assert (err.value.line, err.value.key) == (5, "source.attach_sensors")
     assert "no [[sensors]] entry" in err.value.message
+
+
+# -- strict types (defect 16) and the documentation of every key (defect 17) ---------------------
+
+def schema_keys() -> list[tuple[str, str, object]]:
+    """(section, key, annotation) for every key of the schema; ``sensors`` is the [[sensors]] list."""
+    from typing import get_args
+
+    from agent.config.schema import AgentConfig
+
+    keys = []
+    for section, field in AgentConfig.model_fields.items():
+        model = field.annotation
+        if section == "sensors":
+            model = get_args(model)[0]
+        keys += [(section, key, f.annotation) for key, f in model.model_fields.items()]  # type: ignore[union-attr]
+    return keys
+
+
+def _toml_for(section: str, key: str, value: str) -> str:
+    if section == "sensors":
+        extra = '' if key == "uri" else 'uri = "serial:///dev/ttyUSB0?protocol=csv&name=s"\n'
+        return f"[[sensors]]\n{extra}{key} = {value}\n"
+    return f"[{section}]\n{key} = {value}\n"
+
+
+def _kind(annotation: object) -> str:
+    from typing import get_args
+
+    from pydantic import ByteSize
+
+    kinds = {a for a in (get_args(annotation) or (annotation,)) if a is not type(None)}
+    if kinds <= {int, float, ByteSize}:
+        return "number"
+    if kinds == {bool}:
+        return "bool"
+    return "other"
+
+
+NUMERIC = [(s, k) for s, k, a in schema_keys() if _kind(a) == "number"]
+BOOLEAN = [(s, k) for s, k, a in schema_keys() if _kind(a) == "bool"]
+
+
+@pytest.mark.parametrize(("section", "key"), NUMERIC)
+def test_a_boolean_is_never_a_number(tmp_path: Path, section: str, key: str) -> None:
+    path = write(tmp_path, _toml_for(section, key, "true"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    where = f"sensors.0.{key}" if section == "sensors" else f"{section}.{key}"
+    assert info.value.key is not None and info.value.key.startswith(where), info.value
+    assert "not true" in info.value.message or "byte string" in info.value.message
+
+
+@pytest.mark.parametrize(("section", "key"), BOOLEAN)
+def test_a_number_or_string_is_never_a_boolean(tmp_path: Path, section: str, key: str) -> None:
+    for value in ("1", '"yes"'):
+        with pytest.raises(ConfigError, match=rf"\[{section}\.{key}\]: Input should be a valid "
+                                              rf"boolean, not {value}"):
+            load_config(write(tmp_path, _toml_for(section, key, value)))
+
+
+def test_numbers_keep_their_types(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "[agent]\nshutdown_grace_s = 7\n[model]\nnum_threads = 3\n"))
+    assert cfg.agent.shutdown_grace_s == 7.0 and cfg.model.num_threads == 3  # an int is a float
+    for text, expect in [("[model]\nnum_threads = 2.0\n", "valid integer, not 2.0"),
+                         ('[model]\nnum_threads = "2"\n', 'valid integer, not "2"'),
+                         ("[mqtt]\ntelemetry_interval_s = inf\n", "finite number"),
+                         ("[source]\nreconnect_max_s = nan\n", "finite number"),
+                         ('[agent]\ndevice_id = 5\n', "valid string, not 5"),
+                         ("[agent]\nstate_dir = 1.5\n", "should be a path (a string), not 1.5"),
+                         ("agent = 5\n", "[agent]: Input should be a table")]:
+        with pytest.raises(ConfigError) as info:
+            load_config(write(tmp_path, text))
+        assert expect in str(info.value), (text, str(info.value))
+
+
+def test_shutdown_grace_true_is_refused_by_config_check(tmp_path: Path) -> None:
+    path = write(tmp_path, "[agent]\nshutdown_grace_s = true\n")
+    out = run_cli("config", "check", str(path))
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"lepton-agent: error: {path}:2 [agent.shutdown_grace_s]: "
+                                 "Input should be a valid number, not true")
+
+
+def test_docs_config_names_every_key() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    missing = [f"{s}.{k}" for s, k, _ in schema_keys()
+               if (f"`[[sensors]] {k}`" if s == "sensors" else f"`{s}.{k}`") not in doc]
+    assert not missing, f"docs/config.md does not document: {', '.join(missing)}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 from agent.diag import CheckResult, exit_code, render, run_checks
 from tests.conftest import run_cli
@@ -45,3 +46,62 @@ def test_diag_kernels_cli() -> None:
     assert fallback.returncode == 1 and "[WARN] kernels" in fallback.stdout
     bad = run_cli("diag", "nonsense")
     assert bad.returncode == 2 and "choose from" in bad.stderr
+
+
+# -- defect 15: a config that does not load, a board without sensors, the bundle's exit code ----
+
+def _bad_config(tmp_path: Path) -> Path:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[agent]\nbogus = 1\n")
+    return bad
+
+
+def test_diag_with_a_broken_config_runs_nothing_on_defaults(tmp_path: Path) -> None:
+    config_free = ("kernels", "clock", "memory")  # read nothing from the config
+    bad = _bad_config(tmp_path)
+    out = run_cli("diag", "--config", str(bad), "--json", "--timeout", "60")
+    report = json.loads(out.stdout)
+    by_name = {c["name"]: c for c in report["checks"]}
+    assert out.returncode == report["exit_code"] == 2
+    assert by_name["config"]["status"] == "fail"
+    assert f"{bad}:2 [agent.bogus]: unknown key" in by_name["config"]["reason"]
+    for name, check in by_name.items():
+        if name not in ("config", *config_free):
+            assert check["status"] == "skip" and "config" in check["reason"], check
+    assert set(config_free) <= set(by_name) and "broker" in by_name
+    text = run_cli("diag", "broker", "--config", str(bad))
+    assert text.returncode == 2, text.stdout
+    assert text.stdout.splitlines()[0].startswith(f"[FAIL] config: {bad}:2")
+    assert "[SKIP] broker: not run" in text.stdout and "PASS" not in text.stdout
+
+
+def test_no_thermal_sensor_is_a_skip_and_changes_no_exit_code(tmp_path: Path) -> None:
+    from agent.config import load_config
+    from agent.diag.checks import check_temperature
+
+    result = check_temperature(load_config(overrides={"thermal": {"sysfs": str(tmp_path)}}))
+    assert result.status == "skip" and str(tmp_path) in result.reason
+    assert exit_code([CheckResult("a", "pass", ""), result]) == 0
+    assert render([result]) == f"[SKIP] temperature: {result.reason}"
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[thermal]\nsysfs = "{tmp_path}"\n')
+    out = run_cli("diag", "temperature", "kernels", "--config", str(cfg))
+    assert out.returncode == 0 and "[SKIP] temperature" in out.stdout, out.stdout
+
+
+def test_diag_bundle_exits_0_once_written_and_reports_the_checks(tmp_path: Path) -> None:
+    import tarfile
+
+    bad = _bad_config(tmp_path)
+    path = tmp_path / "out" / "bundle.tar.gz"
+    out = run_cli("diag", "bundle", "--config", str(bad), "--output", str(path), "--timeout", "60")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"wrote {path} (secrets removed); checks: " in out.stdout
+    assert "1 fail" in out.stdout and "see diag.json in the bundle" in out.stdout
+    with tarfile.open(path) as tar:
+        diag = next(m for m in tar.getmembers() if m.name.endswith("/diag.json"))
+        report = json.loads(tar.extractfile(diag).read())  # type: ignore[union-attr]
+    assert report["exit_code"] == 2 and report["checks"][0]["status"] == "fail"
+    unwritable = run_cli("diag", "bundle", "--output", "/proc/nope/bundle.tar.gz")
+    assert unwritable.returncode == 2
+    assert "cannot write the bundle /proc/nope/bundle.tar.gz" in unwritable.stderr

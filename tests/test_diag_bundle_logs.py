@@ -50,7 +50,7 @@ def test_diag_names_the_broken_thing(tmp_path: Path) -> None:
 def test_checks_on_missing_sysfs_and_full_disks(tmp_path: Path) -> None:
     cfg = load_config(overrides={"thermal": {"sysfs": str(tmp_path)},
                                  "agent": {"state_dir": str(tmp_path)}})
-    assert check_temperature(cfg).status == "warn"  # no sensors: warn, not crash
+    assert check_temperature(cfg).status == "skip"  # no sensors: nothing to act on, not a warning
     assert check_memory(cfg, tmp_path / "nope").status == "warn"
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal: 1000000 kB\nMemAvailable: 40000 kB\n")

@@ -6,6 +6,7 @@ the key path and the line where the offending key was written.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -156,6 +157,25 @@ def board_layer(name: str, boards_dir: Path = BOARDS_DIR) -> Layer:
     return read_toml(path)
 
 
+def _shown(value: Any) -> str:
+    """A value as it was written in TOML, briefly: ``true``, ``"5"``, ``1.5``, an array."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    text = json.dumps(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
+    """``data[name]`` when it is a table; a section written as a plain value is left for the
+    schema to refuse with its key and line."""
+    value = data.get(name)
+    return value if isinstance(value, dict) else {}
+
+
 def _error_for(exc: ValidationError, layers: list[Layer]) -> ConfigError:
     first = exc.errors()[0]
     path = tuple(str(p) for p in first["loc"])
@@ -177,6 +197,12 @@ def _error_for(exc: ValidationError, layers: list[Layer]) -> ConfigError:
     message = first["msg"].removeprefix("Value error, ")
     if keyed:
         message = message[keyed.end():]
+    if first["type"] == "path_type":
+        message = "Input should be a path (a string)"
+    elif first["type"] == "model_type":
+        message = "Input should be a table (a [section] of keys)"
+    if first["type"].endswith(("_type", "_parsing", "finite_number")) and "input" in first:
+        message += f", not {_shown(first['input'])}"  # strict types: say what was written
     more = len(exc.errors()) - 1
     if more:
         message += f" (and {more} more problem{'s' if more > 1 else ''})"
@@ -194,8 +220,8 @@ def load_config(
     """Load, merge and validate the configuration. Raises ConfigError naming file, key and line."""
     file_layer = read_toml(path) if path else None
     cli_layer = Layer("command line", overrides or {})
-    board_name = board or (cli_layer.data.get("agent", {}).get("board")) or (
-        file_layer.data.get("agent", {}).get("board") if file_layer else None)
+    board_name = board or _table(cli_layer.data, "agent").get("board") or (
+        _table(file_layer.data, "agent").get("board") if file_layer else None)
     layers: list[Layer] = []
     if board_name:
         if not isinstance(board_name, str):
@@ -215,8 +241,8 @@ def load_config(
         merged = {"agent": {"state_dir": state_directory}}
     for layer in layers:
         merged = _merge(merged, layer.data)
-    if board_name:
-        merged.setdefault("agent", {})["board"] = board_name
+    if board_name and isinstance(merged.setdefault("agent", {}), dict):
+        merged["agent"]["board"] = board_name
     try:
         return AgentConfig.model_validate(merged)
     except ValidationError as exc:

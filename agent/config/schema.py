@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 
@@ -13,7 +13,13 @@ from agent.storage.outbox import DEFAULT_PRIORITIES
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: TOML has real types, so a bool is never taken as a number (true -> 1.0), a number
+    # never as a bool, nor a string as a number; an int is still a valid float. No inf or nan.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+# Paths come from TOML and flags as strings.
+LaxPath = Annotated[Path, Field(strict=False)]
 
 
 DropPolicy = Literal["drop_oldest", "drop_newest", "block"]
@@ -22,11 +28,11 @@ DropPolicy = Literal["drop_oldest", "drop_newest", "block"]
 class AgentSection(_Section):
     device_id: str = "dev-local"
     site: str = "default"
-    state_dir: Path = Path("state")
+    state_dir: LaxPath = Path("state")
     board: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_grace_s: float = Field(5.0, ge=0, le=600)
-    status_socket: Path | None = None
+    status_socket: LaxPath | None = None
 
     @field_validator("device_id", "site")
     @classmethod
@@ -66,11 +72,11 @@ class SourceSection(_Section):
 
 
 class ModelSection(_Section):
-    path: Path = Path("models/lepton-vehicles-tiny")
+    path: LaxPath = Path("models/lepton-vehicles-tiny")
     num_threads: int = Field(2, ge=1, le=64)
     delegate: Literal["xnnpack", "none", "reference"] = "xnnpack"
     score_threshold: float | None = Field(None, ge=0.0, le=1.0)
-    labels: Path | None = None  # label file for a bare model (default: MODEL_labels.txt beside it)
+    labels: LaxPath | None = None  # label file for a bare model (default: MODEL_labels.txt beside it)
 
 
 class MqttSection(_Section):
@@ -80,8 +86,8 @@ class MqttSection(_Section):
     keepalive_s: int = Field(30, ge=5, le=3600)
     session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
     publish_window: int = Field(100, ge=1, le=65535)
-    tls_ca_file: Path | None = None
-    tls_cert_file: Path | None = None
+    tls_ca_file: LaxPath | None = None
+    tls_cert_file: LaxPath | None = None
     telemetry_interval_s: float = Field(30.0, gt=0)
     reconnect_initial_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(60.0, gt=0)
@@ -120,7 +126,7 @@ class SensorSection(_Section):
 
     uri: str
     record_interval_s: float = Field(5.0, ge=0, description="0: a record per reading/window")
-    model: Path | None = None
+    model: LaxPath | None = None
     anomaly_on: float = Field(0.7, ge=0, le=1)
     anomaly_off: float = Field(0.4, ge=0, le=1)
     anomaly_min_windows: int = Field(2, ge=1, le=1000)
@@ -171,7 +177,7 @@ class ThermalSection(_Section):
     step_c: float = Field(3.0, ge=0, le=20)
     max_level: int = Field(3, ge=1, le=6)
     poll_s: float = Field(5.0, gt=0, le=600)
-    sysfs: Path = Path("/sys")
+    sysfs: LaxPath = Path("/sys")
 
 
 class MetricsSection(_Section):

@@ -1,4 +1,7 @@
-"""Diagnostics: each check returns a result with a status, a one-line reason and a one-line fix."""
+"""Diagnostics: each check returns a result with a status, a one-line reason and a one-line fix.
+
+``skip`` means the check did not apply or could not run (no thermal sensor on a dev machine, or
+a config that did not load): it says why, and it changes no exit code."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-Status = Literal["pass", "warn", "fail"]
+Status = Literal["pass", "warn", "fail", "skip"]
 
 
 @dataclass
@@ -53,16 +56,22 @@ def run_checks(checks: dict[str, Check], timeout_s: float = 20.0) -> list[CheckR
 
 
 def exit_code(results: list[CheckResult]) -> int:
-    """0 all pass, 1 warnings, 2 failures."""
+    """0 all pass (or skipped), 1 warnings, 2 failures."""
     statuses = {r.status for r in results}
     return 2 if "fail" in statuses else (1 if "warn" in statuses else 0)
 
 
 def render(results: list[CheckResult]) -> str:
-    marks = {"pass": "PASS", "warn": "WARN", "fail": "FAIL"}
+    marks = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "SKIP"}
     lines = []
     for r in results:
         lines.append(f"[{marks[r.status]}] {r.name}: {r.reason}")
-        if r.fix and r.status != "pass":
+        if r.fix and r.status in ("warn", "fail"):
             lines.append(f"       fix: {r.fix}")
     return "\n".join(lines)
+
+
+def summary(results: list[CheckResult]) -> str:
+    """``7 pass, 1 warn, 1 fail, 1 skip`` (only the statuses present)."""
+    counts = {s: sum(r.status == s for r in results) for s in ("pass", "warn", "fail", "skip")}
+    return ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no checks"

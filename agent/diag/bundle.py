@@ -17,6 +17,7 @@ from typing import Any
 
 from agent import __version__
 from agent.config import AgentConfig
+from agent.errors import AgentError
 
 REDACTED = "***"
 PACKAGES = ("lepton-edge", "ai-edge-litert", "tflite-runtime", "numpy", "opencv-python-headless",
@@ -70,14 +71,34 @@ def _board() -> str:
 def _logs(cfg: AgentConfig) -> str:
     journalctl = shutil.which("journalctl")
     if journalctl:
-        out = subprocess.run([journalctl, "-u", "lepton-agent", "--no-pager", "-n", "2000",
-                              "-o", "short-iso"], capture_output=True, text=True, timeout=20)
-        if out.stdout.strip() and "No entries" not in out.stdout:
+        try:
+            out = subprocess.run([journalctl, "-u", "lepton-agent", "--no-pager", "-n", "2000",
+                                  "-o", "short-iso"], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            out = None
+        if out and out.stdout.strip() and "No entries" not in out.stdout:
             return out.stdout
     logs = sorted(cfg.agent.state_dir.glob("*.log"))
     if logs:
-        return "".join(f"== {p}\n{p.read_text(errors='replace')[-200_000:]}" for p in logs)
+        return "".join(f"== {p}\n{_tail(p)}" for p in logs)
     return "no journal entries for lepton-agent and no log files in the state directory\n"
+
+
+def _tail(path: Path, limit: int = 200_000) -> str:
+    try:
+        return path.read_text(errors="replace")[-limit:]
+    except OSError as exc:
+        return f"(unreadable: {exc.strerror})\n"
+
+
+def _crash_logs(newest: int = 5) -> str:
+    """The newest tracebacks the CLI wrote (``lepton-agent: internal error ... full traceback
+    in PATH``), so that a support bundle carries them."""
+    from agent.service.logs import debug_log_dirs
+
+    found = sorted({p for d in debug_log_dirs() for p in d.glob("lepton-agent-*-*.log")},
+                   key=lambda p: p.stat().st_mtime if p.exists() else 0)[-newest:]
+    return "".join(f"== {p}\n{_tail(p, 50_000)}\n" for p in found) or "none\n"
 
 
 def write_bundle(cfg: AgentConfig, diag: dict[str, Any], output: Path,
@@ -91,14 +112,19 @@ def write_bundle(cfg: AgentConfig, diag: dict[str, Any], output: Path,
         "board.txt": _board(),
         "logs.txt": _logs(cfg),
         "status.json": json.dumps(status or {"state": "not running"}, indent=2),
+        "crashes.txt": _crash_logs(),
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     root = f"lepton-diag-{cfg.agent.device_id}-{stamp}"
-    with tarfile.open(output, "w:gz") as tar:
-        for name, text in members.items():
-            data = redact(text, secrets).encode()
-            info = tarfile.TarInfo(f"{root}/{name}")
-            info.size, info.mtime, info.mode = len(data), int(time.time()), 0o640
-            tar.addfile(info, io.BytesIO(data))
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(output, "w:gz") as tar:
+            for name, text in members.items():
+                data = redact(text, secrets).encode()
+                info = tarfile.TarInfo(f"{root}/{name}")
+                info.size, info.mtime, info.mode = len(data), int(time.time()), 0o640
+                tar.addfile(info, io.BytesIO(data))
+    except OSError as exc:
+        raise AgentError(f"cannot write the bundle {output}: {exc.strerror or exc}",
+                         fix="choose a writable place with --output") from exc
     return output

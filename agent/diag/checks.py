@@ -366,9 +366,10 @@ def check_temperature(cfg: AgentConfig) -> CheckResult:
 
     reading = SysfsThermal(cfg.thermal.sysfs).read()
     details = {"temp_c": reading.temp_c, "throttled": reading.throttled}
-    if reading.temp_c is None:
-        return CheckResult("temperature", "warn", "no CPU thermal sensor in sysfs (not a Pi or "
-                           "Jetson?)", "nothing to do on hardware without sensors", details)
+    if reading.temp_c is None:  # a dev machine or VM: nothing to act on, so no warning
+        return CheckResult("temperature", "skip", f"no CPU thermal sensor under "
+                           f"{cfg.thermal.sysfs}/class/thermal (not a Pi or Jetson?)",
+                           details=details)
     text = f"CPU {reading.temp_c:.1f} C"
     if reading.throttled:
         return CheckResult("temperature", "warn", text + ", firmware reports throttling",
@@ -397,6 +398,10 @@ def check_memory(cfg: AgentConfig, meminfo: Path = Path("/proc/meminfo")) -> Che
         return CheckResult("memory", "warn", text, "free memory: other services, or a smaller "
                            "model / queue", details)
     return CheckResult("memory", "pass", text, details=details)
+
+
+# Checks that read nothing from the config: they still run when the config does not load.
+CONFIG_FREE = ("kernels", "clock", "memory")
 
 
 def all_checks(cfg: AgentConfig, secrets: Secrets, snapshot: Path | None) -> dict[str, Check]:

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import math
+import os
+import re
+import select
+import signal
 import sys
+import threading
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -193,115 +201,188 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(frames=args.frames, workdir=args.workdir, model=args.model)
 
 
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "none"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _value(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+def _status_lines(snap: dict[str, Any]) -> list[str]:
+    """The live snapshot as text for a person: words for absent values, never Python reprs."""
+    st, q, ob, br, th = (snap["stages"], snap["queues"]["frames"], snap["outbox"], snap["broker"],
+                         snap["thermal"])
+    cap, inf = st["capture"], st["inference"]
+    lines = [f"agent: {snap['state']} (pid {snap['pid']}, up {_ago(snap['uptime_s'])}) "
+             f"{snap['site']}/{snap['device']}",
+             f"  capture:   {'up' if cap['alive'] else 'DOWN'} {cap['source']}, {cap['frames']} "
+             f"frames, {cap['reconnects']} reconnects, {cap['skipped_static']} static skipped"
+             + (f"; last error: {cap['last_error']}" if cap.get("last_error") else ""),
+             f"  inference: {'up' if inf['alive'] else 'DOWN'} {inf['model']}, {snap['fps']} fps, "
+             f"{inf['frames']} frames, {inf['detections']} detections, {inf['failures']} failures",
+             f"  queue:     frames {q['depth']}/{q['capacity']} ({q['policy']}), "
+             f"{q['dropped']} dropped",
+             f"  outbox:    backlog {ob['backlog']}"
+             + (f", oldest unsent {_ago(ob['oldest_unsent_s'])} old" if ob["backlog"] else "")
+             + f", {ob['published']} published, {ob['ingested']} ingested"]
+    if not br["url"]:
+        lines.append("  broker:    none (offline)")
+    else:
+        error = f": {br['last_error']}" if br.get("last_error") and not br["connected"] else ""
+        lines.append(f"  broker:    {br['url']} "
+                     f"{'connected' if br['connected'] else 'DISCONNECTED'}{error}")
+    temp = "no sensor" if th["temp_c"] is None else f"{th['temp_c']:.1f} C"
+    lines.append(f"  thermal:   {temp}{', THROTTLED' if th['throttled'] else ''}, "
+                 f"slow-down level {th['level']}")
+    for name, s in (snap.get("sensors") or {}).items():
+        values = ((s.get("latest") or {}).get("values") or {})
+        latest = ", ".join(f"{k}={_value(v)}" for k, v in list(values.items())[:4])
+        state = "up" if s["connected"] else f"DOWN ({s.get('last_error') or 'not connected'})"
+        anomaly = ""
+        if s.get("anomaly") is not None:
+            anomaly = (", no window yet" if s.get("score") is None else
+                       f", score {s['score']:.2f}{' ANOMALY' if s['anomaly'] else ''}")
+        lines.append(f"  sensor {name}: {state} {s['port']} {s['protocol']}, {s['readings']} "
+                     f"readings, {s['parse_errors']} parse errors{anomaly}"
+                     f"{'; ' + latest if latest else ''}")
+    if snap.get("last_error"):
+        lines.append(f"  last error: {snap['last_error']}")
+    return lines
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """The running agent's live state; when it is not running, what its outbox holds."""
     from agent.config import load_config
-    from agent.service.status import query, socket_path
+    from agent.service.status import SYSTEMD_STATE_DIR, query, socket_candidates
 
     overrides = {"agent": {"state_dir": str(args.state_dir)}} if args.state_dir else {}
     config = load_config(args.config, overrides=overrides)
-    path = socket_path(config.agent.state_dir, args.socket or config.agent.status_socket)
-    snap = query(path)
+    candidates = socket_candidates(config.agent.state_dir, args.socket or config.agent.status_socket)
+    snap, denied = None, []
+    for path in candidates:
+        snap = query(path)
+        if snap is not None:
+            break
+        if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+            denied.append(path)
+    if snap is None and denied:
+        raise AgentError(f"permission denied on the status socket {denied[0]}",
+                         fix="run as a member of the agent's group (usermod -aG lepton $USER, "
+                             "then log in again) or with sudo")
     if snap is None:
-        offline = _offline_status(config.agent.state_dir)
+        state_dir = config.agent.state_dir
+        if not (args.state_dir or args.config) and not (state_dir / "outbox.db").exists() \
+                and (SYSTEMD_STATE_DIR / "outbox.db").exists():
+            state_dir = SYSTEMD_STATE_DIR  # the service's StateDirectory=
+        offline = _offline_status(state_dir, config.outbox.delivery)
+        where = ", ".join(str(p) for p in candidates)
         if args.json:
-            print(json.dumps({"state": "not running", "socket": str(path), **offline}))
+            print(json.dumps({"state": "not running", "socket": str(candidates[0]),
+                              "sockets_tried": [str(p) for p in candidates], **offline}))
         else:
-            print(f"agent: not running (nothing answers at {path})")
-            for key, value in offline.items():
-                print(f"  {key}: {value}")
+            print(f"agent: not running (nothing answers at {where})")
+            if "backlog" in offline:
+                print(f"  outbox:    {offline['outbox']}: backlog {offline['backlog']} records"
+                      + (f", oldest unsent {_ago(offline['oldest_unsent_s'])} old"
+                         if offline["backlog"] else "") + f" (until {offline['delivery']})")
+                seqs = ", ".join(f"{k} {v}" for k, v in offline["last_seq"].items()) or "none yet"
+                print(f"  last seq:  {seqs}")
+            else:
+                print(f"  outbox:    {offline['outbox']}")
             print("  start it: systemctl start lepton-agent   why it stopped: "
                   "journalctl -u lepton-agent -n 50   checks: lepton-agent diag")
         return 3
     if args.json:
         print(json.dumps(snap, indent=2))
         return 0
-    st, q, ob, br, th = (snap["stages"], snap["queues"]["frames"], snap["outbox"], snap["broker"],
-                         snap["thermal"])
-    print(f"agent: {snap['state']} (pid {snap['pid']}, up {snap['uptime_s']:.0f}s) "
-          f"{snap['site']}/{snap['device']}")
-    print(f"  capture:   {'up' if st['capture']['alive'] else 'DOWN'} {st['capture']['source']}, "
-          f"{st['capture']['frames']} frames, {st['capture']['reconnects']} reconnects, "
-          f"{st['capture']['skipped_static']} static skipped")
-    print(f"  inference: {'up' if st['inference']['alive'] else 'DOWN'} {st['inference']['model']}, "
-          f"{snap['fps']} fps, {st['inference']['frames']} frames, "
-          f"{st['inference']['detections']} detections, {st['inference']['failures']} failures")
-    print(f"  queue:     frames {q['depth']}/{q['capacity']} ({q['policy']}), {q['dropped']} dropped")
-    print(f"  outbox:    backlog {ob['backlog']}, oldest unsent {ob['oldest_unsent_s']}s, "
-          f"{ob['published']} published, {ob['ingested']} ingested")
-    print(f"  broker:    {br['url'] or 'none (offline)'} "
-          f"{'connected' if br['connected'] else 'DISCONNECTED'}"
-          f"{': ' + br['last_error'] if br['last_error'] and not br['connected'] else ''}")
-    print(f"  thermal:   {th['temp_c']} C{' THROTTLED' if th['throttled'] else ''}, "
-          f"level {th['level']}")
-    for name, s in snap.get("sensors", {}).items():
-        latest = ", ".join(f"{k}={v:g}" for k, v in list(((s["latest"] or {}).get("values")
-                                                          or {}).items())[:4])
-        state = "up" if s["connected"] else f"DOWN ({s['last_error']})"
-        anomaly = "" if s["anomaly"] is None else (
-            f", score {s['score']:.2f}{' ANOMALY' if s['anomaly'] else ''}"
-            if s["score"] is not None else ", no window yet")
-        print(f"  sensor {name}: {state} {s['port']} {s['protocol']}, {s['readings']} readings, "
-              f"{s['parse_errors']} parse errors{anomaly}{'; ' + latest if latest else ''}")
-    if snap.get("last_error"):
-        print(f"  last error: {snap['last_error']}")
+    print("\n".join(_status_lines(snap)))
     return 0
 
 
-def _offline_status(state_dir: Path) -> dict[str, Any]:
+def _offline_status(state_dir: Path, delivery: str = "ingested") -> dict[str, Any]:
+    """What the outbox in ``state_dir`` holds, read-only: records not yet delivered (acknowledged
+    by ingest, or sent to the broker when ``delivery`` is "broker"), the oldest one's age, and
+    the last seq of each stream."""
     import sqlite3
+    import time
 
     db = state_dir / "outbox.db"
     if not db.exists():
         return {"outbox": f"{db} does not exist (never ran with this state dir?)"}
+    column = "acked_ns" if delivery == "ingested" else "sent_ns"
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
             count, oldest = conn.execute(
-                "SELECT COUNT(*), MIN(created_ns) FROM records WHERE acked_ns IS NULL").fetchone()
-            streams = dict(conn.execute("SELECT stream, last_seq FROM streams"))
+                f"SELECT COUNT(*), MIN(created_ns) FROM records WHERE {column} IS NULL").fetchone()
+            streams = {str(k): int(v) for k, v in conn.execute("SELECT stream, last_seq FROM streams")}
     except sqlite3.Error as exc:
         return {"outbox": f"{db} unreadable: {exc}"}
-    import time
-
     age = round((time.time_ns() - oldest) / 1e9) if oldest else None
-    return {"outbox": str(db), "backlog": count, "oldest_unsent_s": age, "last_seq": streams}
+    return {"outbox": str(db), "delivery": delivery, "backlog": count, "oldest_unsent_s": age,
+            "last_seq": streams}
 
 
 def cmd_diag(args: argparse.Namespace) -> int:
+    """Run the checks; ``diag bundle`` writes them with logs and versions into a tarball.
+
+    A config that does not load fails the config check, and every check that reads the config is
+    marked as not run (running it on built-in defaults would test another device). The exit code
+    is the worst status (0 pass, 1 warn, 2 fail); ``diag bundle`` exits 0 once the bundle is
+    written, whatever the checks found: they are inside it and summarised on stdout."""
     from agent.config import Secrets, load_config
-    from agent.diag import CheckResult, exit_code, render, run_checks
-    from agent.diag.checks import all_checks
+    from agent.diag import CheckResult, exit_code, render, run_checks, summary
+    from agent.diag.checks import CONFIG_FREE, all_checks
 
     bundle = args.checks[:1] == ["bundle"]
-    wanted = [] if bundle else args.checks
-    results: list[CheckResult] = []
-    try:
-        config = load_config(args.config, board=args.board)
-        results.append(CheckResult("config", "pass", f"{args.config or 'built-in defaults'} valid"
-                                   + (f" (board {config.agent.board})" if config.agent.board else "")))
-    except ConfigError as exc:
-        results.append(CheckResult("config", "fail", exc.message, exc.fix or ""))
-        config = load_config(None, board=None)
+    wanted = ["sensors" if c == "serial" else c for c in ([] if bundle else args.checks)]
     secrets = Secrets.from_environment()
-    checks = all_checks(config, secrets, args.snapshot)
-    wanted = ["sensors" if c == "serial" else c for c in wanted]
-    unknown = [c for c in wanted if c not in checks and c != "config"]
+    defaults = load_config(None, board=None)
+    names = list(all_checks(defaults, secrets, None))
+    unknown = [c for c in wanted if c not in names and c != "config"]
     if unknown:
         raise ConfigError(f"unknown check(s) {', '.join(unknown)}", key="diag",
-                          fix=f"choose from: config, {', '.join(checks)}, or 'bundle'")
-    selected = {n: c for n, c in checks.items() if not wanted or n in wanted}
-    if wanted and "config" not in wanted:
-        results = []
-    results += run_checks(selected, timeout_s=args.timeout)
+                          fix=f"choose from: config, {', '.join(names)}, or 'bundle'")
+    config = None
+    try:
+        config = load_config(args.config, board=args.board)
+        config_result = CheckResult("config", "pass", f"{args.config or 'built-in defaults'} valid"
+                                    + (f" (board {config.agent.board})" if config.agent.board
+                                       else ""))
+    except ConfigError as exc:
+        config_result = CheckResult("config", "fail", exc.message, exc.fix or "")
+    results: list[CheckResult] = []
+    if not wanted or "config" in wanted or config is None:
+        results.append(config_result)
+    selected = [n for n in names if not wanted or n in wanted]
+    if config is not None:
+        results += run_checks({n: c for n, c in all_checks(config, secrets, args.snapshot).items()
+                               if n in selected}, timeout_s=args.timeout)
+    else:
+        free = run_checks({n: c for n, c in all_checks(defaults, secrets, None).items()
+                           if n in selected and n in CONFIG_FREE}, timeout_s=args.timeout)
+        ran = {r.name: r for r in free}
+        results += [ran.get(n) or CheckResult(n, "skip", "not run: it needs the config, which "
+                                              "did not load (see the config check)")
+                    for n in selected]
     report = {"checks": [r.to_json() for r in results], "exit_code": exit_code(results)}
     if bundle:
         from agent.diag.bundle import write_bundle
-        from agent.service.status import query, socket_path
+        from agent.service.status import query, socket_candidates
 
-        output = args.output or Path(f"lepton-diag-{config.agent.device_id}.tar.gz")
-        live = query(socket_path(config.agent.state_dir, config.agent.status_socket))
-        print(f"wrote {write_bundle(config, report, output, live)} (secrets removed)")
-        return exit_code(results)
+        cfg = config or defaults
+        output = args.output or Path(f"lepton-diag-{cfg.agent.device_id}.tar.gz")
+        live = None
+        for path in socket_candidates(cfg.agent.state_dir, cfg.agent.status_socket):
+            live = live or query(path)
+        written = write_bundle(cfg, report, output, live)
+        print(f"wrote {written} (secrets removed); checks: {summary(results)}"
+              + ("; see diag.json in the bundle" if report["exit_code"] else ""))
+        return 0
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -330,6 +411,9 @@ def cmd_bench_kernels(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from agent.bench.pipeline import bench_pipeline
 
+    for flag, path in (("--model", args.model), ("--source", args.source)):
+        if path is not None and not path.exists():
+            raise ConfigError(f"{path} does not exist", key=flag, fix="check the path")
     report = bench_pipeline(model=args.model, source=args.source, seconds=args.seconds,
                             threads=args.threads, rounds=args.rounds)
     if args.json:
@@ -384,9 +468,27 @@ def cmd_synth_clip(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"malformed size {args.size!r}; use WxH, e.g. 640x480",
                           key="--size") from exc
+    if not (16 <= width <= 8192 and 16 <= height <= 8192):
+        raise ConfigError(f"size {width}x{height} out of range", key="--size",
+                          fix="width and height from 16 to 8192, e.g. 640x480")
     n = write_clip(str(args.out), width, height, args.fps, args.frames, seed=args.seed)
     print(f"wrote {n} frames of {width}x{height} to {args.out}")
     return 0
+
+
+def _positive(kind: type[int] | type[float], zero: bool = False) -> Any:
+    """An argparse type: a number above zero (or at least zero), with a clear usage error."""
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} must be {'zero or more' if zero else 'above zero'}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -473,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the whole loop on this machine: clip -> agent -> "
                                        "mosquitto -> ingest, with a summary")
-    demo.add_argument("--frames", type=int, default=150)
+    demo.add_argument("--frames", type=_positive(int), default=150)
     demo.add_argument("--workdir", type=Path, default=Path("build/demo"))
     demo.add_argument("--model", type=Path)
     demo.set_defaults(func=cmd_demo)
@@ -494,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--snapshot", type=Path, help="save a camera frame here")
     diag.add_argument("--output", type=Path, help="bundle path (default ./lepton-diag-DEVICE.tar.gz)")
     diag.add_argument("--json", action="store_true")
-    diag.add_argument("--timeout", type=float, default=20.0, help="seconds per check")
+    diag.add_argument("--timeout", type=_positive(float), default=20.0, help="seconds per check")
     diag.set_defaults(func=cmd_diag)
 
     bench = sub.add_parser("bench", help="benchmarks (ratios against a baseline in the same run)")
@@ -502,24 +604,25 @@ def build_parser() -> argparse.ArgumentParser:
     pipe = bench_sub.add_parser("pipeline", help="raw invoke vs hand-written loop vs the agent")
     pipe.add_argument("--model", type=Path)
     pipe.add_argument("--source", type=Path)
-    pipe.add_argument("--seconds", type=float, default=10.0)
-    pipe.add_argument("--threads", type=int, default=1)
-    pipe.add_argument("--rounds", type=int, default=2, help="interleaved repeats (medians)")
+    pipe.add_argument("--seconds", type=_positive(float), default=10.0)
+    pipe.add_argument("--threads", type=_positive(int), default=1)
+    pipe.add_argument("--rounds", type=_positive(int), default=2, help="interleaved repeats (medians)")
     pipe.add_argument("--json", action="store_true")
     pipe.set_defaults(func=cmd_bench)
 
     kb = bench_sub.add_parser("kernels", help="native kernels vs the OpenCV/numpy way")
-    kb.add_argument("--rounds", type=int, default=7)
-    kb.add_argument("--opencv-threads", type=int, default=1,
+    kb.add_argument("--rounds", type=_positive(int), default=7)
+    kb.add_argument("--opencv-threads", type=_positive(int), default=1,
                     help="OpenCV threads for the baseline (the kernels use one)")
     kb.add_argument("--json", action="store_true")
     kb.set_defaults(func=cmd_bench_kernels)
 
     sb = bench_sub.add_parser("sync", help="durable outbox path vs raw paho; backlog drain")
-    sb.add_argument("--messages", type=int, default=20_000)
-    sb.add_argument("--rounds", type=int, default=5)
-    sb.add_argument("--backlog", type=int, default=100_000, help="0 skips the drain test")
-    sb.add_argument("--live-hz", type=float, default=30.0)
+    sb.add_argument("--messages", type=_positive(int), default=20_000)
+    sb.add_argument("--rounds", type=_positive(int), default=5)
+    sb.add_argument("--backlog", type=_positive(int, zero=True), default=100_000,
+                    help="0 skips the drain test")
+    sb.add_argument("--live-hz", type=_positive(float), default=30.0)
     sb.add_argument("--json", action="store_true")
     sb.set_defaults(func=cmd_bench_sync)
 
@@ -528,28 +631,102 @@ def build_parser() -> argparse.ArgumentParser:
     # Checked in cmd_faults: argparse tests an empty nargs="*" against its choices and fails.
     faults.add_argument("scenario", nargs="*",
                         help="broker-kill, agent-kill, budget, outage (default: all of them)")
-    faults.add_argument("--cycles", type=int, default=20)
-    faults.add_argument("--outage-s", type=float, default=20.0)
-    faults.add_argument("--seed", type=int, default=0)
+    faults.add_argument("--cycles", type=_positive(int), default=20)
+    faults.add_argument("--outage-s", type=_positive(float), default=20.0)
+    faults.add_argument("--seed", type=_positive(int, zero=True), default=0)
     faults.add_argument("--json", action="store_true")
     faults.set_defaults(func=cmd_faults)
 
     clip = sub.add_parser("synth-clip", help="write a clip of the synthetic traffic scene")
     clip.add_argument("out", type=Path)
     clip.add_argument("--size", default="640x480")
-    clip.add_argument("--fps", type=float, default=15.0)
-    clip.add_argument("--frames", type=int, default=150)
-    clip.add_argument("--seed", type=int, default=0)
+    clip.add_argument("--fps", type=_positive(float), default=15.0)
+    clip.add_argument("--frames", type=_positive(int), default=150)
+    clip.add_argument("--seed", type=_positive(int, zero=True), default=0)
     clip.set_defaults(func=cmd_synth_clip)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+_USERINFO = re.compile(r"(://[^/@\s:]*:)[^/@\s]*@")
+
+
+def _stdout_gone() -> bool:
+    """True when whoever read our stdout has left (``lepton-agent status | head -1``): a pipe
+    whose read end is closed polls as an error."""
     try:
-        return int(args.func(args))
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush cannot fail again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception as one line, with any password in a URL masked."""
+    # A message that embeds a child's traceback keeps only what precedes it; the log has it all.
+    text = " ".join(str(exc).split("Traceback (most recent call last)")[0].split()).rstrip(" :")
+    text = _USERINFO.sub(r"\1***@", text)
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _report_crash(what: str, exc: BaseException) -> None:
+    """One line on stderr naming what failed and where its full traceback was written."""
+    from agent.service.logs import write_debug_log
+
+    full = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    path = write_debug_log(f"lepton-agent {__version__}: {what}\nargv: {sys.argv}\n\n{full}")
+    where = f"full traceback in {path}" if path else "no writable place for the traceback"
+    with contextlib.suppress(OSError, ValueError):
+        print(f"lepton-agent: internal error in {what}: {_one_line(exc)} ({where}; please report "
+              "it with that file)", file=sys.stderr, flush=True)
+
+
+def _thread_crash(hook: threading.ExceptHookArgs) -> None:
+    if hook.exc_type is SystemExit or hook.exc_value is None:
+        return
+    _report_crash(f"thread {hook.thread.name if hook.thread else '?'}", hook.exc_value)
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    words = [args.command, str(getattr(args, f"{args.command}_command", "") or "")]
+    return " ".join(w for w in words if w)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command. Errors the agent expects (AgentError) print one line and exit 2; any
+    other exception prints one line naming it and the debug log with its traceback, exit 1.
+    A reader that stopped reading stdout (a pipe into head) ends the command quietly, with the
+    status of a process killed by SIGPIPE (141), as other Unix tools do."""
+    args = build_parser().parse_args(argv)
+    what = _command_name(args)
+    threading.excepthook = _thread_crash
+    try:
+        code = int(args.func(args))
+        sys.stdout.flush()
+        return code
     except AgentError as exc:
-        print(f"lepton-agent: error: {exc}", file=sys.stderr)
+        with contextlib.suppress(OSError, ValueError):
+            print(f"lepton-agent: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError as exc:
+        if _stdout_gone():
+            _quiet_stdout()
+            return 128 + signal.SIGPIPE
+        _report_crash(what, exc)
+        return 1
+    except (SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:
+        _report_crash(what, exc)
+        return 1

@@ -7,9 +7,11 @@ import logging
 import os
 import socket
 import sys
+import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
@@ -70,9 +72,58 @@ def setup_logging(level: str = "info", secrets: Iterable[str] = ()) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(OneLineTracebacks("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handler.addFilter(SecretFilter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     logging.getLogger("paho").setLevel(logging.WARNING)
+
+
+def debug_log_dirs() -> list[Path]:
+    """Where a crash's full traceback may be written, most specific first: systemd's
+    LogsDirectory= (/var/log/lepton-agent for the service), the user's XDG state directory,
+    then the temporary directory."""
+    dirs = [Path(d) for d in os.environ.get("LOGS_DIRECTORY", "").split(":") if d]
+    xdg = os.environ.get("XDG_STATE_HOME") or (
+        str(Path.home() / ".local" / "state") if os.environ.get("HOME") else "")
+    if xdg:
+        dirs.append(Path(xdg) / "lepton-agent")
+    dirs.append(Path(tempfile.gettempdir()))
+    return dirs
+
+
+def write_debug_log(text: str, kind: str = "crash") -> Path | None:
+    """Write ``text`` (a traceback) to a new private file ``lepton-agent-KIND-TIME-PID.log`` in the
+    first writable of ``debug_log_dirs()``; its path, or None when nowhere is writable."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for directory in debug_log_dirs():
+        for n in range(100):
+            suffix = f"-{n}" if n else ""
+            path = directory / f"lepton-agent-{kind}-{stamp}-{os.getpid()}{suffix}.log"
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                # O_EXCL: never follow a planted link in a shared directory such as /tmp.
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                continue
+            except OSError:
+                break
+            with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as out:
+                out.write(text)
+            return path
+    return None
+
+
+class OneLineTracebacks(logging.Formatter):
+    """A terminal formatter that writes a logged exception's traceback to a debug log and shows
+    one line naming the exception and that file (``--log-level debug`` shows it in full)."""
+
+    def formatException(self, ei: Any) -> str:
+        full = super().formatException(ei)
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            return full
+        path = write_debug_log(full, kind="traceback")
+        name = ei[0].__name__ if ei and ei[0] else "exception"
+        where = f"full traceback in {path}" if path else "no writable place for its traceback"
+        return f"  {name}: {str(ei[1]).splitlines()[0] if ei[1] and str(ei[1]) else ''} ({where})"

@@ -22,6 +22,28 @@ def socket_path(state_dir: Path, configured: Path | None = None) -> Path:
     return Path(runtime) / "status.sock" if runtime else state_dir / "agent.sock"
 
 
+# The unit (systemd/lepton-agent.service) sets RuntimeDirectory=lepton-agent, so the service's
+# socket is /run/lepton-agent/status.sock. A `status` typed in a shell has no $RUNTIME_DIRECTORY
+# (systemd sets it only inside the unit), so it looks there by name; likewise for the state
+# directory (StateDirectory=lepton-agent) when the outbox is read without a running agent.
+SYSTEMD_RUNTIME_DIR = Path("/run/lepton-agent")
+SYSTEMD_STATE_DIR = Path("/var/lib/lepton-agent")
+
+
+def socket_candidates(state_dir: Path, configured: Path | None = None) -> list[Path]:
+    """Where to look for a running agent's socket, first match wins: the configured path only,
+    when one is given; else this environment's default, the state directory's, then the
+    systemd service's."""
+    if configured:
+        return [configured]
+    found: list[Path] = []
+    for path in (socket_path(state_dir), state_dir / "agent.sock",
+                 SYSTEMD_RUNTIME_DIR / "status.sock"):
+        if path not in found:
+            found.append(path)
+    return found
+
+
 def query(path: Path, timeout: float = 2.0) -> dict[str, Any] | None:
     """The running agent's snapshot, or None when nothing answers at ``path``."""
     try:

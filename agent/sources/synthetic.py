@@ -6,10 +6,14 @@ project's default model is trained on, so every frame comes with its ground trut
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
+
+from agent.errors import AgentError
 
 CLASSES = ("car", "truck")
 
@@ -125,12 +129,29 @@ class SyntheticScene:
         return frame, truths
 
 
+CLIP_CODECS = {".avi": "MJPG", ".mp4": "mp4v"}
+
+
 def write_clip(path: str, width: int, height: int, fps: float, frames: int, seed: int = 0) -> int:
-    """Write a synthetic clip (MJPG in .avi, or mp4v in .mp4); returns frames written."""
-    fourcc = cv2.VideoWriter.fourcc(*("mp4v" if path.endswith(".mp4") else "MJPG"))
-    writer = cv2.VideoWriter(path, fourcc, fps, (width, height))
+    """Write a synthetic clip (MJPG in .avi, or mp4v in .mp4); returns frames written.
+    Raises AgentError naming the path for an unknown extension or a place it cannot write."""
+    out = Path(path)
+    codec = CLIP_CODECS.get(out.suffix.lower())
+    if codec is None:
+        raise AgentError(f"cannot write {path}: unknown video extension {out.suffix or '(none)'!r}",
+                         fix=f"name it {out.stem or 'clip'}.avi or .mp4 (supported: "
+                             f"{', '.join(CLIP_CODECS)})")
+    if not out.parent.is_dir():
+        raise AgentError(f"cannot write {path}: directory {out.parent} does not exist",
+                         fix=f"create it first (mkdir -p {out.parent})")
+    if out.is_dir() or not os.access(out.parent, os.W_OK):
+        raise AgentError(f"cannot write {path}: "
+                         + ("it is a directory" if out.is_dir() else f"{out.parent} is not writable"),
+                         fix="choose another output file")
+    writer = cv2.VideoWriter(path, cv2.VideoWriter.fourcc(*codec), fps, (width, height))
     if not writer.isOpened():
-        raise OSError(f"cannot write video {path}")
+        raise AgentError(f"cannot write video {path}: OpenCV could not open a {codec} writer",
+                         fix="check free disk space, or try the other extension (.avi or .mp4)")
     scene = SyntheticScene(width, height, fps, seed=seed)
     try:
         for _ in range(frames):
