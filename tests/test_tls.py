@@ -57,6 +57,62 @@ def test_agent_and_diag_over_mutual_tls(tmp_path: Path) -> None:
         check = json.loads(diag.stdout)["checks"][0]
         assert check["status"] == "warn"  # connected, but the certificate expires in < 30 days
         assert "expires in 20 days" in check["reason"] or "expires in 19 days" in check["reason"]
-        # without the client key the broker refuses us, and diag says where to look
-        no_key = run_cli("diag", "broker", "--config", str(cfg))
-        assert no_key.returncode == 2 and "[FAIL] broker" in no_key.stdout
+        # Without the client key diag says the key is missing and where it is expected (it
+        # said "PEM lib" and suggested the clock).
+        empty = tmp_path / "no-creds"
+        empty.mkdir()
+        for no_key_env in ({**env, "CREDENTIALS_DIRECTORY": str(empty)},
+                           {k: v for k, v in env.items() if k != "CREDENTIALS_DIRECTORY"}):
+            no_key = run_cli("diag", "broker", "--config", str(cfg), env=no_key_env)
+            assert no_key.returncode == 2 and "[FAIL] broker" in no_key.stdout
+            assert "tls-key is missing" in no_key.stdout and "LoadCredential=tls-key" in no_key.stdout
+            assert "clock" not in no_key.stdout and "PEM lib" not in no_key.stdout
+        assert str(empty / "tls-key") in run_cli("diag", "broker", "--config", str(cfg),
+                                                  env={**env, "CREDENTIALS_DIRECTORY": str(empty)}
+                                                  ).stdout
+
+
+def _mtls_config(tmp_path: Path, pki: dict[str, Path], *, ca: Path | None = None) -> Path:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[agent]\nstate_dir = "{tmp_path / "state"}"\n'
+                   f'[model]\npath = "{DEFAULT_MODEL}"\n'
+                   f'[mqtt]\nbroker = "mqtts://127.0.0.1:1"\n'
+                   f'tls_ca_file = "{ca or pki["ca.crt"]}"\n'
+                   f'tls_cert_file = "{pki["client.crt"]}"\n')
+    return cfg
+
+
+def test_run_without_the_key_credential_names_it(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    cfg = _mtls_config(tmp_path, pki)
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "tls-key").write_text("")  # empty: as good as missing
+    args = ("run", "--config", str(cfg), "--source", "synthetic://160x120@10", "--max-frames", "1")
+    out = run_cli(*args, env={**os.environ, "CREDENTIALS_DIRECTORY": str(creds)})
+    assert out.returncode == 2, out.stderr
+    assert "tls-key is missing or empty" in out.stderr and str(creds / "tls-key") in out.stderr
+    assert "mqtt.tls_cert_file" in out.stderr and "PEM lib" not in out.stderr
+    assert "Traceback" not in out.stderr
+    # A key that is not the certificate's: named, with both files.
+    shutil.copy(pki["server.key"], creds / "tls-key")
+    out = run_cli(*args, env={**os.environ, "CREDENTIALS_DIRECTORY": str(creds)})
+    assert out.returncode == 2 and "cannot use the client certificate" in out.stderr
+    assert str(pki["client.crt"]) in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_missing_ca_file_fails_config_check_with_its_name(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path)
+    missing = tmp_path / "nowhere" / "ca.pem"
+    cfg = _mtls_config(tmp_path, pki, ca=missing)
+    check = run_cli("config", "check", str(cfg))
+    assert check.returncode == 2
+    assert str(missing) in check.stderr and "[mqtt.tls_ca_file]" in check.stderr
+    assert f"{cfg}:7" in check.stderr  # the line that names it
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    shutil.copy(pki["client.key"], creds / "tls-key")
+    run = run_cli("run", "--config", str(cfg), "--source", "synthetic://160x120@10",
+                  env={**os.environ, "CREDENTIALS_DIRECTORY": str(creds)})
+    assert run.returncode == 2 and str(missing) in run.stderr
+    assert "FileNotFoundError" not in run.stderr and "Traceback" not in run.stderr

@@ -244,6 +244,23 @@ def load_config(
     if board_name and isinstance(merged.setdefault("agent", {}), dict):
         merged["agent"]["board"] = board_name
     try:
-        return AgentConfig.model_validate(merged)
+        config = AgentConfig.model_validate(merged)
     except ValidationError as exc:
         raise _error_for(exc, layers) from exc
+    _check_files(config, layers)
+    return config
+
+
+def _check_files(config: AgentConfig, layers: list[Layer]) -> None:
+    """Files the config names must exist now, not fail later in ``run`` with no name."""
+    for key, path in (("mqtt.tls_ca_file", config.mqtt.tls_ca_file),
+                      ("mqtt.tls_cert_file", config.mqtt.tls_cert_file)):
+        if path is None or path.is_file():
+            continue
+        keys = tuple(key.split("."))
+        layer = next((lay for lay in reversed(layers) if _has_path(lay.data, keys)), None)
+        raise ConfigError(f"{path}: {'not a file' if path.exists() else 'no such file'}",
+                          file=layer.name if layer else None, key=key,
+                          line=find_key_line(layer.text, keys) if layer and layer.text else None,
+                          fix="give the path of the PEM file (absolute, or relative to the "
+                              "directory the agent starts in)")

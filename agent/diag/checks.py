@@ -164,9 +164,9 @@ def check_model(cfg: AgentConfig) -> CheckResult:
 
 def _tls_expiry(host: str, port: int, ca_file: Path | None, cert_file: Path | None = None,
                 key_file: Path | None = None) -> float:
-    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-    if cert_file:
-        context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
+    from agent.sync.mqtt import tls_context
+
+    context = tls_context(ca_file, cert_file, key_file)
     with socket.create_connection((host, port), timeout=5) as raw, \
             context.wrap_socket(raw, server_hostname=host) as tls:
         cert = tls.getpeercert()
@@ -195,9 +195,17 @@ def check_broker(cfg: AgentConfig, secrets: Secrets) -> CheckResult:
         try:
             days = _tls_expiry(broker.host, broker.port, cfg.mqtt.tls_ca_file,
                                cfg.mqtt.tls_cert_file, secrets.tls_key_file)
+        except AgentError as exc:  # our own files: a missing key, CA or certificate
+            return CheckResult("broker", "fail", exc.message, exc.fix or "", details)
+        except ssl.SSLCertVerificationError as exc:
+            return CheckResult("broker", "fail", f"{broker.raw}'s certificate does not verify: "
+                               f"{exc.verify_message or exc}", "check [mqtt] tls_ca_file is the "
+                               "CA that signed the broker's certificate, and the board's clock "
+                               "(a certificate not yet valid or expired fails too)", details)
         except (ssl.SSLError, OSError) as exc:
             return CheckResult("broker", "fail", f"TLS handshake with {broker.raw} failed: {exc}",
-                               "check [mqtt] tls_ca_file and the board's clock", details)
+                               "check the port is the broker's TLS listener and, with mutual "
+                               "TLS, that the broker accepts this device's certificate", details)
         details["certificate_days_left"] = round(days, 1)
         if days < 0:
             return CheckResult("broker", "fail", "the broker's certificate has expired",
@@ -209,12 +217,10 @@ def check_broker(cfg: AgentConfig, secrets: Secrets) -> CheckResult:
     if cfg.mqtt.username:
         client.username_pw_set(cfg.mqtt.username, secrets.mqtt_password)
     if broker.tls:
-        context = ssl.create_default_context(
-            cafile=str(cfg.mqtt.tls_ca_file) if cfg.mqtt.tls_ca_file else None)
-        if cfg.mqtt.tls_cert_file:
-            context.load_cert_chain(str(cfg.mqtt.tls_cert_file),
-                                    str(secrets.tls_key_file) if secrets.tls_key_file else None)
-        client.tls_set_context(context)
+        from agent.sync.mqtt import tls_context
+
+        client.tls_set_context(tls_context(cfg.mqtt.tls_ca_file, cfg.mqtt.tls_cert_file,
+                                           secrets.tls_key_file))
 
     def on_connect(c: Any, u: Any, flags: Any, reason: Any, props: Any) -> None:
         result["connect"] = reason

@@ -54,7 +54,7 @@ from agent.sources.readers import open_reader
 from agent.storage.blobs import BlobStore
 from agent.storage.lock import StateDirLock
 from agent.storage.outbox import Outbox, PendingRecord
-from agent.sync.mqtt import LinkOptions, MqttLink, Will
+from agent.sync.mqtt import LinkOptions, MqttLink, Will, tls_context
 from agent.sync.uplink import Uplink
 
 if TYPE_CHECKING:
@@ -168,6 +168,8 @@ class AgentApp:
         # interpreter's for the same cores (measured: bench pipeline, 2 cores).
         cv2.setNumThreads(1)
         source_uri = parse_source(cfg.source.uri)
+        if cfg.mqtt.broker and parse_broker(cfg.mqtt.broker).tls:  # a missing key or CA, now
+            tls_context(cfg.mqtt.tls_ca_file, cfg.mqtt.tls_cert_file, self.secrets.tls_key_file)
         if not source_uri.is_live:
             open_reader(source_uri).close()  # fail fast, with the reason, on a bad file
         model = load_model(cfg.model.path, num_threads=cfg.model.num_threads,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -28,6 +29,7 @@ from paho.mqtt.properties import Properties
 
 from agent.core.backoff import Backoff
 from agent.core.uri import BrokerUrl
+from agent.errors import ConfigError
 
 log = logging.getLogger("agent.mqtt")
 
@@ -64,6 +66,50 @@ class LinkOptions:
     will: Will | None = None
     reconnect_initial_s: float = 0.5
     reconnect_max_s: float = 60.0
+
+
+def key_credential_location() -> str:
+    """Where the mutual-TLS client key is expected: ``$CREDENTIALS_DIRECTORY/tls-key``."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if directory:
+        return str(Path(directory) / "tls-key")
+    return "$CREDENTIALS_DIRECTORY/tls-key (CREDENTIALS_DIRECTORY is not set here)"
+
+
+def tls_context(ca_file: Path | None, cert_file: Path | None,
+                key_file: Path | None) -> ssl.SSLContext:
+    """The client's TLS context: ``ca_file`` (else the system CAs) verifies the broker; with
+    ``cert_file``, mutual TLS with the key from the ``tls-key`` credential. Raises ConfigError
+    naming the missing or unusable file, never a bare ``ssl.SSLError``."""
+    try:
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        missing = isinstance(exc, FileNotFoundError)
+        raise ConfigError("no such file" if missing else f"not a usable PEM CA certificate: {exc}",
+                          file=str(ca_file), key="mqtt.tls_ca_file",
+                          fix="give the PEM file of the CA that signed the broker's "
+                              "certificate") from exc
+    if cert_file is None:
+        return context
+    if key_file is None:
+        raise ConfigError(
+            f"mutual TLS ([mqtt] tls_cert_file = {cert_file}) needs the client key, and the "
+            f"credential tls-key is missing or empty: expected {key_credential_location()}",
+            key="mqtt.tls_cert_file",
+            fix="give the unit LoadCredential=tls-key:/etc/lepton/credentials/tls.key (the PEM "
+                "key of that certificate), or remove tls_cert_file for server-only TLS")
+    try:
+        context.load_cert_chain(str(cert_file), str(key_file))
+    except FileNotFoundError as exc:
+        raise ConfigError("no such file", file=str(cert_file), key="mqtt.tls_cert_file",
+                          fix="give the PEM file of this device's client certificate") from exc
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot use the client certificate {cert_file} with the key {key_file}: "
+            f"{getattr(exc, 'reason', None) or exc}", key="mqtt.tls_cert_file",
+            fix="tls_cert_file must be a PEM certificate and the tls-key credential its PEM "
+                "private key (unencrypted); check they belong together") from exc
+    return context
 
 
 class _BufferedClient(paho.Client):
@@ -132,13 +178,8 @@ class MqttLink:
         client.max_queued_messages_set(0)
         if o.username:
             client.username_pw_set(o.username, o.password)
-        if self.broker.tls:
-            context = ssl.create_default_context(
-                cafile=str(o.tls_ca_file) if o.tls_ca_file else None)
-            if o.tls_cert_file:  # mutual TLS: the key comes from the credentials directory
-                context.load_cert_chain(str(o.tls_cert_file),
-                                        str(o.tls_key_file) if o.tls_key_file else None)
-            client.tls_set_context(context)
+        if self.broker.tls:  # mutual TLS: the key comes from the credentials directory
+            client.tls_set_context(tls_context(o.tls_ca_file, o.tls_cert_file, o.tls_key_file))
         if o.will:
             client.will_set(o.will.topic, o.will.payload, qos=o.will.qos, retain=o.will.retain)
         client.on_connect = self._on_connect
