@@ -40,9 +40,15 @@ def outbox_seqs(state: Path) -> list[int]:
 
 
 def outbox_last_seq(state: Path) -> int:
-    with sqlite3.connect(state / "outbox.db") as conn:
-        row = conn.execute("SELECT last_seq FROM streams WHERE stream = 'cam0'").fetchone()
-        return int(row[0]) if row else 0
+    """The last seq the outbox gave cam0; 0 before the agent made its database."""
+    if not (state / "outbox.db").exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{state / 'outbox.db'}?mode=ro", uri=True) as conn:
+            row = conn.execute("SELECT last_seq FROM streams WHERE stream = 'cam0'").fetchone()
+    except sqlite3.OperationalError:  # created but its tables not yet
+        return 0
+    return int(row[0]) if row else 0
 
 
 def write_config(tmp_path: Path, broker_url: str, device: str, grace: float = 8.0) -> Path:
@@ -194,12 +200,16 @@ class AgentProcess:
         self.proc.wait()
         self._reader.join(10)
 
-    def stop(self, timeout: float = 60.0) -> dict[str, Any]:
-        """SIGTERM, then the run summary it prints (the exit status must be 0)."""
-        self.proc.send_signal(signal.SIGTERM)
+    def finish(self, timeout: float = 120.0) -> dict[str, Any]:
+        """Wait for the run to end (``timeout`` is a hang guard); its summary (exit status 0)."""
         self.proc.wait(timeout)
         self._reader.join(10)
         assert self.proc.stdout is not None
         out = self.proc.stdout.read()
         assert self.proc.returncode == 0, self.log
         return dict(json.loads(out.strip().splitlines()[-1]))
+
+    def stop(self, timeout: float = 60.0) -> dict[str, Any]:
+        """SIGTERM, then the run summary it prints (the exit status must be 0)."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.finish(timeout)

@@ -52,10 +52,11 @@ async def _until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-u
         await asyncio.sleep(0.01)
 
 
-def _link(url: str, handler: Recorder, loop: asyncio.AbstractEventLoop) -> MqttLink:
+def _link(url: str, handler: Recorder, loop: asyncio.AbstractEventLoop,
+          backoff_s: tuple[float, float] = (0.05, 0.2)) -> MqttLink:
     return MqttLink(parse_broker(url), LinkOptions(client_id=f"link-test-{id(handler)}",
-                                                  clean_start=True, reconnect_initial_s=0.05,
-                                                  reconnect_max_s=0.2), handler, loop)
+                                                  clean_start=True, reconnect_initial_s=backoff_s[0],
+                                                  reconnect_max_s=backoff_s[1]), handler, loop)
 
 
 @contextlib.asynccontextmanager
@@ -103,14 +104,18 @@ def test_reconnects_after_the_broker_restarts(broker: LocalBroker) -> None:
 
 
 def test_stop_is_prompt_with_no_broker() -> None:
+    """stop() cuts short the wait before the next attempt: with an hour's backoff, a stop that
+    waited it out would never return (the 60 s is only a hang guard)."""
     async def main() -> MqttLink:
         rec = Recorder()
-        link = _link(f"mqtt://127.0.0.1:{free_port()}", rec, asyncio.get_running_loop())
+        link = _link(f"mqtt://127.0.0.1:{free_port()}", rec, asyncio.get_running_loop(),
+                     backoff_s=(3600.0, 3600.0))
         link.start()
-        await asyncio.sleep(0.3)  # a few refused attempts, then waiting out a backoff
-        started = time.monotonic()
-        await link.stop(2.0)
-        assert time.monotonic() - started < 1.0
+        await _until(lambda: link.last_error is not None)  # refused; now waiting out the backoff
+        stopping = asyncio.ensure_future(link.stop(2.0))
+        done, _ = await asyncio.wait({stopping}, timeout=60)  # not cancelled: only observed
+        assert stopping in done, "stop() is waiting out the reconnect backoff"
+        stopping.result()
         return link
 
     link = asyncio.run(main())
