@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -152,3 +153,41 @@ def test_a_broker_url_with_a_password_is_refused_without_showing_it(tmp_path: Pa
         assert out.returncode == 2, out.stderr
         assert "carries credentials" in out.stderr and "cam:***@broker.example" in out.stderr
         assert "s3cr3t" not in out.stderr + out.stdout
+
+
+def test_metrics_port_in_use_is_a_warning_and_the_agent_runs_on(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = start_agent(tmp_path, config=f"[metrics]\nprometheus_port = {port}\n")
+        try:
+            snap = wait_for_status(tmp_path / "state" / "agent.sock")
+            assert snap["state"] == "running"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert f"Prometheus metrics on 127.0.0.1:{port}: the port is in use" in err
+    assert "prometheus_port" in err and "runs on without metrics" in err
+    assert "Traceback" not in err and "OSError" not in err
+
+
+def test_metrics_beyond_loopback_warn_that_they_have_no_authentication(tmp_path: Path) -> None:
+    port = free_port()
+    proc = start_agent(tmp_path, config=f'[metrics]\nprometheus_port = {port}\n'
+                                        'prometheus_host = "0.0.0.0"\n')
+    try:
+        wait_for_status(tmp_path / "state" / "agent.sock")
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read()
+        assert b"lepton_frames_captured_total" in body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    assert "WARNING" in err and "no authentication" in err and "0.0.0.0" in err
+    check = run_cli("config", "check", str(tmp_path / "agent.toml"))
+    assert check.returncode == 0 and "warning:" in check.stderr
+    assert "no authentication" in check.stderr
+    local = tmp_path / "local.toml"
+    local.write_text(f"[metrics]\nprometheus_port = {port}\n")
+    assert "no authentication" not in run_cli("config", "check", str(local)).stderr

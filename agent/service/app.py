@@ -438,13 +438,24 @@ class AgentApp:
             socket_path(cfg.agent.state_dir, cfg.agent.status_socket), health.snapshot)
         metrics_server = None
         if cfg.metrics.prometheus_port:
-            from agent.service.metrics import start_metrics_server
+            from agent.service.metrics import (
+                MetricsUnavailable,
+                exposure_warning,
+                start_metrics_server,
+            )
 
-            metrics_server = start_metrics_server(cfg.metrics.prometheus_host,
-                                                  cfg.metrics.prometheus_port,
-                                                  lambda: self.latest_snapshot)
-            log.info("Prometheus metrics on http://%s:%d/metrics", cfg.metrics.prometheus_host,
-                     cfg.metrics.prometheus_port)
+            try:
+                metrics_server = start_metrics_server(cfg.metrics.prometheus_host,
+                                                      cfg.metrics.prometheus_port,
+                                                      lambda: self.latest_snapshot)
+            except MetricsUnavailable as exc:
+                log.warning("%s; the agent runs on without metrics", exc)
+            else:
+                log.info("Prometheus metrics on http://%s:%d/metrics",
+                         cfg.metrics.prometheus_host, cfg.metrics.prometheus_port)
+                if warning := exposure_warning(cfg.metrics.prometheus_host,
+                                               cfg.metrics.prometheus_port):
+                    log.warning("%s", warning)
         inference.start()
         capture.start()
         if hub:

@@ -115,9 +115,12 @@ def _outcome_line(summary: Any) -> str:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     from agent.config import load_config
+    from agent.service.metrics import exposure_warning
 
     config = load_config(args.file, board=args.board)
     print(f"{args.file}: ok")
+    if warning := exposure_warning(config.metrics.prometheus_host, config.metrics.prometheus_port):
+        print(f"warning: {warning}", file=sys.stderr)
     if args.verbose:
         print(json.dumps(config.model_dump(mode="json"), indent=2))
     return 0

@@ -1,13 +1,51 @@
-"""Prometheus endpoint on localhost (off by default), fed from the cached health snapshot."""
+"""Prometheus endpoint on localhost (off by default), fed from the cached health snapshot.
+
+The endpoint has no authentication: bound to anything but loopback, whoever reaches the port
+reads the device's figures. A port that cannot be bound is a warning, not a stop: the agent's
+results matter more than its metrics."""
 
 from __future__ import annotations
 
+import errno
+import ipaddress
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from agent.errors import AgentError
+
+
+class MetricsUnavailable(AgentError):
+    """The Prometheus endpoint could not be started on host:port."""
+
+    def __init__(self, message: str, *, host: str, port: int, fix: str) -> None:
+        super().__init__(f"Prometheus metrics on {host}:{port}: {message}", fix=fix)
+        self.host = host
+        self.port = port
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` is reachable only from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(host: str, port: int) -> str | None:
+    """A warning when the endpoint is reachable from other machines, else None."""
+    if not port or is_loopback(host):
+        return None
+    return (f"[metrics] prometheus_host = {host!r}: the endpoint http://{host}:{port}/metrics has "
+            "no authentication, so anyone who can reach port "
+            f"{port} reads this device's figures; keep 127.0.0.1 and scrape through a tunnel or "
+            "a proxy with authentication, or restrict the port with a firewall")
 
 
 class SnapshotCollector(Collector):
@@ -62,8 +100,28 @@ class SnapshotCollector(Collector):
 
 
 def start_metrics_server(host: str, port: int, snapshot: Callable[[], dict[str, Any] | None]) -> Any:
-    """Serve /metrics on host:port in a daemon thread; returns the server."""
+    """Serve /metrics on host:port in a daemon thread; returns the server. Raises
+    MetricsUnavailable naming host:port and what to do when it cannot listen there."""
     registry = CollectorRegistry()
     registry.register(SnapshotCollector(snapshot))
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except socket.gaierror as exc:
+        raise MetricsUnavailable(f"unknown host ({exc.strerror})", host=host, port=port,
+                                 fix="set [metrics] prometheus_host to an address of this "
+                                     "board, e.g. 127.0.0.1") from exc
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise MetricsUnavailable(
+                "the port is in use by another process", host=host, port=port,
+                fix=f"choose another [metrics] prometheus_port, or find the process with "
+                    f"`ss -ltnp 'sport = :{port}'` and stop it") from exc
+        if exc.errno == errno.EACCES:
+            raise MetricsUnavailable(
+                "not allowed to listen there (ports below 1024 need privileges)", host=host,
+                port=port, fix="choose a [metrics] prometheus_port of 1024 or more, e.g. 9100"
+            ) from exc
+        raise MetricsUnavailable(f"cannot listen: {exc.strerror or exc}", host=host, port=port,
+                                 fix="set [metrics] prometheus_host to an address of this board "
+                                     "(127.0.0.1, or 0.0.0.0 for every interface)") from exc
     return server
