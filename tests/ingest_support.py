@@ -53,6 +53,36 @@ def event_body(seq: int) -> dict[str, Any]:
             "source": "vib0", "type": "anomaly_start", "label": "x", "score": 0.9}
 
 
+def poison_messages() -> list[tuple[str, str, bytes]]:
+    """(reason code, topic, payload) of messages that used to crash or wedge ingest."""
+    def result(**change: Any) -> bytes:
+        return dumps({**result_body(1), **change})
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    return [
+        ("number_range", RESULTS, result(seq=2**70)),
+        ("schema", RESULTS, result(seq=2**63)),
+        ("schema", RESULTS, result(mono_ns=2**64 - 1)),
+        ("number_range", RESULTS, result(mono_ns=-(2**70))),
+        ("schema", SENSORS, dumps({**sensor_body(1), "counters": {"bytes": 2**63}})),
+        ("schema", EVENTS, dumps({**event_body(2**63)})),
+        ("too_deep", RESULTS, deep),
+        ("too_deep", RESULTS, b'{"a":' * 50_000 + b"1" + b"}" * 50_000),
+        ("too_large", RESULTS, b" " * (2 << 20)),
+        ("number_range", RESULTS, result(latency_ms={"capture": float("nan")})),
+        ("number_range", RESULTS, result(latency_ms={"capture": float("inf")})),
+        ("number_range", RESULTS, result(latency_ms={"capture": 1}).replace(b":1}", b":1e999}")),
+        ("duplicate_key", RESULTS, result().replace(b'"seq":1,', b'"seq":1,"seq":2,')),
+        ("bad_string", RESULTS, result(model={"name": "a\x00b", "version": "1",
+                                              "sha256": "0" * 64})),
+        ("bad_string", RESULTS, result().replace(b'"m"', b'"\\ud800"')),
+        ("bad_ts", RESULTS, result(ts="2026-13-45T99:99:99Z")),
+        ("bad_ts", SENSORS, dumps({**sensor_body(1), "ts": "yesterday"})),
+        ("schema", EVENTS, dumps({**event_body(1), "stream": "x\x01y"})),
+        ("not_utf8", RESULTS, b'{"a": "\xff"}'),
+    ]
+
+
 def dumps(body: Any) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 

@@ -8,7 +8,6 @@ import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,19 +18,16 @@ from agent.devtools.mosquitto import LocalBroker
 from agent.errors import RecordRejected, StorageError
 from tests.conftest import agent_cmd, ingested_seqs
 from tests.ingest_support import (
-    EVENTS,
     RESULTS,
-    SENSORS,
     IngestProcess,
     dumps,
-    event_body,
     message,
     new_ingest,
     open_test_store,
+    poison_messages,
     publish,
     rejects,
     result_body,
-    sensor_body,
     stored_seqs,
     wait_until,
 )
@@ -89,39 +85,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     yield from open_test_store(request.param, tmp_path)
 
 
-def _poison() -> list[tuple[str, str, bytes]]:
-    """(reason code, topic, payload) of messages that used to crash or wedge ingest."""
-    def result(**change: Any) -> bytes:
-        return dumps({**result_body(1), **change})
-
-    deep = b"[" * 100_000 + b"]" * 100_000
-    return [
-        ("number_range", RESULTS, result(seq=2**70)),
-        ("schema", RESULTS, result(seq=2**63)),
-        ("schema", RESULTS, result(mono_ns=2**64 - 1)),
-        ("number_range", RESULTS, result(mono_ns=-(2**70))),
-        ("schema", SENSORS, dumps({**sensor_body(1), "counters": {"bytes": 2**63}})),
-        ("schema", EVENTS, dumps({**event_body(2**63)})),
-        ("too_deep", RESULTS, deep),
-        ("too_deep", RESULTS, b'{"a":' * 50_000 + b"1" + b"}" * 50_000),
-        ("too_large", RESULTS, b" " * (2 << 20)),
-        ("number_range", RESULTS, result(latency_ms={"capture": float("nan")})),
-        ("number_range", RESULTS, result(latency_ms={"capture": float("inf")})),
-        ("number_range", RESULTS, result(latency_ms={"capture": 1}).replace(b":1}", b":1e999}")),
-        ("duplicate_key", RESULTS, result().replace(b'"seq":1,', b'"seq":1,"seq":2,')),
-        ("bad_string", RESULTS, result(model={"name": "a\x00b", "version": "1",
-                                              "sha256": "0" * 64})),
-        ("bad_string", RESULTS, result().replace(b'"m"', b'"\\ud800"')),
-        ("bad_ts", RESULTS, result(ts="2026-13-45T99:99:99Z")),
-        ("bad_ts", SENSORS, dumps({**sensor_body(1), "ts": "yesterday"})),
-        ("schema", EVENTS, dumps({**event_body(1), "stream": "x\x01y"})),
-        ("not_utf8", RESULTS, b'{"a": "\xff"}'),
-    ]
-
-
 def test_poison_messages_are_rejected_counted_and_the_next_record_stored(store: Store) -> None:
     ingest = new_ingest(store)
-    poison = _poison()
+    poison = poison_messages()
     for n, (_, topic, payload) in enumerate(poison, start=1):
         ingest.on_message(message(topic, payload, mid=n))
         ingest.flush()
