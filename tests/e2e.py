@@ -93,9 +93,10 @@ class Ingest:
                       "--ready-file", str(ready)),
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         RUNNING.append(self.proc)
-        wait_for_file(ready, self.proc, timeout=30)
+        wait_for_file(ready, self.proc, timeout=60)
 
-    def wait_for(self, device: str, count: int, timeout: float = 30) -> list[int]:
+    def wait_for(self, device: str, count: int, timeout: float = 60) -> list[int]:
+        """The device's ingested seqs once there are ``count`` (what there is at ``timeout``)."""
         deadline = time.monotonic() + timeout
         seqs: list[int] = []
         while time.monotonic() < deadline:
@@ -107,7 +108,7 @@ class Ingest:
 
     def stop(self) -> dict:
         self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=15)
+        out, err = self.proc.communicate(timeout=60)
         assert self.proc.returncode == 0, err
         return json.loads(out.strip().splitlines()[-1])
 

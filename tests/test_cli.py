@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.devtools.demo import wait_for_file
 from agent.devtools.mosquitto import LocalBroker
 from tests.conftest import DEFAULT_MODEL, ROOT, agent_cmd, run_cli
+from tests.e2e import wait_for
 
 
 @pytest.mark.parametrize(("args", "expect"), [
@@ -91,7 +93,17 @@ def test_ingest_survives_malformed_payloads(tmp_path: Path, broker: LocalBroker)
     topic = "lepton/v1/s1/d1/results/cam0"
     for payload in (b"\xff\xfe garbage", b"{}", b'{"schema": 1}', b"[1, 2]", b"x" * 2_000_000):
         pub.publish(topic, payload, qos=1).wait_for_publish(5)
-    time.sleep(1.0)
+
+    def rejects() -> int:
+        if not db.exists():
+            return 0
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            try:
+                return int(conn.execute("SELECT count(*) FROM rejects").fetchone()[0])
+            except sqlite3.OperationalError:
+                return 0
+
+    wait_for(lambda: rejects() == 5 or proc.poll() is not None, "ingest to reject all five")
     pub.loop_stop()
     pub.disconnect()
     assert proc.poll() is None, "ingest died on bad input"

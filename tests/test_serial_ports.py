@@ -16,6 +16,7 @@ from agent.core.sensors import make_parser, nmea_checksum
 from agent.diag.checks import check_sensors
 from agent.sources.serial import SerialReader, open_failure_hint, parse_sensor_uri
 from agent.sources.vibration import VibrationSignal, csv_lines
+from tests.e2e import wait_for
 from tests.serial_fakes import PtyDevice
 
 
@@ -24,15 +25,6 @@ def nmea_lines() -> Iterator[bytes]:
         body = (f"GPGGA,{i % 86400:06d},4807.{i % 1000:03d},N,01131.000,E,1,08,0.9,545.4,M,"
                 f"46.9,M,,")
         yield f"${body}*{nmea_checksum(body):02X}\r\n".encode()
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_uri_parsing_and_errors() -> None:
@@ -55,7 +47,7 @@ def test_live_nmea_at_9600_baud_is_parsed(tmp_path: Path) -> None:
                           lambda data: readings.extend(parser.feed(data)))
     reader.start()
     try:
-        assert wait_until(lambda: len(readings) >= 10), reader.stats
+        wait_for(lambda: len(readings) >= 10, f"ten GPS readings ({reader.stats})")
         assert parser.errors <= 1  # at most the sentence cut at the start
         assert readings[-1].values["fix"] == 1 and 48.11 < readings[-1].values["lat"] < 48.14
     finally:
@@ -72,13 +64,15 @@ def test_unplug_and_replug_reconnects(tmp_path: Path) -> None:
     reader.backoff.initial = reader.backoff.maximum = 0.1
     reader.start()
     try:
-        assert wait_until(lambda: len(readings) > 50)
+        wait_for(lambda: len(readings) > 50, "50 readings")
         device.unplug()
-        assert wait_until(lambda: reader.stats.disconnects == 1 and not reader.stats.connected)
+        wait_for(lambda: reader.stats.disconnects == 1 and not reader.stats.connected,
+                 "the unplug noticed")
         assert reader.stats.last_error and "lost" in reader.stats.last_error
         before = len(readings)
         device.plug()
-        assert wait_until(lambda: reader.stats.opens == 2 and len(readings) > before + 50)
+        wait_for(lambda: reader.stats.opens == 2 and len(readings) > before + 50,
+                 "the port reopened and 50 more readings")
     finally:
         reader.stop()
         device.close()
@@ -95,7 +89,7 @@ def test_a_port_that_never_opens_names_port_and_fix(tmp_path: Path) -> None:
     reader = SerialReader(parse_sensor_uri(f"serial://{missing}"), lambda data: None)
     reader.start()
     try:
-        assert wait_until(lambda: reader.stats.last_error is not None)
+        wait_for(lambda: reader.stats.last_error is not None, "the open failure reported")
         assert str(missing) in reader.stats.last_error and "does not exist" in reader.stats.last_error
         assert reader.alive  # it keeps trying (the adapter may be plugged in later)
     finally:
