@@ -6,13 +6,14 @@ import json
 import signal
 import socket
 import subprocess
-import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.devtools.mosquitto import free_port
 from agent.service.status import query
 from tests.conftest import DEFAULT_MODEL, ROOT, agent_cmd, run_cli
+from tests.e2e import wait_for
 
 
 def start_agent(tmp_path: Path, *extra: str, config: str = "") -> subprocess.Popen[str]:
@@ -25,14 +26,15 @@ def start_agent(tmp_path: Path, *extra: str, config: str = "") -> subprocess.Pop
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_status(sock: Path, timeout: float = 20) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_for_status(sock: Path, until: Callable[[dict], bool] | None = None,
+                    what: str = "the agent's status socket with frames processed") -> dict:
+    """The first snapshot with frames processed (and ``until`` true, when given)."""
+    def check() -> dict | None:
         snap = query(sock)
-        if snap and snap["stages"]["inference"]["frames"] > 5:
-            return snap
-        time.sleep(0.2)
-    raise AssertionError("agent did not answer on its status socket")
+        ok = snap and snap["stages"]["inference"]["frames"] > 5 and (until is None or until(snap))
+        return snap if ok else None
+
+    return wait_for(check, what, timeout=60, interval=0.1)
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
@@ -80,8 +82,13 @@ def test_prometheus_endpoint_on_localhost(tmp_path: Path) -> None:
     proc = start_agent(tmp_path, config=f"[metrics]\nprometheus_port = {port}\n")
     try:
         wait_for_status(tmp_path / "state" / "agent.sock")
-        time.sleep(1.2)
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+        def scraped() -> str | None:  # the endpoint serves a snapshot the agent refreshes
+            url = f"http://127.0.0.1:{port}/metrics"
+            text = urllib.request.urlopen(url, timeout=30).read().decode()
+            return text if "lepton_frames_processed_total 0.0" not in text else None
+
+        body = wait_for(scraped, "metrics with frames processed")
     finally:
         stop(proc)
     for name in ("lepton_frames_processed_total", "lepton_outbox_backlog_records",
@@ -98,22 +105,18 @@ def test_hot_board_slows_inference_and_reports_it(tmp_path: Path) -> None:
                                         "max_level = 2\n")
     sock = tmp_path / "state" / "agent.sock"
     try:
-        wait_for_status(sock)
-        time.sleep(2.0)
-        hot = query(sock)
-        assert hot and hot["thermal"]["temp_c"] == 90.0 and hot["thermal"]["level"] == 2
+        hot = wait_for_status(sock, lambda s: s["thermal"]["level"] == 2, "thermal level 2")
+        assert hot["thermal"]["temp_c"] == 90.0
         frames_before = hot["stages"]["capture"]["frames"]
         processed_before = hot["stages"]["inference"]["frames"]
-        time.sleep(2.0)
-        later = query(sock)
-        assert later
+        later = wait_for_status(sock, lambda s: s["stages"]["capture"]["frames"]
+                                >= frames_before + 40, "40 more frames captured")
         captured = later["stages"]["capture"]["frames"] - frames_before
         processed = later["stages"]["inference"]["frames"] - processed_before
-        assert captured > 20 and processed <= captured / 4 + 2  # level 2: one frame in four
+        assert processed <= captured / 4 + 2  # level 2: one frame in four
+        assert later["thermal"]["level"] == 2
         (zone / "temp").write_text("50000\n")
-        time.sleep(1.5)
-        cool = query(sock)
-        assert cool and cool["thermal"]["level"] == 0
+        wait_for_status(sock, lambda s: s["thermal"]["level"] == 0, "thermal level back to 0")
     finally:
         stop(proc)
 
