@@ -289,6 +289,35 @@ class TestAcks:
         with pytest.raises(ValueError):
             decode_ack(bad)
 
+    def test_acks_beyond_what_was_assigned_are_cut_and_counted(self) -> None:
+        from agent.core.acks import within_published
+
+        kept, ignored = within_published(
+            {"cam0": [(1, 4), (8, 2**62)], "ghost": [(1, 5)], "imu": [(30, 40)]},
+            {"cam0": 10, "imu": 20})
+        assert kept == {"cam0": [(1, 4), (8, 10)]}
+        assert ignored == 3  # cam0 cut at 10, ghost never assigned, imu all beyond 20
+
+    @given(acked=st.dictionaries(
+               st.sampled_from(["cam0", "cam1", "imu", "ghost"]),
+               st.lists(st.tuples(st.integers(1, 60), st.integers(0, 30)).map(
+                   lambda t: (t[0], t[0] + t[1])), max_size=6), max_size=4),
+           last=st.dictionaries(st.sampled_from(["cam0", "cam1", "imu"]), st.integers(0, 70)))
+    def test_kept_seqs_are_exactly_those_acked_and_assigned(
+            self, acked: dict[str, list[tuple[int, int]]], last: dict[str, int]) -> None:
+        from agent.core.acks import within_published
+
+        def seqs(streams: dict[str, list[tuple[int, int]]]) -> set[tuple[str, int]]:
+            return {(s, q) for s, ranges in streams.items() for lo, hi in ranges
+                    for q in range(lo, hi + 1)}
+
+        kept, ignored = within_published(acked, last)
+        assigned = {(s, q) for s, n in last.items() for q in range(1, n + 1)}
+        assert seqs(kept) == seqs(acked) & assigned  # nothing legitimate is lost
+        assert all(lo <= hi for ranges in kept.values() for lo, hi in ranges)
+        assert ignored == sum(1 for s, ranges in acked.items() for _, hi in ranges
+                              if hi > last.get(s, 0))
+
     def test_requeue_rewinds_and_skips_in_flight(self) -> None:
         w = PublishWindow(window=4)
         w.on_connected()

@@ -6,6 +6,7 @@ import json
 import signal
 import socket
 import subprocess
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -194,3 +195,45 @@ def test_metrics_beyond_loopback_warn_that_they_have_no_authentication(tmp_path:
     local = tmp_path / "local.toml"
     local.write_text(f"[metrics]\nprometheus_port = {port}\n")
     assert "no authentication" not in run_cli("config", "check", str(local)).stderr
+
+
+def test_acks_for_seqs_the_device_never_assigned_are_ignored_and_counted(
+        tmp_path: Path, broker) -> None:  # type: ignore[no-untyped-def]
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from agent.core.acks import encode_ack
+
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[agent]\nstate_dir = "{tmp_path / "state"}"\ndevice_id = "cam-ack"\n'
+                   f'[model]\npath = "{DEFAULT_MODEL}"\n[mqtt]\nbroker = "{broker.url}"\n')
+    proc = subprocess.Popen(agent_cmd("run", "--config", str(cfg), "--source",
+                                      "synthetic://160x120@20"),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sock = tmp_path / "state" / "agent.sock"
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    try:
+        snap = wait_for_status(sock)
+        deadline = time.monotonic() + 60
+        while not (snap["broker"]["connected"] and snap["outbox"]["published"] > 3):
+            assert time.monotonic() < deadline, "the agent did not publish"
+            time.sleep(0.1)
+            snap = query(sock) or snap
+        client.connect("127.0.0.1", broker.port)
+        client.loop_start()
+        # A forged ack: far beyond what cam0 has assigned, and a stream it never had.
+        client.publish("lepton/v1/default/cam-ack/ack", encode_ack(
+            {"cam0": [(1, 2), (2**40, 2**62)], "ghost": [(1, 1000)]}, ingest="forged"),
+            qos=1).wait_for_publish(30)
+        deadline = time.monotonic() + 60
+        while (snap := query(sock) or snap)["outbox"]["acks_ignored"] < 2:
+            assert time.monotonic() < deadline, snap["outbox"]
+            time.sleep(0.1)
+        assert snap["outbox"]["acks_ignored"] == 2
+        assert snap["outbox"]["ingested"] == 2  # the part in range is taken: ACLs guard that
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    assert "ignoring 2 ack range(s)" in err and "ghost up to 1000 (last seq 0)" in err

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +76,27 @@ def decode_ack_full(payload: bytes) -> Ack:
         raise ValueError("ack 'blobs.held' must map sha256 hex ids to ranges")
     return Ack(streams, list(complete),
                {str(b): _ranges(f"blob {b}", r, 0) for b, r in held.items()})
+
+
+def within_published(streams: Mapping[str, Ranges],
+                     last_seq: Mapping[str, int]) -> tuple[dict[str, Ranges], int]:
+    """The part of an ack the device can take: for each stream in ``last_seq`` (the streams it
+    has records of, with the last seq it assigned), the ranges cut at that seq. Returns the
+    ranges kept and how many ranges were dropped or cut: those of unknown streams and those
+    reaching beyond the last seq. An ingest acknowledges only what it received, so these
+    come from a confused or forged ack; the broker's ACLs are what keep forgers out."""
+    kept: dict[str, Ranges] = {}
+    ignored = 0
+    for stream, ranges in streams.items():
+        last = last_seq.get(stream)
+        for lo, hi in ranges:
+            if last is None or lo > last:
+                ignored += 1
+                continue
+            if hi > last:
+                ignored += 1
+            kept.setdefault(stream, []).append((lo, min(hi, last)))
+    return kept, ignored
 
 
 def decode_ack(payload: bytes) -> dict[str, Ranges]:

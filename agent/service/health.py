@@ -81,6 +81,8 @@ class PipelineHealth:
             "outbox": {"backlog": backlog,
                        "oldest_unsent_s": round(oldest, 1) if oldest is not None else None,
                        "published": self.uplink.acked, "ingested": self.uplink.ingested,
+                       "acks_ignored": self.uplink.acks_ignored,
+                       "acks_malformed": self.uplink.bad_acks,
                        "blobs_waiting": blobs, "blob_bytes_waiting": blob_bytes,
                        "chunks_sent": self.uplink.chunks_sent,
                        "blobs_completed": self.uplink.blobs_completed,
@@ -127,4 +129,5 @@ class PipelineHealth:
                 "thermal_level": snap["thermal"]["level"],
                 "disk_free_bytes": snap["outbox"]["disk_free_bytes"],
                 "cache": self.cache_report(snap),
+                "acks_ignored": snap["outbox"]["acks_ignored"],
                 "uptime_s": snap["uptime_s"]}

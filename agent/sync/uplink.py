@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import paho.mqtt.client as paho
 
-from agent.core.acks import decode_ack_full
+from agent.core.acks import decode_ack_full, within_published
 from agent.core.outbox import Action, FetchUnsent, MarkSent, PublishWindow
 from agent.storage.blobs import MANIFEST, BlobStore, OutgoingPart
 from agent.storage.outbox import Outbox, StoredRecord
@@ -56,6 +56,8 @@ class Uplink:
         self.ack_topic = ack_topic
         self.ingested = 0
         self.bad_acks = 0
+        self.acks_ignored = 0  # ack ranges beyond the seqs this device assigned
+        self._acks_ignored_logged = -1e9
         self.link: MqttLink | None = None
         self.published = 0
         self.acked = 0
@@ -188,11 +190,29 @@ class Uplink:
             self.bad_acks += 1
             log.warning("ignoring malformed ack on %s: %s", message.topic, exc)
             return
-        for stream, ranges in ack.streams.items():
+        # Unknown streams have the outbox's seq floor as their last seq: nothing above it.
+        streams, ignored = within_published(
+            ack.streams, {s: self.outbox.last_seq(s) for s in ack.streams})
+        if ignored:
+            self._ignored_acks(ignored, ack.streams)
+        for stream, ranges in streams.items():
             self.ingested += self.outbox.mark_ingested(stream, ranges)
         if self.blobs is not None and (ack.blobs_complete or ack.blobs_held):
             self.blobs_completed += self.blobs.on_ack(ack.blobs_complete, ack.blobs_held)
             self._pump_shards()
+
+    def _ignored_acks(self, count: int, streams: dict[str, list[tuple[int, int]]]) -> None:
+        self.acks_ignored += count
+        now = time.monotonic()
+        if now - self._acks_ignored_logged < 60:  # a flood of them is one line a minute
+            return
+        self._acks_ignored_logged = now
+        beyond = ", ".join(f"{s} up to {top} (last seq {self.outbox.last_seq(s)})"
+                           for s, r in sorted(streams.items())
+                           if r and (top := max(hi for _, hi in r)) > self.outbox.last_seq(s))
+        log.warning("ignoring %d ack range(s) on %s for seqs this device never assigned: %s; "
+                    "%d so far. Only ingest should write this topic (see the broker ACLs in "
+                    "docs/contract.md)", count, self.ack_topic, beyond, self.acks_ignored)
 
     @property
     def idle(self) -> bool:
