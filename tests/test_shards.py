@@ -12,9 +12,9 @@ import pytest
 
 from agent.backend.shards import parse_shard
 from agent.backend.store import SqliteStore
-from agent.errors import RecordRejected
+from agent.errors import RecordRejected, StorageError
 from agent.storage.blobs import MANIFEST, BlobStore, OutgoingPart
-from agent.storage.outbox import Outbox
+from agent.storage.outbox import Outbox, PendingRecord
 from agent.sync.uplink import shard_properties
 
 TOPIC = "lepton/v1/site-1/dev-a/shards/"
@@ -79,6 +79,21 @@ def test_blobs_share_the_disk_budget_and_go_whole(tmp_path: Path) -> None:
     counts = outbox.db.execute("SELECT b.chunk_count, COUNT(c.idx) FROM blobs b "
                                "JOIN blob_chunks c USING (blob) GROUP BY b.blob").fetchall()
     assert all(want == have for want, have in counts)
+
+
+def test_a_blob_larger_than_the_headroom_makes_room_within_the_budget(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.db", budget_bytes=1_000_000)
+    box = BlobStore(outbox, chunk_size=16 * 1024)
+    outbox.append([PendingRecord("cam0", "t", lambda seq: b"r" * 500, kind="telemetry")
+                   for _ in range(900)])
+    assert outbox.file_cap_bytes is not None
+    big = _blob(outbox.file_cap_bytes // 2, 1)  # more than the headroom left after the records
+    blob = box.put(big)
+    assert box.backlog() == (1, len(big)) and blob == hashlib.sha256(big).hexdigest()
+    assert outbox.eviction_counts()["telemetry"]["records"] > 0
+    assert outbox.disk_bytes() <= 1_000_000
+    with pytest.raises(StorageError, match="cannot store blob"):
+        box.put(_blob(1_200_000, 2))  # larger than the whole budget
 
 
 def test_ingest_reassembles_out_of_order_and_duplicated_chunks(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.errors import StorageError
-from agent.storage.outbox import Outbox
+from agent.storage.outbox import ROW_OVERHEAD, Outbox
 
 MANIFEST = -1  # the chunk index that stands for the manifest message
 
@@ -76,9 +76,15 @@ class BlobStore:
         now = time.time_ns()
         ttl = self.expiry_s if expiry_s is None else expiry_s
         count = (len(data) + self.chunk_size - 1) // self.chunk_size
-        try:
+
+        def insert() -> None:
             with self.outbox.transaction():
                 self._insert(blob, data, kind, content_type, count, now, ttl, record_class, meta)
+
+        try:
+            # A blob larger than the budget's headroom meets the file's page cap: room is
+            # made (lowest priority first) and the insert tried again.
+            self.outbox.write_within_budget(insert, len(data) + count * ROW_OVERHEAD)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot store blob: {exc}", path=str(self.outbox.path),
                                fix="free space on the state directory's filesystem") from exc

@@ -4,12 +4,18 @@ A record goes unsent -> sent (the broker's PUBACK) -> ingested (the backend's ac
 ``ack`` topic). With ``delivery = "ingested"`` a record sent but not acknowledged within
 the ack timeout goes back to unsent and is published again (ingest dedupes).
 
-**Disk budget.** One budget in bytes covers the whole file (records of every class and blob
-chunks, see ``agent.storage.blobs``). After each committed batch the outbox measures the pages
-in use; over the budget it deletes delivered records first, then undelivered ones, lowest
-priority first and oldest first, and counts every undelivered record it had to drop by class
-(kept in the file, so the counts survive restarts). The file therefore exceeds the budget by at
-most one write batch.
+**Disk budget.** One budget in bytes covers everything the outbox keeps on disk: the database
+file (records of every class and blob chunks, see ``agent.storage.blobs``), its WAL and shared
+memory files and the reserve file. The budget is split: the reserve, the WAL's allowance
+(``journal_size_limit``, checkpoints at half of it), the shared memory index, and the rest for
+the database file, which SQLite itself keeps from growing beyond it (``max_page_count``).
+After each committed batch the outbox measures the pages in use; over the eviction target
+(the file's share less an eighth of headroom for the next batch) it deletes delivered records
+first, then undelivered ones, lowest priority first and oldest first, and counts every
+undelivered record it had to drop by class (kept in the file, so the counts survive
+restarts). A batch larger than the headroom meets the page cap, makes room and is retried.
+Then it sums the files' sizes (``os.stat``) and, over the budget, checkpoints and truncates
+the WAL, so the footprint on disk is within the budget after every batch.
 
 **Durability.** SQLite in WAL mode with ``synchronous=NORMAL``; commits are grouped by the
 caller (``commit_interval_ms``) and the WAL is fsynced every ``durability_interval_s``. A crash
@@ -32,17 +38,19 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from agent.core.acks import to_ranges
 from agent.errors import StorageError
 
 log = logging.getLogger("agent.outbox")
+T = TypeVar("T")
 
 SCHEMA_VERSION = 2
 DEFAULT_PRIORITIES: Mapping[str, int] = {"event": 80, "result": 60, "shard": 40, "telemetry": 20}
 # Bytes SQLite spends per row beyond the payload (row header, index entries), for estimates.
 ROW_OVERHEAD = 96
+SHM_BYTES = 32 * 1024  # the WAL index grows by 32 KiB per 4062 WAL frames
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -93,6 +101,12 @@ class CorruptDatabase(sqlite3.DatabaseError):
     """The file opened but failed SQLite's integrity check."""
 
 
+def _is_full(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL: the disk, or the database file's page cap (``max_page_count``)."""
+    name = getattr(exc, "sqlite_errorname", "")
+    return name == "SQLITE_FULL" if name else "full" in str(exc).lower()
+
+
 def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
     """A damaged file (to quarantine), as opposed to a full disk or missing permissions."""
     if isinstance(exc, CorruptDatabase):
@@ -134,6 +148,15 @@ class Usage:
     file_bytes: int
     wal_bytes: int
     budget_bytes: int | None
+    disk_bytes: int = 0  # the database, WAL, shared memory and reserve files together
+
+
+def _disk_size(path: Path) -> int:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return 0
+    return max(st.st_size, st.st_blocks * 512)
 
 
 class Outbox:
@@ -149,9 +172,15 @@ class Outbox:
         self.durability_interval_s = durability_interval_s
         self.quarantined: Path | None = None
         self.reserve = path.with_name(path.name + ".reserve")
-        self.reserve_bytes = (min(max(budget_bytes // 64, 64 * 1024), 4 * 1024 * 1024)
-                              if budget_bytes else 1024 * 1024)
+        self.wal = Path(str(path) + "-wal")
+        self.shm = Path(str(path) + "-shm")
+        self.reserve_bytes = (min(max(budget_bytes // 64, 64 * 1024), 4 * 1024 * 1024,
+                                  budget_bytes // 8) if budget_bytes else 1024 * 1024)
+        # The database file's share of the budget (set in _open) and the eviction target.
+        self.file_cap_bytes: int | None = None
+        self.target_bytes: int | None = budget_bytes
         self.evictions: dict[str, list[int]] = {}
+        self.wal_truncations = 0  # checkpoints forced by the footprint: rare when the split fits
         self._last_fsync = time.monotonic()
         self._last_eviction_log = -1e9
         try:
@@ -170,6 +199,8 @@ class Outbox:
                 self._db = self._open(seq_floor=int(time.time() * 1000) * 1000)
             except sqlite3.DatabaseError as again:
                 raise self._open_error(again) from again
+        self._page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        self._fit_file()
         self._make_reserve()
 
     def _open_error(self, exc: Exception) -> StorageError:
@@ -184,10 +215,7 @@ class Outbox:
                                                  else "NORMAL"))
             db.execute("PRAGMA busy_timeout=5000")
             if self.budget_bytes:
-                # Keep the WAL a small part of the budget: checkpoint every budget/16 of pages.
-                page = int(db.execute("PRAGMA page_size").fetchone()[0])
-                db.execute(f"PRAGMA wal_autocheckpoint={max(16, self.budget_bytes // 16 // page)}")
-                db.execute(f"PRAGMA journal_size_limit={self.budget_bytes // 8}")
+                self._plan_budget(db, self.budget_bytes)
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise CorruptDatabase(f"integrity check failed: {check}")
@@ -202,6 +230,34 @@ class Outbox:
             db.close()
             raise
         return db
+
+    def _plan_budget(self, db: sqlite3.Connection, budget: int) -> None:
+        """Split the budget between the reserve, the WAL, its index and the database file."""
+        page = int(db.execute("PRAGMA page_size").fetchone()[0])
+        wal = max(budget // 8, 8 * page)
+        shm = SHM_BYTES * (1 + wal // page // 4000)
+        cap_pages = max(16, (budget - self.reserve_bytes - wal - shm) // page)
+        db.execute(f"PRAGMA wal_autocheckpoint={max(4, wal // 4 // page)}")
+        db.execute(f"PRAGMA journal_size_limit={wal}")
+        self.file_cap_bytes = cap_pages * page
+        self.target_bytes = self.file_cap_bytes - max(self.file_cap_bytes // 8, 2 * page)
+        # SQLite never sets the cap below the file's size: a file from a larger budget is
+        # shrunk first (evict, then VACUUM), once, in _fit_file.
+        db.execute(f"PRAGMA max_page_count={cap_pages}")
+
+    def _fit_file(self) -> None:
+        """A file larger than its share of the budget (the budget was lowered): evict down to
+        the target and rebuild it smaller."""
+        if self.file_cap_bytes is None or self.usage().file_bytes <= self.file_cap_bytes:
+            return
+        self.enforce_budget()
+        try:
+            self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.execute(f"PRAGMA max_page_count={self.file_cap_bytes // self._page}")
+        except sqlite3.OperationalError as exc:
+            log.warning("could not shrink %s to its budget (%s); it shrinks as records go",
+                        self.path, exc)
 
     @staticmethod
     def _migrate(db: sqlite3.Connection) -> None:
@@ -254,7 +310,7 @@ class Outbox:
         try:
             return self._append(batch)
         except sqlite3.OperationalError as exc:
-            if "full" not in str(exc).lower():
+            if not _is_full(exc):
                 raise self._commit_error(exc) from exc
             self.reserve.unlink(missing_ok=True)
             try:
@@ -273,13 +329,15 @@ class Outbox:
     def _make_reserve(self) -> None:
         """Keep ``reserve_bytes`` of disk in a file beside the outbox, released on a full disk.
 
-        Best effort: on a disk already full the reserve is as large as what fits."""
+        Best effort: it takes at most half the space still free, so that re-creating it after
+        a full disk does not fill the disk again."""
         if self.reserve_bytes <= 0 or (self.reserve.exists()
                                        and self.reserve.stat().st_size >= self.reserve_bytes):
             return
         try:
+            fs = os.statvfs(self.path.parent)
             with self.reserve.open("ab") as f:
-                missing = self.reserve_bytes - f.tell()
+                missing = min(self.reserve_bytes - f.tell(), fs.f_bavail * fs.f_frsize // 2)
                 while missing > 0:
                     n = min(missing, 64 * 1024)
                     f.write(b"\0" * n)
@@ -304,17 +362,22 @@ class Outbox:
             seqs[rec.stream] = seq
             rows.append((rec.stream, seq, rec.topic, rec.build(seq), rec.qos, now, rec.kind,
                          self.priority(rec.kind)))
-        # One executemany per batch: each call into SQLite gives up the GIL and waits to get it
-        # back from the MQTT thread, so per-row calls cost ~5x more (bench sync).
-        with self.transaction():
-            self._db.executemany(
-                "INSERT INTO records (stream, seq, topic, payload, qos, created_ns, class, "
-                "priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            last = int(self._db.execute("SELECT last_insert_rowid()").fetchone()[0])
-            self._db.executemany(
-                "INSERT INTO streams (stream, last_seq) VALUES (?, ?) "
-                "ON CONFLICT (stream) DO UPDATE SET last_seq = excluded.last_seq",
-                [(s, q) for s, q in seqs.items() if q != self._last_seq.get(s)])
+
+        def insert() -> int:
+            # One executemany per batch: each call into SQLite gives up the GIL and waits to
+            # get it back from the MQTT thread, so per-row calls cost ~5x more (bench sync).
+            with self.transaction():
+                self._db.executemany(
+                    "INSERT INTO records (stream, seq, topic, payload, qos, created_ns, class, "
+                    "priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                last = int(self._db.execute("SELECT last_insert_rowid()").fetchone()[0])
+                self._db.executemany(
+                    "INSERT INTO streams (stream, last_seq) VALUES (?, ?) "
+                    "ON CONFLICT (stream) DO UPDATE SET last_seq = excluded.last_seq",
+                    [(s, q) for s, q in seqs.items() if q != self._last_seq.get(s)])
+            return last
+
+        last = self.write_within_budget(insert, sum(len(r[3]) + ROW_OVERHEAD for r in rows))
         self._last_seq = seqs
         evicted = self.enforce_budget()
         self.maybe_fsync()
@@ -346,20 +409,62 @@ class Outbox:
     # -- budget --------------------------------------------------------------------------
 
     def usage(self) -> Usage:
-        page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        page = self._page
         pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
         free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
-        wal = Path(str(self.path) + "-wal")
-        return Usage((pages - free) * page, pages * page,
-                     wal.stat().st_size if wal.exists() else 0, self.budget_bytes)
+        return Usage((pages - free) * page, pages * page, _disk_size(self.wal), self.budget_bytes,
+                     self.disk_bytes())
+
+    def disk_bytes(self) -> int:
+        """What the outbox takes from the disk: its database, WAL, shared memory and reserve
+        files, by ``os.stat`` (the larger of size and allocated blocks)."""
+        return sum(_disk_size(p) for p in (self.path, self.wal, self.shm, self.reserve))
+
+    def bound_footprint(self) -> None:
+        """Over the budget on disk (the WAL grew past its allowance within a large batch):
+        checkpoint and truncate the WAL."""
+        if self.budget_bytes and self.disk_bytes() > self.budget_bytes:
+            self.wal_truncations += 1
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def write_within_budget(self, write: Callable[[], T], nbytes: int) -> T:
+        """Run a write transaction; when it meets the database file's share of the budget
+        (SQLite's page cap, SQLITE_FULL with the file at its cap), evict and try again, making
+        more room each time. A full disk, or a write larger than the budget, raises."""
+        for attempt in range(8):
+            try:
+                return write()
+            except sqlite3.OperationalError as exc:
+                if not (_is_full(exc) and self._at_page_cap(nbytes)) or attempt == 7:
+                    raise
+                if self._db.execute("SELECT NOT EXISTS (SELECT 1 FROM records) AND "
+                                    "NOT EXISTS (SELECT 1 FROM blobs)").fetchone()[0]:
+                    raise
+                self.make_room(max(nbytes, self._page * 4) << attempt)
+        raise AssertionError("unreachable")
+
+    def _at_page_cap(self, nbytes: int) -> bool:
+        """Whether SQLITE_FULL on a write of about ``nbytes`` is the file's page cap rather
+        than the disk: the filesystem has plenty of room, or the write (rows take more pages
+        than their payload) could reach the cap."""
+        if self.file_cap_bytes is None:
+            return False
+        try:
+            fs = os.statvfs(self.path.parent)
+            if fs.f_bavail * fs.f_frsize > 4 * nbytes + 4 * 1024 * 1024:
+                return True
+        except OSError:
+            pass
+        return self.usage().used_bytes + 2 * nbytes >= self.file_cap_bytes - 4 * self._page
 
     def enforce_budget(self) -> int:
-        """Evict until the pages in use fit the budget; returns undelivered items evicted."""
-        if not self.budget_bytes:
+        """Evict until the pages in use fit the eviction target; returns undelivered items
+        evicted."""
+        if not self.budget_bytes or self.target_bytes is None:
             return 0
         evicted = 0
         for _ in range(256):
-            excess = self.usage().used_bytes - self.budget_bytes
+            excess = self.usage().used_bytes - self.target_bytes
             if excess <= 0:
                 break
             if self._db.execute("SELECT NOT EXISTS (SELECT 1 FROM records) AND "
@@ -418,6 +523,8 @@ class Outbox:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
+        """One write transaction; afterwards the footprint on disk is bounded again (a large
+        one can grow the WAL beyond its allowance until the next checkpoint)."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -426,6 +533,7 @@ class Outbox:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
+        self.bound_footprint()
 
     def _prune_delivered_bytes(self, nbytes: int) -> bool:
         """Delete the oldest delivered records worth ``nbytes``; True if that covered it."""
