@@ -259,7 +259,8 @@ def _check_files(config: AgentConfig, layers: list[Layer]) -> None:
             continue
         keys = tuple(key.split("."))
         layer = next((lay for lay in reversed(layers) if _has_path(lay.data, keys)), None)
-        raise ConfigError(f"{path}: {'not a file' if path.exists() else 'no such file'}",
+        shown = str(path) if str(path).isprintable() else repr(str(path))  # stays one line
+        raise ConfigError(f"{shown}: {'not a file' if path.exists() else 'no such file'}",
                           file=layer.name if layer else None, key=key,
                           line=find_key_line(layer.text, keys) if layer and layer.text else None,
                           fix="give the path of the PEM file (absolute, or relative to the "
