@@ -104,6 +104,7 @@ def test_stop_ends_the_process_while_every_commit_fails(tmp_path: Path) -> None:
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["results_uncommitted"] > 0
     assert f"{summary['results_uncommitted']} result(s)" in err and "not committed" in err
+    assert "another process has written to this outbox" in err and "free space" not in err
     assert "Traceback" not in err
     with sqlite3.connect(db) as conn:  # what was committed before the failures is all there
         ours = conn.execute("SELECT COUNT(*) FROM records WHERE stream = 'cam0' "

@@ -347,6 +347,11 @@ class Outbox:
             pass
 
     def _commit_error(self, exc: Exception) -> StorageError:
+        if isinstance(exc, sqlite3.IntegrityError):  # our seqs are taken: not a disk problem
+            return StorageError(f"cannot commit records: {exc}; another process has written "
+                                "to this outbox", path=str(self.path),
+                                fix="run one agent per state directory and nothing else "
+                                    "that writes its outbox.db")
         return StorageError(f"cannot commit records: {exc}", path=str(self.path),
                             fix="free space on the state directory's filesystem or lower "
                                 "[outbox] budget_bytes")
