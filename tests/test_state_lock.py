@@ -131,3 +131,23 @@ def test_a_stop_that_hangs_past_the_bound_ends_the_process(tmp_path: Path) -> No
                           text=True, timeout=300)
     assert done.returncode == 1
     assert "did not stop within" in done.stderr and "7 result(s)" in done.stderr
+
+
+def test_the_lock_is_taken_on_a_full_disk(tmp_path: Path) -> None:
+    """A full disk at start: the pid cannot be written, the lock still holds."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    try:
+        with (mount / "filler").open("wb", buffering=0) as f, pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+        with StateDirLock(mount) as held:
+            assert held.held
+            with pytest.raises(StorageError, match="another agent"):
+                StateDirLock(mount).acquire()
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

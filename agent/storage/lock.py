@@ -63,8 +63,9 @@ class StateDirLock:
                                path=str(self.path),
                                fix="use a local filesystem that supports flock for "
                                    "--state-dir") from exc
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        with contextlib.suppress(OSError):  # only names us in an error; a full disk is no reason
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
         return self
 
