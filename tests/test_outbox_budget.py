@@ -89,6 +89,20 @@ def test_whole_footprint_on_disk_stays_within_the_budget(
     assert _footprint(state) <= budget
 
 
+def test_a_lowered_budget_shrinks_the_file_at_start(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    box = Outbox(state / "outbox.db", budget_bytes=4_000_000)
+    rng = random.Random(8)
+    for _ in range(150):
+        box.append(_batch(rng))
+    box.close()
+    assert _footprint(state) > 3_000_000
+    box = Outbox(state / "outbox.db", budget_bytes=BUDGET)
+    box.append(_batch(rng))
+    assert _footprint(state) <= BUDGET
+    assert box.integrity_ok() and box.backlog()[0] > 0  # it kept what fits
+
+
 def test_delivered_records_go_before_any_undelivered_one(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.db", budget_bytes=BUDGET, until_ingested=False)
     rng = random.Random(4)
