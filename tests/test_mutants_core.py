@@ -1,0 +1,477 @@
+"""Known answers for agent/core that the mutation run (``make mutants``) found untested: URIs,
+acks, topics, manifests, NMEA, grid decoding. Each asserts the exact result or message, so a
+changed operator, bound or word fails."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from agent.core import acks, topics, uri
+from agent.core.manifest import (
+    InputShapeError,
+    Manifest,
+    ManifestError,
+    StatePair,
+    TensorSpec,
+    _image_input,
+    check_image_input,
+    check_manifest,
+    find_state_pairs,
+    infer_manifest,
+    output_classes,
+)
+from agent.core.postprocess import grid_detections
+from agent.core.sensors import Nmea0183, ProtocolError, nmea_checksum
+
+BLOB = "ab" * 32
+
+
+def raises(exc: type[Exception], message: str):  # type: ignore[no-untyped-def]
+    """pytest.raises matching the whole message."""
+    return pytest.raises(exc, match=r"^" + re.escape(message) + "$")
+
+
+# --- uri -------------------------------------------------------------------------------------
+
+def test_source_uris_parse_to_their_kind_and_target() -> None:
+    s = uri.parse_source(" synthetic://640x480@30 ")
+    assert (s.kind, s.target, s.width, s.height, s.fps, s.raw, s.is_live) == (
+        "synthetic", "synthetic://640x480@30", 640, 480, 30.0, "synthetic://640x480@30", True)
+    assert uri.parse_source("synthetic://16x16").fps == 15.0
+    assert uri.parse_source("synthetic://7680x4320@240").width == 7680
+    assert uri.parse_source("synthetic://20x20@0.5").fps == 0.5
+    gst = uri.parse_source("gst: videotestsrc ! appsink")
+    assert (gst.kind, gst.target, gst.raw, gst.is_live) == ("gst", "videotestsrc ! appsink",
+                                                            "gst: videotestsrc ! appsink", True)
+    v4l2 = uri.parse_source("v4l2:///dev/video2")
+    assert (v4l2.kind, v4l2.target, v4l2.raw, v4l2.is_live) == ("v4l2", "/dev/video2",
+                                                               "v4l2:///dev/video2", True)
+    assert uri.parse_source("v4l2://video0").target == "video0"
+    for text, kind in (("rtsp://cam/1", "rtsp"), ("rtsps://cam/1", "rtsp"), ("http://x/mjpg", "http"),
+                       ("https://x/mjpg", "http")):
+        parsed = uri.parse_source(text)
+        assert (parsed.kind, parsed.target, parsed.raw, parsed.is_live) == (kind, text, text, True)
+    f = uri.parse_source("file:///data/clip.mp4")
+    assert (f.kind, f.target, f.raw, f.is_live, f.width, f.height, f.fps) == (
+        "file", "/data/clip.mp4", "file:///data/clip.mp4", False, 0, 0, 0.0)
+    plain = uri.parse_source("clip.mp4")
+    assert (plain.kind, plain.target, plain.raw) == ("file", "clip.mp4", "clip.mp4")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("  ", "empty source; give a video file path, v4l2:///dev/video0, rtsp://..., gst:PIPELINE or "
+           "synthetic://WxH@FPS"),
+    ("synthetic://640x480@", "malformed synthetic source 'synthetic://640x480@'; expected "
+                             "synthetic://WxH@FPS, e.g. synthetic://640x480@15"),
+    ("synthetic://15x480", "synthetic source 'synthetic://15x480' out of range: 16..7680 x 16..4320 "
+                           "pixels, 0 < fps <= 240"),
+    ("synthetic://7681x480", "synthetic source 'synthetic://7681x480' out of range: 16..7680 x "
+                             "16..4320 pixels, 0 < fps <= 240"),
+    ("synthetic://640x15", "synthetic source 'synthetic://640x15' out of range: 16..7680 x 16..4320 "
+                           "pixels, 0 < fps <= 240"),
+    ("synthetic://640x4321", "synthetic source 'synthetic://640x4321' out of range: 16..7680 x "
+                             "16..4320 pixels, 0 < fps <= 240"),
+    ("synthetic://640x480@0", "synthetic source 'synthetic://640x480@0' out of range: 16..7680 x "
+                              "16..4320 pixels, 0 < fps <= 240"),
+    ("synthetic://640x480@241", "synthetic source 'synthetic://640x480@241' out of range: 16..7680 x "
+                                "16..4320 pixels, 0 < fps <= 240"),
+    ("gst:  ", "gst: source needs a GStreamer pipeline after 'gst:'"),
+    ("v4l2:", "v4l2 source 'v4l2:' names no device; use v4l2:///dev/video0"),
+    ("ftp://x", "unknown source scheme in 'ftp://x'; use a file path, v4l2://, rtsp://, gst: or "
+                "synthetic://"),
+])
+def test_malformed_sources_say_what_is_accepted(text: str, message: str) -> None:
+    with raises(ValueError, message):
+        uri.parse_source(text)
+
+
+def test_broker_urls() -> None:
+    b = uri.parse_broker(" mqtt://broker.local ")
+    assert (b.host, b.port, b.tls, b.raw, str(b)) == ("broker.local", 1883, False, "mqtt://broker.local",
+                                                      "mqtt://broker.local")
+    t = uri.parse_broker("mqtts://10.0.0.2")
+    assert (t.host, t.port, t.tls) == ("10.0.0.2", 8883, True)
+    assert uri.parse_broker("mqtts://h:9000").port == 9000
+    assert uri.parse_broker("mqtt://h:1884").port == 1884
+    with raises(ValueError, "broker URL 'http://h' must start with mqtt:// or mqtts://"):
+        uri.parse_broker("http://h")
+    with raises(ValueError, "broker URL 'mqtt://u:***@h' carries credentials; put the password in "
+                            "$CREDENTIALS_DIRECTORY/mqtt-password and the user in [mqtt] username"):
+        uri.parse_broker("mqtt://u:secret@h")
+    with pytest.raises(ValueError, match=r"^broker URL 'mqtt://\[::1' is malformed: "):
+        uri.parse_broker("mqtt://[::1")
+    with raises(ValueError, "broker URL 'mqtt://:1883' names no host; e.g. mqtt://127.0.0.1:1883"):
+        uri.parse_broker("mqtt://:1883")
+    with raises(ValueError, "broker URL 'mqtt://h:99999' has an invalid port"):
+        uri.parse_broker("mqtt://h:99999")
+
+
+def test_redaction_and_queries() -> None:
+    assert uri.redact_url("mqtt://user:pa/ss@host:1") == "mqtt://user:***@host:1"
+    assert uri.redact_url("mqtt://user@host") == "mqtt://user@host"
+    assert uri.redact_url("mqtt://a:b@c@host") == "mqtt://a:***@host"
+    assert uri.redact_url("no-scheme:x@y") == "no-scheme:x@y"
+    assert uri.redact_url("mqtt://host") == "mqtt://host"
+    assert uri.parse_query("rtsp://h/s?a=1&b=2&a=3") == {"a": "3", "b": "2"}
+    assert uri.parse_query("rtsp://h/s") == {}
+
+
+# --- acks ------------------------------------------------------------------------------------
+
+def test_ack_round_trip_with_blobs() -> None:
+    payload = acks.encode_ack({"b": [(1, 3)], "a": [(5, 5), (7, 9)]}, ingest="i1",
+                              blobs_complete=[BLOB, BLOB], blobs_held={"cd" * 32: [(0, 4)]})
+    body = json.loads(payload)
+    assert payload.startswith(b'{"schema":{"id":"lepton.ack","version":1},"ingest":"i1"')
+    assert list(body["streams"]) == ["a", "b"]
+    assert body["blobs"] == {"complete": [BLOB], "held": {"cd" * 32: [[0, 4]]}}
+    ack = acks.decode_ack_full(payload)
+    assert ack.streams == {"a": [(5, 5), (7, 9)], "b": [(1, 3)]}
+    assert ack.blobs_complete == [BLOB] and ack.blobs_held == {"cd" * 32: [(0, 4)]}
+    plain = acks.encode_ack({"s": [(1, 2)]}, ingest="x")
+    assert "blobs" not in json.loads(plain)
+    assert acks.decode_ack_full(plain) == acks.Ack({"s": [(1, 2)]}, [], {})
+    only_held = json.loads(acks.encode_ack({}, ingest="x", blobs_held={BLOB: [(0, 0)]}))
+    assert only_held["blobs"] == {"complete": [], "held": {BLOB: [[0, 0]]}}
+    assert acks.Ack() == acks.Ack({}, [], {})
+
+
+def _ack(**extra: object) -> bytes:
+    return json.dumps({"schema": {"id": "lepton.ack", "version": 1}, "streams": {"s": [[1, 2]]},
+                       **extra}).encode()
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    (_ack(blobs=[1]), "ack 'blobs' is not an object"),
+    (_ack(blobs={"complete": "x"}), "ack 'blobs.complete' must list sha256 hex ids"),
+    (_ack(blobs={"complete": [BLOB.upper()]}), "ack 'blobs.complete' must list sha256 hex ids"),
+    (_ack(blobs={"complete": [5]}), "ack 'blobs.complete' must list sha256 hex ids"),
+    (_ack(blobs={"held": []}), "ack 'blobs.held' must map sha256 hex ids to ranges"),
+    (_ack(blobs={"held": {"zz": [[0, 1]]}}), "ack 'blobs.held' must map sha256 hex ids to ranges"),
+    (_ack(blobs={"held": {BLOB: {}}}), f"ack ranges of blob {BLOB} are not a list"),
+    (_ack(blobs={"held": {BLOB: [[-1, 0]]}}), f"bad range [-1, 0] for blob {BLOB}"),
+    (b"\xff", None),
+    (b"[1]", "ack lacks schema lepton.ack v1"),
+    (json.dumps({"schema": {"id": "lepton.ack", "version": 2}}).encode(), "ack lacks schema lepton.ack v1"),
+    (json.dumps({"schema": {"id": "lepton.ack", "version": 1}}).encode(), "ack lacks a 'streams' object"),
+    (json.dumps({"schema": {"id": "lepton.ack", "version": 1}, "streams": {"s": [[0, 1]]}}).encode(),
+     "bad range [0, 1] for stream 's'"),
+    (json.dumps({"schema": {"id": "lepton.ack", "version": 1}, "streams": {"s": [[2, 1]]}}).encode(),
+     "bad range [2, 1] for stream 's'"),
+    (json.dumps({"schema": {"id": "lepton.ack", "version": 1}, "streams": {"s": [[1, True]]}}).encode(),
+     "bad range [1, True] for stream 's'"),
+    (json.dumps({"schema": {"id": "lepton.ack", "version": 1}, "streams": {"s": [[1, 2, 3]]}}).encode(),
+     "bad range [1, 2, 3] for stream 's'"),
+    (json.dumps({"schema": {"id": "lepton.ack", "version": 1}, "streams": {"s": [(1.0, 2)]}}).encode(),
+     "bad range [1.0, 2] for stream 's'"),
+])
+def test_malformed_acks_say_what(payload: bytes, message: str | None) -> None:
+    if message is None:
+        with pytest.raises(ValueError, match=r"^ack is not JSON: "):
+            acks.decode_ack_full(payload)
+        return
+    with raises(ValueError, message):
+        acks.decode_ack_full(payload)
+
+
+def test_ack_edges() -> None:
+    assert acks.decode_ack(_ack()) == {"s": [(1, 2)]}
+    ok = acks.decode_ack_full(_ack(blobs={"held": {BLOB: [[0, 0], [2, 5]]}}))
+    assert ok.blobs_held == {BLOB: [(0, 0), (2, 5)]} and ok.blobs_complete == []
+    assert acks.decode_ack_full(_ack(blobs=None)).blobs_held == {}
+    assert acks.to_ranges([5, 3, 4, 4, 9, 1]) == [(1, 1), (3, 5), (9, 9)]
+    assert acks.to_ranges([]) == []
+    kept, ignored = acks.within_published({"a": [(1, 3), (5, 9), (20, 30)], "b": [(1, 1)]},
+                                          {"a": 7})
+    assert kept == {"a": [(1, 3), (5, 7)]} and ignored == 3
+    assert acks.within_published({"a": [(7, 7)]}, {"a": 7}) == ({"a": [(7, 7)]}, 0)
+    assert acks.within_published({"a": [(8, 8)]}, {"a": 7}) == ({}, 1)
+
+
+# --- topics ----------------------------------------------------------------------------------
+
+def test_topics_build_and_parse() -> None:
+    t = topics.DeviceTopics("site-1", "dev.A:2")
+    assert t.base == "lepton/v1/site-1/dev.A:2"
+    assert (t.status, t.telemetry, t.ack, t.reply) == (
+        "lepton/v1/site-1/dev.A:2/status", "lepton/v1/site-1/dev.A:2/telemetry",
+        "lepton/v1/site-1/dev.A:2/ack", "lepton/v1/site-1/dev.A:2/reply")
+    assert t.results("cam_0") == "lepton/v1/site-1/dev.A:2/results/cam_0"
+    assert t.events("cam") == "lepton/v1/site-1/dev.A:2/events/cam"
+    assert t.sensors("imu") == "lepton/v1/site-1/dev.A:2/sensors/imu"
+    assert t.shards(BLOB) == f"lepton/v1/site-1/dev.A:2/shards/{BLOB}"
+    assert topics.results_subscription(None) == "lepton/v1/+/+/results/+"
+    assert topics.results_subscription("g1", "shards") == "$share/g1/lepton/v1/+/+/shards/+"
+    assert topics.check_segment("x", "a" * 64) == "a" * 64
+    with raises(ValueError, "site 'a b' is not a valid topic segment: use 1-64 characters from "
+                            "letters, digits, '_', '.', ':' and '-' (no '/', '+', '#' or spaces)"):
+        topics.DeviceTopics("a b", "d")
+    with pytest.raises(ValueError, match=r"^device 'd/e' is not"):
+        topics.DeviceTopics("s", "d/e")
+    with pytest.raises(ValueError, match=r"^stream '' is not"):
+        t.results("")
+    for bad in ("a" * 65, "x+", "#"):
+        with pytest.raises(ValueError):
+            topics.check_segment("k", bad)
+    with pytest.raises(ValueError, match=r"^group 'a/b' is not"):
+        topics.results_subscription("a/b")
+    for method, kind in ((t.events, "stream"), (t.sensors, "sensor"), (t.shards, "blob")):
+        with pytest.raises(ValueError, match=f"^{kind} 'x y' is not"):
+            method("x y")
+    assert topics.parse_topic("lepton/v1/s/d/results/cam") == topics.ParsedTopic("s", "d", "results", "cam")
+    assert topics.parse_topic("lepton/v1/s/d/events/e").stream == "e"
+    assert topics.parse_topic("lepton/v1/s/d/sensors/imu").kind == "sensors"
+    assert topics.parse_topic(f"lepton/v1/s/d/shards/{BLOB}").stream == BLOB
+    assert topics.parse_topic("lepton/v1/s/d/status") == topics.ParsedTopic("s", "d", "status", None)
+    for bad_topic, message in (
+            ("lepton/v1/s/d", "not a lepton topic: 'lepton/v1/s/d'"),
+            ("other/v1/s/d/status", "not a lepton topic: 'other/v1/s/d/status'"),
+            ("lepton/v2/s/d/status", "unsupported contract version 'v2' in 'lepton/v2/s/d/status'"),
+            ("lepton/v1/s/d/results", "topic 'lepton/v1/s/d/results' needs exactly one segment after "
+                                      "'results'"),
+            ("lepton/v1/s/d/results/a/b", "topic 'lepton/v1/s/d/results/a/b' needs exactly one segment "
+                                          "after 'results'"),
+            ("lepton/v1/s/d/status/x", "unexpected segments after 'status' in 'lepton/v1/s/d/status/x'"),
+            ("lepton/v1/s s/d/status", "site 's s' is not a valid topic segment: use 1-64 characters "
+                                       "from letters, digits, '_', '.', ':' and '-' (no '/', '+', '#' "
+                                       "or spaces)")):
+        with raises(ValueError, message):
+            topics.parse_topic(bad_topic)
+    with pytest.raises(ValueError, match=r"^device '' is not"):
+        topics.parse_topic("lepton/v1/s//status")
+    with pytest.raises(ValueError, match=r"^stream 'a b' is not"):
+        topics.parse_topic("lepton/v1/s/d/shards/a b")
+
+
+# --- manifest --------------------------------------------------------------------------------
+
+IMG = TensorSpec(0, "image", (1, 96, 96, 3), "uint8", 0.0078, 128)
+
+
+def _t(name: str, shape: tuple[int, ...], dtype: str = "float32", index: int = 1, scale: float = 0.0,
+       zp: int = 0) -> TensorSpec:
+    return TensorSpec(index, name, shape, dtype, scale, zp)
+
+
+def test_tensor_spec_matching() -> None:
+    a = _t("a", (1, 8), "int8", scale=0.5, zp=3)
+    assert a.quantized and not _t("f", (1,)).quantized
+    assert a.matches(_t("b", (1, 8), "int8", scale=0.5 + 1e-10, zp=3))
+    assert not a.matches(_t("b", (1, 9), "int8", scale=0.5, zp=3))
+    assert not a.matches(_t("b", (1, 8), "uint8", scale=0.5, zp=3))
+    assert not a.matches(_t("b", (1, 8), "int8", scale=0.5 + 1e-6, zp=3))
+    assert not a.matches(_t("b", (1, 8), "int8", scale=0.5, zp=4))
+
+
+def test_infer_classification_and_ssd() -> None:
+    cls = infer_manifest("m", [IMG], [_t("probs", (1, 10))])
+    assert (cls.name, cls.task, cls.decoder, cls.input, cls.color, cls.score_threshold, cls.max_results,
+            cls.outputs, cls.state, cls.inferred, cls.label_offset) == (
+        "m", "classification", "softmax", "image", "rgb", 0.1, 5, {"scores": "probs"}, [], True, 0)
+    gray = infer_manifest("g", [_t("img", (1, 32, 32, 1), "uint8")], [_t("p", (1, 2))])
+    assert gray.color == "gray"
+    heads = [_t("boxes", (1, 10, 4)), _t("classes", (1, 10)), _t("scores", (1, 10)), _t("count", (1,))]
+    ssd = infer_manifest("d", [IMG], heads)
+    assert (ssd.task, ssd.decoder, ssd.score_threshold, ssd.max_results, ssd.label_offset, ssd.outputs,
+            ssd.inferred, ssd.color, ssd.input) == (
+        "detection", "ssd_postprocess", 0.3, 10, 1,
+        {"boxes": "boxes", "classes": "classes", "scores": "scores", "count": "count"}, True, "rgb", "image")
+    swapped = infer_manifest("d", [IMG], [heads[0], heads[2], heads[1], heads[3]])
+    assert swapped.outputs["classes"] == "scores" and swapped.outputs["scores"] == "classes"
+    for bad_heads in ([heads[0], heads[1], heads[2], _t("n", (2,))],            # no (1,) count
+                      [heads[0], heads[1], _t("s", (1, 9)), heads[3]],          # per-box mismatch
+                      [_t("b", (2, 10, 4)), heads[1], heads[2], heads[3]],      # batch 2
+                      [_t("b", (1, 10, 5)), heads[1], heads[2], heads[3]],      # not 4 coords
+                      [_t("b", (1, 10, 4), "uint8"), heads[1], heads[2], heads[3]],
+                      heads[:3],
+                      [_t("a", (1, 10)), _t("b", (1, 10))],
+                      [_t("v", (2, 10))]):
+        with pytest.raises(ManifestError, match=r"^cannot infer the task from outputs "):
+            infer_manifest("x", [IMG], bad_heads)
+    with raises(ManifestError, "cannot infer the task from outputs o[1, 2, 3]:int8; expected one score "
+                               "vector (classification) or the 4 outputs of TFLite_Detection_PostProcess "
+                               "(SSD)"):
+        infer_manifest("x", [IMG], [_t("o", (1, 2, 3), "int8")])
+
+
+def test_image_input_choice_and_checks() -> None:
+    small = _t("small", (1, 8, 8, 3), "uint8", index=1)
+    big = _t("big", (1, 64, 32, 1), "uint8", index=2)
+    assert _image_input([small, big, _t("h", (1, 4))]) is big
+    assert _image_input([big, small]) is big
+    m = infer_manifest("m", [big, _t("h", (1, 4), index=3)], [_t("p", (1, 3)), _t("h2", (1, 4))])
+    assert m.input == "big" and m.state == [StatePair("h2", "h")] and m.outputs == {"scores": "p"}
+    with raises(InputShapeError, "no image input among inputs a[1, 8], b[2, 8, 8, 3]; the runner feeds "
+                                 "frames only to an input of shape [1, H, W, 1|3] of uint8, int8 or float32"):
+        infer_manifest("m", [_t("a", (1, 8)), _t("b", (2, 8, 8, 3))], [_t("p", (1, 3))])
+    with pytest.raises(InputShapeError, match=r"^no image input"):
+        infer_manifest("m", [_t("a", (1, 8, 8, 2))], [_t("p", (1, 3))])
+    with raises(InputShapeError, "image input 'x' has shape [1, 0, 8, 3]; the runner feeds frames only "
+                                 "to an input of shape [1, H, W, 1|3] of uint8, int8 or float32"):
+        check_image_input(_t("x", (1, 0, 8, 3), "uint8"))
+    for shape in ((1, 8, 8), (2, 8, 8, 3), (1, 8, 8, 4)):
+        with pytest.raises(InputShapeError, match="has shape"):
+            check_image_input(_t("x", shape, "uint8"))
+    with raises(InputShapeError, "image input 'x' is int16; the runner feeds frames only to an input "
+                                 "of shape [1, H, W, 1|3] of uint8, int8 or float32"):
+        check_image_input(_t("x", (1, 8, 8, 3), "int16"))
+    for dtype in ("uint8", "int8", "float32"):
+        check_image_input(_t("x", (1, 1, 1, 1), dtype))
+    with raises(ManifestError, "inputs other than the image with no matching state output: h, k"):
+        infer_manifest("m", [IMG, _t("h", (1, 4)), _t("k", (1, 5))], [_t("p", (1, 3))])
+
+
+def test_state_pairs_use_each_output_once() -> None:
+    ins = [IMG, _t("h1", (1, 4)), _t("h2", (1, 4))]
+    outs = [_t("o1", (1, 4)), _t("o2", (1, 4)), _t("p", (1, 3))]
+    assert find_state_pairs(ins, outs) == [StatePair("o1", "h1"), StatePair("o2", "h2")]
+    assert find_state_pairs([IMG], outs) == []
+
+
+def _manifest(decoder: str, outputs: dict[str, str], **kw: object) -> Manifest:
+    return Manifest(name="m", task="detection", decoder=decoder, input="image",  # type: ignore[arg-type]
+                    outputs=outputs, **kw)  # type: ignore[arg-type]
+
+
+def test_check_manifest_names_what_is_missing() -> None:
+    outs = [_t("p", (1, 3))]
+    check_manifest(_manifest("softmax", {"scores": "p"}), [IMG], outs)
+    with raises(ManifestError, "input 'nope' not in model inputs ['image']"):
+        check_manifest(Manifest("m", "classification", "softmax", input="nope"), [IMG], outs)
+    with raises(ManifestError, "output scores='q' not in model outputs ['p']"):
+        check_manifest(_manifest("softmax", {"scores": "q"}), [IMG], outs)
+    with raises(ManifestError, "state pair 'p' -> 'h' names a missing tensor"):
+        check_manifest(_manifest("softmax", {"scores": "p"}, state=[StatePair("p", "h")]), [IMG], outs)
+    with raises(ManifestError, "state pair 'zz' -> 'image' names a missing tensor"):
+        check_manifest(_manifest("softmax", {"scores": "p"}, state=[StatePair("zz", "image")]), [IMG], outs)
+    with raises(ManifestError, "decoder 'softmax' needs outputs ['scores']"):
+        check_manifest(_manifest("softmax", {}), [IMG], outs)
+    with raises(ManifestError, "decoder 'ssd_postprocess' needs outputs ['classes', 'count']"):
+        check_manifest(_manifest("ssd_postprocess", {"boxes": "p", "scores": "p"}), [IMG], outs)
+    with raises(ManifestError, "decoder 'grid' needs outputs ['grid']"):
+        check_manifest(_manifest("grid", {}), [IMG], outs)
+    with pytest.raises(InputShapeError):
+        check_manifest(Manifest("m", "classification", "softmax", input="v", outputs={"scores": "p"}),
+                       [_t("v", (1, 30))], outs)
+    check_manifest(Manifest("m", "classification", "softmax", input="v", outputs={"scores": "p"},
+                            sensor={"window": 30}), [_t("v", (1, 30))], outs)
+
+
+def test_output_shapes_the_decoders_read() -> None:
+    ssd_outs = [_t("b", (1, 10, 4)), _t("c", (1, 10)), _t("s", (1, 10)), _t("n", (1,))]
+    ssd = {"boxes": "b", "classes": "c", "scores": "s", "count": "n"}
+    check_manifest(_manifest("ssd_postprocess", ssd), [IMG], ssd_outs)
+    check_manifest(_manifest("ssd_postprocess", ssd), [IMG], [*ssd_outs[:3], _t("n", ())])
+    message = ("SSD outputs have shapes boxes {}, classes {}, scores {}, count {}; the ssd_postprocess "
+               "decoder reads [1, N, 4], [1, N], [1, N], [1]")
+    for i, bad in ((0, _t("b", (1, 10))), (0, _t("b", (2, 10, 4))), (0, _t("b", (1, 10, 5))),
+                   (1, _t("c", (1, 9))), (2, _t("s", (1, 11))), (3, _t("n", (2,)))):
+        outs = list(ssd_outs)
+        outs[i] = bad
+        shapes = [list(t.shape) for t in outs]
+        with raises(ManifestError, message.format(*shapes)):
+            check_manifest(_manifest("ssd_postprocess", ssd), [IMG], outs)
+    check_manifest(_manifest("grid", {"grid": "g"}), [IMG], [_t("g", (1, 4, 4, 6))])
+    for shape in ((1, 4, 4, 5), (2, 4, 4, 6), (1, 4, 6)):
+        with raises(ManifestError, f"grid output 'g' has shape {list(shape)}; the grid decoder reads "
+                                   "[1, GH, GW, 5 + classes]"):
+            check_manifest(_manifest("grid", {"grid": "g"}), [IMG], [_t("g", shape)])
+    with raises(ManifestError, "scores output 'p' is empty"):
+        check_manifest(_manifest("softmax", {"scores": "p"}), [IMG], [_t("p", (1, 0))])
+    check_manifest(_manifest("softmax", {"scores": "p"}), [IMG], [_t("p", ())])
+    check_manifest(_manifest("softmax", {"scores": "p"}), [IMG], [_t("p", (1, 1))])
+
+
+def test_output_classes_and_labels() -> None:
+    assert output_classes(_manifest("softmax", {"scores": "p"}), [_t("p", (1, 7))]) == 7
+    assert output_classes(_manifest("softmax", {"scores": "p"}), [_t("p", ())]) == 1
+    assert output_classes(_manifest("softmax", {}), [_t("p", (1, 7))]) is None
+    assert output_classes(_manifest("grid", {"grid": "g"}), [_t("g", (1, 4, 4, 9))]) == 4
+    assert output_classes(_manifest("grid", {}), [_t("g", (1, 4, 4, 9))]) is None
+    assert output_classes(_manifest("ssd_postprocess", {"scores": "p"}), [_t("p", (1, 7))]) is None
+    m = Manifest("m", "classification", "softmax", labels={2: "car", 0: "bg"}, label_offset=1)
+    assert m.label(1) == "car" and m.label(-1) == "bg" and m.label(5) == "class_5"
+    data = m.to_json()
+    assert data["labels"] == {"0": "bg", "2": "car"} and list(data["labels"]) == ["0", "2"]
+    assert (data["name"], data["version"], data["score_threshold"], data["max_results"], data["color"],
+            data["inferred"]) == ("m", "0", 0.5, 20, "rgb", False)
+
+
+# --- NMEA ------------------------------------------------------------------------------------
+
+def _sentence(body: str) -> str:
+    return f"${body}*{nmea_checksum(body):02X}"
+
+
+def test_nmea_sentences() -> None:
+    p = Nmea0183("gps", clock=lambda: 5.0)
+    gga = p.parse_line("noise" + _sentence("GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,"))
+    assert gga == {"lat": pytest.approx(48 + 7.038 / 60), "lon": pytest.approx(11 + 31.0 / 60),
+                   "fix": 1.0, "satellites": 8.0, "altitude_m": 545.4}
+    south = p.parse_line(_sentence("GNGGA,1,4807.038,S,01131.000,W,2,,0.9,,M,,M,,"))
+    assert south is not None and south["lat"] < 0 and south["lon"] < 0 and south["fix"] == 2.0
+    assert south["satellites"] == 0.0 and np.isnan(south["altitude_m"])
+    assert p.parse_line(_sentence("GPGGA,1,,,,,0,,,,,,,,")) == {"fix": 0.0}
+    assert p.parse_line(_sentence("GPGGA,1,,,,,,,,,,,,,")) == {"fix": 0.0}
+    rmc = p.parse_line(_sentence("GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W"))
+    assert rmc == {"lat": pytest.approx(48.1173), "lon": pytest.approx(11.516666, rel=1e-6),
+                   "speed_kn": 22.4, "course_deg": 84.4}
+    still = p.parse_line(_sentence("GPRMC,1,A,4807.038,N,01131.000,E,,,x"))
+    assert still is not None and still["speed_kn"] == 0.0 and still["course_deg"] == 0.0
+    assert p.parse_line(_sentence("GPRMC,1,V,,,,,,,")) == {"fix": 0.0}
+    assert p.parse_line(_sentence("GPGSV,3,1,11")) is None
+    assert p.parse_line(_sentence("PGRME,1")) is None
+    assert nmea_checksum("GPGLL") == ord("G") ^ ord("P") ^ ord("G") ^ ord("L") ^ ord("L")
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("GPGGA,1*00", "no '$' sentence start"),
+    ("$GPGGA,1", "no checksum"),
+    ("$GPGGA,1*4", "no checksum"),
+    ("$GPGGA,1*ZZ", "malformed checksum"),
+    ("$GPGGA,1*00", "checksum mismatch in 'GPGGA,'"),
+    (_sentence("GPGGA,1,2"), "GGA sentence with 3 fields"),
+    (_sentence("GPRMC,1,A"), "RMC sentence with 3 fields"),
+    (_sentence("GPGGA,1,,N,01131.000,E,1,08,0.9,545.4"), "bad GGA field: empty coordinate"),
+    (_sentence("GPGGA,1,48x7.0,N,01131.000,E,1,08,0.9,545.4"), "bad GGA field: bad coordinate '48x7.0'"),
+    (_sentence("GPGGA,1,4860.0,N,01131.000,E,1,08,0.9,545.4"), "bad GGA field: bad coordinate '4860.0'"),
+    (_sentence("GPGGA,1,4807.0,X,01131.000,E,1,08,0.9,545.4"), "bad GGA field: bad hemisphere 'X'"),
+    (_sentence("GPGGA,1,4807.0,N,01131.000,E,q,08,0.9,545.4"),
+     "bad GGA field: invalid literal for int() with base 10: 'q'"),
+    (_sentence("GPRMC,1,A,4807.0,N,01131.000,E,fast,0"),
+     "bad RMC field: could not convert string to float: 'fast'"),
+])
+def test_nmea_errors_say_why(line: str, message: str) -> None:
+    with raises(ProtocolError, message):
+        Nmea0183("gps", clock=lambda: 0.0).parse_line(line)
+
+
+def test_nmea_coordinate_boundaries() -> None:
+    p = Nmea0183("gps", clock=lambda: 0.0)
+    edge = p.parse_line(_sentence("GPGGA,1,0059.999,N,00000.000,E,1,08,0.9,1"))
+    assert edge is not None and edge["lat"] == pytest.approx(59.999 / 60) and edge["lon"] == 0.0
+    readings = p.feed((_sentence("GPGGA,1,4807.038,N,01131.000,E,1,08,0.9,545.4") + "\r\n").encode())
+    assert [r.values["fix"] for r in readings] == [1.0] and readings[0].ts == 0.0 and p.frames == 1
+
+
+# --- grid ------------------------------------------------------------------------------------
+
+def test_grid_detections_known_answer() -> None:
+    grid = np.zeros((1, 2, 4, 7), np.float32)
+    grid[0, 1, 2] = [0.9, 0.5, 0.25, 0.4, 0.2, 0.1, 0.8]   # class 1, confidence 0.72
+    grid[0, 0, 0] = [0.5, 0.0, 0.0, 2.0, 2.0, 0.9, 0.0]    # class 0, 0.45, clipped box
+    grid[0, 0, 3] = [0.4, 0.5, 0.5, 0.1, 0.1, 0.5, 0.2]    # 0.2: under the threshold
+    m = Manifest("m", "detection", "grid", labels={0: "person", 1: "car"}, score_threshold=0.3)
+    dets = grid_detections(grid, m)
+    assert [(d.class_id, d.label) for d in dets] == [(1, "car"), (0, "person")]
+    assert dets[0].score == pytest.approx(0.72)
+    # cy = (1 + 0.5) / 2, cx = (2 + 0.25) / 4, h 0.4, w 0.2
+    assert dets[0].box == pytest.approx((0.75 - 0.2, 0.5625 - 0.1, 0.75 + 0.2, 0.5625 + 0.1))
+    assert dets[1].box == pytest.approx((0.0, 0.0, 1.0, 1.0))
+    assert grid_detections(grid, Manifest("m", "detection", "grid", score_threshold=0.95)) == []
+    one = grid_detections(grid, Manifest("m", "detection", "grid", score_threshold=0.3, max_results=1))
+    assert len(one) == 1 and one[0].class_id == 1

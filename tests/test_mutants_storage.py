@@ -1,0 +1,147 @@
+"""The blob store and the outbox's corrupt-file path on real SQLite files: what the mutation
+run (``make mutants``) found untested: manifests, chunking, ordering, exclusion, expiry,
+requeue after the ack timeout, quarantine names, and the errors a user sees."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.errors import StorageError
+from agent.storage import outbox as outbox_mod
+from agent.storage.blobs import MANIFEST, BlobStore, manifest_payload
+from agent.storage.outbox import Outbox
+
+
+def test_manifest_payload_is_the_contract_message() -> None:
+    payload = manifest_payload(blob="ab", size=10, chunk_size=4, chunk_count=3, kind="clip",
+                               content_type="video/mp4", created_ns=5, expires_ns=None,
+                               meta={"stream": "cam0"})
+    assert payload == (b'{"blob":"ab","chunk_count":3,"chunk_size":4,"content_type":"video/mp4",'
+                       b'"created_ns":5,"expires_ns":null,"kind":"clip","meta":{"stream":"cam0"},'
+                       b'"schema":{"id":"lepton.shard-manifest","version":1},"size":10}')
+
+
+def test_put_chunks_and_pending_order(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    with pytest.raises(ValueError, match=r"^chunk_size must be at least 1 KiB$"):
+        BlobStore(box, chunk_size=1023)
+    store = BlobStore(box, chunk_size=1024)
+    assert store.chunk_size == 1024 and store.expiry_s == 7 * 24 * 3600 and store.expired == 0
+    assert not store.maybe_pending and store.pending(10) == []
+    with pytest.raises(ValueError, match=r"^a blob needs at least one byte$"):
+        store.put(b"")
+    data = bytes(range(256)) * 9  # 2304 bytes: chunks of 1024, 1024, 256
+    before = time.time_ns()
+    blob = store.put(data, kind="clip", content_type="video/mp4", meta={"stream": "cam0"},
+                     expiry_s=60)
+    assert blob == hashlib.sha256(data).hexdigest() and store.maybe_pending
+    assert store.put(data) == blob  # the same content waiting already: a no-op
+    parts = store.pending(10)
+    assert [(p.blob, p.index) for p in parts] == [(blob, MANIFEST), (blob, 0), (blob, 1), (blob, 2)]
+    assert [p.data for p in parts[1:]] == [data[:1024], data[1024:2048], data[2048:]]
+    assert {(p.chunk_count, p.size, p.kind, p.content_type) for p in parts} == {
+        (3, 2304, "clip", "video/mp4")}
+    manifest = json.loads(parts[0].data)
+    assert (manifest["chunk_count"], manifest["chunk_size"], manifest["meta"], manifest["kind"]) == (
+        3, 1024, {"stream": "cam0"}, "clip")
+    assert before <= manifest["created_ns"] <= time.time_ns()
+    assert manifest["expires_ns"] == manifest["created_ns"] + 60 * 10**9
+    assert [p.index for p in store.pending(2)] == [MANIFEST, 0]
+    assert [p.index for p in store.pending(1)] == [MANIFEST]
+    assert [p.index for p in store.pending(3, exclude={(blob, MANIFEST), (blob, 0)})] == [1, 2]
+    # higher priority blobs first, then the oldest
+    low = store.put(b"low" * 400, record_class="telemetry")
+    high = store.put(b"high" * 300, record_class="event")
+    order = [p.blob for p in store.pending(20) if p.index == MANIFEST]
+    assert order == sorted([blob, low, high], key=lambda b: -{blob: box.priority("shard"),
+                                                                low: box.priority("telemetry"),
+                                                                high: box.priority("event")}[b])
+    store.mark_sent([(blob, MANIFEST), (blob, 0)])
+    assert [p.index for p in store.pending(20) if p.blob == blob] == [1, 2]
+    never = store.put(b"n" * 10, expiry_s=0)
+    assert json.loads(next(p.data for p in store.pending(50) if p.blob == never))["expires_ns"] is None
+
+
+def test_acks_requeue_and_expiry(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    store = BlobStore(box, chunk_size=1024)
+    a = store.put(b"a" * 3000)
+    b = store.put(b"b" * 3000)
+    assert store.on_ack([a, "0" * 64], {b: [(0, 1)]}) == 1
+    assert [(p.blob, p.index) for p in store.pending(10)] == [(b, MANIFEST), (b, 2)]
+    sent_at = time.time_ns()
+    store.mark_sent([(b, MANIFEST), (b, 2)])
+    assert store.pending(10) == []
+    assert not store.maybe_pending
+    assert store.requeue_unacked(sent_at) == 0
+    assert store.requeue_unacked(time.time_ns() + 1) == 2 and store.maybe_pending
+    assert [(p.blob, p.index) for p in store.pending(10)] == [(b, MANIFEST), (b, 2)]
+    old = store.put(b"old" * 500, expiry_s=-1.0)  # expired a second before it was stored
+    assert store.expire() == 1 and store.expired == 1
+    assert all(p.blob != old for p in store.pending(10))
+    assert store.expire() == 0 and store.expired == 1
+    reopened = BlobStore(box)
+    assert reopened.maybe_pending  # blobs left in the file: the uplink must look
+
+
+def test_blob_store_errors_name_the_file(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    store = BlobStore(box, chunk_size=1024)
+    box.db.execute("DROP TABLE blob_chunks")
+    with pytest.raises(StorageError) as err:
+        store.put(b"x" * 2000)
+    assert str(err.value) == (f"storage {tmp_path / 'o.db'}: cannot store blob: no such table: "
+                              "blob_chunks (fix: free space on the state directory's filesystem)")
+
+
+def test_corrupt_outbox_is_quarantined_under_a_new_name(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for _ in range(2):
+        path.write_bytes(b"this is not a database" * 200)
+        box = Outbox(path)
+        assert box.quarantined is not None and box.quarantined.read_bytes().startswith(b"this is not")
+        box.close()
+    kept = sorted(p.name for p in tmp_path.glob("o.db.corrupt-*"))
+    assert len(kept) == 2 and kept[0].startswith("o.db.corrupt-" + stamp[:8])
+    assert any(name.endswith("-2") for name in kept) or kept[0][:-2] != kept[1][:-2]
+    fresh = Outbox(path)
+    assert fresh.quarantined is None and fresh.last_seq("cam0") > 10**12  # seqs restart above the old
+    fresh.close()
+
+
+def test_corruption_is_told_from_other_errors(tmp_path: Path) -> None:
+    assert outbox_mod._is_corruption(sqlite3.DatabaseError("file is not a database"))
+    assert outbox_mod._is_corruption(sqlite3.DatabaseError("database disk image is malformed"))
+    assert not outbox_mod._is_corruption(sqlite3.OperationalError("unable to open database file"))
+    blocked = tmp_path / "dir"
+    blocked.mkdir()
+    (blocked / "o.db").mkdir()  # a directory where the file should be
+    with pytest.raises(StorageError) as err:
+        Outbox(blocked / "o.db")
+    assert str(err.value) == (f"storage {blocked / 'o.db'}: cannot open outbox database: unable to "
+                              "open database file (fix: check the state directory is writable and "
+                              "has free space)")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StorageError) as err:
+        Outbox(tmp_path / "file" / "sub" / "o.db")
+    assert str(err.value) == (f"storage {tmp_path / 'file' / 'sub'}: cannot create state directory: "
+                              "Not a directory (fix: pass --state-dir with a writable directory)")
+    not_db = tmp_path / "junk"
+    not_db.write_bytes(b"x" * 4096)
+    with pytest.raises(sqlite3.DatabaseError) as real:
+        sqlite3.connect(not_db).execute("PRAGMA quick_check").fetchone()
+    assert outbox_mod._is_corruption(real.value)
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorname = "SQLITE_FULL"  # type: ignore[attr-defined]
+    assert not outbox_mod._is_corruption(full)
+    named = sqlite3.DatabaseError("anything")
+    named.sqlite_errorname = "SQLITE_CORRUPT_INDEX"  # type: ignore[attr-defined]
+    assert outbox_mod._is_corruption(named)
+    assert outbox_mod._is_corruption(outbox_mod.CorruptDatabase("integrity check failed: x"))
