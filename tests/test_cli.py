@@ -111,7 +111,7 @@ def test_ingest_survives_malformed_payloads(tmp_path: Path, broker: LocalBroker)
     out, err = proc.communicate(timeout=15)
     stats = json.loads(out.strip().splitlines()[-1])
     assert stats["rejected"] == 5 and stats["stored"] == 0
-    assert "rejected: topic lepton/v1/s1/d1/results/cam0: payload is not UTF-8 JSON" in err
+    assert "rejected (not_utf8): topic lepton/v1/s1/d1/results/cam0: payload is not UTF-8" in err
 
 
 def test_demo_runs_offline_without_mosquitto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
