@@ -216,3 +216,28 @@ def test_docs_config_names_every_key() -> None:
     missing = [f"{s}.{k}" for s, k, _ in schema_keys()
                if (f"`[[sensors]] {k}`" if s == "sensors" else f"`{s}.{k}`") not in doc]
     assert not missing, f"docs/config.md does not document: {', '.join(missing)}"
+
+
+def test_what_the_config_fuzz_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each one raised something else than a ConfigError, or gave a message of two lines, or let
+    a flag hide a broken file, before the fix."""
+    from agent.service.cli import main
+
+    cases = [('[agent]\n"x\\ny" = 1\n', '[agent."x\\ny"]: unknown key'),
+             ('[agent]\nstate_dir = "a\\u0000b"\n', "[agent.state_dir]: a path cannot hold a NUL"),
+             ("[[sensors]]\nrecord_interval_s = 1\n", f"{tmp_path / 'agent.toml'}:1 "
+                                                       "[sensors.0.uri]: Field required"),
+             ("[mqtt]\nsession_expiry_s = 1099511627776\n", "less than or equal to 4294967295"),
+             ("[outbox]\npriorities = {event = 1180591620717411303424}\n", "[outbox.priorities.event]"),
+             ("[outbox]\nkeep_delivered = 1180591620717411303424\n", "less than or equal to")]
+    for text, expect in cases:
+        with pytest.raises(ConfigError) as info:
+            load_config(write(tmp_path, text))
+        assert expect in str(info.value) and "\n" not in str(info.value), str(info.value)
+    path = write(tmp_path, "agent = false\n")
+    with pytest.raises(ConfigError, match=r"agent.toml:1 \[agent\]: Input should be a table"):
+        load_config(path, overrides={"agent": {"state_dir": str(tmp_path)}})  # run --state-dir
+    assert main(["config", "check", "nul\x00byte.toml"]) == 2
+    assert "cannot read: embedded null byte" in capsys.readouterr().err
+    assert main(["synth-clip", str(tmp_path / "nul\x00byte.avi")]) == 2
+    assert "the name holds a NUL byte" in capsys.readouterr().err

@@ -133,8 +133,8 @@ def read_toml(path: Path) -> Layer:
     except FileNotFoundError as exc:
         raise ConfigError("file not found", file=str(path),
                           fix="check the path, or run without --config to use defaults") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", file=str(path)) from exc
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise ConfigError(f"cannot read: {exc}", file=repr(str(path))[1:-1]) from exc
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -176,14 +176,29 @@ def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _check_tables(layers: list[Layer]) -> None:
+    """A section written as a plain value (``agent = false``) is refused in the layer that wrote
+    it, before a flag of another layer (``--state-dir``) could merge a table over it."""
+    for layer in layers:
+        for name, value in layer.data.items():
+            field = AgentConfig.model_fields.get(name)
+            if field and isinstance(field.annotation, type) and not isinstance(value, dict):
+                raise ConfigError(f"Input should be a table (a [section] of keys), not "
+                                  f"{_shown(value)}", file=layer.name, key=name,
+                                  line=find_key_line(layer.text, (name,)) if layer.text else None,
+                                  fix=f"write it as [{name}] followed by its keys")
+
+
 def _error_for(exc: ValidationError, layers: list[Layer]) -> ConfigError:
     first = exc.errors()[0]
     path = tuple(str(p) for p in first["loc"])
     keyed = _KEYED_MESSAGE.match(first["msg"].removeprefix("Value error, "))
     if not path and keyed:  # a check across sections names the key it is about
         path = tuple(keyed.group(1).split("."))
-    key = ".".join(path)
-    layer = next((lay for lay in reversed(layers) if _has_path(lay.data, path)), None)
+    key = ".".join(p if p.isprintable() else json.dumps(p) for p in path)  # stays one line
+    layer = next((lay for lay in reversed(layers) if _has_path(lay.data, path)), None) or next(
+        (lay for lay in reversed(layers) if len(path) > 1 and _has_path(lay.data, path[:-1])),
+        None)  # a required key that is missing: the table that lacks it
     line = find_key_line(layer.text, path) if layer and layer.text else None
     where = layer.name if layer else None
     if first["type"] == "extra_forbidden":
@@ -235,6 +250,7 @@ def load_config(
     if file_layer:
         layers.append(file_layer)
     layers.append(cli_layer)
+    _check_tables(layers)
     merged: dict[str, Any] = {}
     state_directory = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
     if state_directory:  # systemd's StateDirectory= is the default state_dir of a service

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 
 from agent.core.topics import check_segment
 from agent.core.uri import parse_broker, parse_source
@@ -18,8 +18,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
+def _no_nul(path: Path) -> Path:
+    if "\x00" in str(path):
+        raise ValueError("a path cannot hold a NUL byte")
+    return path
+
+
 # Paths come from TOML and flags as strings.
-LaxPath = Annotated[Path, Field(strict=False)]
+LaxPath = Annotated[Path, Field(strict=False), AfterValidator(_no_nul)]
 
 
 DropPolicy = Literal["drop_oldest", "drop_newest", "block"]
@@ -45,9 +51,9 @@ class SourceSection(_Section):
     stream: str = "cam0"
     pace: Literal["auto", "realtime", "fast"] = "auto"
     loop: bool = False
-    max_frames: int = Field(0, ge=0)
-    reconnect_initial_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
+    max_frames: int = Field(0, ge=0, le=10**12)
+    reconnect_initial_s: float = Field(0.5, gt=0, le=86_400)
+    reconnect_max_s: float = Field(30.0, gt=0, le=86_400)
     queue_size: int = Field(4, ge=1, le=1024)
     attach_sensors: list[str] = []
     attach_window_s: float = Field(2.0, gt=0, le=3600)
@@ -84,13 +90,13 @@ class MqttSection(_Section):
     client_id: str | None = None
     username: str | None = None
     keepalive_s: int = Field(30, ge=5, le=3600)
-    session_expiry_s: int = Field(7 * 24 * 3600, ge=0)
+    session_expiry_s: int = Field(7 * 24 * 3600, ge=0, le=2**32 - 1)  # MQTT 5: four bytes
     publish_window: int = Field(100, ge=1, le=65535)
     tls_ca_file: LaxPath | None = None
     tls_cert_file: LaxPath | None = None
-    telemetry_interval_s: float = Field(30.0, gt=0)
-    reconnect_initial_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(60.0, gt=0)
+    telemetry_interval_s: float = Field(30.0, gt=0, le=86_400)
+    reconnect_initial_s: float = Field(0.5, gt=0, le=86_400)
+    reconnect_max_s: float = Field(60.0, gt=0, le=86_400)
 
     @field_validator("broker")
     @classmethod
@@ -103,8 +109,9 @@ class MqttSection(_Section):
 class OutboxSection(_Section):
     """The durable outbox: one disk budget for everything it keeps, priorities per class."""
 
-    budget_bytes: ByteSize = Field(ByteSize(256 * 1024 * 1024), ge=256 * 1024)
-    priorities: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_PRIORITIES))
+    budget_bytes: ByteSize = Field(ByteSize(256 * 1024 * 1024), ge=256 * 1024, le=2**50)
+    priorities: dict[str, Annotated[int, Field(ge=0, le=1000)]] = Field(
+        default_factory=lambda: dict(DEFAULT_PRIORITIES))
     durability_interval_s: float = Field(1.0, ge=0, le=3600)
     commit_interval_ms: int = Field(50, ge=0, le=10_000)
 
@@ -116,7 +123,7 @@ class OutboxSection(_Section):
             raise ValueError(f"unknown record class(es) {', '.join(unknown)}; the classes are "
                              f"{', '.join(sorted(DEFAULT_PRIORITIES))}")
         return value
-    keep_delivered: int = Field(10_000, ge=0)
+    keep_delivered: int = Field(10_000, ge=0, le=10**9)
     delivery: Literal["ingested", "broker"] = "ingested"
     ack_timeout_s: float = Field(30.0, gt=0, le=86_400)
 
@@ -125,7 +132,7 @@ class SensorSection(_Section):
     """One serial sensor: ``uri`` names port, baud, protocol and sensor name."""
 
     uri: str
-    record_interval_s: float = Field(5.0, ge=0, description="0: a record per reading/window")
+    record_interval_s: float = Field(5.0, ge=0, le=86_400, description="0: a record per reading/window")
     model: LaxPath | None = None
     anomaly_on: float = Field(0.7, ge=0, le=1)
     anomaly_off: float = Field(0.4, ge=0, le=1)
@@ -150,10 +157,10 @@ class ShardsSection(_Section):
     """Blobs sent in chunks on ``shards/{blob}``: event snapshots for now."""
 
     chunk_size: ByteSize = Field(ByteSize(64 * 1024), ge=1024, le=1024 * 1024)
-    expiry_s: float = Field(7 * 24 * 3600.0, ge=0)
+    expiry_s: float = Field(7 * 24 * 3600.0, ge=0, le=10 * 365 * 86_400)
     in_flight: int = Field(4, ge=1, le=256)
-    snapshot_interval_s: float = Field(0.0, ge=0, description="0: no snapshots")
-    snapshot_min_detections: int = Field(1, ge=0)
+    snapshot_interval_s: float = Field(0.0, ge=0, le=86_400, description="0: no snapshots")
+    snapshot_min_detections: int = Field(1, ge=0, le=10_000)
     snapshot_quality: int = Field(80, ge=10, le=100)
 
 
@@ -162,7 +169,7 @@ class MotionSection(_Section):
 
     enabled: bool = False
     min_score: float = Field(0.002, ge=0.0, le=1.0)
-    every_n: int = Field(15, ge=1)
+    every_n: int = Field(15, ge=1, le=10**6)
     grid_width: int = Field(160, ge=8, le=1024)
     pixel_threshold: int = Field(25, ge=0, le=255)
     learning_rate: float = Field(0.05, gt=0.0, le=1.0)

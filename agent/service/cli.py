@@ -290,7 +290,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         else:
             print(f"agent: not running (nothing answers at {where})")
             if "backlog" in offline:
-                print(f"  outbox:    {offline['outbox']}: backlog {offline['backlog']} records"
+                count = offline["backlog"]
+                print(f"  outbox:    {offline['outbox']}: backlog {count} "
+                      f"record{'' if count == 1 else 's'}"
                       + (f", oldest unsent {_ago(offline['oldest_unsent_s'])} old"
                          if offline["backlog"] else "") + f" (until {offline['delivery']})")
                 seqs = ", ".join(f"{k} {v}" for k, v in offline["last_seq"].items()) or "none yet"

@@ -136,6 +136,8 @@ def write_clip(path: str, width: int, height: int, fps: float, frames: int, seed
     """Write a synthetic clip (MJPG in .avi, or mp4v in .mp4); returns frames written.
     Raises AgentError naming the path for an unknown extension or a place it cannot write."""
     out = Path(path)
+    if "\x00" in path:
+        raise AgentError(f"cannot write {path!r}: the name holds a NUL byte", fix="rename it")
     codec = CLIP_CODECS.get(out.suffix.lower())
     if codec is None:
         raise AgentError(f"cannot write {path}: unknown video extension {out.suffix or '(none)'!r}",
