@@ -588,7 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="the running agent's live state (exit 3: not running)")
     status.add_argument("--config", type=Path)
     status.add_argument("--state-dir", type=Path)
-    status.add_argument("--socket", type=Path, help="status socket (default: from the config)")
+    status.add_argument("--socket", type=Path,
+                        help="status socket (default: the config's, else STATE_DIR/agent.sock, "
+                             "then the service's /run/lepton-agent/status.sock)")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
 
