@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +20,9 @@ from agent.devtools.mosquitto import LocalBroker
 from agent.errors import RecordRejected, StorageError
 from tests.conftest import agent_cmd, ingested_seqs
 from tests.ingest_support import (
+    DEVICE,
     RESULTS,
+    SITE,
     IngestProcess,
     dumps,
     message,
@@ -220,3 +224,30 @@ def test_ingest_tls_flags_name_the_bad_file(tmp_path: Path, flags: list[str], wh
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert why in out.stderr
+
+
+def _shard(data: bytes, **manifest: Any) -> list[tuple[str, bytes, list[tuple[str, str]]]]:
+    """A one-chunk blob: its chunk and its manifest (fields overridden by ``manifest``)."""
+    blob = hashlib.sha256(data).hexdigest()
+    props = [("blob-sha256", blob), ("chunk-count", "1"), ("blob-size", str(len(data)))]
+    body = {"schema": {"id": "lepton.shard-manifest", "version": 1}, "blob": blob,
+            "size": len(data), "chunk_count": 1, "kind": "snapshot",
+            "content_type": "image/jpeg", "meta": {}, **manifest}
+    topic = f"lepton/v1/{SITE}/{DEVICE}/shards/{blob}"
+    return [(topic, data, [*props, ("lepton-part", "chunk"), ("chunk-index", "0"),
+                           ("chunk-sha256", blob)]),
+            (topic, dumps(body), [*props, ("lepton-part", "manifest")])]
+
+
+@pytest.mark.parametrize("manifest", [{"kind": {"a": 1}}, {"content_type": ["x"]},
+                                      {"kind": "a\x00b"}, {"meta": [1]}])
+def test_a_manifest_the_database_cannot_take_is_rejected(store: Store,
+                                                         manifest: dict[str, Any]) -> None:
+    ingest = new_ingest(store)
+    for n, (topic, payload, props) in enumerate(_shard(b"bad blob", **manifest), start=1):
+        ingest.on_message(message(topic, payload, mid=n, props=props))
+    assert ingest.stats.rejected == 1, ingest.stats.last_reject
+    for n, (topic, payload, props) in enumerate(_shard(b"good blob"), start=1):
+        ingest.on_message(message(topic, payload, mid=n, props=props))
+    ingest.flush()
+    assert ingest.stats.blobs_completed == 1

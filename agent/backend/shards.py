@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.backend.decode import decode_json
+from agent.backend.decode import clean, decode_json
 from agent.core.topics import parse_topic
 from agent.errors import RecordRejected
 
@@ -53,6 +53,14 @@ def _int(props: dict[str, str], key: str, topic: str, low: int, high: int) -> in
     return value
 
 
+def _label(value: object, what: str, topic: str) -> str:
+    """A short text (kind, content type) that any database column takes."""
+    if not isinstance(value, str) or not 0 < len(value) <= 128 or "\x00" in value:
+        raise RecordRejected(f"{what} must be text of 1-128 characters, not "
+                             f"{clean(repr(value), 80)}", topic=topic)
+    return value
+
+
 def parse_shard(topic: str, properties: list[tuple[str, str]], payload: bytes) -> ShardPart:
     """Check a message on ``shards/{blob}`` against the contract; raise RecordRejected why not."""
     try:
@@ -68,8 +76,9 @@ def parse_shard(topic: str, properties: list[tuple[str, str]], payload: bytes) -
                              topic=topic)
     count = _int(props, "chunk-count", topic, 1, 1 << 24)
     size = _int(props, "blob-size", topic, 1, MAX_BLOB)
-    kind, content_type = props.get("kind", "blob"), props.get("content-type",
-                                                              "application/octet-stream")
+    kind = _label(props.get("kind", "blob"), "user property 'kind'", topic)
+    content_type = _label(props.get("content-type", "application/octet-stream"),
+                          "user property 'content-type'", topic)
     part = props.get("lepton-part")
     if part == "manifest":
         _, manifest = decode_json(topic, payload)
@@ -78,8 +87,14 @@ def parse_shard(topic: str, properties: list[tuple[str, str]], payload: bytes) -
             raise RecordRejected("manifest lacks schema lepton.shard-manifest v1", topic=topic)
         for key, want in (("blob", blob), ("chunk_count", count), ("size", size)):
             if manifest.get(key) != want:
-                raise RecordRejected(f"manifest {key} {manifest.get(key)!r} disagrees with the "
-                                     f"message properties ({want!r})", topic=topic)
+                raise RecordRejected(f"manifest {key} {clean(repr(manifest.get(key)), 80)} "
+                                     f"disagrees with the message properties ({want!r})",
+                                     topic=topic)
+        for key in ("kind", "content_type"):
+            if key in manifest:
+                _label(manifest[key], f"manifest {key}", topic)
+        if not isinstance(manifest.get("meta", {}), dict):
+            raise RecordRejected("manifest meta must be an object", topic=topic)
         return ShardPart(parsed.device, parsed.site, blob, -1, count, size, kind, content_type,
                          b"", manifest)
     if part != "chunk":
