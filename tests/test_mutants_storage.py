@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from agent.errors import StorageError
 from agent.storage import outbox as outbox_mod
 from agent.storage.blobs import MANIFEST, BlobStore, manifest_payload
+from agent.storage.lock import LOCK_NAME, StateDirLock, lock_holder
 from agent.storage.outbox import Outbox
 
 
@@ -145,3 +147,51 @@ def test_corruption_is_told_from_other_errors(tmp_path: Path) -> None:
     named.sqlite_errorname = "SQLITE_CORRUPT_INDEX"  # type: ignore[attr-defined]
     assert outbox_mod._is_corruption(named)
     assert outbox_mod._is_corruption(outbox_mod.CorruptDatabase("integrity check failed: x"))
+
+
+def test_state_dir_lock_names_the_holder_and_releases(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = StateDirLock(state)
+    assert (first.state_dir, first.path, first.held, LOCK_NAME) == (state, state / "agent.lock", False,
+                                                                    "agent.lock")
+    first.release()  # not held: nothing to do
+    with first as held:
+        assert held is first and first.held
+        assert (state / "agent.lock").read_text() == f"{os.getpid()}\n"
+        assert lock_holder(state / "agent.lock") == os.getpid()
+        with pytest.raises(StorageError) as err:
+            StateDirLock(state).acquire()
+        assert str(err.value) == (
+            f"storage {state}: another agent (pid {os.getpid()}) is running on state directory "
+            f"{state}; two agents on one outbox would assign the same seqs (fix: stop it first "
+            f"(systemctl stop lepton-agent, or kill {os.getpid()}), or give this one another "
+            "--state-dir)")
+        (state / "agent.lock").write_text("")  # a holder that never wrote its pid
+        with pytest.raises(StorageError) as err:
+            StateDirLock(state).acquire()
+        assert "another agent (another process) is running" in str(err.value)
+        assert "or kill it), or give" in str(err.value)
+    assert not first.held and (state / "agent.lock").read_text() == ""
+    second = StateDirLock(state).acquire()
+    assert second.held
+    second.release()
+    second.release()
+    assert not second.held
+
+
+def test_lock_holder_reads_only_a_pid(tmp_path: Path) -> None:
+    path = tmp_path / "agent.lock"
+    assert lock_holder(path) is None  # missing
+    for text, pid in (("123\n", 123), ("  77 ", 77), ("", None), ("12a", None), ("-5", None),
+                      ("\xff", None)):
+        path.write_bytes(text.encode("latin-1"))
+        assert lock_holder(path) == pid, text
+
+
+def test_lock_file_that_cannot_be_created(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StorageError) as err:
+        StateDirLock(tmp_path / "file" / "state").acquire()
+    assert str(err.value) == (f"storage {tmp_path / 'file' / 'state' / 'agent.lock'}: cannot create the "
+                              "state directory's lock file: Not a directory (fix: pass --state-dir "
+                              "with a writable directory)")
