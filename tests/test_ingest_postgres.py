@@ -124,3 +124,35 @@ def test_two_processes_share_chunks_of_one_blob_and_one_finishes_it(pg_url: str,
     assert _rows(pg_url, "SELECT COUNT(*) FROM shard_chunks") == [(0,)]
     for s in stores:
         s.close()
+
+
+def test_a_lost_database_stops_ingest_without_acknowledging(pg_url: str) -> None:
+    """A database that goes away is no message's fault: ingest stops with the error (one
+    line at the CLI) and acknowledges nothing, so the broker redelivers to the next start."""
+    import asyncio
+
+    from agent.backend.ingest import Ingest
+    from tests.ingest_support import RESULTS, dumps, message, result_body
+
+    store = open_store(pg_url)
+    assert isinstance(store, PostgresStore)
+    ingest = Ingest(store, "lepton/v1/+/+/results/+")
+    with psycopg.connect(SERVER, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (store._db.info.backend_pid,))
+    ingest.on_message(message(RESULTS, b"not json", mid=1))  # its reject cannot be written
+    ingest.on_message(message(RESULTS, dumps(result_body(1)), mid=2))
+    assert isinstance(ingest.failed, StorageError) and ingest.stats.rejected == 0
+    with pytest.raises(StorageError, match="PostgreSQL"):
+        asyncio.run(ingest.committer(asyncio.Event()))
+    store.close()
+
+
+def test_a_schema_with_another_records_table_is_refused(pg_url: str) -> None:
+    base, _, schema = pg_url.partition("?schema=")
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(f'CREATE TABLE "{schema}".records (id serial, stream text, seq int, '
+                     'payload bytea)')
+    with pytest.raises(StorageError, match="not an ingest database: its records table has "
+                                           "columns id, stream, seq, payload"):
+        open_store(pg_url)

@@ -41,7 +41,7 @@ from agent.backend.store import IngestedRecord, Store, Unstorable
 from agent.core.acks import Ranges, encode_ack, to_ranges
 from agent.core.topics import DeviceTopics, parse_topic, results_subscription
 from agent.core.uri import BrokerUrl
-from agent.errors import ConfigError, RecordRejected
+from agent.errors import ConfigError, RecordRejected, StorageError
 from agent.schemas import load_schema
 from agent.sync.mqtt import LinkOptions, MqttLink
 
@@ -135,6 +135,7 @@ class Ingest:
         self.ready_file: Path | None = None
         self._batch: list[Pending] = []
         self._wake = asyncio.Event()
+        self.failed: StorageError | None = None
 
     def on_connected(self, session_present: bool) -> None:
         assert self.link is not None
@@ -153,7 +154,11 @@ class Ingest:
     def on_disconnected(self, reason: str) -> None:
         # PUBACKs for the uncommitted batch cannot be sent on a dead connection; the
         # broker redelivers those messages and the store drops the duplicates.
-        self.flush(ack=False)
+        if self.failed is None:
+            try:
+                self.flush(ack=False)
+            except StorageError as exc:
+                self._fail(exc)
 
     def on_puback(self, acked: list[int], rejected: list[tuple[int, str]]) -> None:
         pass
@@ -162,12 +167,12 @@ class Ingest:
                   ack: bool = True) -> None:
         """Keep the message in ``rejects`` (committed), count its reason, then acknowledge it."""
         code = getattr(exc, "code", SHARD)
+        reason = clean(exc.reason)
+        self.store.reject(topic, reason, payload[:PAYLOAD_KEPT])
         self.stats.rejected += 1
         self.stats.rejects[code] = self.stats.rejects.get(code, 0) + 1
-        reason = clean(exc.reason)
         self.stats.last_reject = f"topic {clean(topic, 200)}: {reason}"
         log.warning("rejected (%s): %s", code, self.stats.last_reject)
-        self.store.reject(topic, reason, payload[:PAYLOAD_KEPT])
         if ack:
             self._ack(mid, qos)
 
@@ -199,7 +204,22 @@ class Ingest:
         self._wake.set()
 
     def on_message(self, message: paho.MQTTMessage) -> None:
+        if self.failed is not None:
+            return  # not acknowledged: the broker redelivers it to the next start
         self.stats.received += 1
+        try:
+            self._handle(message)
+        except StorageError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: StorageError) -> None:
+        """The database is unavailable: stop taking messages; the committer raises it."""
+        if self.failed is None:
+            log.error("%s", exc)
+            self.failed = exc
+        self._wake.set()
+
+    def _handle(self, message: paho.MQTTMessage) -> None:
         topic, payload = message.topic, bytes(message.payload)
         try:
             if "/shards/" in topic:
@@ -286,8 +306,13 @@ class Ingest:
             except asyncio.TimeoutError:
                 continue
             self._wake.clear()
-            await asyncio.sleep(interval)
+            if self.failed is None:
+                await asyncio.sleep(interval)
+            if self.failed is not None:
+                raise self.failed
             self.flush()
+        if self.failed is not None:
+            raise self.failed
         self.flush()
 
 

@@ -273,6 +273,7 @@ CREATE TABLE IF NOT EXISTS blobs (
     content_type TEXT NOT NULL, size BIGINT NOT NULL, path TEXT NOT NULL, meta JSONB NOT NULL,
     stored_at TIMESTAMPTZ NOT NULL DEFAULT now());
 """
+_PG_RECORD_COLUMNS = ["device", "stream", "seq", "site", "ts", "received_at", "payload"]
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -297,6 +298,16 @@ class PostgresStore:
                     cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                     cur.execute(f'SET search_path TO "{self.schema}"')
                 cur.execute("SELECT pg_advisory_xact_lock(hashtext('lepton-ingest-ddl'))")
+                cur.execute("SELECT column_name FROM information_schema.columns WHERE "
+                            "table_schema = current_schema() AND table_name = 'records' "
+                            "ORDER BY ordinal_position")
+                columns = [r[0] for r in cur.fetchall()]
+                if columns and columns != _PG_RECORD_COLUMNS:
+                    self._db.close()
+                    raise StorageError(
+                        f"not an ingest database: its records table has columns "
+                        f"{', '.join(columns)}", path=_redact(url),
+                        fix="give ingest a schema of its own (?schema=NAME)")
                 cur.execute(_PG_DDL)
             self._db.commit()
         except psycopg.Error as exc:
