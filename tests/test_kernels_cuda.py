@@ -6,6 +6,9 @@ The GPU tests run where the extension was built with LEPTON_KERNELS=cuda and a d
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +20,23 @@ from agent.kernels import Image, Preprocess
 native = pytest.importorskip("agent.kernels.native")
 gpu = pytest.mark.skipif(not native.cuda_available(),
                          reason="needs the CUDA build (LEPTON_KERNELS=cuda) and a GPU")
+
+
+def _gpu_and_toolkit() -> bool:
+    """nvidia-smi lists a GPU and nvcc is on PATH: the CUDA build can and should be tested."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None or shutil.which("nvcc") is None:
+        return False
+    listed = subprocess.run([smi, "-L"], capture_output=True, text=True)
+    return listed.returncode == 0 and "GPU " in listed.stdout
+
+
+@pytest.mark.skipif(not _gpu_and_toolkit(), reason="no GPU with the CUDA toolkit on this machine")
+def test_a_gpu_machine_runs_the_gpu_tests() -> None:
+    """Where a GPU and nvcc are present the GPU tests must run, not skip for want of the build."""
+    assert native.variant() == "cuda" and native.cuda_available(), (
+        "this machine has a GPU and nvcc, but the kernels were built without CUDA, so the GPU tests "
+        "skipped; rebuild: LEPTON_KERNELS=cuda LEPTON_CUDA_ARCH=sm_XX pip install -e . (docs/testing.md)")
 
 
 def _nv12(width: int, height: int, seed: int, pad: int = 0) -> Image:
