@@ -251,3 +251,31 @@ def test_a_manifest_the_database_cannot_take_is_rejected(store: Store,
         ingest.on_message(message(topic, payload, mid=n, props=props))
     ingest.flush()
     assert ingest.stats.blobs_completed == 1
+
+
+def test_reject_reasons_are_logged_periodically(tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+    import logging
+
+    store = open_store(f"sqlite:///{tmp_path}/ingest.db")
+    ingest = new_ingest(store)
+    caplog.set_level(logging.INFO, logger="agent.ingest")
+    want = "received 3, stored 1, duplicates 0, rejected 2 (not_json 1, schema 1)"
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(ingest.committer(stop, stats_interval=0.05))
+        for n, payload in enumerate((b"{", b"[]", dumps(result_body(1))), start=1):
+            ingest.on_message(message(RESULTS, payload, mid=n))
+        deadline = asyncio.get_running_loop().time() + 60
+        while not any(want in r.getMessage() for r in caplog.records):
+            assert asyncio.get_running_loop().time() < deadline, caplog.text
+            await asyncio.sleep(0.02)
+        stop.set()
+        await task
+
+    asyncio.run(run())
+    periodic = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ingest: ")]
+    assert any(want in line for line in periodic), periodic
+    store.close()
