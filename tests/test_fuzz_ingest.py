@@ -53,6 +53,11 @@ ODD_STRINGS = ["", "\x00", "a\x00b", "\ud800", "\udfff", "\ufeff", "\u2028", "é
                "2026-13-45T99:99:99Z", "0000-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z",
                "../../etc", "$share/x/#", "cam0", DEVICE, SITE]
 
+EDGE_TIMES = ["2026-02-30T00:00:00Z", "2026-13-45T99:99:99Z", "0000-01-01T00:00:00Z",
+              "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59.999999999Z",
+              "9999-12-31T23:00:00-05:00", "2026-11-22T24:00:00Z", "2026-11-22T23:59:60Z",
+              "2026-11-22T12:00:00.5+05:30", "2026-11-22 12:00:00Z"]
+
 scalars = st.one_of(
     st.none(), st.booleans(),
     st.integers(), st.sampled_from(EXTREME_INTS),
@@ -81,8 +86,12 @@ def record_payloads(draw: st.DrawFn) -> tuple[str, bytes]:
     kind = draw(st.sampled_from(sorted(KINDS)))
     topic, body_of, _ = KINDS[kind]
     body = body_of(draw(st.integers(1, 1000)))
-    how = draw(st.sampled_from(["field", "nested", "drop", "value", "bytes", "deep", "dup"]))
-    if how == "field":
+    how = draw(st.sampled_from(["field", "nested", "drop", "value", "bytes", "deep", "dup",
+                                "edge"]))
+    if how == "edge":  # schema-valid but at the edges of what a database column takes
+        body["seq"] = draw(st.sampled_from([1, 2**31, 2**53 + 1, 2**63 - 1, 2**63]))
+        body["ts"] = draw(st.sampled_from([body["ts"], *EDGE_TIMES]))
+    elif how == "field":
         body[draw(st.sampled_from([*sorted(body), "extra"]))] = draw(json_values)
     elif how == "nested":
         inner = draw(st.sampled_from([k for k, v in body.items() if isinstance(v, dict)]))
@@ -134,6 +143,25 @@ def shard_messages(draw: st.DrawFn) -> tuple[str, bytes, list[tuple[str, str]]]:
     return f"lepton/v1/{SITE}/{DEVICE}/shards/{blob}", data, [(k, props[k]) for k in chosen]
 
 
+@st.composite
+def complete_blobs(draw: st.DrawFn) -> list[tuple[str, bytes, list[tuple[str, str]]]]:
+    """A one-chunk blob, chunk and manifest, whose manifest's other fields are arbitrary: the
+    path that finishes a blob and records it in the database."""
+    data = draw(st.binary(min_size=1, max_size=64))
+    blob = hashlib.sha256(data).hexdigest()
+    props = [("blob-sha256", blob), ("chunk-count", "1"), ("blob-size", str(len(data)))]
+    body = {"schema": {"id": "lepton.shard-manifest", "version": 1}, "blob": blob,
+            "size": len(data), "chunk_count": 1}
+    for key in draw(st.lists(st.sampled_from(["kind", "content_type", "meta", "extra"]),
+                             unique=True)):
+        body[key] = draw(st.one_of(json_values, st.sampled_from(ODD_STRINGS)))
+    topic = f"lepton/v1/{SITE}/{DEVICE}/shards/{blob}"
+    chunk = (topic, data, [*props, ("lepton-part", "chunk"), ("chunk-index", "0"),
+                           ("chunk-sha256", blob)])
+    manifest = (topic, encode(body, draw(st.booleans())), [*props, ("lepton-part", "manifest")])
+    return draw(st.permutations([chunk, manifest]))
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     yield from open_test_store(request.param, tmp_path)
@@ -183,8 +211,9 @@ class Harness:
 
 record_batches = st.lists(record_payloads().map(lambda tp: (tp[0], tp[1], None)),
                           min_size=1, max_size=6)
-mixed_batches = st.lists(st.one_of(record_payloads().map(lambda tp: (tp[0], tp[1], None)),
-                                   shard_messages()), min_size=1, max_size=6)
+mixed_batches = st.lists(st.one_of(record_payloads().map(lambda tp: [(tp[0], tp[1], None)]),
+                                   shard_messages().map(lambda m: [m]), complete_blobs()),
+                         min_size=1, max_size=5).map(lambda parts: [m for p in parts for m in p])
 
 
 def _records(store: Store, max_examples: int) -> None:
