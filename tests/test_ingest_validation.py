@@ -187,7 +187,8 @@ def test_two_default_ingests_on_one_host_each_keep_their_connection(
     assert sorted(ingested_seqs(ingests[0].db) + ingested_seqs(ingests[1].db)) == \
         list(range(1, 61))
     assert all(s["stored"] > 0 for s in stats), stats  # the shared subscription split them
-    for log in logs:
+    for ingest, log in zip(ingests, logs, strict=True):
+        assert f"ingest: storing into SQLite {ingest.db}" in log  # the resolved path
         assert "disconnected" not in log
         subscribed = [line.split("subscribed to ")[1] for line in log.splitlines()
                       if "subscribed to " in line]
