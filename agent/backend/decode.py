@@ -12,6 +12,8 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+
 from agent.errors import RecordRejected
 
 MAX_PAYLOAD = 1 << 20
@@ -48,16 +50,10 @@ def nesting_depth(payload: bytes) -> int:
     brackets = _STRING.sub(b"", payload).translate(None, _NOT_BRACKET)
     if not brackets:
         return 0
-    # Opening brackets minus closing ones before each position; the maximum is the depth.
-    depth = deepest = 0
-    for chunk in re.finditer(rb"[\[{]+|[\]}]+", brackets):
-        run = len(chunk.group())
-        if chunk.group()[0] in b"[{":
-            depth += run
-            deepest = max(deepest, depth)
-        else:
-            depth -= run
-    return deepest
+    # +1 for an opening bracket, -1 for a closing one; the running sum's peak is the depth.
+    steps = np.frombuffer(brackets, dtype=np.uint8)
+    steps = np.where((steps == ord("[")) | (steps == ord("{")), 1, -1)
+    return int(np.cumsum(steps, dtype=np.int64).max())
 
 
 class _Parse:
