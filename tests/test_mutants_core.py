@@ -4,6 +4,7 @@ changed operator, bound or word fails."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -475,3 +476,89 @@ def test_grid_detections_known_answer() -> None:
     assert grid_detections(grid, Manifest("m", "detection", "grid", score_threshold=0.95)) == []
     one = grid_detections(grid, Manifest("m", "detection", "grid", score_threshold=0.3, max_results=1))
     assert len(one) == 1 and one[0].class_id == 1
+
+
+# --- records ---------------------------------------------------------------------------------
+
+def test_result_payload_is_exact() -> None:
+    from agent.core.records import (
+        Classification,
+        Detection,
+        FrameResult,
+        ModelRef,
+        encode_result,
+        encode_status,
+        encode_telemetry,
+    )
+
+    det = FrameResult("cam0", 7, 1795000000.25, 123, 640, 480, "detection",
+                      detections=[Detection(2, "car", 0.876543, (-0.1, 0.1234567, 0.5, 1.2))],
+                      latency_ms={"infer": 1.23456}, discontinuity=True, snapshot=b"jpeg")
+    payload = encode_result(det, seq=5, device="d", site="s", model=ModelRef("m", "1", "ab"),
+                            sensors={"imu": {"ax": 1.0}})
+    assert payload == (
+        b'{"schema":{"id":"lepton.result","version":1},"device":"d","site":"s","stream":"cam0",'
+        b'"seq":5,"ts":"2026-11-18T11:06:40.250000Z","mono_ns":123,"frame":{"index":7,"width":640,'
+        b'"height":480,"discontinuity":true},"model":{"name":"m","version":"1","sha256":"ab"},'
+        b'"task":"detection","latency_ms":{"infer":1.235},"snapshot":"'
+        + hashlib.sha256(b"jpeg").hexdigest().encode() + b'","sensors":{"imu":{"ax":1.0}},'
+        b'"detections":[{"label":"car","class_id":2,"score":0.8765,"box":[0.0,0.12346,0.5,1.0]}]}')
+    cls = FrameResult("cam0", 0, 0.0, 0, 1, 1, "classification",
+                      classes=[Classification(3, "cat", 0.123456)])
+    body = json.loads(encode_result(cls, seq=1, device="d", site="s", model=ModelRef("m", "1", "ab")))
+    assert body["classes"] == [{"label": "cat", "class_id": 3, "score": 0.1235}]
+    assert "detections" not in body and "snapshot" not in body and "sensors" not in body
+    assert body["frame"]["discontinuity"] is False and body["ts"] == "1970-01-01T00:00:00.000000Z"
+    assert encode_status(state="online", device="d", site="s", wall_time=0.5, extra={"v": 1}) == (
+        b'{"schema":{"id":"lepton.status","version":1},"state":"online","device":"d","site":"s",'
+        b'"ts":"1970-01-01T00:00:00.500000Z","v":1}')
+    assert json.loads(encode_status(state="offline", device="d", site="s", wall_time=0)).keys() == {
+        "schema", "state", "device", "site", "ts"}
+    assert encode_telemetry(device="d", site="s", wall_time=1.0, health={"fps": 2}) == (
+        b'{"schema":{"id":"lepton.telemetry","version":1},"device":"d","site":"s",'
+        b'"ts":"1970-01-01T00:00:01.000000Z","fps":2}')
+
+
+# --- thermal ---------------------------------------------------------------------------------
+
+def test_thermal_levels_step_with_hysteresis() -> None:
+    from agent.core.thermal import ThermalGovernor, ThermalReading
+
+    g = ThermalGovernor()
+    assert (g.max_temp_c, g.hysteresis_c, g.max_level, g.step_c, g.level, g.changes) == (
+        75.0, 5.0, 3, 3.0, 0, 0)
+    assert g.update(ThermalReading(74.9)) == 0
+    assert g.update(ThermalReading(75.0)) == 1 and g.changes == 1
+    assert g.update(ThermalReading(77.9)) == 1           # level 1 steps up at 78
+    assert g.update(ThermalReading(78.0)) == 2
+    assert g.update(ThermalReading(None, throttled=True)) == 3
+    assert g.update(ThermalReading(200.0, throttled=True)) == 3 and g.changes == 3  # capped
+    assert g.update(ThermalReading(76.0)) == 3           # level 3 steps down below 76
+    assert g.update(ThermalReading(75.9)) == 2
+    assert g.update(ThermalReading(72.9, throttled=True)) == 3  # throttled: never down
+    g.level = 1
+    assert g.update(ThermalReading(70.0)) == 1           # level 1 steps down below 70
+    assert g.update(ThermalReading(None)) == 0           # no reading: down
+    assert g.update(ThermalReading(None)) == 0 and g.changes == 6
+    strides = []
+    for level in range(4):
+        g.level = level
+        strides.append((g.frame_stride(False), g.frame_stride(True), g.static_every_n_factor(True),
+                        g.static_every_n_factor(False)))
+    assert strides == [(1, 1, 1, 1), (2, 1, 4, 1), (4, 2, 4, 1), (8, 4, 4, 1)]
+
+
+# --- JSON lines ------------------------------------------------------------------------------
+
+def test_json_lines() -> None:
+    from agent.core.sensors import JsonLines
+
+    p = JsonLines("env", clock=lambda: 1.0)
+    assert p.parse_line('{"t": 21.5, "h": 40, "ts": 5, "ok": true, "name": "x", "bad": NaN}') == {
+        "t": 21.5, "h": 40.0}
+    for line, message in (("{", "not JSON: Expecting property name enclosed in double quotes"),
+                          ("[1]", "JSON line is not an object"),
+                          ('{"ts": 1, "ok": false}', "no numeric fields"),
+                          ('{"inf": Infinity}', "no numeric fields")):
+        with raises(ProtocolError, message):
+            p.parse_line(line)
