@@ -217,11 +217,18 @@ def test_ingest_over_mutual_tls(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("flags", "why"), [
     (["--tls-ca", "/no/such/ca.pem"], "[--tls-ca]: /no/such/ca.pem does not exist"),
-    (["--tls-key", "/etc/hostname"], "[--tls-key]: a client key without a certificate"),
+    (["--tls-key", "{tmp}/junk.pem"], "[--tls-key]: a client key without a certificate"),
+    (["--tls-ca", "{tmp}/junk.pem"], "[--tls-ca]: cannot load the CA certificate"),
+    (["--tls-cert", "{tmp}/junk.pem", "--tls-key", "{tmp}/junk.pem"],
+     "[--tls-cert]: cannot load the client certificate"),
+    (["--tls-ca", "{tmp}/junk.pem"], "[--broker]: --tls-ca given, but the broker URL is not"),
 ])
 def test_ingest_tls_flags_name_the_bad_file(tmp_path: Path, flags: list[str], why: str) -> None:
-    out = subprocess.run(agent_cmd("ingest", "--broker", "mqtts://127.0.0.1:1", "--db",
-                                   f"sqlite:///{tmp_path}/x.db", *flags), cwd=tmp_path,
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    broker = "mqtt://127.0.0.1:1" if "[--broker]" in why else "mqtts://127.0.0.1:1"
+    out = subprocess.run(agent_cmd("ingest", "--broker", broker, "--db",
+                                   f"sqlite:///{tmp_path}/x.db",
+                                   *(f.format(tmp=tmp_path) for f in flags)), cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert why in out.stderr

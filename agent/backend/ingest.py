@@ -342,14 +342,18 @@ class TlsFiles:
             return
         try:
             context = ssl.create_default_context(cafile=str(self.ca) if self.ca else None)
-            if self.cert is not None:
-                context.load_cert_chain(str(self.cert), str(self.key) if self.key else None)
         except (ssl.SSLError, OSError) as exc:
-            flag = "--tls-ca" if self.cert is None or "verify" in str(exc) else "--tls-cert"
-            raise ConfigError(f"cannot load the TLS files: {exc}", key=flag,
-                              fix="--tls-ca must be the CA's PEM certificate; --tls-cert the "
-                                  "client's PEM certificate, and --tls-key its unencrypted "
-                                  "PEM key (unless the certificate file holds the key)") from None
+            raise ConfigError(f"cannot load the CA certificate {self.ca}: {exc}",
+                              key="--tls-ca", fix="give the CA's certificate in PEM") from None
+        if self.cert is None:
+            return
+        try:
+            context.load_cert_chain(str(self.cert), str(self.key) if self.key else None)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"cannot load the client certificate {self.cert} with key "
+                              f"{self.key or '(none)'}: {exc}", key="--tls-cert",
+                              fix="--tls-cert takes the client's PEM certificate and --tls-key "
+                                  "its unencrypted PEM key (the pair must match)") from None
 
 
 def default_client_id(group: str | None) -> str:
