@@ -205,3 +205,56 @@ def test_motion_known_answers() -> None:
     moved[0, 0] = moved[1, 1] = moved[2, 2] = 90  # 8-connected along the diagonal
     moved[0, 3] = 90
     assert ref.Motion(diagonal).update(moved)[1] == [(0, 0, 2, 2, 3), (3, 0, 3, 0, 1)]
+
+
+def test_more_known_answers_for_the_helpers() -> None:
+    with pytest.raises(ValueError, match=r"^nv12 planes must be 2-D \(rows, bytes\)$"):
+        Image.nv12(np.zeros((2, 2), np.uint8), np.zeros((1, 2, 1), np.uint8))
+    for shape, w, h in (((6, 3), 3, 4), ((4, 4), 4, 3)):  # right shape, odd size
+        with pytest.raises(ValueError, match="even sizes"):
+            Image.nv12_buffer(np.zeros(shape, np.uint8), w, h)
+    enc = np.array([[2.0, 3.0, 1.0, 2.0]], np.float32)
+    anchors = np.array([[0.2, 0.6, 0.5, 0.25]], np.float32)
+    box = ref.ssd_decode(enc, anchors, (4.0, 2.0, 8.0, 16.0))
+    yc, xc = 2.0 / 4.0 * 0.5 + 0.2, 3.0 / 2.0 * 0.25 + 0.6
+    h, w = np.exp(1.0 / 8.0) * 0.5, np.exp(2.0 / 16.0) * 0.25
+    assert np.allclose(box, [[yc - h / 2, xc - w / 2, yc + h / 2, xc + w / 2]], atol=1e-6)
+    rows = np.array([[64, 48, 32, 24, 0.5, 1.0, 0.0], [64, 48, 32, 24, 0.25, 1.0, 0.0]], np.float32)
+    boxes, conf, cls = ref.yolo_decode(rows, True, 0.5, 640, 480)  # 0.5 * 1.0 is kept, 0.25 not
+    assert conf.tolist() == [0.5] and cls.tolist() == [0]
+    assert boxes.dtype == np.float32 and conf.dtype == np.float32 and cls.dtype == np.int32
+    order = ref.order_by_score(np.array([0.1, 0.3], np.float32))
+    assert order.dtype == np.int64 and order.tolist() == [1, 0]
+    assert ref.dequantize(np.array([3], np.int8), 0.1, 0).dtype == np.float32
+
+
+def test_motion_thresholds_connectivity_and_order() -> None:
+    state = MotionState(8, 6, alpha_q8=13, threshold=15)
+    base = np.full((6, 8), 100, np.uint8)
+    ref.motion_update(state, base)
+    frame = base.copy()
+    frame[0, 0] = 115        # exactly the threshold: not moving
+    frame[0, 2] = 116        # one over: moving, a lone pixel first in raster order
+    # a U: down, along, and back up (needs dy = -1 to join), and a '/' (needs dx = -1)
+    for y, x in ((2, 4), (3, 4), (4, 4), (4, 5), (4, 6), (3, 6), (2, 6), (1, 7)):
+        frame[y, x] = 160
+    for y, x in ((3, 1), (4, 0)):
+        frame[y, x] = 40
+    score, regions = ref.Motion(state).update(frame, capacity=3)
+    assert score == pytest.approx(11 / 48)
+    assert regions == [(4, 1, 7, 4, 8), (0, 3, 1, 4, 2), (2, 0, 2, 0, 1)]
+    assert ref.Motion(state).update(frame, capacity=1)[1][0][4] == 8
+    assert state.background is not None and state.background.dtype == np.uint16
+    # three steps down from 200 with alpha 13: the integer steps floor towards the background
+    down = MotionState(1, 1, alpha_q8=13, threshold=255)
+    ref.motion_update(down, np.array([[200]], np.uint8))
+    values = []
+    for _ in range(3):
+        ref.motion_update(down, np.array([[0]], np.uint8))
+        assert down.background is not None
+        values.append(int(down.background[0, 0]))
+    expected, back = [], 200 << 8
+    for _ in range(3):
+        back = back - (back * 13) // 256
+        expected.append(back)
+    assert values == expected

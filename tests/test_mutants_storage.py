@@ -195,3 +195,59 @@ def test_lock_file_that_cannot_be_created(tmp_path: Path) -> None:
     assert str(err.value) == (f"storage {tmp_path / 'file' / 'state' / 'agent.lock'}: cannot create the "
                               "state directory's lock file: Not a directory (fix: pass --state-dir "
                               "with a writable directory)")
+
+
+def test_commit_errors_say_whether_the_disk_or_another_writer_is_to_blame(tmp_path: Path) -> None:
+    from agent.storage.outbox import PendingRecord
+
+    def rec() -> PendingRecord:
+        return PendingRecord("cam0", "t/cam0", lambda seq: b"x")
+
+    path = tmp_path / "o.db"
+    first, second = Outbox(path), Outbox(path)  # a second writer: both think seq 1 is next
+    first.append([rec()])
+    with pytest.raises(StorageError) as err:
+        second.append([rec()])
+    assert str(err.value).startswith(f"storage {path}: cannot commit records: UNIQUE constraint failed")
+    assert str(err.value).endswith("; another process has written to this outbox (fix: run one agent "
+                                   "per state directory and nothing else that writes its outbox.db)")
+    first.db.execute("DROP TABLE records")
+    with pytest.raises(StorageError) as err:
+        first.append([rec()])
+    assert str(err.value) == (f"storage {path}: cannot commit records: no such table: records (fix: "
+                              "free space on the state directory's filesystem or lower [outbox] "
+                              "budget_bytes)")
+
+
+def test_lock_dirs_mode_and_a_filesystem_without_flock(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import fcntl
+
+    state = tmp_path / "a" / "b" / "state"  # parents are made
+    lock = StateDirLock(state).acquire()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (state / "agent.lock").stat().st_mode & 0o777 == 0o644 & ~umask
+    lock.release()
+    opened: list[int] = []
+    real_open = os.open
+
+    def tracking_open(*args: object, **kw: object) -> int:
+        fd = real_open(*args, **kw)  # type: ignore[arg-type]
+        opened.append(fd)
+        return fd
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    # Fault injection: an NFS mount without lock support is not available to the tests.
+    monkeypatch.setattr(os, "open", tracking_open)
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(StorageError) as err:
+        StateDirLock(state).acquire()
+    assert str(err.value) == (f"storage {state / 'agent.lock'}: cannot lock the state directory: No "
+                              "locks available (fix: use a local filesystem that supports flock for "
+                              "--state-dir)")
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(opened[-1])  # the descriptor was closed
