@@ -562,3 +562,41 @@ def test_json_lines() -> None:
                           ('{"inf": Infinity}', "no numeric fields")):
         with raises(ProtocolError, message):
             p.parse_line(line)
+
+
+# --- sensors: anomaly hysteresis, windows, latest readings ----------------------------------
+
+def test_anomaly_state_boundaries() -> None:
+    from agent.core.sensors import AnomalyState
+
+    for off, on in ((0.0, 0.0), (0.5, 0.5), (1.0, 1.0), (0.0, 1.0)):
+        AnomalyState(on=on, off=off)
+    for off, on in ((-0.1, 0.5), (0.6, 0.5), (0.5, 1.5)):
+        with raises(ValueError, "anomaly thresholds need 0 <= off <= on <= 1"):
+            AnomalyState(on=on, off=off)
+    a = AnomalyState(on=0.7, off=0.4, min_windows=2)
+    assert [a.update(s) for s in (0.7, 0.69, 0.7, 0.7)] == [None, None, None, "start"]
+    assert a.active
+    assert [a.update(s) for s in (0.4, 0.39, 0.8, 0.39, 0.39)] == [None, None, None, None, "end"]
+    b = AnomalyState(on=0.7, off=0.4, min_windows=1)
+    assert [b.update(s) for s in (0.7, 0.4, 0.39, 0.7)] == ["start", None, "end", "start"]
+
+
+def test_windower_and_latest_readings() -> None:
+    from agent.core.sensors import LatestReadings, Reading, Windower
+
+    w = Windower(["x"], rate_hz=1.0, size=2, hop=1)
+    assert w.add(Reading("s", 0.0, {"y": 1.0})) == []  # lacks the channel
+    assert w.add(Reading("s", 0.0, {"x": 1.0})) == []
+    assert w.add(Reading("s", 1.0, {"x": 2.0})) == []   # sample at t=0 only (t=1 is not before 1)
+    assert w.add(Reading("s", 2.0, {"x": 3.0})) == [(1.0, [[1.0], [2.0]])]
+    assert w.add(Reading("s", 7.0, {"x": 9.0})) == [(2.0, [[2.0], [3.0]]), (3.0, [[3.0], [3.0]]),
+                                                     (4.0, [[3.0], [3.0]]), (5.0, [[3.0], [3.0]]),
+                                                     (6.0, [[3.0], [3.0]])]  # a 5 s gap is no gap
+    assert w.add(Reading("s", 13.0, {"x": 4.0})) == []  # 6 s: start over
+    assert w.add(Reading("s", 15.0, {"x": 5.0})) == [(14.0, [[4.0], [4.0]])]
+    latest = LatestReadings()
+    latest.update(Reading("imu", 10.0, {"a": 1.0}))
+    latest.update(Reading("gps", 8.0, {"fix": 1.0}))
+    assert set(latest.around(["imu", "gps", "none"], 10.0, 2.0)) == {"imu", "gps"}
+    assert set(latest.around(["imu", "gps"], 10.0, 1.999)) == {"imu"}

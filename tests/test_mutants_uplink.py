@@ -206,3 +206,26 @@ def test_committed_records_wait_for_a_connection(tmp_path: Path, connected: bool
     link.connected = connected
     uplink.committed(outbox.append(_records(1)))
     assert uplink.published == (1 if connected else 0)
+
+
+def test_forged_acks_are_logged_once_a_minute_with_what_they_claimed(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    outbox, _, uplink, _ = _setup(tmp_path)
+    outbox.append(_records(3))
+    outbox.append(_records(1, "mic"))
+    caplog.set_level("WARNING", logger="agent.uplink")
+    uplink.on_message(_message(ACK_TOPIC, encode_ack({"cam0": [(1, 9)], "mic": [(1, 1)], "zz": [(1, 2)]},
+                                                     ingest="i")))
+    uplink.on_message(_message(ACK_TOPIC, encode_ack({"cam0": [(5, 6)]}, ingest="i")))
+    warnings = [r.getMessage() for r in caplog.records if "never assigned" in r.getMessage()]
+    assert warnings == [
+        f"ignoring 2 ack range(s) on {ACK_TOPIC} for seqs this device never assigned: cam0 up to 9 "
+        "(last seq 3), zz up to 2 (last seq 0); 2 so far. Only ingest should write this topic (see "
+        "the broker ACLs in docs/contract.md)"]
+    assert uplink.acks_ignored == 3 and uplink.ingested == 4
+    uplink._acks_ignored_logged -= 60.0  # a minute later (monotonic clock), the next one is logged
+    uplink.on_message(_message(ACK_TOPIC, encode_ack({"cam0": [(3, 4)]}, ingest="i")))
+    assert len([r for r in caplog.records if "never assigned" in r.getMessage()]) == 2
+    assert caplog.records[-1].getMessage().startswith(
+        f"ignoring 1 ack range(s) on {ACK_TOPIC} for seqs this device never assigned: cam0 up to 4 "
+        "(last seq 3); 4 so far.")
