@@ -30,7 +30,8 @@ class RecordingLink:
         self.sent: list[dict[str, object]] = []
         self.subscribed: list[tuple[str, int]] = []
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+    # Defaults unlike MqttLink's (qos 1), so a call that leaves qos out shows in what is recorded.
+    def publish(self, topic: str, payload: bytes, qos: int = -1, retain: bool = False,
                 user_properties: list[tuple[str, str]] | None = None) -> int | None:
         if len(self.sent) >= self.accept:
             return None
@@ -38,7 +39,7 @@ class RecordingLink:
                           "props": user_properties})
         return len(self.sent)
 
-    def subscribe(self, topic: str, qos: int = 1) -> None:
+    def subscribe(self, topic: str, qos: int = -1) -> None:
         self.subscribed.append((topic, qos))
 
 
@@ -229,3 +230,79 @@ def test_forged_acks_are_logged_once_a_minute_with_what_they_claimed(
     assert caplog.records[-1].getMessage().startswith(
         f"ignoring 1 ack range(s) on {ACK_TOPIC} for seqs this device never assigned: cam0 up to 4 "
         "(last seq 3); 4 so far.")
+
+
+def test_counters_accumulate(tmp_path: Path) -> None:
+    outbox, blobs, uplink, _ = _setup(tmp_path)
+    outbox.append(_records(4))
+    uplink.on_message(_message(ACK_TOPIC, b"{"))
+    uplink.on_message(_message(ACK_TOPIC, b"[]"))
+    assert uplink.bad_acks == 2
+    uplink.on_message(_message(ACK_TOPIC, encode_ack({"cam0": [(1, 2)]}, ingest="i")))
+    uplink.on_message(_message(ACK_TOPIC, encode_ack({"cam0": [(3, 4)]}, ingest="i")))
+    assert uplink.ingested == 4
+    one, two = blobs.put(b"1" * 10), blobs.put(b"2" * 10)
+    uplink.on_message(_message(ACK_TOPIC, encode_ack({}, ingest="i", blobs_complete=[one])))
+    uplink.on_message(_message(ACK_TOPIC, encode_ack({}, ingest="i", blobs_complete=[two])))
+    assert uplink.blobs_completed == 2
+    uplink.on_puback([], [(90, "a")])
+    uplink.on_puback([], [(91, "b")])
+    assert uplink.rejected == 2 and uplink.last_reject == "b"
+
+
+def test_no_link_no_crash_and_qos_is_the_records(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.db")
+    uplink = Uplink(outbox, PublishWindow(5), birth=("b", b"x"), ack_topic=ACK_TOPIC)
+    uplink.on_connected(False)  # not attached yet: nothing to subscribe or publish with
+    link = RecordingLink()
+    uplink.attach(link)  # type: ignore[arg-type]
+    uplink.on_connected(False)
+    assert link.subscribed == [(ACK_TOPIC, 1)] and link.sent[0]["qos"] == 1
+    uplink.committed(outbox.append([PendingRecord("cam0", "t", lambda seq: b"q0", qos=0)]))
+    assert link.sent[1]["qos"] == 0
+
+
+def test_a_refused_publish_is_fetched_again(tmp_path: Path) -> None:
+    outbox, _, uplink, link = _setup(tmp_path, link=RecordingLink(accept=2))
+    uplink.on_connected(False)  # the birth: mid 1
+    uplink.committed(outbox.append(_records(3)))
+    assert [m["payload"] for m in link.sent[1:]] == [b"cam0:1"]  # then the client refused
+    assert uplink.published == 1
+    link.accept = 10
+    uplink.on_puback([2], [])
+    assert [m["payload"] for m in link.sent[1:]] == [b"cam0:1", b"cam0:2", b"cam0:3"]
+    assert uplink.published == 3
+
+
+def test_in_flight_records_are_not_published_twice(tmp_path: Path) -> None:
+    outbox, _, uplink, link = _setup(tmp_path)
+    first = outbox.append(_records(2))
+    uplink.on_connected(False)  # fetched and published: in flight
+    assert len(link.sent) == 3
+    second = outbox.append(_records(1))
+    uplink.committed([*first, *second])  # the ones in flight are skipped, the new one goes
+    assert [m["payload"] for m in link.sent[1:]] == [b"cam0:1", b"cam0:2", b"cam0:3"]
+    uplink.requeued()  # the ack timeout: fetch from the start, but in flight is in flight
+    assert len(link.sent) == 4
+    uplink.on_puback([2], [])
+    uplink.requeued()  # PUBACKed (not yet marked): flushed, so not fetched again
+    assert len(link.sent) == 4 and outbox.unacked_sent() == 1
+
+
+def test_the_live_reserve_is_a_hard_limit(tmp_path: Path) -> None:
+    outbox, _, uplink, _link = _setup(tmp_path, window=2)
+    uplink.on_connected(False)
+    uplink.committed(outbox.append(_records(2 + LIVE_RESERVE)))
+    assert uplink.window.in_flight_count == 2 + LIVE_RESERVE
+    uplink.committed(outbox.append(_records(1)))
+    assert uplink.window.in_flight_count == 2 + LIVE_RESERVE and uplink.published == 2 + LIVE_RESERVE
+
+
+def test_a_rejected_record_beside_shards_in_flight(tmp_path: Path) -> None:
+    _, blobs, uplink, _link = _setup(tmp_path)
+    uplink.on_connected(False)
+    blobs.put(b"s" * 100)
+    uplink.blobs_added()
+    assert len(uplink.shards_in_flight) == 2
+    uplink.on_puback([], [(99, "record refused")])  # not a shard's mid
+    assert len(uplink.shards_in_flight) == 2 and uplink.rejected == 1
