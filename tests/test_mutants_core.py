@@ -600,3 +600,53 @@ def test_windower_and_latest_readings() -> None:
     latest.update(Reading("gps", 8.0, {"fix": 1.0}))
     assert set(latest.around(["imu", "gps", "none"], 10.0, 2.0)) == {"imu", "gps"}
     assert set(latest.around(["imu", "gps"], 10.0, 1.999)) == {"imu"}
+
+
+# --- declared labels, binary frames, grid clipping -------------------------------------------
+
+def test_declared_labels_against_the_model() -> None:
+    from agent.core.labels import LabelError, check_declared_labels
+
+    check_declared_labels({}, 0, 5)
+    check_declared_labels({0: "a", 7: "b"}, 0, 0)      # classes unknown: nothing to check
+    with raises(LabelError, "1 labels with label_offset 0 for a model with 1 output classes: label id 1 "
+                            "has no class"):
+        check_declared_labels({1: "a"}, 0, 1)
+    check_declared_labels({0: "bg", 1: "a"}, 0, 2)
+    check_declared_labels({1: "a", 2: "b"}, 1, 3)      # one unnamed class (background) is fine
+    check_declared_labels({1: "a"}, 0, 2)
+    with raises(LabelError, "2 labels with label_offset 1 for a model with 2 output classes: label id 3 "
+                            "has no class"):
+        check_declared_labels({1: "a", 3: "b"}, 1, 2)
+    with raises(LabelError, "2 labels with label_offset 0 for a model with 2 output classes: label id 2 "
+                            "has no class"):
+        check_declared_labels({2: "x", 5: "y"}, 0, 2)
+    with raises(LabelError, "1 labels with label_offset 0 for a model with 4 output classes: 3 classes "
+                            "have no label"):
+        check_declared_labels({0: "a"}, 0, 4)
+    with raises(LabelError, "2 labels with label_offset 2 for a model with 5 output classes: 3 classes "
+                            "have no label"):
+        check_declared_labels({2: "a", 3: "b"}, 2, 5)
+    check_declared_labels({0: "a", 1: "b"}, 0, 2)
+    check_declared_labels({0: "a"}, 0, 2)
+    with pytest.raises(LabelError):
+        check_declared_labels({0: "a"}, 0, 3)
+
+
+def test_binary_frame_limits() -> None:
+    from agent.core.sensors import BinaryCrc16, encode_binary_frame
+
+    frame = encode_binary_frame([1.0] * 63)
+    assert len(frame) == 2 + 1 + 252 + 2 and frame[2] == 252
+    with raises(ValueError, "at most 63 values per frame"):
+        encode_binary_frame([1.0] * 64)
+    parser = BinaryCrc16("b", clock=lambda: 0.0)
+    assert [len(r.values) for r in parser.feed(frame)] == [63]
+
+
+def test_grid_boxes_are_clipped_to_the_image() -> None:
+    grid = np.zeros((1, 1, 1, 6), np.float32)
+    grid[0, 0, 0] = [1.0, 0.9, 0.9, 0.8, 0.8, 0.5]  # centre (0.9, 0.9), 0.8 wide: past 1.0
+    m = Manifest("m", "detection", "grid", score_threshold=0.5)
+    (det,) = grid_detections(grid, m)  # confidence exactly the threshold is kept
+    assert det.box == pytest.approx((0.5, 0.5, 1.0, 1.0)) and det.score == 0.5
