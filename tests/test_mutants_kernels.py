@@ -258,3 +258,66 @@ def test_motion_thresholds_connectivity_and_order() -> None:
         back = back - (back * 13) // 256
         expected.append(back)
     assert values == expected
+
+
+def _random_case(seed: int) -> tuple[Image, Preprocess]:
+    """A fixed pseudo-random case (ROIs with even and odd corners, up- and downscaling)."""
+    rng = np.random.default_rng(seed)
+    fmt = ["nv12", "yuyv", "bgr", "rgb", "gray"][seed % 5]
+    w, h = int(rng.integers(2, 40)), int(rng.integers(2, 30))
+    if fmt == "yuyv":
+        w += w % 2
+    roi = None
+    if seed % 3:
+        rx, ry = int(rng.integers(0, w - 1)), int(rng.integers(0, h - 1))
+        rw, rh = int(rng.integers(1, w - rx + 1)), int(rng.integers(1, h - ry + 1))
+        if fmt == "yuyv":
+            rx -= rx % 2
+            rw = max(2, rw - rw % 2)
+            if rx + rw > w:
+                rx = 0
+        roi = (rx, ry, rw, rh)
+    quant = list(QUANT)[seed % 4]
+    dtype, mul, add = QUANT[quant]
+    if seed % 7 == 0:
+        dtype, mul, add = "int8", (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)  # identity scale into int8
+    spec = Preprocess(out_w=int(rng.integers(1, 45)), out_h=int(rng.integers(1, 35)),
+                      out_c=1 if seed % 4 == 3 else 3, dtype=dtype, rgb=bool(seed % 2),  # type: ignore[arg-type]
+                      resize="area" if seed % 2 else "bilinear", roi=roi, letterbox=seed % 5 == 1,
+                      pad_value=int(rng.integers(0, 256)), mul=mul, add=add)
+    return _image(fmt, w, h, seed, padded=bool(seed % 2)), spec
+
+
+@pytest.mark.parametrize("seed", range(120))
+def test_reference_equals_independent_model_on_fixed_random_cases(seed: int) -> None:
+    image, spec = _random_case(seed)
+    got, info = ref.preprocess(image, spec)
+    want, geometry = _model(image, spec)
+    assert (info.content_w, info.content_h, info.offset_x, info.offset_y) == geometry
+    assert got.dtype == want.dtype and np.array_equal(got, want), (seed, spec)
+
+
+def test_edges_the_random_cases_miss() -> None:
+    cases = [
+        (_image("gray", 256, 1, 1), Preprocess(out_w=255, out_h=1, out_c=1, resize="area")),
+        (_image("bgr", 100, 1, 2), Preprocess(out_w=10, out_h=10, letterbox=True, pad_value=9)),
+        (_image("nv12", 24, 20, 3), Preprocess(out_w=30, out_h=25, roi=(4, 6, 12, 10))),
+        (_image("nv12", 24, 20, 4), Preprocess(out_w=9, out_h=7, roi=(4, 6, 12, 10), resize="area")),
+        (_image("yuyv", 20, 8, 5), Preprocess(out_w=9, out_h=21, roi=(2, 1, 14, 6))),
+        (_image("gray", 8, 8, 6), Preprocess(out_w=8, out_h=8, dtype="int8")),
+    ]
+    for image, spec in cases:
+        got, _ = ref.preprocess(image, spec)
+        assert np.array_equal(got, _model(image, spec)[0]), spec
+
+
+def test_colour_and_gray_constants_over_many_values() -> None:
+    u, v = (a.ravel() for a in np.meshgrid(np.arange(256), np.arange(256), indexing="ij"))
+    for y in (16, 81, 128, 235):
+        yy = np.full_like(u, y)
+        for got, want in zip(ref.yuv_to_rgb(yy, u, v), ind.yuv_to_rgb(yy, u, v), strict=True):
+            assert np.array_equal(got, want), y
+    bgr = np.random.default_rng(9).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    spec = Preprocess(out_w=256, out_h=256, out_c=1)  # same size: the identity, then gray
+    got, _ = ref.preprocess(Image.packed("bgr", bgr), spec)
+    assert np.array_equal(got, _model(Image.packed("bgr", bgr), spec)[0])
