@@ -105,7 +105,11 @@ def test_diag_bundle_exits_0_once_written_and_reports_the_checks(tmp_path: Path)
     with tarfile.open(path) as tar:
         diag = next(m for m in tar.getmembers() if m.name.endswith("/diag.json"))
         report = json.loads(tar.extractfile(diag).read())  # type: ignore[union-attr]
+        texts = {Path(m.name).name: tar.extractfile(m).read().decode()  # type: ignore[union-attr]
+                 for m in tar.getmembers()}
     assert report["exit_code"] == 2 and report["checks"][0]["status"] == "fail"
+    assert "unknown key" in json.loads(texts["config.json"])["error"]  # not the defaults
+    assert texts["config-file.toml"] == bad.read_text()
     unwritable = run_cli("diag", "bundle", "--output", "/proc/nope/bundle.tar.gz")
     assert unwritable.returncode == 2
     assert "cannot write the bundle /proc/nope/bundle.tar.gz" in unwritable.stderr

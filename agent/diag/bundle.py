@@ -102,18 +102,23 @@ def _crash_logs(newest: int = 5) -> str:
 
 
 def write_bundle(cfg: AgentConfig, diag: dict[str, Any], output: Path,
-                 status: dict[str, Any] | None) -> Path:
-    """Write the tarball; returns its path."""
+                 status: dict[str, Any] | None, config_file: Path | None = None,
+                 config_error: str | None = None) -> Path:
+    """Write the tarball; returns its path. With ``config_error`` (the config did not load,
+    ``cfg`` is the built-in defaults) config.json holds the error, not the defaults."""
     secrets = secret_values()
     members = {
         "diag.json": json.dumps(diag, indent=2),
-        "config.json": json.dumps(cfg.model_dump(mode="json"), indent=2),
+        "config.json": json.dumps({"error": config_error} if config_error
+                                  else cfg.model_dump(mode="json"), indent=2),
         "versions.json": json.dumps(_versions(), indent=2),
         "board.txt": _board(),
         "logs.txt": _logs(cfg),
         "status.json": json.dumps(status or {"state": "not running"}, indent=2),
         "crashes.txt": _crash_logs(),
     }
+    if config_file is not None:
+        members["config-file.toml"] = _tail(config_file)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     root = f"lepton-diag-{cfg.agent.device_id}-{stamp}"
     try:

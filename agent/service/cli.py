@@ -384,7 +384,8 @@ def cmd_diag(args: argparse.Namespace) -> int:
         live = None
         for path in socket_candidates(cfg.agent.state_dir, cfg.agent.status_socket):
             live = live or query(path)
-        written = write_bundle(cfg, report, output, live)
+        written = write_bundle(cfg, report, output, live, config_file=args.config,
+                               config_error=None if config else config_result.reason)
         print(f"wrote {written} (secrets removed); checks: {summary(results)}"
               + ("; see diag.json in the bundle" if report["exit_code"] else ""))
         return 0
