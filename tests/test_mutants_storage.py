@@ -251,3 +251,33 @@ def test_lock_dirs_mode_and_a_filesystem_without_flock(tmp_path: Path,
                               "--state-dir)")
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(opened[-1])  # the descriptor was closed
+
+
+def test_quarantine_keeps_every_file_of_the_same_second(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The clock is pinned so that three quarantines fall in one second.
+    monkeypatch.setattr(outbox_mod.time, "strftime", lambda fmt: "20261201T000000")
+    path = tmp_path / "o.db"
+    for i in range(3):
+        path.write_bytes(b"junk %d" % i * 1000)
+        Outbox(path).close()
+    base = "o.db.corrupt-20261201T000000"
+    for i, name in enumerate((base, base + "-2", base + "-3")):
+        assert (tmp_path / name).read_bytes() == b"junk %d" % i * 1000
+
+
+def test_fetch_keeps_qos_and_mark_sent_errors_name_the_file(tmp_path: Path) -> None:
+    from agent.storage.outbox import PendingRecord
+
+    box = Outbox(tmp_path / "o.db")
+    box.append([PendingRecord("s", "t", lambda seq: b"a", qos=0),
+                PendingRecord("s", "t", lambda seq: b"b", qos=1)])
+    assert [(r.seq, r.qos, r.payload) for r in box.fetch_unsent(0, 10)] == [(1, 0, b"a"), (2, 1, b"b")]
+    assert [r.seq for r in box.fetch_unsent(1, 10)] == [2]
+    box.mark_sent([1])
+    assert [r.seq for r in box.fetch_unsent(0, 10)] == [2] and box.unacked_sent() == 1
+    assert box.requeue_unacked(time.time_ns() + 1) == 1 and box.unacked_sent() == 0
+    box.db.execute("DROP TABLE records")
+    with pytest.raises(StorageError) as err:
+        box.mark_sent([2])
+    assert str(err.value) == f"storage {tmp_path / 'o.db'}: cannot mark records sent: no such table: records"
