@@ -239,11 +239,11 @@ def _mixed(store: Store, max_examples: int) -> None:
 
 
 def test_fuzzed_records_never_stop_ingest(store: Store) -> None:
-    _records(store, 500)
+    _records(store, 400)
 
 
 def test_fuzzed_shards_and_records_never_stop_ingest(store: Store) -> None:
-    _mixed(store, 250)
+    _mixed(store, 200)
 
 
 @pytest.mark.slow
