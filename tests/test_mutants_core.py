@@ -5,6 +5,7 @@ changed operator, bound or word fails."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 
@@ -650,3 +651,87 @@ def test_grid_boxes_are_clipped_to_the_image() -> None:
     m = Manifest("m", "detection", "grid", score_threshold=0.5)
     (det,) = grid_detections(grid, m)  # confidence exactly the threshold is kept
     assert det.box == pytest.approx((0.5, 0.5, 1.0, 1.0)) and det.score == 0.5
+
+
+# --- serial parsers: lines, CSV, binary frames ------------------------------------------------
+
+def test_line_parser_framing_and_errors() -> None:
+    from agent.core.sensors import MAX_LINE, Csv
+
+    ticks = itertools.count(1)
+    p = Csv("env", clock=lambda: float(next(ticks)), columns=["t", "h"])
+    assert (p.sensor, p.errors, p.frames, p.last_error) == ("env", 0, 0, None)
+    got = p.feed(b"t,h\r\n1.5, 2\r\n\r\n  \n3,4")
+    assert [(r.sensor, r.ts, r.values) for r in got] == [("env", 1.0, {"t": 1.5, "h": 2.0})]
+    assert p.feed(b"\n")[0].values == {"t": 3.0, "h": 4.0} and p.frames == 2
+    assert p.feed(b"\xff\xfe\n") == []
+    assert (p.errors, p.last_error) == (1, "line is not UTF-8 (wrong baud rate?)")
+    assert p.feed(b"1,x\n") == [] and p.last_error == "non-numeric field in '1,x'"
+    assert p.feed(b"1,inf\n") == [] and p.last_error == "non-finite value"
+    assert p.feed(b"1,2,3\n") == [] and p.last_error == "3 fields, expected 2" and p.errors == 4
+    long = "x" * 60
+    assert p.feed(f"1,{long}\n".encode()) == []
+    assert p.last_error == f"non-numeric field in {('1,' + long)[:40]!r}"
+    exact = b"1," + b"0" * (MAX_LINE - 2)  # MAX_LINE bytes without the newline: kept
+    assert [r.values["t"] for r in p.feed(exact + b"\n")] == [1.0]
+    errors = p.errors
+    assert p.feed(b"9" * (MAX_LINE + 1)) == [] and p.errors == errors + 1
+    assert p.last_error == f"line longer than {MAX_LINE} bytes dropped"
+    assert p.feed(b"9" * 10) == [] and p.errors == errors + 1  # still the same long line
+    assert p.feed(b"9\n5,6\n")[0].values == {"t": 5.0, "h": 6.0}  # its end dropped, then parsing resumes
+    plain = Csv("c", clock=lambda: 0.0)
+    assert plain.columns is None and plain.feed(b"1,2,3\n")[0].values == {"c0": 1.0, "c1": 2.0, "c2": 3.0}
+    assert plain.feed(b"a,b\n") == [] and plain.errors == 0  # a header
+
+
+def test_binary_frames_resync_and_errors() -> None:
+    from agent.core.sensors import SYNC, BinaryCrc16, crc16_ccitt, encode_binary_frame
+
+    class Recording(BinaryCrc16):
+        def __init__(self, *args: object, **kw: object) -> None:
+            super().__init__(*args, **kw)  # type: ignore[arg-type]
+            self.reasons: list[str] = []
+
+        def _error(self, reason: str) -> None:
+            self.reasons.append(reason)
+            super()._error(reason)
+
+    ticks = itertools.count()
+    p = Recording("imu", clock=lambda: float(next(ticks)), columns=["x", "y"])
+    assert p.feed(b"") == [] and p.feed(b"\x00") == [] and p.reasons == []  # may start a sync
+    good = encode_binary_frame([1.0, 2.0])
+    got = p.feed(b"\x01" + good + good[:5])
+    assert [(r.sensor, r.ts, r.values) for r in got] == [("imu", 0.0, {"x": 1.0, "y": 2.0})]
+    assert p.reasons == ["2 byte(s) of garbage skipped"]
+    assert [r.values for r in p.feed(good[5:])] == [{"x": 1.0, "y": 2.0}] and p.frames == 2
+    assert p.feed(b"\x07\x07\x07") == [] and p.reasons[-1] == "2 byte(s) of garbage skipped"
+    p.reasons.clear()
+    bad_crc = good[:-1] + bytes([good[-1] ^ 1])
+    assert [r.values for r in p.feed(bad_crc + good)] == [{"x": 1.0, "y": 2.0}] and p.frames == 3
+    assert p.reasons[:2] == ["1 byte(s) of garbage skipped", "bad CRC"]  # the 0x07 kept, then the CRC
+    p.reasons.clear()
+    body = bytes([3]) + b"\x00\x00\x00"
+    p.feed(b"\x07" + SYNC + body + crc16_ccitt(body).to_bytes(2, "little"))
+    assert p.reasons[:2] == ["1 byte(s) of garbage skipped", "length not a multiple of 4"]
+    p.reasons.clear()
+    three = encode_binary_frame([1.0, 2.0, 3.0])
+    assert p.feed(three + good) != [] and p.reasons[-1] == "3 values, expected 2" and p.frames == 4
+    assert [r.values for r in p.feed(good + good)] == [{"x": 1.0, "y": 2.0}] * 2 and p.frames == 6
+    r = Recording("raw", clock=lambda: 7.0)
+    assert r.feed(encode_binary_frame([4.0]))[0].values == {"c0": 4.0}
+    frame = encode_binary_frame([0.0])
+    assert r.feed(frame[:2]) == [] and r.feed(frame[2:3]) == [] and r.feed(frame[3:-1]) == []  # waits
+    assert r.feed(frame[-1:])[0].values == {"c0": 0.0} and r.reasons == []
+
+
+def test_nmea_finds_the_first_start_and_the_last_star() -> None:
+    p = Nmea0183("gps", clock=lambda: 0.0)
+    body = "GPGGA,1,4807.038,N,01131.000,E,1,08,0.9,545.4"
+    line = f"x$y${body}*{nmea_checksum(body):02X}"
+    with raises(ProtocolError, "checksum mismatch in 'y$GPGG'"):
+        p.parse_line(line)
+    star_body = "GPGSV,1*2"
+    assert p.parse_line(f"${star_body}*{nmea_checksum(star_body):02X}") is None
+    assert p.parse_line(f"${body}*{nmea_checksum(body):02X}9") is not None  # one more char is ignored
+    assert p.parse_line(_sentence("GPGGA,1,4807.038,N,01131.000,E,1,08,0.9,")) is not None
+    assert p.parse_line(_sentence("GPGGAX,1,4807.038,N,01131.000,E,1,08,0.9,1")) is None
