@@ -71,45 +71,71 @@ def _bounds(metadata: list[Any]) -> tuple[float | None, float | None, bool]:
     return low, high, strict_low
 
 
-def _valid(key: str, annotation: Any, metadata: list[Any]) -> st.SearchStrategy[Any]:
+# In range and of the right type: what a valid config holds (per section where it differs).
+IN_RANGE_STRINGS = {"device_id": "cam-1", "site": "s1", "stream": "cam0", "board": "x86-dev",
+                    "broker": "mqtt://127.0.0.1:1883", "prometheus_host": "127.0.0.1",
+                    "client_id": "c1", "username": "u"}
+IN_RANGE_URI = {"source": "synthetic://64x48@10",
+                "sensors": "serial:///dev/ttyUSB0?protocol=csv&name=s"}
+
+
+def _valid(section: str, key: str, annotation: Any, metadata: list[Any],
+           exact: bool = False) -> st.SearchStrategy[Any]:
+    """Values of the field's type, around its range (``exact``: only inside it)."""
     args = [a for a in get_args(annotation) if a is not type(None)]
     if get_origin(annotation) is Literal:
         return st.sampled_from(get_args(annotation))
     if args and get_origin(annotation) is not dict and get_origin(annotation) is not list:
         if all(get_origin(a) is Literal for a in args):  # a union of Literals
             return st.sampled_from([v for a in args for v in get_args(a)])
-        return _valid(key, args[0], metadata)
+        return _valid(section, key, args[0], metadata, exact)
     low, high, strict_low = _bounds(metadata)
     if annotation is bool:
         return st.booleans()
     if annotation is ByteSize:
-        return st.one_of(st.integers(int(low or 0), int(high or 2**40)),
-                         st.sampled_from(["64MiB", "1KiB", "1 GB", "12 parsecs", "-1MiB"]))
+        inside = st.integers(int(low or 0), int(high or 2**40))
+        return inside if exact else st.one_of(
+            inside, st.sampled_from(["64MiB", "1KiB", "1 GB", "12 parsecs", "-1MiB"]))
     if annotation is int:
+        if exact:
+            return st.integers(int(low or 0), int(min(high if high is not None else 100, 10**6)))
         return st.integers(int(low if low is not None else -10) - 2,
                            int(high if high is not None else 10**6) + 2)
     if annotation is float:
         lo = low if low is not None else -10.0
-        return st.one_of(st.floats(lo, high if high is not None else 1e6, exclude_min=strict_low),
-                         st.sampled_from([lo - 1, (high or 1e300) * 2, 1e308]))
+        inside = st.floats(lo, high if high is not None else 1e6, exclude_min=strict_low)
+        return inside if exact else st.one_of(
+            inside, st.sampled_from([lo - 1, (high or 1e300) * 2, 1e308]))
     if get_origin(annotation) is dict:
-        return st.dictionaries(st.sampled_from(["event", "result", "shard", "telemetry", "bogus"]),
-                               st.integers(-5, 200), max_size=4)
+        classes = ["event", "result", "shard", "telemetry"]
+        if exact:
+            return st.dictionaries(st.sampled_from(classes), st.integers(0, 1000), max_size=4)
+        return st.dictionaries(st.sampled_from([*classes, "bogus"]), st.integers(-5, 2000),
+                               max_size=4)
     if get_origin(annotation) is list:
-        return st.lists(st.sampled_from(["s", "gps", "nope"]), max_size=2)
+        return st.just([]) if exact else st.lists(st.sampled_from(["s", "gps", "nope"]), max_size=2)
     if annotation is str:
+        if exact:
+            return st.just(IN_RANGE_URI[section] if key == "uri" else IN_RANGE_STRINGS.get(key, "x"))
         return st.one_of(st.sampled_from(EXAMPLES.get(key, ["x"])), st.text(max_size=20))
-    return st.sampled_from(PATHS)  # Path
+    return st.sampled_from(["state", "sub/dir"] if exact else PATHS)  # Path
 
 
-def _fields(model: Any) -> dict[str, st.SearchStrategy[Any]]:
-    return {k: st.one_of(_valid(k, f.annotation, f.metadata), _valid(k, f.annotation, f.metadata),
-                         anything)
+def _fields(section: str, model: Any, exact: bool = False) -> dict[str, st.SearchStrategy[Any]]:
+    if exact:
+        return {k: _valid(section, k, f.annotation, f.metadata, exact=True)
+                for k, f in model.model_fields.items()}
+    return {k: st.one_of(_valid(section, k, f.annotation, f.metadata),
+                         _valid(section, k, f.annotation, f.metadata), anything)
             for k, f in model.model_fields.items()}
 
 
-SECTIONS = {s: _fields(f.annotation) for s, f in AgentConfig.model_fields.items() if s != "sensors"}
-SENSOR = _fields(get_args(AgentConfig.model_fields["sensors"].annotation)[0])
+SENSOR_MODEL = get_args(AgentConfig.model_fields["sensors"].annotation)[0]
+SECTIONS = {s: _fields(s, f.annotation) for s, f in AgentConfig.model_fields.items()
+            if s != "sensors"}
+SENSOR = _fields("sensors", SENSOR_MODEL)
+IN_RANGE = {s: _fields(s, f.annotation, exact=True) for s, f in AgentConfig.model_fields.items()
+            if s not in ("sensors", "agent", "metrics", "mqtt")}
 
 
 @st.composite
@@ -245,15 +271,26 @@ def runnable_docs(draw: st.DrawFn) -> dict[str, Any]:
     return doc
 
 
-@fuzz(6)
-@given(runnable_docs())
+@st.composite
+def in_range_docs(draw: st.DrawFn) -> dict[str, Any]:
+    """Configs of values in their ranges, so that most of them load and ``run`` really runs."""
+    doc: dict[str, Any] = {}
+    for section in draw(st.lists(st.sampled_from(sorted(IN_RANGE)), max_size=5, unique=True)):
+        fields = IN_RANGE[section]
+        keys = draw(st.lists(st.sampled_from(sorted(fields)), max_size=5, unique=True))
+        doc[section] = {k: draw(fields[k]) for k in keys}
+    return doc
+
+
+@fuzz(8)
+@given(st.one_of(runnable_docs(), in_range_docs()))
 def test_config_check_and_run_processes_on_random_configs(doc: dict[str, Any]) -> None:
     _processes(doc, "proc")
 
 
 @pytest.mark.slow
 @fuzz(400)
-@given(runnable_docs())
+@given(st.one_of(runnable_docs(), in_range_docs()))
 def test_config_check_and_run_processes_on_random_configs_slow(doc: dict[str, Any]) -> None:
     _processes(doc, "proc-slow")
 
