@@ -735,3 +735,109 @@ def test_nmea_finds_the_first_start_and_the_last_star() -> None:
     assert p.parse_line(f"${body}*{nmea_checksum(body):02X}9") is not None  # one more char is ignored
     assert p.parse_line(_sentence("GPGGA,1,4807.038,N,01131.000,E,1,08,0.9,")) is not None
     assert p.parse_line(_sentence("GPGGAX,1,4807.038,N,01131.000,E,1,08,0.9,1")) is None
+
+
+# --- backoff, postprocess, labels, window, manifest odds and ends ----------------------------
+
+def test_backoff_bounds_and_messages() -> None:
+    from agent.core.backoff import Backoff
+
+    Backoff(initial=1.0, maximum=1.0, multiplier=1.0, jitter=1.0)
+    Backoff(jitter=0.0)
+    for kw, message in (({"initial": 0.0}, "backoff needs 0 < initial <= maximum"),
+                        ({"initial": 2.0, "maximum": 1.0}, "backoff needs 0 < initial <= maximum"),
+                        ({"jitter": 1.5}, "backoff jitter must be within [0, 1]"),
+                        ({"jitter": -0.1}, "backoff jitter must be within [0, 1]"),
+                        ({"multiplier": 0.99}, "backoff multiplier must be >= 1")):
+        with raises(ValueError, message):
+            Backoff(**kw)  # type: ignore[arg-type]
+    b = Backoff(initial=1.0, maximum=1e300, multiplier=1.5, jitter=0.0)
+    b.attempts = 70
+    assert b.next_delay() == 1.5 ** 64  # the exponent is capped at 64
+
+
+def test_postprocess_edges() -> None:
+    from agent.core.postprocess import dequantize, iou_matrix, nms, ssd_detections, top_classes
+
+    raw = np.array([1, 2], np.int8)
+    same = dequantize(raw, 0.0, 5)
+    assert same.dtype == np.float32 and same.tolist() == [1.0, 2.0]
+    one = dequantize(raw, 1.0, 1)
+    assert one.dtype == np.float32 and one.tolist() == [0.0, 1.0]
+    m = Manifest("m", "classification", "softmax", labels={0: "a", 1: "b", 2: "c", 3: "d"},
+                 score_threshold=0.25, max_results=3)
+    scores = np.array([[0.25, 0.5, 0.5, 0.1]], np.float32)
+    top = top_classes(scores, m)
+    assert [(c.class_id, c.label, c.score) for c in top] == [(1, "b", 0.5), (2, "c", 0.5), (0, "a", 0.25)]
+    assert [c.class_id for c in top_classes(np.array([0.1, 0.9, 0.3, 0.8], np.float32),
+                                            Manifest("m", "classification", "softmax",
+                                                     score_threshold=0.0, max_results=2))] == [1, 3]
+    det_m = Manifest("m", "detection", "ssd_postprocess", labels={1: "car", 2: "bus"}, label_offset=1,
+                     score_threshold=0.5, max_results=10)
+    boxes = np.array([[[-0.1, 0.2, 0.6, 1.3], [0, 0, 1, 1], [0.1, 0.1, 0.2, 0.2]]], np.float32)
+    classes = np.array([[0, 1, 0]], np.float32)
+    ssd_scores = np.array([[0.5, 0.4, 0.9]], np.float32)
+    dets = ssd_detections(boxes, classes, ssd_scores, np.array([5.0], np.float32), det_m)
+    assert [(d.class_id, d.label, round(d.score, 3)) for d in dets] == [(0, "car", 0.5), (0, "car", 0.9)]
+    assert dets[0].box == pytest.approx((0.0, 0.2, 0.6, 1.0))
+    assert len(ssd_detections(boxes, classes, ssd_scores, np.array([[2.0]], np.float32), det_m)) == 1
+    few = Manifest("m", "detection", "ssd_postprocess", score_threshold=0.0, max_results=2)
+    assert len(ssd_detections(boxes, classes, ssd_scores, np.array([3.0], np.float32), few)) == 2
+    apart = np.array([[0, 0, 0.1, 0.1]], np.float32)
+    far = np.array([[0.5, 0.5, 0.6, 0.6], [0.05, 0.2, 0.1, 0.3], [0.2, 0.05, 0.3, 0.1]], np.float32)
+    assert iou_matrix(apart, far).tolist() == [[0.0, 0.0, 0.0]] and iou_matrix(apart, far).dtype == np.float32
+    empty = np.array([[0.3, 0.3, 0.3, 0.3]], np.float32)
+    assert iou_matrix(empty, empty).tolist() == [[0.0]]
+    half = np.array([[0, 0, 1, 1], [0, 0, 1, 0.5], [0, 0, 1, 1]], np.float32)
+    sc = np.array([0.9, 0.8, 0.7], np.float32)
+    cl = np.zeros(3, np.int32)
+    assert nms(half, sc, cl, 0.5, 10) == [0, 1]  # IoU exactly 0.5 is kept
+    assert nms(half, sc, cl, 0.49, 10) == [0]
+    assert nms(half, sc, cl, 0.5, 0) == [] and nms(half, sc, cl, 0.5, 1) == [0]
+    grid = np.zeros((1, 1, 2, 6), np.float32)
+    grid[0, 0, 0] = [0.9, 0.5, 0.5, 0.5, 0.5, 1.0]
+    grid[0, 0, 1] = [0.8, 0.5, 0.0, 0.5, 0.6, 1.0]  # overlaps the first by IoU 0.375
+    gm = Manifest("m", "detection", "grid", score_threshold=0.1)
+    assert len(grid_detections(grid, gm)) == 2  # the default IoU threshold (0.45) keeps both
+    assert len(grid_detections(grid, gm, iou_threshold=0.3)) == 1
+    assert [d.class_id for d in grid_detections(grid, gm)] == [0, 0]
+
+
+def test_labels_parsing_edges() -> None:
+    from agent.core.labels import LabelError, parse_labels
+
+    assert parse_labels("5 car\n", pbtxt=False) == {0: "5 car"}  # one line: a name, not an id
+    assert parse_labels("1 car\n3 bus\n", pbtxt=False) == {1: "car", 3: "bus"}
+    with raises(LabelError, "id 1 appears twice"):
+        parse_labels("1 car\n1 bus\n", pbtxt=False)
+    with raises(LabelError, "the file holds no labels"):
+        parse_labels("\n  \n", pbtxt=False)
+    text = 'item { id: 1 name: "a" }  # item { id: 2 name: "hidden" }\nitem { id: 3 }\nitem { name: "x" }'
+    assert parse_labels(text, pbtxt=True) == {1: "a"}
+
+
+def test_window_and_manifest_edges() -> None:
+    from agent.core.outbox import PublishWindow
+
+    PublishWindow(1)
+    with raises(ValueError, "publish window must be >= 1"):
+        PublishWindow(0)
+    w = PublishWindow(2)
+    w.on_connected()
+    w.on_disconnected()
+    assert w.connected is False
+    assert w.on_fetched([], exhausted=True) == [] and w.has_unsent is False
+    wide = _t("wide", (1, 10, 40, 3), "uint8")
+    tall = _t("tall", (1, 30, 10, 3), "uint8")
+    assert _image_input([tall, wide]) is wide   # 400 pixels against 300
+    square = _t("sq", (1, 18, 18, 1), "uint8")
+    assert _image_input([wide, square]) is wide  # 400 against 324
+    heads = [_t("boxes", (1, 10, 4)), _t("classes", (1, 10)), _t("scores", (1, 10)), _t("count", (1,))]
+    gray_in = _t("g", (1, 32, 32, 1), "uint8", index=0)
+    ssd = infer_manifest("det", [gray_in], heads)
+    assert (ssd.name, ssd.color) == ("det", "gray")
+    with raises(ManifestError, "cannot infer the task from outputs a[1, 2, 2]:int8, b[1, 3, 3]:int8; "
+                               "expected one score vector (classification) or the 4 outputs of "
+                               "TFLite_Detection_PostProcess (SSD)"):
+        infer_manifest("x", [IMG], [_t("a", (1, 2, 2), "int8"), _t("b", (1, 3, 3), "int8")])
+    assert output_classes(_manifest("softmax", {"scores": "p"}), [_t("p", (7, 1))]) == 1
