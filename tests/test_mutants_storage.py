@@ -281,3 +281,43 @@ def test_fetch_keeps_qos_and_mark_sent_errors_name_the_file(tmp_path: Path) -> N
     with pytest.raises(StorageError) as err:
         box.mark_sent([2])
     assert str(err.value) == f"storage {tmp_path / 'o.db'}: cannot mark records sent: no such table: records"
+
+
+def test_blob_defaults_chunk_counts_and_outbox_reads(tmp_path: Path) -> None:
+    from agent.storage.outbox import PendingRecord
+
+    box = Outbox(tmp_path / "o.db", until_ingested=False)
+    store = BlobStore(box, chunk_size=1024)
+    blob = store.put(b"z" * 1025)  # one byte past a chunk: two chunks
+    parts = store.pending(10)
+    assert [(p.kind, p.content_type, p.chunk_count) for p in parts] == [("snapshot", "image/jpeg", 2)] * 3
+    assert box.db.execute("SELECT priority FROM blobs WHERE blob = ?", (blob,)).fetchone()[0] == \
+        box.priority("shard")
+    exact = store.put(b"y" * 2048)
+    assert max(p.index for p in store.pending(10) if p.blob == exact) == 1  # exactly two chunks
+    assert box.backlog() == (0, None)
+    before = time.time_ns()
+    stored = box.append([PendingRecord("s", "t/s", lambda seq: b"p%d" % seq, qos=0),
+                         PendingRecord("s", "t/s", lambda seq: b"p%d" % seq)])
+    count, age = box.backlog()
+    assert count == 2 and age is not None and 0 <= age < (time.time_ns() - before) / 1e9 + 1
+    assert box.fetch_ids([]) == []
+    again = box.fetch_ids([stored[1].id, stored[0].id, 999])
+    assert [(r.id, r.stream, r.seq, r.topic, r.payload, r.qos) for r in again] == [
+        (stored[0].id, "s", 1, "t/s", b"p1", 0), (stored[1].id, "s", 2, "t/s", b"p2", 1)]
+    box.mark_sent([stored[0].id])
+    assert box.backlog()[0] == 1  # delivery to the broker: sent is delivered
+    assert [r.seq for r in box.fetch_ids([stored[0].id, stored[1].id])] == [2]
+    assert box.integrity_ok()
+
+
+def test_full_disk_errors_are_told_apart() -> None:
+    full = sqlite3.OperationalError("database or disk is full")
+    assert outbox_mod._is_full(full)
+    assert not outbox_mod._is_full(sqlite3.OperationalError("disk I/O error"))
+    named = sqlite3.OperationalError("whatever")
+    named.sqlite_errorname = "SQLITE_FULL"  # type: ignore[attr-defined]
+    assert outbox_mod._is_full(named)
+    other = sqlite3.OperationalError("database or disk is full")
+    other.sqlite_errorname = "SQLITE_IOERR"  # type: ignore[attr-defined]
+    assert not outbox_mod._is_full(other)  # the name decides when there is one
