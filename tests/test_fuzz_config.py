@@ -3,7 +3,7 @@ command lines built from every subparser's options. A config either loads or is 
 ConfigError line; a command line either parses (and, where cheap, runs) or is an argparse usage
 error; nothing ends in an exception the CLI did not expect (exit 1, ``internal error``).
 
-Default tier: about two thousand in-process cases and a few real processes; ``-m slow`` runs many
+Default tier: about 1,700 in-process cases and a few real processes; ``-m slow`` runs many
 more of each."""
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def test_to_toml_round_trips() -> None:
     assert tomllib.loads(to_toml(doc)) == doc
 
 
-@fuzz(1500)
+@fuzz(1000)
 @given(config_docs())
 def test_random_configs_load_or_say_why(doc: dict[str, Any]) -> None:
     check_config(to_toml(doc), WORK / "fuzz.toml")
@@ -220,7 +220,7 @@ def test_random_toml_text_loads_or_says_why(text: str) -> None:
 
 
 @pytest.mark.slow
-@fuzz(60_000)
+@fuzz(20_000)
 @given(config_docs())
 def test_random_configs_load_or_say_why_slow(doc: dict[str, Any]) -> None:
     check_config(to_toml(doc), WORK / "fuzz-slow.toml")
@@ -282,14 +282,14 @@ def in_range_docs(draw: st.DrawFn) -> dict[str, Any]:
     return doc
 
 
-@fuzz(8)
+@fuzz(6)
 @given(st.one_of(runnable_docs(), in_range_docs()))
 def test_config_check_and_run_processes_on_random_configs(doc: dict[str, Any]) -> None:
     _processes(doc, "proc")
 
 
 @pytest.mark.slow
-@fuzz(400)
+@fuzz(200)
 @given(st.one_of(runnable_docs(), in_range_docs()))
 def test_config_check_and_run_processes_on_random_configs_slow(doc: dict[str, Any]) -> None:
     _processes(doc, "proc-slow")
@@ -400,14 +400,14 @@ def check_command_line(command: tuple[str, ...], argv: list[str]) -> None:
     assert "Traceback" not in out.getvalue() + err.getvalue()
 
 
-@fuzz(600)
+@fuzz(400)
 @given(command_lines())
 def test_random_command_lines_never_crash(case: tuple[tuple[str, ...], list[str]]) -> None:
     check_command_line(*case)
 
 
 @pytest.mark.slow
-@fuzz(30_000)
+@fuzz(10_000)
 @given(command_lines())
 def test_random_command_lines_never_crash_slow(case: tuple[tuple[str, ...], list[str]]) -> None:
     check_command_line(*case)

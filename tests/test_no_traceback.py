@@ -61,7 +61,6 @@ CASES: list[list[str]] = [
     ["ingest", "--broker", "mqtt://127.0.0.1:1", "--db", "sqlite:///x", "--reconnect-max", "x"],
     # demo
     ["demo", "--frames", "-1"],
-    ["demo", "--frames", "2", "--workdir", "{tmp}/demo", "--model", "{tmp}/missing"],
     ["demo", "--frames", "2", "--workdir", "/proc/nope"],
     # status
     ["status", "--config", "{tmp}/missing.toml"],
