@@ -117,8 +117,8 @@ class SensorHub:
                 for end, window in state.windower.add(reading):
                     records += self._score(state, reading, end, window)
             interval = state.config.record_interval_s
-            if (state.model is None and interval > 0
-                    and reading.ts - state.last_record_at >= interval):
+            if state.model is None and (interval == 0
+                                        or reading.ts - state.last_record_at >= interval):
                 state.last_record_at = reading.ts
                 records.append(self._sensor_record(state, reading))
         if records:
