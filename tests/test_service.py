@@ -130,7 +130,8 @@ def test_watchdog_health_detects_a_stuck_stage() -> None:
 
     frames: list[int] = []
     inference = SimpleNamespace(stats=SimpleNamespace(frames=0))
-    capture = SimpleNamespace(alive=True, stats=SimpleNamespace(ended=False))
+    capture = SimpleNamespace(alive=True, stats=SimpleNamespace(ended=False),
+                              blocked_for=lambda now: 0.0, busy_with="")
     h = PipelineHealth("d", "s", "src", "m", capture, inference, frames, None, None, None,  # type: ignore[arg-type]
                        None, ThermalGovernor(), 0.0, None)
     assert h.healthy(10, now=100.0)

@@ -1,46 +1,191 @@
-"""systemd's watchdog against a real agent process: fed while the pipeline moves, starved
-once it is stuck, while the process itself is still alive and answering."""
+"""systemd's watchdog against a real agent process under a notify socket: fed while the
+pipeline moves, starved once a source read hangs (the process still alive and answering),
+and still fed while the storage fails, since a restart would lose the results held in memory
+and would not fix a full disk."""
 
 from __future__ import annotations
 
+import http.server
 import resource
 import socket
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
 
 from tests.conftest import DEFAULT_MODEL
-from tests.e2e import AgentProcess
+from tests.e2e import AgentProcess, wait_for
 
 WATCHDOG_S = 3.0  # the agent pings every third of it
 STALL_S = 10.0  # the agent's stall threshold: max(10 s, half the watchdog)
 FILE_LIMIT = 192 * 1024  # RLIMIT_FSIZE: the outbox database cannot grow past this
+RESULT_SLOTS = 256  # agent.service.app: results held in memory before inference must wait
 
 
 def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, FILE_LIMIT))
 
 
-def _notify_socket() -> tuple[socket.socket, str]:
-    name = f"lepton-watchdog-{uuid.uuid4().hex[:12]}"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind("\0" + name)
-    return sock, "@" + name
+class NotifyListener:
+    """A datagram socket standing in for systemd's $NOTIFY_SOCKET (abstract namespace),
+    drained by a thread as systemd does (a full queue, 10 datagrams, would block the agent's
+    sends); ``messages`` are (monotonic time, datagram)."""
+
+    def __init__(self) -> None:
+        name = f"lepton-watchdog-{uuid.uuid4().hex[:12]}"
+        self.address = "@" + name
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + name)
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, bytes]] = []
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._drain, name="notify", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while not self._closed.is_set():
+            try:
+                self.messages.append((time.monotonic(), self.sock.recv(512)))
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def pings(self, since: float = 0.0) -> list[float]:
+        return [t for t, m in list(self.messages) if m == b"WATCHDOG=1" and t >= since]
+
+    def last_ping(self, default: float) -> float:
+        return max(self.pings(), default=default)
+
+    def env(self, watchdog_s: float) -> dict[str, str]:
+        return {"NOTIFY_SOCKET": self.address, "WATCHDOG_USEC": str(int(watchdog_s * 1e6))}
+
+    def wait_ready(self, agent: AgentProcess) -> None:
+        """READY=1 from the agent; fails at once, with its log, if it exits first."""
+        wait_for(lambda: agent.proc.poll() is not None
+                 or any(m.startswith(b"READY=1") for _, m in list(self.messages)),
+                 "READY=1", timeout=120)
+        assert agent.proc.poll() is None, f"agent exited:\n{agent.log}"
+        assert all(m in (b"WATCHDOG=1",) or m.startswith(b"READY=1")
+                   for _, m in list(self.messages)), self.messages
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(5)
+        self.sock.close()
 
 
-def _next_message(sock: socket.socket, timeout: float) -> bytes | None:
-    sock.settimeout(timeout)
+class StallingCamera:
+    """An HTTP MJPEG camera (multipart/x-mixed-replace) that can stall: it stops sending,
+    keeping every connection open, as a camera or network that hangs mid-stream does.
+    OpenCV's FFmpeg read then blocks (for 30 s, its own interrupt timeout)."""
+
+    def __init__(self, fps: float = 20.0) -> None:
+        self.period = 1.0 / fps
+        self.stalled = threading.Event()
+        self.closed = threading.Event()
+        camera = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                index = 0
+                while not camera.closed.wait(camera.period):
+                    if camera.stalled.is_set():
+                        continue  # the connection stays open, nothing more is sent
+                    jpeg = camera.jpeg(index)
+                    try:
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
+                                         b"Content-Length: %d\r\n\r\n" % len(jpeg) + jpeg + b"\r\n")
+                    except OSError:
+                        return
+                    index += 1
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/stream.mjpg"
+        threading.Thread(target=self.server.serve_forever, name="camera", daemon=True).start()
+
+    @staticmethod
+    def jpeg(index: int) -> bytes:
+        image = np.full((120, 160, 3), 40, np.uint8)
+        x = 10 + (index * 4) % 120
+        image[40:80, x:x + 30] = (0, 200, 255)
+        return bytes(cv2.imencode(".jpg", image)[1])
+
+    def close(self) -> None:
+        self.closed.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_watchdog_is_starved_when_a_source_read_hangs(tmp_path: Path) -> None:
+    """The camera stops sending mid-stream with the connection open: the capture thread sits
+    in one read, the frame queue is empty and inference idle, so only the capture heartbeat
+    can tell. The pings must stop once the read has been blocked for the stall time, while
+    the process stays alive and its event loop answers the status socket."""
+    camera = StallingCamera()
+    config = tmp_path / "agent.toml"
+    config.write_text(f"""
+[agent]
+state_dir = "{tmp_path / 'state'}"
+shutdown_grace_s = 1
+[model]
+path = "{DEFAULT_MODEL}"
+num_threads = 1
+[source]
+uri = "{camera.url}"
+[mqtt]
+broker = ""
+""")
+    notify = NotifyListener()
+    agent = AgentProcess(config, env=notify.env(WATCHDOG_S))
     try:
-        return sock.recv(512)
-    except TimeoutError:
-        return None
+        notify.wait_ready(agent)
+        agent.wait_status(lambda s: s["stages"]["inference"]["frames"] >= 10,
+                          "frames from the camera", timeout=120)
+        # Healthy: pings arrive.
+        healthy_since = time.monotonic()
+        wait_for(lambda: len(notify.pings(healthy_since)) >= 2, "pings while healthy")
+
+        camera.stalled.set()
+        stalled_at = time.monotonic()
+        # Stuck: the pings stop for longer than systemd waits (quiet_for), within STALL_S plus
+        # scheduling slack. Pings still arriving past the deadline mean the watchdog is fed
+        # regardless of the hung read.
+        quiet_for = 3 * WATCHDOG_S
+        wait_for(lambda: time.monotonic() - notify.last_ping(stalled_at) > quiet_for,
+                 f"the pings to stop for {quiet_for:.0f}s after the source hung (still fed "
+                 f"{len(notify.pings(stalled_at))} times)", timeout=STALL_S + 60, interval=0.2)
+
+        after = agent.status()  # alive, its loop running: the silence is the health check's
+        assert after is not None and after["state"] == "running", agent.log
+        assert after["stages"]["capture"]["alive"] and after["stages"]["inference"]["alive"]
+        assert after["queues"]["frames"]["depth"] == 0  # nothing waits: the old check saw none
+        assert f"pipeline stuck for over {STALL_S:.0f}s (capture: read of {camera.url} has not " \
+               "returned for" in agent.log, agent.log
+    finally:
+        agent.kill()
+        notify.close()
+        camera.close()
 
 
-def test_watchdog_is_starved_when_inference_is_stuck(tmp_path: Path) -> None:
+def test_watchdog_stays_fed_while_every_commit_fails(tmp_path: Path) -> None:
     """The outbox's file cannot grow (a real RLIMIT_FSIZE on the agent), so every commit fails;
-    results are held in memory until the result slots run out, inference then blocks on them
-    and frames wait in the queue: a stuck pipeline. The pings must stop, and only because of
-    the health check: the process stays alive and its event loop answers the status socket."""
+    results are held in memory until the result slots run out, then inference waits on them
+    and frames wait in the queue. That is a storage problem, not a hang: the outbox writer
+    keeps retrying, so the pings keep coming for several stall periods, and the status
+    reports the health as degraded with the storage errors counted."""
     config = tmp_path / "agent.toml"
     config.write_text(f"""
 [agent]
@@ -58,39 +203,42 @@ broker = ""
 [outbox]
 budget_bytes = 262144
 """)
-    sock, address = _notify_socket()
-    agent = AgentProcess(config, env={"NOTIFY_SOCKET": address,
-                                      "WATCHDOG_USEC": str(int(WATCHDOG_S * 1e6))},
-                         preexec_fn=_limit_file_size)
+    notify = NotifyListener()
+    agent = AgentProcess(config, env=notify.env(WATCHDOG_S), preexec_fn=_limit_file_size)
     try:
-        ready = _next_message(sock, 120)
-        assert ready is not None and ready.startswith(b"READY=1"), (ready, agent.log)
+        notify.wait_ready(agent)
+        held = agent.wait_status(lambda s: s["outbox"]["results_held"] >= RESULT_SLOTS
+                                 and s["queues"]["frames"]["depth"] > 0,
+                                 "every result slot held while commits fail", timeout=120)
+        assert "cannot commit records" in held["outbox"]["storage_error"]
+        assert held["outbox"]["storage_errors"] > 0
+        assert held["health"]["status"] == "degraded", held["health"]
 
-        # Healthy: pings arrive, and nothing is stuck for at least STALL_S after start.
-        for _ in range(2):
-            assert _next_message(sock, 60) == b"WATCHDOG=1", agent.log
-
-        stuck = agent.wait_status(lambda s: s["outbox"]["storage_error"] is not None,
-                                  "commits to fail", timeout=120)
-        assert "cannot commit records" in stuck["outbox"]["storage_error"]
-
-        # Stuck: within STALL_S (plus scheduling slack) the pings stop for good. Pings still
-        # arriving past the deadline mean the watchdog is fed regardless of the pipeline.
-        quiet_for = 3 * WATCHDOG_S
-        deadline = time.monotonic() + STALL_S + 60
-        pings_after_stall = 0
-        while (message := _next_message(sock, quiet_for)) is not None:
-            assert message == b"WATCHDOG=1", message
-            pings_after_stall += 1
-            assert time.monotonic() < deadline, (
-                f"still fed {pings_after_stall} times after the pipeline got stuck; "
-                f"last status {agent.status()}\n{agent.log}")
-
-        after = agent.status()  # alive, its loop running: the silence is the health check's
-        assert after is not None and after["state"] == "running", agent.log
-        assert after["stages"]["inference"]["alive"] and after["stages"]["capture"]["alive"]
-        assert after["queues"]["frames"]["depth"] > 0  # frames wait for a blocked inference
-        assert f"pipeline stuck for over {STALL_S:.0f}s: not feeding the watchdog" in agent.log
+        # For two stall periods inference makes no progress, and the pings go on: a gap of a
+        # whole stall period means the watchdog was starved (systemd would have restarted).
+        frames_held = held["stages"]["inference"]["frames"]
+        assert_fed_for(notify, agent, 2 * STALL_S)
+        after = agent.status()
+        assert after is not None and after["state"] == "running"
+        assert after["stages"]["inference"]["frames"] == frames_held  # still held back
+        assert after["outbox"]["storage_errors"] > held["outbox"]["storage_errors"]  # retrying
+        assert "cannot commit records" in after["outbox"]["last_storage_error"]
+        assert after["health"] == {"status": "degraded", "problems": []}
+        assert "not feeding the watchdog" not in agent.log
     finally:
         agent.kill()
-        sock.close()
+        notify.close()
+
+
+def assert_fed_for(notify: NotifyListener, agent: AgentProcess, seconds: float,
+                   between: Callable[[], object] = lambda: None) -> int:
+    """Watch the pings for ``seconds`` (calling ``between`` as it goes): none may be missing
+    for a whole stall period, which means the watchdog was starved. Returns the pings seen."""
+    start = time.monotonic()
+    while (now := time.monotonic()) < start + seconds:
+        between()
+        gap = now - notify.last_ping(start)
+        assert gap < STALL_S, (f"no ping for {gap:.0f}s: the watchdog was starved; "
+                               f"status {agent.status()}\n{agent.log}")
+        time.sleep(0.2)
+    return len(notify.pings(start))

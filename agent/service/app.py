@@ -286,7 +286,7 @@ class AgentApp:
                 delay = commit_retry.next_delay()
                 commit_blocked_until = time.monotonic() + delay
                 self.summary.storage_errors += 1
-                health.storage_error = str(exc)
+                health.storage_failed(str(exc))
                 log.error("%s; %d result(s) held in memory, retrying in %.1fs", exc, len(batch),
                           delay)
                 return
@@ -303,6 +303,7 @@ class AgentApp:
         self._held = lambda: (len(pending), len(sensor_pending))
 
         async def outbox_writer() -> None:
+            nonlocal commit_blocked_until
             interval = cfg.outbox.commit_interval_ms / 1000
             # Ends when everything is committed, or once the stop's grace is over (finished)
             # while commits still fail: a stop is never held up by the storage.
@@ -312,16 +313,20 @@ class AgentApp:
                     await asyncio.wait_for(wake.wait(), timeout=0.5)
                 wake.clear()
                 commit_pending()
+                # Its own heartbeat: while the storage fails, inference waits for result slots
+                # and the watchdog stays fed only as long as this loop keeps retrying.
+                health.writer_went_round(commit_blocked_until)
                 if interval:
                     await asyncio.sleep(interval)
-            nonlocal commit_blocked_until
+            health.writer_stopped()
             commit_blocked_until = 0.0  # one last try, whatever the retry delay
             commit_pending()
 
         health = PipelineHealth(
             device=device, site=site, source=source_uri.raw, model=model_ref.name, capture=capture,
             inference=inference, frames=frames, outbox=outbox, uplink=uplink, link=link, gate=gate,
-            governor=governor, started=started, broker=cfg.mqtt.broker)
+            governor=governor, started=started, broker=cfg.mqtt.broker,
+            results_held=lambda: len(pending), result_slots=RESULT_SLOTS)
         self.health = health
         self.latest_snapshot = health.snapshot()
 
@@ -394,17 +399,21 @@ class AgentApp:
                                                            and blobs.backlog()[0] == 0))
 
         notifier = Notifier()
-        stall_s = max(10.0, (notifier.watchdog_s or 30.0) / 2)
+        stall_s = health.stall_s = max(10.0, (notifier.watchdog_s or 30.0) / 2)
+
         async def watchdog() -> None:
-            """Feed systemd's watchdog from the event loop while the pipeline is healthy."""
+            """Feed systemd's watchdog from the event loop while no stage is stuck. A failing
+            storage is not a hang: a restart would lose the results held in memory."""
             if notifier.watchdog_s is None:
                 return
             period = notifier.watchdog_s / 3
             while not finished.is_set():
-                if health.healthy(stall_s):
+                problems = health.problems(stall_s)
+                if not problems:
                     notifier.watchdog()
                 else:
-                    log.error("pipeline stuck for over %.0fs: not feeding the watchdog", stall_s)
+                    log.error("pipeline stuck for over %.0fs (%s): not feeding the watchdog",
+                              stall_s, "; ".join(problems))
                 await _wait(finished, period)
 
         async def supervisor() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,10 @@ from agent.sources.capture import CapturedFrame, CaptureWorker, MotionGate
 from agent.storage.outbox import Outbox
 from agent.sync.mqtt import MqttLink
 from agent.sync.uplink import Uplink
+
+# An open of an unreachable camera blocks until the backend gives up (FFmpeg: 30 s), and a
+# restart would not bring the camera back: an open counts as hung only past this.
+SOURCE_OPEN_STALL_S = 60.0
 
 
 @dataclass
@@ -37,20 +42,73 @@ class PipelineHealth:
     broker: str | None
     state: str = "running"
     thermal: ThermalReading | None = None
-    storage_error: str | None = None
+    storage_error: str | None = None  # the current one; None once a commit succeeds again
+    storage_errors: int = 0  # failed commits since start
+    last_storage_error: str | None = None  # kept after the storage recovers
     sensors: Any = None  # the SensorHub when sensors are configured
+    stall_s: float = 10.0  # the watchdog's stall time, for the snapshot's problems
+    # Results handed over by inference and not yet committed, and how many may be: when all
+    # slots are held, inference waits for the storage, not for a hung stage.
+    results_held: Callable[[], int] | None = None
+    result_slots: int = 0
+    # The outbox writer's own liveness (monotonic): when its loop last went round (committed,
+    # failed, found nothing to do) and when its next retry is due; None while it is not running.
+    writer_beat: float | None = None
+    writer_retry_at: float = 0.0
     _progress: tuple[int, float] = (-1, 0.0)
 
-    def healthy(self, stall_s: float, now: float | None = None) -> bool:
-        """False when a stage is stuck: frames wait but inference made no progress for
-        ``stall_s``, or the capture thread died without ending. Feeds the watchdog."""
+    def storage_failed(self, error: str) -> None:
+        """A commit failed (full or failing disk): degraded health, not a hang."""
+        self.storage_errors += 1
+        self.storage_error = self.last_storage_error = error
+
+    def writer_went_round(self, retry_at: float = 0.0, now: float | None = None) -> None:
+        """The outbox writer's heartbeat: once per pass of its loop."""
+        self.writer_beat = time.monotonic() if now is None else now
+        self.writer_retry_at = retry_at
+
+    def writer_stopped(self) -> None:
+        self.writer_beat = None
+
+    def held_back_by_storage(self) -> bool:
+        """True when every result slot holds an uncommitted result (inference must wait)."""
+        return (self.results_held is not None and self.result_slots > 0
+                and self.results_held() >= self.result_slots)
+
+    def problems(self, stall_s: float, now: float | None = None) -> list[str]:
+        """Why the pipeline counts as stuck (empty when it is not); feeds the watchdog.
+
+        Stuck: inference made no progress for ``stall_s`` while frames wait, unless it waits
+        for result slots that a live outbox writer keeps retrying to commit (a full disk is
+        degraded health: a restart would lose the held results and not free the disk); the
+        outbox writer's loop overdue by ``stall_s``; one read of the source that has not
+        returned for ``stall_s`` (a hung RTSP/FIFO read leaves the frame queue empty), or one
+        open for ``SOURCE_OPEN_STALL_S``; or
+        the capture thread dead without ending."""
         now = time.monotonic() if now is None else now
+        found: list[str] = []
         done = self.inference.stats.frames
         if done != self._progress[0]:
             self._progress = (done, now)
-        stalled = len(self.frames) > 0 and now - self._progress[1] > stall_s
-        capture_dead = not self.capture.alive and not self.capture.stats.ended
-        return not stalled and not capture_dead
+        idle = now - self._progress[1]
+        if len(self.frames) > 0 and idle > stall_s and not self.held_back_by_storage():
+            found.append(f"inference: frames wait but none was processed for {idle:.0f}s")
+        if self.writer_beat is not None:
+            overdue = now - max(self.writer_beat, self.writer_retry_at)
+            if overdue > stall_s:
+                found.append(f"outbox writer: no commit attempt for {overdue:.0f}s")
+        blocked = self.capture.blocked_for(now)
+        if blocked > (stall_s if self.capture.busy_with != "open"
+                      else max(stall_s, SOURCE_OPEN_STALL_S)):
+            found.append(f"capture: {self.capture.busy_with} of {self.source} has not returned "
+                         f"for {blocked:.0f}s")
+        if not self.capture.alive and not self.capture.stats.ended:
+            found.append("capture: the thread died")
+        return found
+
+    def healthy(self, stall_s: float, now: float | None = None) -> bool:
+        """False when a stage is stuck (see ``problems``). Feeds the watchdog."""
+        return not self.problems(stall_s, now)
 
     def snapshot(self) -> dict[str, Any]:
         backlog, oldest = self.outbox.backlog()
@@ -58,8 +116,12 @@ class PipelineHealth:
         blobs, blob_bytes = self.uplink.blobs.backlog() if self.uplink.blobs else (0, 0)
         cap, inf = self.capture.stats, self.inference.stats
         disk = shutil.disk_usage(self.outbox.path.parent)
+        now = time.monotonic()
+        problems = self.problems(self.stall_s, now)
         return {
             "state": self.state,
+            "health": {"status": "stuck" if problems else
+                       "degraded" if self.storage_error else "ok", "problems": problems},
             "pid": os.getpid(),
             "device": self.device,
             "site": self.site,
@@ -69,6 +131,7 @@ class PipelineHealth:
                 "capture": {"alive": self.capture.alive, "source": self.source,
                             "frames": cap.frames, "reconnects": cap.reconnects,
                             "last_error": cap.last_error,
+                            "blocked_s": round(self.capture.blocked_for(now), 1),
                             "skipped_static": self.gate.skipped if self.gate else 0},
                 "inference": {"alive": self.inference.alive, "model": self.model,
                               "frames": inf.frames, "failures": inf.failures,
@@ -90,7 +153,10 @@ class PipelineHealth:
                        "used_bytes": usage.used_bytes, "budget_bytes": usage.budget_bytes,
                        "wal_bytes": usage.wal_bytes, "evictions": self.outbox.eviction_counts(),
                        "quarantined": str(self.outbox.quarantined) if self.outbox.quarantined
-                       else None, "storage_error": self.storage_error},
+                       else None, "storage_error": self.storage_error,
+                       "storage_errors": self.storage_errors,
+                       "last_storage_error": self.last_storage_error,
+                       "results_held": self.results_held() if self.results_held else 0},
             "broker": {"url": self.broker,
                        "connected": bool(self.link and self.link.connected),
                        "connects": self.link.connects if self.link else 0,
@@ -130,4 +196,7 @@ class PipelineHealth:
                 "disk_free_bytes": snap["outbox"]["disk_free_bytes"],
                 "cache": self.cache_report(snap),
                 "acks_ignored": snap["outbox"]["acks_ignored"],
+                "health": snap["health"]["status"],
+                "storage_errors": snap["outbox"]["storage_errors"],
+                "last_storage_error": snap["outbox"]["last_storage_error"],
                 "uptime_s": snap["uptime_s"]}

@@ -84,6 +84,8 @@ class SnapshotCollector(Collector):
         yield counter("lepton_results_ingested", "Results acknowledged by ingest", ob["ingested"])
         yield counter("lepton_acks_ignored", "Ack ranges for seqs this device never assigned "
                       "(a confused or forged ack)", ob.get("acks_ignored", 0))
+        yield counter("lepton_storage_errors", "Outbox commits that failed (full or failing "
+                      "disk; results held in memory and retried)", ob.get("storage_errors", 0))
         yield gauge("lepton_inference_fps", "Results per second over the last 10 s", snap["fps"])
         yield gauge("lepton_frame_queue_depth", "Frames waiting for inference", q["depth"])
         yield gauge("lepton_outbox_backlog_records", "Records not yet delivered", ob["backlog"])

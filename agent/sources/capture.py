@@ -94,7 +94,8 @@ class CaptureWorker:
     """Runs a source in the ``capture`` thread until it ends, ``max_frames`` or stop().
 
     A live source that fails to read is reopened after a capped, jittered backoff. A slow
-    source is never treated as dead: only a failed read counts, however long it took.
+    source is never treated as dead: only a failed read counts, however long it took. The
+    watchdog, though, reads ``busy_since``: an open or read that never returns is a hang.
     """
 
     def __init__(self, uri: SourceUri, out: BoundedQueue[CapturedFrame],
@@ -118,6 +119,10 @@ class CaptureWorker:
         self.stats = CaptureStats()
         self._stop = threading.Event()
         self._next_due = 0.0
+        # Progress heartbeat for the watchdog (monotonic seconds, written by this thread only):
+        # when the source call now in progress (an open or a read) began, None between calls.
+        self.busy_since: float | None = None
+        self.busy_with = ""
         self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
 
     def start(self) -> None:
@@ -133,10 +138,19 @@ class CaptureWorker:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def blocked_for(self, now: float) -> float:
+        """Seconds the thread has been inside one open or read of the source (0 between)."""
+        since = self.busy_since
+        return max(0.0, now - since) if since is not None else 0.0
+
     def _open(self) -> FrameReader | None:
         while not self._stop.is_set():
             try:
-                reader = self.reader_factory(self.uri)
+                self.busy_with, self.busy_since = "open", time.monotonic()
+                try:
+                    reader = self.reader_factory(self.uri)
+                finally:
+                    self.busy_since = None
                 self.stats.opens += 1
                 self.backoff.reset()
                 return reader
@@ -183,7 +197,11 @@ class CaptureWorker:
                 if self.max_frames and self.stats.frames >= self.max_frames:
                     return
                 started = time.perf_counter()
-                image = reader.read()
+                self.busy_with, self.busy_since = "read", time.monotonic()
+                try:
+                    image = reader.read()
+                finally:
+                    self.busy_since = None
                 if image is None:
                     reader.close()
                     if not self.uri.is_live:
