@@ -4,8 +4,11 @@ A real agent process publishes to a real mosquitto and ingest; the test fills th
 with a file of its own (topping it up whenever the outbox frees room, so that its own rescue,
 the reserve file and eviction, cannot make room), sees the commits fail (``storage_error`` in
 the status, results held in memory while inference goes on), then deletes the file and sees
-the held results committed and delivered: ``storage_errors`` counted in the run's summary,
-every result processed committed, every committed seq at ingest or counted as evicted.
+the held results committed and delivered: ``storage_errors`` counted in the live status and
+the run's summary, every result processed committed, every committed seq at ingest or counted
+as evicted. The agent runs under a notify socket with a 2 s watchdog: once every result slot
+is held inference waits, and the pings must go on for several stall periods (a restart would
+lose the held results and not free the disk).
 Mounting needs root; the test is skipped, saying so, where mounting is not permitted.
 """
 
@@ -22,9 +25,11 @@ import pytest
 
 from tests.conftest import DEFAULT_MODEL, ingested_seqs
 from tests.e2e import AgentProcess, Ingest, outbox_last_seq, wait_for
+from tests.test_watchdog import RESULT_SLOTS, STALL_S, NotifyListener, assert_fed_for
 
 pytestmark = pytest.mark.broker
 DEVICE = "dev-full-disk"
+WATCHDOG_S = 2.0  # the agent's stall time stays STALL_S (its floor)
 
 
 @pytest.fixture
@@ -93,7 +98,20 @@ budget_bytes = "64MiB"
 ack_timeout_s = 2
 """)
     ingest = Ingest(broker.url, tmp_path / "ingest.db", "full-disk-ingest")
-    agent = AgentProcess(config, "--source", "synthetic://160x120@15")
+    notify = NotifyListener()
+    try:
+        _run(small_disk, tmp_path, config, notify, ingest)
+    finally:
+        notify.close()
+
+
+def _run(small_disk: Path, tmp_path: Path, config: Path, notify: NotifyListener,
+         ingest: Ingest) -> None:
+    """The agent's run on the small disk, watched by ``notify``."""
+    state = small_disk / "state"
+    agent = AgentProcess(config, "--source", "synthetic://160x120@15",
+                         env=notify.env(WATCHDOG_S))
+    notify.wait_ready(agent)
     agent.wait_status(lambda s: s["outbox"]["ingested"] > 0, "the first results delivered")
 
     filler = small_disk / "filler"
@@ -108,6 +126,10 @@ ack_timeout_s = 2
     assert "cannot commit records" in snap["outbox"]["storage_error"]
     assert "free space" in snap["outbox"]["storage_error"]
     assert "storage" in agent.log and "held in memory" in agent.log
+    # Counted live, while the disk is full, and reported as degraded health.
+    assert snap["outbox"]["storage_errors"] > 0
+    assert "cannot commit records" in snap["outbox"]["last_storage_error"]
+    assert snap["health"]["status"] == "degraded"
     # While the disk stays full inference goes on, its results held in memory, not committed.
     frames_then = snap["stages"]["inference"]["frames"]
     seq_then = outbox_last_seq(state)
@@ -120,6 +142,24 @@ ack_timeout_s = 2
     held = wait_for(processed_more, "inference to go on while commits fail", timeout=120)
     assert held["outbox"]["storage_error"], "the disk is still full: commits must still fail"
     assert outbox_last_seq(state) == seq_then
+
+    # Every result slot held: inference waits for the storage. The watchdog stays fed for
+    # three stall periods while the disk stays full, and the writer keeps retrying.
+    def slots_held() -> dict[str, Any] | None:
+        _fill(filler)
+        s = agent.status()
+        return s if s and s["outbox"]["results_held"] >= RESULT_SLOTS else None
+
+    blocked = wait_for(slots_held, "every result slot held", timeout=120, interval=0.2)
+    assert_fed_for(notify, agent, 3 * STALL_S, between=lambda: _fill(filler))
+    still = agent.status()
+    assert still is not None and still["outbox"]["storage_error"]
+    assert still["stages"]["inference"]["frames"] == blocked["stages"]["inference"]["frames"]
+    assert still["outbox"]["storage_errors"] > blocked["outbox"]["storage_errors"]
+    assert still["health"] == {"status": "degraded", "problems": []}
+    assert "not feeding the watchdog" not in agent.log
+    assert outbox_last_seq(state) == seq_then
+    held = still
 
     filler.unlink()  # space comes back
     agent.wait_status(lambda s: s["outbox"]["storage_error"] is None
