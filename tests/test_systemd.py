@@ -103,3 +103,22 @@ def test_agent_speaks_sd_notify(tmp_path: Path) -> None:
     assert messages[0].startswith(b"READY=1\nSTATUS=running lepton-vehicles-tiny")
     assert messages.count(b"WATCHDOG=1") >= 3
     assert any(m.startswith(b"STOPPING=1") for m in messages)
+
+
+def test_a_full_notify_socket_costs_a_ping_not_the_event_loop(tmp_path: Path) -> None:
+    """A receiver that stops reading fills its queue (10 datagrams here); the next pings are
+    dropped with False instead of blocking the caller, which is the agent's event loop."""
+    import threading
+
+    sock, path = _listen(tmp_path)
+    n = Notifier({"NOTIFY_SOCKET": path})
+    results: list[bool] = []
+    sender = threading.Thread(target=lambda: results.extend(n.watchdog() for _ in range(1000)),
+                              daemon=True)
+    sender.start()
+    sender.join(60)  # a hang guard: a blocking send never returns while nobody reads
+    assert not sender.is_alive(), "sd_notify blocked on a full socket queue"
+    assert results[0] and not results[-1]
+    assert sock.recv(64) == b"WATCHDOG=1"  # what fitted was delivered
+    sock.close()
+    n.close()

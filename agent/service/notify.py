@@ -39,7 +39,10 @@ class Notifier:
         message = "\n".join(f"{key.upper()}={value}" for key, value in fields.items()).encode()
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # Non-blocking: sent from the event loop, where a full socket queue (a stalled
+                # systemd, a test that stopped reading) must cost one lost ping, not the loop.
+                self._sock = socket.socket(
+                    socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
             self._sock.sendto(message, self.address)
             return True
         except OSError as exc:
