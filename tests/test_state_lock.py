@@ -16,16 +16,19 @@ from agent.errors import StorageError
 from agent.service.status import query
 from agent.storage.lock import StateDirLock
 from tests.conftest import DEFAULT_MODEL, ROOT, agent_cmd
+from tests.e2e import RUNNING
 
 
 def start_agent(state: Path, *extra: str, env: dict[str, str] | None = None,
                 config: str = "") -> subprocess.Popen[str]:
     cfg = state.parent / f"agent-{len(list(state.parent.glob('agent-*.toml')))}.toml"
     cfg.write_text(f'[model]\npath = "{DEFAULT_MODEL}"\n' + config)
-    return subprocess.Popen(agent_cmd("run", "--config", str(cfg), "--offline", "--source",
+    proc = subprocess.Popen(agent_cmd("run", "--config", str(cfg), "--offline", "--source",
                                       "synthetic://160x120@20", "--state-dir", str(state), *extra),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
+    RUNNING.append(proc)  # conftest's reaper kills it if the test fails half-way
+    return proc
 
 
 def wait_for(predicate, what: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:
