@@ -220,7 +220,7 @@ def test_random_toml_text_loads_or_says_why(text: str) -> None:
 
 
 @pytest.mark.slow
-@fuzz(20_000)
+@fuzz(10_000)
 @given(config_docs())
 def test_random_configs_load_or_say_why_slow(doc: dict[str, Any]) -> None:
     check_config(to_toml(doc), WORK / "fuzz-slow.toml")
@@ -289,7 +289,7 @@ def test_config_check_and_run_processes_on_random_configs(doc: dict[str, Any]) -
 
 
 @pytest.mark.slow
-@fuzz(200)
+@fuzz(80)
 @given(st.one_of(runnable_docs(), in_range_docs()))
 def test_config_check_and_run_processes_on_random_configs_slow(doc: dict[str, Any]) -> None:
     _processes(doc, "proc-slow")
@@ -407,7 +407,7 @@ def test_random_command_lines_never_crash(case: tuple[tuple[str, ...], list[str]
 
 
 @pytest.mark.slow
-@fuzz(10_000)
+@fuzz(5_000)
 @given(command_lines())
 def test_random_command_lines_never_crash_slow(case: tuple[tuple[str, ...], list[str]]) -> None:
     check_command_line(*case)
