@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, agent_cmd
+from tests.conftest import ROOT, agent_cmd, run_cli
 
 # {tmp}: the test's directory; {bad}: a config with a wrong type; {garbage}: bytes, not text.
 CASES: list[list[str]] = [
@@ -217,3 +217,9 @@ def test_a_logged_exception_shows_one_line_on_a_terminal(
         assert "Traceback" in capsys.readouterr().err  # --log-level debug keeps the full story
     finally:
         root.handlers[:], root.level = saved[0], saved[1]
+
+
+def test_demo_names_a_workdir_it_cannot_create() -> None:
+    out = run_cli("demo", "--frames", "2", "--workdir", "/proc/nope")
+    assert out.returncode == 2, out.stderr  # an input error, not an internal one
+    assert "--workdir" in out.stderr and "/proc/nope" in out.stderr

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from agent.devtools.mosquitto import LocalBroker, find_mosquitto
-from agent.errors import AgentError
+from agent.errors import AgentError, ConfigError
 from agent.paths import resolve_model
 from agent.sources.synthetic import write_clip
 
@@ -50,7 +50,12 @@ def wait_for_file(path: Path, process: subprocess.Popen[str], timeout: float) ->
 
 
 def run_demo(frames: int, workdir: Path, model: Path | None = None) -> int:
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the demo's working directory {workdir}: "
+                          f"{exc.strerror or exc}", key="--workdir",
+                          fix="give a --workdir you can write to") from exc
     clip = workdir / "traffic.avi"
     write_clip(str(clip), 640, 480, 15.0, frames, seed=11)
     print(f"[demo] generated {frames} frames of synthetic traffic: {clip}")
