@@ -3,77 +3,16 @@ stops and starts again on the same port, read by a real agent through OpenCV's F
 
 from __future__ import annotations
 
-import http.server
-import threading
 from pathlib import Path
-from typing import Any
-
-import cv2
-import numpy as np
 
 from tests.conftest import DEFAULT_MODEL
 from tests.e2e import AgentProcess
-
-
-class MjpegServer:
-    """multipart/x-mixed-replace JPEG frames at about ``fps``, on one loopback port that
-    survives stop() and start()."""
-
-    def __init__(self, fps: float = 20.0) -> None:
-        self.port = 0
-        self.period = 1.0 / fps
-        self.frames_sent = 0
-        self._stop = threading.Event()
-        self._server: http.server.ThreadingHTTPServer | None = None
-
-    def _jpeg(self, index: int) -> bytes:
-        image = np.full((120, 160, 3), 40, np.uint8)
-        x = 10 + (index * 4) % 120
-        image[40:80, x:x + 30] = (0, 200, 255)  # a moving box, so frames differ
-        return bytes(cv2.imencode(".jpg", image)[1])
-
-    def start(self) -> None:
-        server = self
-        stop = self._stop = threading.Event()
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-                self.end_headers()
-                index = 0
-                # The wait paces the stream like a camera; it also ends it when stopped.
-                while not stop.wait(server.period):
-                    jpeg = server._jpeg(index)
-                    try:
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
-                                         b"Content-Length: %d\r\n\r\n" % len(jpeg) + jpeg + b"\r\n")
-                    except OSError:
-                        return
-                    index += 1
-                    server.frames_sent += 1
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, name="mjpeg", daemon=True).start()
-
-    def stop(self) -> None:
-        """Close the listening socket and every stream: the camera is gone."""
-        self._stop.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+from tests.mjpeg_camera import MjpegCamera
 
 
 def test_agent_reconnects_to_a_camera_that_goes_away_and_comes_back(tmp_path: Path) -> None:
-    camera = MjpegServer()
-    camera.start()
-    url = f"http://127.0.0.1:{camera.port}/stream.mjpg"
+    camera = MjpegCamera().start()
+    url = camera.url
     config = tmp_path / "agent.toml"
     config.write_text(f"""
 [agent]

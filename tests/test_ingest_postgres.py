@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,23 +14,14 @@ from agent.backend.store import IngestedRecord, PostgresStore, open_store
 from agent.devtools.mosquitto import LocalBroker
 from agent.errors import StorageError
 from tests.e2e import Ingest, run_agent, write_config
+from tests.ingest_support import PG_SERVER, pg_schema_url
 
 psycopg = pytest.importorskip("psycopg", reason="pip install 'lepton-edge[backend]'")
-SERVER = os.environ.get("LEPTON_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    try:
-        admin = psycopg.connect(SERVER, autocommit=True, connect_timeout=5)
-    except psycopg.Error as exc:
-        pytest.skip(f"no PostgreSQL at {SERVER}: {exc}")
-    schema = f"lepton_test_{uuid.uuid4().hex[:10]}"
-    try:
-        yield f"{SERVER}?schema={schema}"
-    finally:
-        admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        admin.close()
+    yield from pg_schema_url()
 
 
 def _rows(url: str, sql: str) -> list[tuple]:
@@ -137,7 +127,7 @@ def test_a_lost_database_stops_ingest_without_acknowledging(pg_url: str) -> None
     store = open_store(pg_url)
     assert isinstance(store, PostgresStore)
     ingest = Ingest(store, "lepton/v1/+/+/results/+")
-    with psycopg.connect(SERVER, autocommit=True) as admin:
+    with psycopg.connect(PG_SERVER, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (store._db.info.backend_pid,))
     ingest.on_message(message(RESULTS, b"not json", mid=1))  # its reject cannot be written
     ingest.on_message(message(RESULTS, dumps(result_body(1)), mid=2))

@@ -5,7 +5,6 @@ and would not fix a full disk."""
 
 from __future__ import annotations
 
-import http.server
 import resource
 import socket
 import threading
@@ -13,13 +12,10 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import cv2
-import numpy as np
 
 from tests.conftest import DEFAULT_MODEL
 from tests.e2e import AgentProcess, wait_for
+from tests.mjpeg_camera import MjpegCamera
 
 WATCHDOG_S = 3.0  # the agent pings every third of it
 STALL_S = 10.0  # the agent's stall threshold: max(10 s, half the watchdog)
@@ -80,61 +76,12 @@ class NotifyListener:
         self.sock.close()
 
 
-class StallingCamera:
-    """An HTTP MJPEG camera (multipart/x-mixed-replace) that can stall: it stops sending,
-    keeping every connection open, as a camera or network that hangs mid-stream does.
-    OpenCV's FFmpeg read then blocks (for 30 s, its own interrupt timeout)."""
-
-    def __init__(self, fps: float = 20.0) -> None:
-        self.period = 1.0 / fps
-        self.stalled = threading.Event()
-        self.closed = threading.Event()
-        camera = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-                self.end_headers()
-                index = 0
-                while not camera.closed.wait(camera.period):
-                    if camera.stalled.is_set():
-                        continue  # the connection stays open, nothing more is sent
-                    jpeg = camera.jpeg(index)
-                    try:
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
-                                         b"Content-Length: %d\r\n\r\n" % len(jpeg) + jpeg + b"\r\n")
-                    except OSError:
-                        return
-                    index += 1
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/stream.mjpg"
-        threading.Thread(target=self.server.serve_forever, name="camera", daemon=True).start()
-
-    @staticmethod
-    def jpeg(index: int) -> bytes:
-        image = np.full((120, 160, 3), 40, np.uint8)
-        x = 10 + (index * 4) % 120
-        image[40:80, x:x + 30] = (0, 200, 255)
-        return bytes(cv2.imencode(".jpg", image)[1])
-
-    def close(self) -> None:
-        self.closed.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_watchdog_is_starved_when_a_source_read_hangs(tmp_path: Path) -> None:
     """The camera stops sending mid-stream with the connection open: the capture thread sits
     in one read, the frame queue is empty and inference idle, so only the capture heartbeat
     can tell. The pings must stop once the read has been blocked for the stall time, while
     the process stays alive and its event loop answers the status socket."""
-    camera = StallingCamera()
+    camera = MjpegCamera().start()
     config = tmp_path / "agent.toml"
     config.write_text(f"""
 [agent]
@@ -177,7 +124,7 @@ broker = ""
     finally:
         agent.kill()
         notify.close()
-        camera.close()
+        camera.stop()
 
 
 def test_watchdog_stays_fed_while_every_commit_fails(tmp_path: Path) -> None:
