@@ -159,6 +159,58 @@ def _disk_size(path: Path) -> int:
     return max(st.st_size, st.st_blocks * 512)
 
 
+# Queries the outbox and its read-only report (agent.storage.report) share, so that both
+# count the backlog, the footprint and the evictions the same way.
+
+def delivered_column(until_ingested: bool) -> str:
+    """The column set once a record counts as delivered in the delivery mode."""
+    return "acked_ns" if until_ingested else "sent_ns"
+
+
+def query_backlog(db: sqlite3.Connection, until_ingested: bool) -> tuple[int, int | None]:
+    """Records not yet delivered, and the oldest one's ``created_ns``."""
+    count, oldest = db.execute(
+        f"SELECT COUNT(*), MIN(created_ns) FROM records "
+        f"WHERE {delivered_column(until_ingested)} IS NULL").fetchone()
+    return int(count), None if oldest is None else int(oldest)
+
+
+def query_last_seqs(db: sqlite3.Connection) -> dict[str, int]:
+    """The last seq given to each stream."""
+    return {str(s): int(q) for s, q in db.execute("SELECT stream, last_seq FROM streams")}
+
+
+def query_evictions(db: sqlite3.Connection) -> dict[str, list[int]]:
+    """Undelivered items the budget evicted, by class: [records, bytes]."""
+    return {str(c): [int(n), int(b)] for c, n, b in
+            db.execute("SELECT class, records, bytes FROM evictions")}
+
+
+def query_used_bytes(db: sqlite3.Connection, page: int) -> tuple[int, int]:
+    """Bytes of the pages in use, and of the whole database file, by SQLite's count."""
+    pages = int(db.execute("PRAGMA page_count").fetchone()[0])
+    free = int(db.execute("PRAGMA freelist_count").fetchone()[0])
+    return (pages - free) * page, pages * page
+
+
+def side_files(path: Path) -> tuple[Path, Path, Path]:
+    """The WAL, shared memory and reserve files that go with the database at ``path``."""
+    return (Path(str(path) + "-wal"), Path(str(path) + "-shm"),
+            path.with_name(path.name + ".reserve"))
+
+
+def disk_footprint(path: Path) -> int:
+    """What the outbox at ``path`` takes from the disk: its database, WAL, shared memory and
+    reserve files, by ``os.stat`` (the larger of size and allocated blocks)."""
+    return sum(_disk_size(p) for p in (path, *side_files(path)))
+
+
+def quarantined_files(path: Path) -> list[Path]:
+    """Corrupt outbox files moved aside at start (``outbox.db.corrupt-<time>``), oldest first."""
+    return sorted(q for q in path.parent.glob(f"{path.name}.corrupt-*")
+                  if not q.name.endswith(("-wal", "-shm")))
+
+
 class Outbox:
     """One SQLite outbox file; used from one thread (the event loop)."""
 
@@ -171,9 +223,7 @@ class Outbox:
         self.priorities = {**DEFAULT_PRIORITIES, **(priorities or {})}
         self.durability_interval_s = durability_interval_s
         self.quarantined: Path | None = None
-        self.reserve = path.with_name(path.name + ".reserve")
-        self.wal = Path(str(path) + "-wal")
-        self.shm = Path(str(path) + "-shm")
+        self.wal, self.shm, self.reserve = side_files(path)
         self.reserve_bytes = (min(max(budget_bytes // 64, 64 * 1024), 4 * 1024 * 1024,
                                   budget_bytes // 8) if budget_bytes else 1024 * 1024)
         # The database file's share of the budget (set in _open) and the eviction target.
@@ -223,9 +273,8 @@ class Outbox:
             if seq_floor:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('seq_floor', ?)", (str(seq_floor),))
             self._seq_floor = int(dict(db.execute("SELECT key, value FROM meta")).get("seq_floor", 0))
-            self._last_seq = dict(db.execute("SELECT stream, last_seq FROM streams"))
-            self.evictions = {c: [int(n), int(b)] for c, n, b in
-                              db.execute("SELECT class, records, bytes FROM evictions")}
+            self._last_seq = query_last_seqs(db)
+            self.evictions = query_evictions(db)
         except BaseException:
             db.close()
             raise
@@ -414,16 +463,13 @@ class Outbox:
     # -- budget --------------------------------------------------------------------------
 
     def usage(self) -> Usage:
-        page = self._page
-        pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
-        free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
-        return Usage((pages - free) * page, pages * page, _disk_size(self.wal), self.budget_bytes,
-                     self.disk_bytes())
+        used, file = query_used_bytes(self._db, self._page)
+        return Usage(used, file, _disk_size(self.wal), self.budget_bytes, self.disk_bytes())
 
     def disk_bytes(self) -> int:
         """What the outbox takes from the disk: its database, WAL, shared memory and reserve
         files, by ``os.stat`` (the larger of size and allocated blocks)."""
-        return sum(_disk_size(p) for p in (self.path, self.wal, self.shm, self.reserve))
+        return disk_footprint(self.path)
 
     def bound_footprint(self) -> None:
         """Over the budget on disk (the WAL grew past its allowance within a large batch):
@@ -493,7 +539,7 @@ class Outbox:
         undelivered items were evicted."""
         if self._prune_delivered_bytes(nbytes):
             return 0
-        column = "acked_ns" if self.until_ingested else "sent_ns"
+        column = delivered_column(self.until_ingested)
         candidates = self._db.execute(
             f"SELECT 0, id, class, priority, created_ns, length(payload) FROM records "
             f"WHERE {column} IS NULL "
@@ -542,7 +588,7 @@ class Outbox:
 
     def _prune_delivered_bytes(self, nbytes: int) -> bool:
         """Delete the oldest delivered records worth ``nbytes``; True if that covered it."""
-        column = "acked_ns" if self.until_ingested else "sent_ns"
+        column = delivered_column(self.until_ingested)
         rows = self._db.execute(
             f"SELECT id, length(payload) FROM records WHERE {column} IS NOT NULL ORDER BY id "
             "LIMIT 5000").fetchall()
@@ -620,15 +666,13 @@ class Outbox:
     def backlog(self) -> tuple[int, float | None]:
         """Records not yet delivered (ingested, or sent when delivery is to the broker), and the
         age in seconds of the oldest of them."""
-        column = "acked_ns" if self.until_ingested else "sent_ns"
-        count, oldest = self._db.execute(
-            f"SELECT COUNT(*), MIN(created_ns) FROM records WHERE {column} IS NULL").fetchone()
+        count, oldest = query_backlog(self._db, self.until_ingested)
         age = (time.time_ns() - oldest) / 1e9 if oldest is not None else None
-        return int(count), age
+        return count, age
 
     def prune_sent(self, keep: int) -> int:
         """Delete delivered records beyond the newest ``keep``; returns how many went."""
-        column = "acked_ns" if self.until_ingested else "sent_ns"
+        column = delivered_column(self.until_ingested)
         cur = self._db.execute(
             f"DELETE FROM records WHERE {column} IS NOT NULL AND id <= "
             f"(SELECT id FROM records WHERE {column} IS NOT NULL ORDER BY id DESC LIMIT 1 OFFSET ?)",
