@@ -7,7 +7,6 @@ import ctypes.util
 import os
 import shutil
 import socket
-import sqlite3
 import ssl
 import subprocess
 import threading
@@ -263,8 +262,9 @@ def check_broker(cfg: AgentConfig, secrets: Secrets) -> CheckResult:
 
 
 def check_cache(cfg: AgentConfig) -> CheckResult:
+    from agent.storage.report import OutboxUnreadable, outbox_path, quarantined, read_report
+
     state = cfg.agent.state_dir
-    db = state / "outbox.db"
     details: dict[str, Any] = {"state_dir": str(state)}
     if not state.exists():
         return CheckResult("cache", "warn", f"state directory {state} does not exist yet",
@@ -275,36 +275,22 @@ def check_cache(cfg: AgentConfig) -> CheckResult:
     usage = shutil.disk_usage(state)
     details |= {"disk_free_bytes": usage.free, "disk_total_bytes": usage.total}
     backlog, oldest = 0, None
-    if db.exists():
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-                ok = conn.execute("PRAGMA quick_check").fetchone()[0]
-                backlog, first = conn.execute(
-                    "SELECT COUNT(*), MIN(created_ns) FROM records WHERE acked_ns IS NULL").fetchone()
-                page = conn.execute("PRAGMA page_size").fetchone()[0]
-                used = (conn.execute("PRAGMA page_count").fetchone()[0]
-                        - conn.execute("PRAGMA freelist_count").fetchone()[0]) * page
-                tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-                evicted = dict(conn.execute("SELECT class, records FROM evictions")) \
-                    if "evictions" in tables else {}
-                blobs = conn.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] \
-                    if "blobs" in tables else 0
-        except sqlite3.Error as exc:
-            return CheckResult("cache", "fail", f"outbox {db} unreadable: {exc}",
-                               "restart the agent: it moves a corrupt file aside and starts a "
-                               "fresh one", details)
-        if ok != "ok":
-            return CheckResult("cache", "fail", f"outbox {db} is corrupt: {ok}",
-                               "restart the agent: it moves a corrupt file aside and starts a "
-                               "fresh one", details)
-        oldest = (time.time_ns() - first) / 1e9 if first else None
-        budget = int(cfg.outbox.budget_bytes)
-        details |= {"used_bytes": used, "budget_bytes": budget, "evictions": evicted,
-                    "blobs_waiting": blobs}
+    try:
+        report = read_report(state, cfg.outbox.delivery, integrity=True)
+    except OutboxUnreadable as exc:
+        return CheckResult("cache", "fail", f"outbox {outbox_path(state)} unreadable: "
+                           f"{exc.__cause__ or exc}", exc.fix or "", details)
+    if report is not None:
+        if report.integrity != "ok":
+            return CheckResult("cache", "fail", f"outbox {report.path} is corrupt: "
+                               f"{report.integrity}", "restart the agent: it moves a corrupt "
+                               "file aside and starts a fresh one", details)
+        backlog, oldest = report.backlog, report.oldest_unsent_s
+        details |= {"used_bytes": report.used_bytes, "budget_bytes": int(cfg.outbox.budget_bytes),
+                    "evictions": {k: e.records for k, e in report.evictions.items()},
+                    "blobs_waiting": report.blobs_waiting, "delivery": report.delivery}
     details |= {"backlog": backlog, "oldest_unsent_s": round(oldest) if oldest else None}
-    quarantined = sorted(str(q) for q in state.glob("outbox.db.corrupt-*")
-                         if not q.name.endswith(("-wal", "-shm")))
-    details["quarantined"] = quarantined
+    moved = details["quarantined"] = [str(q) for q in quarantined(state)]
     free_pct = usage.free / usage.total * 100 if usage.total else 0
     summary = (f"outbox backlog {backlog}"
                + (f", oldest unsent {oldest / 3600:.1f} h" if oldest else "")
@@ -313,9 +299,9 @@ def check_cache(cfg: AgentConfig) -> CheckResult:
                + (f", evicted {sum(details['evictions'].values())} undelivered"
                   if details.get("evictions") else "")
                + f", {usage.free / 2**30:.1f} GiB free ({free_pct:.0f}%)")
-    if quarantined:
+    if moved:
         return CheckResult("cache", "warn", summary + f"; a corrupt outbox was moved aside: "
-                           f"{quarantined[-1]}", "keep it for a support bundle (lepton-agent diag "
+                           f"{moved[-1]}", "keep it for a support bundle (lepton-agent diag "
                            "bundle), then delete it; check the SD card (dmesg, badblocks)", details)
     if details.get("evictions"):
         return CheckResult("cache", "warn", summary, "the disk budget was too small for the "
