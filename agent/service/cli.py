@@ -15,7 +15,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from agent import __version__
 from agent.errors import AgentError, ConfigError
@@ -262,6 +262,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """The running agent's live state; when it is not running, what its outbox holds."""
     from agent.config import load_config
     from agent.service.status import SYSTEMD_STATE_DIR, query, socket_candidates
+    from agent.storage.report import outbox_path
 
     overrides = {"agent": {"state_dir": str(args.state_dir)}} if args.state_dir else {}
     config = load_config(args.config, overrides=overrides)
@@ -279,8 +280,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                              "then log in again) or with sudo")
     if snap is None:
         state_dir = config.agent.state_dir
-        if not (args.state_dir or args.config) and not (state_dir / "outbox.db").exists() \
-                and (SYSTEMD_STATE_DIR / "outbox.db").exists():
+        if not (args.state_dir or args.config) and not outbox_path(state_dir).exists() \
+                and outbox_path(SYSTEMD_STATE_DIR).exists():
             state_dir = SYSTEMD_STATE_DIR  # the service's StateDirectory=
         offline = _offline_status(state_dir, config.outbox.delivery)
         where = ", ".join(str(p) for p in candidates)
@@ -309,27 +310,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _offline_status(state_dir: Path, delivery: str = "ingested") -> dict[str, Any]:
+def _offline_status(state_dir: Path, delivery: Literal["ingested", "broker"] = "ingested") -> dict[str, Any]:
     """What the outbox in ``state_dir`` holds, read-only: records not yet delivered (acknowledged
     by ingest, or sent to the broker when ``delivery`` is "broker"), the oldest one's age, and
     the last seq of each stream."""
-    import sqlite3
-    import time
+    from agent.storage.report import OutboxUnreadable, outbox_path, read_report
 
-    db = state_dir / "outbox.db"
-    if not db.exists():
-        return {"outbox": f"{db} does not exist (never ran with this state dir?)"}
-    column = "acked_ns" if delivery == "ingested" else "sent_ns"
+    db = outbox_path(state_dir)
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-            count, oldest = conn.execute(
-                f"SELECT COUNT(*), MIN(created_ns) FROM records WHERE {column} IS NULL").fetchone()
-            streams = {str(k): int(v) for k, v in conn.execute("SELECT stream, last_seq FROM streams")}
-    except sqlite3.Error as exc:
-        return {"outbox": f"{db} unreadable: {exc}"}
-    age = round((time.time_ns() - oldest) / 1e9) if oldest else None
-    return {"outbox": str(db), "delivery": delivery, "backlog": count, "oldest_unsent_s": age,
-            "last_seq": streams}
+        report = read_report(state_dir, delivery)
+    except OutboxUnreadable as exc:
+        return {"outbox": f"{db} unreadable: {exc.__cause__ or exc}"}
+    if report is None:
+        return {"outbox": f"{db} does not exist (never ran with this state dir?)"}
+    age = round(report.oldest_unsent_s) if report.oldest_unsent_s is not None else None
+    return {"outbox": str(db), "delivery": delivery, "backlog": report.backlog,
+            "oldest_unsent_s": age, "last_seq": dict(report.last_seq)}
 
 
 def cmd_diag(args: argparse.Namespace) -> int:
