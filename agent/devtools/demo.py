@@ -28,10 +28,11 @@ def _agent(*args: str) -> list[str]:
     return [sys.executable, "-m", "agent", *args]
 
 
-def _ingested(db: Path) -> int:
-    if not db.exists():
+def _ingested(ingest_db: Path) -> int:
+    """Records in ingest's database (the backend's, not the agent's outbox)."""
+    if not ingest_db.exists():
         return 0
-    with sqlite3.connect(db) as conn:
+    with sqlite3.connect(ingest_db) as conn:
         try:
             return int(conn.execute("SELECT COUNT(*) FROM records").fetchone()[0])
         except sqlite3.OperationalError:

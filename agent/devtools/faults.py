@@ -36,6 +36,13 @@ from agent.devtools.demo import wait_for_file
 from agent.devtools.mosquitto import LocalBroker
 from agent.errors import AgentError
 from agent.paths import resolve_model
+from agent.storage.report import (
+    Delivery,
+    OutboxUnreadable,
+    integrity_check,
+    read_report,
+    records_pending,
+)
 
 SCENARIOS = ("broker-kill", "agent-kill", "budget", "outage")
 DEVICE = "dev-faults"
@@ -113,6 +120,7 @@ class _Rig:
         self.state = workdir / "state"
         self.ingest_db = workdir / "ingest.db"
         self.config = workdir / "agent.toml"
+        self.delivery: Delivery = "ingested"  # the faults are counted against ingest's store
         self.config.write_text(f"""
 [agent]
 device_id = "{DEVICE}"
@@ -132,6 +140,7 @@ telemetry_interval_s = 1
 
 [outbox]
 ack_timeout_s = 3
+delivery = "{self.delivery}"
 {f'budget_bytes = "{budget}"' if budget else ''}
 """)
         self.ingest: subprocess.Popen[str] | None = None
@@ -208,32 +217,24 @@ ack_timeout_s = 3
         self.stop_agent()
 
     def last_seq(self) -> int:
-        db = self.state / "outbox.db"
-        if not db.exists():
-            return 0
         try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-                row = conn.execute("SELECT MAX(last_seq) FROM streams").fetchone()
-                return int(row[0] or 0)
-        except sqlite3.Error:
+            report = read_report(self.state, self.delivery)
+        except OutboxUnreadable:  # created, its tables not yet
             return 0
+        return max(report.last_seq.values(), default=0) if report else 0
 
     def integrity_ok(self) -> bool:
-        with sqlite3.connect(self.state / "outbox.db") as conn:
-            return bool(conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+        return integrity_check(self.state) == "ok"
 
     def pending(self) -> set[tuple[str, int]]:
-        """Keys of records the outbox still holds undelivered."""
-        with sqlite3.connect(self.state / "outbox.db") as conn:
-            return set(conn.execute("SELECT stream, seq FROM records WHERE acked_ns IS NULL"))
+        """Keys of records the outbox still holds undelivered (in the rig's delivery mode)."""
+        return records_pending(self.state, self.delivery)
 
     def evicted(self) -> int:
         """Records the disk budget evicted; blobs (snapshots, class ``shard``) are counted in
         the same table but are not records, and counting them would hide lost records."""
-        with sqlite3.connect(self.state / "outbox.db") as conn:
-            row = conn.execute("SELECT COALESCE(SUM(records), 0) FROM evictions "
-                               "WHERE class != 'shard'").fetchone()
-            return int(row[0])
+        report = read_report(self.state, self.delivery)
+        return report.evicted_records if report else 0
 
     def ingested(self) -> tuple[int, dict[str, int]]:
         """Distinct records in ingest's store, order violations per stream."""

@@ -154,6 +154,17 @@ def records_pending(state_dir: Path, delivery: Delivery = "ingested") -> set[tup
         raise OutboxUnreadable(f"unreadable: {exc}", path=str(path)) from exc
 
 
+def integrity_check(state_dir: Path) -> str:
+    """SQLite's full integrity check of the outbox ("ok" when sound), read-only. Slower than the
+    report's quick_check: it also checks every index against its table."""
+    path = outbox_path(state_dir)
+    try:
+        with contextlib.closing(_connect_ro(path)) as conn:
+            return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+    except sqlite3.Error as exc:
+        raise OutboxUnreadable(f"unreadable: {exc}", path=str(path)) from exc
+
+
 def record_seqs(state_dir: Path, stream: str | None = None) -> list[int]:
     """The seqs of the records the outbox holds (of one stream, or all), in seq order; empty
     without an outbox. For tests that check seqs are never reused or skipped."""
