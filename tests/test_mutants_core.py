@@ -841,3 +841,33 @@ def test_window_and_manifest_edges() -> None:
                                "TFLite_Detection_PostProcess (SSD)"):
         infer_manifest("x", [IMG], [_t("a", (1, 2, 2), "int8"), _t("b", (1, 3, 3), "int8")])
     assert output_classes(_manifest("softmax", {"scores": "p"}), [_t("p", (7, 1))]) == 1
+
+
+def test_survivors_of_the_first_full_run() -> None:
+    """Four survivors of the 2026-12-01 run that were test gaps, not equivalents."""
+    import os
+    import time as _time
+
+    from agent.core.records import iso_utc
+    from agent.core.sensors import AnomalyState
+    from agent.core.thermal import ThermalGovernor, ThermalReading
+
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "Asia/Tokyo"
+    _time.tzset()
+    try:
+        assert iso_utc(0.0) == "1970-01-01T00:00:00.000000Z"  # UTC whatever the local zone
+    finally:
+        if old is None:
+            os.environ.pop("TZ")
+        else:
+            os.environ["TZ"] = old
+        _time.tzset()
+    g = ThermalGovernor()
+    g.update(ThermalReading(40.0))
+    assert g.changes == 0
+    a = AnomalyState(on=0.7, off=0.4, min_windows=2)
+    assert [a.update(s) for s in (0.8, 0.8, 0.1, 0.1)] == [None, "start", None, "end"]
+    tall = _t("tall", (1, 40, 10, 3), "uint8")
+    square = _t("square", (1, 15, 15, 3), "uint8")
+    assert _image_input([square, tall]) is tall  # 400 pixels against 225
