@@ -17,6 +17,7 @@ Used by ``pip install`` (pyproject's in-tree backend, native/build_backend.py) a
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,50 +30,64 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 VARIANTS = ("ref", "neon", "cuda")
 
-CDEF = """
-typedef struct {
-    int format; int width, height;
-    const uint8_t *plane0; int stride0;
-    const uint8_t *plane1; int stride1;
-    size_t plane0_bytes; size_t plane1_bytes;
-} lk_image;
-typedef struct {
-    int roi_x, roi_y, roi_w, roi_h;
-    int out_w, out_h, out_c;
-    int out_rgb; int resize; int letterbox; int pad_value; int dtype;
-    float mul[3], add[3];
-} lk_preprocess_params;
-typedef struct { float scale; int offset_x, offset_y, content_w, content_h; } lk_letterbox_info;
-int lk_preprocess(const lk_image *src, const lk_preprocess_params *params, void *out,
-                  size_t out_bytes, lk_letterbox_info *info);
+# The public headers, in include order; the cdef is read from them (cdef_from_headers), so a
+# declaration or constant changed there reaches Python with no second edit.
+HEADERS = ("common.h", "preprocess.h", "postprocess.h", "motion.h", "cuda.h")
+# Declared in the headers but not wanted from Python (device pointers, CUDA builds only).
+NOT_EXPORTED = ("lk_cuda_preprocess_nv12",)
 
-int lk_dequantize(const uint8_t *q, size_t n, int is_signed, float scale, int zero_point, float *out);
-int lk_ssd_decode(const float *encodings, const float *anchors, size_t n, const float scales[4],
-                  float *boxes_out);
-int lk_yolo_decode(const float *rows, size_t n, int row_len, int has_objectness, float threshold,
-                   float input_w, float input_h, float *boxes_out, float *scores_out,
-                   int32_t *classes_out, size_t capacity, size_t *kept);
-int lk_nms(const float *boxes, const float *scores, const int32_t *classes, size_t n,
-           float iou_threshold, size_t max_out, int32_t *keep_out, size_t *kept);
-int lk_topk(const float *scores, size_t n, size_t k, int32_t *index_out);
 
-typedef struct {
-    int width, height; uint16_t *background; int initialized; int alpha_q8; int threshold;
-} lk_motion_state;
-typedef struct { int x0, y0, x1, y1; int pixels; } lk_motion_box;
-int lk_motion_update(lk_motion_state *state, const uint8_t *gray, int stride, float *score,
-                     lk_motion_box *boxes, size_t capacity, size_t *count, uint8_t *scratch,
-                     size_t scratch_bytes);
+def _drop_cplusplus_guards(text: str) -> str:
+    """The header without its ``#ifdef __cplusplus ... #endif`` blocks (extern "C" braces)."""
+    out: list[str] = []
+    skipping = False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#ifdef __cplusplus"):
+            skipping = True
+        elif skipping and stripped.startswith("#endif"):
+            skipping = False
+        elif not skipping:
+            out.append(line)
+    return "\n".join(out)
 
-int lk_variant(void);
-const char *lk_variant_name(void);
-int lk_cuda_available(void);
-int lk_cuda_preprocess(const lk_image *src, const lk_preprocess_params *params, void *out,
-                       size_t out_bytes);
-"""
+
+def header_to_cdef(text: str) -> str:
+    """One public header as cffi cdef text (API mode): comments, include guards and includes
+    dropped, valued ``#define``s and enum values left to the compiler (``...``), so cffi reads
+    every constant from the header as compiled."""
+    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.DOTALL)
+    text = re.sub(r"//[^\n]*", "", text)
+    text = _drop_cplusplus_guards(text)
+    lines: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            define = re.match(r"#\s*define\s+([A-Z][A-Z0-9_]*)\s+\S", stripped)
+            if define:
+                lines.append(f"#define {define.group(1)} ...")
+            continue
+        lines.append(line)
+    cdef = "\n".join(lines)
+
+    def open_enum(match: re.Match[str]) -> str:
+        names = [re.sub(r"=.*", "", item, flags=re.DOTALL).strip()
+                 for item in match.group(1).split(",")]
+        return "enum {" + ", ".join(n for n in names if n) + ", ... }"
+
+    cdef = re.sub(r"enum\s*\{([^}]*)\}", open_enum, cdef)
+    for name in NOT_EXPORTED:
+        cdef = re.sub(r"[^;{}]*\b" + name + r"\s*\([^;]*\);", "", cdef)
+    return cdef
+
+
+def cdef_from_headers(include: Path = HERE / "include" / "lepton") -> str:
+    """The cffi cdef of the public API: every header in HEADERS, converted."""
+    return "\n".join(header_to_cdef((include / name).read_text()) for name in HEADERS)
+
 
 SOURCES = ["src/preprocess.c", "src/postprocess.c", "src/motion.c", "src/row_portable.c",
-           "src/row_neon.c", "src/row_gather.c", "src/variant.c"]
+           "src/row_neon.c", "src/row_gather.c", "src/dispatch.c"]
 
 
 def target_platform() -> str:
@@ -148,11 +163,10 @@ def make_builder() -> FFI:
     else:
         sources.append(os.path.relpath(HERE / "src" / "cuda_stub.c"))
     ffi = FFI()
-    ffi.cdef(CDEF)
+    ffi.cdef(cdef_from_headers())
     ffi.set_source(
         "agent.kernels._native",
-        '#include "lepton/preprocess.h"\n#include "lepton/postprocess.h"\n'
-        '#include "lepton/motion.h"\n#include "lepton/cuda.h"\n',
+        "".join(f'#include "lepton/{name}"\n' for name in HEADERS),
         sources=sources,
         include_dirs=[str(HERE / "include")],
         define_macros=defines,

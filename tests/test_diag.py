@@ -45,7 +45,7 @@ def test_diag_kernels_cli() -> None:
     data = json.loads(out.stdout)
     check = data["checks"][0]
     assert out.returncode == 0 and check["status"] == "pass" and check["details"]["failed"] == []
-    assert check["details"]["variant"] in ("ref", "neon", "cuda")
+    assert check["details"]["variant"] in ("portable", "avx2", "neon", "cuda")
     fallback = run_cli("diag", "kernels", env={**os.environ, "LEPTON_KERNELS": "numpy"})
     assert fallback.returncode == 1 and "[WARN] kernels" in fallback.stdout
     bad = run_cli("diag", "nonsense")

@@ -69,7 +69,8 @@ def check_kernels() -> CheckResult:
     details["failed"] = failed
     if failed:
         return CheckResult("kernels", "fail", f"{variant} kernels failed: {', '.join(failed)}",
-                           "rebuild with LEPTON_KERNELS=ref to rule out the SIMD path; report it",
+                           "rerun with LEPTON_KERNELS_VARIANT=portable to rule out the SIMD path; "
+                           "report it",
                            details)
     if variant == "numpy":
         return CheckResult("kernels", "warn", "native kernels missing; the numpy reference runs "

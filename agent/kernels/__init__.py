@@ -35,7 +35,9 @@ active: ModuleType = _load()
 
 
 def variant() -> str:
-    """'ref', 'neon' or 'cuda' for the native build in use, 'numpy' for the fallback."""
+    """What runs: 'avx2', 'neon' or 'portable' (native row kernels, chosen at load; set
+    LEPTON_KERNELS_VARIANT=portable to force the portable C), 'cuda' for a CUDA build, 'numpy'
+    for the fallback."""
     if active is reference:
         return "numpy"
     name: str = active.variant()

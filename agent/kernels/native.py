@@ -7,6 +7,8 @@ cffi releases the GIL for the duration of every call.
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -25,16 +27,22 @@ from agent.kernels.reference import (
 
 ffi: Any = _native.ffi
 lib: Any = _native.lib
+log = logging.getLogger("agent.kernels")
 
-_CODES = {1: "invalid argument", 2: "size, stride or region out of range", 3: "out of memory",
-          4: "dimensions overflow", 5: "not supported by this implementation",
-          6: "GPU error"}
-_FORMATS = {"nv12": 0, "yuyv": 1, "bgr": 2, "rgb": 3, "gray": 4}
-_DTYPES = {"uint8": (0, np.uint8), "int8": (1, np.int8), "float32": (2, np.float32)}
+# Every enum value comes from the headers (the cdef is generated from them, values left to the
+# compiler), never a number written here.
+_CODES = {lib.LK_EINVAL: "invalid argument", lib.LK_ERANGE: "size, stride or region out of range",
+          lib.LK_ENOMEM: "out of memory", lib.LK_EOVERFLOW: "dimensions overflow",
+          lib.LK_ENOTSUP: "not supported by this implementation", lib.LK_EDEVICE: "GPU error"}
+_FORMATS = {"nv12": lib.LK_FMT_NV12, "yuyv": lib.LK_FMT_YUYV, "bgr": lib.LK_FMT_BGR,
+            "rgb": lib.LK_FMT_RGB, "gray": lib.LK_FMT_GRAY}
+_DTYPES = {"uint8": (lib.LK_OUT_UINT8, np.uint8), "int8": (lib.LK_OUT_INT8, np.int8),
+           "float32": (lib.LK_OUT_FLOAT32, np.float32)}
+_RESIZE = {"bilinear": lib.LK_RESIZE_BILINEAR, "area": lib.LK_RESIZE_AREA}
 
 
 def _check(rc: int, what: str) -> None:
-    if rc != 0:
+    if rc != lib.LK_OK:
         raise KernelError(f"{what}: {_CODES.get(rc, f'error {rc}')}",
                           fix="check shapes, strides and the region against the frame")
 
@@ -96,7 +104,7 @@ def _params(spec: Preprocess) -> Any:
         params.roi_x, params.roi_y, params.roi_w, params.roi_h = spec.roi
     params.out_w, params.out_h, params.out_c = spec.out_w, spec.out_h, spec.out_c
     params.out_rgb = int(spec.rgb)
-    params.resize = 1 if spec.resize == "area" else 0
+    params.resize = _RESIZE[spec.resize]
     params.letterbox = int(spec.letterbox)
     params.pad_value = spec.pad_value
     params.dtype = _DTYPES[spec.dtype][0]
@@ -136,10 +144,10 @@ def preprocess_cuda(image: Image, spec: Preprocess,
                           fix="use preprocess (the CPU kernel) for this request")
     src, params, out = _marshal(image, spec, out)
     rc = lib.lk_cuda_preprocess(src, params, _ptr("void *", out), out.nbytes)
-    if rc == 5:
+    if rc == lib.LK_ENOTSUP:
         raise KernelError("this build has no CUDA kernels",
                           fix="rebuild with LEPTON_KERNELS=cuda on a machine with nvcc")
-    if rc == 6:
+    if rc == lib.LK_EDEVICE:
         raise KernelError("the GPU failed the CUDA preprocess (no device, or a copy or launch "
                           "failed)", fix="check nvidia-smi / tegrastats and the CUDA driver")
     _check(rc, f"preprocess_cuda {image.format} {image.width}x{image.height} -> {out.shape}")
@@ -250,5 +258,19 @@ class Motion:
 
 
 def variant() -> str:
+    """What runs: 'avx2', 'neon' or 'portable' (the row kernels chosen at load), or 'cuda'."""
     name: bytes = ffi.string(lib.lk_variant_name())
     return name.decode()
+
+
+def _report_override() -> None:
+    # The C side falls back to the best variant when LEPTON_KERNELS_VARIANT names one this build
+    # or CPU cannot run; say so here, where it can be logged.
+    wanted = os.environ.get("LEPTON_KERNELS_VARIANT", "").strip()
+    if wanted and wanted != "auto" and wanted != variant() and variant() != "cuda":
+        log.warning("LEPTON_KERNELS_VARIANT=%s is not available in this build or on this CPU; "
+                    "the %s kernels run (use portable, auto, or the SIMD variant of this "
+                    "machine)", wanted, variant())
+
+
+_report_override()

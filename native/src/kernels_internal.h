@@ -5,12 +5,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* On x86-64 the baseline (SSE2) has no 32-bit integer min/max or multiply, so these loops
- * only vectorise with newer ISAs: build AVX2 and SSE4.1 clones, chosen at load time (ifunc). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define LK_VECTOR_CLONES __attribute__((target_clones("avx2", "sse4.1", "default")))
-#else
-#define LK_VECTOR_CLONES
+#include "lepton/common.h"
+
+/* Which SIMD row kernels this build compiles: AVX2 on x86-64 (GCC's target attribute, so the
+ * rest of the build stays baseline x86-64), NEON on aarch64. LK_FORCE_PORTABLE (LEPTON_KERNELS=ref)
+ * compiles them out. Which compiled set runs is decided once, at load, in dispatch.c. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(LK_FORCE_PORTABLE)
+#define LK_HAVE_AVX2 1
+#endif
+#if defined(__aarch64__) && defined(__ARM_NEON) && !defined(LK_FORCE_PORTABLE)
+#define LK_HAVE_NEON 1
 #endif
 
 /* Outputs never overlap inputs: `restrict` lets the compiler vectorise without alias checks. */
@@ -102,5 +106,65 @@ void lk_row_yuv_rgb_pack(const int32_t *restrict y, const int32_t *restrict u,
 /* Interleaves three channels of 0..255 values into n pixels of uint8. */
 void lk_row_pack3(const int32_t *restrict c0, const int32_t *restrict c1,
                   const int32_t *restrict c2, uint8_t *restrict dst, int n);
+
+/* The row kernels of one variant. dispatch.c picks one table at load (CPU check, then the
+ * LEPTON_KERNELS_VARIANT override) and the lk_row_* functions above call through it. */
+typedef struct {
+    const char *name;          /* "portable", "avx2", "neon": what lk_variant_name reports */
+    int id;                    /* lk_variant_id */
+    int pair_shuffles;         /* lk_pair_plan_build plans groups for the *_planned kernels */
+    void (*row_accumulate)(const uint8_t *restrict, uint32_t, uint32_t *restrict, int);
+    void (*yuv_to_rgb)(const int32_t *restrict, const int32_t *restrict, const int32_t *restrict,
+                       int32_t *restrict, int32_t *restrict, int32_t *restrict, int);
+    void (*row_area_v)(const uint8_t *, size_t, int, uint32_t, uint32_t, uint32_t *restrict,
+                       uint32_t *restrict, int);
+    void (*row_area_h8)(const uint32_t *restrict, const int32_t *restrict,
+                        const uint32_t *restrict, int32_t *restrict, int);
+    void (*row_div_round_i32)(const int32_t *restrict, const int32_t *restrict,
+                              const float *restrict, int32_t, float, int32_t *restrict, int);
+    void (*row_area_h)(const uint32_t *restrict, int, const int32_t *restrict,
+                       const uint32_t *restrict, int, int32_t *restrict, int);
+    void (*row_bilerp)(const uint8_t *restrict, const uint8_t *restrict, int32_t,
+                       const int32_t *restrict, const int32_t *restrict, int, int,
+                       int32_t *restrict, int);
+    void (*row_bilerp_uv)(const uint8_t *restrict, const uint8_t *restrict, int32_t,
+                          const int32_t *restrict, const int32_t *restrict, int,
+                          int32_t *restrict, int32_t *restrict, int);
+    void (*row_bilerp_planned)(const lk_planned_rows *, int32_t *const[3]);
+    int (*row_nv12_rgb_planned)(const lk_planned_rows *, const lk_planned_rows *, int, uint8_t *,
+                                int);
+    void (*row_yuv_rgb_pack)(const int32_t *restrict, const int32_t *restrict,
+                             const int32_t *restrict, int, uint8_t *restrict, int);
+    void (*row_pack3)(const int32_t *restrict, const int32_t *restrict, const int32_t *restrict,
+                      uint8_t *restrict, int);
+} lk_row_kernels;
+
+/* The tables (row_gather.c) and the loops they share (row_portable.c, row_neon.c). */
+extern const lk_row_kernels lk_rows_portable;
+void lk_row_accumulate_c(const uint8_t *restrict row, uint32_t w, uint32_t *restrict dst, int n);
+void lk_yuv_to_rgb_c(const int32_t *restrict y, const int32_t *restrict u,
+                     const int32_t *restrict v, int32_t *restrict r, int32_t *restrict g,
+                     int32_t *restrict b, int n);
+#ifdef LK_HAVE_AVX2
+extern const lk_row_kernels lk_rows_avx2;
+void lk_row_accumulate_avx2(const uint8_t *restrict row, uint32_t w, uint32_t *restrict dst, int n);
+void lk_yuv_to_rgb_avx2(const int32_t *restrict y, const int32_t *restrict u,
+                        const int32_t *restrict v, int32_t *restrict r, int32_t *restrict g,
+                        int32_t *restrict b, int n);
+#endif
+#ifdef LK_HAVE_NEON
+extern const lk_row_kernels lk_rows_neon;
+void lk_row_accumulate_neon(const uint8_t *restrict row, uint32_t w, uint32_t *restrict dst, int n);
+void lk_yuv_to_rgb_neon(const int32_t *restrict y, const int32_t *restrict u,
+                        const int32_t *restrict v, int32_t *restrict r, int32_t *restrict g,
+                        int32_t *restrict b, int n);
+#endif
+
+/* The table in use (chosen once, at load). */
+const lk_row_kernels *lk_rows(void);
+/* Switches to the named variant ("auto": the best this CPU runs); LK_EINVAL for a name this
+ * build does not know, LK_ENOTSUP for one this CPU cannot run. Not thread-safe: for the C
+ * self-test, which runs every check under each variant. */
+int lk_rows_select(const char *name);
 
 #endif

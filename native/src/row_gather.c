@@ -1,8 +1,8 @@
 /* Row kernels written by hand for x86-64 AVX2 (gathers, byte shuffles, pmaddwd: what compilers
  * do not find), the bilinear shuffles, the fused NV12 -> RGB pass and the YUV -> RGB packing
  * also for NEON: the bilinear horizontal stage, the area stages and their exact division, and
- * the output packing. The portable C beside each is the reference; the AVX2 versions are
- * chosen at load time (ifunc) and are bit-exact with it. */
+ * the output packing. The portable C beside each is the reference; each variant's kernels
+ * form one table (at the end), chosen at load by dispatch.c, and are bit-exact with it. */
 #include "kernels_internal.h"
 
 #include <math.h>
@@ -52,7 +52,7 @@ static void yuv_rgb_pack_c(const int32_t *restrict y, const int32_t *restrict u,
     int32_t r[64], g[64], b[64];
     for (int x = 0; x < n; x += 64) {
         const int m = n - x < 64 ? n - x : 64;
-        lk_yuv_to_rgb(y + x, u + x, v + x, r, g, b, m);
+        lk_yuv_to_rgb_c(y + x, u + x, v + x, r, g, b, m);
         pack3_c(swap_rb ? b : r, g, swap_rb ? r : b, dst + 3 * (size_t)x, m);
     }
 }
@@ -67,13 +67,17 @@ static void area_h_c(const uint32_t *restrict row, int step, const int32_t *rest
     }
 }
 
-static void area_v_c(const uint8_t *first, size_t stride, int count, uint32_t wfirst,
-                     uint32_t wlast, uint32_t *restrict dst, uint32_t *restrict dst2, int n) {
+typedef void accumulate_fn(const uint8_t *restrict, uint32_t, uint32_t *restrict, int);
+
+/* The area vertical stage with a given row accumulation (portable or NEON). */
+static inline __attribute__((always_inline)) void area_v_with(
+        accumulate_fn *accumulate, const uint8_t *first, size_t stride, int count,
+        uint32_t wfirst, uint32_t wlast, uint32_t *restrict dst, uint32_t *restrict dst2, int n) {
     const uint8_t *last = first + (size_t)(count - 1) * stride;
     const uint32_t wl = count > 1 ? wlast : 0u;
     if (!dst2) {
         for (int i = 0; i < n; i++) dst[i] = first[i] * wfirst + last[i] * wl;
-        for (int k = 1; k < count - 1; k++) lk_row_accumulate(first + (size_t)k * stride, 256u, dst, n);
+        for (int k = 1; k < count - 1; k++) accumulate(first + (size_t)k * stride, 256u, dst, n);
         return;
     }
     for (int i = 0; i < n / 2; i++) {
@@ -88,6 +92,18 @@ static void area_v_c(const uint8_t *first, size_t stride, int count, uint32_t wf
         }
     }
 }
+
+static void area_v_c(const uint8_t *first, size_t stride, int count, uint32_t wfirst,
+                     uint32_t wlast, uint32_t *restrict dst, uint32_t *restrict dst2, int n) {
+    area_v_with(lk_row_accumulate_c, first, stride, count, wfirst, wlast, dst, dst2, n);
+}
+
+#ifdef LK_HAVE_NEON
+static void area_v_neon(const uint8_t *first, size_t stride, int count, uint32_t wfirst,
+                        uint32_t wlast, uint32_t *restrict dst, uint32_t *restrict dst2, int n) {
+    area_v_with(lk_row_accumulate_neon, first, stride, count, wfirst, wlast, dst, dst2, n);
+}
+#endif
 
 static void area_h8_c(const uint32_t *restrict row, const int32_t *restrict first,
                       const uint32_t *restrict tab8, int32_t *restrict acc, int n) {
@@ -109,12 +125,7 @@ static void div_round_i32_c(const int32_t *restrict num, const int32_t *restrict
     }
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
-    !defined(LK_FORCE_PORTABLE)
-#define LK_PAIR_SHUFFLES 1
-#elif defined(__ARM_NEON) && defined(__aarch64__) && !defined(LK_FORCE_PORTABLE)
-#define LK_PAIR_SHUFFLES 1
-#define LK_PAIR_NEON 1
+#ifdef LK_HAVE_NEON
 #include <arm_neon.h>
 #endif
 
@@ -124,11 +135,7 @@ void lk_pair_plan_build(lk_pair_plan *plan, lk_pair_group *groups, const int32_t
     plan->channels = channels;
     plan->covered = 0;
     plan->chunks = 4;
-#ifdef LK_PAIR_SHUFFLES
-#ifndef LK_PAIR_NEON
-    __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx2")) return;
-#endif
+    if (!lk_rows()->pair_shuffles) return;
     /* The window size follows the widest group (taps further apart need 128 bytes, which
      * costs twice the shuffles but still beats gathers). */
     int reach = 0;
@@ -162,13 +169,9 @@ void lk_pair_plan_build(lk_pair_plan *plan, lk_pair_group *groups, const int32_t
         if (!fits) return;
         plan->covered = 8 * g + 8 < n ? 8 * g + 8 : n;
     }
-#else
-    (void)off; (void)first; (void)second; (void)limit; (void)n;
-#endif
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
-    !defined(LK_FORCE_PORTABLE)
+#ifdef LK_HAVE_AVX2
 #include <immintrin.h>
 
 #define LK_AVX2 __attribute__((target("avx2")))
@@ -533,68 +536,18 @@ LK_AVX2 static void yuv_rgb_pack_avx2(const int32_t *restrict y, const int32_t *
     yuv_rgb_pack_c(y + x, u + x, v + x, swap_rb, dst + 3 * (size_t)x, n - x);
 }
 
-typedef void bilerp_fn(const uint8_t *restrict, const uint8_t *restrict, int32_t,
-                       const int32_t *restrict, const int32_t *restrict, int, int,
-                       int32_t *restrict, int);
-typedef void bilerp_uv_fn(const uint8_t *restrict, const uint8_t *restrict, int32_t,
-                          const int32_t *restrict, const int32_t *restrict, int,
-                          int32_t *restrict, int32_t *restrict, int);
-typedef void pack3_fn(const int32_t *restrict, const int32_t *restrict, const int32_t *restrict,
-                      uint8_t *restrict, int);
-typedef void yuv_rgb_pack_fn(const int32_t *restrict, const int32_t *restrict,
-                             const int32_t *restrict, int, uint8_t *restrict, int);
-
-typedef void area_h_fn(const uint32_t *restrict, int, const int32_t *restrict,
-                       const uint32_t *restrict, int, int32_t *restrict, int);
-typedef void area_v_fn(const uint8_t *, size_t, int, uint32_t, uint32_t, uint32_t *restrict,
-                       uint32_t *restrict, int);
-typedef void area_h8_fn(const uint32_t *restrict, const int32_t *restrict,
-                        const uint32_t *restrict, int32_t *restrict, int);
-typedef void div_round_i32_fn(const int32_t *restrict, const int32_t *restrict,
-                              const float *restrict, int32_t, float, int32_t *restrict, int);
-
-/* Resolvers run while the dynamic loader relocates, before sanitizer runtimes are set up. */
-#define LK_RESOLVER __attribute__((no_sanitize_address, no_sanitize_undefined))
-
-LK_RESOLVER static int have_avx2(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2");
-}
-LK_RESOLVER static bilerp_fn *resolve_bilerp(void) { return have_avx2() ? bilerp_avx2 : bilerp_c; }
-LK_RESOLVER static bilerp_uv_fn *resolve_bilerp_uv(void) { return have_avx2() ? bilerp_uv_avx2 : bilerp_uv_c; }
-LK_RESOLVER static pack3_fn *resolve_pack3(void) { return have_avx2() ? pack3_avx2 : pack3_c; }
-LK_RESOLVER static yuv_rgb_pack_fn *resolve_yuv_rgb_pack(void) {
-    return have_avx2() ? yuv_rgb_pack_avx2 : yuv_rgb_pack_c;
-}
-LK_RESOLVER static area_h_fn *resolve_area_h(void) { return have_avx2() ? area_h_avx2 : area_h_c; }
-LK_RESOLVER static area_v_fn *resolve_area_v(void) { return have_avx2() ? area_v_avx2 : area_v_c; }
-LK_RESOLVER static div_round_i32_fn *resolve_div_round_i32(void) {
-    return have_avx2() ? div_round_i32_avx2 : div_round_i32_c;
-}
-LK_RESOLVER static area_h8_fn *resolve_area_h8(void) { return have_avx2() ? area_h8_avx2 : area_h8_c; }
-
-void lk_row_bilerp_planned(const lk_planned_rows *rows, int32_t *const out[3]) {
+static void bilerp_planned_x86(const lk_planned_rows *rows, int32_t *const out[3]) {
     if (rows->plan->covered > 0) bilerp_planned_avx2(rows, out);
 }
 
-int lk_row_nv12_rgb_planned(const lk_planned_rows *luma, const lk_planned_rows *chroma,
-                            int swap_rb, uint8_t *dst, int n) {
+static int nv12_rgb_planned_x86(const lk_planned_rows *luma, const lk_planned_rows *chroma,
+                                int swap_rb, uint8_t *dst, int n) {
     if (luma->plan->covered == 0 || chroma->plan->covered == 0) return 0;
     return nv12_rgb_planned_avx2(luma, chroma, swap_rb, dst, n);
 }
+#endif
 
-bilerp_fn lk_row_bilerp __attribute__((ifunc("resolve_bilerp")));
-bilerp_uv_fn lk_row_bilerp_uv __attribute__((ifunc("resolve_bilerp_uv")));
-pack3_fn lk_row_pack3 __attribute__((ifunc("resolve_pack3")));
-yuv_rgb_pack_fn lk_row_yuv_rgb_pack __attribute__((ifunc("resolve_yuv_rgb_pack")));
-area_h_fn lk_row_area_h __attribute__((ifunc("resolve_area_h")));
-area_h8_fn lk_row_area_h8 __attribute__((ifunc("resolve_area_h8")));
-div_round_i32_fn lk_row_div_round_i32 __attribute__((ifunc("resolve_div_round_i32")));
-area_v_fn lk_row_area_v __attribute__((ifunc("resolve_area_v")));
-
-#else
-
-#ifdef LK_PAIR_NEON
+#ifdef LK_HAVE_NEON
 /* The 64- or 128-byte window of one group in both rows. */
 typedef struct { uint8x16x4_t top, bot, top2, bot2; int wide; } neon_window;
 
@@ -648,7 +601,7 @@ static inline __attribute__((always_inline)) uint32x4x2_t neon_planned_channel(
     return out;
 }
 
-void lk_row_bilerp_planned(const lk_planned_rows *rows, int32_t *const out[3]) {
+static void neon_bilerp_planned(const lk_planned_rows *rows, int32_t *const out[3]) {
     const lk_pair_plan plan = *rows->plan;
     for (int g = 0; 8 * g < plan.covered; g++) {
         const lk_pair_group *grp = plan.groups + g;
@@ -676,8 +629,8 @@ static inline void neon_yuv_rgb4(uint32x4_t y, uint32x4_t u, uint32x4_t v, int16
     *b = vqmovn_s32(vshrq_n_s32(vmlaq_n_s32(yy, uu, 2116026), 20));
 }
 
-int lk_row_nv12_rgb_planned(const lk_planned_rows *luma, const lk_planned_rows *chroma,
-                            int swap_rb, uint8_t *dst, int n) {
+static int neon_nv12_rgb_planned(const lk_planned_rows *luma, const lk_planned_rows *chroma,
+                                 int swap_rb, uint8_t *dst, int n) {
     const lk_pair_plan pa = *luma->plan, pb = *chroma->plan;
     const int covered = pa.covered < pb.covered ? pa.covered : pb.covered;
     const int done = covered == n ? n : 8 * (covered / 8);
@@ -709,8 +662,9 @@ int lk_row_nv12_rgb_planned(const lk_planned_rows *luma, const lk_planned_rows *
     return done;
 }
 
-void lk_row_yuv_rgb_pack(const int32_t *restrict y, const int32_t *restrict u,
-                         const int32_t *restrict v, int swap_rb, uint8_t *restrict dst, int n) {
+static void neon_yuv_rgb_pack(const int32_t *restrict y, const int32_t *restrict u,
+                              const int32_t *restrict v, int swap_rb, uint8_t *restrict dst,
+                              int n) {
     int x = 0;
     for (; x + 8 <= n; x += 8) {
         int16x4_t r[2], g[2], b[2];
@@ -726,59 +680,37 @@ void lk_row_yuv_rgb_pack(const int32_t *restrict y, const int32_t *restrict u,
     }
     yuv_rgb_pack_c(y + x, u + x, v + x, swap_rb, dst + 3 * (size_t)x, n - x);
 }
-#else
-void lk_row_bilerp_planned(const lk_planned_rows *rows, int32_t *const out[3]) {
+#endif
+
+/* The portable build plans no groups: the planned kernels have nothing to do. */
+static void bilerp_planned_none(const lk_planned_rows *rows, int32_t *const out[3]) {
     (void)rows; (void)out;
 }
 
-void lk_row_yuv_rgb_pack(const int32_t *restrict y, const int32_t *restrict u,
-                         const int32_t *restrict v, int swap_rb, uint8_t *restrict dst, int n) {
-    yuv_rgb_pack_c(y, u, v, swap_rb, dst, n);
-}
-
-int lk_row_nv12_rgb_planned(const lk_planned_rows *luma, const lk_planned_rows *chroma,
-                            int swap_rb, uint8_t *dst, int n) {
+static int nv12_rgb_planned_none(const lk_planned_rows *luma, const lk_planned_rows *chroma,
+                                 int swap_rb, uint8_t *dst, int n) {
     (void)luma; (void)chroma; (void)swap_rb; (void)dst; (void)n;
     return 0;
 }
+
+const lk_row_kernels lk_rows_portable = {
+    "portable", LK_VARIANT_PORTABLE, 0, lk_row_accumulate_c, lk_yuv_to_rgb_c, area_v_c,
+    area_h8_c, div_round_i32_c, area_h_c, bilerp_c, bilerp_uv_c, bilerp_planned_none,
+    nv12_rgb_planned_none, yuv_rgb_pack_c, pack3_c,
+};
+
+#ifdef LK_HAVE_AVX2
+const lk_row_kernels lk_rows_avx2 = {
+    "avx2", LK_VARIANT_AVX2, 1, lk_row_accumulate_avx2, lk_yuv_to_rgb_avx2, area_v_avx2,
+    area_h8_avx2, div_round_i32_avx2, area_h_avx2, bilerp_avx2, bilerp_uv_avx2,
+    bilerp_planned_x86, nv12_rgb_planned_x86, yuv_rgb_pack_avx2, pack3_avx2,
+};
 #endif
 
-void lk_row_bilerp(const uint8_t *restrict r0, const uint8_t *restrict r1, int32_t wy,
-                   const int32_t *restrict off, const int32_t *restrict w, int step, int limit,
-                   int32_t *restrict out, int n) {
-    bilerp_c(r0, r1, wy, off, w, step, limit, out, n);
-}
-
-void lk_row_bilerp_uv(const uint8_t *restrict r0, const uint8_t *restrict r1, int32_t wy,
-                      const int32_t *restrict off, const int32_t *restrict w, int limit,
-                      int32_t *restrict u, int32_t *restrict v, int n) {
-    bilerp_uv_c(r0, r1, wy, off, w, limit, u, v, n);
-}
-
-void lk_row_pack3(const int32_t *restrict c0, const int32_t *restrict c1,
-                  const int32_t *restrict c2, uint8_t *restrict dst, int n) {
-    pack3_c(c0, c1, c2, dst, n);
-}
-
-void lk_row_area_h(const uint32_t *restrict row, int step, const int32_t *restrict first,
-                   const uint32_t *restrict tab, int span, int32_t *restrict acc, int n) {
-    area_h_c(row, step, first, tab, span, acc, n);
-}
-
-void lk_row_area_v(const uint8_t *first, size_t stride, int count, uint32_t wfirst,
-                   uint32_t wlast, uint32_t *restrict dst, uint32_t *restrict dst2, int n) {
-    area_v_c(first, stride, count, wfirst, wlast, dst, dst2, n);
-}
-void lk_row_area_h8(const uint32_t *restrict row, const int32_t *restrict first,
-                    const uint32_t *restrict tab8, int32_t *restrict acc, int n) {
-    area_h8_c(row, first, tab8, acc, n);
-}
-
-void lk_row_div_round_i32(const int32_t *restrict num, const int32_t *restrict den,
-                          const float *restrict inv, int32_t scale, float inv_scale,
-                          int32_t *restrict out, int n) {
-    div_round_i32_c(num, den, inv, scale, inv_scale, out, n);
-}
-
-
+#ifdef LK_HAVE_NEON
+const lk_row_kernels lk_rows_neon = {
+    "neon", LK_VARIANT_NEON, 1, lk_row_accumulate_neon, lk_yuv_to_rgb_neon, area_v_neon,
+    area_h8_c, div_round_i32_c, area_h_c, bilerp_c, bilerp_uv_c, neon_bilerp_planned,
+    neon_nv12_rgb_planned, neon_yuv_rgb_pack, pack3_c,
+};
 #endif

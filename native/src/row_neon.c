@@ -1,10 +1,10 @@
 /* NEON row kernels for aarch64; bit-exact with row_portable.c (checked by native/tests). */
 #include "kernels_internal.h"
 
-#if defined(__ARM_NEON) && !defined(LK_FORCE_PORTABLE)
+#ifdef LK_HAVE_NEON
 #include <arm_neon.h>
 
-void lk_row_accumulate(const uint8_t *restrict row, uint32_t w, uint32_t *restrict dst, int n) {
+void lk_row_accumulate_neon(const uint8_t *restrict row, uint32_t w, uint32_t *restrict dst, int n) {
     int i = 0;
     if (w <= 0xFFFF) {
         const uint16x4_t w4 = vdup_n_u16((uint16_t)w);
@@ -21,7 +21,7 @@ static inline int32x4_t clamp255x4(int32x4_t v) {
     return vminq_s32(vmaxq_s32(v, vdupq_n_s32(0)), vdupq_n_s32(255));
 }
 
-void lk_yuv_to_rgb(const int32_t *restrict y, const int32_t *restrict u, const int32_t *restrict v,
+void lk_yuv_to_rgb_neon(const int32_t *restrict y, const int32_t *restrict u, const int32_t *restrict v,
                    int32_t *restrict r, int32_t *restrict g, int32_t *restrict b, int n) {
     const int32x4_t half = vdupq_n_s32(1 << 19), c128 = vdupq_n_s32(128), c16 = vdupq_n_s32(16);
     int i = 0;

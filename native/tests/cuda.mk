@@ -4,7 +4,7 @@ NVCC ?= nvcc
 CC ?= cc
 CUDA_ARCH ?= sm_87
 OUT ?= build/cuda
-C_SOURCES = preprocess row_portable row_neon row_gather variant
+C_SOURCES = preprocess row_portable row_neon row_gather dispatch
 C_OBJECTS = $(C_SOURCES:%=$(OUT)/%.o)
 
 $(OUT)/bench: native/tests/cuda_bench.cu native/cuda/preprocess.cu $(C_OBJECTS)

@@ -1,6 +1,7 @@
-/* Checks the build's kernels (NEON on aarch64) against the portable C reference, linked in
- * under ref_* names: row kernels on odd lengths and unaligned pointers, and whole
- * lk_preprocess calls over formats, ROIs, strides, resize modes and dtypes.
+/* Checks the row kernels chosen at load (NEON on aarch64, AVX2 on x86-64 where the CPU has it)
+ * against the portable C reference of the same build, switched to through the dispatcher: row
+ * kernels on odd lengths and unaligned pointers, and whole lk_preprocess calls over formats,
+ * ROIs, strides, resize modes and dtypes.
  * Planes end right before an inaccessible page, so a vector load or gather that reads past
  * the last row faults (sanitizers do not see gathers).
  * Exit status 0 when every comparison is bit-exact. Run by cross/test-neon.sh under qemu. */
@@ -14,15 +15,26 @@
 #include "lepton/preprocess.h"
 #include "../src/kernels_internal.h"
 
-void ref_row_accumulate(const uint8_t *row, uint32_t w, uint32_t *dst, int n);
-void ref_row_area_v(const uint8_t *first, size_t stride, int count, uint32_t wfirst,
-                    uint32_t wlast, uint32_t *dst, uint32_t *dst2, int n);
-void ref_row_yuv_rgb_pack(const int32_t *y, const int32_t *u, const int32_t *v, int swap_rb,
-                          uint8_t *dst, int n);
-void ref_yuv_to_rgb(const int32_t *y, const int32_t *u, const int32_t *v, int32_t *r, int32_t *g,
-                    int32_t *b, int n);
-int ref_preprocess(const lk_image *src, const lk_preprocess_params *params, void *out,
-                   size_t out_bytes, lk_letterbox_info *info);
+/* The variant under test (chosen at load, or by LEPTON_KERNELS_VARIANT) and the reference. */
+static const lk_row_kernels *simd;
+static const lk_row_kernels *const ref = &lk_rows_portable;
+
+static void use(const lk_row_kernels *rows) {
+    if (lk_rows_select(rows->name) != LK_OK) {
+        fprintf(stderr, "cannot select the %s kernels\n", rows->name);
+        exit(2);
+    }
+}
+
+/* lk_preprocess under the variant under test (into o1) and the reference (into o2). */
+static void preprocess_both(const lk_image *img, const lk_preprocess_params *p, uint8_t *o1,
+                            uint8_t *o2, size_t n, int *rc1, int *rc2) {
+    use(simd);
+    *rc1 = lk_preprocess(img, p, o1, n, NULL);
+    use(ref);
+    *rc2 = lk_preprocess(img, p, o2, n, NULL);
+    use(simd);
+}
 
 static uint32_t state = 2463534242u;
 static uint32_t rnd(void) { state ^= state << 13; state ^= state >> 17; state ^= state << 5; return state; }
@@ -56,21 +68,21 @@ static void rows(void) {
             uint32_t a[96], b[96];
             for (int i = 0; i < 96; i++) { src[i] = (uint8_t)rnd(); a[i] = b[i] = rnd() & 0xFFFFF; }
             uint32_t w = (uint32_t)range(0, 256);
-            lk_row_accumulate(src + shift, w, a, n);
-            ref_row_accumulate(src + shift, w, b, n);
+            simd->row_accumulate(src + shift, w, a, n);
+            ref->row_accumulate(src + shift, w, b, n);
             expect(memcmp(a, b, sizeof a) == 0, "row_accumulate", n, shift);
             int32_t y[96], u[96], v[96], r1[96], g1[96], b1[96], r2[96], g2[96], b2[96];
             for (int i = 0; i < 96; i++) { y[i] = range(0, 255); u[i] = range(0, 255); v[i] = range(0, 255); }
             memset(r1, 0, sizeof r1); memset(g1, 0, sizeof g1); memset(b1, 0, sizeof b1);
             memset(r2, 0, sizeof r2); memset(g2, 0, sizeof g2); memset(b2, 0, sizeof b2);
-            lk_yuv_to_rgb(y + shift, u, v + shift, r1, g1, b1, n);
-            ref_yuv_to_rgb(y + shift, u, v + shift, r2, g2, b2, n);
+            simd->yuv_to_rgb(y + shift, u, v + shift, r1, g1, b1, n);
+            ref->yuv_to_rgb(y + shift, u, v + shift, r2, g2, b2, n);
             expect(!memcmp(r1, r2, sizeof r1) && !memcmp(g1, g2, sizeof g1) && !memcmp(b1, b2, sizeof b1),
                    "yuv_to_rgb", n, shift);
             uint8_t px1[3 * 96], px2[3 * 96];
             memset(px1, 0, sizeof px1); memset(px2, 0, sizeof px2);
-            lk_row_yuv_rgb_pack(y + shift, u, v + shift, shift & 1, px1, n);
-            ref_row_yuv_rgb_pack(y + shift, u, v + shift, shift & 1, px2, n);
+            simd->row_yuv_rgb_pack(y + shift, u, v + shift, shift & 1, px1, n);
+            ref->row_yuv_rgb_pack(y + shift, u, v + shift, shift & 1, px2, n);
             expect(!memcmp(px1, px2, sizeof px1), "yuv_rgb_pack", n, shift);
         }
     }
@@ -113,7 +125,8 @@ static void preprocess(int iterations) {
         const size_t esize = p.dtype == LK_OUT_FLOAT32 ? 4 : 1;
         const size_t n = (size_t)p.out_w * p.out_h * p.out_c * esize;
         uint8_t *o1 = malloc(n), *o2 = malloc(n);
-        const int rc1 = lk_preprocess(&img, &p, o1, n, NULL), rc2 = ref_preprocess(&img, &p, o2, n, NULL);
+        int rc1, rc2;
+        preprocess_both(&img, &p, o1, o2, n, &rc1, &rc2);
         expect(rc1 == rc2, "preprocess status", rc1, rc2);
         if (rc1 == 0) expect(memcmp(o1, o2, n) == 0, "preprocess output", fmt, p.resize);
         free(o1); free(o2);
@@ -150,7 +163,8 @@ static void camera_sizes(void) {
             for (int c = 0; c < 3; c++) { p.mul[c] = 1.0f; p.add[c] = 0.0f; }
             const size_t n = (size_t)p.out_w * p.out_h * 3;
             uint8_t *o1 = malloc(n), *o2 = malloc(n);
-            const int rc1 = lk_preprocess(&img, &p, o1, n, NULL), rc2 = ref_preprocess(&img, &p, o2, n, NULL);
+            int rc1, rc2;
+            preprocess_both(&img, &p, o1, o2, n, &rc1, &rc2);
             expect(rc1 == 0 && rc2 == 0, "camera-size status", rc1, rc2);
             expect(memcmp(o1, o2, n) == 0, "camera-size output", fmt, mode);
             free(o1); free(o2);
@@ -176,8 +190,8 @@ static void area_vertical(void) {
             uint32_t a[70], a2[70], b[70], b2[70];
             memset(a, 0xA5, sizeof a); memset(a2, 0xA5, sizeof a2);
             memset(b, 0xA5, sizeof b); memset(b2, 0xA5, sizeof b2);
-            lk_row_area_v(rows, (size_t)stride, count, wfirst, wlast, a, split ? a2 : NULL, n);
-            ref_row_area_v(rows, (size_t)stride, count, wfirst, wlast, b, split ? b2 : NULL, n);
+            simd->row_area_v(rows, (size_t)stride, count, wfirst, wlast, a, split ? a2 : NULL, n);
+            ref->row_area_v(rows, (size_t)stride, count, wfirst, wlast, b, split ? b2 : NULL, n);
             expect(!memcmp(a, b, sizeof a) && !memcmp(a2, b2, sizeof a2), "row_area_v", n, count);
             unguard(rows, bytes, mapped);
         }
@@ -186,6 +200,7 @@ static void area_vertical(void) {
 
 int main(int argc, char **argv) {
     const int iterations = argc > 1 ? atoi(argv[1]) : 2000;
+    simd = lk_rows();
     printf("variant: %s\n", lk_variant_name());
     rows();
     area_vertical();

@@ -20,9 +20,17 @@ typedef enum {
     LK_EDEVICE = 6     /* the GPU reported an error (no device, launch or copy failed) */
 } lk_status;
 
-/* Which implementation a build carries: 0 portable C, 1 NEON, 2 CUDA. */
-int lk_variant(void);
-const char *lk_variant_name(void);
+/* The implementation that runs: the row kernels chosen at load (the best this CPU runs, or
+ * LEPTON_KERNELS_VARIANT=portable|avx2|neon), or CUDA in a CUDA build. */
+typedef enum {
+    LK_VARIANT_PORTABLE = 0,
+    LK_VARIANT_NEON = 1,
+    LK_VARIANT_CUDA = 2,
+    LK_VARIANT_AVX2 = 3
+} lk_variant_id;
+
+int lk_variant(void);               /* an lk_variant_id */
+const char *lk_variant_name(void);  /* "portable", "avx2", "neon" or "cuda" */
 
 #ifdef __cplusplus
 }
