@@ -9,13 +9,16 @@ from __future__ import annotations
 import logging
 import os
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from agent.kernels import reference
+from agent.kernels.backend import KernelBackend
 from agent.kernels.reference import Image, LetterboxInfo, MotionState, Preprocess
 
 log = logging.getLogger("agent.kernels")
 
-__all__ = ["Image", "LetterboxInfo", "MotionState", "Preprocess", "active", "variant"]
+__all__ = ["Image", "KernelBackend", "LetterboxInfo", "MotionState", "Preprocess", "active",
+           "variant"]
 
 
 def _load() -> ModuleType:
@@ -42,3 +45,11 @@ def variant() -> str:
         return "numpy"
     name: str = active.variant()
     return name
+
+
+if TYPE_CHECKING:
+    # mypy checks that both backends satisfy the protocol (a module is checked like an object).
+    from agent.kernels import native as _native_backend
+
+    _reference_is_a_backend: KernelBackend = reference
+    _native_is_a_backend: KernelBackend = _native_backend
