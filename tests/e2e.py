@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
@@ -15,6 +14,7 @@ from typing import Any, TypeVar
 
 from agent.devtools.demo import wait_for_file
 from agent.devtools.mosquitto import LocalBroker
+from agent.storage.report import OutboxUnreadable, read_report, record_seqs
 from tests.conftest import DEFAULT_MODEL, ROOT, agent_cmd, ingested_seqs
 
 T = TypeVar("T")
@@ -35,20 +35,16 @@ def wait_for(predicate: Callable[[], T], what: str, timeout: float = 60.0,
 
 
 def outbox_seqs(state: Path) -> list[int]:
-    with sqlite3.connect(state / "outbox.db") as conn:
-        return [r[0] for r in conn.execute("SELECT seq FROM records ORDER BY seq")]
+    return record_seqs(state)
 
 
 def outbox_last_seq(state: Path) -> int:
     """The last seq the outbox gave cam0; 0 before the agent made its database."""
-    if not (state / "outbox.db").exists():
-        return 0
     try:
-        with sqlite3.connect(f"file:{state / 'outbox.db'}?mode=ro", uri=True) as conn:
-            row = conn.execute("SELECT last_seq FROM streams WHERE stream = 'cam0'").fetchone()
-    except sqlite3.OperationalError:  # created but its tables not yet
+        report = read_report(state)
+    except OutboxUnreadable:  # created but its tables not yet
         return 0
-    return int(row[0]) if row else 0
+    return report.last_seq.get("cam0", 0) if report else 0
 
 
 def write_config(tmp_path: Path, broker_url: str, device: str, grace: float = 8.0) -> Path:

@@ -17,6 +17,7 @@ from jsonschema import Draft202012Validator
 
 from agent.devtools.mosquitto import LocalBroker, free_port
 from agent.schemas import load_schema
+from agent.storage.report import integrity_check
 from tests.conftest import ROOT, agent_cmd
 from tests.e2e import (
     RUNNING,
@@ -145,8 +146,7 @@ def test_sigterm_is_a_graceful_stop(tmp_path: Path, broker: LocalBroker) -> None
     seqs = ingest.wait_for("dev-term", summary["results_committed"])
     ingest.stop()
     assert seqs == list(range(1, summary["results_committed"] + 1))
-    with sqlite3.connect(tmp_path / "state" / "outbox.db") as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert integrity_check(tmp_path / "state") == "ok"
     status = retained_status(broker, "test-site", "dev-term")
     assert status["state"] == "offline" and status["reason"] == "stopped"
     Draft202012Validator(load_schema("status.v1")).validate(

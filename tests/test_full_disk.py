@@ -15,7 +15,6 @@ Mounting needs root; the test is skipped, saying so, where mounting is not permi
 from __future__ import annotations
 
 import errno
-import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from agent.storage.report import read_report
 from tests.conftest import DEFAULT_MODEL, ingested_seqs
 from tests.e2e import AgentProcess, Ingest, outbox_last_seq, wait_for
 from tests.test_watchdog import RESULT_SLOTS, STALL_S, NotifyListener, assert_fed_for
@@ -66,9 +66,9 @@ def _fill(path: Path) -> int:
 
 
 def _evicted_records(state: Path) -> int:
-    with sqlite3.connect(f"file:{state / 'outbox.db'}?mode=ro", uri=True) as conn:
-        return int(conn.execute("SELECT COALESCE(SUM(records), 0) FROM evictions "
-                                "WHERE class != 'shard'").fetchone()[0])
+    report = read_report(state)
+    assert report is not None, "the agent made no outbox"
+    return report.evicted_records
 
 
 def test_full_disk_holds_results_in_memory_and_commits_them_when_space_returns(

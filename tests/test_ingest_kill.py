@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from agent.devtools.mosquitto import LocalBroker
+from agent.storage.report import record_payloads
 from tests.conftest import ingested_seqs
 from tests.e2e import AgentProcess, Ingest, outbox_last_seq, wait_for, write_config
 
@@ -70,7 +71,6 @@ def test_ingest_killed_mid_batch_stores_every_outbox_record_exactly_once(
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM rejects").fetchone()[0] == 0
     stored = _payloads(db, f"SELECT seq, payload FROM records WHERE device = '{DEVICE}'")
-    sent = _payloads(tmp_path / "state" / "outbox.db",
-                     "SELECT seq, payload FROM records WHERE stream = 'cam0'")
+    sent = {seq: p.decode() for seq, p in record_payloads(tmp_path / "state", "cam0").items()}
     assert stored == sent
     assert stats["rejected"] == 0

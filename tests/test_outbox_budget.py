@@ -139,6 +139,7 @@ def test_durability_interval_zero_means_every_commit_is_synced(tmp_path: Path) -
 
 
 def test_schema_1_outbox_is_migrated_in_place(tmp_path: Path) -> None:
+    # Raw SQL on purpose: it builds an old-schema file by hand, which no storage API writes.
     db = sqlite3.connect(tmp_path / "o.db")
     db.executescript("""
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

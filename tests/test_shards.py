@@ -15,6 +15,7 @@ from agent.backend.store import SqliteStore
 from agent.errors import RecordRejected, StorageError
 from agent.storage.blobs import MANIFEST, BlobStore, OutgoingPart
 from agent.storage.outbox import Outbox, PendingRecord
+from agent.storage.report import read_report
 from agent.sync.uplink import shard_properties
 
 TOPIC = "lepton/v1/site-1/dev-a/shards/"
@@ -194,6 +195,6 @@ def test_snapshots_travel_as_shards_end_to_end(tmp_path: Path, broker) -> None: 
     for blob, path in stored.items():
         data = Path(path).read_bytes()
         assert data[:2] == b"\xff\xd8" and hashlib.sha256(data).hexdigest() == blob
-    with sqlite3.connect(tmp_path / "state" / "outbox.db") as db:
-        assert db.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] == 0  # all acknowledged
+    report = read_report(tmp_path / "state")
+    assert report is not None and report.blobs_waiting == 0  # all acknowledged
     assert summary["results_committed"] == 60

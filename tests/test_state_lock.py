@@ -43,6 +43,9 @@ def wait_for(predicate, what: str, proc: subprocess.Popen[str], timeout: float =
 
 
 def committed_seq(db: Path) -> int:
+    # Raw SQL on purpose, here and below: this test plays a foreign writer on the agent's
+    # outbox.db and tells its rows from the agent's by topic, which the read-only report
+    # (agent.storage.report) rightly does not offer.
     if not db.exists():
         return 0
     try:

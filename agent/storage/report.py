@@ -165,6 +165,18 @@ def integrity_check(state_dir: Path) -> str:
         raise OutboxUnreadable(f"unreadable: {exc}", path=str(path)) from exc
 
 
+def record_payloads(state_dir: Path, stream: str) -> dict[int, bytes]:
+    """seq -> payload of the records one stream still has in the outbox; for tests that
+    compare them with what ingest stored."""
+    path = outbox_path(state_dir)
+    try:
+        with contextlib.closing(_connect_ro(path)) as conn:
+            return {int(q): bytes(p) for q, p in conn.execute(
+                "SELECT seq, payload FROM records WHERE stream = ?", (stream,))}
+    except sqlite3.Error as exc:
+        raise OutboxUnreadable(f"unreadable: {exc}", path=str(path)) from exc
+
+
 def record_seqs(state_dir: Path, stream: str | None = None) -> list[int]:
     """The seqs of the records the outbox holds (of one stream, or all), in seq order; empty
     without an outbox. For tests that check seqs are never reused or skipped."""
