@@ -65,12 +65,13 @@ test-all: setup
 	$(PY) -m pytest -q -m "slow or not slow"
 
 ## Mutation run (mutmut 3, [tool.mutmut] in pyproject.toml) over agent/core, agent/storage,
-## agent/sync/uplink.py and the kernels' reference; fails under 85% killed. ~10 min on 2 cores.
-## Survivors and why they are harmless: docs/testing.md. `mutmut browse` shows each one.
+## agent/sync/uplink.py and the kernels' reference; fails under 85% killed. ~30 min on 2 shared
+## cores. Survivors and why they are harmless: docs/testing.md. `mutmut browse` shows each one.
+## Files are capped at 2 GiB (ulimit -f): a mutant of the disk reserve once wrote 79 GB.
 MUTANT_JOBS ?= 2
 mutants: setup
 	rm -rf mutants && mkdir -p build
-	LEPTON_SHARED=$${LEPTON_SHARED:-$(abspath $(CURDIR)/..)/shared} \
+	ulimit -f 2097152 && LEPTON_SHARED=$${LEPTON_SHARED:-$(abspath $(CURDIR)/..)/shared} \
 	  $(VENV)/bin/mutmut run --max-children $(MUTANT_JOBS) > build/mutants.log 2>&1 \
 	  || { tr '\r' '\n' < build/mutants.log | tail -n 40; exit 1; }
 	@tr '\r' '\n' < build/mutants.log | grep -a 'mutations/second' || true
