@@ -12,8 +12,9 @@ import pytest
 from agent.core.backoff import Backoff
 from agent.core.uri import SourceUri, parse_source
 from agent.errors import SourceError
+from agent.pipeline.frames import CapturedFrame
 from agent.pipeline.queues import BoundedQueue, QueueClosed
-from agent.sources.capture import CapturedFrame, CaptureWorker
+from agent.sources.capture import CaptureWorker
 from agent.sources.readers import open_reader
 from agent.sources.synthetic import write_clip
 

@@ -13,9 +13,10 @@ import numpy as np
 
 from agent.core.thermal import ThermalGovernor
 from agent.core.uri import parse_source
+from agent.pipeline.frames import CapturedFrame
 from agent.pipeline.queues import BoundedQueue
 from agent.service.health import SOURCE_OPEN_STALL_S, PipelineHealth
-from agent.sources.capture import CapturedFrame, CaptureWorker
+from agent.sources.capture import CaptureWorker
 from tests.e2e import wait_for
 
 STALL = 10.0

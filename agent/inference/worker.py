@@ -16,8 +16,8 @@ import numpy as np
 from agent.core.records import FrameResult
 from agent.errors import ModelError
 from agent.inference.runner import ModelRunner
+from agent.pipeline.frames import CapturedFrame
 from agent.pipeline.queues import BoundedQueue, QueueClosed
-from agent.sources.capture import CapturedFrame
 
 log = logging.getLogger("agent.inference")
 MAX_CONSECUTIVE_FAILURES = 10

@@ -1,1 +1,1 @@
-"""Bounded queues between pipeline stages."""
+"""The pipeline's shared plumbing: bounded queues between stages and the frame they carry."""

@@ -11,8 +11,9 @@ from typing import Any
 
 from agent.core.thermal import ThermalGovernor, ThermalReading
 from agent.inference.worker import InferenceWorker
+from agent.pipeline.frames import CapturedFrame
 from agent.pipeline.queues import BoundedQueue
-from agent.sources.capture import CapturedFrame, CaptureWorker, MotionGate
+from agent.sources.capture import CaptureWorker, MotionGate
 from agent.storage.outbox import Outbox
 from agent.sync.mqtt import MqttLink
 from agent.sync.uplink import Uplink

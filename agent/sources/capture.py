@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,27 +16,11 @@ from agent.core.backoff import Backoff
 from agent.core.thermal import ThermalGovernor
 from agent.core.uri import SourceUri
 from agent.errors import SourceError
+from agent.pipeline.frames import CapturedFrame
 from agent.pipeline.queues import BoundedQueue
 from agent.sources.readers import FrameReader, open_reader
 
 log = logging.getLogger("agent.capture")
-
-
-@dataclass
-class CapturedFrame:
-    """A frame ready for inference: its tensor and where and when it came from."""
-
-    index: int
-    wall: float
-    mono_ns: int
-    width: int
-    height: int
-    tensor: np.ndarray
-    discontinuity: bool
-    capture_ms: float
-    preprocess_ms: float
-    queued_at: float = field(default_factory=time.perf_counter)
-    image: np.ndarray | None = None
 
 
 class MotionGate:
