@@ -1,10 +1,12 @@
-"""Where the agent's shipped data lives: the source tree in development, ``<prefix>/share/lepton``
-once installed from the wheel (board configs, the default model)."""
+"""Where the agent's files live: its shipped data (the source tree in development,
+``<prefix>/share/lepton`` once installed from the wheel: board configs, the default model) and
+the directories a crash's debug log may be written to."""
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
@@ -31,3 +33,16 @@ def resolve_model(path: Path) -> Path:
         return path
     shipped = shared_dir("models").joinpath(*path.parts[1:])
     return shipped if shipped.exists() else path
+
+
+def debug_log_dirs() -> list[Path]:
+    """Where a crash's full traceback may be written, most specific first: systemd's
+    LogsDirectory= (/var/log/lepton-agent for the service), the user's XDG state directory,
+    then the temporary directory."""
+    dirs = [Path(d) for d in os.environ.get("LOGS_DIRECTORY", "").split(":") if d]
+    xdg = os.environ.get("XDG_STATE_HOME") or (
+        str(Path.home() / ".local" / "state") if os.environ.get("HOME") else "")
+    if xdg:
+        dirs.append(Path(xdg) / "lepton-agent")
+    dirs.append(Path(tempfile.gettempdir()))
+    return dirs

@@ -352,7 +352,7 @@ class TestThermal:
 
 
 def test_sysfs_thermal_reader(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from agent.service.thermal import SysfsThermal
+    from agent.sources.thermal import SysfsThermal
 
     assert SysfsThermal(tmp_path).read().temp_c is None  # no sysfs: no reading, no crash
     for i, (kind, milli) in enumerate((("acpitz", "40000"), ("cpu-thermal", "71234"))):

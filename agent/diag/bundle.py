@@ -94,7 +94,7 @@ def _tail(path: Path, limit: int = 200_000) -> str:
 def _crash_logs(newest: int = 5) -> str:
     """The newest tracebacks the CLI wrote (``lepton-agent: internal error ... full traceback
     in PATH``), so that a support bundle carries them."""
-    from agent.service.logs import debug_log_dirs
+    from agent.paths import debug_log_dirs
 
     found = sorted({p for d in debug_log_dirs() for p in d.glob("lepton-agent-*-*.log")},
                    key=lambda p: p.stat().st_mtime if p.exists() else 0)[-newest:]

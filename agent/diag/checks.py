@@ -354,7 +354,7 @@ def check_clock(cfg: AgentConfig) -> CheckResult:
 
 
 def check_temperature(cfg: AgentConfig) -> CheckResult:
-    from agent.service.thermal import SysfsThermal
+    from agent.sources.thermal import SysfsThermal
 
     reading = SysfsThermal(cfg.thermal.sysfs).read()
     details = {"temp_c": reading.temp_c, "throttled": reading.throttled}

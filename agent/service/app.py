@@ -43,14 +43,15 @@ from agent.errors import AgentError, StorageError
 from agent.inference.model import load_model
 from agent.inference.runner import ModelRunner
 from agent.inference.worker import InferenceWorker, SnapshotPolicy
+from agent.pipeline.frames import CapturedFrame
 from agent.pipeline.queues import BoundedQueue, DropPolicy
 from agent.service.health import PipelineHealth
 from agent.service.notify import Notifier
 from agent.service.status import serve as serve_status
 from agent.service.status import socket_path
-from agent.service.thermal import SysfsThermal
-from agent.sources.capture import CapturedFrame, CaptureWorker, MotionGate
+from agent.sources.capture import CaptureWorker, MotionGate
 from agent.sources.readers import open_reader
+from agent.sources.thermal import SysfsThermal
 from agent.storage.blobs import BlobStore
 from agent.storage.lock import StateDirLock
 from agent.storage.outbox import Outbox, PendingRecord

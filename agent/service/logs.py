@@ -7,11 +7,12 @@ import logging
 import os
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
+
+from agent.paths import debug_log_dirs
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
@@ -78,19 +79,6 @@ def setup_logging(level: str = "info", secrets: Iterable[str] = ()) -> None:
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     logging.getLogger("paho").setLevel(logging.WARNING)
-
-
-def debug_log_dirs() -> list[Path]:
-    """Where a crash's full traceback may be written, most specific first: systemd's
-    LogsDirectory= (/var/log/lepton-agent for the service), the user's XDG state directory,
-    then the temporary directory."""
-    dirs = [Path(d) for d in os.environ.get("LOGS_DIRECTORY", "").split(":") if d]
-    xdg = os.environ.get("XDG_STATE_HOME") or (
-        str(Path.home() / ".local" / "state") if os.environ.get("HOME") else "")
-    if xdg:
-        dirs.append(Path(xdg) / "lepton-agent")
-    dirs.append(Path(tempfile.gettempdir()))
-    return dirs
 
 
 def write_debug_log(text: str, kind: str = "crash") -> Path | None:
