@@ -58,14 +58,6 @@ class SourceError(AgentError):
         self.uri = uri
 
 
-class BrokerError(AgentError):
-    """The MQTT broker URL is invalid or the broker refused us."""
-
-    def __init__(self, message: str, *, url: str, fix: str | None = None) -> None:
-        super().__init__(f"broker {url}: {message}", fix=fix)
-        self.url = url
-
-
 class StorageError(AgentError):
     """The local cache (outbox database) cannot be opened or written."""
 

@@ -112,14 +112,12 @@ def test_broker_urls() -> None:
         uri.parse_broker("mqtt://h:99999")
 
 
-def test_redaction_and_queries() -> None:
+def test_redaction() -> None:
     assert uri.redact_url("mqtt://user:pa/ss@host:1") == "mqtt://user:***@host:1"
     assert uri.redact_url("mqtt://user@host") == "mqtt://user@host"
     assert uri.redact_url("mqtt://a:b@c@host") == "mqtt://a:***@host"
     assert uri.redact_url("no-scheme:x@y") == "no-scheme:x@y"
     assert uri.redact_url("mqtt://host") == "mqtt://host"
-    assert uri.parse_query("rtsp://h/s?a=1&b=2&a=3") == {"a": "3", "b": "2"}
-    assert uri.parse_query("rtsp://h/s") == {}
 
 
 # --- acks ------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 SourceKind = Literal["file", "v4l2", "rtsp", "gst", "synthetic", "http"]
 
@@ -117,8 +117,3 @@ def parse_broker(url: str) -> BrokerUrl:
         raise ValueError(f"broker URL {shown!r} has an invalid port") from exc
     tls = parts.scheme == "mqtts"
     return BrokerUrl(parts.hostname, port or (8883 if tls else 1883), tls, text)
-
-
-def parse_query(uri: str) -> dict[str, str]:
-    """The query parameters of a URI, last value wins."""
-    return {k: v[-1] for k, v in parse_qs(urlsplit(uri).query).items()}
