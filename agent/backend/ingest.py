@@ -366,7 +366,8 @@ async def run_ingest(broker: BrokerUrl, store: Store, *, group: str | None = "in
                      client_id: str | None = None, stop: asyncio.Event | None = None,
                      password: str | None = None, username: str | None = None,
                      ready_file: Path | None = None, reconnect_max_s: float = 5.0,
-                     tls: TlsFiles | None = None, stats_interval_s: float = 60.0) -> IngestStats:
+                     tls: TlsFiles | None = None, stats_interval_s: float = 60.0,
+                     metrics_listen: tuple[str, int] | None = None) -> IngestStats:
     """Consume results until ``stop`` is set (SIGTERM/SIGINT when run from the CLI).
 
     With ``client_id`` the broker keeps the session (and its in-flight messages) across
@@ -395,6 +396,12 @@ async def run_ingest(broker: BrokerUrl, store: Store, *, group: str | None = "in
                                         session_expiry_s=7 * 24 * 3600 if client_id else 0),
                    ingest, loop)
     ingest.link = link
+    metrics_server = None
+    if metrics_listen:
+        from agent.backend.metrics import serve_ingest_metrics
+
+        metrics_server = serve_ingest_metrics(*metrics_listen, lambda: ingest.stats)
+        log.info("ingest metrics on http://%s:%d/metrics", *metrics_listen)
     log.info("ingest %s: %s -> %s", cid, broker, store.describe())
     link.start()
     started = time.monotonic()
@@ -402,6 +409,8 @@ async def run_ingest(broker: BrokerUrl, store: Store, *, group: str | None = "in
         await ingest.committer(stop, stats_interval=stats_interval_s)
     finally:
         await link.stop(2.0)
+        if metrics_server is not None:
+            metrics_server.shutdown()
         log.info("ingest stopped after %.1fs: %s", time.monotonic() - started,
                  ingest.stats.summary())
     return ingest.stats

@@ -1,13 +1,23 @@
-"""Parsing of source and broker URIs given on the command line or in config."""
+"""Parsing of source, broker and sensor URIs given on the command line or in config."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
+
+from agent.core.sensors import PROTOCOLS
+from agent.core.topics import check_segment
 
 SourceKind = Literal["file", "v4l2", "rtsp", "gst", "synthetic", "http"]
+
+# pyserial's Serial.BAUDRATES (tests/test_serial_ports.py checks the copy): the rates a port takes.
+STANDARD_BAUDS = (50, 75, 110, 134, 150, 200, 300, 600, 1200, 1800, 2400, 4800, 9600, 19200, 38400,
+                  57600, 115200, 230400, 460800, 500000, 576000, 921600, 1000000, 1152000, 1500000,
+                  2000000, 2500000, 3000000, 3500000, 4000000)
 
 _SYNTHETIC = re.compile(r"^synthetic://(\d{1,5})x(\d{1,5})(?:@(\d+(?:\.\d+)?))?$")
 
@@ -117,3 +127,51 @@ def parse_broker(url: str) -> BrokerUrl:
         raise ValueError(f"broker URL {shown!r} has an invalid port") from exc
     tls = parts.scheme == "mqtts"
     return BrokerUrl(parts.hostname, port or (8883 if tls else 1883), tls, text)
+
+
+@dataclass(frozen=True)
+class SensorUri:
+    """``serial:///dev/ttyUSB0?baud=9600&protocol=nmea0183&name=gps&columns=ax,ay,az``."""
+
+    raw: str
+    port: str
+    baud: int
+    protocol: str
+    name: str
+    columns: tuple[str, ...] = ()
+
+
+def parse_sensor_uri(uri: str) -> SensorUri:
+    """Parse a sensor URI; ValueError saying what is wrong."""
+    parts = urlsplit(uri)
+    if parts.scheme != "serial" or not parts.path:
+        raise ValueError(f"sensor {uri!r}: use serial:///dev/ttyUSB0?baud=9600&protocol=nmea0183")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    unknown = set(query) - {"baud", "protocol", "name", "columns"}
+    if unknown:
+        raise ValueError(f"sensor {uri!r}: unknown option(s) {', '.join(sorted(unknown))}; "
+                         "known: baud, protocol, name, columns")
+    try:
+        baud = int(query.get("baud", "9600"))
+    except ValueError:
+        raise ValueError(f"sensor {uri!r}: baud must be a number") from None
+    if baud not in STANDARD_BAUDS:
+        raise ValueError(f"sensor {uri!r}: baud {baud} is not a standard rate")
+    protocol = query.get("protocol", "nmea0183")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"sensor {uri!r}: unknown protocol {protocol!r}; known: "
+                         f"{', '.join(sorted(PROTOCOLS))}")
+    name = query.get("name") or PurePosixPath(parts.path).name
+    check_segment("sensor name", name)
+    columns = tuple(c for c in query.get("columns", "").split(",") if c)
+    return SensorUri(uri, parts.path, baud, protocol, name, columns)
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` is reachable only from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -183,6 +183,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     tls.check(broker)
     if args.stats_interval <= 0:
         raise ConfigError("must be above 0", key="--stats-interval", fix="e.g. 60")
+    metrics_listen = None
+    if args.metrics_listen:
+        from agent.backend.metrics import parse_listen
+        from agent.core.uri import is_loopback
+
+        metrics_listen = parse_listen(args.metrics_listen)
+        if not is_loopback(metrics_listen[0]):
+            print(f"ingest: warning: --metrics-listen {args.metrics_listen}: the endpoint has no "
+                  "authentication; keep it on loopback or behind a firewall", file=sys.stderr)
     store = open_store(args.db, args.blob_dir)
     print(f"ingest: storing into {store.describe()}", file=sys.stderr, flush=True)
     try:
@@ -191,7 +200,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                                        password=secrets.mqtt_password,
                                        username=args.username, ready_file=args.ready_file,
                                        reconnect_max_s=args.reconnect_max, tls=tls,
-                                       stats_interval_s=args.stats_interval))
+                                       stats_interval_s=args.stats_interval,
+                                       metrics_listen=metrics_listen))
     finally:
         store.close()
     print(json.dumps(stats.to_json()))
@@ -569,6 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="client key (PEM; default: $CREDENTIALS_DIRECTORY/tls-key)")
     ingest.add_argument("--stats-interval", type=float, default=60.0, metavar="SECONDS",
                         help="how often the counters (and reject reasons) are logged")
+    ingest.add_argument("--metrics-listen", metavar="HOST:PORT", default="",
+                        help="serve Prometheus metrics (counts, rejects by reason) here, "
+                             "e.g. 127.0.0.1:9101 (default: off)")
     ingest.add_argument("--ready-file", type=Path,
                         help="written once the subscription is in place (for orchestration)")
     ingest.add_argument("--log-level", default="info",

@@ -7,7 +7,6 @@ results matter more than its metrics."""
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,6 +15,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agent.core.uri import is_loopback
 from agent.errors import AgentError
 
 
@@ -26,16 +26,6 @@ class MetricsUnavailable(AgentError):
         super().__init__(f"Prometheus metrics on {host}:{port}: {message}", fix=fix)
         self.host = host
         self.port = port
-
-
-def is_loopback(host: str) -> bool:
-    """True when ``host`` is reachable only from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def exposure_warning(host: str, port: int) -> str | None:
