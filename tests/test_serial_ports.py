@@ -10,11 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import serial
 
 from agent.config.schema import AgentConfig
 from agent.core.sensors import make_parser, nmea_checksum
+from agent.core.uri import STANDARD_BAUDS, parse_sensor_uri
 from agent.diag.checks import check_sensors
-from agent.sources.serial import SerialReader, open_failure_hint, parse_sensor_uri
+from agent.sources.serial import SerialReader, open_failure_hint
 from agent.sources.vibration import VibrationSignal, csv_lines
 from tests.e2e import wait_for
 from tests.serial_fakes import PtyDevice
@@ -25,6 +27,10 @@ def nmea_lines() -> Iterator[bytes]:
         body = (f"GPGGA,{i % 86400:06d},4807.{i % 1000:03d},N,01131.000,E,1,08,0.9,545.4,M,"
                 f"46.9,M,,")
         yield f"${body}*{nmea_checksum(body):02X}\r\n".encode()
+
+
+def test_standard_bauds_match_pyserial() -> None:
+    assert serial.Serial.BAUDRATES == STANDARD_BAUDS
 
 
 def test_uri_parsing_and_errors() -> None:

@@ -7,9 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 
+from agent.core.outbox import DEFAULT_PRIORITIES
 from agent.core.topics import check_segment
-from agent.core.uri import parse_broker, parse_source
-from agent.storage.outbox import DEFAULT_PRIORITIES
+from agent.core.uri import parse_broker, parse_sensor_uri, parse_source
 
 
 class _Section(BaseModel):
@@ -141,7 +141,6 @@ class SensorSection(_Section):
     @field_validator("uri")
     @classmethod
     def _uri(cls, value: str) -> str:
-        from agent.sources.serial import parse_sensor_uri
 
         parse_sensor_uri(value)
         return value
@@ -215,7 +214,6 @@ class AgentConfig(_Section):
 
     @model_validator(mode="after")
     def _attached_sensors_exist(self) -> AgentConfig:
-        from agent.sources.serial import parse_sensor_uri
 
         names = {parse_sensor_uri(s.uri).name for s in self.sensors}
         missing = [n for n in self.source.attach_sensors if n not in names]

@@ -7,8 +7,11 @@ counts as sent. Events go in as method calls; the actions to carry out come back
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+# When the outbox must drop undelivered records, the lowest priority goes first ([outbox.priorities]).
+DEFAULT_PRIORITIES: Mapping[str, int] = {"event": 80, "result": 60, "shard": 40, "telemetry": 20}
 
 
 @dataclass(frozen=True)

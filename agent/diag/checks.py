@@ -71,7 +71,8 @@ def probe_sensor(uri: str, seconds: float = 2.0) -> dict[str, Any]:
     import serial
 
     from agent.core.sensors import make_parser
-    from agent.sources.serial import open_failure_hint, parse_sensor_uri
+    from agent.core.uri import parse_sensor_uri
+    from agent.sources.serial import open_failure_hint
 
     u = parse_sensor_uri(uri)
     out: dict[str, Any] = {"name": u.name, "port": u.port, "baud": u.baud,

@@ -22,8 +22,9 @@ from agent.config.schema import SensorSection
 from agent.core.records import iso_utc
 from agent.core.sensors import AnomalyState, LatestReadings, Parser, Reading, Windower, make_parser
 from agent.core.topics import DeviceTopics
+from agent.core.uri import SensorUri, parse_sensor_uri
 from agent.inference.sensor_model import SensorModel
-from agent.sources.serial import SensorUri, SerialReader, parse_sensor_uri
+from agent.sources.serial import SerialReader
 from agent.storage.outbox import PendingRecord
 
 log = logging.getLogger("agent.sensors")

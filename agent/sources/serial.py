@@ -15,56 +15,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import serial
 
 from agent.core.backoff import Backoff
+from agent.core.uri import SensorUri
 
 log = logging.getLogger("agent.serial")
-
-
-@dataclass(frozen=True)
-class SensorUri:
-    """``serial:///dev/ttyUSB0?baud=9600&protocol=nmea0183&name=gps&columns=ax,ay,az``."""
-
-    raw: str
-    port: str
-    baud: int
-    protocol: str
-    name: str
-    columns: tuple[str, ...] = ()
-
-
-def parse_sensor_uri(uri: str) -> SensorUri:
-    """Parse a sensor URI; ValueError saying what is wrong."""
-    parts = urlsplit(uri)
-    if parts.scheme != "serial" or not parts.path:
-        raise ValueError(f"sensor {uri!r}: use serial:///dev/ttyUSB0?baud=9600&protocol=nmea0183")
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    unknown = set(query) - {"baud", "protocol", "name", "columns"}
-    if unknown:
-        raise ValueError(f"sensor {uri!r}: unknown option(s) {', '.join(sorted(unknown))}; "
-                         "known: baud, protocol, name, columns")
-    try:
-        baud = int(query.get("baud", "9600"))
-    except ValueError:
-        raise ValueError(f"sensor {uri!r}: baud must be a number") from None
-    if baud not in serial.Serial.BAUDRATES:
-        raise ValueError(f"sensor {uri!r}: baud {baud} is not a standard rate")
-    from agent.core.sensors import PROTOCOLS
-
-    protocol = query.get("protocol", "nmea0183")
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"sensor {uri!r}: unknown protocol {protocol!r}; known: "
-                         f"{', '.join(sorted(PROTOCOLS))}")
-    name = query.get("name") or Path(parts.path).name
-    from agent.core.topics import check_segment
-
-    check_segment("sensor name", name)
-    columns = tuple(c for c in query.get("columns", "").split(",") if c)
-    return SensorUri(uri, parts.path, baud, protocol, name, columns)
 
 
 def open_failure_hint(port: str, exc: BaseException) -> str:

@@ -41,13 +41,13 @@ from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from agent.core.acks import to_ranges
+from agent.core.outbox import DEFAULT_PRIORITIES
 from agent.errors import StorageError
 
 log = logging.getLogger("agent.outbox")
 T = TypeVar("T")
 
 SCHEMA_VERSION = 2
-DEFAULT_PRIORITIES: Mapping[str, int] = {"event": 80, "result": 60, "shard": 40, "telemetry": 20}
 # Bytes SQLite spends per row beyond the payload (row header, index entries), for estimates.
 ROW_OVERHEAD = 96
 SHM_BYTES = 32 * 1024  # the WAL index grows by 32 KiB per 4062 WAL frames
