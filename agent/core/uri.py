@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -164,3 +165,13 @@ def parse_sensor_uri(uri: str) -> SensorUri:
     check_segment("sensor name", name)
     columns = tuple(c for c in query.get("columns", "").split(",") if c)
     return SensorUri(uri, parts.path, baud, protocol, name, columns)
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` is reachable only from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
