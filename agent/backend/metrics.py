@@ -4,7 +4,6 @@ stored, dropped as duplicates and rejected, each reject reason a label of its ow
 from __future__ import annotations
 
 import errno
-import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -60,9 +59,10 @@ def serve_ingest_metrics(host: str, port: int, stats: Callable[[], IngestStats])
     registry.register(IngestCollector(stats))
     try:
         server, _thread = start_http_server(port, addr=host, registry=registry)
-    except (socket.gaierror, OSError) as exc:
-        reason = ("the port is in use by another process" if exc.errno == errno.EADDRINUSE
-                  else exc.strerror or str(exc))
+    except (OSError, ValueError, UnicodeError) as exc:  # ValueError: a NUL in the host
+        reason = ("the port is in use by another process"
+                  if getattr(exc, "errno", None) == errno.EADDRINUSE
+                  else getattr(exc, "strerror", None) or str(exc))
         raise ConfigError(f"cannot serve metrics on {host}:{port}: {reason}",
                           key="--metrics-listen",
                           fix="choose a free port of 1024 or more on an address of this "
