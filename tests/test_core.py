@@ -12,7 +12,7 @@ from agent.core.backoff import Backoff
 from agent.core.labels import parse_labels
 from agent.core.outbox import FetchUnsent, MarkSent, PublishWindow
 from agent.core.topics import DeviceTopics, parse_topic, results_subscription
-from agent.core.uri import parse_broker, parse_source, redact_url
+from agent.core.uri import SensorUri, parse_broker, parse_sensor_uri, parse_source, redact_url
 
 
 class TestBackoff:
@@ -116,6 +116,27 @@ class TestUris:
         assert refusal(url) == refusal(f"{scheme}://{user}:***@{host}")
         assert url not in refusal(url) and f"{user}:***@{host}" in refusal(url)
 
+
+    def test_sensor_uri_known_answers(self) -> None:
+        # Pure parsing now lives in core (config validates with it); exact values and messages.
+        assert parse_sensor_uri("serial:///dev/ttyUSB0?baud=115200&protocol=csv&columns=ax,,ay") == \
+            SensorUri("serial:///dev/ttyUSB0?baud=115200&protocol=csv&columns=ax,,ay",
+                      "/dev/ttyUSB0", 115200, "csv", "ttyUSB0", ("ax", "ay"))
+        assert parse_sensor_uri("serial:///dev/ttyS0?name=gps&name=imu") == \
+            SensorUri("serial:///dev/ttyS0?name=gps&name=imu", "/dev/ttyS0", 9600, "nmea0183", "imu")
+        for bad, message in [
+            ("serial://", "sensor 'serial://': use serial:///dev/ttyUSB0?baud=9600&protocol=nmea0183"),
+            ("serial:///dev/x?speed=1&a=2", "sensor 'serial:///dev/x?speed=1&a=2': unknown option(s) "
+                                            "a, speed; known: baud, protocol, name, columns"),
+            ("serial:///dev/x?baud=fast", "sensor 'serial:///dev/x?baud=fast': baud must be a number"),
+            ("serial:///dev/x?baud=9601", "sensor 'serial:///dev/x?baud=9601': baud 9601 is not a "
+                                          "standard rate"),
+            ("serial:///dev/x?protocol=can", "sensor 'serial:///dev/x?protocol=can': unknown protocol "
+                                             "'can'; known: binary, csv, jsonl, nmea0183"),
+        ]:
+            with pytest.raises(ValueError) as info:
+                parse_sensor_uri(bad)
+            assert str(info.value) == message
 
 class TestLabels:
     def test_plain(self) -> None:
