@@ -1,3 +1,3 @@
-from agent.service.cli import main
+from agent.cli import main
 
 raise SystemExit(main())

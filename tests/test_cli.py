@@ -50,7 +50,7 @@ def test_argparse_errors_exit_2() -> None:
 
 
 def test_faults_scenarios_default_to_all_and_unknown_ones_are_named() -> None:
-    from agent.service.cli import build_parser
+    from agent.cli import build_parser
 
     assert build_parser().parse_args(["faults", "--cycles", "1"]).scenario == []
     out = run_cli("faults", "broker-kill", "meteor")
@@ -267,7 +267,7 @@ def test_synth_clip_writes_what_it_says(tmp_path: Path) -> None:
 # -- README usage (defect 17) -------------------------------------------------------------------
 
 def _run_options() -> set[str]:
-    from agent.service.cli import build_parser
+    from agent.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     return {s for a in sub.choices["run"]._actions for s in a.option_strings

@@ -221,7 +221,7 @@ def test_docs_config_names_every_key() -> None:
 def test_what_the_config_fuzz_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Each one raised something else than a ConfigError, or gave a message of two lines, or let
     a flag hide a broken file, before the fix."""
-    from agent.service.cli import main
+    from agent.cli import main
 
     cases = [('[agent]\n"x\\ny" = 1\n', '[agent."x\\ny"]: unknown key'),
              ('[agent]\nstate_dir = "a\\u0000b"\n', "[agent.state_dir]: a path cannot hold a NUL"),

@@ -299,7 +299,7 @@ def test_config_check_and_run_processes_on_random_configs_slow(doc: dict[str, An
 
 def _commands() -> dict[tuple[str, ...], argparse.ArgumentParser]:
     """Every leaf (sub)command and its parser: ("run",), ("config", "check"), ..."""
-    from agent.service.cli import build_parser
+    from agent.cli import build_parser
 
     found: dict[tuple[str, ...], argparse.ArgumentParser] = {}
 
@@ -379,7 +379,7 @@ def command_lines(draw: st.DrawFn) -> tuple[tuple[str, ...], list[str]]:
 def check_command_line(command: tuple[str, ...], argv: list[str]) -> None:
     """Parses, or is a usage error (exit 2, or 0 for --help); runs the cheap commands, which
     never end in an exception nobody expected (exit 1 with ``internal error``)."""
-    from agent.service import cli
+    from agent import cli
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

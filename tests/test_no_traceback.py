@@ -141,7 +141,7 @@ def _logged_path(line: str) -> Path:
 
 def test_an_unexpected_exception_is_one_line_and_a_private_debug_log(
         state_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from agent.service import cli
+    from agent import cli
 
     def broken(args: object) -> int:
         raise KeyError("stages")
@@ -160,7 +160,7 @@ def test_an_unexpected_exception_is_one_line_and_a_private_debug_log(
 
 def test_the_line_masks_url_passwords_and_drops_embedded_tracebacks(
         state_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from agent.service import cli
+    from agent import cli
 
     def broken(args: object) -> int:
         raise RuntimeError("child failed for mqtt://cam:hunter22@host:8883:\nTraceback (most "
@@ -175,7 +175,7 @@ def test_the_line_masks_url_passwords_and_drops_embedded_tracebacks(
 
 def test_a_crashing_thread_is_one_line_too(
         state_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from agent.service import cli
+    from agent import cli
 
     def with_thread(args: object) -> int:
         worker = threading.Thread(target=lambda: 1 / 0, name="capture")
