@@ -1,1 +1,1 @@
-"""LiteRT inference: model bundles, manifests, the runner thread."""
+"""LiteRT inference: model bundles and manifests, the runner, the inference worker thread."""

@@ -1,1 +1,1 @@
-"""The agent's lifecycle: the app, signals, the command line."""
+"""The device runtime: the app, its tasks, signals, sd_notify, health, metrics, logging."""

@@ -1,8 +1,10 @@
 """The agent: capture -> inference -> durable outbox -> MQTT, with a graceful stop.
 
-Threads: ``capture`` (read, pace, prepare), ``inference`` (LiteRT, GIL released in
-invoke), ``mqtt-link`` (paho socket). Everything else runs on the event loop, in named
-tasks: ``outbox-writer`` commits results in batches, ``telemetry`` reports health.
+Threads: ``capture`` (read, pace, prepare) and ``inference`` (LiteRT, GIL released in
+invoke). Everything else runs on the event loop, in named tasks: ``mqtt-link`` drives paho's
+socket, ``outbox-writer`` commits results in batches, ``telemetry`` reports health,
+``watchdog``, ``monitor``, ``outbox-housekeeping`` and ``supervisor`` keep it running.
+docs/architecture.md follows one frame through them.
 """
 
 from __future__ import annotations

@@ -419,7 +419,8 @@ class Outbox:
 
         def insert() -> int:
             # One executemany per batch: each call into SQLite gives up the GIL and waits to
-            # get it back from the MQTT thread, so per-row calls cost ~5x more (bench sync).
+            # get it back from the capture and inference threads; per-row calls cost ~5x more
+            # (bench sync, measured when paho still had a thread of its own).
             with self.transaction():
                 self._db.executemany(
                     "INSERT INTO records (stream, seq, topic, payload, qos, created_ns, class, "
