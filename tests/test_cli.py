@@ -10,6 +10,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -281,3 +282,32 @@ def test_readme_usage_lists_every_run_option() -> None:
     documented = set(re.findall(r"\[(--[a-z-]+)", block.group(1)))
     assert documented == _run_options(), (f"missing from README: {_run_options() - documented}; "
                                           f"not an option: {documented - _run_options()}")
+
+
+# What `run` must leave unloaded: the device runtime is agent.service, and every command imports
+# its own needs inside its function, so a module-level import in agent/cli/ would show up here.
+NOT_FOR_THE_DEVICE = ("agent.backend", "agent.bench", "agent.devtools", "agent.diag")
+LOADED_AFTER_MAIN = """
+import json, sys
+from agent.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"code": code, "modules": sorted(m for m in sys.modules if m.startswith("agent"))}),
+      file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("argv", [["run", "--help"], ["run", "--offline", "--max-frames", "2"]],
+                         ids=["help", "offline-run"])
+def test_run_loads_no_backend_bench_devtools_or_diag(tmp_path: Path, argv: list[str]) -> None:
+    out = subprocess.run([sys.executable, "-c", LOADED_AFTER_MAIN, *argv,
+                          *(["--state-dir", str(tmp_path)] if "--offline" in argv else [])],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    report = json.loads(out.stderr.strip().splitlines()[-1])
+    assert report["code"] == 0, out.stderr
+    assert "agent.service.app" in report["modules"] or "--help" in argv
+    loaded = [m for m in report["modules"]
+              if any(m == p or m.startswith(p + ".") for p in NOT_FOR_THE_DEVICE)]
+    assert not loaded, f"`lepton-agent {' '.join(argv)}` imported {loaded}"

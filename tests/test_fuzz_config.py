@@ -380,6 +380,7 @@ def check_command_line(command: tuple[str, ...], argv: list[str]) -> None:
     """Parses, or is a usage error (exit 2, or 0 for --help); runs the cheap commands, which
     never end in an exception nobody expected (exit 1 with ``internal error``)."""
     from agent import cli
+    from agent.cli.common import load_config_from_args
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -390,7 +391,7 @@ def check_command_line(command: tuple[str, ...], argv: list[str]) -> None:
             return
         if command == ("run",):
             with contextlib.suppress(ConfigError):
-                cli._load(args)
+                load_config_from_args(args)
             return
         if command not in RUNNABLE:
             return

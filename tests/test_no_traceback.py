@@ -146,7 +146,7 @@ def test_an_unexpected_exception_is_one_line_and_a_private_debug_log(
     def broken(args: object) -> int:
         raise KeyError("stages")
 
-    monkeypatch.setattr(cli, "cmd_status", broken)
+    monkeypatch.setattr(cli.status, "cmd_status", broken)
     assert cli.main(["status"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
@@ -166,7 +166,7 @@ def test_the_line_masks_url_passwords_and_drops_embedded_tracebacks(
         raise RuntimeError("child failed for mqtt://cam:hunter22@host:8883:\nTraceback (most "
                            "recent call last):\n  File x\nValueError: y")
 
-    monkeypatch.setattr(cli, "cmd_synth_clip", broken)
+    monkeypatch.setattr(cli.synth_clip, "cmd_synth_clip", broken)
     assert cli.main(["synth-clip", "x.avi"]) == 1
     err = capsys.readouterr().err
     assert "RuntimeError: child failed for mqtt://cam:***@host:8883 (full traceback in" in err
@@ -183,7 +183,7 @@ def test_a_crashing_thread_is_one_line_too(
         worker.join()
         return 0
 
-    monkeypatch.setattr(cli, "cmd_status", with_thread)
+    monkeypatch.setattr(cli.status, "cmd_status", with_thread)
     monkeypatch.setattr(threading, "excepthook", threading.excepthook)  # restored afterwards
     assert cli.main(["status"]) == 0
     err = capsys.readouterr().err

@@ -1,0 +1,95 @@
+"""`lepton-agent bench pipeline|kernels|sync`: benchmarks against a baseline in the same run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from agent.cli.common import positive
+from agent.errors import ConfigError
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``bench pipeline``, ``bench kernels`` and ``bench sync`` and their flags to the subcommands."""
+    bench = sub.add_parser("bench", help="benchmarks (ratios against a baseline in the same run)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    pipe = bench_sub.add_parser("pipeline", help="raw invoke vs hand-written loop vs the agent")
+    pipe.add_argument("--model", type=Path)
+    pipe.add_argument("--source", type=Path)
+    pipe.add_argument("--seconds", type=positive(float), default=10.0)
+    pipe.add_argument("--threads", type=positive(int), default=1)
+    pipe.add_argument("--rounds", type=positive(int), default=2, help="interleaved repeats (medians)")
+    pipe.add_argument("--json", action="store_true")
+    pipe.set_defaults(func=cmd_bench)
+
+    kb = bench_sub.add_parser("kernels", help="native kernels vs the OpenCV/numpy way")
+    kb.add_argument("--rounds", type=positive(int), default=7)
+    kb.add_argument("--opencv-threads", type=positive(int), default=1,
+                    help="OpenCV threads for the baseline (the kernels use one)")
+    kb.add_argument("--json", action="store_true")
+    kb.set_defaults(func=cmd_bench_kernels)
+
+    sb = bench_sub.add_parser("sync", help="durable outbox path vs raw paho; backlog drain")
+    sb.add_argument("--messages", type=positive(int), default=20_000)
+    sb.add_argument("--rounds", type=positive(int), default=5)
+    sb.add_argument("--backlog", type=positive(int, zero=True), default=100_000,
+                    help="0 skips the drain test")
+    sb.add_argument("--live-hz", type=positive(float), default=30.0)
+    sb.add_argument("--json", action="store_true")
+    sb.set_defaults(func=cmd_bench_sync)
+
+
+def cmd_bench_kernels(args: argparse.Namespace) -> int:
+    import cv2
+
+    from agent.bench.kernels import bench_kernels
+
+    cv2.setNumThreads(args.opencv_threads)
+    report = bench_kernels(rounds=args.rounds)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"variant {report['variant']}, OpenCV threads {report['opencv_threads']}")
+    print(f"{'case':28} {'native ms':>10} {'baseline ms':>12} {'speedup':>8} {'max diff':>9}")
+    for r in report["cases"]:
+        print(f"{r['case']:28} {r['native_ms']:10.3f} {r['baseline_ms']:12.3f} {r['speedup']:8.2f} "
+              f"{r['max_abs_diff']:9.1f}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from agent.bench.pipeline import bench_pipeline
+
+    for flag, path in (("--model", args.model), ("--source", args.source)):
+        if path is not None and not path.exists():
+            raise ConfigError(f"{path} does not exist", key=flag, fix="check the path")
+    report = bench_pipeline(model=args.model, source=args.source, seconds=args.seconds,
+                            threads=args.threads, rounds=args.rounds)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for key, value in report.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def cmd_bench_sync(args: argparse.Namespace) -> int:
+    from agent.bench.sync import bench_sync
+
+    report = bench_sync(n=args.messages, rounds=args.rounds, backlog=args.backlog,
+                        live_hz=args.live_hz)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"raw paho QoS 1: {report['raw_paho_per_s']}/s; durable outbox path: "
+          f"{report['durable_per_s']}/s ({report['durable_vs_raw']:.2f}x); "
+          f"{report['disk_bytes_per_record']} disk bytes per record")
+    if "drain" in report:
+        d = report["drain"]
+        print(f"drain: {d['backlog']} records in {d['drain_s']}s ({d['drain_per_s']}/s); live "
+              f"latency p50/p99 {d['live_latency_ms_quiet']['p50']}/"
+              f"{d['live_latency_ms_quiet']['p99']} ms quiet, "
+              f"{d['live_latency_ms_draining']['p50']}/{d['live_latency_ms_draining']['p99']} ms "
+              "while draining")
+    return 0
