@@ -19,12 +19,11 @@ stretch, then back).
 
 from __future__ import annotations
 
-import json
+import contextlib
 import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,8 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.devtools.demo import wait_for_file
-from agent.devtools.mosquitto import LocalBroker
+from agent.devtools.rig import AgentProcess, Rig, write_agent_config
 from agent.errors import AgentError
 from agent.paths import resolve_model
 from agent.storage.report import (
@@ -109,82 +107,46 @@ class FaultReport:
         self.lost = max(0, generated - ingested - evicted)
 
 
-def _agent_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "agent", *args]
-
-
 class _Rig:
+    """The shared rig (agent/devtools/rig.py) with what the scenarios read and do."""
+
     def __init__(self, workdir: Path, budget: str | None = None) -> None:
         self.workdir = workdir
-        self.broker = LocalBroker(workdir / "broker")
+        self.rig = Rig(workdir)
+        self.broker = self.rig.broker
         self.state = workdir / "state"
         self.ingest_db = workdir / "ingest.db"
-        self.config = workdir / "agent.toml"
         self.delivery: Delivery = "ingested"  # the faults are counted against ingest's store
-        self.config.write_text(f"""
-[agent]
-device_id = "{DEVICE}"
-site = "faults"
-state_dir = "{self.state}"
-shutdown_grace_s = 15
-
-[model]
-path = "{resolve_model(Path('models/lepton-vehicles-tiny'))}"
-num_threads = 1
-
-[mqtt]
-broker = "{self.broker.url}"
-reconnect_initial_s = 0.1
-reconnect_max_s = 0.5
-telemetry_interval_s = 1
-
-[outbox]
-ack_timeout_s = 3
-delivery = "{self.delivery}"
-{f'budget_bytes = "{budget}"' if budget else ''}
-""")
-        self.ingest: subprocess.Popen[str] | None = None
-        self.agent: subprocess.Popen[str] | None = None
+        self.config = write_agent_config(
+            workdir / "agent.toml", device_id=DEVICE, site="faults", state_dir=self.state,
+            broker_url=self.broker.url, model=resolve_model(Path("models/lepton-vehicles-tiny")),
+            grace=15, ack_timeout_s=3, delivery=self.delivery, budget=budget)
+        self.ingest = self.rig.ingest(self.ingest_db, client_id="faults-ingest",
+                                      log_level="error", ready_timeout=30, start=False)
+        self.agent: AgentProcess | None = None
 
     def stop_ingest(self) -> dict[str, Any]:
         """SIGTERM ingest; returns the counters it prints at exit (IngestStats as JSON)."""
-        if self.ingest is None:
+        if not self.ingest.running:
             return {}
-        self.ingest.send_signal(signal.SIGTERM)
-        out, err = self.ingest.communicate(timeout=60)
-        self.ingest = None
-        for line in reversed(out.splitlines()):
-            if line.startswith("{"):
-                stats: dict[str, Any] = json.loads(line)
-                return stats
-        raise AgentError(f"ingest printed no stats at exit: {err[-800:]}")
+        return self.ingest.stop()
 
     def start_ingest(self) -> None:
-        ready = self.workdir / "ingest.ready"
-        ready.unlink(missing_ok=True)
-        self.ingest = subprocess.Popen(
-            _agent_cmd("ingest", "--broker", self.broker.url, "--db", f"sqlite:///{self.ingest_db}",
-                       "--client-id", "faults-ingest", "--log-level", "error",
-                       "--ready-file", str(ready)),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_for_file(ready, self.ingest, timeout=30)
+        self.ingest.start()
 
-    def start_agent(self, frames: int = 0, fps: int = 40) -> subprocess.Popen[str]:
-        args = ["run", "--config", str(self.config), "--source",
-                f"synthetic://160x120@{fps}", "--log-level", "error", "--json"]
+    def start_agent(self, frames: int = 0, fps: int = 40) -> AgentProcess:
+        args = ["--source", f"synthetic://160x120@{fps}", "--log-level", "error"]
         if frames:
             args += ["--max-frames", str(frames)]
-        self.agent = subprocess.Popen(_agent_cmd(*args), stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True)
+        self.agent = self.rig.agent(self.config, *args)
         return self.agent
 
     def wait_agent_running(self, timeout: float = 30) -> None:
         """Until the agent has committed its first record (its outbox has a seq)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.agent is not None and self.agent.poll() is not None:
-                raise AgentError(f"agent exited early: {self.agent.stderr.read()[-800:]}"
-                                 if self.agent.stderr else "agent exited early")
+            if self.agent is not None and not self.agent.running:
+                raise AgentError(f"agent exited early: {self.agent.log[-800:]}")
             if self.last_seq() > 0:
                 return
             time.sleep(0.05)
@@ -193,11 +155,10 @@ delivery = "{self.delivery}"
     def stop_agent(self, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
         if self.agent is None:
             return
-        if self.agent.poll() is None:
-            self.agent.send_signal(sig)
-        _, err = self.agent.communicate(timeout=timeout)
-        if sig == signal.SIGTERM and self.agent.returncode != 0:
-            raise AgentError(f"agent exited with {self.agent.returncode}: {err[-800:]}")
+        self.agent.send(sig)
+        code = self.agent.wait(timeout)
+        if sig == signal.SIGTERM and code != 0:
+            raise AgentError(f"agent exited with {code}: {self.agent.log[-800:]}")
         self.agent = None
 
     def interrupt_broker(self, cycles: int, up_s: Callable[[], float],
@@ -265,20 +226,17 @@ delivery = "{self.delivery}"
     def wait_agent(self, timeout: float) -> None:
         """Until the agent exits by itself; its exit status must be 0."""
         assert self.agent is not None
-        _, err = self.agent.communicate(timeout=timeout)
-        if self.agent.returncode != 0:
-            raise AgentError(f"agent exited with {self.agent.returncode}: {err[-800:]}")
+        code = self.agent.wait(timeout)
+        if code != 0:
+            raise AgentError(f"agent exited with {code}: {self.agent.log[-800:]}")
         self.agent = None
 
     def close(self) -> None:
-        for proc in (self.agent, self.ingest):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.communicate(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-        self.broker.close()
+        for proc in list(self.rig.running()):
+            proc.send(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):  # the rig kills it
+                proc.wait(20)
+        self.rig.close()
 
 
 def run_fault_scenario(scenario: str, cycles: int, workdir: Path | None = None,
