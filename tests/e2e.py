@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.devtools.demo import wait_for_file
+from agent.devtools import rig
 from agent.devtools.mosquitto import LocalBroker
+from agent.devtools.rig import write_agent_config
 from agent.storage.report import OutboxUnreadable, read_report, record_seqs
-from tests.conftest import DEFAULT_MODEL, ROOT, agent_cmd, ingested_seqs
+from tests.conftest import DEFAULT_MODEL, ROOT, ingested_seqs
 
 T = TypeVar("T")
 
@@ -48,48 +46,35 @@ def outbox_last_seq(state: Path) -> int:
 
 
 def write_config(tmp_path: Path, broker_url: str, device: str, grace: float = 8.0) -> Path:
-    path = tmp_path / "agent.toml"
-    path.write_text(f"""
-[agent]
-device_id = "{device}"
-site = "test-site"
-state_dir = "{tmp_path / 'state'}"
-shutdown_grace_s = {grace}
-
-[model]
-path = "{DEFAULT_MODEL}"
-num_threads = 1
-
-[mqtt]
-broker = "{broker_url}"
-reconnect_initial_s = 0.1
-reconnect_max_s = 0.5
-telemetry_interval_s = 1
-
-[outbox]
-ack_timeout_s = 2
-""")
-    return path
+    return write_agent_config(tmp_path / "agent.toml", device_id=device, site="test-site",
+                              state_dir=tmp_path / "state", broker_url=broker_url,
+                              model=DEFAULT_MODEL, grace=grace, ack_timeout_s=2)
 
 
-RUNNING: list[subprocess.Popen[str]] = []  # killed after each test by conftest's reaper
+# Every process the rig helpers below start, killed after each test by conftest's reaper.
+RUNNING: list[subprocess.Popen[str]] = []
 
 
-class Ingest:
+class Reaped(rig._Process):
+    """A rig process registered with conftest's reaper each time it starts."""
+
+    def _spawn(self) -> None:
+        super()._spawn()
+        RUNNING.append(self.proc)
+
+
+class ReapedIngest(Reaped, rig.IngestProcess):
+    """The rig's ingest process, reaped by conftest."""
+
+
+class Ingest(ReapedIngest):
     """``lepton-agent ingest`` as a real process, into SQLite (``db``) or ``db_url``."""
 
     def __init__(self, broker_url: str, db: Path, client_id: str, *, db_url: str | None = None,
                  group: str = "ingest") -> None:
-        self.db = db
-        ready = db.with_suffix(".ready")
-        ready.unlink(missing_ok=True)
-        self.proc = subprocess.Popen(
-            agent_cmd("ingest", "--broker", broker_url, "--db", db_url or f"sqlite:///{db}",
-                      "--client-id", client_id, "--group", group, "--log-level", "warning",
-                      "--ready-file", str(ready)),
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        RUNNING.append(self.proc)
-        wait_for_file(ready, self.proc, timeout=60)
+        super().__init__(broker_url, db, client_id=client_id, group=group, db_url=db_url,
+                         cwd=ROOT)
+        self.start()
 
     def wait_for(self, device: str, count: int, timeout: float = 60) -> list[int]:
         """The device's ingested seqs once there are ``count`` (what there is at ``timeout``)."""
@@ -101,12 +86,6 @@ class Ingest:
                 break
             time.sleep(0.1)
         return seqs
-
-    def stop(self) -> dict:
-        self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=60)
-        assert self.proc.returncode == 0, err
-        return json.loads(out.strip().splitlines()[-1])
 
 
 def retained_status(broker: LocalBroker, site: str, device: str) -> dict:
@@ -135,78 +114,18 @@ def retained_status(broker: LocalBroker, site: str, device: str) -> dict:
 
 
 def run_agent(config: Path, *extra: str, timeout: float = 120) -> dict:
-    out = subprocess.run(agent_cmd("run", "--config", str(config), "--json", *extra), cwd=ROOT,
-                         capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return AgentProcess(config, *extra).finish(timeout)
 
 
-class AgentProcess:
-    """``lepton-agent run --config`` as a real process: its status socket, its log lines."""
+class AgentProcess(Reaped, rig.AgentProcess):
+    """``lepton-agent run --config`` as a real process (started at once): its status socket,
+    its log lines (``log``), its summary (``finish``, ``stop``)."""
 
     def __init__(self, config: Path, *extra: str, env: dict[str, str] | None = None,
                  preexec_fn: Callable[[], Any] | None = None) -> None:
-        from agent.config import load_config
-        from agent.service.status import socket_path
-
-        cfg = load_config(config)
-        self.socket = socket_path(cfg.agent.state_dir, cfg.agent.status_socket)
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            agent_cmd("run", "--config", str(config), "--json", *extra), cwd=ROOT,
-            env={**os.environ, **(env or {})}, preexec_fn=preexec_fn,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        RUNNING.append(self.proc)
-        # Drained in a thread so a chatty agent never blocks on a full pipe.
-        self._reader = threading.Thread(target=self._drain, daemon=True)
-        self._reader.start()
-
-    def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
+        super().__init__(config, *extra, cwd=ROOT, env=env, preexec_fn=preexec_fn)
+        self.start()
 
     @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def status(self) -> dict[str, Any] | None:
-        """The running agent's snapshot; fails at once when the process has exited."""
-        from agent.service.status import query
-
-        if self.proc.poll() is not None:
-            raise AssertionError(f"agent exited with status {self.proc.returncode}:\n{self.log}")
-        return query(self.socket)
-
-    def wait_status(self, predicate: Callable[[dict[str, Any]], bool], what: str,
-                    timeout: float = 60.0) -> dict[str, Any]:
-        """The first snapshot for which ``predicate`` holds."""
-        def check() -> dict[str, Any] | None:
-            snap = self.status()
-            return snap if snap is not None and predicate(snap) else None
-
-        try:
-            return wait_for(check, what, timeout, interval=0.1)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}; last status {self.status()}\nagent log:\n{self.log}") \
-                from None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self._reader.join(10)
-
-    def finish(self, timeout: float = 120.0) -> dict[str, Any]:
-        """Wait for the run to end (``timeout`` is a hang guard); its summary (exit status 0)."""
-        self.proc.wait(timeout)
-        self._reader.join(10)
-        assert self.proc.stdout is not None
-        out = self.proc.stdout.read()
-        assert self.proc.returncode == 0, self.log
-        return dict(json.loads(out.strip().splitlines()[-1]))
-
-    def stop(self, timeout: float = 60.0) -> dict[str, Any]:
-        """SIGTERM, then the run summary it prints (the exit status must be 0)."""
-        self.proc.send_signal(signal.SIGTERM)
-        return self.finish(timeout)
+    def lines(self) -> list[str]:
+        return self._err.lines

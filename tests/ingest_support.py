@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +19,6 @@ from paho.mqtt.properties import Properties
 
 from agent.backend.ingest import Ingest
 from agent.backend.store import PostgresStore, SqliteStore, Store, open_store
-from agent.devtools.demo import wait_for_file
 
 PG_SERVER = os.environ.get("LEPTON_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 SITE, DEVICE = "site1", "dev1"
@@ -159,28 +156,19 @@ def open_test_store(kind: str, tmp_path: Path) -> Iterator[Store]:
 
 class IngestProcess:
     """``lepton-agent ingest`` as a real process with the given flags (no --client-id unless
-    given), logging at info; reaped by conftest if a test fails half-way."""
+    given), logging at info, started; reaped by conftest if a test fails half-way."""
 
     def __init__(self, broker_url: str, db: Path, *flags: str) -> None:
-        from tests.conftest import ROOT, agent_cmd
-        from tests.e2e import RUNNING
+        from tests.conftest import ROOT
+        from tests.e2e import ReapedIngest
 
         self.db = db
-        ready = db.with_suffix(".ready")
-        ready.unlink(missing_ok=True)
-        self.proc = subprocess.Popen(
-            agent_cmd("ingest", "--broker", broker_url, "--db", f"sqlite:///{db}",
-                      "--ready-file", str(ready), "--log-level", "info", *flags),
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        RUNNING.append(self.proc)
-        wait_for_file(ready, self.proc, timeout=60)
+        self.rig = ReapedIngest(broker_url, db, *flags, log_level="info", cwd=ROOT).start()
+        self.proc = self.rig.proc
 
     def stop(self) -> tuple[dict[str, Any], str]:
         """SIGTERM; the stats JSON it prints and its stderr."""
-        self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=60)
-        assert self.proc.returncode == 0, err
-        return json.loads(out.strip().splitlines()[-1]), err
+        return self.rig.stop(), self.rig.log
 
 
 def publish(port: int, messages: list[tuple[str, bytes]], tls: dict[str, Path] | None = None,

@@ -226,7 +226,7 @@ class IngestProcess(_Process):
                 "--ready-file", str(self.ready), "--log-level", log_level]
         if client_id:
             args += ["--client-id", client_id]
-        if group:
+        if group is not None:  # "" is a plain (not shared) subscription
             args += ["--group", group]
         super().__init__([*args, *flags], cwd=cwd, capture_stderr=capture_stderr)
 
