@@ -22,6 +22,9 @@ def _stored(db: Path, device: str) -> list[tuple[str, int]]:
                                  "ORDER BY stream, seq", (device,)))
 
 
+needs_mosquitto = pytest.mark.skipif(find_mosquitto() is None, reason="needs mosquitto")
+
+
 @pytest.fixture
 def rig(tmp_path: Path):
     if find_mosquitto() is None:
@@ -73,3 +76,17 @@ def test_kill_and_restart_each_part(rig: Rig) -> None:
     seqs = [seq for _, seq in stored]
     assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 10
     assert len(set(stored)) == len(stored)
+
+
+@needs_mosquitto
+def test_leaving_the_rig_reaps_every_process(tmp_path: Path) -> None:
+    """Whatever still runs when the ``with`` ends (here: an error) is killed, broker included."""
+    with pytest.raises(RuntimeError), Rig(tmp_path) as rig:
+        ingest = rig.ingest(client_id="rig-reap")
+        agent = rig.agent(rig.config(device_id="dev-reap"), "--source", "synthetic://160x120@40")
+        agent.wait_status(lambda s: s["broker"]["connected"], "the agent to connect")
+        broker = rig.broker.process
+        raise RuntimeError("a test failing half-way")
+    assert not ingest.running and not agent.running
+    assert broker is not None and broker.poll() is not None
+    assert agent.returncode == -9 and ingest.returncode == -9

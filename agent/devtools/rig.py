@@ -343,7 +343,6 @@ class Rig:
         for proc in reversed(self.processes):
             if proc.running:
                 proc.kill()
-        self.processes.clear()
         self.broker.close()
 
     def __enter__(self) -> Rig:
