@@ -154,7 +154,9 @@ def _run(small_disk: Path, tmp_path: Path, config: Path, notify: NotifyListener,
     assert_fed_for(notify, agent, 3 * STALL_S, between=lambda: _fill(filler))
     still = agent.status()
     assert still is not None and still["outbox"]["storage_error"]
-    assert still["stages"]["inference"]["frames"] == blocked["stages"]["inference"]["frames"]
+    # Inference has stopped: at most the one frame it was running when the last slot filled
+    # finished after that status (seen once: 273 against 272).
+    assert 0 <= still["stages"]["inference"]["frames"] - blocked["stages"]["inference"]["frames"] <= 1
     assert still["outbox"]["storage_errors"] > blocked["outbox"]["storage_errors"]
     assert still["health"] == {"status": "degraded", "problems": []}
     assert "not feeding the watchdog" not in agent.log
