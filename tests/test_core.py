@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.core.backoff import Backoff
+from agent.core.contract.topics import DeviceTopics, parse_topic, results_subscription
 from agent.core.labels import parse_labels
 from agent.core.outbox import FetchUnsent, MarkSent, PublishWindow
-from agent.core.topics import DeviceTopics, parse_topic, results_subscription
 from agent.core.uri import SensorUri, parse_broker, parse_sensor_uri, parse_source, redact_url
 
 
@@ -282,7 +282,7 @@ class _WindowSim:
 
 class TestAcks:
     def test_ranges(self) -> None:
-        from agent.core.acks import to_ranges
+        from agent.core.contract.ack import to_ranges
 
         assert to_ranges([5, 1, 2, 3, 3, 9, 8]) == [(1, 3), (5, 5), (8, 9)]
         assert to_ranges([]) == []
@@ -292,7 +292,7 @@ class TestAcks:
 
         from jsonschema import Draft202012Validator
 
-        from agent.core.acks import decode_ack, encode_ack
+        from agent.core.contract.ack import decode_ack, encode_ack
         from agent.schemas import load_schema
 
         payload = encode_ack({"cam0": [(1, 4), (7, 7)]}, ingest="i1")
@@ -305,13 +305,13 @@ class TestAcks:
                                      b'{"schema": {"id": "lepton.ack", "version": 1}, "streams": '
                                      b'{"c": [[true, 2]]}}'])
     def test_malformed(self, bad: bytes) -> None:
-        from agent.core.acks import decode_ack
+        from agent.core.contract.ack import decode_ack
 
         with pytest.raises(ValueError):
             decode_ack(bad)
 
     def test_acks_beyond_what_was_assigned_are_cut_and_counted(self) -> None:
-        from agent.core.acks import within_published
+        from agent.core.contract.ack import within_published
 
         kept, ignored = within_published(
             {"cam0": [(1, 4), (8, 2**62)], "ghost": [(1, 5)], "imu": [(30, 40)]},
@@ -326,7 +326,7 @@ class TestAcks:
            last=st.dictionaries(st.sampled_from(["cam0", "cam1", "imu"]), st.integers(0, 70)))
     def test_kept_seqs_are_exactly_those_acked_and_assigned(
             self, acked: dict[str, list[tuple[int, int]]], last: dict[str, int]) -> None:
-        from agent.core.acks import within_published
+        from agent.core.contract.ack import within_published
 
         def seqs(streams: dict[str, list[tuple[int, int]]]) -> set[tuple[str, int]]:
             return {(s, q) for s, ranges in streams.items() for lo, hi in ranges

@@ -86,9 +86,9 @@ def test_two_processes_share_chunks_of_one_blob_and_one_finishes_it(pg_url: str,
     import threading
 
     from agent.backend.shards import parse_shard
+    from agent.core.contract.shard import shard_properties
     from agent.storage.blobs import BlobStore
     from agent.storage.outbox import Outbox
-    from agent.sync.uplink import shard_properties
 
     box = BlobStore(Outbox(tmp_path / "o.db"), chunk_size=1024)
     data = os.urandom(40_000)

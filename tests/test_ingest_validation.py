@@ -15,7 +15,7 @@ import pytest
 
 from agent.backend.ingest import RecordValidator
 from agent.backend.store import Store, open_store
-from agent.core.records import FrameResult, ModelRef, encode_result
+from agent.core.contract.result import FrameResult, ModelRef, encode_result
 from agent.devtools.mosquitto import LocalBroker
 from agent.errors import RecordRejected, StorageError
 from tests.conftest import agent_cmd, ingested_seqs

@@ -11,7 +11,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.core.topics import DeviceTopics
+from agent.core.contract.topics import DeviceTopics
 from agent.devtools.mosquitto import LocalBroker
 from agent.storage.outbox import Outbox, PendingRecord
 from tests.conftest import DEFAULT_MODEL

@@ -12,7 +12,9 @@ import re
 import numpy as np
 import pytest
 
-from agent.core import acks, topics, uri
+from agent.core import uri
+from agent.core.contract import ack as acks
+from agent.core.contract import topics
 from agent.core.manifest import (
     InputShapeError,
     Manifest,
@@ -480,15 +482,15 @@ def test_grid_detections_known_answer() -> None:
 # --- records ---------------------------------------------------------------------------------
 
 def test_result_payload_is_exact() -> None:
-    from agent.core.records import (
+    from agent.core.contract.result import (
         Classification,
         Detection,
         FrameResult,
         ModelRef,
         encode_result,
-        encode_status,
-        encode_telemetry,
     )
+    from agent.core.contract.status import encode_status
+    from agent.core.contract.telemetry import encode_telemetry
 
     det = FrameResult("cam0", 7, 1795000000.25, 123, 640, 480, "detection",
                       detections=[Detection(2, "car", 0.876543, (-0.1, 0.1234567, 0.5, 1.2))],
@@ -846,7 +848,7 @@ def test_survivors_of_the_first_full_run() -> None:
     import os
     import time as _time
 
-    from agent.core.records import iso_utc
+    from agent.core.contract.result import iso_utc
     from agent.core.sensors import AnomalyState
     from agent.core.thermal import ThermalGovernor, ThermalReading
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.core.contract.shard import MANIFEST, manifest_payload
 from agent.errors import StorageError
 from agent.storage import outbox as outbox_mod
-from agent.storage.blobs import MANIFEST, BlobStore, manifest_payload
+from agent.storage.blobs import BlobStore
 from agent.storage.lock import LOCK_NAME, StateDirLock, lock_holder
 from agent.storage.outbox import Outbox
 

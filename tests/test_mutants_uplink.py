@@ -11,11 +11,12 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
-from agent.core.acks import encode_ack
+from agent.core.contract.ack import encode_ack
+from agent.core.contract.shard import MANIFEST, OutgoingPart, shard_properties
 from agent.core.outbox import PublishWindow
-from agent.storage.blobs import MANIFEST, BlobStore, OutgoingPart
+from agent.storage.blobs import BlobStore
 from agent.storage.outbox import Outbox, PendingRecord
-from agent.sync.uplink import LIVE_RESERVE, Uplink, shard_properties
+from agent.sync.uplink import LIVE_RESERVE, Uplink
 
 ACK_TOPIC = "lepton/v1/s/d/ack"
 

@@ -10,17 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from agent.core.manifest import Manifest, ManifestError, TensorSpec, infer_manifest
-from agent.core.postprocess import grid_detections, iou_matrix, nms, ssd_detections, top_classes
-from agent.core.records import (
+from agent.core.contract.result import (
     Classification,
     Detection,
     FrameResult,
     ModelRef,
     encode_result,
-    encode_status,
-    encode_telemetry,
 )
+from agent.core.contract.status import encode_status
+from agent.core.contract.telemetry import encode_telemetry
+from agent.core.manifest import Manifest, ManifestError, TensorSpec, infer_manifest
+from agent.core.postprocess import grid_detections, iou_matrix, nms, ssd_detections, top_classes
 from agent.schemas import load_schema
 
 MODEL = ModelRef("m", "1", "a" * 64)

@@ -219,7 +219,7 @@ def test_sensor_and_event_records_match_their_schemas() -> None:
     from jsonschema import Draft202012Validator, ValidationError
 
     from agent.config.schema import SensorSection
-    from agent.core.topics import DeviceTopics
+    from agent.core.contract.topics import DeviceTopics
     from agent.schemas import load_schema
     from agent.service.sensors import SensorHub
     from agent.sources.vibration import VibrationSignal, csv_lines

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from agent.config.schema import SensorSection
-from agent.core.topics import DeviceTopics
+from agent.core.contract.topics import DeviceTopics
 from agent.service.sensors import SensorHub
 from agent.storage.outbox import PendingRecord
 from tests.e2e import wait_for

@@ -203,7 +203,7 @@ def test_acks_for_seqs_the_device_never_assigned_are_ignored_and_counted(
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from agent.core.acks import encode_ack
+    from agent.core.contract.ack import encode_ack
 
     cfg = tmp_path / "agent.toml"
     cfg.write_text(f'[agent]\nstate_dir = "{tmp_path / "state"}"\ndevice_id = "cam-ack"\n'

@@ -12,11 +12,11 @@ import pytest
 
 from agent.backend.shards import parse_shard
 from agent.backend.store import SqliteStore
+from agent.core.contract.shard import MANIFEST, OutgoingPart, shard_properties
 from agent.errors import RecordRejected, StorageError
-from agent.storage.blobs import MANIFEST, BlobStore, OutgoingPart
+from agent.storage.blobs import BlobStore
 from agent.storage.outbox import Outbox, PendingRecord
 from agent.storage.report import read_report
-from agent.sync.uplink import shard_properties
 
 TOPIC = "lepton/v1/site-1/dev-a/shards/"
 

@@ -38,8 +38,8 @@ from agent.backend.decode import (
 )
 from agent.backend.shards import parse_shard
 from agent.backend.store import IngestedRecord, Store, Unstorable
-from agent.core.acks import Ranges, encode_ack, to_ranges
-from agent.core.topics import DeviceTopics, parse_topic, results_subscription
+from agent.core.contract.ack import Ranges, encode_ack, to_ranges
+from agent.core.contract.topics import DeviceTopics, parse_topic, results_subscription
 from agent.core.uri import BrokerUrl
 from agent.errors import ConfigError, RecordRejected, StorageError
 from agent.schemas import load_schema

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.backend.decode import clean, decode_json
-from agent.core.topics import parse_topic
+from agent.core.contract.shard import MANIFEST_SCHEMA
+from agent.core.contract.topics import parse_topic
 from agent.errors import RecordRejected
 
 MAX_CHUNK = 1 << 20
@@ -83,7 +84,7 @@ def parse_shard(topic: str, properties: list[tuple[str, str]], payload: bytes) -
     if part == "manifest":
         _, manifest = decode_json(topic, payload)
         if (not isinstance(manifest, dict)
-                or manifest.get("schema") != {"id": "lepton.shard-manifest", "version": 1}):
+                or manifest.get("schema") != MANIFEST_SCHEMA):
             raise RecordRejected("manifest lacks schema lepton.shard-manifest v1", topic=topic)
         for key, want in (("blob", blob), ("chunk_count", count), ("size", size)):
             if manifest.get(key) != want:

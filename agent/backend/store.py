@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from agent.backend.decode import PAYLOAD_KEPT, clean
 from agent.backend.shards import BlobDirectory, ShardPart
-from agent.core.acks import Ranges, to_ranges
+from agent.core.contract.ack import Ranges, to_ranges
 from agent.errors import RecordRejected, StorageError
 
 

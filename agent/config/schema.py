@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 
+from agent.core.contract.topics import check_segment
 from agent.core.outbox import DEFAULT_PRIORITIES
-from agent.core.topics import check_segment
 from agent.core.uri import parse_broker, parse_sensor_uri, parse_source
 
 

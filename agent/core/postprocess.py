@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from agent.core.contract.result import Classification, Detection
 from agent.core.manifest import Manifest
-from agent.core.records import Classification, Detection
 
 FloatArray = npt.NDArray[np.float32]
 

@@ -9,8 +9,8 @@ from pathlib import PurePosixPath
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
+from agent.core.contract.topics import check_segment
 from agent.core.sensors import PROTOCOLS
-from agent.core.topics import check_segment
 
 SourceKind = Literal["file", "v4l2", "rtsp", "gst", "synthetic", "http"]
 

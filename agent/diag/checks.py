@@ -178,7 +178,7 @@ def check_broker(cfg: AgentConfig, secrets: Secrets) -> CheckResult:
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from agent.core.topics import DeviceTopics
+    from agent.core.contract.topics import DeviceTopics
     from agent.core.uri import parse_broker
 
     if not cfg.mqtt.broker:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.core.contract.result import ModelRef
 from agent.core.labels import LabelError, check_declared_labels, fit_labels, is_background, parse_labels
 from agent.core.manifest import (
     InputShapeError,
@@ -20,7 +21,6 @@ from agent.core.manifest import (
     infer_manifest,
     output_classes,
 )
-from agent.core.records import ModelRef
 from agent.errors import ModelError
 from agent.inference.litert import interpreter_class, make_interpreter
 from agent.inference.tflite_file import detection_classes, read_ops

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 
 from agent import kernels
+from agent.core.contract.result import Classification, Detection
 from agent.core.manifest import ManifestError, check_image_input
 from agent.core.postprocess import dequantize, grid_detections, ssd_detections, top_classes
-from agent.core.records import Classification, Detection
 from agent.errors import ModelError
 from agent.inference.model import LoadedModel
 

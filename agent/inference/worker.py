@@ -13,7 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.core.records import FrameResult
+from agent.core.contract.result import FrameResult
 from agent.errors import ModelError
 from agent.inference.runner import ModelRunner
 from agent.pipeline.frames import CapturedFrame

@@ -29,17 +29,17 @@ import cv2
 from agent import __version__
 from agent.config import AgentConfig, Secrets
 from agent.core.backoff import Backoff
-from agent.core.outbox import PublishWindow
-from agent.core.records import (
+from agent.core.contract.result import (
     FrameResult,
     ModelRef,
     encode_result,
-    encode_status,
-    encode_telemetry,
     iso_utc,
 )
+from agent.core.contract.status import encode_status
+from agent.core.contract.telemetry import encode_telemetry
+from agent.core.contract.topics import DeviceTopics
+from agent.core.outbox import PublishWindow
 from agent.core.thermal import ThermalGovernor
-from agent.core.topics import DeviceTopics
 from agent.core.uri import parse_broker, parse_source
 from agent.errors import AgentError, StorageError
 from agent.inference.model import load_model

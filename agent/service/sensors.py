@@ -8,7 +8,6 @@ sensor models are small: ~0.1 ms per window).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -19,17 +18,17 @@ from typing import Any
 import numpy as np
 
 from agent.config.schema import SensorSection
-from agent.core.records import iso_utc
+from agent.core.contract.event import encode_event, event_body, event_stream
+from agent.core.contract.result import iso_utc
+from agent.core.contract.sensor import encode_sensor, sensor_body
+from agent.core.contract.topics import DeviceTopics
 from agent.core.sensors import AnomalyState, LatestReadings, Parser, Reading, Windower, make_parser
-from agent.core.topics import DeviceTopics
 from agent.core.uri import SensorUri, parse_sensor_uri
 from agent.inference.sensor_model import SensorModel
 from agent.sources.serial import SerialReader
 from agent.storage.outbox import PendingRecord
 
 log = logging.getLogger("agent.sensors")
-SENSOR_SCHEMA = {"id": "lepton.sensor", "version": 1}
-EVENT_SCHEMA = {"id": "lepton.event", "version": 1}
 
 
 @dataclass
@@ -158,18 +157,15 @@ class SensorHub:
     def _sensor_record(self, state: SensorState, reading: Reading,
                        extra: dict[str, Any] | None = None) -> PendingRecord:
         name = state.uri.name
-        body: dict[str, Any] = {
-            "schema": SENSOR_SCHEMA, "device": self.topics.device, "site": self.topics.site,
-            "stream": name, "ts": iso_utc(reading.ts), "protocol": state.uri.protocol,
-            "values": {k: v for k, v in reading.values.items() if math.isfinite(v)},
-            "counters": {"bytes": state.reader.stats.bytes, "readings": state.readings,
-                         "parse_errors": state.parser.errors}}
-        if state.model is not None:
-            body["model"] = self._model_ref(state)
-        body.update(extra or {})
+        body = sensor_body(
+            device=self.topics.device, site=self.topics.site, stream=name, ts=reading.ts,
+            protocol=state.uri.protocol, values=reading.values,
+            counters={"bytes": state.reader.stats.bytes, "readings": state.readings,
+                      "parse_errors": state.parser.errors},
+            model=self._model_ref(state) if state.model is not None else None, extra=extra)
 
         def build(seq: int) -> bytes:
-            return json.dumps({**body, "seq": seq}, separators=(",", ":")).encode()
+            return encode_sensor(body, seq=seq)
 
         return PendingRecord(name, self.topics.sensors(name), build, kind="result")
 
@@ -177,15 +173,15 @@ class SensorHub:
                       score: float) -> PendingRecord:
         name = state.uri.name
         assert state.model is not None
-        body = {"schema": EVENT_SCHEMA, "device": self.topics.device, "site": self.topics.site,
-                "stream": f"{name}.events", "ts": iso_utc(ts), "source": name, "type": kind,
-                "label": state.model.model.manifest.sensor["anomaly_label"],
-                "score": round(score, 4), "model": self._model_ref(state)}
+        body = event_body(
+            device=self.topics.device, site=self.topics.site, source=name, ts=ts, type=kind,
+            label=state.model.model.manifest.sensor["anomaly_label"], score=score,
+            model=self._model_ref(state))
 
         def build(seq: int) -> bytes:
-            return json.dumps({**body, "seq": seq}, separators=(",", ":")).encode()
+            return encode_event(body, seq=seq)
 
-        return PendingRecord(f"{name}.events", self.topics.events(name), build, kind="event")
+        return PendingRecord(event_stream(name), self.topics.events(name), build, kind="event")
 
     def attach(self, names: list[str], ts: float, window_s: float) -> dict[str, Any]:
         """The chosen sensors' latest readings near ``ts``, for a frame record."""

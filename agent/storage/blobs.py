@@ -16,37 +16,11 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from agent.core.contract.shard import MANIFEST, OutgoingPart, manifest_payload
 from agent.errors import StorageError
 from agent.storage.outbox import ROW_OVERHEAD, Outbox
-
-MANIFEST = -1  # the chunk index that stands for the manifest message
-
-
-@dataclass(frozen=True)
-class OutgoingPart:
-    """A chunk (``index >= 0``) or the manifest (``index == MANIFEST``) to publish."""
-
-    blob: str
-    index: int
-    chunk_count: int
-    size: int
-    data: bytes
-    kind: str
-    content_type: str
-
-
-def manifest_payload(*, blob: str, size: int, chunk_size: int, chunk_count: int, kind: str,
-                     content_type: str, created_ns: int, expires_ns: int | None,
-                     meta: Mapping[str, Any]) -> bytes:
-    """The ``lepton.shard-manifest`` v1 message."""
-    body = {"schema": {"id": "lepton.shard-manifest", "version": 1}, "blob": blob, "size": size,
-            "chunk_size": chunk_size, "chunk_count": chunk_count, "kind": kind,
-            "content_type": content_type, "created_ns": created_ns, "expires_ns": expires_ns,
-            "meta": dict(meta)}
-    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
 
 
 class BlobStore:

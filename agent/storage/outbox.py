@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
-from agent.core.acks import to_ranges
+from agent.core.contract.ack import to_ranges
 from agent.core.outbox import DEFAULT_PRIORITIES
 from agent.errors import StorageError
 

@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
 
 import paho.mqtt.client as paho
 
-from agent.core.acks import decode_ack_full, within_published
+from agent.core.contract.ack import decode_ack_full, within_published
+from agent.core.contract.shard import shard_properties
 from agent.core.outbox import Action, FetchUnsent, MarkSent, PublishWindow
-from agent.storage.blobs import MANIFEST, BlobStore, OutgoingPart
+from agent.storage.blobs import BlobStore
 from agent.storage.outbox import Outbox, StoredRecord
 from agent.sync.mqtt import MqttLink
 
 log = logging.getLogger("agent.uplink")
-
-
-def shard_properties(part: OutgoingPart) -> list[tuple[str, str]]:
-    """The MQTT 5 user properties of a shard message (contract: docs/contract.md)."""
-    props = [("lepton-part", "manifest" if part.index == MANIFEST else "chunk"),
-             ("blob-sha256", part.blob), ("chunk-count", str(part.chunk_count)),
-             ("blob-size", str(part.size)), ("kind", part.kind), ("content-type", part.content_type)]
-    if part.index != MANIFEST:
-        props += [("chunk-index", str(part.index)),
-                  ("chunk-sha256", hashlib.sha256(part.data).hexdigest())]
-    return props
 
 
 LIVE_RESERVE = 32

@@ -1,16 +1,15 @@
-"""Building and encoding the records the agent publishes (contract ``lepton.result`` v1)."""
+"""The ``lepton.result`` v1 record: what inference made of a frame, its encoder and decoder."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from agent.core.contract.wire import compact, decode_body
+
 RESULT_SCHEMA = {"id": "lepton.result", "version": 1}
-STATUS_SCHEMA = {"id": "lepton.status", "version": 1}
-TELEMETRY_SCHEMA = {"id": "lepton.telemetry", "version": 1}
 
 
 def iso_utc(wall_time: float) -> str:
@@ -106,29 +105,9 @@ def encode_result(
         body["detections"] = [d.to_json() for d in result.detections]
     else:
         body["classes"] = [c.to_json() for c in result.classes]
-    return json.dumps(body, separators=(",", ":")).encode()
+    return compact(body)
 
 
-def encode_status(
-    *, state: str, device: str, site: str, wall_time: float, extra: dict[str, Any] | None = None
-) -> bytes:
-    """Payload of the retained ``status`` topic (birth, clean stop, and last will)."""
-    body: dict[str, Any] = {
-        "schema": STATUS_SCHEMA,
-        "state": state,
-        "device": device,
-        "site": site,
-        "ts": iso_utc(wall_time),
-    }
-    if extra:
-        body.update(extra)
-    return json.dumps(body, separators=(",", ":")).encode()
-
-
-def encode_telemetry(
-    *, device: str, site: str, wall_time: float, health: dict[str, Any]
-) -> bytes:
-    """Payload of a periodic health report on ``telemetry``."""
-    body = {"schema": TELEMETRY_SCHEMA, "device": device, "site": site,
-            "ts": iso_utc(wall_time), **health}
-    return json.dumps(body, separators=(",", ":")).encode()
+def decode_result(payload: bytes) -> dict[str, Any]:
+    """The JSON object of a ``lepton.result`` v1 payload; ValueError says what is malformed."""
+    return decode_body(payload, RESULT_SCHEMA)
