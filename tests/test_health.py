@@ -4,20 +4,29 @@ is only degraded (inference waiting for result slots while the writer retries a 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pytest
+from jsonschema import Draft202012Validator
 
 from agent.core.thermal import ThermalGovernor
 from agent.core.uri import parse_source
+from agent.errors import AgentError
 from agent.pipeline.frames import CapturedFrame
 from agent.pipeline.queues import BoundedQueue
+from agent.schemas import load_schema
 from agent.service.health import SOURCE_OPEN_STALL_S, PipelineHealth
+from agent.service.snapshot import HealthSnapshot, ThermalHealth
 from agent.sources.capture import CaptureWorker
-from tests.e2e import wait_for
+from tests.conftest import DEFAULT_MODEL
+from tests.e2e import AgentProcess, wait_for
 
 STALL = 10.0
 
@@ -124,3 +133,103 @@ def test_a_failing_storage_holds_inference_back_without_starving_the_watchdog() 
     assert (h.storage_errors, h.last_storage_error) == (1, "cannot commit records: disk full")
     h.writer_stopped()  # the writer ended (stopping): no longer watched
     assert h.healthy(STALL, now=1000.0)
+
+
+# The status socket's JSON as the agent served it before the snapshot was typed (taken from
+# a live agent at 6fc942c): every key, in order; evictions and sensors are maps by name.
+STATUS_KEYS = [
+    "state", "health", "health.status", "health.problems", "pid", "device", "site", "uptime_s",
+    "fps", "stages", "stages.capture", *(f"stages.capture.{k}" for k in (
+        "alive", "source", "frames", "reconnects", "last_error", "blocked_s", "skipped_static")),
+    "stages.inference", *(f"stages.inference.{k}" for k in (
+        "alive", "model", "frames", "failures", "detections", "last_error")),
+    "queues", "queues.frames", *(f"queues.frames.{k}" for k in (
+        "depth", "capacity", "policy", "dropped")),
+    "outbox", *(f"outbox.{k}" for k in (
+        "backlog", "oldest_unsent_s", "published", "ingested", "acks_ignored", "acks_malformed",
+        "blobs_waiting", "blob_bytes_waiting", "chunks_sent", "blobs_completed",
+        "disk_free_bytes", "used_bytes", "budget_bytes", "wal_bytes", "evictions", "quarantined",
+        "storage_error", "storage_errors", "last_storage_error", "results_held")),
+    "broker", *(f"broker.{k}" for k in ("url", "connected", "connects", "last_error")),
+    "sensors", "thermal", *(f"thermal.{k}" for k in ("temp_c", "throttled", "level")),
+    "last_error"]
+
+
+def _key_paths(d: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        out.append(prefix + k)
+        if isinstance(v, dict) and k not in ("evictions", "sensors"):
+            out += _key_paths(v, f"{prefix}{k}.")
+    return out
+
+
+def _live_snapshot(tmp_path: Path) -> dict[str, Any]:
+    """The status socket's answer of a real agent (synthetic camera, offline) with frames
+    processed."""
+    config = tmp_path / "agent.toml"
+    config.write_text(f"""
+[agent]
+state_dir = "{tmp_path / 'state'}"
+shutdown_grace_s = 1
+[model]
+path = "{DEFAULT_MODEL}"
+num_threads = 1
+[source]
+uri = "synthetic://160x120@20"
+[mqtt]
+broker = ""
+""")
+    agent = AgentProcess(config)
+    try:
+        return agent.wait_status(lambda s: s["stages"]["inference"]["frames"] >= 3,
+                                 "frames processed", timeout=120)
+    finally:
+        agent.stop()
+
+
+def test_the_typed_snapshot_reads_back_a_live_agents_status_unchanged(tmp_path: Path) -> None:
+    """``from_json`` reads every field the status socket serves and ``to_json`` gives the same
+    JSON back, key order included (the socket's and diag's form stay byte for byte); the
+    telemetry built from the typed snapshot is a valid lepton.telemetry v1 message."""
+    live = _live_snapshot(tmp_path)
+    assert _key_paths(live) == STATUS_KEYS
+    snap = HealthSnapshot.from_json(live)
+    assert snap.to_json() == live
+    assert json.dumps(snap.to_json()) == json.dumps(live)
+    assert snap.stages.inference.frames >= 3 and snap.broker.url is None
+    assert snap.health.status == "ok" and snap.health.problems == ()
+
+    # Every optional part filled: an eviction, a quarantined cache, a sensor with a reading.
+    sensor = {"port": "/dev/ttyUSB0", "protocol": "nmea", "baud": 9600, "connected": False,
+              "bytes": 120, "readings": 3, "parse_errors": 1, "last_parse_error": "bad checksum",
+              "reconnects": 2, "last_error": "unplugged",
+              "latest": {"ts": "2026-12-01T09:00:00.000Z", "values": {"temp": 21.5}},
+              "windows": 4, "score": 0.25, "anomaly": False}
+    full = {**live, "sensors": {"env": sensor},
+            "outbox": {**live["outbox"], "evictions": {"result": {"records": 2, "bytes": 900}},
+                       "quarantined": "/state/outbox.db.corrupt", "budget_bytes": 262144}}
+    typed = HealthSnapshot.from_json(full)
+    assert typed.to_json() == full and json.dumps(typed.to_json()) == json.dumps(full)
+    assert typed.outbox.evictions["result"].bytes == 900
+    assert typed.sensors["env"].latest == sensor["latest"]
+
+    validator = Draft202012Validator(load_schema("telemetry.v1"))
+    for s in (snap, typed, replace(typed, thermal=ThermalHealth(71.5, True, 2))):
+        report = s.telemetry()
+        validator.validate({"schema": {"id": "lepton.telemetry", "version": 1}, "device": "d",
+                            "site": "s", "ts": "2026-12-01T09:00:00Z", **report})
+        assert report["cache"]["evictions"] == s.to_json()["outbox"]["evictions"]
+        assert report["frames_processed"] == s.stages.inference.frames
+
+
+def test_a_status_answer_missing_a_field_is_an_error_naming_it(tmp_path: Path) -> None:
+    """``lepton-agent status`` reads the socket's answer typed: one of another version (a
+    field missing) is a clear error naming the field and the fix, not a traceback."""
+    from agent.cli.status import _typed
+
+    live = _live_snapshot(tmp_path)
+    broken = {**live, "outbox": {k: v for k, v in live["outbox"].items() if k != "backlog"}}
+    with pytest.raises(AgentError, match="backlog") as err:
+        _typed(broken, tmp_path / "agent.sock")
+    assert err.value.fix and "same version" in err.value.fix

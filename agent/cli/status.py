@@ -6,9 +6,12 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from agent.errors import AgentError
+
+if TYPE_CHECKING:
+    from agent.service.snapshot import HealthSnapshot
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,10 +35,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     overrides = {"agent": {"state_dir": str(args.state_dir)}} if args.state_dir else {}
     config = load_config(args.config, overrides=overrides)
     candidates = socket_candidates(config.agent.state_dir, args.socket or config.agent.status_socket)
-    snap, denied = None, []
+    snap, denied, answered = None, [], candidates[0]
     for path in candidates:
         snap = query(path)
         if snap is not None:
+            answered = path
             break
         if path.exists() and not os.access(path, os.R_OK | os.W_OK):
             denied.append(path)
@@ -71,7 +75,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(snap, indent=2))
         return 0
-    print("\n".join(_status_lines(snap)))
+    print("\n".join(_status_lines(_typed(snap, answered))))
     return 0
 
 
@@ -87,45 +91,57 @@ def _value(v: Any) -> str:
     return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
 
-def _status_lines(snap: dict[str, Any]) -> list[str]:
+def _typed(snap: dict[str, Any], where: Path) -> HealthSnapshot:
+    """The socket's answer as a typed snapshot; an answer this CLI cannot read is an error."""
+    from agent.service.snapshot import HealthSnapshot
+
+    try:
+        return HealthSnapshot.from_json(snap)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise AgentError(f"the agent at {where} answered a status this command cannot read "
+                         f"(missing or malformed {exc})",
+                         fix="run the lepton-agent of the same version as the running agent, "
+                             "or read the raw answer with `lepton-agent status --json`") from exc
+
+
+def _status_lines(snap: HealthSnapshot) -> list[str]:
     """The live snapshot as text for a person: words for absent values, never Python reprs."""
-    st, q, ob, br, th = (snap["stages"], snap["queues"]["frames"], snap["outbox"], snap["broker"],
-                         snap["thermal"])
-    cap, inf = st["capture"], st["inference"]
-    lines = [f"agent: {snap['state']} (pid {snap['pid']}, up {_ago(snap['uptime_s'])}) "
-             f"{snap['site']}/{snap['device']}",
-             f"  capture:   {'up' if cap['alive'] else 'DOWN'} {cap['source']}, {cap['frames']} "
-             f"frames, {cap['reconnects']} reconnects, {cap['skipped_static']} static skipped"
-             + (f"; last error: {cap['last_error']}" if cap.get("last_error") else ""),
-             f"  inference: {'up' if inf['alive'] else 'DOWN'} {inf['model']}, {snap['fps']} fps, "
-             f"{inf['frames']} frames, {inf['detections']} detections, {inf['failures']} failures",
-             f"  queue:     frames {q['depth']}/{q['capacity']} ({q['policy']}), "
-             f"{q['dropped']} dropped",
-             f"  outbox:    backlog {ob['backlog']}"
-             + (f", oldest unsent {_ago(ob['oldest_unsent_s'])} old" if ob["backlog"] else "")
-             + f", {ob['published']} published, {ob['ingested']} ingested"]
-    if not br["url"]:
+    cap, inf = snap.stages.capture, snap.stages.inference
+    q, ob, br, th = snap.queues.frames, snap.outbox, snap.broker, snap.thermal
+    lines = [f"agent: {snap.state} (pid {snap.pid}, up {_ago(snap.uptime_s)}) "
+             f"{snap.site}/{snap.device}",
+             f"  capture:   {'up' if cap.alive else 'DOWN'} {cap.source}, {cap.frames} "
+             f"frames, {cap.reconnects} reconnects, {cap.skipped_static} static skipped"
+             + (f"; last error: {cap.last_error}" if cap.last_error else ""),
+             f"  inference: {'up' if inf.alive else 'DOWN'} {inf.model}, {snap.fps} fps, "
+             f"{inf.frames} frames, {inf.detections} detections, {inf.failures} failures",
+             f"  queue:     frames {q.depth}/{q.capacity} ({q.policy}), "
+             f"{q.dropped} dropped",
+             f"  outbox:    backlog {ob.backlog}"
+             + (f", oldest unsent {_ago(ob.oldest_unsent_s)} old" if ob.backlog else "")
+             + f", {ob.published} published, {ob.ingested} ingested"]
+    if not br.url:
         lines.append("  broker:    none (offline)")
     else:
-        error = f": {br['last_error']}" if br.get("last_error") and not br["connected"] else ""
-        lines.append(f"  broker:    {br['url']} "
-                     f"{'connected' if br['connected'] else 'DISCONNECTED'}{error}")
-    temp = "no sensor" if th["temp_c"] is None else f"{th['temp_c']:.1f} C"
-    lines.append(f"  thermal:   {temp}{', THROTTLED' if th['throttled'] else ''}, "
-                 f"slow-down level {th['level']}")
-    for name, s in (snap.get("sensors") or {}).items():
-        values = ((s.get("latest") or {}).get("values") or {})
+        error = f": {br.last_error}" if br.last_error and not br.connected else ""
+        lines.append(f"  broker:    {br.url} "
+                     f"{'connected' if br.connected else 'DISCONNECTED'}{error}")
+    temp = "no sensor" if th.temp_c is None else f"{th.temp_c:.1f} C"
+    lines.append(f"  thermal:   {temp}{', THROTTLED' if th.throttled else ''}, "
+                 f"slow-down level {th.level}")
+    for name, s in snap.sensors.items():
+        values = (s.latest or {}).get("values") or {}
         latest = ", ".join(f"{k}={_value(v)}" for k, v in list(values.items())[:4])
-        state = "up" if s["connected"] else f"DOWN ({s.get('last_error') or 'not connected'})"
+        state = "up" if s.connected else f"DOWN ({s.last_error or 'not connected'})"
         anomaly = ""
-        if s.get("anomaly") is not None:
-            anomaly = (", no window yet" if s.get("score") is None else
-                       f", score {s['score']:.2f}{' ANOMALY' if s['anomaly'] else ''}")
-        lines.append(f"  sensor {name}: {state} {s['port']} {s['protocol']}, {s['readings']} "
-                     f"readings, {s['parse_errors']} parse errors{anomaly}"
+        if s.anomaly is not None:
+            anomaly = (", no window yet" if s.score is None else
+                       f", score {s.score:.2f}{' ANOMALY' if s.anomaly else ''}")
+        lines.append(f"  sensor {name}: {state} {s.port} {s.protocol}, {s.readings} "
+                     f"readings, {s.parse_errors} parse errors{anomaly}"
                      f"{'; ' + latest if latest else ''}")
-    if snap.get("last_error"):
-        lines.append(f"  last error: {snap['last_error']}")
+    if snap.last_error:
+        lines.append(f"  last error: {snap.last_error}")
     return lines
 
 

@@ -49,6 +49,7 @@ from agent.pipeline.frames import CapturedFrame
 from agent.pipeline.queues import BoundedQueue, DropPolicy
 from agent.service.health import PipelineHealth
 from agent.service.notify import Notifier
+from agent.service.snapshot import HealthSnapshot
 from agent.service.status import serve as serve_status
 from agent.service.status import socket_path
 from agent.sources.capture import CaptureWorker, MotionGate
@@ -137,7 +138,7 @@ class AgentApp:
         self.topics = DeviceTopics(config.agent.site, config.agent.device_id)
         self.summary = RunSummary()
         self.health: PipelineHealth | None = None
-        self.latest_snapshot: dict[str, Any] | None = None
+        self.latest_snapshot: HealthSnapshot | None = None
         self._stop_deadline: threading.Timer | None = None
         self._held: Callable[[], tuple[int, int]] = lambda: (0, 0)
 
@@ -447,7 +448,8 @@ class AgentApp:
             finished.set()
 
         status_server = await serve_status(
-            socket_path(cfg.agent.state_dir, cfg.agent.status_socket), health.snapshot)
+            socket_path(cfg.agent.state_dir, cfg.agent.status_socket),
+            lambda: health.snapshot().to_json())
         metrics_server = None
         if cfg.metrics.prometheus_port:
             from agent.service.metrics import (

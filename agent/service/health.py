@@ -1,4 +1,5 @@
-"""One snapshot of the running pipeline, shared by telemetry, the status socket and metrics."""
+"""The running pipeline's health: the watchdog's stuck check, and the typed snapshot
+(agent.service.snapshot) shared by telemetry, the status socket, metrics and diag."""
 
 from __future__ import annotations
 
@@ -13,6 +14,20 @@ from agent.core.thermal import ThermalGovernor, ThermalReading
 from agent.inference.worker import InferenceWorker
 from agent.pipeline.frames import CapturedFrame
 from agent.pipeline.queues import BoundedQueue
+from agent.service.snapshot import (
+    BrokerHealth,
+    CaptureStage,
+    Eviction,
+    FrameQueue,
+    Health,
+    HealthSnapshot,
+    InferenceStage,
+    OutboxHealth,
+    Queues,
+    SensorHealth,
+    Stages,
+    ThermalHealth,
+)
 from agent.sources.capture import CaptureWorker, MotionGate
 from agent.storage.outbox import Outbox
 from agent.sync.mqtt import MqttLink
@@ -111,7 +126,8 @@ class PipelineHealth:
         """False when a stage is stuck (see ``problems``). Feeds the watchdog."""
         return not self.problems(stall_s, now)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> HealthSnapshot:
+        """The pipeline now, typed; its ``to_json()`` is what the status socket serves."""
         backlog, oldest = self.outbox.backlog()
         usage = self.outbox.usage()
         blobs, blob_bytes = self.uplink.blobs.backlog() if self.uplink.blobs else (0, 0)
@@ -119,85 +135,52 @@ class PipelineHealth:
         disk = shutil.disk_usage(self.outbox.path.parent)
         now = time.monotonic()
         problems = self.problems(self.stall_s, now)
-        return {
-            "state": self.state,
-            "health": {"status": "stuck" if problems else
-                       "degraded" if self.storage_error else "ok", "problems": problems},
-            "pid": os.getpid(),
-            "device": self.device,
-            "site": self.site,
-            "uptime_s": round(time.monotonic() - self.started, 1),
-            "fps": round(self.inference.fps(), 2),
-            "stages": {
-                "capture": {"alive": self.capture.alive, "source": self.source,
-                            "frames": cap.frames, "reconnects": cap.reconnects,
-                            "last_error": cap.last_error,
-                            "blocked_s": round(self.capture.blocked_for(now), 1),
-                            "skipped_static": self.gate.skipped if self.gate else 0},
-                "inference": {"alive": self.inference.alive, "model": self.model,
-                              "frames": inf.frames, "failures": inf.failures,
-                              "detections": inf.detections,
-                              "last_error": str(inf.fatal) if inf.fatal else None},
-            },
-            "queues": {"frames": {"depth": len(self.frames), "capacity": self.frames.maxsize,
-                                  "policy": self.frames.policy,
-                                  "dropped": self.frames.stats.dropped}},
-            "outbox": {"backlog": backlog,
-                       "oldest_unsent_s": round(oldest, 1) if oldest is not None else None,
-                       "published": self.uplink.acked, "ingested": self.uplink.ingested,
-                       "acks_ignored": self.uplink.acks_ignored,
-                       "acks_malformed": self.uplink.bad_acks,
-                       "blobs_waiting": blobs, "blob_bytes_waiting": blob_bytes,
-                       "chunks_sent": self.uplink.chunks_sent,
-                       "blobs_completed": self.uplink.blobs_completed,
-                       "disk_free_bytes": disk.free,
-                       "used_bytes": usage.used_bytes, "budget_bytes": usage.budget_bytes,
-                       "wal_bytes": usage.wal_bytes, "evictions": self.outbox.eviction_counts(),
-                       "quarantined": str(self.outbox.quarantined) if self.outbox.quarantined
-                       else None, "storage_error": self.storage_error,
-                       "storage_errors": self.storage_errors,
-                       "last_storage_error": self.last_storage_error,
-                       "results_held": self.results_held() if self.results_held else 0},
-            "broker": {"url": self.broker,
-                       "connected": bool(self.link and self.link.connected),
-                       "connects": self.link.connects if self.link else 0,
-                       "last_error": self.link.last_error if self.link else None},
-            "sensors": self.sensors.snapshot() if self.sensors is not None else {},
-            "thermal": {"temp_c": self.thermal.temp_c if self.thermal else None,
-                        "throttled": self.thermal.throttled if self.thermal else False,
-                        "level": self.governor.level},
-            "last_error": (self.storage_error or cap.last_error
-                           or (self.link.last_error if self.link else None)),
-        }
-
-    @staticmethod
-    def cache_report(snap: dict[str, Any]) -> dict[str, Any]:
-        """The outbox's disk budget figures, for telemetry and the retained status."""
-        o = snap["outbox"]
-        return {"used_bytes": o["used_bytes"], "budget_bytes": o["budget_bytes"],
-                "evictions": o["evictions"], "quarantined": o["quarantined"],
-                "storage_error": o["storage_error"]}
+        link = self.link
+        sensors = self.sensors.snapshot() if self.sensors is not None else {}
+        return HealthSnapshot(
+            state=self.state,
+            health=Health(status="stuck" if problems else
+                          "degraded" if self.storage_error else "ok", problems=tuple(problems)),
+            pid=os.getpid(), device=self.device, site=self.site,
+            uptime_s=round(time.monotonic() - self.started, 1),
+            fps=round(self.inference.fps(), 2),
+            stages=Stages(
+                capture=CaptureStage(
+                    alive=self.capture.alive, source=self.source, frames=cap.frames,
+                    reconnects=cap.reconnects, last_error=cap.last_error,
+                    blocked_s=round(self.capture.blocked_for(now), 1),
+                    skipped_static=self.gate.skipped if self.gate else 0),
+                inference=InferenceStage(
+                    alive=self.inference.alive, model=self.model, frames=inf.frames,
+                    failures=inf.failures, detections=inf.detections,
+                    last_error=str(inf.fatal) if inf.fatal else None)),
+            queues=Queues(frames=FrameQueue(
+                depth=len(self.frames), capacity=self.frames.maxsize, policy=self.frames.policy,
+                dropped=self.frames.stats.dropped)),
+            outbox=OutboxHealth(
+                backlog=backlog, oldest_unsent_s=round(oldest, 1) if oldest is not None else None,
+                published=self.uplink.acked, ingested=self.uplink.ingested,
+                acks_ignored=self.uplink.acks_ignored, acks_malformed=self.uplink.bad_acks,
+                blobs_waiting=blobs, blob_bytes_waiting=blob_bytes,
+                chunks_sent=self.uplink.chunks_sent, blobs_completed=self.uplink.blobs_completed,
+                disk_free_bytes=disk.free, used_bytes=usage.used_bytes,
+                budget_bytes=usage.budget_bytes, wal_bytes=usage.wal_bytes,
+                evictions={k: Eviction(records=v["records"], bytes=v["bytes"])
+                           for k, v in self.outbox.eviction_counts().items()},
+                quarantined=str(self.outbox.quarantined) if self.outbox.quarantined else None,
+                storage_error=self.storage_error, storage_errors=self.storage_errors,
+                last_storage_error=self.last_storage_error,
+                results_held=self.results_held() if self.results_held else 0),
+            broker=BrokerHealth(url=self.broker, connected=bool(link and link.connected),
+                                connects=link.connects if link else 0,
+                                last_error=link.last_error if link else None),
+            sensors={name: SensorHealth.from_json(s) for name, s in sensors.items()},
+            thermal=ThermalHealth(temp_c=self.thermal.temp_c if self.thermal else None,
+                                  throttled=self.thermal.throttled if self.thermal else False,
+                                  level=self.governor.level),
+            last_error=(self.storage_error or cap.last_error
+                        or (link.last_error if link else None)))
 
     def telemetry(self) -> dict[str, Any]:
         """The flat health record published on ``telemetry`` (schema lepton.telemetry v1)."""
-        snap = self.snapshot()
-        st = snap["stages"]
-        return {"fps": snap["fps"], "frames_captured": st["capture"]["frames"],
-                "frames_processed": st["inference"]["frames"],
-                "frames_dropped": snap["queues"]["frames"]["dropped"],
-                "queue_depth": {"frames": snap["queues"]["frames"]["depth"]},
-                "backlog": snap["outbox"]["backlog"],
-                "oldest_unsent_s": snap["outbox"]["oldest_unsent_s"],
-                "detections": st["inference"]["detections"],
-                "frames_skipped_static": st["capture"]["skipped_static"],
-                "source_reconnects": st["capture"]["reconnects"],
-                "source_error": st["capture"]["last_error"],
-                "cpu_temp_c": snap["thermal"]["temp_c"], "throttled": snap["thermal"]["throttled"],
-                "thermal_level": snap["thermal"]["level"],
-                "disk_free_bytes": snap["outbox"]["disk_free_bytes"],
-                "cache": self.cache_report(snap),
-                "acks_ignored": snap["outbox"]["acks_ignored"],
-                "health": snap["health"]["status"],
-                "storage_errors": snap["outbox"]["storage_errors"],
-                "last_storage_error": snap["outbox"]["last_storage_error"],
-                "uptime_s": snap["uptime_s"]}
+        return self.snapshot().telemetry()

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from agent.core.uri import is_loopback
 from agent.errors import AgentError
+from agent.service.snapshot import HealthSnapshot
 
 
 class MetricsUnavailable(AgentError):
@@ -41,15 +42,15 @@ def exposure_warning(host: str, port: int) -> str | None:
 class SnapshotCollector(Collector):
     """Exposes one snapshot as metrics named per Prometheus conventions (``lepton_*``)."""
 
-    def __init__(self, snapshot: Callable[[], dict[str, Any] | None]) -> None:
+    def __init__(self, snapshot: Callable[[], HealthSnapshot | None]) -> None:
         self.snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
         snap = self.snapshot()
-        if not snap:
+        if snap is None:
             return
-        st, q, ob, br, th = (snap["stages"], snap["queues"]["frames"], snap["outbox"],
-                             snap["broker"], snap["thermal"])
+        cap, inf = snap.stages.capture, snap.stages.inference
+        q, ob, br, th = snap.queues.frames, snap.outbox, snap.broker, snap.thermal
 
         def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
             return CounterMetricFamily(name, doc, value=value)
@@ -57,43 +58,41 @@ class SnapshotCollector(Collector):
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, doc, value=value)
 
-        yield counter("lepton_frames_captured", "Frames read from the source",
-                      st["capture"]["frames"])
-        yield counter("lepton_frames_processed", "Frames run through the model",
-                      st["inference"]["frames"])
+        yield counter("lepton_frames_captured", "Frames read from the source", cap.frames)
+        yield counter("lepton_frames_processed", "Frames run through the model", inf.frames)
         yield counter("lepton_frames_dropped", "Frames dropped by the frame queue's policy",
-                      q["dropped"])
+                      q.dropped)
         yield counter("lepton_frames_skipped_static", "Frames the motion gate skipped",
-                      st["capture"]["skipped_static"])
-        yield counter("lepton_detections", "Objects detected", st["inference"]["detections"])
-        yield counter("lepton_inference_failures", "Failed invokes", st["inference"]["failures"])
-        yield counter("lepton_source_reconnects", "Times the source was reopened",
-                      st["capture"]["reconnects"])
+                      cap.skipped_static)
+        yield counter("lepton_detections", "Objects detected", inf.detections)
+        yield counter("lepton_inference_failures", "Failed invokes", inf.failures)
+        yield counter("lepton_source_reconnects", "Times the source was reopened", cap.reconnects)
         yield counter("lepton_results_published", "Results acknowledged by the broker",
-                      ob["published"])
-        yield counter("lepton_results_ingested", "Results acknowledged by ingest", ob["ingested"])
+                      ob.published)
+        yield counter("lepton_results_ingested", "Results acknowledged by ingest", ob.ingested)
         yield counter("lepton_acks_ignored", "Ack ranges for seqs this device never assigned "
-                      "(a confused or forged ack)", ob.get("acks_ignored", 0))
+                      "(a confused or forged ack)", ob.acks_ignored)
         yield counter("lepton_storage_errors", "Outbox commits that failed (full or failing "
-                      "disk; results held in memory and retried)", ob.get("storage_errors", 0))
-        yield gauge("lepton_inference_fps", "Results per second over the last 10 s", snap["fps"])
-        yield gauge("lepton_frame_queue_depth", "Frames waiting for inference", q["depth"])
-        yield gauge("lepton_outbox_backlog_records", "Records not yet delivered", ob["backlog"])
+                      "disk; results held in memory and retried)", ob.storage_errors)
+        yield gauge("lepton_inference_fps", "Results per second over the last 10 s", snap.fps)
+        yield gauge("lepton_frame_queue_depth", "Frames waiting for inference", q.depth)
+        yield gauge("lepton_outbox_backlog_records", "Records not yet delivered", ob.backlog)
         yield gauge("lepton_outbox_oldest_unsent_seconds", "Age of the oldest undelivered record",
-                    ob["oldest_unsent_s"] or 0.0)
+                    ob.oldest_unsent_s or 0.0)
         yield gauge("lepton_disk_free_bytes", "Free bytes on the state directory's filesystem",
-                    ob["disk_free_bytes"])
+                    ob.disk_free_bytes)
         yield gauge("lepton_broker_connected", "1 when connected to the broker",
-                    1.0 if br["connected"] else 0.0)
-        if th["temp_c"] is not None:
-            yield gauge("lepton_cpu_temperature_celsius", "CPU temperature", th["temp_c"])
+                    1.0 if br.connected else 0.0)
+        if th.temp_c is not None:
+            yield gauge("lepton_cpu_temperature_celsius", "CPU temperature", th.temp_c)
         yield gauge("lepton_cpu_throttled", "1 when the SoC reports throttling",
-                    1.0 if th["throttled"] else 0.0)
-        yield gauge("lepton_thermal_level", "0 full rate; each level halves inference", th["level"])
-        yield gauge("lepton_uptime_seconds", "Seconds since the agent started", snap["uptime_s"])
+                    1.0 if th.throttled else 0.0)
+        yield gauge("lepton_thermal_level", "0 full rate; each level halves inference", th.level)
+        yield gauge("lepton_uptime_seconds", "Seconds since the agent started", snap.uptime_s)
 
 
-def start_metrics_server(host: str, port: int, snapshot: Callable[[], dict[str, Any] | None]) -> Any:
+def start_metrics_server(host: str, port: int,
+                         snapshot: Callable[[], HealthSnapshot | None]) -> Any:
     """Serve /metrics on host:port in a daemon thread; returns the server. Raises
     MetricsUnavailable naming host:port and what to do when it cannot listen there."""
     registry = CollectorRegistry()

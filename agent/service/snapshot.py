@@ -1,0 +1,264 @@
+"""The typed health snapshot: what the running agent reports about itself.
+
+``PipelineHealth.snapshot()`` builds one; the status socket serves its ``to_json()``, metrics
+read its fields, telemetry is its ``telemetry()``, and ``lepton-agent status`` reads the
+socket's JSON back with ``HealthSnapshot.from_json``. The JSON form is the status socket's and
+diag's ``status.json``, unchanged: ``to_json(from_json(x)) == x``. Importing this module loads
+nothing else of the project (the status command imports it without the runtime)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, Literal
+
+HealthStatus = Literal["ok", "degraded", "stuck"]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON types: dataclasses as objects in field order, tuples as lists."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Health:
+    """stuck: a stage made no progress for the stall time (``problems`` say which);
+    degraded: commits fail and results are held in memory."""
+
+    status: HealthStatus
+    problems: tuple[str, ...]
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Health:
+        return cls(status=d["status"], problems=tuple(d["problems"]))
+
+
+@dataclass(frozen=True)
+class CaptureStage:
+    alive: bool
+    source: str
+    frames: int
+    reconnects: int
+    last_error: str | None
+    blocked_s: float
+    skipped_static: int
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> CaptureStage:
+        return cls(alive=d["alive"], source=d["source"], frames=d["frames"],
+                   reconnects=d["reconnects"], last_error=d["last_error"],
+                   blocked_s=d["blocked_s"], skipped_static=d["skipped_static"])
+
+
+@dataclass(frozen=True)
+class InferenceStage:
+    alive: bool
+    model: str
+    frames: int
+    failures: int
+    detections: int
+    last_error: str | None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> InferenceStage:
+        return cls(alive=d["alive"], model=d["model"], frames=d["frames"],
+                   failures=d["failures"], detections=d["detections"],
+                   last_error=d["last_error"])
+
+
+@dataclass(frozen=True)
+class Stages:
+    capture: CaptureStage
+    inference: InferenceStage
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Stages:
+        return cls(capture=CaptureStage.from_json(d["capture"]),
+                   inference=InferenceStage.from_json(d["inference"]))
+
+
+@dataclass(frozen=True)
+class FrameQueue:
+    depth: int
+    capacity: int
+    policy: str
+    dropped: int
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> FrameQueue:
+        return cls(depth=d["depth"], capacity=d["capacity"], policy=d["policy"],
+                   dropped=d["dropped"])
+
+
+@dataclass(frozen=True)
+class Queues:
+    frames: FrameQueue
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Queues:
+        return cls(frames=FrameQueue.from_json(d["frames"]))
+
+
+@dataclass(frozen=True)
+class Eviction:
+    """Undelivered items of one class the disk budget dropped."""
+
+    records: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class OutboxHealth:
+    backlog: int
+    oldest_unsent_s: float | None
+    published: int
+    ingested: int
+    acks_ignored: int
+    acks_malformed: int
+    blobs_waiting: int
+    blob_bytes_waiting: int
+    chunks_sent: int
+    blobs_completed: int
+    disk_free_bytes: int
+    used_bytes: int
+    budget_bytes: int | None
+    wal_bytes: int
+    evictions: dict[str, Eviction]
+    quarantined: str | None
+    storage_error: str | None
+    storage_errors: int
+    last_storage_error: str | None
+    results_held: int
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> OutboxHealth:
+        return cls(
+            backlog=d["backlog"], oldest_unsent_s=d["oldest_unsent_s"],
+            published=d["published"], ingested=d["ingested"], acks_ignored=d["acks_ignored"],
+            acks_malformed=d["acks_malformed"], blobs_waiting=d["blobs_waiting"],
+            blob_bytes_waiting=d["blob_bytes_waiting"], chunks_sent=d["chunks_sent"],
+            blobs_completed=d["blobs_completed"], disk_free_bytes=d["disk_free_bytes"],
+            used_bytes=d["used_bytes"], budget_bytes=d["budget_bytes"],
+            wal_bytes=d["wal_bytes"],
+            evictions={k: Eviction(records=v["records"], bytes=v["bytes"])
+                       for k, v in d["evictions"].items()},
+            quarantined=d["quarantined"], storage_error=d["storage_error"],
+            storage_errors=d["storage_errors"], last_storage_error=d["last_storage_error"],
+            results_held=d["results_held"])
+
+
+@dataclass(frozen=True)
+class BrokerHealth:
+    url: str | None
+    connected: bool
+    connects: int
+    last_error: str | None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> BrokerHealth:
+        return cls(url=d["url"], connected=d["connected"], connects=d["connects"],
+                   last_error=d["last_error"])
+
+
+@dataclass(frozen=True)
+class SensorHealth:
+    """One serial sensor; ``latest`` is its last reading ({"ts", "values"}) or None."""
+
+    port: str
+    protocol: str
+    baud: int
+    connected: bool
+    bytes: int
+    readings: int
+    parse_errors: int
+    last_parse_error: str | None
+    reconnects: int
+    last_error: str | None
+    latest: dict[str, Any] | None
+    windows: int
+    score: float | None
+    anomaly: bool | None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SensorHealth:
+        return cls(port=d["port"], protocol=d["protocol"], baud=d["baud"],
+                   connected=d["connected"], bytes=d["bytes"], readings=d["readings"],
+                   parse_errors=d["parse_errors"], last_parse_error=d["last_parse_error"],
+                   reconnects=d["reconnects"], last_error=d["last_error"], latest=d["latest"],
+                   windows=d["windows"], score=d["score"], anomaly=d["anomaly"])
+
+
+@dataclass(frozen=True)
+class ThermalHealth:
+    temp_c: float | None
+    throttled: bool
+    level: int
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ThermalHealth:
+        return cls(temp_c=d["temp_c"], throttled=d["throttled"], level=d["level"])
+
+
+@dataclass(frozen=True)
+class HealthSnapshot:
+    """The whole pipeline at one moment."""
+
+    state: str
+    health: Health
+    pid: int
+    device: str
+    site: str
+    uptime_s: float
+    fps: float
+    stages: Stages
+    queues: Queues
+    outbox: OutboxHealth
+    broker: BrokerHealth
+    sensors: dict[str, SensorHealth]
+    thermal: ThermalHealth
+    last_error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The status socket's JSON object (same keys, order and values as ever)."""
+        out: dict[str, Any] = _plain(self)
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> HealthSnapshot:
+        """A snapshot read back from the status socket. Raises KeyError or TypeError when
+        ``d`` lacks a field (an agent of another version)."""
+        return cls(
+            state=d["state"], health=Health.from_json(d["health"]), pid=d["pid"],
+            device=d["device"], site=d["site"], uptime_s=d["uptime_s"], fps=d["fps"],
+            stages=Stages.from_json(d["stages"]), queues=Queues.from_json(d["queues"]),
+            outbox=OutboxHealth.from_json(d["outbox"]), broker=BrokerHealth.from_json(d["broker"]),
+            sensors={k: SensorHealth.from_json(v) for k, v in d["sensors"].items()},
+            thermal=ThermalHealth.from_json(d["thermal"]), last_error=d["last_error"])
+
+    def cache(self) -> dict[str, Any]:
+        """The outbox's disk budget figures, for telemetry and the retained status."""
+        o = self.outbox
+        return {"used_bytes": o.used_bytes, "budget_bytes": o.budget_bytes,
+                "evictions": _plain(o.evictions), "quarantined": o.quarantined,
+                "storage_error": o.storage_error}
+
+    def telemetry(self) -> dict[str, Any]:
+        """The flat health record published on ``telemetry`` (schema lepton.telemetry v1)."""
+        cap, inf = self.stages.capture, self.stages.inference
+        q, o, th = self.queues.frames, self.outbox, self.thermal
+        return {"fps": self.fps, "frames_captured": cap.frames,
+                "frames_processed": inf.frames, "frames_dropped": q.dropped,
+                "queue_depth": {"frames": q.depth}, "backlog": o.backlog,
+                "oldest_unsent_s": o.oldest_unsent_s, "detections": inf.detections,
+                "frames_skipped_static": cap.skipped_static,
+                "source_reconnects": cap.reconnects, "source_error": cap.last_error,
+                "cpu_temp_c": th.temp_c, "throttled": th.throttled, "thermal_level": th.level,
+                "disk_free_bytes": o.disk_free_bytes, "cache": self.cache(),
+                "acks_ignored": o.acks_ignored, "health": self.health.status,
+                "storage_errors": o.storage_errors, "last_storage_error": o.last_storage_error,
+                "uptime_s": self.uptime_s}
