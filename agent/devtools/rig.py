@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from agent.config import load_config
 from agent.devtools.mosquitto import LocalBroker
 from agent.errors import AgentError
 from agent.paths import resolve_model
+from agent.service.status import query, socket_path
 
 DEFAULT_MODEL = resolve_model(Path("models/lepton-vehicles-tiny"))
 
@@ -44,25 +44,6 @@ def wait_for_file(path: Path, process: subprocess.Popen[str], timeout: float,
         if time.monotonic() > deadline:
             raise AgentError(f"{what} did not subscribe within {timeout:.0f}s")
         time.sleep(0.05)
-
-
-def query_status(path: Path, timeout: float = 2.0) -> dict[str, Any] | None:
-    """A running agent's snapshot from its status socket (the agent writes its JSON and closes),
-    or None when nothing answers at ``path``."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(str(path))
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-    except OSError:
-        return None
-    try:
-        data: dict[str, Any] = json.loads(b"".join(chunks))
-    except json.JSONDecodeError:
-        return None
-    return data
 
 
 def write_agent_config(path: Path, *, device_id: str, site: str, state_dir: Path,
@@ -262,10 +243,8 @@ class AgentProcess(_Process):
         self.socket: Path | None = None
         if config is not None:
             agent = load_config(config).agent
-            # Where the agent binds it (service.status.socket_path), in the env it runs with.
-            runtime = self.env.get("RUNTIME_DIRECTORY", "").split(":")[0]
-            self.socket = agent.status_socket or (
-                Path(runtime) / "status.sock" if runtime else agent.state_dir / "agent.sock")
+            # Where the agent binds it, in the environment it runs with.
+            self.socket = socket_path(agent.state_dir, agent.status_socket, self.env)
 
     def start(self) -> AgentProcess:
         self._spawn()
@@ -289,7 +268,7 @@ class AgentProcess(_Process):
                              "unknown", fix="start it with a config")
         if not self.running:
             raise AgentError(f"agent exited with status {self.returncode}:\n{self.log}")
-        return query_status(self.socket)
+        return query(self.socket)
 
     def wait_status(self, predicate: Callable[[dict[str, Any]], bool], what: str,
                     timeout: float = 60.0) -> dict[str, Any]:

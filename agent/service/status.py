@@ -7,18 +7,20 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from agent.errors import AgentError
 
 
-def socket_path(state_dir: Path, configured: Path | None = None) -> Path:
-    """Where the status socket lives: configured, else systemd's RuntimeDirectory, else state_dir."""
+def socket_path(state_dir: Path, configured: Path | None = None,
+                environ: Mapping[str, str] | None = None) -> Path:
+    """Where the status socket lives: configured, else systemd's RuntimeDirectory (from
+    ``environ``, this process's by default), else state_dir."""
     if configured:
         return configured
-    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    runtime = (os.environ if environ is None else environ).get("RUNTIME_DIRECTORY", "").split(":")[0]
     return Path(runtime) / "status.sock" if runtime else state_dir / "agent.sock"
 
 
