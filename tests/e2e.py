@@ -51,6 +51,26 @@ def write_config(tmp_path: Path, broker_url: str, device: str, grace: float = 8.
                               model=DEFAULT_MODEL, grace=grace, ack_timeout_s=2)
 
 
+def write_offline_config(tmp_path: Path, source: str, *, source_extra: str = "",
+                         extra: str = "") -> Path:
+    """An offline agent (no broker) on the default model, one thread, a 1 s grace."""
+    config = tmp_path / "agent.toml"
+    config.write_text(f"""
+[agent]
+state_dir = "{tmp_path / 'state'}"
+shutdown_grace_s = 1
+[model]
+path = "{DEFAULT_MODEL}"
+num_threads = 1
+[source]
+uri = "{source}"
+{source_extra}
+[mqtt]
+broker = ""
+{extra}""")
+    return config
+
+
 # Every process the rig helpers below start, killed after each test by conftest's reaper.
 RUNNING: list[subprocess.Popen[str]] = []
 

@@ -25,8 +25,7 @@ from agent.schemas import load_schema
 from agent.service.health import SOURCE_OPEN_STALL_S, PipelineHealth
 from agent.service.snapshot import HealthSnapshot, ThermalHealth
 from agent.sources.capture import CaptureWorker
-from tests.conftest import DEFAULT_MODEL
-from tests.e2e import AgentProcess, wait_for
+from tests.e2e import AgentProcess, wait_for, write_offline_config
 
 STALL = 10.0
 
@@ -167,20 +166,7 @@ def _key_paths(d: dict[str, Any], prefix: str = "") -> list[str]:
 def _live_snapshot(tmp_path: Path) -> dict[str, Any]:
     """The status socket's answer of a real agent (synthetic camera, offline) with frames
     processed."""
-    config = tmp_path / "agent.toml"
-    config.write_text(f"""
-[agent]
-state_dir = "{tmp_path / 'state'}"
-shutdown_grace_s = 1
-[model]
-path = "{DEFAULT_MODEL}"
-num_threads = 1
-[source]
-uri = "synthetic://160x120@20"
-[mqtt]
-broker = ""
-""")
-    agent = AgentProcess(config)
+    agent = AgentProcess(write_offline_config(tmp_path, "synthetic://160x120@20"))
     try:
         return agent.wait_status(lambda s: s["stages"]["inference"]["frames"] >= 3,
                                  "frames processed", timeout=120)

@@ -13,8 +13,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import DEFAULT_MODEL
-from tests.e2e import AgentProcess, wait_for
+from tests.e2e import AgentProcess, wait_for, write_offline_config
 from tests.mjpeg_camera import MjpegCamera
 
 WATCHDOG_S = 3.0  # the agent pings every third of it
@@ -82,19 +81,7 @@ def test_watchdog_is_starved_when_a_source_read_hangs(tmp_path: Path) -> None:
     can tell. The pings must stop once the read has been blocked for the stall time, while
     the process stays alive and its event loop answers the status socket."""
     camera = MjpegCamera().start()
-    config = tmp_path / "agent.toml"
-    config.write_text(f"""
-[agent]
-state_dir = "{tmp_path / 'state'}"
-shutdown_grace_s = 1
-[model]
-path = "{DEFAULT_MODEL}"
-num_threads = 1
-[source]
-uri = "{camera.url}"
-[mqtt]
-broker = ""
-""")
+    config = write_offline_config(tmp_path, camera.url)
     notify = NotifyListener()
     agent = AgentProcess(config, env=notify.env(WATCHDOG_S))
     try:
@@ -133,23 +120,9 @@ def test_watchdog_stays_fed_while_every_commit_fails(tmp_path: Path) -> None:
     and frames wait in the queue. That is a storage problem, not a hang: the outbox writer
     keeps retrying, so the pings keep coming for several stall periods, and the status
     reports the health as degraded with the storage errors counted."""
-    config = tmp_path / "agent.toml"
-    config.write_text(f"""
-[agent]
-state_dir = "{tmp_path / 'state'}"
-shutdown_grace_s = 1
-[model]
-path = "{DEFAULT_MODEL}"
-num_threads = 1
-[source]
-uri = "synthetic://96x64@30"
-pace = "fast"
-drop_policy = "block"
-[mqtt]
-broker = ""
-[outbox]
-budget_bytes = 262144
-""")
+    config = write_offline_config(tmp_path, "synthetic://96x64@30",
+                                  source_extra='pace = "fast"\ndrop_policy = "block"',
+                                  extra="[outbox]\nbudget_bytes = 262144")
     notify = NotifyListener()
     agent = AgentProcess(config, env=notify.env(WATCHDOG_S), preexec_fn=_limit_file_size)
     try:
