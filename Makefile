@@ -70,10 +70,12 @@ test-all: setup
 ## Files are capped at 2 GiB (ulimit -f): a mutant of the disk reserve once wrote 79 GB.
 MUTANT_JOBS ?= 2
 mutants: setup
-	rm -rf mutants && mkdir -p build
+	rm -rf mutants build/mutants-tmp && mkdir -p build/mutants-tmp
 	ulimit -f 2097152 && LEPTON_SHARED=$${LEPTON_SHARED:-$(abspath $(CURDIR)/..)/shared} \
+	  TMPDIR=$(CURDIR)/build/mutants-tmp \
 	  $(VENV)/bin/mutmut run --max-children $(MUTANT_JOBS) > build/mutants.log 2>&1 \
-	  || { tr '\r' '\n' < build/mutants.log | tail -n 40; exit 1; }
+	  || { rm -rf build/mutants-tmp; tr '\r' '\n' < build/mutants.log | tail -n 40; exit 1; }
+	rm -rf build/mutants-tmp
 	@tr '\r' '\n' < build/mutants.log | grep -a 'mutations/second' || true
 	$(VENV)/bin/mutmut export-cicd-stats >/dev/null
 	$(PY) tests/mutation_score.py --mutmut $(VENV)/bin/mutmut
