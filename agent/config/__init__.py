@@ -1,6 +1,7 @@
-"""Typed configuration: schema, loader (TOML, board overlay, CLI overrides, secrets)."""
+"""Typed configuration: schema, loader (TOML, board overlay, CLI overrides, secrets), pipelines."""
 
 from agent.config.loader import BOARDS_DIR, Secrets, load_config
-from agent.config.schema import AgentConfig
+from agent.config.pipelines import PipelineSpec
+from agent.config.schema import AgentConfig, PipelineSection
 
-__all__ = ["BOARDS_DIR", "AgentConfig", "Secrets", "load_config"]
+__all__ = ["BOARDS_DIR", "AgentConfig", "PipelineSection", "PipelineSpec", "Secrets", "load_config"]

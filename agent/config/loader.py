@@ -16,7 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.config.schema import AgentConfig
+from agent.config.pipelines import label, problems
+from agent.config.schema import PIPELINES, AgentConfig, PipelineSection
 from agent.errors import ConfigError
 from agent.paths import shared_dir
 
@@ -88,6 +89,8 @@ def find_key_line(text: str, path: tuple[str, ...]) -> int | None:
             full = table
         elif header:
             table = _split_dotted(header.group(1))
+            if table[0] in arrays and len(table) > 1:  # [pipelines.motion]: of the last [[pipelines]]
+                table = [table[0], str(arrays[table[0]] - 1), *table[1:]]
             full = table
         else:
             key = _KEY.match(line)
@@ -189,9 +192,13 @@ def _check_tables(layers: list[Layer]) -> None:
                                   fix=f"write it as [{name}] followed by its keys")
 
 
-def _error_for(exc: ValidationError, layers: list[Layer]) -> ConfigError:
+def _error_for(exc: ValidationError, layers: list[Layer], prefix: tuple[str, ...] = (),
+               pipelines: Any = None) -> ConfigError:
+    """The first error of ``exc`` as a ConfigError naming the layer, key and line. ``prefix``:
+    where the validated value sits (``pipelines``), ``pipelines`` the merged list, to name the
+    pipeline an error is in."""
     first = exc.errors()[0]
-    path = tuple(str(p) for p in first["loc"])
+    path = prefix + tuple(str(p) for p in first["loc"])
     keyed = _KEYED_MESSAGE.match(first["msg"].removeprefix("Value error, "))
     if not path and keyed:  # a check across sections names the key it is about
         path = tuple(keyed.group(1).split("."))
@@ -207,9 +214,12 @@ def _error_for(exc: ValidationError, layers: list[Layer]) -> ConfigError:
             return ConfigError("secrets are never read from the config file", file=where, key=key,
                                line=line, fix="remove it and put it in $CREDENTIALS_DIRECTORY/"
                                "mqtt-password (systemd LoadCredential=)")
-        return ConfigError("unknown key", file=where, key=key, line=line,
+        return ConfigError("unknown key" + (f" in {_which(pipelines, path)}" if prefix else ""),
+                           file=where, key=key, line=line,
                            fix="remove it or check its spelling against docs/config.md")
     message = first["msg"].removeprefix("Value error, ")
+    if prefix and len(path) > 1:
+        message = f"{_which(pipelines, path)}: {message}"
     if keyed:
         message = message[keyed.end():]
     if first["type"] == "path_type":
@@ -225,6 +235,50 @@ def _error_for(exc: ValidationError, layers: list[Layer]) -> ConfigError:
                        fix="correct the value; `lepton-agent config check FILE` re-checks")
 
 
+def _which(pipelines: Any, path: tuple[str, ...]) -> str:
+    """``pipelines[1] (stream "south")`` for a key path ``pipelines.1...``."""
+    index = int(path[1]) if len(path) > 1 and path[1].isdigit() else 0
+    entry = pipelines[index] if isinstance(pipelines, list) and index < len(pipelines) else {}
+    return label(index, entry.get("stream") if isinstance(entry, dict) else None)
+
+
+def _located(layers: list[Layer], path: tuple[str, ...]) -> tuple[Layer | None, int | None]:
+    layer = next((lay for lay in reversed(layers) if _has_path(lay.data, path)), None)
+    line = find_key_line(layer.text, path) if layer and layer.text else None
+    return layer, line
+
+
+def _check_pipelines(data: Any, layers: list[Layer],
+                     overlay: Layer | None) -> tuple[PipelineSection, ...]:
+    """Validate the ``[[pipelines]]`` tables (``data``) with errors naming the pipeline, and
+    refuse ``source.uri``/``source.stream`` set beside them by the file or a flag (a board's
+    source is only a default)."""
+    if not isinstance(data, list) or not all(isinstance(entry, dict) for entry in data):
+        layer, line = _located(layers, ("pipelines",))
+        raise ConfigError(f"should be an array of tables, not {_shown(data)}",
+                          file=layer.name if layer else None, key="pipelines", line=line,
+                          fix="write each pipeline as a [[pipelines]] table (stream, source, ...)")
+    try:
+        sections = tuple(PIPELINES.validate_python(data))
+    except ValidationError as exc:
+        raise _error_for(exc, layers, ("pipelines",), data) from exc
+    where, _ = _located(layers, ("pipelines",))
+    for key in ("uri", "stream"):
+        for layer in reversed(layers):
+            # a board's source is only a default, like the built-in one
+            if layer is overlay or not _has_path(layer.data, ("source", key)):
+                continue
+            written = f"[[pipelines]] in {where.name}" if where else "[[pipelines]]"
+            raise ConfigError(
+                f"source.{key} is set together with {written}, and each pipeline names its own "
+                f"{'source' if key == 'uri' else 'stream'}", file=layer.name,
+                key=f"source.{key}", line=find_key_line(layer.text, ("source", key))
+                if layer.text else None,
+                fix=("drop the flag and " if layer.text is None else "") +
+                "put the source in a [[pipelines]] table, or drop [[pipelines]]")
+    return sections
+
+
 def load_config(
     path: Path | None = None,
     *,
@@ -238,6 +292,7 @@ def load_config(
     board_name = board or _table(cli_layer.data, "agent").get("board") or (
         _table(file_layer.data, "agent").get("board") if file_layer else None)
     layers: list[Layer] = []
+    overlay: Layer | None = None
     if board_name:
         if not isinstance(board_name, str):
             raise ConfigError("must be a string", key="agent.board",
@@ -259,10 +314,19 @@ def load_config(
         merged = _merge(merged, layer.data)
     if board_name and isinstance(merged.setdefault("agent", {}), dict):
         merged["agent"]["board"] = board_name
+    sections = _check_pipelines(merged.pop("pipelines"), layers, overlay) \
+        if "pipelines" in merged else None
     try:
         config = AgentConfig.model_validate(merged)
     except ValidationError as exc:
         raise _error_for(exc, layers) from exc
+    if sections is not None:
+        config = config.with_pipelines(sections, check=False)
+        for problem in problems(config)[:1]:
+            keys = ("pipelines", *((str(problem.index), problem.key) if problem.key else ()))
+            where, line = _located(layers, keys)
+            raise ConfigError(problem.message, file=where.name if where else None,
+                              key=".".join(keys), line=line, fix=problem.fix)
     _check_files(config, layers)
     return config
 

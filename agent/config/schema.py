@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from agent.core.contract.topics import check_segment
 from agent.core.outbox import DEFAULT_PRIORITIES
 from agent.core.uri import parse_broker, parse_sensor_uri, parse_source
+
+if TYPE_CHECKING:
+    from agent.config.pipelines import PipelineSpec
 
 
 class _Section(BaseModel):
@@ -39,6 +57,8 @@ class AgentSection(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_grace_s: float = Field(5.0, ge=0, le=600)
     status_socket: LaxPath | None = None
+    # Interpreter threads all pipelines may run at once; 0: os.cpu_count(). 4096: no board has more.
+    thread_budget: int = Field(0, ge=0, le=4096)
 
     @field_validator("device_id", "site")
     @classmethod
@@ -197,8 +217,51 @@ class KernelsSection(_Section):
     preprocess: Literal["native", "opencv"] = "native"
 
 
+class PipelineSection(_Section):
+    """One ``[[pipelines]]`` table: a stream name, a capture source and (optionally) a model.
+
+    Every optional key left out (None) takes the matching key of ``[source]``, ``[model]`` or
+    ``[motion]`` (``agent.config.pipelines.resolve``); ``motion`` keys it sets override only
+    those keys of ``[motion]``."""
+
+    stream: str
+    source: str
+    model: LaxPath | None = None
+    threads: int | None = Field(None, ge=1, le=64)
+    pace: Literal["auto", "realtime", "fast"] | None = None
+    drop_policy: DropPolicy | Literal["auto"] | None = None
+    queue_size: int | None = Field(None, ge=1, le=1024)
+    loop: bool | None = None
+    max_frames: int | None = Field(None, ge=0, le=10**12)
+    labels: LaxPath | None = None
+    score_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    attach_sensors: list[str] | None = None
+    motion: MotionSection | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        parse_source(value)
+        return value
+
+    @field_validator("stream")
+    @classmethod
+    def _stream(cls, value: str) -> str:
+        return check_segment("stream", value)
+
+
+PIPELINES = TypeAdapter(list[PipelineSection])
+
+
 class AgentConfig(_Section):
-    """The whole configuration of one agent."""
+    """The whole configuration of one agent.
+
+    ``[[pipelines]]`` is kept beside the fields (``pipelines``), not as one of them: every field
+    of this model is a ``[section]`` table (or the ``[[sensors]]`` list), which the loader and
+    the schema-driven tests rely on. It is accepted by ``model_validate`` and shown by
+    ``model_dump`` as a key ``pipelines`` all the same."""
+
+    _pipelines: tuple[PipelineSection, ...] | None = PrivateAttr(default=None)
 
     agent: AgentSection = AgentSection()
     source: SourceSection = SourceSection()
@@ -221,3 +284,67 @@ class AgentConfig(_Section):
             raise ValueError(f"source.attach_sensors: names {', '.join(missing)}, which no "
                              f"[[sensors]] entry is called (sensors: {', '.join(sorted(names)) or 'none'})")
         return self
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _take_pipelines(cls, data: Any, handler: ModelWrapValidatorHandler[AgentConfig]) -> AgentConfig:
+        if not (isinstance(data, dict) and "pipelines" in data):
+            return handler(data)
+        rest = {k: v for k, v in data.items() if k != "pipelines"}
+        config = handler(rest)
+        try:
+            sections = PIPELINES.validate_python(data["pipelines"])
+        except ValidationError as exc:  # the loader validates them first, with file and line
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in ("pipelines", *first["loc"]))
+            raise ValueError(f"{where}: {first['msg']}") from None
+        return config.with_pipelines(sections)
+
+    @model_serializer(mode="wrap")
+    def _show_pipelines(self, handler: SerializerFunctionWrapHandler,
+                        info: SerializationInfo) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self._pipelines is not None:
+            data["pipelines"] = [p.model_dump(mode=info.mode, exclude_unset=True)
+                                 for p in self._pipelines]
+        return data
+
+    @property
+    def pipelines(self) -> tuple[PipelineSection, ...] | None:
+        """The ``[[pipelines]]`` tables as written, or None when there are none (then
+        ``[source]`` and ``[model]`` make the one pipeline)."""
+        return self._pipelines
+
+    def with_pipelines(self, sections: list[PipelineSection] | tuple[PipelineSection, ...],
+                       *, check: bool = True) -> AgentConfig:
+        """A copy of this config with these ``[[pipelines]]``; ``check``: refuse (ConfigError)
+        what ``agent.config.pipelines.problems`` finds (duplicate streams, a shared camera,
+        threads over the budget, unknown sensors, no pipeline)."""
+        from agent.config.pipelines import raise_first_problem
+
+        copy = self.model_copy()
+        copy._pipelines = tuple(sections)
+        if check:
+            raise_first_problem(copy)
+        return copy
+
+    def thread_budget(self) -> int:
+        """Interpreter threads all pipelines may run at once: ``agent.thread_budget``, or the
+        number of CPU cores when it is 0; at least 1."""
+        from agent.config.pipelines import thread_budget
+
+        return thread_budget(self)
+
+    def pipeline_specs(self) -> tuple[PipelineSpec, ...]:
+        """Every pipeline, resolved against ``[source]``/``[model]``/``[motion]``, in config order
+        (one from ``[source]`` and ``[model]`` when there is no ``[[pipelines]]``)."""
+        from agent.config.pipelines import pipeline_specs
+
+        return pipeline_specs(self)
+
+    def resolve_pipeline(self, section: PipelineSection) -> PipelineSpec:
+        """A pipeline added at run time, with the same defaults and checks as a configured one
+        (counted as one more pipeline); ConfigError when it clashes with the configured ones."""
+        from agent.config.pipelines import resolve_added
+
+        return resolve_added(self, section)
