@@ -22,7 +22,8 @@ from agent.errors import AgentError
 from agent.pipeline.frames import CapturedFrame
 from agent.pipeline.queues import BoundedQueue
 from agent.schemas import load_schema
-from agent.service.health import SOURCE_OPEN_STALL_S, PipelineHealth
+from agent.service.health import RuntimeHealth, StorageState
+from agent.service.pipelines import SOURCE_OPEN_STALL_S, StageWatch
 from agent.service.snapshot import HealthSnapshot, ThermalHealth
 from agent.sources.capture import CaptureWorker
 from tests.e2e import AgentProcess, wait_for, write_offline_config
@@ -51,12 +52,15 @@ class HangingReader:
         pass
 
 
-def _health(capture: Any, frames: Any, held: list[int] | None = None) -> PipelineHealth:
+def _health(capture: Any, frames: Any, held: list[int] | None = None) -> RuntimeHealth:
+    """The agent's health over one pipeline (stream cam0) with these stages."""
     inference = SimpleNamespace(stats=SimpleNamespace(frames=0))
-    return PipelineHealth("d", "s", "rtsp://cam/stream", "m", capture, inference,  # type: ignore[arg-type]
-                          frames, None, None, None, None, ThermalGovernor(), 0.0, None,  # type: ignore[arg-type]
-                          results_held=(lambda: len(held)) if held is not None else None,
-                          result_slots=4)
+    watch = StageWatch("rtsp://cam/stream", capture, inference, frames)  # type: ignore[arg-type]
+    pipeline = SimpleNamespace(stream="cam0", watch=watch, done=threading.Event())
+    return RuntimeHealth("d", "s", [pipeline], None, None, None,  # type: ignore[arg-type]
+                         ThermalGovernor(), 0.0, None, StorageState(),
+                         results_held=(lambda: len(held)) if held is not None else None,
+                         result_slots=4)
 
 
 def test_a_read_that_never_returns_is_stuck_even_with_an_empty_frame_queue() -> None:
@@ -119,18 +123,18 @@ def test_a_failing_storage_holds_inference_back_without_starving_the_watchdog() 
                               blocked_for=lambda now: 0.0, busy_with="")
     held = [1, 2, 3]
     h = _health(capture, frames, held)
-    h.writer_went_round(retry_at=0.0, now=100.0)
+    h.storage.went_round(retry_at=0.0, now=100.0)
     assert h.healthy(STALL, now=100.0)
-    h.storage_failed("cannot commit records: disk full")
+    h.storage.failed("cannot commit records: disk full")
     assert not h.healthy(STALL, now=111.0)  # slots free, inference idle: a hang of its own
     held.append(4)  # every slot holds a result the storage has not taken
-    h.writer_went_round(retry_at=115.0, now=105.0)  # retrying, the next try in 10 s
+    h.storage.went_round(retry_at=115.0, now=105.0)  # retrying, the next try in 10 s
     assert h.healthy(STALL, now=124.0)
     assert h.problems(STALL, now=126.0) == ["outbox writer: no commit attempt for 11s"]
-    h.writer_went_round(retry_at=0.0, now=126.0)
+    h.storage.went_round(retry_at=0.0, now=126.0)
     assert h.healthy(STALL, now=130.0)
-    assert (h.storage_errors, h.last_storage_error) == (1, "cannot commit records: disk full")
-    h.writer_stopped()  # the writer ended (stopping): no longer watched
+    assert (h.storage.errors, h.storage.last_error) == (1, "cannot commit records: disk full")
+    h.storage.stopped()  # the writer ended (stopping): no longer watched
     assert h.healthy(STALL, now=1000.0)
 
 
@@ -143,7 +147,7 @@ STATUS_KEYS = [
     "stages.inference", *(f"stages.inference.{k}" for k in (
         "alive", "model", "frames", "failures", "detections", "last_error")),
     "queues", "queues.frames", *(f"queues.frames.{k}" for k in (
-        "depth", "capacity", "policy", "dropped")),
+        "depth", "capacity", "policy", "dropped")), "pipelines",
     "outbox", *(f"outbox.{k}" for k in (
         "backlog", "oldest_unsent_s", "published", "ingested", "acks_ignored", "acks_malformed",
         "blobs_waiting", "blob_bytes_waiting", "chunks_sent", "blobs_completed",

@@ -125,15 +125,20 @@ def test_hot_board_slows_inference_and_reports_it(tmp_path: Path) -> None:
 def test_watchdog_health_detects_a_stuck_stage() -> None:
     from types import SimpleNamespace
 
-    from agent.core.thermal import ThermalGovernor
-    from agent.service.health import PipelineHealth
+    from agent.service.pipelines import StageWatch
 
     frames: list[int] = []
     inference = SimpleNamespace(stats=SimpleNamespace(frames=0))
     capture = SimpleNamespace(alive=True, stats=SimpleNamespace(ended=False),
                               blocked_for=lambda now: 0.0, busy_with="")
-    h = PipelineHealth("d", "s", "src", "m", capture, inference, frames, None, None, None,  # type: ignore[arg-type]
-                       None, ThermalGovernor(), 0.0, None)
+    watch = StageWatch("src", capture, inference, frames)  # type: ignore[arg-type]
+
+    class Check:
+        @staticmethod
+        def healthy(stall_s: float, now: float) -> bool:
+            return not watch.problems(stall_s, now)
+
+    h = Check()
     assert h.healthy(10, now=100.0)
     frames.append(1)  # a frame waits ...
     assert h.healthy(10, now=105.0)

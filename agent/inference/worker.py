@@ -16,6 +16,7 @@ import numpy as np
 from agent.core.contract.result import FrameResult
 from agent.errors import ModelError
 from agent.inference.runner import ModelRunner
+from agent.pipeline.budget import ThreadBudget
 from agent.pipeline.frames import CapturedFrame
 from agent.pipeline.queues import BoundedQueue, QueueClosed
 
@@ -68,15 +69,17 @@ class SnapshotPolicy:
 
 
 class InferenceWorker:
-    """Runs ``runner`` on frames from ``frames`` in the ``inference`` thread.
+    """Runs ``runner`` on frames from ``frames`` in the ``inference-{stream}`` thread.
 
     ``deliver`` hands each result on and may block (results are never dropped; the
-    back-pressure lands on the frame queue, whose policy decides what is dropped).
+    back-pressure lands on the frame queue, whose policy decides what is dropped). With a
+    ``budget``, each invoke holds ``threads`` of the interpreter threads all pipelines share.
     """
 
     def __init__(self, frames: BoundedQueue[CapturedFrame], runner: ModelRunner, stream: str,
                  deliver: Callable[[FrameResult], None], on_done: Callable[[], None],
-                 snapshots: SnapshotPolicy | None = None) -> None:
+                 snapshots: SnapshotPolicy | None = None, budget: ThreadBudget | None = None,
+                 threads: int = 1) -> None:
         self.frames = frames
         self.snapshots = snapshots
         self.runner = runner
@@ -84,7 +87,9 @@ class InferenceWorker:
         self.deliver = deliver
         self.on_done = on_done
         self.stats = InferenceStats()
-        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self.budget = budget
+        self.threads = threads
+        self._thread = threading.Thread(target=self._run, name=f"inference-{stream}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -116,7 +121,12 @@ class InferenceWorker:
                     continue
                 dequeued = time.perf_counter()
                 try:
-                    out = self.runner.infer(frame.tensor, discontinuity=frame.discontinuity)
+                    if self.budget is None:
+                        out = self.runner.infer(frame.tensor, discontinuity=frame.discontinuity)
+                    else:
+                        with self.budget.hold(self.threads):
+                            out = self.runner.infer(frame.tensor,
+                                                    discontinuity=frame.discontinuity)
                 except ModelError as exc:
                     self.stats.failures += 1
                     consecutive += 1

@@ -1,5 +1,6 @@
-"""The running pipeline's health: the watchdog's stuck check, and the typed snapshot
-(agent.service.snapshot) shared by telemetry, the status socket, metrics and diag."""
+"""The running agent's health: the watchdog's stuck check over every pipeline and the outbox
+writer, and the typed snapshot (agent.service.snapshot) shared by telemetry, the status
+socket, metrics and diag."""
 
 from __future__ import annotations
 
@@ -11,80 +12,71 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.core.thermal import ThermalGovernor, ThermalReading
-from agent.inference.worker import InferenceWorker
-from agent.pipeline.frames import CapturedFrame
-from agent.pipeline.queues import BoundedQueue
+from agent.service.pipelines import PipelineSet
 from agent.service.snapshot import (
     BrokerHealth,
-    CaptureStage,
     Eviction,
-    FrameQueue,
     Health,
     HealthSnapshot,
-    InferenceStage,
     OutboxHealth,
-    Queues,
     SensorHealth,
-    Stages,
     ThermalHealth,
+    combined,
 )
-from agent.sources.capture import CaptureWorker, MotionGate
 from agent.storage.outbox import Outbox
 from agent.sync.mqtt import MqttLink
 from agent.sync.uplink import Uplink
 
-# An open of an unreachable camera blocks until the backend gives up (FFmpeg: 30 s), and a
-# restart would not bring the camera back: an open counts as hung only past this.
-SOURCE_OPEN_STALL_S = 60.0
+
+@dataclass
+class StorageState:
+    """The outbox writer's side of health: the commit error now (None once a commit succeeds
+    again), failed commits since start, the last error (kept after recovery), and the
+    writer's own liveness (monotonic): when its loop last went round (committed, failed, found
+    nothing to do) and when its next retry is due; ``beat`` is None while it is not running."""
+
+    error: str | None = None
+    errors: int = 0
+    last_error: str | None = None
+    beat: float | None = None
+    retry_at: float = 0.0
+
+    def failed(self, error: str) -> None:
+        """A commit failed (full or failing disk): degraded health, not a hang."""
+        self.errors += 1
+        self.error = self.last_error = error
+
+    def went_round(self, retry_at: float = 0.0, now: float | None = None) -> None:
+        """The outbox writer's heartbeat: once per pass of its loop."""
+        self.beat = time.monotonic() if now is None else now
+        self.retry_at = retry_at
+
+    def stopped(self) -> None:
+        self.beat = None
 
 
 @dataclass
-class PipelineHealth:
+class RuntimeHealth:
     """References to the live components; ``snapshot()`` reads them (event-loop thread)."""
 
     device: str
     site: str
-    source: str
-    model: str
-    capture: CaptureWorker
-    inference: InferenceWorker
-    frames: BoundedQueue[CapturedFrame]
+    pipelines: PipelineSet
     outbox: Outbox
     uplink: Uplink
     link: MqttLink | None
-    gate: MotionGate | None
     governor: ThermalGovernor
     started: float
     broker: str | None
+    storage: StorageState
     state: str = "running"
     thermal: ThermalReading | None = None
-    storage_error: str | None = None  # the current one; None once a commit succeeds again
-    storage_errors: int = 0  # failed commits since start
-    last_storage_error: str | None = None  # kept after the storage recovers
     sensors: Any = None  # the SensorHub when sensors are configured
     stall_s: float = 10.0  # the watchdog's stall time, for the snapshot's problems
     # Results handed over by inference and not yet committed, and how many may be: when all
     # slots are held, inference waits for the storage, not for a hung stage.
     results_held: Callable[[], int] | None = None
     result_slots: int = 0
-    # The outbox writer's own liveness (monotonic): when its loop last went round (committed,
-    # failed, found nothing to do) and when its next retry is due; None while it is not running.
-    writer_beat: float | None = None
-    writer_retry_at: float = 0.0
-    _progress: tuple[int, float] = (-1, 0.0)
-
-    def storage_failed(self, error: str) -> None:
-        """A commit failed (full or failing disk): degraded health, not a hang."""
-        self.storage_errors += 1
-        self.storage_error = self.last_storage_error = error
-
-    def writer_went_round(self, retry_at: float = 0.0, now: float | None = None) -> None:
-        """The outbox writer's heartbeat: once per pass of its loop."""
-        self.writer_beat = time.monotonic() if now is None else now
-        self.writer_retry_at = retry_at
-
-    def writer_stopped(self) -> None:
-        self.writer_beat = None
 
     def held_back_by_storage(self) -> bool:
         """True when every result slot holds an uncommitted result (inference must wait)."""
@@ -92,34 +84,22 @@ class PipelineHealth:
                 and self.results_held() >= self.result_slots)
 
     def problems(self, stall_s: float, now: float | None = None) -> list[str]:
-        """Why the pipeline counts as stuck (empty when it is not); feeds the watchdog.
+        """Why the agent counts as stuck (empty when it is not); feeds the watchdog.
 
-        Stuck: inference made no progress for ``stall_s`` while frames wait, unless it waits
-        for result slots that a live outbox writer keeps retrying to commit (a full disk is
-        degraded health: a restart would lose the held results and not free the disk); the
-        outbox writer's loop overdue by ``stall_s``; one read of the source that has not
-        returned for ``stall_s`` (a hung RTSP/FIFO read leaves the frame queue empty), or one
-        open for ``SOURCE_OPEN_STALL_S``; or
-        the capture thread dead without ending."""
+        Stuck: a running pipeline's stage is stuck (``StageWatch.problems``, each named by its
+        stream), or the outbox writer's loop is overdue by ``stall_s``. A failed pipeline is
+        not stuck: it shows in status with its reason, and a restart would not mend it."""
         now = time.monotonic() if now is None else now
         found: list[str] = []
-        done = self.inference.stats.frames
-        if done != self._progress[0]:
-            self._progress = (done, now)
-        idle = now - self._progress[1]
-        if len(self.frames) > 0 and idle > stall_s and not self.held_back_by_storage():
-            found.append(f"inference: frames wait but none was processed for {idle:.0f}s")
-        if self.writer_beat is not None:
-            overdue = now - max(self.writer_beat, self.writer_retry_at)
+        held_back = self.held_back_by_storage()
+        for pipeline in self.pipelines:
+            if pipeline.watch is not None and not pipeline.done.is_set():
+                found += [f"{pipeline.stream}: {problem}" for problem in
+                          pipeline.watch.problems(stall_s, now, held_back)]
+        if self.storage.beat is not None:
+            overdue = now - max(self.storage.beat, self.storage.retry_at)
             if overdue > stall_s:
                 found.append(f"outbox writer: no commit attempt for {overdue:.0f}s")
-        blocked = self.capture.blocked_for(now)
-        if blocked > (stall_s if self.capture.busy_with != "open"
-                      else max(stall_s, SOURCE_OPEN_STALL_S)):
-            found.append(f"capture: {self.capture.busy_with} of {self.source} has not returned "
-                         f"for {blocked:.0f}s")
-        if not self.capture.alive and not self.capture.stats.ended:
-            found.append("capture: the thread died")
         return found
 
     def healthy(self, stall_s: float, now: float | None = None) -> bool:
@@ -131,32 +111,22 @@ class PipelineHealth:
         backlog, oldest = self.outbox.backlog()
         usage = self.outbox.usage()
         blobs, blob_bytes = self.uplink.blobs.backlog() if self.uplink.blobs else (0, 0)
-        cap, inf = self.capture.stats, self.inference.stats
         disk = shutil.disk_usage(self.outbox.path.parent)
         now = time.monotonic()
         problems = self.problems(self.stall_s, now)
         link = self.link
         sensors = self.sensors.snapshot() if self.sensors is not None else {}
+        pipelines = self.pipelines.statuses(now)
+        stages, queues, fps = combined(pipelines)
+        failed = next((p.reason for p in pipelines if p.state == "failed"), None)
         return HealthSnapshot(
             state=self.state,
             health=Health(status="stuck" if problems else
-                          "degraded" if self.storage_error else "ok", problems=tuple(problems)),
+                          "degraded" if self.storage.error or failed else "ok",
+                          problems=tuple(problems)),
             pid=os.getpid(), device=self.device, site=self.site,
             uptime_s=round(time.monotonic() - self.started, 1),
-            fps=round(self.inference.fps(), 2),
-            stages=Stages(
-                capture=CaptureStage(
-                    alive=self.capture.alive, source=self.source, frames=cap.frames,
-                    reconnects=cap.reconnects, last_error=cap.last_error,
-                    blocked_s=round(self.capture.blocked_for(now), 1),
-                    skipped_static=self.gate.skipped if self.gate else 0),
-                inference=InferenceStage(
-                    alive=self.inference.alive, model=self.model, frames=inf.frames,
-                    failures=inf.failures, detections=inf.detections,
-                    last_error=str(inf.fatal) if inf.fatal else None)),
-            queues=Queues(frames=FrameQueue(
-                depth=len(self.frames), capacity=self.frames.maxsize, policy=self.frames.policy,
-                dropped=self.frames.stats.dropped)),
+            fps=fps, stages=stages, queues=queues, pipelines=pipelines,
             outbox=OutboxHealth(
                 backlog=backlog, oldest_unsent_s=round(oldest, 1) if oldest is not None else None,
                 published=self.uplink.acked, ingested=self.uplink.ingested,
@@ -168,8 +138,8 @@ class PipelineHealth:
                 evictions={k: Eviction(records=v["records"], bytes=v["bytes"])
                            for k, v in self.outbox.eviction_counts().items()},
                 quarantined=str(self.outbox.quarantined) if self.outbox.quarantined else None,
-                storage_error=self.storage_error, storage_errors=self.storage_errors,
-                last_storage_error=self.last_storage_error,
+                storage_error=self.storage.error, storage_errors=self.storage.errors,
+                last_storage_error=self.storage.last_error,
                 results_held=self.results_held() if self.results_held else 0),
             broker=BrokerHealth(url=self.broker, connected=bool(link and link.connected),
                                 connects=link.connects if link else 0,
@@ -178,7 +148,7 @@ class PipelineHealth:
             thermal=ThermalHealth(temp_c=self.thermal.temp_c if self.thermal else None,
                                   throttled=self.thermal.throttled if self.thermal else False,
                                   level=self.governor.level),
-            last_error=(self.storage_error or cap.last_error
+            last_error=(self.storage.error or stages.capture.last_error or failed
                         or (link.last_error if link else None)))
 
     def telemetry(self) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The typed health snapshot: what the running agent reports about itself.
 
-``PipelineHealth.snapshot()`` builds one; the status socket serves its ``to_json()``, metrics
+``RuntimeHealth.snapshot()`` builds one; the status socket serves its ``to_json()``, metrics
 read its fields, telemetry is its ``telemetry()``, and ``lepton-agent status`` reads the
 socket's JSON back with ``HealthSnapshot.from_json``. The JSON form is the status socket's and
 diag's ``status.json``, unchanged: ``to_json(from_json(x)) == x``. Importing this module loads
@@ -102,6 +102,40 @@ class Queues:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Queues:
         return cls(frames=FrameQueue.from_json(d["frames"]))
+
+
+@dataclass(frozen=True)
+class PipelineStatus:
+    """One pipeline: its state (starting, running, stopping, stopped, finished, failed), why
+    it failed, and its two stages and frame queue."""
+
+    stream: str
+    state: str
+    reason: str | None
+    source: str
+    model: str
+    model_sha256: str | None
+    threads: int
+    fps: float
+    capture: CaptureStage
+    inference: InferenceStage
+    frames: FrameQueue
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PipelineStatus:
+        return cls(stream=d["stream"], state=d["state"], reason=d["reason"], source=d["source"],
+                   model=d["model"], model_sha256=d["model_sha256"], threads=d["threads"],
+                   fps=d["fps"], capture=CaptureStage.from_json(d["capture"]),
+                   inference=InferenceStage.from_json(d["inference"]),
+                   frames=FrameQueue.from_json(d["frames"]))
+
+    def telemetry(self) -> dict[str, Any]:
+        """This pipeline's entry in telemetry's ``pipelines`` list."""
+        return {"stream": self.stream, "state": self.state, "reason": self.reason,
+                "model": self.model, "fps": self.fps, "frames_captured": self.capture.frames,
+                "frames_processed": self.inference.frames, "frames_dropped": self.frames.dropped,
+                "detections": self.inference.detections, "source_error": self.capture.last_error,
+                "source_reconnects": self.capture.reconnects}
 
 
 @dataclass(frozen=True)
@@ -215,8 +249,9 @@ class HealthSnapshot:
     site: str
     uptime_s: float
     fps: float
-    stages: Stages
+    stages: Stages  # all pipelines together: sums, and the first error
     queues: Queues
+    pipelines: tuple[PipelineStatus, ...]
     outbox: OutboxHealth
     broker: BrokerHealth
     sensors: dict[str, SensorHealth]
@@ -236,6 +271,7 @@ class HealthSnapshot:
             state=d["state"], health=Health.from_json(d["health"]), pid=d["pid"],
             device=d["device"], site=d["site"], uptime_s=d["uptime_s"], fps=d["fps"],
             stages=Stages.from_json(d["stages"]), queues=Queues.from_json(d["queues"]),
+            pipelines=tuple(PipelineStatus.from_json(p) for p in d["pipelines"]),
             outbox=OutboxHealth.from_json(d["outbox"]), broker=BrokerHealth.from_json(d["broker"]),
             sensors={k: SensorHealth.from_json(v) for k, v in d["sensors"].items()},
             thermal=ThermalHealth.from_json(d["thermal"]), last_error=d["last_error"])
@@ -261,4 +297,37 @@ class HealthSnapshot:
                 "disk_free_bytes": o.disk_free_bytes, "cache": self.cache(),
                 "acks_ignored": o.acks_ignored, "health": self.health.status,
                 "storage_errors": o.storage_errors, "last_storage_error": o.last_storage_error,
-                "uptime_s": self.uptime_s}
+                "uptime_s": self.uptime_s,
+                "pipelines": [p.telemetry() for p in self.pipelines]}
+
+
+def combined(pipelines: tuple[PipelineStatus, ...]) -> tuple[Stages, Queues, float]:
+    """All pipelines as one: the snapshot's ``stages``, ``queues`` and ``fps`` (counts summed,
+    the first error, any stage alive), so a reader of one pipeline's figures reads them as ever."""
+    caps = [p.capture for p in pipelines]
+    infs = [p.inference for p in pipelines]
+    queues = [p.frames for p in pipelines]
+
+    def first(values: list[str | None]) -> str | None:
+        return next((v for v in values if v), None)
+
+    def joined(values: list[str]) -> str:
+        return ", ".join(dict.fromkeys(v for v in values if v))
+
+    stages = Stages(
+        capture=CaptureStage(
+            alive=any(c.alive for c in caps), source=joined([c.source for c in caps]),
+            frames=sum(c.frames for c in caps), reconnects=sum(c.reconnects for c in caps),
+            last_error=first([c.last_error for c in caps]),
+            blocked_s=max((c.blocked_s for c in caps), default=0.0),
+            skipped_static=sum(c.skipped_static for c in caps)),
+        inference=InferenceStage(
+            alive=any(i.alive for i in infs), model=joined([i.model for i in infs]),
+            frames=sum(i.frames for i in infs), failures=sum(i.failures for i in infs),
+            detections=sum(i.detections for i in infs),
+            last_error=first([i.last_error for i in infs])))
+    frames = FrameQueue(depth=sum(q.depth for q in queues),
+                        capacity=sum(q.capacity for q in queues),
+                        policy=joined([q.policy for q in queues]),
+                        dropped=sum(q.dropped for q in queues))
+    return stages, Queues(frames=frames), round(sum(p.fps for p in pipelines), 2)

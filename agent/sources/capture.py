@@ -87,7 +87,7 @@ class CaptureWorker:
                  loop_file: bool = False, max_frames: int = 0, backoff: Backoff | None = None,
                  reader_factory: Callable[[SourceUri], FrameReader] = open_reader,
                  keep_image: bool = False, motion: MotionGate | None = None,
-                 governor: ThermalGovernor | None = None) -> None:
+                 governor: ThermalGovernor | None = None, name: str = "capture") -> None:
         self.uri = uri
         self.out = out
         self.prepare = prepare
@@ -107,7 +107,7 @@ class CaptureWorker:
         # when the source call now in progress (an open or a read) began, None between calls.
         self.busy_since: float | None = None
         self.busy_with = ""
-        self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()

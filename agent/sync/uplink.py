@@ -53,6 +53,9 @@ class Uplink:
         self.rejected = 0
         self.first_ack_at: float | None = None
         self.last_reject: str | None = None
+        # Called after each PUBACK and ack: a graceful stop waits on it for the backlog to
+        # drain instead of polling.
+        self.on_progress: Callable[[], None] = lambda: None
 
     def attach(self, link: MqttLink) -> None:
         self.link = link
@@ -168,6 +171,7 @@ class Uplink:
             self._execute(self.window.on_rejected([m for m, _ in rejected]))
         if acked:
             self._execute(self.window.on_puback(acked))
+        self.on_progress()
 
     def on_message(self, message: paho.MQTTMessage) -> None:
         if message.topic != self.ack_topic:
@@ -189,6 +193,7 @@ class Uplink:
         if self.blobs is not None and (ack.blobs_complete or ack.blobs_held):
             self.blobs_completed += self.blobs.on_ack(ack.blobs_complete, ack.blobs_held)
             self._pump_shards()
+        self.on_progress()
 
     def _ignored_acks(self, count: int, streams: dict[str, list[tuple[int, int]]]) -> None:
         self.acks_ignored += count

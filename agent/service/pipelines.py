@@ -1,0 +1,377 @@
+"""Pipelines as units: one stream's source, model and two threads, started and stopped while the
+agent runs, over the outbox writer, uplink and health every pipeline shares.
+
+A frame's way through one pipeline: the ``capture-{stream}`` thread reads it, paces it, lets
+the motion gate and the thermal governor skip it, prepares the tensor and puts it on the
+pipeline's bounded frame queue; the ``inference-{stream}`` thread takes it, waits for its share
+of the thread budget, invokes the pipeline's own interpreter and hands the FrameResult to the
+shared :class:`ResultSink` (the outbox writer), which commits it and tells the uplink.
+
+Each pipeline has its own interpreter even when several run the same model file: a model may
+keep state between frames (the LSTM-SSD traffic model does), LiteRT maps the weights, so the
+file's pages are shared anyway, and an interpreter costs its arena (measured: docs/benchmarks.md,
+``bench pipeline --streams``). :class:`PipelineSet` is the internal API fleet control drives:
+start a pipeline from a spec, stop one by stream name, list them with their state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from agent.config import PipelineSpec
+from agent.config.pipelines import capture_device
+from agent.core.backoff import Backoff
+from agent.core.contract.result import FrameResult, ModelRef
+from agent.core.thermal import ThermalGovernor
+from agent.core.uri import SourceUri, parse_source
+from agent.errors import AgentError, ConfigError
+from agent.inference.model import LoadedModel, load_model
+from agent.inference.runner import ModelRunner
+from agent.inference.worker import InferenceWorker, SnapshotPolicy
+from agent.pipeline.budget import ThreadBudget
+from agent.pipeline.frames import CapturedFrame
+from agent.pipeline.queues import BoundedQueue, DropPolicy
+from agent.service.snapshot import CaptureStage, FrameQueue, InferenceStage, PipelineStatus
+from agent.sources.capture import CaptureWorker, MotionGate
+from agent.sources.readers import open_reader
+
+log = logging.getLogger("agent.pipelines")
+
+PipelineState = Literal["starting", "running", "stopping", "stopped", "finished", "failed"]
+# An open of an unreachable camera blocks until the backend gives up (FFmpeg: 30 s), and a
+# restart would not bring the camera back: an open counts as hung only past this.
+SOURCE_OPEN_STALL_S = 60.0
+
+
+@dataclass(frozen=True)
+class ResultContext:
+    """What the outbox writer needs to publish one pipeline's results."""
+
+    stream: str
+    topic: str
+    model: ModelRef
+    attach_sensors: tuple[str, ...]
+    attach_window_s: float
+
+
+class ResultSink(Protocol):
+    """Where inference threads hand their results (the outbox writer)."""
+
+    def deliver(self, result: FrameResult, context: ResultContext) -> None:
+        """Called from an inference thread; may block while the storage holds results back."""
+
+
+@dataclass(frozen=True)
+class PipelineParts:
+    """What every pipeline shares: built once per run (agent.service.components)."""
+
+    sink: ResultSink
+    governor: ThermalGovernor
+    budget: ThreadBudget
+    preprocess: str
+    snapshots: Callable[[], SnapshotPolicy | None]
+    results_topic: Callable[[str], str]
+    loop: asyncio.AbstractEventLoop
+    changed: Callable[[], None]  # a pipeline's state changed (event-loop thread)
+
+
+class StageWatch:
+    """One pipeline's stuck check for the watchdog: inference that stopped making progress
+    while frames wait, a source call that never returns, a capture thread that died."""
+
+    def __init__(self, source: str, capture: CaptureWorker, inference: InferenceWorker,
+                 frames: BoundedQueue[CapturedFrame]) -> None:
+        self.source = source
+        self.capture = capture
+        self.inference = inference
+        self.frames = frames
+        self._progress: tuple[int, float] = (-1, 0.0)
+
+    def problems(self, stall_s: float, now: float, held_back: bool = False) -> list[str]:
+        """Why this pipeline counts as stuck (empty when it is not).
+
+        Stuck: inference made no progress for ``stall_s`` while frames wait, unless it waits
+        for result slots the outbox writer keeps retrying to commit (``held_back``: a full disk
+        is degraded health, a restart would lose the held results and not free the disk); one
+        read of the source that has not returned for ``stall_s`` (a hung RTSP/FIFO read leaves
+        the frame queue empty), or one open for ``SOURCE_OPEN_STALL_S``; or the capture thread
+        dead without ending."""
+        found: list[str] = []
+        done = self.inference.stats.frames
+        if done != self._progress[0]:
+            self._progress = (done, now)
+        idle = now - self._progress[1]
+        if len(self.frames) > 0 and idle > stall_s and not held_back:
+            found.append(f"inference: frames wait but none was processed for {idle:.0f}s")
+        blocked = self.capture.blocked_for(now)
+        if blocked > (stall_s if self.capture.busy_with != "open"
+                      else max(stall_s, SOURCE_OPEN_STALL_S)):
+            found.append(f"capture: {self.capture.busy_with} of {self.source} has not returned "
+                         f"for {blocked:.0f}s")
+        if not self.capture.alive and not self.capture.stats.ended:
+            found.append("capture: the thread died")
+        return found
+
+
+def choose_flow(spec: PipelineSpec, is_live: bool) -> tuple[bool, DropPolicy]:
+    """Realtime pacing and the frame queue's drop policy: a live source drops the oldest
+    frame (latency matters), a file blocks (every frame is wanted) unless told otherwise."""
+    realtime = spec.pace == "realtime" or (spec.pace == "auto" and is_live)
+    if spec.drop_policy != "auto":
+        policy: DropPolicy = spec.drop_policy  # type: ignore[assignment]
+        return realtime, policy
+    return realtime, "drop_oldest" if realtime else "block"
+
+
+class Pipeline:
+    """One stream: source -> capture thread -> frame queue -> inference thread -> sink."""
+
+    def __init__(self, spec: PipelineSpec, parts: PipelineParts) -> None:
+        self.spec = spec
+        self.parts = parts
+        self.uri: SourceUri = parse_source(spec.source)
+        self.state: PipelineState = "starting"
+        self.reason: str | None = None
+        self.fatal: AgentError | None = None
+        self.stop_requested = False
+        self.done = asyncio.Event()
+        self.model: LoadedModel | None = None
+        self.capture: CaptureWorker | None = None
+        self.inference: InferenceWorker | None = None
+        self.frames: BoundedQueue[CapturedFrame] | None = None
+        self.gate: MotionGate | None = None
+        self.watch: StageWatch | None = None
+        self.started_at = time.monotonic()
+
+    @property
+    def stream(self) -> str:
+        return self.spec.stream
+
+    @property
+    def model_ref(self) -> ModelRef | None:
+        return self.model.ref if self.model else None
+
+    def load(self) -> None:
+        """Load the model and check a file source (blocking: run it off the event loop).
+        Raises the AgentError that says what is wrong and how to fix it."""
+        spec = self.spec
+        if not self.uri.is_live:
+            open_reader(self.uri).close()  # fail fast, with the reason, on a bad file
+        self.model = load_model(spec.model, num_threads=spec.threads, delegate=spec.delegate,
+                                score_threshold=spec.score_threshold, labels=spec.labels)
+
+    def start(self) -> None:
+        """Build the threads around the loaded model and start them."""
+        spec, parts = self.spec, self.parts
+        if self.model is None:
+            raise RuntimeError("Pipeline.start before load")
+        runner = ModelRunner(self.model, preprocess=parts.preprocess)
+        realtime, policy = choose_flow(spec, self.uri.is_live)
+        self.frames = BoundedQueue(f"frames-{spec.stream}", spec.queue_size, policy)
+        m = spec.motion
+        self.gate = MotionGate(m.min_score, m.every_n, m.grid_width, m.pixel_threshold,
+                               m.learning_rate) if m.enabled else None
+        snapshots = parts.snapshots()
+        context = ResultContext(spec.stream, parts.results_topic(spec.stream), self.model.ref,
+                                spec.attach_sensors, spec.attach_window_s)
+        self.capture = CaptureWorker(
+            self.uri, self.frames, runner.prepare, realtime=realtime, loop_file=spec.loop,
+            max_frames=spec.max_frames,
+            backoff=Backoff(spec.reconnect_initial_s, spec.reconnect_max_s), motion=self.gate,
+            governor=parts.governor, keep_image=snapshots is not None,
+            name=f"capture-{spec.stream}")
+        sink = parts.sink
+        self.inference = InferenceWorker(
+            self.frames, runner, spec.stream, lambda result: sink.deliver(result, context),
+            self._threads_ended, snapshots=snapshots, budget=parts.budget, threads=spec.threads)
+        self.watch = StageWatch(self.uri.raw, self.capture, self.inference, self.frames)
+        log.info("pipeline %s: model %s (%s, %s, sha256 %s...) on %s; source %s (%s, %s), "
+                 "%d thread(s)", spec.stream, self.model.ref.name, self.model.manifest.task,
+                 self.model.runtime, self.model.ref.sha256[:12], spec.delegate, self.uri.raw,
+                 "realtime" if realtime else "as fast as possible", policy, spec.threads)
+        self.inference.start()
+        self.capture.start()
+        self._set_state("running")
+
+    def failed_to_start(self, exc: AgentError) -> None:
+        self.fatal = exc
+        self.reason = str(exc)
+        self._set_state("failed")
+        self.done.set()
+
+    def stop(self) -> None:
+        """Ask the source to stop; queued frames are still processed (see :meth:`abort`)."""
+        self.stop_requested = True
+        if self.state in ("starting", "running"):
+            self._set_state("stopping")
+        if self.capture is not None:
+            self.capture.stop()
+
+    def abort(self) -> None:
+        """Drop the queued frames: inference ends after the invoke in progress."""
+        if self.frames is not None:
+            self.frames.close()
+            self.frames.clear()
+
+    def join(self, timeout: float) -> None:
+        if self.capture is not None:
+            self.capture.stop()
+        if self.frames is not None:
+            self.frames.close()
+        if self.capture is not None:
+            self.capture.join(timeout)
+        if self.inference is not None:
+            self.inference.join(timeout)
+
+    def _threads_ended(self) -> None:
+        """The inference thread's last act (it ends after capture closed the queue)."""
+        self.parts.loop.call_soon_threadsafe(self._ended)
+
+    def _ended(self) -> None:
+        fatal: AgentError | None = None
+        if self.capture is not None and self.capture.stats.fatal is not None:
+            fatal = self.capture.stats.fatal
+        if self.inference is not None and self.inference.stats.fatal is not None:
+            fatal = fatal or self.inference.stats.fatal
+        if fatal is not None:
+            self.fatal = fatal
+            self.reason = str(fatal)
+            log.error("pipeline %s failed: %s", self.stream, fatal)
+            self._set_state("failed")
+        else:
+            self._set_state("stopped" if self.stop_requested else "finished")
+        self.done.set()
+
+    def _set_state(self, state: PipelineState) -> None:
+        self.state = state
+        self.parts.changed()
+
+    def status(self, now: float) -> PipelineStatus:
+        """This pipeline now, typed (a part of the health snapshot)."""
+        cap, inf, q = self.capture, self.inference, self.frames  # None until started
+        model = self.model_ref
+        return PipelineStatus(
+            stream=self.stream, state=self.state, reason=self.reason, source=self.uri.raw,
+            model=model.name if model else str(self.spec.model),
+            model_sha256=model.sha256 if model else None, threads=self.spec.threads,
+            fps=round(inf.fps(), 2) if inf else 0.0,
+            capture=CaptureStage(
+                alive=cap.alive if cap else False, source=self.uri.raw,
+                frames=cap.stats.frames if cap else 0,
+                reconnects=cap.stats.reconnects if cap else 0,
+                last_error=cap.stats.last_error if cap else None,
+                blocked_s=round(cap.blocked_for(now), 1) if cap else 0.0,
+                skipped_static=self.gate.skipped if self.gate else 0),
+            inference=InferenceStage(
+                alive=inf.alive if inf else False,
+                model=model.name if model else str(self.spec.model),
+                frames=inf.stats.frames if inf else 0, failures=inf.stats.failures if inf else 0,
+                detections=inf.stats.detections if inf else 0,
+                last_error=str(inf.stats.fatal) if inf and inf.stats.fatal else None),
+            frames=FrameQueue(depth=len(q), capacity=q.maxsize, policy=q.policy,
+                              dropped=q.stats.dropped) if q is not None else
+            FrameQueue(depth=0, capacity=0, policy="", dropped=0))
+
+
+class PipelineSet:
+    """The running pipelines by stream name: the internal API to start and stop them.
+
+    Every call runs on the event loop. A pipeline that fails (its model does not load, its
+    file source is unreadable, its stage gives up) stays listed as ``failed`` with its reason
+    until it is started again or removed; the others keep running."""
+
+    def __init__(self, parts: PipelineParts) -> None:
+        self.parts = parts
+        self._pipelines: dict[str, Pipeline] = {}
+
+    def __iter__(self) -> Iterator[Pipeline]:
+        return iter(list(self._pipelines.values()))
+
+    def __len__(self) -> int:
+        return len(self._pipelines)
+
+    def get(self, stream: str) -> Pipeline | None:
+        return self._pipelines.get(stream)
+
+    def statuses(self, now: float) -> tuple[PipelineStatus, ...]:
+        return tuple(p.status(now) for p in self._pipelines.values())
+
+    @property
+    def active(self) -> list[Pipeline]:
+        return [p for p in self._pipelines.values() if not p.done.is_set()]
+
+    def _check_new(self, spec: PipelineSpec) -> None:
+        old = self._pipelines.get(spec.stream)
+        if old is not None and not old.done.is_set():
+            raise ConfigError(f"pipeline {spec.stream!r} is already {old.state}",
+                              fix="stop it first, or give the new pipeline another stream name")
+        device = capture_device(spec.source)
+        for other in self.active:
+            if other.stream != spec.stream and device is not None \
+                    and capture_device(other.spec.source) == device:
+                raise ConfigError(f"pipeline {spec.stream!r}: capture device {device} is "
+                                  f"already used by pipeline {other.stream!r}",
+                                  fix="one pipeline per capture device: stop that one first")
+
+    async def start(self, spec: PipelineSpec) -> Pipeline:
+        """Load and start a pipeline. A model or source that fails leaves it ``failed`` (with
+        the reason) and raises the error; a clash with a running pipeline raises ConfigError."""
+        self._check_new(spec)
+        pipeline = Pipeline(spec, self.parts)
+        self._pipelines[spec.stream] = pipeline
+        self.parts.changed()
+        try:
+            await asyncio.to_thread(pipeline.load)
+            if pipeline.stop_requested:  # stopped while its model loaded
+                pipeline.failed_to_start(ConfigError(f"pipeline {spec.stream!r} stopped before "
+                                                     "it started"))
+                pipeline.state = "stopped"
+                return pipeline
+            pipeline.start()
+        except AgentError as exc:  # the caller says what it means (one line at start-up)
+            pipeline.failed_to_start(exc)
+            raise
+        return pipeline
+
+    async def stop(self, stream: str, grace_s: float) -> Pipeline:
+        """Stop one pipeline: its source stops, queued frames are processed for up to
+        ``grace_s``, then dropped. Its results already handed over are committed as usual."""
+        pipeline = self._pipelines.get(stream)
+        if pipeline is None:
+            raise ConfigError(f"no pipeline {stream!r}",
+                              fix=f"the pipelines are: {', '.join(self._pipelines) or 'none'}")
+        pipeline.stop()
+        if not await _wait(pipeline.done, grace_s):
+            log.warning("pipeline %s: inference did not finish within %.1fs; dropping its "
+                        "queued frames", stream, grace_s)
+            pipeline.abort()
+            await pipeline.done.wait()
+        return pipeline
+
+    def remove(self, stream: str) -> None:
+        """Forget a pipeline that has ended (it no longer shows in status)."""
+        pipeline = self._pipelines.get(stream)
+        if pipeline is not None and pipeline.done.is_set():
+            del self._pipelines[stream]
+            self.parts.changed()
+
+    def stop_all(self) -> None:
+        for pipeline in self._pipelines.values():
+            pipeline.stop()
+
+    def abort_all(self) -> None:
+        for pipeline in self._pipelines.values():
+            pipeline.abort()
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``event``; True once it is set."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(event.wait(), max(seconds, 0.0))
+    return event.is_set()
