@@ -157,6 +157,124 @@ def test_telemetry(fps: float, frames: int, backlog: int, oldest: float | None,
                     "site": "site-1", "ts": "2026-11-18T11:06:40.000000Z", **health}
 
 
+def _pipelines_snapshot() -> Any:
+    """A health snapshot of two pipelines, one running and one failed, combined as the runtime
+    combines them (agent.service.snapshot.combined)."""
+    from agent.service.snapshot import (
+        BrokerHealth,
+        CaptureStage,
+        FrameQueue,
+        Health,
+        HealthSnapshot,
+        InferenceStage,
+        OutboxHealth,
+        PipelineStatus,
+        ThermalHealth,
+        combined,
+    )
+
+    def pipeline(stream: str, failed: bool) -> PipelineStatus:
+        frames = 0 if failed else 240
+        return PipelineStatus(
+            stream=stream, state="failed" if failed else "running",
+            reason="model /nonexistent/model.tflite: does not exist (fix: pass --model with a "
+                   ".tflite file)" if failed else None,
+            source="synthetic://160x120@20",
+            model="/nonexistent/model.tflite" if failed else "lepton-vehicles-tiny",
+            model_sha256=None if failed else "9f" * 32, threads=1, fps=0.0 if failed else 19.9,
+            capture=CaptureStage(alive=not failed, source="synthetic://160x120@20",
+                                 frames=frames + 2, reconnects=0, last_error=None, blocked_s=0.0,
+                                 skipped_static=0),
+            inference=InferenceStage(alive=not failed, model="lepton-vehicles-tiny",
+                                     frames=frames, failures=0, detections=3 * frames,
+                                     last_error=None),
+            frames=FrameQueue(depth=0, capacity=0 if failed else 4,
+                              policy="" if failed else "drop_oldest", dropped=2))
+
+    pipelines = (pipeline("good", False), pipeline("broken", True))
+    stages, queues, fps = combined(pipelines)
+    outbox = OutboxHealth(
+        backlog=0, oldest_unsent_s=None, published=0, ingested=0, acks_ignored=0,
+        acks_malformed=0, blobs_waiting=0, blob_bytes_waiting=0, chunks_sent=0,
+        blobs_completed=0, disk_free_bytes=10 << 30, used_bytes=4096, budget_bytes=1 << 28,
+        wal_bytes=0, evictions={}, quarantined=None, storage_error=None, storage_errors=0,
+        last_storage_error=None, results_held=0)
+    return HealthSnapshot(
+        state="running", health=Health(status="degraded", problems=()), pid=4242,
+        device="dev-a", site="site-1", uptime_s=12.5, fps=fps, stages=stages, queues=queues,
+        pipelines=pipelines, outbox=outbox,
+        broker=BrokerHealth(url=None, connected=False, connects=0, last_error=None),
+        sensors={}, thermal=ThermalHealth(temp_c=None, throttled=False, level=0),
+        last_error=pipelines[1].reason)
+
+
+def test_status_and_telemetry_carry_every_pipeline() -> None:
+    """The retained status (tasks.status_payload) and telemetry (HealthSnapshot.telemetry) of
+    a real snapshot with two pipelines validate; each pipeline's entry is decoded back."""
+    from agent.service.tasks import status_payload
+
+    snap = _pipelines_snapshot()
+    status = decode_status(status_payload(state="online", device="dev-a", site="site-1",
+                                          extra={"version": "0.9.0"}, snapshot=snap))
+    _validate("status.v1", status)
+    assert [(p["stream"], p["state"], p["model"]) for p in status["pipelines"]] == \
+        [("good", "running", "lepton-vehicles-tiny"),
+         ("broken", "failed", "/nonexistent/model.tflite")]
+    assert "does not exist" in status["pipelines"][1]["reason"]
+    telemetry = decode_telemetry(encode_telemetry(device="dev-a", site="site-1",
+                                                  wall_time=1795000000.0,
+                                                  health=snap.telemetry()))
+    _validate("telemetry.v1", telemetry)
+    good, broken = telemetry["pipelines"]
+    assert (good["stream"], good["frames_processed"], good["frames_dropped"]) == ("good", 240, 2)
+    assert (broken["state"], broken["frames_processed"]) == ("failed", 0)
+    assert telemetry["frames_processed"] == 240  # the aggregate: all pipelines together
+
+
+@pytest.mark.parametrize("schema", ["status.v1", "telemetry.v1"])
+@pytest.mark.parametrize("broken", ["no state", "unknown state", "wrong type", "no stream"])
+def test_a_malformed_pipeline_entry_is_refused(schema: str, broken: str) -> None:
+    from agent.service.tasks import status_payload
+
+    snap = _pipelines_snapshot()
+    if schema == "status.v1":
+        body = decode_status(status_payload(state="online", device="dev-a", site="site-1",
+                                            extra={}, snapshot=snap))
+    else:
+        body = decode_telemetry(encode_telemetry(device="dev-a", site="site-1",
+                                                 wall_time=1795000000.0, health=snap.telemetry()))
+    _validate(schema, body)  # as built, it passes
+    entry = body["pipelines"][1]
+    if broken == "no state":
+        del entry["state"]
+    elif broken == "unknown state":
+        entry["state"] = "sleeping"
+    elif broken == "wrong type":  # a number where text is due, or text where a count is
+        if schema == "status.v1":
+            entry["model_sha256"] = 12
+        else:
+            entry["frames_processed"] = "12"
+    else:
+        del entry["stream"]
+    with pytest.raises(ValidationError):
+        _validate(schema, body)
+
+
+def test_consumers_of_v1_may_ignore_pipelines() -> None:
+    """Additive: a status or telemetry without ``pipelines`` (an older agent) still validates,
+    and an unknown field beside it too (v1 consumers ignore what they do not know)."""
+    snap = _pipelines_snapshot()
+    telemetry = decode_telemetry(encode_telemetry(device="dev-a", site="site-1",
+                                                  wall_time=1795000000.0,
+                                                  health=snap.telemetry()))
+    del telemetry["pipelines"]
+    telemetry["something_new"] = {"x": 1}
+    _validate("telemetry.v1", telemetry)
+    status = decode_status(encode_status(state="online", device="dev-a", site="site-1",
+                                         wall_time=1795000000.0, extra={"future": True}))
+    _validate("status.v1", status)
+
+
 # --- sensor and event ------------------------------------------------------------------------
 
 _reading = st.dictionaries(st.sampled_from(["ax", "ay", "az", "lat", "lon", "temp"]),
