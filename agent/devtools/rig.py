@@ -15,7 +15,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -46,26 +47,61 @@ def wait_for_file(path: Path, process: subprocess.Popen[str], timeout: float,
         time.sleep(0.05)
 
 
+@dataclass(frozen=True)
+class RigPipeline:
+    """One ``[[pipelines]]`` table of a rig config; keys left None take ``[source]``/``[model]``'s."""
+
+    stream: str
+    source: str
+    model: Path | None = None
+    threads: int | None = None
+    max_frames: int | None = None
+    pace: str | None = None
+    loop: bool | None = None
+
+    def toml(self) -> str:
+        """This pipeline as a ``[[pipelines]]`` table (strings quoted as TOML basic strings)."""
+        lines = ["[[pipelines]]", f"stream = {json.dumps(self.stream)}",
+                 f"source = {json.dumps(self.source)}"]
+        if self.model is not None:
+            lines.append(f"model = {json.dumps(str(self.model))}")
+        if self.threads is not None:
+            lines.append(f"threads = {self.threads}")
+        if self.max_frames is not None:
+            lines.append(f"max_frames = {self.max_frames}")
+        if self.pace is not None:
+            lines.append(f"pace = {json.dumps(self.pace)}")
+        if self.loop is not None:
+            lines.append(f"loop = {'true' if self.loop else 'false'}")
+        return "\n".join(lines) + "\n"
+
+
 def write_agent_config(path: Path, *, device_id: str, site: str, state_dir: Path,
                        broker_url: str, model: Path = DEFAULT_MODEL, grace: float = 8.0,
                        ack_timeout_s: float = 2, delivery: str | None = None,
-                       budget: str | None = None) -> Path:
-    """An agent config for the rig: one thread, quick reconnects, telemetry every second."""
+                       budget: str | None = None, threads: int = 1,
+                       thread_budget: int | None = None,
+                       pipelines: Sequence[RigPipeline] = ()) -> Path:
+    """An agent config for the rig: ``threads`` interpreter threads (one), quick reconnects,
+    telemetry every second; ``pipelines`` become ``[[pipelines]]`` tables (none: the one
+    pipeline ``--source`` or ``[source]`` gives), ``thread_budget`` sets ``[agent]``'s."""
     outbox = [f"ack_timeout_s = {ack_timeout_s}"]
     if delivery:
         outbox.append(f'delivery = "{delivery}"')
     if budget:
         outbox.append(f'budget_bytes = "{budget}"')
+    agent_extra = f"thread_budget = {thread_budget}\n" if thread_budget is not None else ""
+    tables = "\n".join(p.toml() for p in pipelines)
     path.write_text(f"""
 [agent]
 device_id = "{device_id}"
 site = "{site}"
 state_dir = "{state_dir}"
 shutdown_grace_s = {grace}
-
+{agent_extra}
 [model]
 path = "{model}"
-num_threads = 1
+num_threads = {threads}
 
 [mqtt]
 broker = "{broker_url}"
@@ -74,7 +110,7 @@ reconnect_max_s = 0.5
 telemetry_interval_s = 1
 
 [outbox]
-""" + "\n".join(outbox) + "\n")
+""" + "\n".join(outbox) + "\n" + ("\n" + tables if tables else ""))
     return path
 
 
