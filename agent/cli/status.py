@@ -120,6 +120,7 @@ def _status_lines(snap: HealthSnapshot) -> list[str]:
              f"  outbox:    backlog {ob.backlog}"
              + (f", oldest unsent {_ago(ob.oldest_unsent_s)} old" if ob.backlog else "")
              + f", {ob.published} published, {ob.ingested} ingested"]
+    lines += _pipeline_lines(snap)
     if not br.url:
         lines.append("  broker:    none (offline)")
     else:
@@ -142,6 +143,31 @@ def _status_lines(snap: HealthSnapshot) -> list[str]:
                      f"{'; ' + latest if latest else ''}")
     if snap.last_error:
         lines.append(f"  last error: {snap.last_error}")
+    return lines
+
+
+def _pipeline_lines(snap: HealthSnapshot) -> list[str]:
+    """One line per pipeline (stream, state, fps, frames, model, source); a failed one says
+    why, and what to do on the next line when its reason carries a fix."""
+    from agent.diag.pipelines import split_fix
+
+    lines: list[str] = []
+    if snap.pipelines:
+        counts: dict[str, int] = {}
+        for p in snap.pipelines:
+            counts[p.state] = counts.get(p.state, 0) + 1
+        lines.append(f"  pipelines: {len(snap.pipelines)} ("
+                     + ", ".join(f"{n} {state}" for state, n in counts.items()) + ")")
+    for p in snap.pipelines:
+        figures = (f"{p.fps} fps, {p.inference.frames} processed, {p.frames.dropped} dropped; "
+                   f"model {p.model}; source {p.source}")
+        if p.state != "failed":
+            lines.append(f"    pipeline {p.stream}: {p.state}, {figures}")
+            continue
+        message, fix = split_fix(p.reason or "no reason given")
+        lines.append(f"    pipeline {p.stream}: FAILED: {message}; {figures}")
+        if fix:
+            lines.append(f"      fix: {fix}")
     return lines
 
 

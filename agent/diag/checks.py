@@ -399,11 +399,13 @@ CONFIG_FREE = ("kernels", "clock", "memory")
 
 def all_checks(cfg: AgentConfig, secrets: Secrets, snapshot: Path | None) -> dict[str, Check]:
     from agent.diag.kernels import check_kernels
+    from agent.diag.pipelines import check_pipelines
 
     return {
         "camera": lambda: check_camera(cfg, snapshot),
         "sensors": lambda: check_sensors(cfg),
         "model": lambda: check_model(cfg),
+        "pipelines": lambda: check_pipelines(cfg),
         "kernels": check_kernels,
         "broker": lambda: check_broker(cfg, secrets),
         "cache": lambda: check_cache(cfg),

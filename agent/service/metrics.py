@@ -17,7 +17,12 @@ from prometheus_client.registry import Collector
 
 from agent.core.uri import is_loopback
 from agent.errors import AgentError
-from agent.service.snapshot import HealthSnapshot
+from agent.service.snapshot import HealthSnapshot, PipelineStatus
+
+# Every state a pipeline can be in (agent.service.pipelines.PipelineState): each pipeline has
+# one lepton_pipeline_state series per state, 1 for the current one (Prometheus' state-set
+# pattern), so a dashboard or alert matches state="failed" without knowing the others.
+PIPELINE_STATES = ("starting", "running", "stopping", "stopped", "finished", "failed")
 
 
 class MetricsUnavailable(AgentError):
@@ -89,6 +94,57 @@ class SnapshotCollector(Collector):
                     1.0 if th.throttled else 0.0)
         yield gauge("lepton_thermal_level", "0 full rate; each level halves inference", th.level)
         yield gauge("lepton_uptime_seconds", "Seconds since the agent started", snap.uptime_s)
+        yield from pipeline_metrics(snap.pipelines)
+
+
+def pipeline_metrics(pipelines: tuple[PipelineStatus, ...]) -> Iterator[Metric]:
+    """Each pipeline's series, labelled by its ``stream`` (the aggregate ``lepton_*`` series
+    above are all pipelines together)."""
+    state = GaugeMetricFamily("lepton_pipeline_state", "1 for the pipeline's current state "
+                              "(starting, running, stopping, stopped, finished, failed)",
+                              labels=["stream", "state"])
+    info = GaugeMetricFamily("lepton_pipeline_info", "The pipeline's source and model "
+                             "(always 1)", labels=["stream", "source", "model", "model_sha256"])
+    fps = GaugeMetricFamily("lepton_pipeline_inference_fps", "The pipeline's results per "
+                            "second over the last 10 s", labels=["stream"])
+    depth = GaugeMetricFamily("lepton_pipeline_frame_queue_depth", "The pipeline's frames "
+                              "waiting for inference", labels=["stream"])
+    counters = {
+        "frames_captured": CounterMetricFamily("lepton_pipeline_frames_captured", "Frames the "
+                                               "pipeline read from its source", labels=["stream"]),
+        "frames_processed": CounterMetricFamily("lepton_pipeline_frames_processed", "Frames the "
+                                                "pipeline ran through its model",
+                                                labels=["stream"]),
+        "frames_dropped": CounterMetricFamily("lepton_pipeline_frames_dropped", "Frames the "
+                                              "pipeline's frame queue dropped by its policy",
+                                              labels=["stream"]),
+        "detections": CounterMetricFamily("lepton_pipeline_detections", "Objects the pipeline "
+                                          "detected", labels=["stream"]),
+        "inference_failures": CounterMetricFamily("lepton_pipeline_inference_failures", "The "
+                                                  "pipeline's failed invokes", labels=["stream"]),
+        "source_reconnects": CounterMetricFamily("lepton_pipeline_source_reconnects", "Times "
+                                                 "the pipeline's source was reopened",
+                                                 labels=["stream"]),
+    }
+    for p in pipelines:
+        known = PIPELINE_STATES if p.state in PIPELINE_STATES else (*PIPELINE_STATES, p.state)
+        for value in known:
+            state.add_metric([p.stream, value], 1.0 if p.state == value else 0.0)
+        info.add_metric([p.stream, p.source, p.model, p.model_sha256 or ""], 1.0)
+        fps.add_metric([p.stream], p.fps)
+        depth.add_metric([p.stream], p.frames.depth)
+        figures: tuple[tuple[str, float], ...] = (
+            ("frames_captured", p.capture.frames), ("frames_processed", p.inference.frames),
+            ("frames_dropped", p.frames.dropped), ("detections", p.inference.detections),
+            ("inference_failures", p.inference.failures),
+            ("source_reconnects", p.capture.reconnects))
+        for key, figure in figures:
+            counters[key].add_metric([p.stream], figure)
+    yield state
+    yield info
+    yield fps
+    yield depth
+    yield from counters.values()
 
 
 def start_metrics_server(host: str, port: int,
