@@ -1,0 +1,141 @@
+"""The per-frame analytics step: tracker, then line and zone rules, then count buckets.
+
+The runtime calls :meth:`Analytics.step` once per frame with the frame's detections (or None
+on frames the detector skipped) and the frame's monotonic time, takes the events and closed
+buckets it returns, and persists :meth:`Analytics.buckets_state` with them so a restart resumes
+the open bucket. No I/O, no clock reads: time comes in as arguments.
+
+A line crossing is counted in the bucket of its own time, under the class the track's vote gives
+when the count is settled: ``label_settle_s`` after the crossing, when the track ends, or when
+its bucket closes, whichever comes first. At 5 fps a track has 2 to 4 detections when it
+crosses; with 20 % car/truck flicker, on 5 generated scenes (407 crossings) the vote at the
+crossing gave a summed count error of 14 over class and direction, the vote settled 2 s later 6
+(longer waits gained nothing: the rest are tracking errors). The crossing
+event itself carries the vote at the crossing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.core.analytics.counting import ClosedBucket, CountBuckets, CountKey
+from agent.core.analytics.events import Direction, Event, LineCrossed, ZoneEntered, ZoneExited
+from agent.core.analytics.lines import LineCounter, LineRule
+from agent.core.analytics.tracker import Observation, Track, Tracker, TrackerConfig
+from agent.core.analytics.zones import ZoneMonitor, ZoneRule
+
+
+@dataclass(frozen=True)
+class FrameAnalytics:
+    """What one frame produced: live tracks (read-only), events, and buckets that closed."""
+
+    tracks: tuple[Track, ...]
+    events: tuple[Event, ...]
+    closed: tuple[ClosedBucket, ...]
+
+
+@dataclass
+class _Pending:
+    """A line crossing counted, its class not settled yet."""
+
+    rule: str
+    direction: Direction
+    t: float
+    track: Track = field(repr=False)
+
+
+class Analytics:
+    """One stream's tracker, rules and count buckets."""
+
+    def __init__(
+        self, *, lines: Sequence[LineRule] = (), zones: Sequence[ZoneRule] = (),
+        tracker: TrackerConfig | None = None, bucket_seconds: float = 60.0,
+        wall_now: float, mono_now: float, buckets_state: str | None = None, label_settle_s: float = 2.0,
+    ) -> None:
+        names = [r.name for r in lines] + [z.name for z in zones]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"analytics: rule names must be unique; repeated: {', '.join(duplicates)}")
+        self.tracker = Tracker(tracker)
+        self.lines = [LineCounter(r) for r in lines]
+        self.zones = [ZoneMonitor(z) for z in zones]
+        self.buckets = (
+            CountBuckets(bucket_seconds, wall_now=wall_now, mono_now=mono_now) if buckets_state is None
+            else CountBuckets.from_json(buckets_state, wall_now=wall_now, mono_now=mono_now)
+        )
+        self._live: dict[int, Track] = {}
+        self._pending: list[_Pending] = []
+        self.label_settle_s = label_settle_s
+
+    def step(
+        self, observations: Sequence[Observation] | None, now: float, frame_index: int | None = None
+    ) -> FrameAnalytics:
+        """One frame at monotonic ``now`` (seconds); ``observations`` None when the detector skipped it."""
+        bucket = self.buckets.bucket_of(now)
+        self._settle(lambda p: now - p.t >= self.label_settle_s or self.buckets.bucket_of(p.t) != bucket)
+        closed = self.buckets.advance(now)
+        if observations is None:
+            tracks = self.tracker.predict_only(now, frame_index)
+        else:
+            tracks = self.tracker.update(observations, now, frame_index)
+        events: list[Event] = []
+        observed = [t for t in tracks if t.observed]
+        boxes = np.array([t.box for t in observed], dtype=np.float64).reshape(len(observed), 4)
+        for line in self.lines:
+            events += line.process(observed, boxes, now)
+        for zone in self.zones:
+            events += zone.process(observed, boxes, now)
+        live = {t.track_id: t for t in tracks}
+        ended = [i for i in self._live if i not in live]
+        if ended:
+            for line in self.lines:
+                line.forget(ended)
+            for zone in self.zones:
+                events += zone.forget(ended, now)
+        self._live = live
+        self._count(events, now)
+        if ended:
+            gone = set(ended)
+            self._settle(lambda p: p.track.track_id in gone)
+        return FrameAnalytics(tuple(tracks), tuple(events), tuple(closed))
+
+    def _settle(self, ready: Callable[[_Pending], bool]) -> None:
+        if not self._pending:
+            return
+        keep: list[_Pending] = []
+        for p in self._pending:
+            if ready(p):
+                self.buckets.add(CountKey(p.rule, "line", p.track.label, p.direction), p.t)
+            else:
+                keep.append(p)
+        self._pending = keep
+
+    def _count(self, events: list[Event], now: float) -> None:
+        for event in events:
+            if isinstance(event, LineCrossed):
+                track = self._live[event.track.track_id]
+                self._pending.append(_Pending(event.rule, event.direction, now, track))
+            elif isinstance(event, ZoneEntered):
+                self.buckets.add(CountKey(event.rule, "zone", event.track.label, Direction.IN), now)
+            elif isinstance(event, ZoneExited):
+                self.buckets.add(CountKey(event.rule, "zone", event.counted_label, Direction.OUT), now)
+
+    def close(self, *, partial: bool = True) -> list[ClosedBucket]:
+        """Graceful stop: the open bucket (flagged partial) and any closed one not yet taken."""
+        self._settle(lambda p: True)
+        return self.buckets.close(partial=partial)
+
+    def buckets_state(self) -> str:
+        """The open bucket's state as JSON text, to persist with the outbox after every step.
+
+        Crossings whose class is not settled yet are in it under their current vote: after a
+        restart their tracks are gone, so that vote is the last one there is.
+        """
+        extra: dict[CountKey, int] = {}
+        for p in self._pending:
+            key = CountKey(p.rule, "line", p.track.label, p.direction)
+            extra[key] = extra.get(key, 0) + 1
+        return self.buckets.to_json(extra)
