@@ -22,9 +22,9 @@ def test_diag_all_checks_json(tmp_path: Path, broker) -> None:  # type: ignore[n
     out = run_cli("diag", "--config", str(cfg), "--json", "--snapshot", str(snap))
     report = json.loads(out.stdout)
     by_name = {c["name"]: c for c in report["checks"]}
-    assert set(by_name) == {"config", "camera", "sensors", "model", "kernels", "broker", "cache",
-                            "clock", "temperature", "memory"}
-    for name in ("config", "camera", "model", "kernels", "broker", "cache"):
+    assert set(by_name) == {"config", "camera", "sensors", "model", "pipelines", "kernels",
+                            "broker", "cache", "clock", "temperature", "memory"}
+    for name in ("config", "camera", "model", "pipelines", "kernels", "broker", "cache"):
         assert by_name[name]["status"] == "pass", by_name[name]
     assert snap.stat().st_size > 1000
     assert out.returncode == report["exit_code"] in (0, 1)
