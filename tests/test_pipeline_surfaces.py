@@ -121,8 +121,11 @@ def test_a_failed_pipeline_shows_everywhere_while_the_other_runs(tmp_path: Path)
                     frozenset({("stream", "broken")}))] == 0
     assert metrics[("lepton_pipeline_inference_fps", frozenset({("stream", "good")}))] > 0
     info = [labels for (name, labels) in metrics if name == "lepton_pipeline_info"]
-    assert frozenset({("stream", "broken"), ("model", MISSING),
+    assert frozenset({("stream", "broken"), ("model", MISSING), ("model_sha256", ""),
                       ("source", "synthetic://160x120@20")}) in info
+    sha = next(dict(labels)["model_sha256"] for labels in info
+               if ("stream", "good") in labels)
+    assert sha == by_stream(snap)["good"]["model_sha256"] and len(sha) == 64
     assert ("lepton_frames_processed_total", frozenset()) in metrics  # the aggregate series
 
     # diag: the failed pipeline, its reason and what to do.
