@@ -57,6 +57,10 @@ class DeviceTopics:
     def events(self, stream: str) -> str:
         return f"{self.base}/events/{check_segment('stream', stream)}"
 
+    def counts(self, stream: str) -> str:
+        """Where the ``lepton.count`` records of pipeline ``stream`` go."""
+        return f"{self.base}/counts/{check_segment('stream', stream)}"
+
     def sensors(self, sensor: str) -> str:
         return f"{self.base}/sensors/{check_segment('sensor', sensor)}"
 
@@ -64,9 +68,13 @@ class DeviceTopics:
         return f"{self.base}/shards/{check_segment('blob', blob)}"
 
 
+RECORD_KINDS = ("results", "sensors", "events", "counts")
+"""The topic kinds that carry seq-numbered records, each validated and stored by ingest."""
+
+
 def results_subscription(group: str | None, kind: str = "results") -> str:
-    """The subscription a backend ingest uses for ``kind`` (results, shards); shared when
-    ``group`` is given."""
+    """The subscription a backend ingest uses for ``kind`` (results, sensors, events, counts,
+    shards); shared when ``group`` is given."""
     topic = f"{ROOT}/{VERSION}/+/+/{kind}/+"
     return f"$share/{check_segment('group', group)}/{topic}" if group else topic
 
@@ -92,7 +100,7 @@ def parse_topic(topic: str) -> ParsedTopic:
     check_segment("site", site)
     check_segment("device", device)
     stream: str | None = None
-    if kind in ("results", "events", "shards", "sensors"):
+    if kind in (*RECORD_KINDS, "shards"):
         if len(parts) != 6:
             raise ValueError(f"topic {topic!r} needs exactly one segment after {kind!r}")
         stream = check_segment("stream", parts[5])
