@@ -185,7 +185,11 @@ def test_stop_and_start_pipelines_while_the_rest_run(tmp_path: Path, broker: Loc
 
         stopped = agent.call(agent.app.stop_pipeline("b"))
         assert stopped.state == "stopped" and agent.state("a") == agent.state("c") == "running"
-        b_last = read_report(state).last_seq["b"]
+        # stop_pipeline returns once b's inference thread has ended; the results it handed
+        # over are committed by the outbox writer's next batch (PipelineSet.stop's contract).
+        b_last = stopped.status(time.monotonic()).inference.frames
+        wait_for(lambda: read_report(state).last_seq.get("b") == b_last,
+                 f"the stopped pipeline's {b_last} results committed", timeout=10)
         b_before = {q: p.decode() for q, p in record_payloads(state, "b").items()}
         assert sorted(b_before) == list(range(1, b_last + 1))
         restarted_after = time.time()
@@ -262,10 +266,10 @@ def test_a_failed_pipeline_beside_healthy_ones(tmp_path: Path, broker: LocalBrok
     not_video.write_text("this is not a video\n")
     ingest = Ingest(broker.url, tmp_path / "ingest.db", "pipes-fail-ingest")
     config = _config(tmp_path, broker, device, [
-        RigPipeline("good1", SOURCE, pace="realtime", max_frames=60),
+        RigPipeline("good1", SOURCE, pace="realtime", max_frames=60, drop_policy="block"),
         RigPipeline("nomodel", SOURCE, model=tmp_path / "missing-model", max_frames=10),
         RigPipeline("notvideo", str(not_video), max_frames=10),
-        RigPipeline("good2", SOURCE, pace="realtime", max_frames=50)])
+        RigPipeline("good2", SOURCE, pace="realtime", max_frames=50, drop_policy="block")])
     agent = AgentProcess(config)
     snap = agent.wait_status(lambda s: {p["stream"]: p["state"] for p in s["pipelines"]}.get(
         "notvideo") == "failed" and any(p["state"] == "running" for p in s["pipelines"]),

@@ -8,6 +8,15 @@ interpreter threads:
 - ``agent``: ``lepton-agent run`` on the same clip, durable outbox, QoS 1 to a real local
   mosquitto. Time to first result is measured from process launch to the first result a
   subscriber receives.
+
+With ``streams`` N > 1 (``bench pipeline --streams N``) each round also runs ``streams``: one
+agent process with N ``[[pipelines]]`` on the same clip (looped, paced fast, the same frame
+count each), ``threads`` interpreter threads per pipeline under ``thread_budget`` (0: the CPU
+count). Its figures: ``aggregate_fps`` (the sum of the pipelines' processing rates, the agent's
+own ``processing_fps``), ``per_stream_fps``, ``observed_fps`` (results a subscriber received
+per second while every stream was running: an outside check of the aggregate), ``rss_mb``,
+against ``raw_invoke_fps`` (one interpreter, same threads) and ``rss_mb_single`` (the
+single-stream agent run of the same round).
 """
 
 from __future__ import annotations
@@ -129,9 +138,82 @@ def _agent_run(model: Path, source: Path, threads: int, frames: int, workdir: Pa
         return summary
 
 
+class _ResultClock:
+    """Arrival times of the results a subscriber receives, per stream (the topic's last segment)."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.arrivals: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self._client.on_message = self._on_message
+        self._client.connect("127.0.0.1", port)
+        self._client.subscribe(topic, qos=1)
+        self._client.loop_start()
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        stream = str(message.topic).rsplit("/", 1)[-1]
+        with self._lock:
+            self.arrivals.setdefault(stream, []).append(time.monotonic())
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+    def overlap_fps(self) -> float | None:
+        """Results per second, all streams together, while every stream was delivering
+        (from the last stream's first result to the first stream's last)."""
+        with self._lock:
+            times = [t for t in self.arrivals.values() if len(t) >= 2]
+            if not times:
+                return None
+            start = max(t[0] for t in times)
+            end = min(t[-1] for t in times)
+            if end - start < 0.5:
+                return None
+            n = sum(sum(1 for x in t if start < x <= end) for t in times)
+        return round(n / (end - start), 2)
+
+
+def _streams_run(model: Path, source: Path, threads: int, budget: int, streams: int,
+                 frames: int, workdir: Path) -> dict[str, Any]:
+    """One agent process with ``streams`` pipelines on ``source`` (looped, paced fast,
+    ``frames`` each); its summary plus what a subscriber saw."""
+    from agent.devtools.mosquitto import LocalBroker
+    from agent.devtools.rig import RigPipeline, write_agent_config
+
+    with LocalBroker(workdir / "broker") as broker:
+        config = write_agent_config(
+            workdir / "agent.toml", device_id="bench-agent", site="bench",
+            state_dir=workdir / "state", broker_url=broker.url, model=model.resolve(),
+            delivery="broker", threads=threads, thread_budget=budget,
+            pipelines=[RigPipeline(f"s{i}", str(source.resolve()), threads=threads,
+                                   max_frames=frames, pace="fast", loop=True)
+                       for i in range(streams)])
+        clock = _ResultClock(broker.port, "lepton/v1/bench/bench-agent/results/+")
+        try:
+            time.sleep(0.2)
+            out = subprocess.run(
+                [sys.executable, "-m", "agent", "run", "--config", str(config), "--json",
+                 "--log-level", "warning"], capture_output=True, text=True, check=False)
+        finally:
+            clock.close()
+        if out.returncode != 0:
+            raise RuntimeError(f"agent run ({streams} streams) failed: {out.stderr[-2000:]}")
+        summary: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        summary["observed_fps"] = clock.overlap_fps()
+        return summary
+
+
 def bench_pipeline(model: Path | None = None, source: Path | None = None, seconds: float = 10.0,
-                   threads: int = 1, rounds: int = 2) -> dict[str, Any]:
-    """Each contender ``rounds`` times, interleaved (raw, peer, agent, raw, ...); medians."""
+                   threads: int = 1, rounds: int = 2, streams: int = 1,
+                   thread_budget: int = 0) -> dict[str, Any]:
+    """Each contender ``rounds`` times, interleaved (raw, peer, agent, [N streams], raw, ...);
+    medians. ``threads`` is each interpreter's (raw, peer, every pipeline); ``thread_budget``
+    the agent's ``[agent] thread_budget`` for the N-stream run (0: the CPU count)."""
+    import os
     import statistics
 
     from agent.sources.synthetic import write_clip
@@ -140,6 +222,8 @@ def bench_pipeline(model: Path | None = None, source: Path | None = None, second
     raws: list[dict[str, float]] = []
     peers: list[dict[str, float]] = []
     agents: list[dict[str, Any]] = []
+    multis: list[dict[str, Any]] = []
+    budget = thread_budget or os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="lepton-bench-") as tmp:
         work = Path(tmp)
         if source is None:
@@ -150,6 +234,14 @@ def bench_pipeline(model: Path | None = None, source: Path | None = None, second
             peers.append(_child("peer", str(model_path), str(source), str(threads), str(seconds)))
             frames = max(50, int(peers[-1]["fps"] * seconds))
             agents.append(_agent_run(model_path, source, threads, frames, work / f"round{r}"))
+            if streams > 1:
+                # The same wall time as the single run if the budget runs every stream at the
+                # single stream's rate (budget // threads interpreters at once).
+                parallel = max(1, budget // threads)
+                each = max(50, int(agents[-1]["processing_fps"] * min(parallel, streams)
+                                   * seconds / streams))
+                multis.append(_streams_run(model_path, source, threads, budget, streams, each,
+                                           work / f"streams{r}"))
 
     def median(runs: list[dict[str, Any]], key: str) -> float:
         return float(statistics.median(float(run[key]) for run in runs))
@@ -163,7 +255,7 @@ def bench_pipeline(model: Path | None = None, source: Path | None = None, second
              "frames_processed": sum(a["frames_processed"] for a in agents),
              "results_published": sum(a["results_published"] for a in agents)}
     agent_fps = float(agent["processing_fps"])
-    return {
+    report: dict[str, Any] = {
         "model": str(model_path),
         "source": str(source) if model else "generated 1280x720 MJPG clip",
         "threads": threads,
@@ -183,7 +275,37 @@ def bench_pipeline(model: Path | None = None, source: Path | None = None, second
         "peer_rss_mb": peer["peak_rss_mb"],
         "rss_ratio": round(agent["peak_rss_mb"] / peer["peak_rss_mb"], 3),
         "first_result_s": round(agent["first_result_s"], 3),
+        "streams": streams,
+        "rss_mb_single": agent["peak_rss_mb"],
     }
+    if streams == 1:
+        report.update({"aggregate_fps": agent_fps, "per_stream_fps": [agent_fps],
+                       "rss_mb": agent["peak_rss_mb"]})
+        return report
+    # The round whose aggregate is the median (its per-stream figures go together).
+    ranked = sorted(multis, key=lambda m: float(m["processing_fps"]))
+    mid = ranked[(len(ranked) - 1) // 2]
+    per_stream = [float(x["processing_fps"]) for x in mid["streams"]]
+    aggregate = median(multis, "processing_fps")
+    observed = [float(m["observed_fps"]) for m in multis if m["observed_fps"] is not None]
+    rss = median(multis, "peak_rss_mb")
+    fair = aggregate / streams
+    report.update({
+        "thread_budget": budget,
+        "threads_per_stream": threads,
+        "runs_fps_streams": [m["processing_fps"] for m in multis],
+        "aggregate_fps": round(aggregate, 2),
+        "per_stream_fps": per_stream,
+        "observed_fps": round(statistics.median(observed), 2) if observed else None,
+        "stream_frames": [int(x["frames_processed"]) for x in mid["streams"]],
+        "stream_states": sorted({str(x["state"]) for m in multis for x in m["streams"]}),
+        "aggregate_vs_raw": round(aggregate / raw["fps"], 3),
+        "min_stream_vs_fair_share": round(min(per_stream) / fair, 3) if fair else 0.0,
+        "fair_share": all(f >= 0.8 * fair for f in per_stream),
+        "rss_mb": rss,
+        "rss_vs_single": round(rss / float(agent["peak_rss_mb"]), 3),
+    })
+    return report
 
 
 if __name__ == "__main__":

@@ -18,8 +18,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     pipe.add_argument("--model", type=Path)
     pipe.add_argument("--source", type=Path)
     pipe.add_argument("--seconds", type=positive(float), default=10.0)
-    pipe.add_argument("--threads", type=positive(int), default=1)
+    pipe.add_argument("--threads", type=positive(int), default=1,
+                      help="interpreter threads of raw, peer and each of the agent's pipelines")
     pipe.add_argument("--rounds", type=positive(int), default=2, help="interleaved repeats (medians)")
+    pipe.add_argument("--streams", type=positive(int), default=1,
+                      help="N > 1: also run one agent with N pipelines on the clip")
+    pipe.add_argument("--thread-budget", type=positive(int, zero=True), default=0,
+                      help="[agent] thread_budget of the N-stream agent (0: the CPU count)")
     pipe.add_argument("--json", action="store_true")
     pipe.set_defaults(func=cmd_bench)
 
@@ -64,8 +69,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for flag, path in (("--model", args.model), ("--source", args.source)):
         if path is not None and not path.exists():
             raise ConfigError(f"{path} does not exist", key=flag, fix="check the path")
+    if args.thread_budget and args.threads > args.thread_budget:
+        raise ConfigError(f"--threads {args.threads} is more than --thread-budget "
+                          f"{args.thread_budget}", key="--threads",
+                          fix="give each pipeline at most the budget's threads")
     report = bench_pipeline(model=args.model, source=args.source, seconds=args.seconds,
-                            threads=args.threads, rounds=args.rounds)
+                            threads=args.threads, rounds=args.rounds, streams=args.streams,
+                            thread_budget=args.thread_budget)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -58,6 +58,7 @@ class RigPipeline:
     max_frames: int | None = None
     pace: str | None = None
     loop: bool | None = None
+    drop_policy: str | None = None
 
     def toml(self) -> str:
         """This pipeline as a ``[[pipelines]]`` table (strings quoted as TOML basic strings)."""
@@ -73,6 +74,8 @@ class RigPipeline:
             lines.append(f"pace = {json.dumps(self.pace)}")
         if self.loop is not None:
             lines.append(f"loop = {'true' if self.loop else 'false'}")
+        if self.drop_policy is not None:
+            lines.append(f"drop_policy = {json.dumps(self.drop_policy)}")
         return "\n".join(lines) + "\n"
 
 
