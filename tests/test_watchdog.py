@@ -106,7 +106,7 @@ def test_watchdog_is_starved_when_a_source_read_hangs(tmp_path: Path) -> None:
         assert after is not None and after["state"] == "running", agent.log
         assert after["stages"]["capture"]["alive"] and after["stages"]["inference"]["alive"]
         assert after["queues"]["frames"]["depth"] == 0  # nothing waits: the old check saw none
-        assert f"pipeline stuck for over {STALL_S:.0f}s (capture: read of {camera.url} has not " \
+        assert f"pipeline stuck for over {STALL_S:.0f}s (cam0: capture: read of {camera.url} has not " \
                "returned for" in agent.log, agent.log
     finally:
         agent.kill()

@@ -254,16 +254,17 @@ class AgentApp:
 
     async def _start_pipelines(self, parts: Components) -> None:
         """Start every configured pipeline; raise the first error only if none started."""
-        errors: list[AgentError] = []
+        errors: list[tuple[str, AgentError]] = []
         for spec in self.config.pipeline_specs():
             try:
                 await parts.pipelines.start(spec)
             except AgentError as exc:
-                errors.append(exc)
+                errors.append((spec.stream, exc))
         if errors and len(errors) == len(parts.pipelines):
-            raise errors[0]
-        for error in errors:
-            log.error("the other pipelines run on without it: %s", error)
+            raise errors[0][1]
+        for stream, error in errors:
+            log.error("pipeline %s did not start: %s; the other pipelines run on without it",
+                      stream, error)
 
     async def _run(self, stop: asyncio.Event | None) -> RunSummary:
         cfg = self.config
@@ -324,38 +325,46 @@ class AgentApp:
                                                            name="outbox-writer")
                 tasks.create_task(supervisor.run(), name="supervisor")
         finally:
-            health.state = "stopped"
-            status_server.close()
-            socket_path(cfg.agent.state_dir, cfg.agent.status_socket).unlink(missing_ok=True)
-            if metrics_server is not None:
-                metrics_server.shutdown()
-            parts.pipelines.stop_all()
-            for pipeline in parts.pipelines:
-                pipeline.join(2.0)
-            if parts.hub:
-                parts.hub.stop()
-                await asyncio.sleep(0)  # bytes the readers handed over are parsed
-            parts.writer.commit(force=True)  # one last try, whatever the retry delay
-            link = parts.link
-            if link:
-                if link.connected:
-                    link.publish(parts.topics.status, encode_status(
-                        state="offline", device=cfg.agent.device_id, site=cfg.agent.site,
-                        wall_time=time.time(), extra={"reason": "stopped"}), qos=1, retain=True)
-                await link.stop(2.0)
-            backlog = self._close_storage(parts.uplink, parts.outbox)
-            held, sensors_held = parts.writer.held
-            if held or sensors_held:
-                self.summary.results_uncommitted = held
-                self.summary.sensor_records_dropped += sensors_held
-                log.error("stopping with %d result(s) and %d sensor record(s) not committed "
-                          "(%s); they are lost. Records committed before are kept.",
-                          held, sensors_held,
-                          parts.writer.storage.error or "the storage did not take them in time")
+            backlog = await self._shut_down(parts, status_server, metrics_server)
             for sig in installed:
                 loop.remove_signal_handler(sig)
             parts.notifier.close()
         return self._summarize(parts, started, backlog)
+
+    async def _shut_down(self, parts: Components, status_server: asyncio.AbstractServer,
+                         metrics_server: Any) -> int:
+        """After the tasks: close the servers, join the threads, commit what is left, say
+        goodbye on the link, close the outbox. Returns the backlog left (-1 if unreadable)."""
+        cfg = self.config
+        parts.health.state = "stopped"
+        status_server.close()
+        socket_path(cfg.agent.state_dir, cfg.agent.status_socket).unlink(missing_ok=True)
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        parts.pipelines.stop_all()
+        for pipeline in parts.pipelines:
+            pipeline.join(2.0)
+        if parts.hub:
+            parts.hub.stop()
+            await asyncio.sleep(0)  # bytes the readers handed over are parsed
+        parts.writer.commit(force=True)  # one last try, whatever the retry delay
+        link = parts.link
+        if link:
+            if link.connected:
+                link.publish(parts.topics.status, encode_status(
+                    state="offline", device=cfg.agent.device_id, site=cfg.agent.site,
+                    wall_time=time.time(), extra={"reason": "stopped"}), qos=1, retain=True)
+            await link.stop(2.0)
+        backlog = self._close_storage(parts.uplink, parts.outbox)
+        held, sensors_held = parts.writer.held
+        if held or sensors_held:
+            self.summary.results_uncommitted = held
+            self.summary.sensor_records_dropped += sensors_held
+            log.error("stopping with %d result(s) and %d sensor record(s) not committed "
+                      "(%s); they are lost. Records committed before are kept.",
+                      held, sensors_held,
+                      parts.writer.storage.error or "the storage did not take them in time")
+        return backlog
 
     def _summarize(self, parts: Components, started: float, backlog: int) -> RunSummary:
         s = self.summary
