@@ -31,6 +31,9 @@ TOO_LARGE, TOO_DEEP, NOT_UTF8, NOT_JSON = "too_large", "too_deep", "not_utf8", "
 DUPLICATE_KEY, NUMBER_RANGE, BAD_STRING = "duplicate_key", "number_range", "bad_string"
 BAD_TOPIC, SCHEMA, TOPIC_MISMATCH, BAD_TS = "bad_topic", "schema", "topic_mismatch", "bad_ts"
 SHARD, UNSTORABLE, INTERNAL = "shard", "unstorable", "internal"
+BAD_COUNT = "bad_count"
+"""A count record valid by its schema but not by the contract: a bucket start not aligned to
+its length, an entry key given twice, a stream that is not '{source}.counts'."""
 
 
 class Reject(RecordRejected):

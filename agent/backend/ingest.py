@@ -1,4 +1,5 @@
-"""The ingest consumer: a shared subscription on results, validated, stored idempotently.
+"""The ingest consumer: a shared subscription on results (and sensors, events, counts, shards),
+validated, stored idempotently.
 
 Messages are acknowledged to the broker (manual PUBACK) only after the batch that holds
 them is committed, so an ingest crash loses nothing: the broker redelivers to the
@@ -24,6 +25,7 @@ import paho.mqtt.client as paho
 from jsonschema import Draft202012Validator
 
 from agent.backend.decode import (
+    BAD_COUNT,
     BAD_TOPIC,
     INTERNAL,
     PAYLOAD_KEPT,
@@ -39,6 +41,7 @@ from agent.backend.decode import (
 from agent.backend.shards import parse_shard
 from agent.backend.store import IngestedRecord, Store, Unstorable
 from agent.core.contract.ack import Ranges, encode_ack, to_ranges
+from agent.core.contract.count import count_from_json
 from agent.core.contract.topics import DeviceTopics, parse_topic, results_subscription
 from agent.core.uri import BrokerUrl
 from agent.errors import ConfigError, RecordRejected, StorageError
@@ -74,10 +77,11 @@ class IngestStats:
 
 
 class RecordValidator:
-    """Checks a message on ``results``, ``sensors`` or ``events`` against its schema and topic."""
+    """Checks a message on ``results``, ``sensors``, ``events`` or ``counts`` against its
+    schema and topic."""
 
     SCHEMAS: ClassVar[dict[str, str]] = {"results": "result.v1", "sensors": "sensor.v1",
-                                         "events": "event.v1"}
+                                         "events": "event.v1", "counts": "count.v1"}
 
     def __init__(self) -> None:
         self._validators = {kind: Draft202012Validator(load_schema(name))
@@ -99,13 +103,23 @@ class RecordValidator:
             schema = self.SCHEMAS[parsed.kind].replace(".v", " v")
             raise Reject(f"schema lepton.{schema} violated at {where}: {clean(error.message, 300)}",
                          topic=topic, code=SCHEMA)
-        # An event's stream is its own seq space ("{source}.events"); the topic names the source.
-        topic_key = "source" if parsed.kind == "events" else "stream"
+        # An event's or a count's stream is its own seq space ("{source}.events",
+        # "{source}.counts"); the topic names the source.
+        topic_key = "source" if parsed.kind in ("events", "counts") else "stream"
         for key, want in (("site", parsed.site), ("device", parsed.device),
                           (topic_key, parsed.stream)):
             if body[key] != want:
                 raise Reject(f"record {key} {clean(repr(body[key]), 80)} does not match topic "
                              f"({want!r})", topic=topic, code=TOPIC_MISMATCH)
+        if parsed.kind == "counts":
+            ts = check_timestamp(body["bucket"]["start"], topic, key="bucket.start")
+            try:
+                count = count_from_json(body).record
+            except ValueError as exc:  # what the schema cannot say: alignment, repeated keys
+                raise Reject(f"count record: {clean(str(exc), 300)}", topic=topic,
+                             code=BAD_COUNT) from None
+            return IngestedRecord(body["device"], body["site"], body["stream"],
+                                  int(body["seq"]), ts, text, count)
         ts = check_timestamp(body["ts"], topic)
         return IngestedRecord(body["device"], body["site"], body["stream"], int(body["seq"]),
                               ts, text)
@@ -382,7 +396,8 @@ async def run_ingest(broker: BrokerUrl, store: Store, *, group: str | None = "in
     ingest = Ingest(store, results_subscription(group), name=cid,
                     shard_subscription=results_subscription(group, "shards"),
                     extra_subscriptions=(results_subscription(group, "sensors"),
-                                         results_subscription(group, "events")))
+                                         results_subscription(group, "events"),
+                                         results_subscription(group, "counts")))
     ingest.ready_file = ready_file
     tls = tls or TlsFiles()
     # A consumer reconnects quickly (at most reconnect_max_s apart): while it is away the

@@ -22,17 +22,22 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from agent.backend.decode import PAYLOAD_KEPT, clean
 from agent.backend.shards import BlobDirectory, ShardPart
 from agent.core.contract.ack import Ranges, to_ranges
+from agent.core.contract.count import CountRecord
 from agent.errors import RecordRejected, StorageError
 
 
 @dataclass(frozen=True)
 class IngestedRecord:
+    """A validated record: ``count`` is set for a ``lepton.count`` record, which goes to the
+    ``count_buckets`` and ``counts`` tables instead of ``records``."""
+
     device: str
     site: str
     stream: str
     seq: int
     ts: str
     payload: str
+    count: CountRecord | None = None
 
 
 _DDL = """
@@ -62,7 +67,42 @@ CREATE TABLE IF NOT EXISTS blobs (
     blob TEXT PRIMARY KEY, device TEXT NOT NULL, site TEXT NOT NULL, kind TEXT NOT NULL,
     content_type TEXT NOT NULL, size INTEGER NOT NULL, path TEXT NOT NULL, meta TEXT NOT NULL,
     stored_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP);
+CREATE TABLE IF NOT EXISTS count_buckets (
+    device TEXT NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL, site TEXT NOT NULL,
+    source TEXT NOT NULL, start_s INTEGER NOT NULL, seconds INTEGER NOT NULL,
+    partial INTEGER NOT NULL, received_ns INTEGER NOT NULL, payload TEXT NOT NULL,
+    PRIMARY KEY (device, stream, seq));
+CREATE TABLE IF NOT EXISTS counts (
+    device TEXT NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL, site TEXT NOT NULL,
+    source TEXT NOT NULL, start_s INTEGER NOT NULL, seconds INTEGER NOT NULL,
+    partial INTEGER NOT NULL, rule TEXT NOT NULL, kind TEXT NOT NULL, label TEXT NOT NULL,
+    direction TEXT NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (device, stream, seq, rule, kind, label, direction));
+CREATE INDEX IF NOT EXISTS counts_site_start ON counts (site, start_s);
+CREATE INDEX IF NOT EXISTS count_buckets_site_start ON count_buckets (site, start_s);
 """
+COUNT_BUCKET_COLUMNS = ("device", "stream", "seq", "site", "source", "start_s", "seconds",
+                        "partial")
+"""The ``count_buckets`` columns both stores share (SQLite adds received_ns and payload,
+PostgreSQL received_at and payload): one row per count record, an empty bucket included."""
+COUNT_COLUMNS = (*COUNT_BUCKET_COLUMNS, "rule", "kind", "label", "direction", "count")
+"""The ``counts`` columns: one row per count entry, the bucket's columns repeated so that a
+tally is one GROUP BY over one table (agent/backend/counts.py)."""
+
+
+def bucket_row(r: IngestedRecord) -> tuple[Any, ...]:
+    """The ``count_buckets`` values of a count record (COUNT_BUCKET_COLUMNS order)."""
+    assert r.count is not None
+    b = r.count.bucket
+    return (r.device, r.stream, r.seq, r.site, r.count.source, b.start_s, b.seconds,
+            int(b.partial))
+
+
+def count_rows(r: IngestedRecord) -> list[tuple[Any, ...]]:
+    """The ``counts`` rows of a count record (COUNT_COLUMNS order), one per entry."""
+    assert r.count is not None
+    head = bucket_row(r)
+    return [(*head, e.rule, e.kind, e.label, e.direction, e.count) for e in r.count.counts]
 
 
 @dataclass(frozen=True)
@@ -141,7 +181,7 @@ class Store(Protocol):
 
 
 _OWN_TABLES = {"records", "rejects", "shard_chunks", "shard_manifests", "blobs",
-               "sqlite_sequence"}
+               "sqlite_sequence", "count_buckets", "counts"}
 _RECORD_COLUMNS = ["device", "stream", "seq", "site", "ts", "received_ns", "payload"]
 # What a value (not the database's state) can make SQLite or the driver refuse.
 _SQLITE_DATA_ERRORS = (OverflowError, ValueError, sqlite3.IntegrityError, sqlite3.DataError,
@@ -195,8 +235,10 @@ class SqliteStore:
                     "INSERT OR IGNORE INTO records "
                     "(device, stream, seq, site, ts, received_ns, payload) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(r.device, r.stream, r.seq, r.site, r.ts, now, r.payload) for r in records])
+                    [(r.device, r.stream, r.seq, r.site, r.ts, now, r.payload)
+                     for r in records if r.count is None])
                 inserted = self._db.total_changes - before
+                inserted += self._store_counts([r for r in records if r.count is not None], now)
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
@@ -209,6 +251,22 @@ class SqliteStore:
                                fix="check free space and that no other program locks the "
                                    "file; the broker redelivers what was not stored") from exc
         return inserted
+
+    def _store_counts(self, records: list[IngestedRecord], now: int) -> int:
+        """Count records not yet stored, inside the caller's transaction: the bucket row, and
+        its entries only when the bucket is new (so a redelivery adds nothing)."""
+        new = 0
+        for r in records:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO count_buckets (device, stream, seq, site, source, start_s, "
+                "seconds, partial, received_ns, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*bucket_row(r), now, r.payload))
+            if cur.rowcount == 1:
+                new += 1
+                self._db.executemany(
+                    f"INSERT OR IGNORE INTO counts ({', '.join(COUNT_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(COUNT_COLUMNS))})", count_rows(r))
+        return new
 
     def add_shard(self, part: ShardPart) -> ShardState:
         """Keep a chunk or manifest; finish the blob when it has everything."""
@@ -272,6 +330,19 @@ CREATE TABLE IF NOT EXISTS blobs (
     blob TEXT PRIMARY KEY, device TEXT NOT NULL, site TEXT NOT NULL, kind TEXT NOT NULL,
     content_type TEXT NOT NULL, size BIGINT NOT NULL, path TEXT NOT NULL, meta JSONB NOT NULL,
     stored_at TIMESTAMPTZ NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS count_buckets (
+    device TEXT NOT NULL, stream TEXT NOT NULL, seq BIGINT NOT NULL, site TEXT NOT NULL,
+    source TEXT NOT NULL, start_s BIGINT NOT NULL, seconds INTEGER NOT NULL,
+    partial SMALLINT NOT NULL, received_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    payload JSONB NOT NULL, PRIMARY KEY (device, stream, seq));
+CREATE TABLE IF NOT EXISTS counts (
+    device TEXT NOT NULL, stream TEXT NOT NULL, seq BIGINT NOT NULL, site TEXT NOT NULL,
+    source TEXT NOT NULL, start_s BIGINT NOT NULL, seconds INTEGER NOT NULL,
+    partial SMALLINT NOT NULL, rule TEXT NOT NULL, kind TEXT NOT NULL, label TEXT NOT NULL,
+    direction TEXT NOT NULL, count BIGINT NOT NULL,
+    PRIMARY KEY (device, stream, seq, rule, kind, label, direction));
+CREATE INDEX IF NOT EXISTS counts_site_start ON counts (site, start_s);
+CREATE INDEX IF NOT EXISTS count_buckets_site_start ON count_buckets (site, start_s);
 """
 _PG_RECORD_COLUMNS = ["device", "stream", "seq", "site", "ts", "received_at", "payload"]
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -319,20 +390,50 @@ class PostgresStore:
         """Insert records not yet stored, in one transaction; returns how many were new."""
         if not records:
             return 0
-        rows = [(r.device, r.stream, r.seq, r.site, r.ts, r.payload) for r in records]
-        cols = list(zip(*rows, strict=True))
+        rows = [(r.device, r.stream, r.seq, r.site, r.ts, r.payload) for r in records
+                if r.count is None]
+        counted = [r for r in records if r.count is not None]
+        inserted = 0
         try:
             with self._db.cursor() as cur:
-                cur.execute(
-                    "INSERT INTO records (device, stream, seq, site, ts, payload) "
-                    "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], "
-                    "%s::timestamptz[], %s::jsonb[]) ON CONFLICT DO NOTHING",
-                    [list(c) for c in cols])
-                inserted = int(cur.rowcount)
+                if rows:
+                    cols = list(zip(*rows, strict=True))
+                    cur.execute(
+                        "INSERT INTO records (device, stream, seq, site, ts, payload) "
+                        "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], "
+                        "%s::timestamptz[], %s::jsonb[]) ON CONFLICT DO NOTHING",
+                        [list(c) for c in cols])
+                    inserted = int(cur.rowcount)
+                if counted:
+                    inserted += self._store_counts(cur, counted)
             self._db.commit()
         except self._psycopg.Error as exc:
             self._refused(exc)
         return inserted
+
+    @staticmethod
+    def _store_counts(cur: Any, records: list[IngestedRecord]) -> int:
+        """Count records not yet stored, in the caller's transaction: the bucket rows, then the
+        entries of those buckets this statement inserted (RETURNING), so a redelivery, or a
+        second ingest process inserting the same record at once, adds no entry twice."""
+        buckets = [(*bucket_row(r), r.payload) for r in records]
+        cur.execute(
+            "INSERT INTO count_buckets (device, stream, seq, site, source, start_s, seconds, "
+            "partial, payload) SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], "
+            "%s::text[], %s::text[], %s::bigint[], %s::int[], %s::smallint[], %s::jsonb[]) "
+            "ON CONFLICT DO NOTHING RETURNING device, stream, seq",
+            [list(c) for c in zip(*buckets, strict=True)])
+        new = {(d, s, int(q)) for d, s, q in cur.fetchall()}
+        entries = [row for r in records if (r.device, r.stream, r.seq) in new
+                   for row in count_rows(r)]
+        if entries:
+            cur.execute(
+                f"INSERT INTO counts ({', '.join(COUNT_COLUMNS)}) SELECT * FROM unnest("
+                "%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::bigint[], "
+                "%s::int[], %s::smallint[], %s::text[], %s::text[], %s::text[], %s::text[], "
+                "%s::bigint[]) ON CONFLICT DO NOTHING",
+                [list(c) for c in zip(*entries, strict=True)])
+        return len(new)
 
     def _refused(self, exc: Exception) -> NoReturn:
         """Roll back; a value the server refuses is Unstorable, anything else a StorageError."""
