@@ -1,0 +1,422 @@
+"""Tracking and counting measured against ground truth (issue 16, item 6).
+
+- :func:`read_mot` reads MOT Challenge files (``frame,id,x,y,w,h,conf,class,visibility``), the
+  ground truth ``lepton-agent synth-clip --truth`` writes;
+- :func:`true_line_counts` is the reference count: per class and direction, how many objects of
+  the truth crossed a line, from their bottom-centre trajectories. It is written here, apart
+  from ``agent.core.analytics``, so that the counts it is compared with cannot share its bugs;
+- :func:`tracking_scores` computes HOTA, IDF1, MOTA and ID switches with TrackEval's metric
+  classes (the reference implementation of HOTA, Luiten et al. 2020), not with our own sums;
+- :func:`run_clip` runs the default model and this project's tracker and line counters on every
+  frame of a clip, giving the tracks (as MOT rows) and the measured counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomllib
+
+from agent.errors import AgentError, ConfigError, SourceError
+
+Point = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class MotRow:
+    """One box of one object in one frame. ``x, y, w, h`` in pixels (0-based, top-left)."""
+
+    frame: int
+    object_id: int
+    x: float
+    y: float
+    w: float
+    h: float
+    conf: float = 1.0
+    class_id: int = -1
+    visibility: float = 1.0
+
+    def line(self) -> str:
+        return (f"{self.frame},{self.object_id},{self.x:g},{self.y:g},{self.w:g},{self.h:g},"
+                f"{self.conf:g},{self.class_id},{self.visibility:g}")
+
+
+def read_mot(path: Path) -> list[MotRow]:
+    """Read a MOT Challenge file (ground truth or tracker output). Six columns at least; the
+    7th to 9th (conf, class, visibility) default to 1, -1, 1; a 10th (MOT results' 3-D ``z``)
+    is ignored. Raises AgentError naming the file and line of anything it cannot read."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise AgentError(f"ground truth {path} does not exist",
+                         fix="write one with `lepton-agent synth-clip CLIP --truth FILE`") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AgentError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}",
+                         fix="give a MOT Challenge text file: frame,id,x,y,w,h,conf,class,visibility"
+                         ) from exc
+    rows: list[MotRow] = []
+    seen: set[tuple[int, int]] = set()
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = [f.strip() for f in line.split(",")]
+        where = f"{path}:{lineno}"
+        fix = "each line is frame,id,x,y,w,h[,conf,class,visibility] (MOT Challenge)"
+        if not 6 <= len(fields) <= 10:
+            raise AgentError(f"{where}: {len(fields)} fields in {_short(line)}", fix=fix)
+        try:
+            frame, object_id = _whole(fields[0]), _whole(fields[1])
+            x, y, w, h = (float(f) for f in fields[2:6])
+            conf = float(fields[6]) if len(fields) > 6 else 1.0
+            class_id = _whole(fields[7]) if len(fields) > 7 else -1
+            visibility = float(fields[8]) if len(fields) > 8 else 1.0
+        except ValueError:
+            raise AgentError(f"{where}: not a number in {_short(line)}", fix=fix) from None
+        if frame < 1:
+            raise AgentError(f"{where}: frame {frame} (frames count from 1)", fix=fix)
+        if not all(math.isfinite(v) for v in (x, y, w, h, conf, visibility)) or w <= 0 or h <= 0:
+            raise AgentError(f"{where}: box {x:g},{y:g},{w:g},{h:g} is not a box (w and h > 0)",
+                             fix=fix)
+        if (frame, object_id) in seen:
+            raise AgentError(f"{where}: object {object_id} twice in frame {frame}", fix=fix)
+        seen.add((frame, object_id))
+        rows.append(MotRow(frame, object_id, x, y, w, h, conf, class_id, visibility))
+    if not rows:
+        raise AgentError(f"{path} holds no boxes",
+                         fix="give a MOT Challenge file written by `lepton-agent synth-clip --truth`")
+    return rows
+
+
+def _whole(text: str) -> int:
+    value = float(text)
+    if not value.is_integer():
+        raise ValueError(text)
+    return int(value)
+
+
+def _short(line: str) -> str:
+    return repr(line if len(line) <= 60 else line[:57] + "...")
+
+
+# -- the reference line count ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CountLine:
+    """A counting line as the config gives it: normalized points, optional class filter."""
+
+    name: str
+    p1: Point
+    p2: Point
+    classes: frozenset[str] | None = None
+
+
+def _side(p1: Point, p2: Point, a: Point) -> float:
+    """(P2 - P1) x (A - P1) in image coordinates: > 0 is the ``in`` side."""
+    return (p2[0] - p1[0]) * (a[1] - p1[1]) - (p2[1] - p1[1]) * (a[0] - p1[0])
+
+
+def _meets_segment(p1: Point, p2: Point, a: Point, b: Point) -> bool:
+    """Whether the move a -> b (whose ends are on opposite sides of the line) meets the segment
+    P1P2 itself, ends included, rather than the line beyond them."""
+    # Where the move meets the infinite line, as a fraction t along P1P2.
+    da, db = _side(p1, p2, a), _side(p1, p2, b)
+    s = da / (da - db)
+    m = (a[0] + s * (b[0] - a[0]), a[1] + s * (b[1] - a[1]))
+    dx, dy = p2[0] - p1[0], p2[1] - p1[1]
+    t = ((m[0] - p1[0]) * dx + (m[1] - p1[1]) * dy) / (dx * dx + dy * dy)
+    return -1e-9 <= t <= 1 + 1e-9
+
+
+def path_crossings(points: Sequence[Point], p1: Point, p2: Point) -> list[str]:
+    """The net crossings of one object's path over the segment P1P2: ``["in"]``, ``["out"]`` or
+    ``[]``. A move counts when its ends lie on opposite sides (points exactly on the line take
+    the side they came from) and it meets the segment; a crossing followed by one back is
+    cancelled, so an object wavering over the line and going on counts once, one that comes
+    back counts nothing. A move jumping over the line between two frames counts like any."""
+    stack: list[str] = []
+    last: Point | None = None
+    last_side = 0.0
+    for point in points:
+        side = _side(p1, p2, point)
+        if side == 0.0:
+            continue
+        if last is not None and (side > 0) != (last_side > 0) and _meets_segment(p1, p2, last, point):
+            direction = "in" if side > 0 else "out"
+            if stack and stack[-1] != direction:
+                stack.pop()
+            else:
+                stack.append(direction)
+        last, last_side = point, side
+    return stack
+
+
+@dataclass(frozen=True)
+class TrueTrajectory:
+    """One object of the truth: its class and its normalized bottom-centre point per frame."""
+
+    object_id: int
+    class_id: int
+    points: tuple[Point, ...]
+
+
+def trajectories(rows: Iterable[MotRow], width: int, height: int) -> list[TrueTrajectory]:
+    """Each object's bottom-centre path in normalized coordinates, in frame order; its class is
+    the class most of its rows give."""
+    by_id: dict[int, list[MotRow]] = {}
+    for row in rows:
+        by_id.setdefault(row.object_id, []).append(row)
+    out: list[TrueTrajectory] = []
+    for object_id in sorted(by_id):
+        own = sorted(by_id[object_id], key=lambda r: r.frame)
+        class_id = Counter(r.class_id for r in own).most_common(1)[0][0]
+        points = tuple(((r.x + r.w / 2) / width, (r.y + r.h) / height) for r in own)
+        out.append(TrueTrajectory(object_id, class_id, points))
+    return out
+
+
+def true_line_counts(rows: Iterable[MotRow], line: CountLine, width: int, height: int,
+                     labels: dict[int, str]) -> Counter[tuple[str, str]]:
+    """How many objects of the truth crossed ``line``, by (class label, direction)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for traj in trajectories(rows, width, height):
+        label = labels.get(traj.class_id, str(traj.class_id))
+        if line.classes is not None and label not in line.classes:
+            continue
+        for direction in path_crossings(traj.points, line.p1, line.p2):
+            counts[(label, direction)] += 1
+    return counts
+
+
+def read_lines(path: Path) -> list[CountLine]:
+    """The counting lines of an agent config file: top-level ``[[lines]]`` and each
+    ``[[pipelines.lines]]`` (name, points, optional classes), read with tomllib. ConfigError
+    names the file and key of what it cannot use, and says so when there is no line at all."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError("config file does not exist", file=str(path),
+                          fix="give the agent config holding the [[lines]]") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read it: {exc}", file=str(path)) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", file=str(path)) from exc
+    tables: list[tuple[str, Any]] = []
+    raw = data.get("lines", [])
+    tables += [(f"lines[{i}]", t) for i, t in enumerate(raw if isinstance(raw, list) else [raw])]
+    pipelines = data.get("pipelines", [])
+    for p, pipe in enumerate(pipelines if isinstance(pipelines, list) else []):
+        own = pipe.get("lines", []) if isinstance(pipe, dict) else []
+        tables += [(f"pipelines[{p}].lines[{i}]", t) for i, t in enumerate(own)]
+    if not tables:
+        raise ConfigError("no counting line", file=str(path), key="lines",
+                          fix='add one: [[lines]] name = "stop-bar" points = [[0.5, 0.0], [0.5, 1.0]]')
+    lines: list[CountLine] = []
+    for key, table in tables:
+        if not isinstance(table, dict):
+            raise ConfigError("must be a table (name, points, classes)", file=str(path), key=key)
+        name = table.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError("needs a name", file=str(path), key=f"{key}.name")
+        points = table.get("points")
+        try:
+            (x1, y1), (x2, y2) = ((float(a), float(b)) for a, b in points)  # type: ignore[union-attr]
+            ok = all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in (x1, y1, x2, y2))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok or (x1, y1) == (x2, y2):
+            raise ConfigError(f"must be two distinct points in [0, 1], got {points!r}",
+                              file=str(path), key=f"{key}.points",
+                              fix="points = [[x1, y1], [x2, y2]], normalized to the frame")
+        classes = table.get("classes")
+        if classes is not None and not (isinstance(classes, list)
+                                        and all(isinstance(c, str) for c in classes)):
+            raise ConfigError("must be a list of class names", file=str(path), key=f"{key}.classes")
+        lines.append(CountLine(name, (x1, y1), (x2, y2),
+                               frozenset(classes) if classes is not None else None))
+    return lines
+
+
+# -- the evaluator ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrackingScores:
+    """Class-agnostic CLEAR-MOT, identity and HOTA scores of tracks against the truth."""
+
+    hota: float
+    deta: float
+    assa: float
+    idf1: float
+    mota: float
+    motp: float
+    id_switches: int
+    fragmentations: int
+    gt_ids: int
+    tracker_ids: int
+    gt_boxes: int
+    tracker_boxes: int
+
+    def to_json(self) -> dict[str, float | int]:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of (n, 4) and (m, 4) ``x, y, w, h`` boxes."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    ax2, ay2 = a[:, 0] + a[:, 2], a[:, 1] + a[:, 3]
+    bx2, by2 = b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
+    iw = np.clip(np.minimum(ax2[:, None], bx2[None]) - np.maximum(a[:, 0][:, None], b[:, 0][None]), 0, None)
+    ih = np.clip(np.minimum(ay2[:, None], by2[None]) - np.maximum(a[:, 1][:, None], b[:, 1][None]), 0, None)
+    inter = iw * ih
+    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter
+    out: np.ndarray = inter / np.maximum(union, 1e-12)
+    return out
+
+
+def _trackeval_metrics() -> tuple[Any, Any, Any]:
+    try:
+        # TrackEval prints a line about an optional dataset on import; keep stdout for our JSON.
+        with contextlib.redirect_stdout(io.StringIO()):
+            from trackeval.metrics import CLEAR, HOTA, Identity
+    except ImportError as exc:
+        raise AgentError(f"the tracking evaluator is not installed ({exc})",
+                         fix="pip install -e '.[eval]' (TrackEval)") from exc
+    return HOTA, CLEAR, Identity
+
+
+def tracking_scores(truth: Sequence[MotRow], tracks: Sequence[MotRow],
+                    frames: int | None = None) -> TrackingScores:
+    """Score ``tracks`` against ``truth`` with TrackEval's HOTA, CLEAR and Identity metrics,
+    class-agnostic, every truth row considered. ``frames`` defaults to the last frame of either."""
+    hota_cls, clear_cls, identity_cls = _trackeval_metrics()
+    last = max([r.frame for r in truth] + [r.frame for r in tracks] + [frames or 0])
+    gt_index = {i: n for n, i in enumerate(sorted({r.object_id for r in truth}))}
+    tr_index = {i: n for n, i in enumerate(sorted({r.object_id for r in tracks}))}
+    per_gt: list[list[MotRow]] = [[] for _ in range(last)]
+    per_tr: list[list[MotRow]] = [[] for _ in range(last)]
+    for r in truth:
+        per_gt[r.frame - 1].append(r)
+    for r in tracks:
+        per_tr[r.frame - 1].append(r)
+    data: dict[str, Any] = {
+        "num_timesteps": last, "num_gt_ids": len(gt_index), "num_tracker_ids": len(tr_index),
+        "num_gt_dets": len(truth), "num_tracker_dets": len(tracks),
+        "gt_ids": [], "tracker_ids": [], "similarity_scores": [],
+    }
+    for g, t in zip(per_gt, per_tr, strict=True):
+        data["gt_ids"].append(np.array([gt_index[r.object_id] for r in g], dtype=int))
+        data["tracker_ids"].append(np.array([tr_index[r.object_id] for r in t], dtype=int))
+        data["similarity_scores"].append(_iou(np.array([[r.x, r.y, r.w, r.h] for r in g]).reshape(-1, 4),
+                                              np.array([[r.x, r.y, r.w, r.h] for r in t]).reshape(-1, 4)))
+    with contextlib.redirect_stdout(io.StringIO()):
+        hota = hota_cls({"PRINT_CONFIG": False}).eval_sequence(data)
+        clear = clear_cls({"PRINT_CONFIG": False}).eval_sequence(data)
+        ident = identity_cls({"PRINT_CONFIG": False}).eval_sequence(data)
+    return TrackingScores(
+        hota=float(np.mean(hota["HOTA"])), deta=float(np.mean(hota["DetA"])),
+        assa=float(np.mean(hota["AssA"])), idf1=float(ident["IDF1"]), mota=float(clear["MOTA"]),
+        motp=float(clear["MOTP"]), id_switches=int(clear["IDSW"]), fragmentations=int(clear["Frag"]),
+        gt_ids=len(gt_index), tracker_ids=len(tr_index), gt_boxes=len(truth),
+        tracker_boxes=len(tracks))
+
+
+# -- running the pipeline's parts over a clip ------------------------------------------------------
+
+
+@dataclass
+class ClipRun:
+    """What the detector and tracker made of a clip."""
+
+    width: int
+    height: int
+    frames: int
+    fps: float
+    labels: dict[int, str]
+    tracks: list[MotRow] = field(default_factory=list)
+    measured: dict[str, Counter[tuple[str, str]]] = field(default_factory=dict)
+
+
+def open_clip(path: Path) -> Any:
+    """An opened cv2.VideoCapture; SourceError naming the clip when it cannot be read."""
+    import cv2
+
+    if not path.is_file():
+        raise SourceError("no such file", uri=str(path), fix="give a clip written by synth-clip")
+    cap = cv2.VideoCapture(str(path))
+    ok = cap.isOpened()
+    if ok:
+        ok, _ = cap.read()
+        cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+    if not ok:
+        cap.release()
+        raise SourceError("OpenCV cannot read a frame of it", uri=str(path),
+                          fix="give a video file OpenCV reads (.avi MJPG or .mp4)")
+    return cap
+
+
+def clip_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a clip's frames."""
+    cap = open_clip(path)
+    try:
+        _, frame = cap.read()
+        return int(frame.shape[1]), int(frame.shape[0])
+    finally:
+        cap.release()
+
+
+def run_clip(clip: Path, model: Path, lines: Sequence[CountLine] = (), *, threads: int = 2,
+             fps: float | None = None) -> ClipRun:
+    """Run the model and ``agent.core.analytics`` (tracker, then the line counters, with the
+    runtime's defaults) on every frame of ``clip``. Tracks are written as MOT rows for the
+    confirmed tracks matched to a detection in that frame (ByteTrack's output); counts are
+    the settled line counts after the clip ends (the open bucket closed)."""
+    import cv2
+
+    from agent.core.analytics import Analytics, LineRule, observations_from_detections
+    from agent.inference.model import load_model
+    from agent.inference.runner import ModelRunner
+
+    runner = ModelRunner(load_model(model, num_threads=threads))
+    labels = {int(k): v for k, v in runner.manifest.labels.items()}
+    rules = [LineRule.of(ln.name, [ln.p1, ln.p2], classes=ln.classes) for ln in lines]
+    cap = open_clip(clip)
+    rate = fps or float(cap.get(cv2.CAP_PROP_FPS)) or 15.0
+    analytics = Analytics(lines=rules, wall_now=0.0, mono_now=0.0, bucket_seconds=1e9)
+    run = ClipRun(0, 0, 0, rate, labels)
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            run.frames += 1
+            h, w = frame.shape[:2]
+            run.width, run.height = w, h
+            inference = runner.infer(runner.prepare(frame))
+            now = run.frames / rate
+            step = analytics.step(observations_from_detections(inference.detections), now,
+                                  run.frames)
+            for t in step.tracks:
+                if t.confirmed and t.observed:
+                    x1, y1, x2, y2 = t.box
+                    run.tracks.append(MotRow(run.frames, t.track_id, x1 * w, y1 * h,
+                                             (x2 - x1) * w, (y2 - y1) * h, t.score, t.class_id))
+    finally:
+        cap.release()
+    for ln in lines:
+        run.measured[ln.name] = Counter()
+    for bucket in analytics.close(partial=True):
+        for row in bucket.counts:
+            if row.key.kind == "line":
+                run.measured[row.key.rule][(row.key.label, row.key.direction.value)] += row.count
+    return run
