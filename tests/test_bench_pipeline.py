@@ -36,9 +36,12 @@ def test_two_stream_report_shape() -> None:
     assert report["rss_mb"] > 0 and report["rss_mb_single"] > 0
     assert report["rss_vs_single"] == pytest.approx(report["rss_mb"] / report["rss_mb_single"],
                                                     rel=0.01)
-    # The single-stream (P1) figures stay in the report.
-    for key in ("peer_fps", "agent_fps", "agent_vs_peer", "agent_vs_raw", "first_result_s"):
+    # The single-stream (P1) figures stay in the report, and where the CPU goes.
+    for key in ("peer_fps", "agent_fps", "agent_vs_peer", "agent_vs_raw", "first_result_s",
+                "raw_cpu_ms_per_frame", "agent_cpu_ms_per_frame", "streams_cpu_ms_per_frame",
+                "agent_cpu_cores_used", "streams_cpu_cores_used"):
         assert report[key] > 0, key
+    assert report["observed_fps"] is None or report["observed_fps"] > 0
 
 
 def test_threads_over_the_budget_is_one_clear_line() -> None:

@@ -56,14 +56,35 @@ def raw_loop(model: str, threads: int, seconds: float) -> dict[str, float]:
     tensor = np.zeros(inp["shape"], inp["dtype"])
     interp.set_tensor(inp["index"], tensor)
     interp.invoke()
-    n, started = 0, time.perf_counter()
+    n, started, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
         interp.set_tensor(inp["index"], tensor)
         interp.invoke()
         for o in outs:
             interp.get_tensor(o["index"])
         n += 1
-    return {"fps": n / (time.perf_counter() - started), "peak_rss_mb": _peak_rss_mb()}
+    return {"fps": n / (time.perf_counter() - started), "peak_rss_mb": _peak_rss_mb(),
+            "cpu_ms_per_frame": 1000 * (time.process_time() - cpu) / max(n, 1)}
+
+
+def _children_cpu_s() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _run_timed(cmd: list[str]) -> tuple[subprocess.CompletedProcess[str], float, float]:
+    """Run ``cmd``; its result, wall seconds and CPU seconds (user + system, all its threads)."""
+    cpu, wall = _children_cpu_s(), time.monotonic()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return out, time.monotonic() - wall, _children_cpu_s() - cpu
+
+
+def _cpu_figures(summary: dict[str, Any], wall: float, cpu: float) -> None:
+    """CPU per processed frame (start-up included) and the share of the cores the run got."""
+    summary["cpu_ms_per_frame"] = round(1000 * cpu / max(int(summary["frames_processed"]), 1), 1)
+    summary["cpu_cores_used"] = round(cpu / max(wall, 1e-9), 2)
 
 
 def peer_loop(model: str, source: str, threads: int, seconds: float) -> dict[str, float]:
@@ -122,19 +143,19 @@ def _agent_run(model: Path, source: Path, threads: int, frames: int, workdir: Pa
         sub.loop_start()
         time.sleep(0.2)
         launched = time.monotonic()
-        out = subprocess.run(
+        out, wall, cpu = _run_timed(
             [sys.executable, "-m", "agent", "run", "--source", str(source), "--loop", "--pace",
              "fast", "--max-frames", str(frames), "--model", str(model), "--threads",
              str(threads), "--broker", broker.url, "--state-dir", str(workdir / "state"),
              "--device-id", "bench-agent", "--site", "bench", "--json", "--log-level", "warning",
-             "--delivery", "broker"],
-            capture_output=True, text=True, check=False)
+             "--delivery", "broker"])
         sub.loop_stop()
         sub.disconnect()
         if out.returncode != 0:
             raise RuntimeError(f"agent run failed: {out.stderr[-2000:]}")
         summary: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
         summary["first_result_s"] = round(first["at"] - launched, 3) if "at" in first else None
+        _cpu_figures(summary, wall, cpu)
         return summary
 
 
@@ -195,15 +216,16 @@ def _streams_run(model: Path, source: Path, threads: int, budget: int, streams: 
         clock = _ResultClock(broker.port, "lepton/v1/bench/bench-agent/results/+")
         try:
             time.sleep(0.2)
-            out = subprocess.run(
+            out, wall, cpu = _run_timed(
                 [sys.executable, "-m", "agent", "run", "--config", str(config), "--json",
-                 "--log-level", "warning"], capture_output=True, text=True, check=False)
+                 "--log-level", "warning"])
         finally:
             clock.close()
         if out.returncode != 0:
             raise RuntimeError(f"agent run ({streams} streams) failed: {out.stderr[-2000:]}")
         summary: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
         summary["observed_fps"] = clock.overlap_fps()
+        _cpu_figures(summary, wall, cpu)
         return summary
 
 
@@ -246,7 +268,8 @@ def bench_pipeline(model: Path | None = None, source: Path | None = None, second
     def median(runs: list[dict[str, Any]], key: str) -> float:
         return float(statistics.median(float(run[key]) for run in runs))
 
-    raw = {"fps": median(raws, "fps"), "peak_rss_mb": median(raws, "peak_rss_mb")}
+    raw = {"fps": median(raws, "fps"), "peak_rss_mb": median(raws, "peak_rss_mb"),
+           "cpu_ms_per_frame": median(raws, "cpu_ms_per_frame")}
     peer = {"fps": median(peers, "fps"), "peak_rss_mb": median(peers, "peak_rss_mb")}
     agent = {"processing_fps": median(agents, "processing_fps"),
              "peak_rss_mb": median(agents, "peak_rss_mb"),
@@ -275,6 +298,10 @@ def bench_pipeline(model: Path | None = None, source: Path | None = None, second
         "peer_rss_mb": peer["peak_rss_mb"],
         "rss_ratio": round(agent["peak_rss_mb"] / peer["peak_rss_mb"], 3),
         "first_result_s": round(agent["first_result_s"], 3),
+        # Where the time goes (a loaded machine lowers every fps, not the CPU a frame costs).
+        "raw_cpu_ms_per_frame": round(raw["cpu_ms_per_frame"], 1),
+        "agent_cpu_ms_per_frame": median(agents, "cpu_ms_per_frame"),
+        "agent_cpu_cores_used": median(agents, "cpu_cores_used"),
         "streams": streams,
         "rss_mb_single": agent["peak_rss_mb"],
     }
@@ -304,6 +331,8 @@ def bench_pipeline(model: Path | None = None, source: Path | None = None, second
         "fair_share": all(f >= 0.8 * fair for f in per_stream),
         "rss_mb": rss,
         "rss_vs_single": round(rss / float(agent["peak_rss_mb"]), 3),
+        "streams_cpu_ms_per_frame": median(multis, "cpu_ms_per_frame"),
+        "streams_cpu_cores_used": median(multis, "cpu_cores_used"),
     })
     return report
 
