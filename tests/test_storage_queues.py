@@ -176,3 +176,29 @@ def test_ingest_acks_and_requeue(tmp_path: Path) -> None:
     broker_only = Outbox(tmp_path / "o.db", until_ingested=False)
     assert broker_only.backlog()[0] == 2
     broker_only.close()
+
+
+def test_pipeline_state_commits_with_its_records_or_not_at_all(tmp_path: Path) -> None:
+    """The analytics' open bucket is written in the records' transaction: a restart reads the
+    state of exactly the records that were committed."""
+    import sqlite3
+
+    box = Outbox(tmp_path / "o.db")
+    assert box.read_state("analytics/cam0") is None
+    box.append(_records(2), state={"analytics/cam0": "after-2"})
+    assert box.read_state("analytics/cam0") == "after-2"
+    # Another writer takes the next seq: the commit fails, and so must the state with it.
+    raw = sqlite3.connect(str(tmp_path / "o.db"))
+    raw.execute("INSERT INTO records (stream, seq, topic, payload, qos, created_ns, class, "
+                "priority) VALUES ('cam0', 3, 't', x'00', 1, 0, 'result', 60)")
+    raw.commit()
+    raw.close()
+    with pytest.raises(StorageError):
+        box.append(_records(1), state={"analytics/cam0": "after-3"})
+    assert box.read_state("analytics/cam0") == "after-2"
+    box.append([], state={"analytics/cam1": "only-state"})  # no records: the state alone
+    box.close()
+    again = Outbox(tmp_path / "o.db")
+    assert again.read_state("analytics/cam0") == "after-2"
+    assert again.read_state("analytics/cam1") == "only-state"
+    again.close()

@@ -55,6 +55,9 @@ SHM_BYTES = 32 * 1024  # the WAL index grows by 32 KiB per 4062 WAL frames
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS streams (stream TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
+-- State a pipeline commits with its records (the analytics' open count bucket, the frame a file
+-- source reached), so a restart resumes exactly where the committed records end.
+CREATE TABLE IF NOT EXISTS pipeline_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS records (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     stream TEXT NOT NULL,
@@ -346,8 +349,10 @@ class Outbox:
     def last_seq(self, stream: str) -> int:
         return int(self._last_seq.get(stream, self._seq_floor))
 
-    def append(self, records: Iterable[PendingRecord]) -> list[StoredRecord]:
-        """Assign seqs and commit the records in one transaction; returns them as stored (those
+    def append(self, records: Iterable[PendingRecord],
+               state: Mapping[str, str] | None = None) -> list[StoredRecord]:
+        """Assign seqs and commit the records in one transaction, with ``state`` (key -> text,
+        read back with :meth:`read_state`) in the same transaction; returns them as stored (those
         the disk budget evicted within the same call left out), so the uplink can publish them
         without reading them back.
 
@@ -357,7 +362,7 @@ class Outbox:
         """
         batch = list(records)
         try:
-            return self._append(batch)
+            return self._append(batch, state)
         except sqlite3.OperationalError as exc:
             if not _is_full(exc):
                 raise self._commit_error(exc) from exc
@@ -367,7 +372,7 @@ class Outbox:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 log.error("disk full at %s while committing %d record(s); evicted %d item(s) "
                           "from the outbox to make room", self.path.parent, len(batch), freed)
-                stored = self._append(batch)
+                stored = self._append(batch, state)
             except sqlite3.Error as again:
                 raise self._commit_error(again) from again
             self._make_reserve()
@@ -405,8 +410,17 @@ class Outbox:
                             fix="free space on the state directory's filesystem or lower "
                                 "[outbox] budget_bytes")
 
-    def _append(self, batch: list[PendingRecord]) -> list[StoredRecord]:
+    def read_state(self, key: str) -> str | None:
+        """What the last :meth:`append` committed under ``key`` (None: never written)."""
+        row = self._db.execute("SELECT value FROM pipeline_state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _append(self, batch: list[PendingRecord],
+                state: Mapping[str, str] | None = None) -> list[StoredRecord]:
         if not batch:
+            if state:
+                with self.transaction():
+                    self._write_state(state)
             return []
         now = time.time_ns()
         seqs = dict(self._last_seq)
@@ -430,6 +444,8 @@ class Outbox:
                     "INSERT INTO streams (stream, last_seq) VALUES (?, ?) "
                     "ON CONFLICT (stream) DO UPDATE SET last_seq = excluded.last_seq",
                     [(s, q) for s, q in seqs.items() if q != self._last_seq.get(s)])
+                if state:
+                    self._write_state(state)
             return last
 
         last = self.write_within_budget(insert, sum(len(r[3]) + ROW_OVERHEAD for r in rows))
@@ -442,6 +458,11 @@ class Outbox:
         if evicted:  # the budget may have taken some of these already
             return self.fetch_ids([r.id for r in stored])
         return stored
+
+    def _write_state(self, state: Mapping[str, str]) -> None:
+        self._db.executemany(
+            "INSERT INTO pipeline_state (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value", list(state.items()))
 
     def maybe_fsync(self, force: bool = False) -> None:
         """Make the commits so far survive a power cut, once per durability interval."""
