@@ -33,6 +33,7 @@ $(VENV)/.installed: pyproject.toml | system-packages
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps 'trackeval==1.3.0'  # see the eval extra in pyproject.toml
 	@touch $@
 
 ## The main job on the embedded default: clip -> agent -> mosquitto -> ingest, with a summary.
