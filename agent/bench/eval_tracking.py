@@ -291,7 +291,7 @@ def _trackeval_metrics() -> tuple[Any, Any, Any]:
             from trackeval.metrics import CLEAR, HOTA, Identity
     except ImportError as exc:
         raise AgentError(f"the tracking evaluator is not installed ({exc})",
-                         fix="pip install -e '.[eval]' (TrackEval)") from exc
+                         fix="pip install --no-deps trackeval==1.3.0 (make setup does)") from exc
     return HOTA, CLEAR, Identity
 
 
