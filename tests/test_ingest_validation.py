@@ -194,7 +194,7 @@ def test_two_default_ingests_on_one_host_each_keep_their_connection(
                       if "subscribed to " in line]
         assert sorted(subscribed) == sorted(
             f"$share/ingest/lepton/v1/+/+/{kind}/+"
-            for kind in ("results", "shards", "sensors", "events")), log
+            for kind in ("results", "shards", "sensors", "events", "counts")), log
 
 
 @pytest.mark.broker
