@@ -14,6 +14,7 @@ import itertools
 import math
 from collections import Counter
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,6 +25,7 @@ from agent.core.analytics import (
     Observation,
     Tracker,
     TrackerConfig,
+    kalman,
     observations_from_detections,
 )
 from agent.core.contract.result import Detection
@@ -37,6 +39,62 @@ def obs(
 
 def centre(box: tuple[float, float, float, float]) -> tuple[float, float]:
     return ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+
+
+def textbook_kalman_step(
+    mean: np.ndarray, cov: np.ndarray, dt: float, z: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """One predict + update of the full 8x8 filter, written out with F, Q, H, R matrices."""
+    f = np.eye(8)
+    f[:4, 4:] = dt * np.eye(4)
+    w, h = mean[2], mean[3]
+    size = np.array([w, h, w, h])
+    steps = dt / kalman.REFERENCE_DT
+    q = np.diag(
+        np.concatenate(
+            [
+                (kalman.STD_POSITION * size) ** 2 * steps,
+                (kalman.STD_VELOCITY * size / kalman.REFERENCE_DT) ** 2 * steps,
+            ]
+        )
+    )
+    mean = f @ mean
+    cov = f @ cov @ f.T + q
+    hm = np.hstack([np.eye(4), np.zeros((4, 4))])
+    size = np.array([mean[2], mean[3], mean[2], mean[3]])
+    r = np.diag((kalman.STD_POSITION * size) ** 2)
+    s = hm @ cov @ hm.T + r
+    gain = cov @ hm.T @ np.linalg.inv(s)
+    mean = mean + gain @ (z - hm @ mean)
+    cov = (np.eye(8) - gain @ hm) @ cov
+    return mean, cov
+
+
+def test_the_blockwise_kalman_equals_the_textbook_8x8_filter() -> None:
+    rng = np.random.default_rng(5)
+    z0 = np.column_stack([rng.uniform(0.1, 0.9, (6, 2)), rng.uniform(0.03, 0.2, (6, 2))])
+    mean, cov = kalman.initiate(z0)
+    ref = []
+    for i in range(6):
+        full = np.zeros((8, 8))
+        for k in range(4):  # the initial covariance is diagonal: read it off the blocks
+            full[k, k], full[k + 4, k + 4] = cov[i, kalman.PP, k], cov[i, kalman.VV, k]
+        ref.append((mean[i].copy(), full))
+    for step in range(20):
+        dt = 1 / 15 if step % 4 else 0.2  # a skipped-frame gap now and then
+        z = z0 + 0.01 * step + rng.normal(0, 0.003, z0.shape)
+        mean, cov = kalman.predict(mean, cov, np.full(6, dt))
+        mean, cov = kalman.update(mean, cov, z)
+        ref = [textbook_kalman_step(m, c, dt, z[i]) for i, (m, c) in enumerate(ref)]
+    for i, (m, c) in enumerate(ref):
+        assert np.allclose(mean[i], m, rtol=1e-9, atol=1e-12)
+        assert np.allclose(cov[i, kalman.PP], np.diag(c)[:4], rtol=1e-9, atol=1e-15)
+        assert np.allclose(cov[i, kalman.PV], np.diag(c[:4, 4:]), rtol=1e-9, atol=1e-15)
+        assert np.allclose(cov[i, kalman.VV], np.diag(c)[4:], rtol=1e-9, atol=1e-15)
+        off = c.copy()
+        for k in range(4):
+            off[k, k] = off[k + 4, k + 4] = off[k, k + 4] = off[k + 4, k] = 0.0
+        assert np.abs(off).max() < 1e-15  # no coupling between coordinates: the blocks are exact
 
 
 def test_detections_are_adapted_from_ymin_xmin_ymax_xmax() -> None:

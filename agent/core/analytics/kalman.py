@@ -9,6 +9,13 @@ on two 120 s scenes at 15 fps went from 36 with x, y, a, h to 12 with x, y, w, h
 The process noise, which ByteTrack gives per frame at 30 fps, is taken per ``REFERENCE_DT`` and
 scaled by the real time step, so skipped frames (detection interval k) widen the uncertainty.
 Every operation works on all tracks at once (one numpy call per step, not one per track).
+
+With this motion model and diagonal noise the 8x8 covariance never couples two coordinates: it
+is four independent 2x2 (position, velocity) blocks. So it is stored as ``(n, 3, 4)``: for each
+of x, y, w, h the position variance, the position-velocity covariance and the velocity variance,
+and every step is elementwise (tests/test_tracker.py checks it against a textbook 8x8 filter).
+Predict + update of 50 tracks: 146 us CPU time in the batched 8x8 form with ``np.linalg.solve``,
+59 us in this one (of a 1 ms budget per frame for tracking and counting).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ STD_VELOCITY = 1.0 / 160.0
 # Prior std of a new track's centre speed, in box sizes per second: ByteTrack's (10/160 of the box
 # per frame at 30 fps). 4.0 counted no better on the generated scenes at 5 and 15 fps.
 INITIAL_SPEED_STD = 1.875
+PP, PV, VV = 0, 1, 2  # rows of the (n, 3, 4) covariance: var(pos), cov(pos, vel), var(vel)
 REFERENCE_DT = 1.0 / 30.0  # seconds per "frame" of ByteTrack's per-frame noise (it assumes 30 fps)
 
 
@@ -46,17 +54,16 @@ def _sizes(mean: FloatArray) -> FloatArray:
 
 
 def initiate(measurements: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """Means ``(n, 8)`` and covariances ``(n, 8, 8)`` of new tracks from ``(n, 4)`` xywh measurements."""
+    """Means ``(n, 8)`` and covariances ``(n, 3, 4)`` of new tracks from ``(n, 4)`` xywh measurements."""
     n = measurements.shape[0]
     mean = np.zeros((n, 8))
     mean[:, :4] = measurements
     size = _sizes(mean)
     vel = 10 * STD_VELOCITY * size / REFERENCE_DT
     vel[:, :2] = INITIAL_SPEED_STD * size[:, :2]
-    std = np.concatenate([2 * STD_POSITION * size, vel], axis=1)
-    cov = np.zeros((n, 8, 8))
-    idx = np.arange(8)
-    cov[:, idx, idx] = std**2
+    cov = np.zeros((n, 3, 4))
+    cov[:, PP] = (2 * STD_POSITION * size) ** 2
+    cov[:, VV] = vel**2
     return mean, cov
 
 
@@ -64,36 +71,32 @@ def predict(mean: FloatArray, cov: FloatArray, dt: FloatArray) -> tuple[FloatArr
     """Advance every track by its own ``dt`` seconds (``(n,)``); returns new arrays."""
     if mean.shape[0] == 0:
         return mean.copy(), cov.copy()
+    d = dt[:, None]
     out_mean = mean.copy()
-    out_mean[:, :4] += mean[:, 4:] * dt[:, None]
-    # F P F^T with F = [[I, dt I], [0, I]], written blockwise (no 8x8 matmuls).
-    d = dt[:, None, None]
-    p11, p12, p21, p22 = cov[:, :4, :4], cov[:, :4, 4:], cov[:, 4:, :4], cov[:, 4:, 4:]
-    out_cov = np.empty_like(cov)
-    out_cov[:, :4, :4] = p11 + d * (p12 + p21) + d * d * p22
-    out_cov[:, :4, 4:] = p12 + d * p22
-    out_cov[:, 4:, :4] = p21 + d * p22
-    out_cov[:, 4:, 4:] = p22
+    out_mean[:, :4] += mean[:, 4:] * d
     size = _sizes(mean)
-    steps = (dt / REFERENCE_DT)[:, None]
-    q = np.concatenate(
-        [(STD_POSITION * size) ** 2 * steps, (STD_VELOCITY * size / REFERENCE_DT) ** 2 * steps], axis=1
-    )
-    idx = np.arange(8)
-    out_cov[:, idx, idx] += q
-    return out_mean, out_cov
+    steps = d / REFERENCE_DT
+    pp, pv, vv = cov[:, PP], cov[:, PV], cov[:, VV]
+    out = np.empty_like(cov)
+    out[:, PP] = pp + 2 * d * pv + d * d * vv + (STD_POSITION * size) ** 2 * steps
+    out[:, PV] = pv + d * vv
+    out[:, VV] = vv + (STD_VELOCITY * size / REFERENCE_DT) ** 2 * steps
+    return out_mean, out
 
 
 def update(mean: FloatArray, cov: FloatArray, measurements: FloatArray) -> tuple[FloatArray, FloatArray]:
     """Correct ``n`` tracks with their ``(n, 4)`` xywh measurements; returns new arrays."""
     if mean.shape[0] == 0:
         return mean.copy(), cov.copy()
-    s = cov[:, :4, :4].copy()
-    idx = np.arange(4)
-    s[:, idx, idx] += (STD_POSITION * _sizes(mean)) ** 2
-    ph = cov[:, :, :4]  # P H^T, (n, 8, 4)
-    gain = np.linalg.solve(s, ph.transpose(0, 2, 1)).transpose(0, 2, 1)  # (n, 8, 4); S is symmetric
+    pp, pv, vv = cov[:, PP], cov[:, PV], cov[:, VV]
+    s = pp + (STD_POSITION * _sizes(mean)) ** 2
+    gain_p, gain_v = pp / s, pv / s
     innovation = measurements - mean[:, :4]
-    new_mean = mean + np.einsum("nij,nj->ni", gain, innovation)
-    new_cov = cov - gain @ s @ gain.transpose(0, 2, 1)
-    return new_mean, new_cov
+    new_mean = mean.copy()
+    new_mean[:, :4] += gain_p * innovation
+    new_mean[:, 4:] += gain_v * innovation
+    out = np.empty_like(cov)
+    out[:, PP] = (1 - gain_p) * pp
+    out[:, PV] = (1 - gain_p) * pv
+    out[:, VV] = vv - gain_v * pv
+    return new_mean, out

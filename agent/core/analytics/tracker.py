@@ -219,6 +219,12 @@ def assign(similarity: FloatArray, minimum: float) -> list[tuple[int, int]]:
     """Pairs (row, column) of the assignment maximizing total similarity, each at least ``minimum``."""
     if similarity.size == 0:
         return []
+    admissible = similarity >= minimum
+    if (admissible.sum(axis=0) <= 1).all() and (admissible.sum(axis=1) <= 1).all():
+        # No row or column has a choice (the usual case: tracks apart): the admissible pairs are
+        # the only, hence the optimal, assignment; the solver is not needed.
+        rows, cols = np.nonzero(admissible)
+        return list(zip(rows.tolist(), cols.tolist(), strict=True))
     cost = 1.0 - similarity
     _, rows, _ = lap.lapjv(cost, extend_cost=True, cost_limit=1.0 - minimum + 1e-9)
     return [(int(r), int(c)) for r, c in enumerate(rows) if c >= 0 and similarity[r, c] >= minimum]
@@ -231,7 +237,7 @@ class Tracker:
         self.config = config or TrackerConfig()
         self._tracks: list[Track] = []
         self._mean = np.zeros((0, 8))
-        self._cov = np.zeros((0, 8, 8))
+        self._cov = np.zeros((0, 3, 4))
         self._now: float | None = None
         self._next_id = 1
         self._frame_index = -1
