@@ -300,8 +300,8 @@ def bench_pipeline(model: Path | None = None, source: Path | None = None, second
         "first_result_s": round(agent["first_result_s"], 3),
         # Where the time goes (a loaded machine lowers every fps, not the CPU a frame costs).
         "raw_cpu_ms_per_frame": round(raw["cpu_ms_per_frame"], 1),
-        "agent_cpu_ms_per_frame": median(agents, "cpu_ms_per_frame"),
-        "agent_cpu_cores_used": median(agents, "cpu_cores_used"),
+        "agent_cpu_ms_per_frame": round(median(agents, "cpu_ms_per_frame"), 1),
+        "agent_cpu_cores_used": round(median(agents, "cpu_cores_used"), 2),
         "streams": streams,
         "rss_mb_single": agent["peak_rss_mb"],
     }
@@ -309,14 +309,19 @@ def bench_pipeline(model: Path | None = None, source: Path | None = None, second
         report.update({"aggregate_fps": agent_fps, "per_stream_fps": [agent_fps],
                        "rss_mb": agent["peak_rss_mb"]})
         return report
-    # The round whose aggregate is the median (its per-stream figures go together).
+    # The round whose aggregate is the median (its per-stream figures go together); the fair
+    # share is checked within each round (load on a shared machine moves between rounds).
     ranked = sorted(multis, key=lambda m: float(m["processing_fps"]))
     mid = ranked[(len(ranked) - 1) // 2]
     per_stream = [float(x["processing_fps"]) for x in mid["streams"]]
     aggregate = median(multis, "processing_fps")
     observed = [float(m["observed_fps"]) for m in multis if m["observed_fps"] is not None]
     rss = median(multis, "peak_rss_mb")
-    fair = aggregate / streams
+
+    def share(run: dict[str, Any]) -> float:
+        """The slowest stream over the round's fair share (its aggregate / N)."""
+        fps = [float(x["processing_fps"]) for x in run["streams"]]
+        return min(fps) / (sum(fps) / streams) if sum(fps) else 0.0
     report.update({
         "thread_budget": budget,
         "threads_per_stream": threads,
@@ -327,12 +332,12 @@ def bench_pipeline(model: Path | None = None, source: Path | None = None, second
         "stream_frames": [int(x["frames_processed"]) for x in mid["streams"]],
         "stream_states": sorted({str(x["state"]) for m in multis for x in m["streams"]}),
         "aggregate_vs_raw": round(aggregate / raw["fps"], 3),
-        "min_stream_vs_fair_share": round(min(per_stream) / fair, 3) if fair else 0.0,
-        "fair_share": all(f >= 0.8 * fair for f in per_stream),
+        "min_stream_vs_fair_share": round(min(share(m) for m in multis), 3),
+        "fair_share": all(share(m) >= 0.8 for m in multis),
         "rss_mb": rss,
         "rss_vs_single": round(rss / float(agent["peak_rss_mb"]), 3),
-        "streams_cpu_ms_per_frame": median(multis, "cpu_ms_per_frame"),
-        "streams_cpu_cores_used": median(multis, "cpu_cores_used"),
+        "streams_cpu_ms_per_frame": round(median(multis, "cpu_ms_per_frame"), 1),
+        "streams_cpu_cores_used": round(median(multis, "cpu_cores_used"), 2),
     })
     return report
 
