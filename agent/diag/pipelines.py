@@ -2,24 +2,16 @@
 it. With the agent running, its status socket says each pipeline's state and why one failed;
 without it, each pipeline's model is loaded as the agent would at start.
 
-diag does not import the service (docs/architecture.md), so the socket is read here: one
-connection, one JSON snapshot back (the protocol of agent.service.status.query)."""
+The running agent is asked through the status socket's own client (agent.service.status: the one
+module of the service diag may import, see docs/architecture.md)."""
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig
 from agent.diag import CheckResult
 from agent.errors import AgentError
-
-# Where the service's socket is when the config names none (systemd RuntimeDirectory=); kept
-# equal to agent.service.status.SYSTEMD_RUNTIME_DIR.
-SERVICE_SOCKET = Path("/run/lepton-agent/status.sock")
 
 
 def split_fix(reason: str) -> tuple[str, str | None]:
@@ -32,26 +24,12 @@ def split_fix(reason: str) -> tuple[str, str | None]:
 
 
 def live_snapshot(cfg: AgentConfig, timeout: float = 2.0) -> dict[str, Any] | None:
-    """The running agent's status snapshot, or None when no agent answers (the places
-    ``lepton-agent status`` looks: the configured socket, else this environment's, the state
-    directory's, then the service's)."""
-    if cfg.agent.status_socket:
-        candidates = [cfg.agent.status_socket]
-    else:
-        runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
-        candidates = ([Path(runtime) / "status.sock"] if runtime else []) + [
-            cfg.agent.state_dir / "agent.sock", SERVICE_SOCKET]
-    for path in candidates:
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(timeout)
-                sock.connect(str(path))
-                chunks = []
-                while chunk := sock.recv(65536):
-                    chunks.append(chunk)
-            answer = json.loads(b"".join(chunks))
-        except (OSError, ValueError):
-            continue
+    """The running agent's status snapshot, or None when no agent answers (where
+    ``lepton-agent status`` looks: the status socket's own client)."""
+    from agent.service.status import query, socket_candidates
+
+    for path in socket_candidates(cfg.agent.state_dir, cfg.agent.status_socket):
+        answer = query(path, timeout)
         if isinstance(answer, dict):
             return answer
     return None
