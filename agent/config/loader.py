@@ -16,8 +16,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.config.pipelines import label, problems
-from agent.config.schema import PIPELINES, AgentConfig, PipelineSection
+from agent.config.pipelines import SINGLE, label, problems, rules_beside_pipelines
+from agent.config.schema import (
+    LINES,
+    PIPELINES,
+    ZONES,
+    AgentConfig,
+    LineSection,
+    PipelineSection,
+    SourceSection,
+    ZoneSection,
+)
 from agent.errors import ConfigError
 from agent.paths import shared_dir
 
@@ -79,18 +88,29 @@ def find_key_line(text: str, path: tuple[str, ...]) -> int | None:
     table: list[str] = []
     best: tuple[int, int] | None = None
     arrays: dict[str, int] = {}
+    def within(parts: list[str]) -> list[str]:
+        # [pipelines.motion], [[pipelines.zones]]: in the last [[pipelines]] written so far
+        out: list[str] = []
+        for part in parts:
+            out.append(part)
+            if ".".join(out) in arrays:
+                out.append(str(arrays[".".join(out)] - 1))
+        return out
+
     for lineno, line in enumerate(text.splitlines(), start=1):
         array = _ARRAY_HEADER.match(line)
         header = _HEADER.match(line)
-        if array:  # [[sensors]]: the n-th one is sensors.<n-1>
-            name = array.group(1)
+        if array:  # [[sensors]]: the n-th one is sensors.<n-1>; [[pipelines.zones]] counts per pipeline
+            parts = _split_dotted(array.group(1))
+            name = ".".join([*within(parts[:-1]), parts[-1]])
             arrays[name] = arrays.get(name, 0) + 1
-            table = [*_split_dotted(name), str(arrays[name] - 1)]
+            table = [*name.split("."), str(arrays[name] - 1)]
             full = table
+            if tuple(table[:-1]) == path:  # the array itself: where its first table starts
+                return lineno
         elif header:
-            table = _split_dotted(header.group(1))
-            if table[0] in arrays and len(table) > 1:  # [pipelines.motion]: of the last [[pipelines]]
-                table = [table[0], str(arrays[table[0]] - 1), *table[1:]]
+            parts = _split_dotted(header.group(1))
+            table = [*within(parts[:-1]), parts[-1]]
             full = table
         else:
             key = _KEY.match(line)
@@ -236,7 +256,10 @@ def _error_for(exc: ValidationError, layers: list[Layer], prefix: tuple[str, ...
 
 
 def _which(pipelines: Any, path: tuple[str, ...]) -> str:
-    """``pipelines[1] (stream "south")`` for a key path ``pipelines.1...``."""
+    """``pipelines[1] (stream "south")`` for a key path ``pipelines.1...``; for the top-level
+    ``lines``/``zones`` (``pipelines`` is then the one pipeline's label) that label."""
+    if isinstance(pipelines, str):
+        return pipelines
     index = int(path[1]) if len(path) > 1 and path[1].isdigit() else 0
     entry = pipelines[index] if isinstance(pipelines, list) and index < len(pipelines) else {}
     return label(index, entry.get("stream") if isinstance(entry, dict) else None)
@@ -279,6 +302,26 @@ def _check_pipelines(data: Any, layers: list[Layer],
     return sections
 
 
+def _check_rules(name: str, data: Any, layers: list[Layer],
+                 merged: dict[str, Any]) -> tuple[LineSection, ...] | tuple[ZoneSection, ...]:
+    """Validate the top-level ``[[lines]]`` or ``[[zones]]`` (``data``) of the one pipeline of
+    ``[source]``, with errors naming that pipeline."""
+    if not isinstance(data, list) or not all(isinstance(entry, dict) for entry in data):
+        layer, line = _located(layers, (name,))
+        raise ConfigError(f"should be an array of tables, not {_shown(data)}",
+                          file=layer.name if layer else None, key=name, line=line,
+                          fix=f"write each as a [[{name}]] table (name, points, ...)")
+    source = _table(merged, "source")
+    stream = source.get("stream", SourceSection.model_fields["stream"].default)
+    which = f"{SINGLE} (stream {json.dumps(stream) if isinstance(stream, str) else '?'})"
+    try:
+        if name == "lines":
+            return tuple(LINES.validate_python(data))
+        return tuple(ZONES.validate_python(data))
+    except ValidationError as exc:
+        raise _error_for(exc, layers, (name,), which) from exc
+
+
 def load_config(
     path: Path | None = None,
     *,
@@ -316,17 +359,29 @@ def load_config(
         merged["agent"]["board"] = board_name
     sections = _check_pipelines(merged.pop("pipelines"), layers, overlay) \
         if "pipelines" in merged else None
+    for name in ("lines", "zones"):
+        if sections is not None and name in merged:  # before their content: that is not the fix
+            problem = rules_beside_pipelines(name)
+            where, line = _located(layers, problem.path())
+            raise ConfigError(problem.message, file=where.name if where else None,
+                              key=name, line=line, fix=problem.fix)
+    rules = {name: _check_rules(name, merged.pop(name), layers, merged)
+             for name in ("lines", "zones") if name in merged}
     try:
         config = AgentConfig.model_validate(merged)
     except ValidationError as exc:
         raise _error_for(exc, layers) from exc
+    if rules:
+        lines = [r for r in rules.get("lines", ()) if isinstance(r, LineSection)]
+        zones = [r for r in rules.get("zones", ()) if isinstance(r, ZoneSection)]
+        config = config.with_rules(lines, zones, check=False)
     if sections is not None:
         config = config.with_pipelines(sections, check=False)
-        for problem in problems(config)[:1]:
-            keys = ("pipelines", *((str(problem.index), problem.key) if problem.key else ()))
-            where, line = _located(layers, keys)
-            raise ConfigError(problem.message, file=where.name if where else None,
-                              key=".".join(keys), line=line, fix=problem.fix)
+    for problem in problems(config)[:1]:
+        keys = problem.path()
+        where, line = _located(layers, keys)
+        raise ConfigError(problem.message, file=where.name if where else None,
+                          key=".".join(keys), line=line, fix=problem.fix)
     _check_files(config, layers)
     return config
 

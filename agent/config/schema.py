@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -28,6 +29,7 @@ from agent.core.uri import parse_broker, parse_sensor_uri, parse_source
 
 if TYPE_CHECKING:
     from agent.config.pipelines import PipelineSpec
+    from agent.core.analytics.tracker import TrackerConfig
 
 
 class _Section(BaseModel):
@@ -217,6 +219,110 @@ class KernelsSection(_Section):
     preprocess: Literal["native", "opencv"] = "native"
 
 
+ANCHORS = ("bottom-center", "center", "top-center", "left-center", "right-center")
+"""The values of ``agent.core.analytics.Anchor`` (not imported here: it pulls in numpy and lap,
+which ``config check`` does not need; tests/test_analytics_config.py keeps the two equal)."""
+AnchorName = Literal["bottom-center", "center", "top-center", "left-center", "right-center"]
+
+
+class _RuleSection(_Section):
+    """What a line and a zone share. Geometry (point count and range, a degenerate line, a
+    self-intersecting polygon) and ``band`` are checked by the core's ``LineRule.of`` /
+    ``ZoneRule.of`` when the pipeline is resolved (``agent.config.pipelines``)."""
+
+    name: str
+    # at most 256: the self-intersection check is quadratic (256 points: 33k edge pairs)
+    points: list[list[float]] = Field(max_length=256)
+    classes: list[str] | None = None  # None: every class
+    anchor: AnchorName = "bottom-center"
+    band: float = 0.01
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_segment("rule name", value)  # it is the ``rule`` of lepton.count entries
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("an empty class filter counts nothing; leave classes out to count "
+                             "every class")
+        if value is not None and any(not c for c in value):
+            raise ValueError("a class name cannot be empty")
+        return value
+
+
+class LineSection(_RuleSection):
+    """One ``[[lines]]`` / ``[[pipelines.lines]]`` table: a directional counting line."""
+
+
+class ZoneSection(_RuleSection):
+    """One ``[[zones]]`` / ``[[pipelines.zones]]`` table: a polygon zone."""
+
+    loiter_s: float | None = None  # None: no loitering events
+    max_occupancy: int | None = None  # None: no overcrowding events
+
+
+class TrackerSection(_Section):
+    """``[analytics.tracker]``: every key of ``agent.core.analytics.TrackerConfig``, all
+    optional (left out: the tracker's own default). The values are checked by TrackerConfig
+    itself (``AnalyticsSection.tracker_config``); the ranges here are only those it leaves open."""
+
+    high_score: float | None = None
+    low_score: float | None = None
+    new_track_score: float | None = Field(None, ge=0.0, le=1.0)
+    match_similarity: float | None = None
+    low_match_iou: float | None = None
+    tentative_similarity: float | None = None
+    match_buffer: float | None = Field(None, ge=0.0, le=10.0)
+    tentative_buffer: float | None = Field(None, ge=0.0, le=10.0)
+    min_hits: int | None = Field(None, le=1000)
+    tentative_misses: int | None = Field(None, le=1000)
+    max_age_s: float | None = Field(None, le=3600)
+    trajectory_points: int | None = Field(None, le=100_000)
+    edge_margin: float | None = Field(None, ge=0.0, lt=0.5)
+
+
+DAY_S = 86_400
+
+
+class AnalyticsSection(_Section):
+    """``[analytics]``: defaults of every pipeline's tracking and counting."""
+
+    interval: int = Field(1, ge=1, le=1000)
+    bucket_s: int = Field(60, ge=1, le=DAY_S)
+    label_settle_s: float = Field(2.0, ge=0.0, le=3600.0)
+    tracker: TrackerSection = TrackerSection()
+
+    @field_validator("bucket_s")
+    @classmethod
+    def _aligned(cls, value: int) -> int:
+        # buckets start at whole multiples of bucket_s since the epoch; only a divisor of a day
+        # puts a bucket boundary at every midnight (UTC), so 15m and 1h tallies add up
+        if DAY_S % value:
+            raise ValueError(f"{value} does not divide a day (86400 s), so its buckets would not "
+                             "start at the same time every day; use a divisor such as 60, 300, "
+                             "900, 3600")
+        return value
+
+    def tracker_config(self) -> TrackerConfig:
+        """The tracker's thresholds: the keys set, the rest TrackerConfig's defaults.
+        ValueError ``analytics.tracker.KEY: ...`` naming the (first set) key it is about."""
+        from agent.core.analytics.tracker import TrackerConfig
+
+        given = {k: v for k in TrackerSection.model_fields
+                 if (v := getattr(self.tracker, k)) is not None}  # a dump writes None for unset
+        try:
+            return TrackerConfig(**given)
+        except ValueError as exc:
+            message = str(exc).removeprefix("tracker: ")
+            named = sorted((m.start(), k) for k in given
+                           if (m := re.search(rf"\b{k}\b", message)))  # the first one it names
+            key = named[0][1] if named else sorted(given)[0]
+            raise ValueError(f"analytics.tracker.{key}: {message}") from None
+
+
 class PipelineSection(_Section):
     """One ``[[pipelines]]`` table: a stream name, a capture source and (optionally) a model.
 
@@ -237,6 +343,9 @@ class PipelineSection(_Section):
     score_threshold: float | None = Field(None, ge=0.0, le=1.0)
     attach_sensors: list[str] | None = None
     motion: MotionSection | None = None
+    interval: int | None = Field(None, ge=1, le=1000)  # None: [analytics] interval
+    lines: list[LineSection] = []
+    zones: list[ZoneSection] = []
 
     @field_validator("source")
     @classmethod
@@ -251,6 +360,9 @@ class PipelineSection(_Section):
 
 
 PIPELINES = TypeAdapter(list[PipelineSection])
+LINES = TypeAdapter(list[LineSection])
+ZONES = TypeAdapter(list[ZoneSection])
+_BESIDE = ("pipelines", "lines", "zones")  # arrays of tables kept beside the [section] fields
 
 
 class AgentConfig(_Section):
@@ -259,9 +371,12 @@ class AgentConfig(_Section):
     ``[[pipelines]]`` is kept beside the fields (``pipelines``), not as one of them: every field
     of this model is a ``[section]`` table (or the ``[[sensors]]`` list), which the loader and
     the schema-driven tests rely on. It is accepted by ``model_validate`` and shown by
-    ``model_dump`` as a key ``pipelines`` all the same."""
+    ``model_dump`` as a key ``pipelines`` all the same. So are the top-level ``[[lines]]`` and
+    ``[[zones]]`` of a single-pipeline config (``lines``, ``zones``)."""
 
     _pipelines: tuple[PipelineSection, ...] | None = PrivateAttr(default=None)
+    _lines: tuple[LineSection, ...] = PrivateAttr(default=())
+    _zones: tuple[ZoneSection, ...] = PrivateAttr(default=())
 
     agent: AgentSection = AgentSection()
     source: SourceSection = SourceSection()
@@ -274,6 +389,7 @@ class AgentConfig(_Section):
     motion: MotionSection = MotionSection()
     thermal: ThermalSection = ThermalSection()
     metrics: MetricsSection = MetricsSection()
+    analytics: AnalyticsSection = AnalyticsSection()
 
     @model_validator(mode="after")
     def _attached_sensors_exist(self) -> AgentConfig:
@@ -285,20 +401,34 @@ class AgentConfig(_Section):
                              f"[[sensors]] entry is called (sensors: {', '.join(sorted(names)) or 'none'})")
         return self
 
+    @model_validator(mode="after")
+    def _tracker_valid(self) -> AgentConfig:
+        if self.analytics.tracker != TrackerSection():  # else TrackerConfig's defaults: valid
+            self.analytics.tracker_config()
+        return self
+
     @model_validator(mode="wrap")
     @classmethod
     def _take_pipelines(cls, data: Any, handler: ModelWrapValidatorHandler[AgentConfig]) -> AgentConfig:
-        if not (isinstance(data, dict) and "pipelines" in data):
+        if not (isinstance(data, dict) and any(k in data for k in _BESIDE)):
             return handler(data)
-        rest = {k: v for k, v in data.items() if k != "pipelines"}
+        rest = {k: v for k, v in data.items() if k not in _BESIDE}
         config = handler(rest)
-        try:
-            sections = PIPELINES.validate_python(data["pipelines"])
-        except ValidationError as exc:  # the loader validates them first, with file and line
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in ("pipelines", *first["loc"]))
-            raise ValueError(f"{where}: {first['msg']}") from None
-        return config.with_pipelines(sections)
+        found: dict[str, Any] = {}
+        for name, adapter in (("pipelines", PIPELINES), ("lines", LINES), ("zones", ZONES)):
+            if name not in data:
+                continue
+            try:
+                found[name] = adapter.validate_python(data[name])
+            except ValidationError as exc:  # the loader validates them first, with file and line
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in (name, *first["loc"]))
+                raise ValueError(f"{where}: {first['msg']}") from None
+        if found.get("lines") or found.get("zones"):
+            config = config.with_rules(found.get("lines", ()), found.get("zones", ()))
+        if "pipelines" in found:
+            config = config.with_pipelines(found["pipelines"])
+        return config
 
     @model_serializer(mode="wrap")
     def _show_pipelines(self, handler: SerializerFunctionWrapHandler,
@@ -307,6 +437,9 @@ class AgentConfig(_Section):
         if self._pipelines is not None:
             data["pipelines"] = [p.model_dump(mode=info.mode, exclude_unset=True)
                                  for p in self._pipelines]
+        for name, rules in (("lines", self._lines), ("zones", self._zones)):
+            if rules:
+                data[name] = [r.model_dump(mode=info.mode, exclude_unset=True) for r in rules]
         return data
 
     @property
@@ -315,15 +448,39 @@ class AgentConfig(_Section):
         ``[source]`` and ``[model]`` make the one pipeline)."""
         return self._pipelines
 
+    @property
+    def lines(self) -> tuple[LineSection, ...]:
+        """The top-level ``[[lines]]``: the lines of the one pipeline of ``[source]``."""
+        return self._lines
+
+    @property
+    def zones(self) -> tuple[ZoneSection, ...]:
+        """The top-level ``[[zones]]``: the zones of the one pipeline of ``[source]``."""
+        return self._zones
+
     def with_pipelines(self, sections: list[PipelineSection] | tuple[PipelineSection, ...],
                        *, check: bool = True) -> AgentConfig:
         """A copy of this config with these ``[[pipelines]]``; ``check``: refuse (ConfigError)
         what ``agent.config.pipelines.problems`` finds (duplicate streams, a shared camera,
-        threads over the budget, unknown sensors, no pipeline)."""
+        threads over the budget, unknown sensors, no pipeline, bad lines or zones, top-level
+        ``[[lines]]``/``[[zones]]`` beside them)."""
         from agent.config.pipelines import raise_first_problem
 
         copy = self.model_copy()
         copy._pipelines = tuple(sections)
+        if check:
+            raise_first_problem(copy)
+        return copy
+
+    def with_rules(self, lines: list[LineSection] | tuple[LineSection, ...],
+                   zones: list[ZoneSection] | tuple[ZoneSection, ...],
+                   *, check: bool = True) -> AgentConfig:
+        """A copy of this config with these top-level ``[[lines]]`` and ``[[zones]]``;
+        ``check``: refuse (ConfigError) what ``problems`` finds in them."""
+        from agent.config.pipelines import raise_first_problem
+
+        copy = self.model_copy()
+        copy._lines, copy._zones = tuple(lines), tuple(zones)
         if check:
             raise_first_problem(copy)
         return copy
