@@ -28,6 +28,7 @@ from agent.core.analytics import (
     kalman,
     observations_from_detections,
 )
+from agent.core.analytics.tracker import iou_matrix
 from agent.core.contract.result import Detection
 
 
@@ -95,6 +96,31 @@ def test_the_blockwise_kalman_equals_the_textbook_8x8_filter() -> None:
         for k in range(4):
             off[k, k] = off[k + 4, k + 4] = off[k, k + 4] = off[k + 4, k] = 0.0
         assert np.abs(off).max() < 1e-15  # no coupling between coordinates: the blocks are exact
+
+
+def scalar_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih
+    return iw * ih / union
+
+
+box_strategy = st.tuples(
+    st.floats(0, 0.8), st.floats(0, 0.8), st.floats(0.01, 0.2), st.floats(0.01, 0.2)
+).map(lambda t: (t[0], t[1], t[0] + t[2], t[1] + t[3]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(a=st.lists(box_strategy, min_size=1, max_size=6), b=st.lists(box_strategy, min_size=1, max_size=6))
+def test_iou_matrix_equals_the_pairwise_definition(
+    a: list[tuple[float, ...]], b: list[tuple[float, ...]]
+) -> None:
+    got = iou_matrix(np.array(a), np.array(b))
+    want = np.array([[scalar_iou(x, y) for y in b] for x in a])
+    assert np.allclose(got, want, atol=1e-12)
+    assert iou_matrix(np.array([[0.0, 0.0, 0.2, 0.2]]), np.array([[0.1, 0.1, 0.3, 0.3]]))[
+        0, 0
+    ] == pytest.approx(1 / 7)
 
 
 def test_detections_are_adapted_from_ymin_xmin_ymax_xmax() -> None:

