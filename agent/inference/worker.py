@@ -13,7 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from agent.core.contract.result import FrameResult
+from agent.core.contract.result import Detection, FrameResult
 from agent.errors import ModelError
 from agent.inference.runner import ModelRunner
 from agent.pipeline.budget import ThreadBudget
@@ -79,7 +79,9 @@ class InferenceWorker:
     def __init__(self, frames: BoundedQueue[CapturedFrame], runner: ModelRunner, stream: str,
                  deliver: Callable[[FrameResult], None], on_done: Callable[[], None],
                  snapshots: SnapshotPolicy | None = None, budget: ThreadBudget | None = None,
-                 threads: int = 1) -> None:
+                 threads: int = 1,
+                 analyze: Callable[[CapturedFrame, list[Detection] | None], Any] | None = None,
+                 ) -> None:
         self.frames = frames
         self.snapshots = snapshots
         self.runner = runner
@@ -89,6 +91,7 @@ class InferenceWorker:
         self.stats = InferenceStats()
         self.budget = budget
         self.threads = threads
+        self.analyze = analyze
         self._thread = threading.Thread(target=self._run, name=f"inference-{stream}", daemon=True)
 
     def start(self) -> None:
@@ -105,6 +108,30 @@ class InferenceWorker:
             return 0.0
         return (len(times) - 1) / max(times[-1] - times[0], 1e-6)
 
+    def _count_frame(self) -> float:
+        """One more frame through this stage (detected or predicted); returns the time."""
+        now = time.perf_counter()
+        self.stats.frames += 1
+        if self.stats.first_result_at is None:
+            self.stats.first_result_at = now
+        self.stats.last_result_at = now
+        self.stats.recent.append(now)
+        return now
+
+    def _predicted(self, frame: CapturedFrame, dequeued: float) -> None:
+        """A frame the detector skips: only the analytics run (the tracker predicts); what
+        they produced goes on, without a result record."""
+        self._count_frame()
+        if self.analyze is None:
+            return
+        analysis = self.analyze(frame, None)
+        self.deliver(FrameResult(
+            stream=self.stream, frame_index=frame.index, capture_wall=frame.wall,
+            capture_mono_ns=frame.mono_ns, width=frame.width, height=frame.height,
+            task=self.runner.manifest.task, discontinuity=frame.discontinuity,
+            latency_ms={"queue": (dequeued - frame.queued_at) * 1e3}, detected=False,
+            analytics=analysis))
+
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
@@ -120,13 +147,16 @@ class InferenceWorker:
                 if frame is None:
                     continue
                 dequeued = time.perf_counter()
+                tensor = frame.tensor
+                if not frame.detect or tensor is None:  # between detector runs: tracker only
+                    self._predicted(frame, dequeued)
+                    continue
                 try:
                     if self.budget is None:
-                        out = self.runner.infer(frame.tensor, discontinuity=frame.discontinuity)
+                        out = self.runner.infer(tensor, discontinuity=frame.discontinuity)
                     else:
                         with self.budget.hold(self.threads):
-                            out = self.runner.infer(frame.tensor,
-                                                    discontinuity=frame.discontinuity)
+                            out = self.runner.infer(tensor, discontinuity=frame.discontinuity)
                 except ModelError as exc:
                     self.stats.failures += 1
                     consecutive += 1
@@ -138,19 +168,16 @@ class InferenceWorker:
                         return
                     continue
                 consecutive = 0
-                self.stats.frames += 1
                 self.stats.detections += len(out.detections)
                 if out.classes:
                     self.stats.count_top_class(out.classes[0].label, out.classes[0].score)
                 self.stats.invoke_ms_total += out.invoke_ms
-                now = time.perf_counter()
-                if self.stats.first_result_at is None:
-                    self.stats.first_result_at = now
-                self.stats.last_result_at = now
-                self.stats.recent.append(now)
+                now = self._count_frame()
                 snapshot = None
-                if self.snapshots is not None and frame.image is not None:
+                if self.snapshots is not None and frame.image is not None and not frame.replay:
                     snapshot = self.snapshots.take(frame.image, len(out.detections), now)
+                analyzed = time.perf_counter()
+                analysis = self.analyze(frame, out.detections) if self.analyze else None
                 self.deliver(FrameResult(
                     stream=self.stream, frame_index=frame.index, capture_wall=frame.wall,
                     capture_mono_ns=frame.mono_ns, width=frame.width, height=frame.height,
@@ -158,8 +185,10 @@ class InferenceWorker:
                     classes=out.classes, discontinuity=frame.discontinuity,
                     latency_ms={"capture": frame.capture_ms, "preprocess": frame.preprocess_ms,
                                 "queue": (dequeued - frame.queued_at) * 1e3,
-                                "inference": out.invoke_ms, "postprocess": out.decode_ms},
-                    snapshot=snapshot))
+                                "inference": out.invoke_ms, "postprocess": out.decode_ms,
+                                **({"analytics": (time.perf_counter() - analyzed) * 1e3}
+                                   if analysis is not None else {})},
+                    snapshot=snapshot, analytics=analysis, detected=not frame.replay))
         except Exception as exc:
             log.exception("inference thread failed")
             self.stats.fatal = ModelError(f"inference failed: {exc!r}",

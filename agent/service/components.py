@@ -116,7 +116,8 @@ def build(config: AgentConfig, secrets: Secrets, loop: asyncio.AbstractEventLoop
 
     parts = PipelineParts(sink=writer, governor=governor, budget=budget,
                           preprocess=cfg.kernels.preprocess, snapshots=snapshots,
-                          results_topic=topics.results, loop=loop, changed=pipelines_changed)
+                          topics=topics, loop=loop, changed=pipelines_changed,
+                          read_state=outbox.read_state)
     pipelines = PipelineSet(parts)
     notifier = Notifier()
     health = RuntimeHealth(

@@ -28,6 +28,7 @@ from agent.config import PipelineSpec
 from agent.config.pipelines import capture_device
 from agent.core.backoff import Backoff
 from agent.core.contract.result import FrameResult, ModelRef
+from agent.core.contract.topics import DeviceTopics
 from agent.core.thermal import ThermalGovernor
 from agent.core.uri import SourceUri, parse_source
 from agent.errors import AgentError, ConfigError
@@ -37,6 +38,7 @@ from agent.inference.worker import InferenceWorker, SnapshotPolicy
 from agent.pipeline.budget import ThreadBudget
 from agent.pipeline.frames import CapturedFrame
 from agent.pipeline.queues import BoundedQueue, DropPolicy
+from agent.service.analytics import AnalyticsStage, FrameAnalysis, check_against_model
 from agent.service.snapshot import CaptureStage, FrameQueue, InferenceStage, PipelineStatus
 from agent.sources.capture import CaptureWorker, MotionGate
 from agent.sources.readers import open_reader
@@ -47,6 +49,9 @@ PipelineState = Literal["starting", "running", "stopping", "stopped", "finished"
 # An open of an unreachable camera blocks until the backend gives up (FFmpeg: 30 s), and a
 # restart would not bring the camera back: an open counts as hung only past this.
 SOURCE_OPEN_STALL_S = 60.0
+# A restarted file source processes this many frames before where its committed counts end
+# again, without counting, so the tracker knows on which side of each line its tracks are.
+REPLAY_FRAMES = 60
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,8 @@ class ResultContext:
     model: ModelRef
     attach_sensors: tuple[str, ...]
     attach_window_s: float
+    events_topic: str = ""
+    counts_topic: str = ""
 
 
 class ResultSink(Protocol):
@@ -65,6 +72,19 @@ class ResultSink(Protocol):
 
     def deliver(self, result: FrameResult, context: ResultContext) -> None:
         """Called from an inference thread; may block while the storage holds results back."""
+
+    def add_analysis(self, analysis: FrameAnalysis, context: ResultContext) -> None:
+        """Called on the event loop: what a pipeline's analytics produced at its end."""
+
+
+def analytics_key(stream: str) -> str:
+    """The outbox state key of a stream's open count bucket."""
+    return f"analytics/{stream}"
+
+
+def position_key(stream: str) -> str:
+    """The outbox state key of the last frame of a stream whose records were committed."""
+    return f"position/{stream}"
 
 
 @dataclass(frozen=True)
@@ -76,9 +96,10 @@ class PipelineParts:
     budget: ThreadBudget
     preprocess: str
     snapshots: Callable[[], SnapshotPolicy | None]
-    results_topic: Callable[[str], str]
+    topics: DeviceTopics
     loop: asyncio.AbstractEventLoop
     changed: Callable[[], None]  # a pipeline's state changed (event-loop thread)
+    read_state: Callable[[str], str | None]  # what the outbox committed under a key
 
 
 class StageWatch:
@@ -147,6 +168,8 @@ class Pipeline:
         self.frames: BoundedQueue[CapturedFrame] | None = None
         self.gate: MotionGate | None = None
         self.watch: StageWatch | None = None
+        self.analytics: AnalyticsStage | None = None
+        self.context: ResultContext | None = None
         self.started_at = time.monotonic()
 
     @property
@@ -165,6 +188,11 @@ class Pipeline:
             open_reader(self.uri).close()  # fail fast, with the reason, on a bad file
         self.model = load_model(spec.model, num_threads=spec.threads, delegate=spec.delegate,
                                 score_threshold=spec.score_threshold, labels=spec.labels)
+        if spec.analytics is not None:
+            manifest = self.model.manifest
+            check_against_model(spec.analytics, stream=spec.stream, task=manifest.task,
+                                labels=[manifest.label(i) for i in range(self.model.classes or 0)]
+                                or list(manifest.labels.values()))
 
     def start(self) -> None:
         """Build the threads around the loaded model and start them."""
@@ -178,18 +206,35 @@ class Pipeline:
         self.gate = MotionGate(m.min_score, m.every_n, m.grid_width, m.pixel_threshold,
                                m.learning_rate) if m.enabled else None
         snapshots = parts.snapshots()
-        context = ResultContext(spec.stream, parts.results_topic(spec.stream), self.model.ref,
-                                spec.attach_sensors, spec.attach_window_s)
+        topics = parts.topics
+        self.context = context = ResultContext(
+            spec.stream, topics.results(spec.stream), self.model.ref, spec.attach_sensors,
+            spec.attach_window_s, topics.events(spec.stream), topics.counts(spec.stream))
+        resume_after = -1
+        if spec.analytics is not None:
+            self.analytics = AnalyticsStage(spec.analytics, stream=spec.stream,
+                                            state=parts.read_state(analytics_key(spec.stream)))
+            # Counting resumes where the committed counts end: a file continues after the last
+            # frame whose results were committed (a live camera just goes on).
+            position = parts.read_state(position_key(spec.stream))
+            resume_after = int(position) if position and not self.uri.is_live else -1
+            if resume_after >= 0:
+                log.info("pipeline %s: resuming %s after frame %d, where the counts an earlier "
+                         "run committed end (a new state directory starts it over)",
+                         spec.stream, self.uri.raw, resume_after)
         self.capture = CaptureWorker(
             self.uri, self.frames, runner.prepare, realtime=realtime, loop_file=spec.loop,
             max_frames=spec.max_frames,
             backoff=Backoff(spec.reconnect_initial_s, spec.reconnect_max_s), motion=self.gate,
-            governor=parts.governor, keep_image=snapshots is not None,
-            name=f"capture-{spec.stream}")
+            governor=parts.governor,
+            keep_image=snapshots is not None or self.analytics is not None,
+            name=f"capture-{spec.stream}", interval=spec.interval, resume_after=resume_after,
+            replay_frames=REPLAY_FRAMES)
         sink = parts.sink
         self.inference = InferenceWorker(
             self.frames, runner, spec.stream, lambda result: sink.deliver(result, context),
-            self._threads_ended, snapshots=snapshots, budget=parts.budget, threads=spec.threads)
+            self._threads_ended, snapshots=snapshots, budget=parts.budget, threads=spec.threads,
+            analyze=self.analytics)
         self.watch = StageWatch(self.uri.raw, self.capture, self.inference, self.frames)
         log.info("pipeline %s: model %s (%s, %s, sha256 %s...) on %s; source %s (%s, %s), "
                  "%d thread(s)", spec.stream, self.model.ref.name, self.model.manifest.task,
@@ -234,6 +279,10 @@ class Pipeline:
         self.parts.loop.call_soon_threadsafe(self._ended)
 
     def _ended(self) -> None:
+        if self.analytics is not None and self.context is not None:
+            closing = self.analytics.close()  # the open count bucket, flagged partial
+            if closing is not None:
+                self.parts.sink.add_analysis(closing, self.context)
         fatal: AgentError | None = None
         if self.capture is not None and self.capture.stats.fatal is not None:
             fatal = self.capture.stats.fatal

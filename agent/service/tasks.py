@@ -18,20 +18,23 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from agent.config.schema import ThermalSection
 from agent.core.backoff import Backoff
+from agent.core.contract.count import CountRecord, count_record, count_stream, encode_count
+from agent.core.contract.event import SnapshotRef, encode_event, event_stream, track_event_body
 from agent.core.contract.result import FrameResult, encode_result, iso_utc
 from agent.core.contract.status import encode_status
 from agent.core.contract.telemetry import encode_telemetry
 from agent.core.contract.topics import DeviceTopics
 from agent.core.thermal import ThermalGovernor
 from agent.errors import StorageError
+from agent.service.analytics import FrameAnalysis
 from agent.service.health import RuntimeHealth, StorageState
 from agent.service.notify import Notifier
-from agent.service.pipelines import ResultContext
+from agent.service.pipelines import ResultContext, analytics_key, position_key
 from agent.service.snapshot import HealthSnapshot
 from agent.sources.thermal import SysfsThermal
 from agent.storage.blobs import BlobStore
@@ -49,10 +52,32 @@ SENSOR_BACKLOG = 10_000  # sensor records held in memory while commits fail
 
 @dataclass(frozen=True)
 class HeldResult:
-    """A result handed over by an inference thread, waiting for its commit."""
+    """A result handed over by an inference thread (holding one of the result slots), or a
+    pipeline's last analytics at its end (``slotted`` False), waiting for its commit."""
 
     result: FrameResult
     context: ResultContext
+    slotted: bool = True
+
+
+@dataclass(frozen=True)
+class EventEncoder:
+    """Builds a track event's payload once the outbox has given it its seq."""
+
+    body: dict[str, Any]
+
+    def __call__(self, seq: int) -> bytes:
+        return encode_event(self.body, seq=seq)
+
+
+@dataclass(frozen=True)
+class CountEncoder:
+    """Builds a count record's payload once the outbox has given it its seq."""
+
+    record: CountRecord
+
+    def __call__(self, seq: int) -> bytes:
+        return encode_count(self.record, seq=seq)
 
 
 @dataclass(frozen=True)
@@ -108,6 +133,13 @@ class OutboxWriter:
         self.pending.append(held)
         self.wake.set()
 
+    def add_analysis(self, analysis: FrameAnalysis, context: ResultContext) -> None:
+        """On the event loop: a pipeline's last analytics (its open bucket, closed partial)."""
+        self._take(HeldResult(FrameResult(
+            stream=context.stream, frame_index=-1, capture_wall=time.time(), capture_mono_ns=0,
+            width=0, height=0, task="", detected=False, analytics=analysis), context,
+            slotted=False))
+
     def add_sensor_records(self, records: list[PendingRecord]) -> None:
         """From the sensor hub (event loop): keep the newest while the disk is failing."""
         if len(self.sensor_pending) > SENSOR_BACKLOG:
@@ -126,15 +158,54 @@ class OutboxWriter:
         self.closing = True
         self.wake.set()
 
-    def _records(self, batch: list[HeldResult]) -> list[PendingRecord]:
+    def _records(self, batch: list[HeldResult]) -> tuple[list[PendingRecord], dict[str, str]]:
+        """The batch's records (results, then each frame's track events and closed counts) and
+        the pipeline state to commit with them."""
         hub = self.hub
         records = []
+        state: dict[str, str] = {}
         for held in batch:
             r, ctx = held.result, held.context
-            sensors = (hub.attach(list(ctx.attach_sensors), r.capture_wall, ctx.attach_window_s)
-                       if hub and ctx.attach_sensors else None)
-            records.append(PendingRecord(ctx.stream, ctx.topic,
-                                         ResultEncoder(held, self.device, self.site, sensors)))
+            if r.detected:
+                sensors = (hub.attach(list(ctx.attach_sensors), r.capture_wall,
+                                      ctx.attach_window_s)
+                           if hub and ctx.attach_sensors else None)
+                records.append(PendingRecord(ctx.stream, ctx.topic,
+                                             ResultEncoder(held, self.device, self.site,
+                                                           sensors)))
+            analysis: FrameAnalysis | None = r.analytics
+            if analysis is not None:
+                records += self._analytics_records(analysis, ctx)
+                state[analytics_key(ctx.stream)] = analysis.state
+                if analysis.frame_index >= 0:
+                    state[position_key(ctx.stream)] = str(analysis.frame_index)
+        return records, state
+
+    def _analytics_records(self, analysis: FrameAnalysis,
+                           ctx: ResultContext) -> list[PendingRecord]:
+        records = []
+        model = {"name": ctx.model.name, "version": ctx.model.version,
+                 "sha256": ctx.model.sha256}
+        for out in analysis.events:
+            event = out.event
+            if out.snapshot is not None:
+                blob = self.blobs.put(out.snapshot, kind="snapshot", content_type="image/jpeg",
+                                      meta={"stream": ctx.stream, "track_id": event.track_id,
+                                            "rule": event.rule, "event": event.type,
+                                            "ts": iso_utc(out.wall), "labels": [event.label]})
+                event = replace(event, snapshot=SnapshotRef(blob))
+            body = track_event_body(device=self.device, site=self.site, source=ctx.stream,
+                                    ts=out.wall, event=event, model=model)
+            records.append(PendingRecord(event_stream(ctx.stream), ctx.events_topic,
+                                         EventEncoder(body), kind="event"))
+        for bucket in analysis.closed:
+            record = count_record(
+                device=self.device, site=self.site, source=ctx.stream, start=bucket.start,
+                seconds=bucket.seconds, partial=bucket.partial,
+                counts=[(row.key.rule, row.key.kind, row.key.label, row.key.direction,
+                         row.count) for row in bucket.counts])
+            records.append(PendingRecord(count_stream(ctx.stream), ctx.counts_topic,
+                                         CountEncoder(record), kind="count"))
         return records
 
     def commit(self, force: bool = False) -> None:
@@ -153,7 +224,8 @@ class OutboxWriter:
                         "stream": r.stream, "frame_index": r.frame_index,
                         "ts": iso_utc(r.capture_wall), "detections": len(r.detections),
                         "labels": sorted({d.label for d in r.detections})})
-            stored = self.outbox.append(self._records(batch) + sensor_batch)
+            records, state = self._records(batch)
+            stored = self.outbox.append(records + sensor_batch, state=state)
         except StorageError as exc:
             # Keep the results in memory (bounded by the result slots, which holds back
             # inference and so capture) and try again; the agent keeps running.
@@ -168,9 +240,10 @@ class OutboxWriter:
         self.storage.error = None
         del self.pending[:len(batch)]
         del self.sensor_pending[:len(sensor_batch)]
-        for _ in batch:
-            self.slots.release()
-        self.committed += len(batch)
+        for held in batch:
+            if held.slotted:
+                self.slots.release()
+        self.committed += sum(1 for held in batch if held.result.detected)
         self.uplink.committed(stored)
         self.uplink.blobs_added()
 

@@ -87,7 +87,8 @@ class CaptureWorker:
                  loop_file: bool = False, max_frames: int = 0, backoff: Backoff | None = None,
                  reader_factory: Callable[[SourceUri], FrameReader] = open_reader,
                  keep_image: bool = False, motion: MotionGate | None = None,
-                 governor: ThermalGovernor | None = None, name: str = "capture") -> None:
+                 governor: ThermalGovernor | None = None, name: str = "capture",
+                 interval: int = 1, resume_after: int = -1, replay_frames: int = 0) -> None:
         self.uri = uri
         self.out = out
         self.prepare = prepare
@@ -100,6 +101,14 @@ class CaptureWorker:
         self.motion = motion
         self.governor = governor
         self.thermal_skipped = 0
+        self.interval = max(1, interval)
+        # A file source continues after the last frame whose results were committed: frames up
+        # to this index are read and passed over, once, on the first open.
+        self.resume_after = resume_after if not uri.is_live else -1
+        # ... and the last ``replay_frames`` of those are processed again, flagged replay, to
+        # rebuild the tracker's state before counting resumes.
+        self.replay_from = self.resume_after - replay_frames + 1 if self.resume_after >= 0 else 0
+        self.resumed = 0
         self.stats = CaptureStats()
         self._stop = threading.Event()
         self._next_due = 0.0
@@ -208,6 +217,13 @@ class CaptureWorker:
                     continue
                 wall, mono_ns = time.time(), time.monotonic_ns()
                 read_done = time.perf_counter()
+                if self.stats.frames < self.replay_from:
+                    self.stats.frames += 1
+                    self.resumed += 1
+                    continue
+                replay = self.stats.frames <= self.resume_after
+                media_s = (self.stats.frames / reader.fps if not self.uri.is_live and reader.fps > 0
+                           else mono_ns / 1e9)
                 if self.motion is not None:
                     if discontinuity:
                         self.motion.reset()
@@ -224,14 +240,16 @@ class CaptureWorker:
                         self.stats.frames += 1
                         self._pace(period)
                         continue
-                tensor = self.prepare(image)
+                detect = self.stats.frames % self.interval == 0
+                tensor = self.prepare(image) if detect else None
                 prepared = time.perf_counter()
                 frame = CapturedFrame(
                     index=self.stats.frames, wall=wall, mono_ns=mono_ns,
                     width=int(image.shape[1]), height=int(image.shape[0]), tensor=tensor,
                     discontinuity=discontinuity, capture_ms=(read_done - started) * 1e3,
                     preprocess_ms=(prepared - read_done) * 1e3,
-                    image=image if self.keep_image else None)
+                    image=image if self.keep_image else None, media_s=media_s, detect=detect,
+                    replay=replay)
                 discontinuity = False
                 self.stats.frames += 1
                 while not self._stop.is_set():

@@ -71,9 +71,15 @@ class Analytics:
         self.label_settle_s = label_settle_s
 
     def step(
-        self, observations: Sequence[Observation] | None, now: float, frame_index: int | None = None
+        self, observations: Sequence[Observation] | None, now: float, frame_index: int | None = None,
+        *, count: bool = True,
     ) -> FrameAnalytics:
-        """One frame at monotonic ``now`` (seconds); ``observations`` None when the detector skipped it."""
+        """One frame at monotonic ``now`` (seconds); ``observations`` None when the detector skipped it.
+
+        ``count`` False: the frame updates the tracker and the rules' state (which side of each
+        line a track is on, who is in a zone) and closes buckets whose time is over, but what
+        happened on it is neither counted nor returned: a restarted source replaying frames
+        whose counts an earlier run committed."""
         bucket = self.buckets.bucket_of(now)
         self._settle(lambda p: now - p.t >= self.label_settle_s or self.buckets.bucket_of(p.t) != bucket)
         closed = self.buckets.advance(now)
@@ -96,6 +102,8 @@ class Analytics:
             for zone in self.zones:
                 events += zone.forget(ended, now)
         self._live = live
+        if not count:
+            events = []
         self._count(events, now)
         if ended:
             gone = set(ended)

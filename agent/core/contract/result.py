@@ -72,6 +72,10 @@ class FrameResult:
     latency_ms: dict[str, float] = field(default_factory=dict)
     discontinuity: bool = False
     snapshot: bytes | None = None  # a JPEG of the frame, sent as a blob
+    # False on a frame between two detector runs (``interval``): no result record is sent for
+    # it, only what its analytics produced.
+    detected: bool = True
+    analytics: Any = None  # the pipeline's analytics of this frame (agent.service.analytics)
 
 
 def encode_result(
