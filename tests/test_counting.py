@@ -504,3 +504,30 @@ def test_a_restored_open_bucket_is_flagged_partial_when_it_closes() -> None:
     second.add(KEY, 1.0)
     (bucket,) = second.advance(60.0)
     assert (bucket.start, bucket.partial, bucket.counts[0].count) == (WALL - 20.0, True, 2)
+
+
+def test_replayed_frames_with_count_off_set_the_sides_but_count_nothing() -> None:
+    """A restarted source replays frames an earlier run committed: the crossing during the replay
+    is not counted again, a crossing after it is counted once."""
+    rule = LineRule.of("mid", [[0.0, 0.5], [1.0, 0.5]])
+    analytics = Analytics(lines=[rule], wall_now=WALL, mono_now=0.0)
+    early = lane_scene(1, 0)  # at x = 0.5, crosses y = 0.5 around t = 1.3 s (frame 13)
+    late = [
+        Observation((o.box[0] + 0.3, o.box[1], o.box[2] + 0.3, o.box[3]), o.score, o.class_id, o.label)
+        for _, obs in early
+        for o in obs
+    ]
+    frames = [
+        (i / 10, (early[i][1] if i < 30 else []) + ([late[i - 15]] if 15 <= i < 45 else []))
+        for i in range(45)
+    ]
+    replay_events = []
+    for t, obs in frames[:20]:  # the early object crosses in the replay
+        replay_events += analytics.step(obs, t, count=False).events
+    assert replay_events == []
+    live = []
+    for t, obs in frames[20:]:  # the late one crosses at about frame 28
+        live += [e for e in analytics.step(obs, t).events if isinstance(e, LineCrossed)]
+    assert [(round(e.anchor[0], 1), e.direction) for e in live] == [(0.8, Direction.IN)]
+    rows = [(r.key.direction, r.count) for b in analytics.close() for r in b.counts]
+    assert rows == [(Direction.IN, 1)]
