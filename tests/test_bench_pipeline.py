@@ -31,7 +31,8 @@ def test_two_stream_report_shape() -> None:
     assert len(report["stream_frames"]) == 2 and len(set(report["stream_frames"])) == 1
     raw = report["raw_invoke_fps"]
     assert raw > 0
-    assert report["aggregate_vs_raw"] == pytest.approx(report["aggregate_fps"] / raw, rel=0.01)
+    # Rounded to 3 decimals: the default model's ratio is ~0.05, so the tolerance is absolute.
+    assert report["aggregate_vs_raw"] == pytest.approx(report["aggregate_fps"] / raw, abs=0.0011)
     fair = sum(per_stream) / 2  # one round: its streams' own share
     assert report["min_stream_vs_fair_share"] == pytest.approx(min(per_stream) / fair, abs=0.01)
     assert report["fair_share"] == (min(per_stream) >= 0.8 * fair)
