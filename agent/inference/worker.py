@@ -81,7 +81,7 @@ class InferenceWorker:
                  snapshots: SnapshotPolicy | None = None, budget: ThreadBudget | None = None,
                  threads: int = 1,
                  analyze: Callable[[CapturedFrame, list[Detection] | None], Any] | None = None,
-                 ) -> None:
+                 publish_threshold: float | None = None) -> None:
         self.frames = frames
         self.snapshots = snapshots
         self.runner = runner
@@ -92,6 +92,8 @@ class InferenceWorker:
         self.budget = budget
         self.threads = threads
         self.analyze = analyze
+        # Detections below this go to the analytics only (the model decodes lower for them).
+        self.publish_threshold = publish_threshold
         self._thread = threading.Thread(target=self._run, name=f"inference-{stream}", daemon=True)
 
     def start(self) -> None:
@@ -168,20 +170,23 @@ class InferenceWorker:
                         return
                     continue
                 consecutive = 0
-                self.stats.detections += len(out.detections)
+                found = out.detections
+                published = found if self.publish_threshold is None else [
+                    d for d in found if d.score >= self.publish_threshold]
+                self.stats.detections += len(published)
                 if out.classes:
                     self.stats.count_top_class(out.classes[0].label, out.classes[0].score)
                 self.stats.invoke_ms_total += out.invoke_ms
                 now = self._count_frame()
                 snapshot = None
                 if self.snapshots is not None and frame.image is not None and not frame.replay:
-                    snapshot = self.snapshots.take(frame.image, len(out.detections), now)
+                    snapshot = self.snapshots.take(frame.image, len(published), now)
                 analyzed = time.perf_counter()
-                analysis = self.analyze(frame, out.detections) if self.analyze else None
+                analysis = self.analyze(frame, found) if self.analyze else None
                 self.deliver(FrameResult(
                     stream=self.stream, frame_index=frame.index, capture_wall=frame.wall,
                     capture_mono_ns=frame.mono_ns, width=frame.width, height=frame.height,
-                    task=self.runner.manifest.task, detections=out.detections,
+                    task=self.runner.manifest.task, detections=published,
                     classes=out.classes, discontinuity=frame.discontinuity,
                     latency_ms={"capture": frame.capture_ms, "preprocess": frame.preprocess_ms,
                                 "queue": (dequeued - frame.queued_at) * 1e3,

@@ -76,6 +76,9 @@ class ResultSink(Protocol):
     def add_analysis(self, analysis: FrameAnalysis, context: ResultContext) -> None:
         """Called on the event loop: what a pipeline's analytics produced at its end."""
 
+    async def settled(self, stream: str, timeout_s: float) -> bool:
+        """Wait until nothing of ``stream`` waits for its commit (False after ``timeout_s``)."""
+
 
 def analytics_key(stream: str) -> str:
     """The outbox state key of a stream's open count bucket."""
@@ -169,6 +172,7 @@ class Pipeline:
         self.gate: MotionGate | None = None
         self.watch: StageWatch | None = None
         self.analytics: AnalyticsStage | None = None
+        self.publish_threshold: float | None = None  # results' score threshold, when lowered
         self.context: ResultContext | None = None
         self.started_at = time.monotonic()
 
@@ -190,6 +194,11 @@ class Pipeline:
                                 score_threshold=spec.score_threshold, labels=spec.labels)
         if spec.analytics is not None:
             manifest = self.model.manifest
+            # The tracker's second pass matches low-score detections to lost tracks: the model
+            # decodes down to its low_score; results still carry only the configured threshold's.
+            self.publish_threshold = manifest.score_threshold
+            manifest.score_threshold = min(manifest.score_threshold,
+                                           spec.analytics.tracker.low_score)
             check_against_model(spec.analytics, stream=spec.stream, task=manifest.task,
                                 labels=[manifest.label(i) for i in range(self.model.classes or 0)]
                                 or list(manifest.labels.values()))
@@ -234,7 +243,7 @@ class Pipeline:
         self.inference = InferenceWorker(
             self.frames, runner, spec.stream, lambda result: sink.deliver(result, context),
             self._threads_ended, snapshots=snapshots, budget=parts.budget, threads=spec.threads,
-            analyze=self.analytics)
+            analyze=self.analytics, publish_threshold=self.publish_threshold)
         self.watch = StageWatch(self.uri.raw, self.capture, self.inference, self.frames)
         log.info("pipeline %s: model %s (%s, %s, sha256 %s...) on %s; source %s (%s, %s), "
                  "%d thread(s)", spec.stream, self.model.ref.name, self.model.manifest.task,
@@ -390,7 +399,8 @@ class PipelineSet:
 
     async def stop(self, stream: str, grace_s: float) -> Pipeline:
         """Stop one pipeline: its source stops, queued frames are processed for up to
-        ``grace_s``, then dropped. Its results already handed over are committed as usual."""
+        ``grace_s``, then dropped; returns once its results (and its last, partial count
+        bucket) are committed to the outbox, or the grace is over while the storage fails."""
         pipeline = self._pipelines.get(stream)
         if pipeline is None:
             raise ConfigError(f"no pipeline {stream!r}",
@@ -401,6 +411,9 @@ class PipelineSet:
                         "queued frames", stream, grace_s)
             pipeline.abort()
             await pipeline.done.wait()
+        if not await self.parts.sink.settled(stream, grace_s):
+            log.warning("pipeline %s stopped; its last results are not committed yet (%s)",
+                        stream, "the storage is failing")
         return pipeline
 
     def remove(self, stream: str) -> None:

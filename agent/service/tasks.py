@@ -118,6 +118,7 @@ class OutboxWriter:
         self.slots = threading.Semaphore(RESULT_SLOTS)
         self.wake = asyncio.Event()
         self.drained = asyncio.Event()  # closing, and nothing left to commit
+        self.progress = asyncio.Event()  # set after each commit that took something
         self.retry = Backoff(0.5, 10.0)
         self.blocked_until = 0.0
         self.closing = False
@@ -246,6 +247,20 @@ class OutboxWriter:
         self.committed += sum(1 for held in batch if held.result.detected)
         self.uplink.committed(stored)
         self.uplink.blobs_added()
+        self.progress.set()
+
+    async def settled(self, stream: str, timeout_s: float) -> bool:
+        """Wait until nothing of ``stream`` waits for its commit (False after ``timeout_s``)."""
+        deadline = time.monotonic() + timeout_s
+        while any(held.context.stream == stream for held in self.pending):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.progress.clear()
+            self.wake.set()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.progress.wait(), left)
+        return True
 
     async def run(self) -> None:
         """Until closed and drained. Its own heartbeat: while the storage fails, inference
