@@ -300,3 +300,13 @@ def test_run_flags_name_the_flag(tmp_path: Path, flag: str, value: str) -> None:
                                       "3", "--threads", "1", "--model", "m2"])
     (spec,) = load_config_from_args(args).pipeline_specs()
     assert (spec.max_frames, spec.threads, spec.model) == (3, 1, Path("m2"))
+
+
+@pytest.mark.parametrize("stream", ["north.events", "north.counts"])
+def test_a_stream_named_like_another_streams_events_or_counts_is_refused(
+        tmp_path: Path, stream: str) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[[pipelines]]\nstream = "{stream}"\nsource = "synthetic://64x48@5"\n')
+    with pytest.raises(ConfigError, match="events or counts") as err:
+        load_config(cfg)
+    assert "pipelines" in str(err.value) and str(cfg.name) in str(err.value)

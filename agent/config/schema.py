@@ -32,6 +32,20 @@ if TYPE_CHECKING:
     from agent.core.analytics.tracker import TrackerConfig
 
 
+# A pipeline's events and counts have seq spaces of their own, named after its stream.
+_DERIVED_STREAMS = (".events", ".counts")
+
+
+def stream_name(value: str) -> str:
+    """A pipeline's stream name: a topic segment that is not another stream's events or counts."""
+    check_segment("stream", value)
+    if value.endswith(_DERIVED_STREAMS):
+        raise ValueError(f"stream {value!r} ends in {value[value.rindex('.'):]}, which names "
+                         "another stream's events or counts (their own seq space); choose "
+                         "another name")
+    return value
+
+
 class _Section(BaseModel):
     # strict: TOML has real types, so a bool is never taken as a number (true -> 1.0), a number
     # never as a bool, nor a string as a number; an int is still a valid float. No inf or nan.
@@ -90,7 +104,7 @@ class SourceSection(_Section):
     @field_validator("stream")
     @classmethod
     def _stream(cls, value: str) -> str:
-        return check_segment("stream", value)
+        return stream_name(value)
 
     @model_validator(mode="after")
     def _backoff(self) -> SourceSection:
@@ -356,7 +370,7 @@ class PipelineSection(_Section):
     @field_validator("stream")
     @classmethod
     def _stream(cls, value: str) -> str:
-        return check_segment("stream", value)
+        return stream_name(value)
 
 
 PIPELINES = TypeAdapter(list[PipelineSection])
