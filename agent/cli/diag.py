@@ -14,8 +14,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     """Add ``diag`` and its flags to the subcommands."""
     diag = sub.add_parser("diag", help="diagnostics: what is wrong and how to fix it")
     diag.add_argument("checks", nargs="*", metavar="CHECK",
-                      help="checks to run (default: all): config camera sensors model kernels broker "
-                           "cache clock temperature memory; or 'bundle' for a support tarball")
+                      help="checks to run (default: all): config camera sensors model pipelines "
+                           "kernels broker cache clock temperature memory; or 'bundle' for a "
+                           "support tarball")
     diag.add_argument("--config", type=Path)
     diag.add_argument("--board")
     diag.add_argument("--snapshot", type=Path, help="save a camera frame here")
