@@ -41,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     sb.add_argument("--backlog", type=positive(int, zero=True), default=100_000,
                     help="0 skips the drain test")
     sb.add_argument("--live-hz", type=positive(float), default=30.0)
+    sb.add_argument("--live-s", type=positive(int), default=120,
+                    help="simulated seconds of a live 15 fps camera for its disk writes")
     sb.add_argument("--json", action="store_true")
     sb.set_defaults(func=cmd_bench_sync)
 
@@ -88,13 +90,19 @@ def cmd_bench_sync(args: argparse.Namespace) -> int:
     from agent.bench.sync import bench_sync
 
     report = bench_sync(n=args.messages, rounds=args.rounds, backlog=args.backlog,
-                        live_hz=args.live_hz)
+                        live_hz=args.live_hz, live_s=args.live_s)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     print(f"raw paho QoS 1: {report['raw_paho_per_s']}/s; durable outbox path: "
           f"{report['durable_per_s']}/s ({report['durable_vs_raw']:.2f}x); "
-          f"{report['disk_bytes_per_record']} disk bytes per record")
+          f"{report['disk_bytes_per_record']} disk bytes per record of {report['payload_bytes']} "
+          f"(write amplification {report['write_amplification']})")
+    live = report["live"]
+    print(f"live camera at {live['fps']} fps, commits every {live['commit_interval_ms']} ms: "
+          f"{live['disk_bytes_per_record']} disk bytes per record of {live['payload_bytes']} "
+          f"(write amplification {live['write_amplification']}), "
+          f"{live['bytes_per_day'] / 1e9:.2f} GB a day")
     if "drain" in report:
         d = report["drain"]
         print(f"drain: {d['backlog']} records in {d['drain_s']}s ({d['drain_per_s']}/s); live "
