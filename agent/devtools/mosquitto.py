@@ -27,10 +27,17 @@ def find_mosquitto() -> str | None:
 
 
 class LocalBroker:
-    """Starts and stops one mosquitto bound to 127.0.0.1; restartable on the same port."""
+    """Starts and stops one mosquitto bound to 127.0.0.1; restartable on the same port.
+
+    ``tls`` (keys ``ca``, ``cert``, ``key``: the CA that signs the clients, the broker's
+    certificate and key) makes it an mqtts listener that requires a client certificate. With
+    ``acl_file`` anonymous clients are refused and the file decides who reads and writes what:
+    the client certificate's CN is the user name (``use_identity_as_username``) under TLS,
+    else the CONNECT's user name, checked against ``password_file`` when one is given."""
 
     def __init__(self, workdir: Path | None = None, port: int | None = None,
-                 persistence: bool = True, tls: dict[str, Path] | None = None) -> None:
+                 persistence: bool = True, tls: dict[str, Path] | None = None,
+                 acl_file: Path | None = None, password_file: Path | None = None) -> None:
         binary = find_mosquitto()
         if binary is None:
             raise AgentError("mosquitto is not installed",
@@ -46,7 +53,10 @@ class LocalBroker:
             f"listener {self.port} 127.0.0.1",
             *([f"cafile {tls['ca']}", f"certfile {tls['cert']}", f"keyfile {tls['key']}",
                "require_certificate true"] if tls else []),
-            "allow_anonymous true",
+            *(["use_identity_as_username true"] if tls and acl_file else []),
+            *([f"acl_file {acl_file}"] if acl_file else []),
+            *([f"password_file {password_file}"] if password_file else []),
+            f"allow_anonymous {'false' if acl_file or password_file else 'true'}",
             f"persistence {'true' if persistence else 'false'}",
             f"persistence_location {self.workdir}/",
             "autosave_interval 1",

@@ -112,6 +112,40 @@ def tls_context(ca_file: Path | None, cert_file: Path | None,
     return context
 
 
+def describe_tls_failure(exc: ssl.SSLError, ca_file: Path | None,
+                         cert_file: Path | None) -> str:
+    """One line for a failed TLS handshake with the broker: what was refused, naming the file,
+    and what to do. OpenSSL's reason code tells the cases apart; under TLS 1.3 the broker's
+    verdict on the client certificate arrives as an alert on the first read after the
+    handshake, so this is also called for errors read off an established socket."""
+    reason = (getattr(exc, "reason", None) or "").upper()
+    cert = f"the client certificate {cert_file}" if cert_file else "this client"
+    issue = ("issue a new one (lepton-agent pki issue NAME --ca CA_DIR --out DIR), replace the "
+             "certificate file and its key (the tls-key credential) and restart; the outbox is "
+             "kept")
+    if isinstance(exc, ssl.SSLCertVerificationError) or reason == "CERTIFICATE_VERIFY_FAILED":
+        detail = getattr(exc, "verify_message", None) or "verification failed"
+        trusted = f"the CA file {ca_file}" if ca_file else "the system CAs"
+        return (f"TLS: the broker's certificate is not trusted by {trusted}: {detail} (fix: give "
+                "the CA that signed the broker's certificate as the CA file, and connect by a "
+                "name or address the certificate lists)")
+    if "EXPIRED" in reason:
+        return f"TLS: the broker refused {cert}: it has expired (fix: {issue})"
+    if "UNKNOWN_CA" in reason:
+        return (f"TLS: the broker refused {cert}: it is not signed by a CA the broker trusts "
+                f"(fix: use a certificate signed by the CA in the broker's cafile; {issue})")
+    if "CERTIFICATE_REQUIRED" in reason or ("HANDSHAKE_FAILURE" in reason and not cert_file):
+        return ("TLS: the broker requires a client certificate and none was sent (fix: set the "
+                "client certificate (agent: [mqtt] tls_cert_file; ingest: --tls-cert) and its "
+                "key as the tls-key credential)")
+    if "REVOKED" in reason:
+        return f"TLS: the broker refused {cert}: it is revoked (fix: {issue})"
+    if "BAD_CERTIFICATE" in reason or "UNSUPPORTED_CERTIFICATE" in reason:
+        return (f"TLS: the broker refused {cert} ({reason.lower()}) (fix: check it is a client "
+                f"certificate (extended key usage clientAuth) within its validity; {issue})")
+    return f"TLS with the broker failed: {reason.lower() or exc}"
+
+
 class _BufferedClient(paho.Client):
     """paho reads a packet with up to three ``recv`` calls (command byte, length, body), so a
     PUBACK costs three syscalls; on the event loop they serialize with everything else. This
@@ -119,10 +153,18 @@ class _BufferedClient(paho.Client):
 
     _rbuf = b""
     _rpos = 0
+    tls_failure: ssl.SSLError | None = None
+    """A TLS error read off the socket (the broker's alert), which paho reports only as a
+    lost connection."""
 
     def _sock_recv(self, bufsize: int) -> bytes:
         if self._rpos >= len(self._rbuf):
-            data = super()._sock_recv(max(bufsize, 65536))
+            try:
+                data = super()._sock_recv(max(bufsize, 65536))
+            except ssl.SSLError as exc:
+                if not isinstance(exc, (ssl.SSLWantReadError, ssl.SSLWantWriteError)):
+                    self.tls_failure = exc
+                raise
             if len(data) <= bufsize:
                 return data
             self._rbuf, self._rpos = data, 0
@@ -276,7 +318,10 @@ class MqttLink:
             self._lost.clear()
             try:
                 await asyncio.to_thread(self._connect_blocking)
-            except (OSError, ssl.SSLError, ValueError) as exc:
+            except ssl.SSLError as exc:
+                self._note_error(f"cannot connect to {self.broker}: " + describe_tls_failure(
+                    exc, self.options.tls_ca_file, self.options.tls_cert_file))
+            except (OSError, ValueError) as exc:
                 self._note_error(f"cannot connect to {self.broker}: {exc}")
             except Exception as exc:
                 log.exception("mqtt link failure")
@@ -320,7 +365,11 @@ class MqttLink:
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
-        if not self._stopping:
+        tls_failure, self.client.tls_failure = self.client.tls_failure, None
+        if tls_failure is not None:
+            self._note_error(f"disconnected from {self.broker}: " + describe_tls_failure(
+                tls_failure, self.options.tls_ca_file, self.options.tls_cert_file))
+        elif not self._stopping:
             self._note_error(f"disconnected from {self.broker}: {reason}")
         self._set_disconnected(str(reason))
         self._lost.set()
