@@ -18,6 +18,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     inspect.add_argument("--labels", type=Path, metavar="FILE",
                          help="check this label file against the model")
     inspect.set_defaults(func=cmd_models_inspect)
+    from agent.cli import model_signing  # keygen, sign, verify: signed bundles (docs/ota.md)
+    model_signing.add_parsers(models_sub)
 
 
 def cmd_models_inspect(args: argparse.Namespace) -> int:
