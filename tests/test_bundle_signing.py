@@ -460,3 +460,10 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, bundle: Path, pair: keys.KeyP
     line = one_line_error(cli(*args))
     assert "BEGIN PRIVATE KEY" not in line
     assert (tmp_path / "existing" / "signing.key").read_text() == "do not overwrite me"
+
+
+def test_a_stale_temporary_signature_is_not_signed(bundle: Path, pair: keys.KeyPair) -> None:
+    (bundle / ".signature.json.tmp").write_text("left by a sign killed mid-write")
+    _, doc = bundles.sign(bundle, pair.private, version=1, now=NOW)
+    assert [f.path for f in doc.files] == ["labels/labels.txt", "manifest.json", "model.tflite"]
+    assert not (bundle / ".signature.json.tmp").exists() and verify(bundle, pair.public).accepted

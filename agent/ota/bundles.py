@@ -115,6 +115,13 @@ def sign(bundle: Path, key_path: Path, *, version: int, now: float,
                        fix="give --expires a positive number of days")
     key = load_private(key_path)
     model = _manifest_name(bundle)
+    out = bundle / SIGNATURE_FILE
+    tmp = out.with_name(f".{SIGNATURE_FILE}.tmp")
+    try:
+        tmp.unlink(missing_ok=True)  # left by a sign that died mid-write; not part of the bundle
+    except OSError as exc:
+        raise OtaError(f"cannot remove a stale {tmp.name}: {exc.strerror}", path=bundle,
+                       fix="make the bundle folder writable") from exc
     observed = scan(bundle)
     if observed.irregular:
         raise OtaError(f"not regular files: {', '.join(observed.irregular)}", path=bundle,
@@ -132,8 +139,6 @@ def sign(bundle: Path, key_path: Path, *, version: int, now: float,
         raise OtaError(f"cannot be signed: {exc}", path=bundle, fix="rename the offending file") from exc
     body = canonical_bytes(doc)
     envelope = encode_envelope(body, doc.key_id, key.sign(signed_message(body)))
-    out = bundle / SIGNATURE_FILE
-    tmp = out.with_name(f".{SIGNATURE_FILE}.tmp")
     try:
         tmp.write_bytes(envelope)
         os.replace(tmp, out)
