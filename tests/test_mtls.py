@@ -332,3 +332,40 @@ def test_a_refused_certificate_is_one_clear_line(fleet: Fleet, tmp_path: Path,
     assert "fix:" in line
     if case == "missing-file":
         assert proc.returncode != 0 and "lepton-ingest.crt" in line
+
+
+def test_pki_refuses_bad_input_with_one_line_and_keeps_keys_private(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    ca = tmp_path / "ca"
+    assert run_cli("pki", "init", "--out", str(ca)).returncode == 0
+    assert oct((ca / "ca.key").stat().st_mode & 0o777) == "0o600"
+    cases = {
+        "an existing CA": (("pki", "init", "--out", str(ca)), "already exists"),
+        "no CA": (("pki", "issue", "cam1", "--ca", str(tmp_path / "nope"), "--out",
+                   str(tmp_path)), "pki init --out"),
+        "a name with a slash": (("pki", "issue", "cam/1", "--ca", str(ca), "--out",
+                                 str(tmp_path)), "not a valid topic segment"),
+        "a wildcard name": (("pki", "issue", "cam+", "--ca", str(ca), "--out", str(tmp_path)),
+                            "not a valid topic segment"),
+        "zero days": (("pki", "issue", "cam1", "--ca", str(ca), "--out", str(tmp_path),
+                       "--days", "0"), "must be at least 1"),
+    }
+    for what, (args, expected) in cases.items():
+        out = run_cli(*args)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode != 0 and len(lines) == 1 and expected in lines[0], (what, out.stderr)
+        assert "fix:" in lines[0] and "Traceback" not in out.stderr, what
+    out = run_cli("pki", "issue", "cam-7", "--ca", str(ca), "--out", str(tmp_path / "c"), "--json")
+    issued = json.loads(out.stdout)
+    cert = x509.load_pem_x509_certificate(Path(issued["cert"]).read_bytes())
+    assert cert.subject.rfc4514_string() == "CN=cam-7"
+    assert cert.issuer == x509.load_pem_x509_certificate((ca / "ca.crt").read_bytes()).subject
+    assert oct(Path(issued["key"]).stat().st_mode & 0o777) == "0o600"
+    again = run_cli("pki", "issue", "cam-7", "--ca", str(ca), "--out", str(tmp_path / "c"))
+    assert again.returncode != 0 and "--force" in again.stderr
+    # Independent check of the chain and the client role: openssl itself.
+    if shutil.which("openssl"):
+        verify = subprocess.run(["openssl", "verify", "-purpose", "sslclient", "-CAfile",
+                                 str(ca / "ca.crt"), issued["cert"]], capture_output=True, text=True)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
