@@ -33,6 +33,7 @@ from agent.config import AgentConfig, PipelineSpec, Secrets
 from agent.core.contract.status import encode_status
 from agent.core.uri import parse_broker
 from agent.errors import AgentError, StorageError
+from agent.service.commands import CommandService, load_applied
 from agent.service.components import Components, build
 from agent.service.pipelines import Pipeline
 from agent.service.snapshot import HealthSnapshot
@@ -204,6 +205,8 @@ class AgentApp:
         self._stop_deadline: threading.Timer | None = None
         self._held: Callable[[], tuple[int, int]] = lambda: (0, 0)
         self._changed: asyncio.Event | None = None
+        self.config_version = 0  # of the pipelines' config, changed by commands
+        self.commands: CommandService | None = None
 
     async def run(self, stop: asyncio.Event | None = None) -> RunSummary:
         """Run until every pipeline has ended, or ``stop`` (SIGTERM/SIGINT) is set.
@@ -267,6 +270,8 @@ class AgentApp:
                       stream, error)
 
     async def _run(self, stop: asyncio.Event | None) -> RunSummary:
+        # What set-config/assign/unassign applied last (state_dir/config.applied.toml) runs.
+        self.config, self.config_version = load_applied(self.config)
         cfg = self.config
         started = time.monotonic()
         loop = asyncio.get_running_loop()
@@ -300,6 +305,8 @@ class AgentApp:
         snapshot = health.snapshot()
         self.latest_snapshot = snapshot
         parts.uplink.birth = (parts.topics.status, self._birth(snapshot))
+        self.commands = CommandService(self, parts, started=started)
+        self.commands.attach()
         if parts.link:
             parts.link.start()
         supervisor = Supervisor(parts, stop, self._changed, cfg.agent.shutdown_grace_s,

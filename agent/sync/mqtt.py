@@ -26,6 +26,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.core.backoff import Backoff
 from agent.core.uri import BrokerUrl
@@ -411,21 +412,32 @@ class MqttLink:
         self._task = self.loop.create_task(self._run(), name="mqtt-link")
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
-                user_properties: list[tuple[str, str]] | None = None) -> int | None:
-        """Hand a message to the client; its mid, or None when not connected."""
+                user_properties: list[tuple[str, str]] | None = None,
+                correlation_data: bytes | None = None) -> int | None:
+        """Hand a message to the client; its mid, or None when not connected.
+        ``correlation_data``: the MQTT 5 property a command reply echoes."""
         if not self.connected:
             return None
         props = None
-        if user_properties:
+        if user_properties or correlation_data is not None:
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            props.UserProperty = user_properties
+            if user_properties:
+                props.UserProperty = user_properties
+            if correlation_data is not None:
+                props.CorrelationData = correlation_data
         info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc != paho.MQTT_ERR_SUCCESS and info.rc != paho.MQTT_ERR_QUEUE_SIZE:
             return None
         return int(info.mid)
 
-    def subscribe(self, topic: str, qos: int = 1) -> None:
-        self.client.subscribe(topic, qos=qos)
+    def subscribe(self, topic: str, qos: int = 1, retain_as_published: bool = False) -> None:
+        """``retain_as_published``: messages keep the retain flag they were published with
+        (commands: a retained one is ignored even when it arrives live)."""
+        if retain_as_published:
+            self.client.subscribe(topic, options=SubscribeOptions(
+                qos=qos, retainAsPublished=True))
+        else:
+            self.client.subscribe(topic, qos=qos)
 
     def ack(self, mid: int, qos: int) -> None:
         self.client.ack(mid, qos)

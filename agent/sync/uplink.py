@@ -56,6 +56,9 @@ class Uplink:
         # Called after each PUBACK and ack: a graceful stop waits on it for the backlog to
         # drain instead of polling.
         self.on_progress: Callable[[], None] = lambda: None
+        # Commands (agent.service.commands): subscribed to on each connect, handed over as is.
+        self.command_filter: str | None = None
+        self.on_command: Callable[[paho.MQTTMessage], None] | None = None
 
     def attach(self, link: MqttLink) -> None:
         self.link = link
@@ -148,6 +151,8 @@ class Uplink:
     def on_connected(self, session_present: bool) -> None:
         if self.link and self.ack_topic:
             self.link.subscribe(self.ack_topic, qos=1)
+        if self.link and self.command_filter:
+            self.link.subscribe(self.command_filter, qos=1, retain_as_published=True)
         if self.link and self.birth:
             self.link.publish(self.birth[0], self.birth[1], qos=1, retain=True)
         self._execute(self.window.on_connected())
@@ -174,6 +179,10 @@ class Uplink:
         self.on_progress()
 
     def on_message(self, message: paho.MQTTMessage) -> None:
+        if self.on_command is not None and self.command_filter is not None \
+                and paho.topic_matches_sub(self.command_filter, message.topic):
+            self.on_command(message)
+            return
         if message.topic != self.ack_topic:
             log.debug("ignoring message on %s", message.topic)
             return
