@@ -189,16 +189,22 @@ def test_input_shape_the_runner_cannot_feed_is_refused(tmp_path: Path) -> None:
     bundle = _bundle_28x28(tmp_path / "mnist")
     with pytest.raises(ModelError, match=r"shape \[1, 28, 28\].*\[1, H, W, 1\|3\]"):
         load_model(bundle)
+    # Issue 17: inspect never fails on a valid TFLite file; it shows the tensors and says why
+    # the model cannot run as declared.
     inspect = run_cli("models", "inspect", str(bundle))
-    assert inspect.returncode == 2, inspect.stdout
-    assert "[1, 28, 28]" in inspect.stderr and "[1, H, W, 1|3]" in inspect.stderr
+    assert inspect.returncode == 0, inspect.stderr
+    assert "x [1, 28, 28] float32" in inspect.stdout
+    assert "cannot run as it is" in inspect.stdout and "[1, H, W, 1|3]" in inspect.stdout
     run = run_cli("run", "--offline", "--model", str(bundle), "--max-frames", "2",
                   "--source", "synthetic://64x48@5", "--state-dir", str(tmp_path / "state"))
     assert run.returncode == 2 and "Traceback" not in run.stderr and "IndexError" not in run.stderr
     assert "[1, 28, 28]" in run.stderr, run.stderr
+    # A bare window model is a sequence (sensor) model: it loads, and the image runner refuses it.
     bare = write_model(tmp_path / "bare.tflite", [1, 28, 28], [1, 784])
-    with pytest.raises(ModelError, match=r"x\[1, 28, 28\].*\[1, H, W, 1\|3\]"):
-        load_model(bare)
+    model = load_model(bare)
+    assert model.manifest.task == "sequence" and model.manifest.sensor["window"] == 28
+    with pytest.raises(ModelError, match="sensor model"):
+        ModelRunner(model)
 
 
 def test_declared_decoder_outputs_of_the_wrong_shape_are_refused(tmp_path: Path) -> None:
@@ -223,10 +229,17 @@ def test_custom_op_the_runtime_lacks_is_named(tmp_path: Path, source: str) -> No
         op = "LeptonPostProcess"
         model = rename_custom_op(shared_file("traffic", "traffic_model.tflite"),
                                  tmp_path / "traffic.tflite", "TFLite_Detection_PostProcess", op)
+    # Issue 17: inspect still shows the tensors (read from the file), names the op and says
+    # what to do; `run` refuses the model with the same message.
     out = run_cli("models", "inspect", str(model))
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert f"custom op '{op}', which LiteRT does not provide" in out.stderr, out.stderr
-    assert "truncated" not in out.stderr
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert f"custom op '{op}', which LiteRT does not provide" in out.stdout, out.stdout
+    assert f"custom op: {op} (NOT provided by LiteRT)" in out.stdout
+    assert "outputs:" in out.stdout and "truncated" not in out.stdout + out.stderr
+    run = run_cli("run", "--offline", "--model", str(model), "--max-frames", "1",
+                  "--source", "synthetic://64x48@5", "--state-dir", str(tmp_path / "state"))
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert f"custom op '{op}', which LiteRT does not provide" in run.stderr, run.stderr
 
 
 def test_inspect_lists_provided_custom_ops_and_label_source() -> None:

@@ -72,3 +72,97 @@ def rename_custom_op(source: Path, target: Path, old: str, new: str) -> Path:
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     target.write_bytes(builder.Output())
     return target
+
+
+def write_heads_model(path: Path, in_shape: list[int], heads: list[tuple[str, list[int]]], *,
+                      dtype: str = "float32", scale: float = 0.0, zero_point: int = 0) -> Path:
+    """A model whose outputs are the input's values cut into ``heads`` (name, shape) in order:
+    the input is flattened, each head is a SLICE of it reshaped. A test writes the head values
+    it wants into the input tensor, so a decoder meets exactly those values through LiteRT
+    (uint8/int8 with ``scale``/``zero_point`` on every tensor for the quantized paths)."""
+    import numpy as np
+
+    flatbuffers, schema = _schema()
+    types = {"float32": schema.TensorType.FLOAT32, "uint8": schema.TensorType.UINT8,
+             "int8": schema.TensorType.INT8}
+    total = int(np.prod(in_shape))
+    assert sum(int(np.prod(s)) for _, s in heads) <= total, "heads need more values than the input"
+    buffers = [schema.BufferT()]
+    tensors = []
+
+    def tensor(name: str, shape: list[int], ttype: int, data: bytes | None = None,
+               quantized: bool = True) -> int:
+        t = _tensor(schema, name, shape, ttype, 0)
+        if data is not None:
+            b = schema.BufferT()
+            b.data = list(data)
+            buffers.append(b)
+            t.buffer = len(buffers) - 1
+        if quantized and scale:
+            q = schema.QuantizationParametersT()
+            q.scale, q.zeroPoint = [scale], [zero_point]
+            t.quantization = q
+        tensors.append(t)
+        return len(tensors) - 1
+
+    codes = []
+    for builtin in (schema.BuiltinOperator.RESHAPE, schema.BuiltinOperator.SLICE):
+        code = schema.OperatorCodeT()
+        code.builtinCode = code.deprecatedBuiltinCode = builtin
+        code.version = 1
+        codes.append(code)
+    ops = []
+
+    def reshape(src: int, dst: int, shape: list[int]) -> None:
+        op = schema.OperatorT()
+        op.opcodeIndex, op.inputs, op.outputs = 0, [src], [dst]
+        options = schema.ReshapeOptionsT()
+        options.newShape = shape
+        op.builtinOptionsType = schema.BuiltinOptions.ReshapeOptions
+        op.builtinOptions = options
+        ops.append(op)
+
+    ttype = types[dtype]
+    x = tensor("x", in_shape, ttype)
+    flat = tensor("flat", [1, total], ttype)
+    reshape(x, flat, [1, total])
+    outputs = []
+    offset = 0
+    for name, shape in heads:
+        n = int(np.prod(shape))
+        begin = tensor(f"{name}/begin", [2], schema.TensorType.INT32,
+                       np.array([0, offset], np.int32).tobytes(), quantized=False)
+        size = tensor(f"{name}/size", [2], schema.TensorType.INT32,
+                      np.array([1, n], np.int32).tobytes(), quantized=False)
+        part = tensor(f"{name}/part", [1, n], ttype)
+        op = schema.OperatorT()
+        op.opcodeIndex, op.inputs, op.outputs = 1, [flat, begin, size], [part]
+        op.builtinOptionsType = schema.BuiltinOptions.SliceOptions
+        op.builtinOptions = schema.SliceOptionsT()
+        ops.append(op)
+        out = tensor(name, shape, ttype)
+        reshape(part, out, shape)
+        outputs.append(out)
+        offset += n
+    subgraph = schema.SubGraphT()
+    subgraph.tensors = tensors
+    subgraph.inputs, subgraph.outputs, subgraph.operators = [x], outputs, ops
+    model = schema.ModelT()
+    model.version = 3
+    model.operatorCodes = codes
+    model.subgraphs = [subgraph]
+    model.buffers = buffers
+    builder = flatbuffers.Builder(1 << 16)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(builder.Output())
+    return path
+
+
+def head_input(shape: list[int], values: list[object], dtype: str = "float32") -> object:
+    """The input tensor that makes a heads model output ``values`` (flattened in order)."""
+    import numpy as np
+
+    flat = np.concatenate([np.asarray(v).reshape(-1) for v in values]).astype(dtype)
+    full = np.zeros(int(np.prod(shape)), dtype)
+    full[:flat.size] = flat
+    return full.reshape(shape)

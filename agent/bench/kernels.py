@@ -64,6 +64,58 @@ def _yuyv(bgr: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
     return out
 
 
+def yolo_head_scene(objects: int = 25, seed: int = 5) -> npt.NDArray[np.float32]:
+    """A YOLOv8/v11 head ``[1, 84, 8400]`` (640x640 input, 80 classes, boxes in pixels) as a
+    trained model gives it: class scores near 0 almost everywhere, and around each object a
+    few dozen anchors of its class with jittered boxes and scores up to ~0.9."""
+    rng = np.random.default_rng(seed)
+    n, classes = 8400, 80
+    head = np.zeros((4 + classes, n), np.float32)
+    head[0:2] = rng.random((2, n), dtype=np.float32) * 640
+    head[2:4] = rng.random((2, n), dtype=np.float32) * 60 + 8
+    head[4:] = rng.random((classes, n), dtype=np.float32) ** 6 * 0.2  # background: < 0.2
+    for _ in range(objects):
+        cx, cy = rng.random(2) * 560 + 40
+        w, h = rng.random(2) * 150 + 20
+        cls = int(rng.integers(classes))
+        anchors = rng.choice(n, size=int(rng.integers(20, 60)), replace=False)
+        jitter = rng.normal(0, 4, (4, anchors.size))
+        head[0, anchors] = cx + jitter[0]
+        head[1, anchors] = cy + jitter[1]
+        head[2, anchors] = w + jitter[2] * 2
+        head[3, anchors] = h + jitter[3] * 2
+        head[4 + cls, anchors] = rng.uniform(0.3, 0.9, anchors.size).astype(np.float32)
+    return head[None]
+
+
+def yolo_numpy_cv2(head: npt.NDArray[np.float32], threshold: float, iou: float,
+                   max_out: int) -> list[int]:
+    """The usual Python decoding of a YOLOv8 head: transpose, best class, threshold, then one
+    cv2.dnn.NMSBoxes over xywh boxes moved apart per class (the offset trick: class-wise NMS
+    in one call); kept anchor indices, best first."""
+    rows = head[0].T
+    cls_scores = rows[:, 4:]
+    classes = cls_scores.argmax(axis=1)
+    scores = cls_scores[np.arange(rows.shape[0]), classes]
+    index = np.flatnonzero(scores >= threshold)
+    r = rows[index]
+    offset = (classes[index] * (float(np.abs(r[:, :4]).max(initial=0.0)) * 4 + 1))[:, None]
+    xywh = np.stack([r[:, 0] - r[:, 2] / 2, r[:, 1] - r[:, 3] / 2, r[:, 2], r[:, 3]], axis=1)
+    xywh[:, :2] += offset
+    # No top_k: cv2 applies it to the candidates before NMS, not to what NMS keeps.
+    keep = cv2.dnn.NMSBoxes(xywh.astype(np.float64).tolist(), scores[index].tolist(), 0.0, iou)
+    return [int(index[i]) for i in np.asarray(keep, np.int64).reshape(-1)][:max_out]
+
+
+def yolo_native(head: npt.NDArray[Any], threshold: float, iou: float, max_out: int) -> list[int]:
+    """The agent's path: the native in-place decode, then the native class-wise NMS."""
+    from agent.core.heads import yolo_layout
+
+    layout = yolo_layout(head.shape, "yolo_v8")
+    boxes, scores, classes, index = active.yolo_head(head, layout, 0.0, 0, threshold, 1.0, 1.0)
+    return [int(index[i]) for i in active.nms(boxes, scores, classes, iou, max_out)]
+
+
 def build_cases() -> list[Case]:
     kern = active
     cases: list[Case] = []
@@ -118,12 +170,23 @@ def build_cases() -> list[Case]:
         lambda: kern.nms(boxes, scores, classes, 0.5, 100),
         lambda: ref.nms(boxes, scores, classes, 0.5, 100),
         lambda a, b: 0.0 if list(a) == list(b) else float("inf")))
+    head = yolo_head_scene()
+    # Kept sets compared as sets: cv2 orders equal scores its own way.
+    cases.append(Case(
+        "yolo_8400x80_decode_nms",
+        lambda: yolo_native(head, 0.25, 0.45, 300),
+        lambda: yolo_numpy_cv2(head, 0.25, 0.45, 300),
+        lambda a, b: 0.0 if sorted(a) == sorted(b) else float("inf")))
     return cases
 
 
-def bench_kernels(rounds: int = 7, budget_ms: float = 60.0) -> dict[str, Any]:
+def bench_kernels(rounds: int = 7, budget_ms: float = 60.0,
+                  only: str | None = None) -> dict[str, Any]:
+    """Every case (or those whose name contains ``only``), native against baseline."""
     results = []
     for case in build_cases():
+        if only and only not in case.name:
+            continue
         native_out, base_out = case.native(), case.baseline()
         single = max(_per_call_ms(case.native, 3), _per_call_ms(case.baseline, 3), 1e-3)
         n = max(3, int(budget_ms / single))

@@ -76,7 +76,8 @@ def fit_labels(labels: dict[int, str], classes: int) -> int:
 
     Ids 0..classes-1 fit as they are (offset 0). Ids 0..classes fit with offset 1 when id 0
     is a background row the model does not output, or is absent (a TF Object Detection map
-    numbered from 1). Anything else is refused with both numbers: a label file written for
+    numbered from 1). Ids 0..classes-2, with no background row, fit with offset -1 (the model
+    outputs background first; class 0 stays unnamed). Anything else is refused with both numbers: a label file written for
     another model gives wrong names, silently, for every result.
     """
     if not labels:
@@ -90,6 +91,10 @@ def fit_labels(labels: dict[int, str], classes: int) -> int:
         return 0
     if high == classes and (0 not in labels or is_background(labels[0])):
         return 1
+    if high + 2 == classes and len(labels) == high + 1 and not is_background(labels[0]):
+        # Labels written without the background row of a model that outputs one first
+        # (1000 ImageNet names for a 1001-wide MobileNet): class 0 stays unnamed.
+        return -1
     what = f"{len(labels)} labels" + (f" (ids {low}..{high})" if high + 1 != len(labels) else "")
     if high == classes:
         hint = (f"; one more label than classes, but the first, {labels[0]!r}, is not a "

@@ -5,13 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from agent.core.contract.result import ModelRef
 from agent.core.labels import LabelError, check_declared_labels, fit_labels, is_background, parse_labels
 from agent.core.manifest import (
+    DECODERS,
+    TASKS,
     InputShapeError,
     Manifest,
     ManifestError,
@@ -31,7 +36,9 @@ log = logging.getLogger("agent.inference")
 MANIFEST_NAME = "manifest.json"
 _MANIFEST_KEYS = {"name", "version", "description", "task", "decoder", "file", "sha256", "input",
                   "color", "labels", "label_offset", "score_threshold", "max_results", "outputs",
-                  "state", "metrics", "golden", "sensor"}
+                  "state", "metrics", "golden", "sensor", "iou_threshold", "box_units",
+                  "anchors", "box_scales", "score_activation", "skip_background", "keypoints",
+                  "skeleton", "min_area", "normalize"}
 
 
 def sha256_file(path: Path) -> str:
@@ -83,17 +90,45 @@ def find_sibling_labels(model_file: Path) -> Path | None:
     return next((p for p in label_file_candidates(model_file) if p.is_file()), None)
 
 
-def fit_label_file(manifest: Manifest, labels_file: Path, classes: int | None) -> None:
-    """Read ``labels_file`` into ``manifest``, with the offset that fits ``classes``."""
-    labels = read_label_file(labels_file)
-    if classes is None:  # the model does not say; a background row or a 1-based map shifts by 1
+def embedded_labels(model_file: Path) -> tuple[dict[int, str], str]:
+    """Labels packed in the model (TFLite metadata's associated files), and where from."""
+    from agent.inference.tflite_file import read_associated_file
+
+    try:
+        with zipfile.ZipFile(model_file) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return {}, ""
+    for name in names:
+        if "label" in name.lower() and name.endswith((".txt", ".pbtxt")):
+            text = read_associated_file(model_file, name)
+            try:
+                if text:
+                    return parse_labels(text, pbtxt=name.endswith(".pbtxt")), \
+                        f"{model_file.name}:{name}"
+            except ValueError:
+                continue
+    return {}, ""
+
+
+def fit_label_file(manifest: Manifest, labels_file: Path | None, classes: int | None,
+                   parsed: dict[int, str] | None = None) -> None:
+    """Read ``labels_file`` (or take ``parsed``) into ``manifest``, with the offset that fits
+    ``classes``; a count that does not fit is a warning naming both counts."""
+    labels = parsed if parsed is not None else read_label_file(labels_file)  # type: ignore[arg-type]
+    if classes is None and manifest.task == "segmentation":
+        offset = 0  # a class map's values are the label ids, background included
+    elif classes is None:  # the model does not say; a background row or a 1-based map shifts by 1
         offset = 1 if 0 not in labels or is_background(labels[0]) else 0
     else:
         try:
             offset = fit_labels(labels, classes)
         except LabelError as exc:
-            raise ModelError(f"labels {labels_file} do not fit the model: {exc}",
-                             path=str(labels_file), fix=LABELS_FIX) from exc
+            # A warning, not a refusal (issue 17), but the labels are not used: names shifted
+            # or borrowed from another model would be wrong for every result, silently.
+            log.warning("labels %s do not fit the model: %s; results name classes class_N. "
+                        "Fix: %s", labels_file or "packed in the model", exc, LABELS_FIX)
+            return
     manifest.labels = labels
     manifest.label_offset = offset
 
@@ -106,6 +141,16 @@ def model_classes(manifest: Manifest, outputs: list[TensorSpec], model_file: Pat
         classes = detection_classes(read_ops(model_file) or [])
     return classes
 
+
+
+def ssd_anchor_count(manifest: Manifest, outputs: list[TensorSpec]) -> None:
+    """An ssd_raw manifest's anchors must give one row per box."""
+    if manifest.decoder != "ssd_raw" or manifest.anchors is None:
+        return
+    boxes = next(t for t in outputs if t.name == manifest.outputs["boxes"])
+    if len(manifest.anchors) != boxes.shape[1]:
+        raise ManifestError(f"{len(manifest.anchors)} anchors for {boxes.shape[1]} boxes of "
+                            f"output {boxes.name!r}; give one anchor per box")
 
 @dataclass
 class LoadedModel:
@@ -144,17 +189,39 @@ def _manifest_from_json(path: Path, data: dict[str, Any]) -> Manifest:
             labels = {int(k): str(v) for k, v in labels_value.items()}
         state = [StatePair(output=p["output"], input=p["input"]) for p in data.get("state", [])]
         fields = {k: v for k, v in data.items() if k not in ("labels", "state")}
+        if "box_scales" in fields:
+            fields["box_scales"] = tuple(float(v) for v in fields["box_scales"])
+        if "skeleton" in fields:
+            fields["skeleton"] = [(int(a), int(b)) for a, b in fields["skeleton"]]
         manifest = Manifest(labels=labels, state=state, **fields)
+        if isinstance(manifest.anchors, str):
+            manifest.anchors = read_anchors(path.parent / manifest.anchors)
+        elif manifest.anchors is not None:
+            manifest.anchors = np.asarray(manifest.anchors, np.float32).reshape(-1, 4)
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise ModelError(f"malformed manifest: {exc}", path=str(path),
                          fix="compare it with models/lepton-vehicles-tiny/manifest.json") from exc
-    if manifest.task not in ("classification", "detection"):
+    if manifest.task not in TASKS:
         raise ModelError(f"unknown task {manifest.task!r}", path=str(path),
-                         fix="use 'classification' or 'detection'")
-    if manifest.decoder not in ("softmax", "ssd_postprocess", "grid"):
-        raise ModelError(f"unknown decoder {manifest.decoder!r}", path=str(path),
-                         fix="use 'softmax', 'ssd_postprocess' or 'grid'")
+                         fix=f"use one of {', '.join(TASKS)}")
+    if manifest.decoder not in DECODERS[manifest.task]:
+        raise ModelError(f"decoder {manifest.decoder!r} does not decode task {manifest.task!r}",
+                         path=str(path), fix=f"use one of {', '.join(DECODERS[manifest.task])}")
     return manifest
+
+
+def read_anchors(path: Path) -> np.ndarray:
+    """SSD anchors (rows of ycenter, xcenter, h, w) from a .npy file or a JSON list of rows."""
+    try:
+        if path.suffix == ".npy":
+            rows = np.load(path, allow_pickle=False)
+        else:
+            rows = np.asarray(json.loads(path.read_text(encoding="utf-8")), np.float32)
+        return np.asarray(rows, np.float32).reshape(-1, 4)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"cannot read anchors: {exc}", path=str(path),
+                         fix="give a .npy array or a JSON list of [ycenter, xcenter, h, w] "
+                             "rows, one per box") from exc
 
 
 def load_model(path: Path, *, num_threads: int = 2, delegate: str = "xnnpack",
@@ -213,6 +280,7 @@ def load_model(path: Path, *, num_threads: int = 2, delegate: str = "xnnpack",
     try:
         if declared:
             check_manifest(declared, inputs, outputs)
+            ssd_anchor_count(declared, outputs)
             manifest = declared
         else:
             manifest = infer_manifest(model_file.stem, inputs, outputs)
@@ -230,17 +298,22 @@ def load_model(path: Path, *, num_threads: int = 2, delegate: str = "xnnpack",
     classes = model_classes(manifest, outputs, model_file)
     labels_file = labels or (None if declared else find_sibling_labels(model_file))
     source = ""
+    packed, packed_source = ({}, "") if labels_file or declared else embedded_labels(model_file)
     if labels_file is not None:
         fit_label_file(manifest, labels_file, classes)
-        source = str(labels_file)
+        source = str(labels_file) if manifest.labels else ""
+    elif packed:
+        fit_label_file(manifest, None, classes, packed)
+        source = packed_source if manifest.labels else ""
     elif declared and manifest.labels:
         if classes is not None:
             try:
                 check_declared_labels(manifest.labels, manifest.label_offset, classes)
             except LabelError as exc:
-                raise ModelError(f"the manifest's labels do not fit the model: {exc}",
-                                 path=str(manifest_path), fix=LABELS_FIX) from exc
-        source = "manifest"
+                log.warning("the labels of manifest %s do not fit the model: %s; results name "
+                            "classes class_N. Fix: %s", manifest_path, exc, LABELS_FIX)
+                manifest.labels, manifest.label_offset = {}, 0
+        source = "manifest" if manifest.labels else ""
     else:
         log.warning("model %s has no labels: results name classes class_N; give --labels FILE "
                     "or put %s beside it", model_file, label_file_candidates(model_file)[1].name)

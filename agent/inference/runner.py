@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from agent import kernels
-from agent.core.contract.result import Classification, Detection
-from agent.core.manifest import ManifestError, check_image_input
+from agent.core import heads
+from agent.core.contract.result import Classification, Detection, Embedding, Pose, Segment
+from agent.core.manifest import ManifestError, TensorSpec, check_image_input
 from agent.core.postprocess import dequantize, grid_detections, ssd_detections, top_classes
 from agent.errors import ModelError
 from agent.inference.model import LoadedModel
+
+_FAILED_OP = re.compile(r"Node number \d+ \(([^)]+)\) failed")
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """A class map as an 8-bit (ids up to 255) or 16-bit PNG, lossless."""
+    dtype = np.uint8 if mask.max(initial=0) <= 255 else np.uint16
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(mask.astype(dtype)))
+    if not ok:
+        raise ModelError("cannot encode the mask as PNG", path="-")
+    return bytes(buf)
 
 
 @dataclass
@@ -24,6 +37,12 @@ class Inference:
     classes: list[Classification]
     invoke_ms: float
     decode_ms: float
+    poses: list[Pose] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    embedding: Embedding | None = None
+    # segmentation: the class map [H, W] at the model's resolution (for a mask PNG shard:
+    # :func:`mask_png`).
+    mask: np.ndarray | None = None
 
 
 class ModelRunner:
@@ -51,6 +70,9 @@ class ModelRunner:
         self._state = [(model.tensor(p.output), model.tensor(p.input)) for p in self.manifest.state]
         self._outputs = {role: model.tensor(name) for role, name in self.manifest.outputs.items()}
         self._interp = interp
+        self._yolo: heads.YoloLayout | None = None
+        self._yolo_norm: tuple[float, float] | None = None
+        self._anchors: np.ndarray | None = None
         common = {"out_w": self.width, "out_h": self.height, "out_c": self.channels,
                   "rgb": self.manifest.color != "bgr"}
         if self.input_dtype == "uint8":
@@ -101,28 +123,76 @@ class ModelRunner:
             interp.set_tensor(self.input_index, tensor)
             interp.invoke()
         except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"invoke failed: {exc}", path=str(self.model.path),
+            op = _FAILED_OP.search(str(exc))
+            what = f"invoke failed in op {op.group(1)}" if op else "invoke failed"
+            raise ModelError(f"{what}: {str(exc).strip()}", path=str(self.model.path),
                              fix="check the model runs with `lepton-agent models inspect`; "
                                  "try [model] delegate = \"none\"") from exc
         invoked = time.perf_counter()
         for tout, tin in self._state:
             interp.set_tensor(tin.index, interp.get_tensor(tout.index))
-        detections: list[Detection] = []
-        classes: list[Classification] = []
-        decoder = self.manifest.decoder
-        if decoder == "ssd_postprocess":
-            o = self._outputs
-            detections = ssd_detections(
-                interp.get_tensor(o["boxes"].index), interp.get_tensor(o["classes"].index),
-                interp.get_tensor(o["scores"].index), interp.get_tensor(o["count"].index),
-                self.manifest)
-        elif decoder == "grid":
-            spec = self._outputs["grid"]
-            grid = dequantize(interp.get_tensor(spec.index), spec.scale, spec.zero_point)
-            detections = grid_detections(grid, self.manifest)
-        else:
-            spec = self._outputs["scores"]
-            scores = dequantize(interp.get_tensor(spec.index), spec.scale, spec.zero_point)
-            classes = top_classes(scores, self.manifest)
+        out = Inference([], [], 0.0, 0.0)
+        try:
+            self._decode(out)
+        except (ValueError, IndexError) as exc:  # a tensor the manifest mapped wrongly
+            raise ModelError(f"cannot decode the outputs with decoder "
+                             f"{self.manifest.decoder!r}: {exc}", path=str(self.model.path),
+                             fix="check the manifest's outputs against `lepton-agent models "
+                                 "inspect`") from exc
         done = time.perf_counter()
-        return Inference(detections, classes, (invoked - started) * 1e3, (done - invoked) * 1e3)
+        out.invoke_ms, out.decode_ms = (invoked - started) * 1e3, (done - invoked) * 1e3
+        return out
+
+    def _raw(self, role: str) -> tuple[np.ndarray, TensorSpec]:
+        spec = self._outputs[role]
+        return self._interp.get_tensor(spec.index), spec
+
+    def _real(self, role: str) -> np.ndarray:
+        raw, spec = self._raw(role)
+        return dequantize(raw, spec.scale, spec.zero_point)
+
+    def _decode(self, out: Inference) -> None:
+        m = self.manifest
+        decoder = m.decoder
+        kern = kernels.active
+        if decoder == "ssd_postprocess":
+            out.detections = ssd_detections(self._real("boxes"), self._real("classes"),
+                                            self._real("scores"), self._real("count"), m)
+        elif decoder == "grid":
+            out.detections = grid_detections(self._real("grid"), m, m.iou_threshold)
+        elif decoder.startswith("yolo"):
+            raw, spec = self._raw("predictions")
+            if self._yolo is None:
+                self._yolo = heads.yolo_layout(spec.shape, decoder)
+            layout = self._yolo
+            if self._yolo_norm is None:
+                rows = heads.yolo_rows(raw, layout, spec.scale, spec.zero_point)
+                self._yolo_norm = heads.box_norm(float(np.abs(rows[:, :4]).max(initial=0.0)),
+                                                 self.width, self.height, m.box_units)
+            boxes, scores, classes, _ = kern.yolo_head(
+                raw, layout, spec.scale, spec.zero_point, m.score_threshold, *self._yolo_norm)
+            out.detections = heads.detections_from(boxes, scores, classes, m, kern.nms)
+        elif decoder == "ssd_raw":
+            if self._anchors is None:
+                anchors = (self._real("anchors") if "anchors" in self._outputs
+                           else np.asarray(m.anchors, np.float32))
+                self._anchors = np.ascontiguousarray(anchors.reshape(-1, 4), dtype=np.float32)
+            boxes = kern.ssd_decode(np.ascontiguousarray(self._real("boxes").reshape(-1, 4)),
+                                    self._anchors, m.box_scales)
+            b, sc, cl = heads.ssd_raw_candidates(boxes, self._real("scores")[0], m)
+            out.detections = heads.detections_from(b, sc, cl, m, kern.nms)
+        elif decoder == "movenet":
+            out.poses = heads.movenet_single(self._real("keypoints"), m)
+        elif decoder == "movenet_multi":
+            out.poses = heads.movenet_multi(self._real("keypoints"), m)
+        elif decoder in ("argmax", "logits"):
+            raw, spec = self._raw("mask" if decoder == "argmax" else "logits")
+            if decoder == "logits" and spec.scale < 0:  # argmax of raw values needs scale > 0
+                raw = dequantize(raw, spec.scale, spec.zero_point)
+            out.mask = heads.class_map(raw, logits=decoder == "logits")
+            out.segments = heads.segments(out.mask, m)
+        elif decoder == "embedding":
+            raw, spec = self._raw("embedding")
+            out.embedding = heads.embedding(raw, spec.scale, spec.zero_point, m.normalize)
+        else:
+            out.classes = top_classes(self._real("scores"), m)

@@ -124,3 +124,149 @@ def detection_classes(ops: list[OpInfo]) -> int | None:
             value = options.get("num_classes") if isinstance(options, dict) else None
             return int(value) if isinstance(value, int) and value > 0 else None
     return None
+
+
+# --------------------------------------------------------------------------- tensors, metadata
+
+_TYPES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 5: "string", 6: "bool",
+          7: "int16", 8: "complex64", 9: "int8", 10: "float64", 11: "complex128", 12: "uint64",
+          13: "resource", 14: "variant", 15: "uint32", 16: "uint16", 17: "int4"}
+
+
+@dataclass(frozen=True)
+class FileTensor:
+    """A tensor as the file declares it (what the interpreter would report)."""
+
+    index: int
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float = 0.0
+    zero_point: int = 0
+    scales: int = 0  # how many scales (per-channel quantization when > 1)
+
+
+@dataclass
+class ModelInfo:
+    """What a ``.tflite`` file says without the runtime: the main subgraph's inputs and
+    outputs, operators, metadata entries and files packed with it."""
+
+    version: int
+    description: str
+    inputs: list[FileTensor]
+    outputs: list[FileTensor]
+    ops: list[OpInfo]
+    subgraphs: int
+    metadata: dict[str, int]  # name -> size of its buffer in bytes
+    associated_files: list[str]
+
+
+class NotTFLiteError(ValueError):
+    """The file is not a TFLite model, or is cut short; the message says which."""
+
+
+def _floats(t: _Table, slot: int) -> list[float]:
+    start, n = t.vector(slot)
+    if start + 4 * n > len(t.buf):
+        raise struct.error("vector runs past the end of the file")
+    return list(struct.unpack_from(f"<{n}f", t.buf, start)) if n else []
+
+
+def _ints(t: _Table, slot: int, fmt: str, size: int) -> list[int]:
+    start, n = t.vector(slot)
+    if start + size * n > len(t.buf):
+        raise struct.error("vector runs past the end of the file")
+    return list(struct.unpack_from(f"<{n}{fmt}", t.buf, start)) if n else []
+
+
+def _file_tensor(tensors: list[_Table], i: int) -> FileTensor:
+    if not 0 <= i < len(tensors):
+        raise struct.error(f"tensor index {i} out of range")
+    t = tensors[i]
+    shape = tuple(_ints(t, 0, "i", 4))
+    dtype = _TYPES.get(t.scalar(1, "<b", 0), f"type_{t.scalar(1, '<b', 0)}")
+    scale, zero, count = 0.0, 0, 0
+    if t._field(4):
+        q = _Table(t.buf, t._indirect(4))
+        scales = _floats(q, 2)
+        zeros = _ints(q, 3, "q", 8)
+        count = len(scales)
+        if scales:
+            scale, zero = float(scales[0]), int(zeros[0]) if zeros else 0
+    return FileTensor(i, t.string(3), shape, dtype, scale, zero, count)
+
+
+def read_model_info(path: Path) -> ModelInfo:
+    """Read the file's structure; NotTFLiteError when it is not a TFLite model (no ``TFL3``
+    identifier) or when its tables reach past the end (truncated)."""
+    import zipfile
+
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise NotTFLiteError(f"cannot read it: {exc.strerror or exc}") from exc
+    if size < 8:
+        raise NotTFLiteError(f"not a TFLite model: {size} bytes, too short for a flatbuffer")
+    try:
+        with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            if buf[4:8] != b"TFL3":
+                head = bytes(buf[:8])
+                raise NotTFLiteError(f"not a TFLite model: no 'TFL3' identifier at byte 4 "
+                                     f"(starts {head!r})")
+            try:
+                model = _Table(buf, struct.unpack_from("<I", buf, 0)[0])
+                codes = [(max(c.scalar(0, "<b", 0), c.scalar(3, "<i", 0)), c.string(1),
+                          c.scalar(2, "<i", 1)) for c in model.tables(1)]
+                subgraphs = model.tables(2)
+                if not subgraphs:
+                    raise struct.error("no subgraph")
+                main = subgraphs[0]
+                tensors = main.tables(0)
+                inputs = [_file_tensor(tensors, i) for i in _ints(main, 1, "i", 4)]
+                outputs = [_file_tensor(tensors, i) for i in _ints(main, 2, "i", 4)]
+                ops = []
+                for sg in subgraphs:
+                    for op in sg.tables(3):
+                        builtin, custom, version = codes[op.scalar(0, "<I", 0)]
+                        ops.append(OpInfo(builtin, custom if builtin == CUSTOM else "", version,
+                                          op.bytes(5) if builtin == CUSTOM else b""))
+                buffers = model.tables(4)
+                for b in buffers:  # every buffer's bytes must lie inside the file
+                    start, n = b.vector(0)
+                    if start + n > len(buf):
+                        raise struct.error("buffer runs past the end of the file")
+                    offset = b.scalar(1, "<Q", 0)  # >2 GB models keep data after the flatbuffer
+                    if offset and offset + b.scalar(2, "<Q", 0) > len(buf):
+                        raise struct.error("buffer runs past the end of the file")
+                metadata: dict[str, int] = {}
+                for m in model.tables(6):
+                    index = m.scalar(1, "<I", 0)
+                    metadata[m.string(0)] = (buffers[index].vector(0)[1]
+                                             if index < len(buffers) else 0)
+                info = ModelInfo(model.scalar(0, "<I", 0), model.string(3), inputs, outputs,
+                                 ops, len(subgraphs), metadata, [])
+            except (struct.error, IndexError, ValueError) as exc:
+                detail = ("its tables reach past the end of the file" if "unpack" in str(exc)
+                          else str(exc))
+                raise NotTFLiteError(f"truncated or corrupt TFLite model ({size} bytes): "
+                                     f"{detail}") from exc
+    except OSError as exc:
+        raise NotTFLiteError(f"cannot read it: {exc.strerror or exc}") from exc
+    # Models with TFLite metadata carry their label files as a zip appended to the flatbuffer.
+    try:
+        with zipfile.ZipFile(path) as archive:
+            info.associated_files = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        pass
+    return info
+
+
+def read_associated_file(path: Path, name: str) -> str | None:
+    """The text of a file packed in the model (TFLite metadata's zip), or None."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.read(name).decode("utf-8", "replace")
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError):
+        return None

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from agent.core.heads import YoloLayout
 from agent.kernels.reference import F32, Image, LetterboxInfo, MotionState, Preprocess
 
 
@@ -34,6 +35,10 @@ class KernelBackend(Protocol):
 
     def yolo_decode(self, rows: F32, has_objectness: bool, threshold: float, input_w: float,
                     input_h: float) -> tuple[F32, F32, npt.NDArray[np.int32]]: ...
+
+    def yolo_head(self, raw: npt.NDArray[Any], layout: YoloLayout, scale: float, zero_point: int,
+                  threshold: float, norm_w: float, norm_h: float,
+                  ) -> tuple[F32, F32, npt.NDArray[np.int32], npt.NDArray[np.int32]]: ...
 
     def nms(self, boxes: F32, scores: F32, classes: npt.NDArray[np.int32], iou_threshold: float,
             max_out: int) -> list[int]: ...

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from agent.core.heads import YoloLayout
 from agent.errors import KernelError
 from agent.kernels import _native  # type: ignore[attr-defined]  # built by native/build_ffi.py
 from agent.kernels.reference import (
@@ -199,6 +200,48 @@ def yolo_decode(rows: npt.NDArray[Any], has_objectness: bool, threshold: float, 
            "yolo_decode")
     k = int(kept[0])
     return boxes[:k], scores[:k], classes[:k]
+
+
+_HEAD_DTYPES = {np.dtype(np.float32): lib.LK_OUT_FLOAT32, np.dtype(np.uint8): lib.LK_OUT_UINT8,
+                np.dtype(np.int8): lib.LK_OUT_INT8}
+
+
+def yolo_head(raw: npt.NDArray[Any], layout: YoloLayout, scale: float, zero_point: int,
+              threshold: float, norm_w: float, norm_h: float,
+              ) -> tuple[F32, F32, npt.NDArray[np.int32], npt.NDArray[np.int32]]:
+    """Candidates of a YOLO head read in place (no transpose, no dequantization of the whole
+    tensor): boxes, scores, classes, anchor indices; as ``heads.yolo_candidates``."""
+    src = np.ascontiguousarray(raw)
+    dtype = _HEAD_DTYPES.get(src.dtype)
+    if dtype is None:
+        raise KernelError(f"yolo_head takes float32, uint8 or int8, got {src.dtype}")
+    if src.size < layout.anchors * layout.channels:
+        raise KernelError(f"yolo_head: {src.size} values for {layout.anchors} anchors x "
+                          f"{layout.channels} channels")
+    head = ffi.new("lk_yolo_head *")
+    head.data = ffi.from_buffer(src)
+    head.data_elems = src.size
+    head.dtype = dtype
+    head.scale = float(scale) if dtype != lib.LK_OUT_FLOAT32 else 0.0
+    head.zero_point = int(zero_point)
+    head.anchors = layout.anchors
+    head.channels = layout.channels
+    head.anchor_stride = layout.anchor_stride
+    head.channel_stride = layout.channel_stride
+    head.has_objectness = int(layout.has_objectness)
+    head.threshold = threshold
+    head.norm_w, head.norm_h = norm_w, norm_h
+    n = layout.anchors
+    boxes = np.empty((max(n, 1), 4), np.float32)
+    scores = np.empty(max(n, 1), np.float32)
+    classes = np.empty(max(n, 1), np.int32)
+    index = np.empty(max(n, 1), np.int32)
+    kept = ffi.new("size_t *")
+    _check(lib.lk_yolo_decode_head(head, _ptr("float *", boxes), _ptr("float *", scores),
+                                   _ptr("int32_t *", classes), _ptr("int32_t *", index), n, kept),
+           "yolo_head")
+    k = int(kept[0])
+    return boxes[:k], scores[:k], classes[:k], index[:k]
 
 
 def nms(boxes: npt.NDArray[Any], scores: npt.NDArray[Any], classes: npt.NDArray[Any],

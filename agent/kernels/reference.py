@@ -8,10 +8,13 @@ They are also the fallback when the native module is missing, so the board still
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from agent.core.heads import YoloLayout
 
 Format = Literal["nv12", "yuyv", "bgr", "rgb", "gray"]
 Resize = Literal["bilinear", "area"]
@@ -314,6 +317,14 @@ def yolo_decode(rows: F32, has_objectness: bool, threshold: float, input_w: floa
     hw, hh = r[:, 2] / iw * np.float32(0.5), r[:, 3] / ih * np.float32(0.5)
     boxes = np.stack([cy - hh, cx - hw, cy + hh, cx + hw], axis=1).astype(np.float32)
     return boxes, conf[keep].astype(np.float32), best[keep]
+
+
+def yolo_head(raw: npt.NDArray[Any], layout: YoloLayout, scale: float, zero_point: int,
+              threshold: float, norm_w: float, norm_h: float,
+              ) -> tuple[F32, F32, npt.NDArray[np.int32], npt.NDArray[np.int32]]:
+    from agent.core.heads import yolo_candidates
+
+    return yolo_candidates(raw, layout, scale, zero_point, threshold, norm_w, norm_h)
 
 
 def order_by_score(scores: F32) -> I64:

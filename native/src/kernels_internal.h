@@ -137,7 +137,26 @@ typedef struct {
                              const int32_t *restrict, int, uint8_t *restrict, int);
     void (*row_pack3)(const int32_t *restrict, const int32_t *restrict, const int32_t *restrict,
                       uint8_t *restrict, int);
+    /* YOLO heads, channels first: best class per anchor (lk_class_max_*). */
+    void (*class_max_f32)(const float *restrict, size_t, int, size_t, float *restrict,
+                          int32_t *restrict);
+    void (*class_max_u8)(const uint8_t *restrict, size_t, int, size_t, int32_t *restrict,
+                         int32_t *restrict);
+    void (*class_max_i8)(const int8_t *restrict, size_t, int, size_t, int32_t *restrict,
+                         int32_t *restrict);
 } lk_row_kernels;
+
+#define LK_CLASS_MAX_DECLS(SUFFIX)                                                              \
+    void lk_class_max_f32_##SUFFIX(const float *restrict, size_t, int, size_t,                 \
+                                   float *restrict, int32_t *restrict);                         \
+    void lk_class_max_u8_##SUFFIX(const uint8_t *restrict, size_t, int, size_t,                \
+                                  int32_t *restrict, int32_t *restrict);                        \
+    void lk_class_max_i8_##SUFFIX(const int8_t *restrict, size_t, int, size_t,                 \
+                                  int32_t *restrict, int32_t *restrict);
+LK_CLASS_MAX_DECLS(c)
+#ifdef LK_HAVE_AVX2
+LK_CLASS_MAX_DECLS(avx2)
+#endif
 
 /* The tables (row_gather.c) and the loops they share (row_portable.c, row_neon.c). */
 extern const lk_row_kernels lk_rows_portable;

@@ -696,7 +696,8 @@ static int nv12_rgb_planned_none(const lk_planned_rows *luma, const lk_planned_r
 const lk_row_kernels lk_rows_portable = {
     "portable", LK_VARIANT_PORTABLE, 0, lk_row_accumulate_c, lk_yuv_to_rgb_c, area_v_c,
     area_h8_c, div_round_i32_c, area_h_c, bilerp_c, bilerp_uv_c, bilerp_planned_none,
-    nv12_rgb_planned_none, yuv_rgb_pack_c, pack3_c,
+    nv12_rgb_planned_none, yuv_rgb_pack_c, pack3_c, lk_class_max_f32_c, lk_class_max_u8_c,
+    lk_class_max_i8_c,
 };
 
 #ifdef LK_HAVE_AVX2
@@ -704,6 +705,7 @@ const lk_row_kernels lk_rows_avx2 = {
     "avx2", LK_VARIANT_AVX2, 1, lk_row_accumulate_avx2, lk_yuv_to_rgb_avx2, area_v_avx2,
     area_h8_avx2, div_round_i32_avx2, area_h_avx2, bilerp_avx2, bilerp_uv_avx2,
     bilerp_planned_x86, nv12_rgb_planned_x86, yuv_rgb_pack_avx2, pack3_avx2,
+    lk_class_max_f32_avx2, lk_class_max_u8_avx2, lk_class_max_i8_avx2,
 };
 #endif
 
@@ -711,6 +713,7 @@ const lk_row_kernels lk_rows_avx2 = {
 const lk_row_kernels lk_rows_neon = {
     "neon", LK_VARIANT_NEON, 1, lk_row_accumulate_neon, lk_yuv_to_rgb_neon, area_v_neon,
     area_h8_c, div_round_i32_c, area_h_c, bilerp_c, bilerp_uv_c, neon_bilerp_planned,
-    neon_nv12_rgb_planned, neon_yuv_rgb_pack, pack3_c,
+    neon_nv12_rgb_planned, neon_yuv_rgb_pack, pack3_c, lk_class_max_f32_c, lk_class_max_u8_c,
+    lk_class_max_i8_c,
 };
 #endif

@@ -48,6 +48,71 @@ class Classification:
 
 
 @dataclass(frozen=True)
+class Keypoint:
+    """One named body point; ``x``, ``y`` normalized to [0, 1]."""
+
+    name: str
+    x: float
+    y: float
+    score: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "x": round(min(1.0, max(0.0, self.x)), 5),
+                "y": round(min(1.0, max(0.0, self.y)), 5),
+                "score": round(min(1.0, max(0.0, self.score)), 4)}
+
+
+@dataclass(frozen=True)
+class Pose:
+    """One person: a score and keypoints; ``box`` (ymin, xmin, ymax, xmax) when the model
+    gives one (MoveNet multi-pose)."""
+
+    score: float
+    keypoints: list[Keypoint]
+    box: tuple[float, float, float, float] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"score": round(min(1.0, max(0.0, self.score)), 4),
+                               "keypoints": [k.to_json() for k in self.keypoints]}
+        if self.box is not None:
+            out["box"] = [round(min(1.0, max(0.0, v)), 5) for v in self.box]
+        return out
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One class of a segmentation map: ``area`` as a fraction of the frame, ``box`` of its
+    largest connected component (ymin, xmin, ymax, xmax normalized)."""
+
+    class_id: int
+    label: str
+    area: float
+    box: tuple[float, float, float, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "class_id": self.class_id,
+                "area": round(min(1.0, max(0.0, self.area)), 5),
+                "box": [round(min(1.0, max(0.0, v)), 5) for v in self.box]}
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """A feature vector (dequantized floats; unit length when ``normalized``)."""
+
+    dim: int
+    values: tuple[float, ...]
+    normalized: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        # 6 significant digits: float32 carries ~7, and the record stays ~10 bytes a value.
+        return {"dim": self.dim, "normalized": self.normalized,
+                "values": [float(f"{v:.6g}") for v in self.values]}
+
+
+TASKS = ("classification", "detection", "pose", "segmentation", "embedding")
+
+
+@dataclass(frozen=True)
 class ModelRef:
     """Which model produced a result."""
 
@@ -76,6 +141,9 @@ class FrameResult:
     # it, only what its analytics produced.
     detected: bool = True
     analytics: Any = None  # the pipeline's analytics of this frame (agent.service.analytics)
+    poses: list[Pose] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    embedding: Embedding | None = None
 
 
 def encode_result(
@@ -105,8 +173,16 @@ def encode_result(
         body["snapshot"] = hashlib.sha256(result.snapshot).hexdigest()
     if sensors:
         body["sensors"] = sensors
+    # Each task carries its own field (the schema requires it and refuses the others).
     if result.task == "detection":
         body["detections"] = [d.to_json() for d in result.detections]
+    elif result.task == "pose":
+        body["poses"] = [p.to_json() for p in result.poses]
+    elif result.task == "segmentation":
+        body["segments"] = [s.to_json() for s in result.segments]
+    elif result.task == "embedding":
+        body["embedding"] = (result.embedding.to_json() if result.embedding is not None
+                             else {"dim": 0, "normalized": False, "values": []})
     else:
         body["classes"] = [c.to_json() for c in result.classes]
     return compact(body)
