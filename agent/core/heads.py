@@ -106,11 +106,13 @@ def yolo_candidates(raw: npt.NDArray[np.generic], layout: YoloLayout, scale: flo
 def detections_from(boxes: FloatArray, scores: FloatArray, classes: I32, manifest: Manifest,
                     nms_fn: NmsFn = nms) -> list[Detection]:
     """Class-wise NMS over candidates, then at most ``max_results`` detections, best first,
-    boxes clipped to the frame."""
+    boxes clipped to the frame and ordered (ymin <= ymax, xmin <= xmax)."""
     keep = nms_fn(boxes, scores, classes, manifest.iou_threshold, manifest.max_results)
     out = []
     for i in keep:
         y0, x0, y1, x1 = (min(1.0, max(0.0, float(v))) for v in boxes[i])
+        y0, y1 = min(y0, y1), max(y0, y1)  # a negative size (garbage in) still gives an
+        x0, x1 = min(x0, x1), max(x0, x1)  # ordered box
         out.append(Detection(int(classes[i]), manifest.label(int(classes[i])), float(scores[i]),
                              (y0, x0, y1, x1)))
     return out

@@ -77,8 +77,9 @@ def fit_labels(labels: dict[int, str], classes: int) -> int:
     Ids 0..classes-1 fit as they are (offset 0). Ids 0..classes fit with offset 1 when id 0
     is a background row the model does not output, or is absent (a TF Object Detection map
     numbered from 1). Ids 0..classes-2, with no background row, fit with offset -1 (the model
-    outputs background first; class 0 stays unnamed). Anything else is refused with both numbers: a label file written for
-    another model gives wrong names, silently, for every result.
+    outputs background first; class 0 stays unnamed). Anything else is refused with both
+    numbers: a label file written for another model gives wrong names, silently, for every
+    result.
     """
     if not labels:
         return 0

@@ -22,10 +22,12 @@ class SensorModel:
         spec = m.sensor
         required = ("channels", "rate_hz", "window", "hop", "mean", "std", "anomaly_label")
         missing = [k for k in required if k not in spec]
-        if m.task != "classification" or missing:
+        if m.task not in ("classification", "sequence") or missing:
             raise ModelError(f"not a sensor model (task {m.task!r}, missing sensor keys "
                              f"{missing})", path=str(model.path),
-                             fix="use a bundle made like models/lepton-bearing-anomaly")
+                             fix="use a bundle made like models/lepton-bearing-anomaly; for a "
+                                 "bare window model, `lepton-agent models inspect MODEL "
+                                 "--write-manifest DIR` writes one to fill in")
         self.channels: list[str] = [str(c) for c in spec["channels"]]
         self.rate_hz = float(spec["rate_hz"])
         self.window = int(spec["window"])
