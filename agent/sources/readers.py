@@ -141,6 +141,86 @@ class ImageSequenceReader:
         pass
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm",
+                  ".pnm")
+_GLOB = re.compile(r"[*?\[]")
+
+
+def is_image_path(path: str) -> bool:
+    return path.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _read_image(path: str) -> np.ndarray | None:
+    # imdecode of the bytes, not imread: the same decoders, and a path with non-ASCII
+    # characters works everywhere.
+    try:
+        data = np.fromfile(path, np.uint8)
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    return image if image is not None and image.size else None
+
+
+class StillImagesReader:
+    """Still images as frames: one file (one frame; ``--loop`` repeats it), or every image of
+    a directory or glob in name order. Unpaced (no frame rate of its own). One file that cannot
+    be decoded is an error at open; within a directory or glob it is skipped with a warning."""
+
+    fps = 0.0
+
+    def __init__(self, uri: SourceUri, files: list[str], *, single: bool) -> None:
+        self.uri = uri
+        self.files = files
+        self.position = 0
+        self.first: np.ndarray | None = None
+        if single:
+            self.first = _read_image(files[0])
+            if self.first is None:
+                raise SourceError(f"cannot decode image {files[0]}", uri=uri.raw,
+                                  fix="give a JPEG, PNG or BMP file that opens in an image "
+                                      "viewer (the file may be truncated or not an image)")
+
+    @classmethod
+    def open(cls, uri: SourceUri) -> StillImagesReader:
+        target = uri.target
+        if os.path.isfile(target):
+            return cls(uri, [target], single=True)
+        if os.path.isdir(target):
+            with os.scandir(target) as entries:
+                files = sorted(e.path for e in entries if e.is_file() and is_image_path(e.name))
+            where = f"directory {target}"
+        else:
+            import glob
+
+            files = sorted(f for f in glob.glob(target) if os.path.isfile(f))
+            where = f"pattern {target}"
+        if not files:
+            raise SourceError(f"no image in {where}", uri=uri.raw,
+                              fix=f"put images ({', '.join(IMAGE_SUFFIXES[:4])}, ...) there, or "
+                                  "check the path")
+        return cls(uri, files, single=False)
+
+    def read(self) -> np.ndarray | None:
+        if self.first is not None:
+            first: np.ndarray = self.first
+            self.first = None
+            self.position = len(self.files)
+            return first
+        while self.position < len(self.files):
+            path = self.files[self.position]
+            self.position += 1
+            image = _read_image(path)
+            if image is not None:
+                return image
+            log.warning("source %s: cannot decode %s; skipped", self.uri.raw, path)
+        return None
+
+    def close(self) -> None:
+        pass
+
+
 class SyntheticReader:
     """The generated traffic scene; endless."""
 
@@ -164,4 +244,8 @@ def open_reader(uri: SourceUri) -> FrameReader:
         pattern = sequence_pattern(uri.target)
         if pattern is not None:
             return ImageSequenceReader(uri, pattern)
+        if os.path.isdir(uri.target) or _GLOB.search(os.path.basename(uri.target)):
+            return StillImagesReader.open(uri)
+    if uri.kind == "file" and is_image_path(uri.target) and os.path.isfile(uri.target):
+        return StillImagesReader.open(uri)
     return OpenCVReader(uri)
