@@ -44,7 +44,7 @@ def test_one_model_per_task_through_mosquitto_to_ingest(tmp_path: Path) -> None:
     fields = {"classes", "detections", "poses", "segments", "embedding"}
     with Rig(tmp_path / "rig") as rig:
         ingest = rig.ingest(client_id="tasks-ingest")
-        for task, model, image, field in cases:
+        for task, model, image, _field in cases:
             config = write_agent_config(tmp_path / f"{task}.toml", device_id=f"dev-{task}",
                                         site="rig", state_dir=tmp_path / f"state-{task}",
                                         broker_url=rig.broker.url, model=model)
