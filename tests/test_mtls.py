@@ -202,7 +202,9 @@ def _creds(fleet: Fleet, name: str) -> dict[str, str]:
 
 
 def _agent_config(fleet: Fleet, tmp: Path, cert: Path) -> Path:
-    config = write_config(tmp, fleet.broker.url, "cam1")
+    # A long grace: the agent exits as soon as its backlog is acknowledged, and a loaded
+    # machine once needed more than the rig's 8 s to drain 20 records after the reconnect.
+    config = write_config(tmp, fleet.broker.url, "cam1", grace=60)
     config.write_text(config.read_text().replace(
         "[mqtt]\n", f'[mqtt]\ntls_ca_file = "{fleet.ca}"\ntls_cert_file = "{cert}"\n', 1))
     assert f'tls_cert_file = "{cert}"' in config.read_text()
