@@ -14,7 +14,12 @@ from agent.errors import ModelError
 from agent.inference.model import load_model
 from agent.inference.runner import ModelRunner
 from tests.conftest import run_cli, shared_file
-from tests.tflite_models import head_input, write_heads_model, write_model
+from tests.tflite_models import (
+    head_input,
+    write_failing_gather,
+    write_heads_model,
+    write_model,
+)
 
 SHARED = [("classify", "mobilenet_v2_1.0_224_quant.tflite", "classification"),
           ("insects", "inat_insect.tflite", "classification"),
@@ -168,3 +173,11 @@ def test_manifest_naming_a_missing_tensor_or_wrong_shape(tmp_path: Path) -> None
     (folder / "manifest.json").write_text(json.dumps(manifest | {"task": "pose"}))
     with pytest.raises(ModelError, match="decoder 'yolo_v5' does not decode task 'pose'"):
         load_model(folder)
+
+
+def test_a_model_that_fails_at_invoke_names_the_op(tmp_path: Path) -> None:
+    model = write_failing_gather(tmp_path / "g.tflite")
+    runner = ModelRunner(load_model(model))
+    with pytest.raises(ModelError, match=r"invoke failed in op GATHER: gather index out of "
+                                         r"bounds; node number 1 \(GATHER\)"):
+        runner.infer(np.zeros((1, 4, 4, 3), np.float32))

@@ -166,3 +166,45 @@ def head_input(shape: list[int], values: list[object], dtype: str = "float32") -
     full = np.zeros(int(np.prod(shape)), dtype)
     full[:flat.size] = flat
     return full.reshape(shape)
+
+
+def write_failing_gather(path: Path) -> Path:
+    """A model that loads but fails at invoke: GATHER of index 100 from 48 values (LiteRT
+    checks indices when it runs the op)."""
+    import numpy as np
+
+    flatbuffers, schema = _schema()
+    buffers = [schema.BufferT(), schema.BufferT()]
+    buffers[1].data = list(np.array([100], np.int32).tobytes())
+    x = _tensor(schema, "x", [1, 4, 4, 3], schema.TensorType.FLOAT32, 0)
+    flat = _tensor(schema, "flat", [48], schema.TensorType.FLOAT32, 0)
+    idx = _tensor(schema, "idx", [1, 1], schema.TensorType.INT32, 1)
+    y = _tensor(schema, "y", [1, 1], schema.TensorType.FLOAT32, 0)
+    codes = []
+    for builtin in (schema.BuiltinOperator.RESHAPE, schema.BuiltinOperator.GATHER):
+        code = schema.OperatorCodeT()
+        code.builtinCode = code.deprecatedBuiltinCode = builtin
+        code.version = 1
+        codes.append(code)
+    reshape = schema.OperatorT()
+    reshape.opcodeIndex, reshape.inputs, reshape.outputs = 0, [0], [1]
+    options = schema.ReshapeOptionsT()
+    options.newShape = [48]
+    reshape.builtinOptionsType = schema.BuiltinOptions.ReshapeOptions
+    reshape.builtinOptions = options
+    gather = schema.OperatorT()
+    gather.opcodeIndex, gather.inputs, gather.outputs = 1, [1, 2], [3]
+    gather.builtinOptionsType = schema.BuiltinOptions.GatherOptions
+    gather.builtinOptions = schema.GatherOptionsT()
+    subgraph = schema.SubGraphT()
+    subgraph.tensors = [x, flat, idx, y]
+    subgraph.inputs, subgraph.outputs, subgraph.operators = [0], [3], [reshape, gather]
+    model = schema.ModelT()
+    model.version = 3
+    model.operatorCodes = codes
+    model.subgraphs = [subgraph]
+    model.buffers = buffers
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(builder.Output())
+    return path

@@ -123,9 +123,10 @@ class ModelRunner:
             interp.set_tensor(self.input_index, tensor)
             interp.invoke()
         except (ValueError, RuntimeError) as exc:
+            text = re.sub(r"\s*Node number", "; node number", str(exc).strip())
             op = _FAILED_OP.search(str(exc))
             what = f"invoke failed in op {op.group(1)}" if op else "invoke failed"
-            raise ModelError(f"{what}: {str(exc).strip()}", path=str(self.model.path),
+            raise ModelError(f"{what}: {text}", path=str(self.model.path),
                              fix="check the model runs with `lepton-agent models inspect`; "
                                  "try [model] delegate = \"none\"") from exc
         invoked = time.perf_counter()
