@@ -276,7 +276,8 @@ async def drain(state: Path, broker: LocalBroker, backlog: int, live_hz: float,
 
 
 def bench_sync(n: int = 20_000, rounds: int = 5, backlog: int = 100_000,
-               live_hz: float = 30.0, live_s: int = 120) -> dict[str, Any]:
+               live_hz: float = 30.0, live_s: int = 120,
+               live_commit_ms: int = 50) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="lepton-bench-sync-") as tmp, \
             LocalBroker(Path(tmp) / "broker", persistence=False) as broker:
         state = Path(tmp)
@@ -304,7 +305,7 @@ def bench_sync(n: int = 20_000, rounds: int = 5, backlog: int = 100_000,
             "raw_paho_no_limit_per_s": round(statistics.median(unlimited)),
             "disk_bytes_per_record": round(disk),
             "write_amplification": round(disk / mean_payload, 2),
-            "live": live_writes(state, seconds=live_s),
+            "live": live_writes(state, seconds=live_s, commit_interval_ms=live_commit_ms),
         }
         if backlog:
             report["drain"] = asyncio.run(drain(state, broker, backlog, live_hz, 3.0))

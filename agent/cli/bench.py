@@ -43,6 +43,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     sb.add_argument("--live-hz", type=positive(float), default=30.0)
     sb.add_argument("--live-s", type=positive(int), default=120,
                     help="simulated seconds of a live 15 fps camera for its disk writes")
+    sb.add_argument("--live-commit-ms", type=positive(int), default=50,
+                    help="the live camera's commit interval ([outbox] commit_interval_ms)")
     sb.add_argument("--json", action="store_true")
     sb.set_defaults(func=cmd_bench_sync)
 
@@ -90,7 +92,8 @@ def cmd_bench_sync(args: argparse.Namespace) -> int:
     from agent.bench.sync import bench_sync
 
     report = bench_sync(n=args.messages, rounds=args.rounds, backlog=args.backlog,
-                        live_hz=args.live_hz, live_s=args.live_s)
+                        live_hz=args.live_hz, live_s=args.live_s,
+                        live_commit_ms=args.live_commit_ms)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

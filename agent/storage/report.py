@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Literal
 
 from agent.errors import StorageError
+from agent.storage.codec import decode, read_dicts
 from agent.storage.outbox import (
+    MARKED,
     delivered_column,
     disk_footprint,
     quarantined_files,
@@ -97,6 +99,14 @@ def _tables(conn: sqlite3.Connection) -> set[str]:
     return {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
+def _require_marks(conn: sqlite3.Connection) -> None:
+    """A file from before schema 3 keeps its marks in the record rows; the agent moves them to
+    ``marks`` when it next opens the file, and the report (read-only) cannot."""
+    if "marks" not in _tables(conn):
+        raise sqlite3.DatabaseError("an outbox from an older agent (schema < 3): start the "
+                                    "agent once to migrate it")
+
+
 def read_report(state_dir: Path, delivery: Delivery = "ingested", *,
                 integrity: bool = False) -> OutboxReport | None:
     """Read the outbox in ``state_dir`` without writing it; None when there is none yet.
@@ -114,12 +124,13 @@ def read_report(state_dir: Path, delivery: Delivery = "ingested", *,
             tables = _tables(conn)
             if "records" not in tables:
                 raise sqlite3.DatabaseError("no records table (not an outbox, or never written)")
+            _require_marks(conn)
             backlog, oldest = query_backlog(conn, until_ingested)
             last_seq = query_last_seqs(conn) if "streams" in tables else {}
             column = delivered_column(until_ingested)
             classes = {str(k): ClassCounts(int(n), int(u), int(d)) for k, n, u, d in conn.execute(
-                f"SELECT class, COUNT(*), COUNT(*) - COUNT(sent_ns), COUNT(*) - COUNT({column}) "
-                "FROM records GROUP BY class ORDER BY class")}
+                f"SELECT r.class, COUNT(*), COUNT(*) - COUNT(m.sent_ns), COUNT(*) - "
+                f"COUNT({column}) FROM {MARKED} GROUP BY r.class ORDER BY r.class")}
             evictions = {k: Eviction(n, b) for k, (n, b) in sorted(
                 query_evictions(conn).items())} if "evictions" in tables else {}
             blobs = int(conn.execute("SELECT COUNT(*) FROM blobs").fetchone()[0]) \
@@ -148,8 +159,9 @@ def records_pending(state_dir: Path, delivery: Delivery = "ingested") -> set[tup
     column = delivered_column(delivery == "ingested")
     try:
         with contextlib.closing(_connect_ro(path)) as conn:
+            _require_marks(conn)
             return {(str(s), int(q)) for s, q in conn.execute(
-                f"SELECT stream, seq FROM records WHERE {column} IS NULL")}
+                f"SELECT r.stream, r.seq FROM {MARKED} WHERE {column} IS NULL")}
     except sqlite3.Error as exc:
         raise OutboxUnreadable(f"unreadable: {exc}", path=str(path)) from exc
 
@@ -166,14 +178,15 @@ def integrity_check(state_dir: Path) -> str:
 
 
 def record_payloads(state_dir: Path, stream: str) -> dict[int, bytes]:
-    """seq -> payload of the records one stream still has in the outbox; for tests that
-    compare them with what ingest stored."""
+    """seq -> payload (as appended: decompressed) of the records one stream still has in the
+    outbox; for tests that compare them with what ingest stored."""
     path = outbox_path(state_dir)
     try:
         with contextlib.closing(_connect_ro(path)) as conn:
-            return {int(q): bytes(p) for q, p in conn.execute(
+            dicts = read_dicts(conn)
+            return {int(q): decode(bytes(p), dicts) for q, p in conn.execute(
                 "SELECT seq, payload FROM records WHERE stream = ?", (stream,))}
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, ValueError) as exc:
         raise OutboxUnreadable(f"unreadable: {exc}", path=str(path)) from exc
 
 
