@@ -165,9 +165,10 @@ def test_a_device_publishes_and_receives_only_on_its_own_topics(fleet: Fleet) ->
 
         # Its own uplink: taken (0, or 0x10 where nobody subscribes), and ingest receives it.
         for kind in ("status", "telemetry", "results/cam0", "sensors/imu", "events/cam0",
-                     "counts/cam0", "shards/" + "0" * 64, "diag", "reply/r1"):
+                     "counts/cam0", "shards/" + "0" * 64, "diag", "reply", "reply/r1"):
             assert cam1.publish(f"{base1}/{kind}") in (0, 0x10), kind
         ingest.wait_message(f"{base1}/results/cam0")
+        ctl.wait_message(f"{base1}/reply")
         ctl.wait_message(f"{base1}/reply/r1")
         # ingest acks and ctl commands reach cam1; nothing of them reaches cam2, which gets its
         # own command (sent last by the same client, so delivered after the others).
@@ -201,10 +202,10 @@ def _creds(fleet: Fleet, name: str) -> dict[str, str]:
     return {**os.environ, "CREDENTIALS_DIRECTORY": str(creds)}
 
 
-def _agent_config(fleet: Fleet, tmp: Path, cert: Path) -> Path:
+def _agent_config(fleet: Fleet, tmp: Path, cert: Path, grace: float = 60) -> Path:
     # A long grace: the agent exits as soon as its backlog is acknowledged, and a loaded
     # machine once needed more than the rig's 8 s to drain 20 records after the reconnect.
-    config = write_config(tmp, fleet.broker.url, "cam1", grace=60)
+    config = write_config(tmp, fleet.broker.url, "cam1", grace=grace)
     config.write_text(config.read_text().replace(
         "[mqtt]\n", f'[mqtt]\ntls_ca_file = "{fleet.ca}"\ntls_cert_file = "{cert}"\n', 1))
     assert f'tls_cert_file = "{cert}"' in config.read_text()
@@ -219,6 +220,29 @@ def _ingest(fleet: Fleet) -> ReapedIngest:
                           client_id="mtls-ingest", group="ingest", cwd=ROOT)
     ingest.start()
     return ingest
+
+
+def test_ctl_commands_a_device_over_mtls_and_a_device_cannot(fleet: Fleet,
+                                                             tmp_path: Path) -> None:
+    config = _agent_config(fleet, tmp_path, fleet.cert("cam1"), grace=1)  # no ingest here
+    agent = AgentProcess(config, "--source", "synthetic://160x120@5", env=_creds(fleet, "cam1"))
+
+    def ctl(name: str) -> subprocess.CompletedProcess[str]:
+        return run_cli("ctl", "--broker", fleet.broker.url, "--site", "test-site", "cam1",
+                       "ping", "--timeout", "3", "--json", "--ca", str(fleet.ca),
+                       "--cert", str(fleet.cert(name)), "--key", str(fleet.key(name)))
+
+    try:
+        wait_for(lambda: any("connected to" in line for line in agent.lines), "agent connected")
+        # The agent subscribes right after connecting: the first ping may precede it.
+        answered = wait_for(lambda: (out := ctl("lepton-ctl")).returncode == 0 and out, "a pong")
+        assert json.loads(answered.stdout)["ok"] is True
+        # cam2's certificate gets no command through (PUBACK 0x87): no reply, exit 3.
+        refused = ctl("cam2")
+        assert refused.returncode == 3 and len(refused.stderr.strip().splitlines()) == 1, \
+            refused.stderr
+    finally:
+        agent.stop()
 
 
 def _one_tls_line(lines: list[str], cause: str) -> str:
