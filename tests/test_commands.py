@@ -377,3 +377,45 @@ def test_ctl_exit_codes(device: Device, broker) -> None:
         assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     silent = run_cli(*base, "no-such-device", "ping", "--timeout", "1")
     assert silent.returncode == 3 and "no reply" in silent.stderr
+
+
+def test_outcomes_are_a_bounded_ring_that_survives_reopening(tmp_path: Path) -> None:
+    from agent.service.commands import Outcome, OutcomeStore
+    from agent.storage.outbox import Outbox
+
+    outbox = Outbox(tmp_path / "outbox.db")
+    store = OutcomeStore(outbox, slots=4)
+    for i in range(6):
+        store.put(Outcome(f"id-{i}", "ping", {"n": i}))
+    store.put(Outcome("id-5", "ping", {"n": 55}))  # the same id keeps its slot
+    outbox.close()
+    outbox = Outbox(tmp_path / "outbox.db")
+    reopened = OutcomeStore(outbox, slots=4)
+    assert reopened.get("id-0") is None and reopened.get("id-1") is None  # the oldest went
+    assert [reopened.get(f"id-{i}").reply for i in range(2, 6)] == [  # type: ignore[union-attr]
+        {"n": 2}, {"n": 3}, {"n": 4}, {"n": 55}]
+    reopened.put(Outcome("id-6", "ping", None))
+    assert reopened.get("id-2") is None and reopened.get("id-6") == Outcome("id-6", "ping", None)
+    outbox.close()
+
+
+def test_a_command_the_agent_died_acting_on_is_answered_interrupted(broker,
+                                                                    tmp_path: Path) -> None:
+    """The agent marks a state-changing command started before it acts: a SIGKILL after that
+    leaves the mark, and the id's repeat says ``interrupted`` instead of acting again."""
+    from agent.service.commands import Outcome, OutcomeStore
+    from agent.storage.outbox import Outbox
+
+    (tmp_path / "state").mkdir()
+    outbox = Outbox(tmp_path / "state" / "outbox.db")
+    OutcomeStore(outbox).put(Outcome("killed-1", "assign", None))  # what the dead agent left
+    outbox.close()
+    d = Device(tmp_path, broker.url)
+    try:
+        reply = d.send("assign", {"stream": "cam1", "source": SRC}, "killed-1")
+        assert not reply.ok and reply.code == "interrupted" and "new id" in (reply.fix or "")
+        assert d.starts("cam1") == 0 and "cam1" not in d.pipelines()
+        again = d.send("assign", {"stream": "cam1", "source": SRC}, "killed-1")
+        assert again.replay and again.code == "interrupted"
+    finally:
+        d.close()
