@@ -20,6 +20,7 @@ stretch, then back).
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import signal
 import sqlite3
@@ -307,3 +308,196 @@ def format_report(r: FaultReport) -> str:
             f"{order}, integrity {r.integrity_checks - r.integrity_failures}/{r.integrity_checks} "
             f"ok, {r.seconds}s -> "
             + ("OK" if r.ok else "FAIL: " + "; ".join(r.failures())))
+
+
+# -- power-cut: the outbox over a VFS that loses unsynced writes ----------------------------
+
+@dataclass
+class PowerCutReport:
+    """What ``faults power-cut`` saw over its cycles (see :func:`run_power_cut`)."""
+
+    cycles: int
+    cuts_mid_write: int = 0  # the cut came inside a write or sync of the outbox
+    io_writes: int = 0
+    io_syncs: int = 0
+    unsynced_lost: int = 0  # writes the cuts dropped
+    unsynced_kept: int = 0  # unsynced writes that reached the disk anyway
+    generated: int = 0  # records the outbox returned as committed
+    durable: int = 0  # of those, committed before an fsync the outbox made (or FULL commits)
+    durable_missing: int = 0  # durable records neither in the outbox nor at ingest: must be 0
+    lost_unsynced: int = 0  # committed after the last fsync before a cut, and gone: allowed
+    seq_reused: int = 0  # a (stream, seq) committed again with another payload: must be 0
+    opens: int = 0
+    integrity_failures: int = 0
+    ingested: int = 0  # distinct records ingest stored
+    deliveries: int = 0
+    duplicates: int = 0  # deliveries ingest had already (dropped by its dedupe)
+    ingest_conflicts: int = 0  # a (stream, seq) delivered with two payloads: must be 0
+    undelivered_at_end: int = 0  # published records not at ingest after the final drain
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures()
+
+    def failures(self) -> list[str]:
+        out = []
+        if self.generated <= 0:
+            out.append("no record generated")
+        if self.durable_missing:
+            out.append(f"{self.durable_missing} durable record(s) lost")
+        if self.seq_reused:
+            out.append(f"{self.seq_reused} seq(s) reused")
+        if self.integrity_failures:
+            out.append(f"{self.integrity_failures} integrity check(s) failed")
+        if self.ingest_conflicts:
+            out.append(f"{self.ingest_conflicts} seq(s) reached ingest with two payloads")
+        if self.undelivered_at_end:
+            out.append(f"{self.undelivered_at_end} record(s) never reached ingest")
+        if self.opens <= self.cycles:
+            out.append("the outbox was not reopened after every cut")
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scenario": "power-cut", **asdict(self), "ok": self.ok,
+                "failures": self.failures()}
+
+
+class _Ingest:
+    """Ingest's dedupe as the contract defines it: one row per (stream, seq)."""
+
+    def __init__(self, report: PowerCutReport) -> None:
+        self.stored: dict[tuple[str, int], bytes] = {}
+        self.report = report
+
+    def receive(self, stream: str, seq: int, payload: bytes) -> None:
+        self.report.deliveries += 1
+        held = self.stored.get((stream, seq))
+        if held is None:
+            self.stored[(stream, seq)] = payload
+        elif held == payload:
+            self.report.duplicates += 1
+        else:
+            self.report.ingest_conflicts += 1
+
+
+def _payload(token: float, pad: int) -> Callable[[int], bytes]:
+    """A record's JSON payload, unique by its token (so a reused seq shows as two payloads)."""
+    return lambda seq: json.dumps({"seq": seq, "token": token, "pad": "x" * pad},
+                                  sort_keys=True).encode()
+
+
+def run_power_cut(cycles: int, seed: int = 0, workdir: Path | None = None,
+                  ops_per_cycle: int = 24) -> PowerCutReport:
+    """Run the outbox (its own code, over :class:`agent.storage.powercut.PowerCutVFS`) through
+    ``cycles`` power cuts at random points, each followed by a reboot that keeps a random subset
+    of the unsynced writes, and check after every reopen: ``PRAGMA integrity_check``, every record
+    committed before an fsync still there (or at ingest), no seq committed twice; at the end,
+    every record ever published is at ingest exactly once (a simulated ingest with the
+    contract's dedupe by (stream, seq), which counts the duplicates it drops and any seq that
+    arrives with two payloads)."""
+    from agent.storage.outbox import Outbox, PendingRecord
+    from agent.storage.powercut import PowerCutVFS, driver
+
+    rng = random.Random(seed)
+    report = PowerCutReport(cycles)
+    started = time.monotonic()
+    vfs = PowerCutVFS(seed)
+    ingest = _Ingest(report)
+    generated: dict[tuple[str, int], bytes] = {}
+    durable: set[tuple[str, int]] = set()
+    streams = ("cam0", "cam0.events")
+
+    def check_open(box: Outbox) -> None:
+        report.opens += 1
+        check = box.db.execute("PRAGMA integrity_check").fetchone()
+        report.integrity_failures += check is None or check[0] != "ok"
+        held = {(str(s), int(q)) for s, q in box.db.execute("SELECT stream, seq FROM records")}
+        missing = {k for k in durable if k not in held and k not in ingest.stored}
+        report.durable_missing += len(missing)
+        durable.difference_update(missing)  # counted once
+
+    def publish(box: Outbox, limit: int) -> None:
+        records = box.fetch_unsent(0, limit)
+        for r in records:
+            generated.setdefault((r.stream, r.seq), r.payload)  # committed by a failed call
+            ingest.receive(r.stream, r.seq, r.payload)
+        if records:
+            box.mark_sent([r.id for r in records])
+
+    def ack(box: Outbox) -> None:
+        for stream in streams:
+            seqs = sorted(q for s, q in ingest.stored if s == stream)
+            if seqs:
+                box.mark_ingested(stream, [(seqs[max(0, len(seqs) - 50)], seqs[-1])])
+
+    with tempfile.TemporaryDirectory(prefix="lepton-faults-power-cut-") as tmp:
+        path = Path(workdir or tmp) / "outbox.db"
+        for _cycle in range(cycles):
+            full = rng.random() < 0.25  # durability_interval_s = 0: every commit synced
+            box = Outbox(path, driver=driver(vfs), durability_interval_s=0 if full else 3600)
+            check_open(box)
+            vfs.arm(rng.randint(1, 12 * ops_per_cycle))
+            appended_since_sync: list[tuple[str, int]] = []
+            try:
+                for _ in range(ops_per_cycle):
+                    op = rng.random()
+                    if op < 0.55:
+                        stored = box.append([PendingRecord(
+                            rng.choice(streams), "t", _payload(rng.random(), rng.randint(0, 200)))
+                            for _ in range(rng.randint(1, 5))])
+                        for r in stored:
+                            key = (r.stream, r.seq)
+                            if key in generated and generated[key] != r.payload:
+                                report.seq_reused += 1
+                            generated[key] = r.payload
+                            report.generated += 1
+                            (durable.add(key) if full else appended_since_sync.append(key))
+                    elif op < 0.75:
+                        publish(box, rng.randint(1, 20))
+                    elif op < 0.85:
+                        ack(box)
+                    elif op < 0.95:
+                        box.maybe_fsync(force=True)
+                        durable.update(appended_since_sync)
+                        appended_since_sync.clear()
+                    else:
+                        box.prune_sent(rng.randint(0, 20))
+                vfs.cut()  # no cut inside: the power goes between two operations
+            except Exception:  # the cut, as the outbox saw it (an I/O error)
+                if not vfs.dead:
+                    raise
+                report.cuts_mid_write += 1
+            box.close()
+            vfs.restore(keep_probability=rng.choice((0.0, 0.5, 1.0)))
+        # The last reboot: deliver everything that is left.
+        box = Outbox(path, driver=driver(vfs))
+        check_open(box)
+        for _ in range(10_000):
+            if not box.fetch_unsent(0, 1):
+                break
+            publish(box, 200)
+            ack(box)
+        box.close()
+    at_ingest = set(ingest.stored)
+    report.durable = len(durable)
+    report.lost_unsynced = sum(1 for k in generated if k not in at_ingest)
+    report.undelivered_at_end = sum(1 for k in durable if k not in at_ingest)
+    report.ingested = len(at_ingest)
+    report.io_writes, report.io_syncs = vfs.counters.writes, vfs.counters.syncs
+    report.unsynced_lost = vfs.counters.writes_lost
+    report.unsynced_kept = vfs.counters.writes_kept
+    report.seconds = round(time.monotonic() - started, 1)
+    return report
+
+
+def format_power_cut(r: PowerCutReport) -> str:
+    return (f"[faults] power-cut x{r.cycles} ({r.cuts_mid_write} inside a write or sync): "
+            f"{r.io_writes} writes and {r.io_syncs} syncs recorded, {r.unsynced_lost} unsynced "
+            f"writes lost and {r.unsynced_kept} kept by the cuts; generated {r.generated}, "
+            f"durable {r.durable} ({r.durable_missing} missing), lost unsynced "
+            f"{r.lost_unsynced}, seqs reused {r.seq_reused}; integrity "
+            f"{r.opens - r.integrity_failures}/{r.opens} ok; ingest {r.ingested} stored of "
+            f"{r.deliveries} deliveries ({r.duplicates} duplicates dropped, "
+            f"{r.ingest_conflicts} conflicting), {r.undelivered_at_end} durable never ingested; "
+            f"{r.seconds}s -> " + ("OK" if r.ok else "FAIL: " + "; ".join(r.failures())))
