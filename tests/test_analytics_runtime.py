@@ -96,3 +96,13 @@ def test_a_tracks_snapshot_is_its_best_view() -> None:
     assert len(events) == 1 and events[0].event.type == "crossing"
     assert events[0].snapshot is not None and events[0].snapshot[:2] == b"\xff\xd8"  # a JPEG
     assert events[0].event.direction == "out"  # left to right across a top-to-bottom line
+
+
+def test_the_stage_totals_what_its_buckets_emitted() -> None:
+    """The run summary's counts: the sum over every bucket the stage emitted, close included."""
+    stage = AnalyticsStage(SPEC, stream="cam0", state=None)
+    emitted = _run(stage, range(40))
+    closing = stage.close()
+    assert closing is not None
+    assert stage.totals == {("mid", "line", "car", "out"): _counted([*emitted, closing])} \
+        == {("mid", "line", "car", "out"): 1}

@@ -63,6 +63,11 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"results: {summary.results_committed} committed, {summary.results_published} "
               f"published, {summary.results_ingested} acknowledged by ingest, {summary.backlog} "
               "waiting in the outbox for the next start")
+        for stream in summary.streams:
+            if stream.counts:
+                print(f"counts {stream.stream}: " + ", ".join(
+                    f"{c['rule']} {c['label']} {c['direction']} {c['count']}"
+                    for c in stream.counts))
         if summary.broker_error and summary.backlog:
             print(f"broker: {summary.broker_error}")
     return 0

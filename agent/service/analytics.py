@@ -86,6 +86,15 @@ class AnalyticsStage:
         self._restored = state
         self._analytics: Analytics | None = None
         self._crops: dict[int, np.ndarray] = {}  # track id -> its best view so far (BGR)
+        # What this run counted, over the buckets it emitted: (rule, kind, label, direction).
+        self.totals: dict[tuple[str, str, str, str], int] = {}
+
+    def _add_totals(self, closed: Sequence[ClosedBucket]) -> None:
+        for bucket in closed:
+            for row in bucket.counts:
+                k = row.key
+                key = (k.rule, k.kind, k.label, k.direction.value)
+                self.totals[key] = self.totals.get(key, 0) + row.count
 
     def _engine(self, frame: CapturedFrame) -> Analytics:
         # Made at the first frame: times are the source's own clock (a file's position), and
@@ -112,6 +121,7 @@ class AnalyticsStage:
         live = {t.track_id for t in out.tracks}
         for gone in [i for i in self._crops if i not in live]:
             del self._crops[gone]
+        self._add_totals(out.closed)
         return FrameAnalysis(-1 if frame.replay else frame.index, events, out.closed,
                              engine.buckets_state())
 
@@ -120,6 +130,7 @@ class AnalyticsStage:
         if self._analytics is None:
             return None
         closed = self._analytics.close(partial=True)
+        self._add_totals(closed)
         return FrameAnalysis(-1, (), tuple(closed), self._analytics.buckets_state())
 
     def _keep_best_views(self, tracks: Sequence[Track], frame: CapturedFrame) -> None:

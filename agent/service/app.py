@@ -68,6 +68,9 @@ class StreamSummary:
     frames_dropped: int
     detections: int
     processing_fps: float
+    # What its lines and zones counted in the buckets this run emitted (restored counts of an
+    # earlier run included): one entry per rule, kind, class and direction.
+    counts: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -382,7 +385,10 @@ class AgentApp:
                 stream=p.stream, state=p.state, reason=p.reason,
                 frames_captured=status.capture.frames, frames_processed=status.inference.frames,
                 frames_dropped=status.frames.dropped, detections=status.inference.detections,
-                processing_fps=_processing_fps(p)))
+                processing_fps=_processing_fps(p),
+                counts=[{"rule": r, "kind": k, "label": lb, "direction": d, "count": n}
+                        for (r, k, lb, d), n in sorted(p.analytics.totals.items())]
+                if p.analytics is not None else []))
         s.frames_captured = sum(x.frames_captured for x in s.streams)
         s.frames_processed = sum(x.frames_processed for x in s.streams)
         s.frames_dropped = sum(x.frames_dropped for x in s.streams)
