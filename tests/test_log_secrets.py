@@ -120,3 +120,10 @@ def test_no_key_material_and_no_password_in_any_log(tmp_path: Path) -> None:
     # Not echoed by the assertion: the report of a failing run must not leak it either.
     assert password not in text, "the broker password is in a log"
     assert wrong not in text, "the (wrong) password of a refused run is in a log"
+
+
+def test_link_options_never_show_the_password() -> None:
+    from agent.sync.mqtt import LinkOptions
+
+    options = LinkOptions(client_id="c", username="cam", password="s3cr3t-Pa55")
+    assert "s3cr3t" not in repr(options) and "s3cr3t" not in str(options)
