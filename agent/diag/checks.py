@@ -400,6 +400,7 @@ CONFIG_FREE = ("kernels", "clock", "memory")
 def all_checks(cfg: AgentConfig, secrets: Secrets, snapshot: Path | None) -> dict[str, Check]:
     from agent.diag.kernels import check_kernels
     from agent.diag.pipelines import check_pipelines
+    from agent.diag.storage import check_storage
 
     return {
         "camera": lambda: check_camera(cfg, snapshot),
@@ -409,6 +410,7 @@ def all_checks(cfg: AgentConfig, secrets: Secrets, snapshot: Path | None) -> dic
         "kernels": check_kernels,
         "broker": lambda: check_broker(cfg, secrets),
         "cache": lambda: check_cache(cfg),
+        "storage": lambda: check_storage(cfg),
         "clock": lambda: check_clock(cfg),
         "temperature": lambda: check_temperature(cfg),
         "memory": lambda: check_memory(cfg),
