@@ -77,7 +77,7 @@ def test_models_inspect_bad_file(tmp_path: Path) -> None:
     bogus = tmp_path / "m.tflite"
     bogus.write_text("hello")
     out = run_cli("models", "inspect", str(bogus))
-    assert out.returncode == 2 and "not a loadable TFLite model" in out.stderr
+    assert out.returncode == 2 and "not a TFLite model: 5 bytes, too short" in out.stderr
 
 
 @pytest.mark.broker

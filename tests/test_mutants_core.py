@@ -294,9 +294,10 @@ def test_infer_classification_and_ssd() -> None:
                       [_t("v", (2, 10))]):
         with pytest.raises(ManifestError, match=r"^cannot infer the task from outputs "):
             infer_manifest("x", [IMG], bad_heads)
-    with raises(ManifestError, "cannot infer the task from outputs o[1, 2, 3]:int8; expected one score "
-                               "vector (classification) or the 4 outputs of TFLite_Detection_PostProcess "
-                               "(SSD)"):
+    with raises(ManifestError, "cannot infer the task from outputs o[1, 2, 3]:int8; "
+                               "expected a score vector (classification), TFLite_Detection_PostProcess or a "
+                               "YOLO head (detection), MoveNet (pose), a class map or logits (segmentation) "
+                               "or a feature vector (embedding)"):
         infer_manifest("x", [IMG], [_t("o", (1, 2, 3), "int8")])
 
 
@@ -837,8 +838,9 @@ def test_window_and_manifest_edges() -> None:
     ssd = infer_manifest("det", [gray_in], heads)
     assert (ssd.name, ssd.color) == ("det", "gray")
     with raises(ManifestError, "cannot infer the task from outputs a[1, 2, 2]:int8, b[1, 3, 3]:int8; "
-                               "expected one score vector (classification) or the 4 outputs of "
-                               "TFLite_Detection_PostProcess (SSD)"):
+                               "expected a score vector (classification), TFLite_Detection_PostProcess or a "
+                               "YOLO head (detection), MoveNet (pose), a class map or logits (segmentation) "
+                               "or a feature vector (embedding)"):
         infer_manifest("x", [IMG], [_t("a", (1, 2, 2), "int8"), _t("b", (1, 3, 3), "int8")])
     assert output_classes(_manifest("softmax", {"scores": "p"}), [_t("p", (7, 1))]) == 1
 

@@ -183,6 +183,11 @@ def _integer(t: TensorSpec) -> bool:
     return t.dtype in ("int32", "int64", "uint8", "int8", "int16") and not t.quantized
 
 
+# The smallest map read as segmentation (DeepLab gives 513 x 513, small heads 32 x 32); a tiny
+# [1, 4, 4, 8] output is more likely recurrent state or features than a class map.
+MIN_MAP = 8
+
+
 def head_candidates(heads: list[TensorSpec]) -> list[Candidate]:
     """Every task the output tensors ``heads`` could be decoded as, most likely first."""
     out: list[Candidate] = []
@@ -230,10 +235,10 @@ def head_candidates(heads: list[TensorSpec]) -> list[Candidate]:
             v5 = Candidate("detection", "yolo_v5", {"predictions": t.name},
                            why=f"YOLO v5 head [1, {max(shape[1:])}, 5 + {min(shape[1:]) - 5}]")
             out.extend([v8, v5] if first else [v5, v8])
-        elif len(shape) == 3 and shape[0] == 1 and min(shape[1:]) > 1 and _integer(t):
+        elif len(shape) == 3 and shape[0] == 1 and min(shape[1:]) >= MIN_MAP and _integer(t):
             out.append(Candidate("segmentation", "argmax", {"mask": t.name},
                                  why=f"a class map [1, {shape[1]}, {shape[2]}]"))
-        elif len(shape) == 4 and shape[0] == 1 and min(shape[1:3]) > 1 and shape[3] > 1:
+        elif len(shape) == 4 and shape[0] == 1 and min(shape[1:3]) >= MIN_MAP and shape[3] > 1:
             out.append(Candidate("segmentation", "logits", {"logits": t.name},
                                  why=f"per-pixel scores of {shape[3]} classes"))
             if shape[3] >= 6:
@@ -464,12 +469,7 @@ def check_manifest(manifest: Manifest, inputs: list[TensorSpec], outputs: list[T
     out_names = {t.name for t in outputs}
     if manifest.input not in in_names:
         raise ManifestError(f"input {manifest.input!r} not in model inputs {sorted(in_names)}")
-    if manifest.decoder not in DECODERS.get(manifest.task, ()):
-        raise ManifestError(f"decoder {manifest.decoder!r} does not decode task "
-                            f"{manifest.task!r}; use one of "
-                            f"{', '.join(DECODERS.get(manifest.task, ())) or '-'}")
-    if not manifest.sensor and manifest.task != "sequence":
-        # a sensor model is fed windows of readings, checked by its runner
+    if not manifest.sensor and manifest.task != "sequence":  # windows: checked by their runner
         check_image_input(next(t for t in inputs if t.name == manifest.input))
     for role, tensor in manifest.outputs.items():
         if tensor not in out_names:
