@@ -189,7 +189,7 @@ class SensorSection(_Section):
 
 
 class ShardsSection(_Section):
-    """Blobs sent in chunks on ``shards/{blob}``: event snapshots for now."""
+    """Blobs sent in chunks on ``shards/{blob}``: frame and track snapshots, segmentation masks."""
 
     chunk_size: ByteSize = Field(ByteSize(64 * 1024), ge=1024, le=1024 * 1024)
     expiry_s: float = Field(7 * 24 * 3600.0, ge=0, le=10 * 365 * 86_400)
@@ -197,6 +197,8 @@ class ShardsSection(_Section):
     snapshot_interval_s: float = Field(0.0, ge=0, le=86_400, description="0: no snapshots")
     snapshot_min_detections: int = Field(1, ge=0, le=10_000)
     snapshot_quality: int = Field(80, ge=10, le=100)
+    mask_interval_s: float = Field(0.0, ge=0, le=86_400,
+                                   description="segmentation: a PNG class map at most this often; 0: none")
 
 
 class MotionSection(_Section):

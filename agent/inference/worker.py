@@ -15,7 +15,7 @@ import numpy as np
 
 from agent.core.contract.result import Detection, FrameResult
 from agent.errors import ModelError
-from agent.inference.runner import ModelRunner
+from agent.inference.runner import ModelRunner, mask_png
 from agent.pipeline.budget import ThreadBudget
 from agent.pipeline.frames import CapturedFrame
 from agent.pipeline.queues import BoundedQueue, QueueClosed
@@ -68,6 +68,20 @@ class SnapshotPolicy:
         return jpeg.tobytes()
 
 
+@dataclass
+class MaskPolicy:
+    """Segmentation class maps as PNG blobs, at most one per ``interval_s``."""
+
+    interval_s: float
+    last_at: float = -1e18
+
+    def take(self, mask: np.ndarray | None, now: float) -> bytes | None:
+        if mask is None or now - self.last_at < self.interval_s:
+            return None
+        self.last_at = now
+        return mask_png(mask)
+
+
 class InferenceWorker:
     """Runs ``runner`` on frames from ``frames`` in the ``inference-{stream}`` thread.
 
@@ -81,7 +95,8 @@ class InferenceWorker:
                  snapshots: SnapshotPolicy | None = None, budget: ThreadBudget | None = None,
                  threads: int = 1,
                  analyze: Callable[[CapturedFrame, list[Detection] | None], Any] | None = None,
-                 publish_threshold: float | None = None) -> None:
+                 publish_threshold: float | None = None,
+                 masks: MaskPolicy | None = None) -> None:
         self.frames = frames
         self.snapshots = snapshots
         self.runner = runner
@@ -94,6 +109,7 @@ class InferenceWorker:
         self.analyze = analyze
         # Detections below this go to the analytics only (the model decodes lower for them).
         self.publish_threshold = publish_threshold
+        self.masks = masks
         self._thread = threading.Thread(target=self._run, name=f"inference-{stream}", daemon=True)
 
     def start(self) -> None:
@@ -194,7 +210,9 @@ class InferenceWorker:
                                 "inference": out.invoke_ms, "postprocess": out.decode_ms,
                                 **({"analytics": (time.perf_counter() - analyzed) * 1e3}
                                    if analysis is not None else {})},
-                    snapshot=snapshot, analytics=analysis, detected=not frame.replay))
+                    snapshot=snapshot, analytics=analysis, detected=not frame.replay,
+                    mask_png=(self.masks.take(out.mask, now)
+                              if self.masks is not None and not frame.replay else None)))
         except Exception as exc:
             log.exception("inference thread failed")
             self.stats.fatal = ModelError(f"inference failed: {exc!r}",

@@ -19,7 +19,7 @@ from agent.core.contract.topics import DeviceTopics
 from agent.core.outbox import PublishWindow
 from agent.core.thermal import ThermalGovernor
 from agent.core.uri import parse_broker
-from agent.inference.worker import SnapshotPolicy
+from agent.inference.worker import MaskPolicy, SnapshotPolicy
 from agent.pipeline.budget import ThreadBudget
 from agent.service.health import RuntimeHealth
 from agent.service.notify import Notifier
@@ -114,8 +114,11 @@ def build(config: AgentConfig, secrets: Secrets, loop: asyncio.AbstractEventLoop
         return (SnapshotPolicy(sh.snapshot_interval_s, sh.snapshot_min_detections,
                                sh.snapshot_quality) if sh.snapshot_interval_s > 0 else None)
 
+    def masks() -> MaskPolicy | None:
+        return MaskPolicy(sh.mask_interval_s) if sh.mask_interval_s > 0 else None
+
     parts = PipelineParts(sink=writer, governor=governor, budget=budget,
-                          preprocess=cfg.kernels.preprocess, snapshots=snapshots,
+                          preprocess=cfg.kernels.preprocess, snapshots=snapshots, masks=masks,
                           topics=topics, loop=loop, changed=pipelines_changed,
                           read_state=outbox.read_state)
     pipelines = PipelineSet(parts)

@@ -34,7 +34,7 @@ from agent.core.uri import SourceUri, parse_source
 from agent.errors import AgentError, ConfigError
 from agent.inference.model import LoadedModel, load_model
 from agent.inference.runner import ModelRunner
-from agent.inference.worker import InferenceWorker, SnapshotPolicy
+from agent.inference.worker import InferenceWorker, MaskPolicy, SnapshotPolicy
 from agent.pipeline.budget import ThreadBudget
 from agent.pipeline.frames import CapturedFrame
 from agent.pipeline.queues import BoundedQueue, DropPolicy
@@ -99,6 +99,7 @@ class PipelineParts:
     budget: ThreadBudget
     preprocess: str
     snapshots: Callable[[], SnapshotPolicy | None]
+    masks: Callable[[], MaskPolicy | None]
     topics: DeviceTopics
     loop: asyncio.AbstractEventLoop
     changed: Callable[[], None]  # a pipeline's state changed (event-loop thread)
@@ -243,7 +244,8 @@ class Pipeline:
         self.inference = InferenceWorker(
             self.frames, runner, spec.stream, lambda result: sink.deliver(result, context),
             self._threads_ended, snapshots=snapshots, budget=parts.budget, threads=spec.threads,
-            analyze=self.analytics, publish_threshold=self.publish_threshold)
+            analyze=self.analytics, publish_threshold=self.publish_threshold,
+            masks=parts.masks())
         self.watch = StageWatch(self.uri.raw, self.capture, self.inference, self.frames)
         log.info("pipeline %s: model %s (%s, %s, sha256 %s...) on %s; source %s (%s, %s), "
                  "%d thread(s)", spec.stream, self.model.ref.name, self.model.manifest.task,

@@ -220,6 +220,11 @@ class OutboxWriter:
         try:
             for held in batch:
                 r = held.result
+                if r.mask_png is not None:
+                    self.blobs.put(r.mask_png, kind="mask", content_type="image/png", meta={
+                        "stream": r.stream, "frame_index": r.frame_index,
+                        "ts": iso_utc(r.capture_wall),
+                        "labels": sorted({seg.label for seg in r.segments})})
                 if r.snapshot is not None:
                     self.blobs.put(r.snapshot, kind="snapshot", content_type="image/jpeg", meta={
                         "stream": r.stream, "frame_index": r.frame_index,

@@ -144,6 +144,7 @@ class FrameResult:
     poses: list[Pose] = field(default_factory=list)
     segments: list[Segment] = field(default_factory=list)
     embedding: Embedding | None = None
+    mask_png: bytes | None = None  # segmentation: the class map as a PNG, sent as a blob
 
 
 def encode_result(
@@ -171,6 +172,8 @@ def encode_result(
     }
     if result.snapshot is not None:
         body["snapshot"] = hashlib.sha256(result.snapshot).hexdigest()
+    if result.mask_png is not None:
+        body["mask"] = hashlib.sha256(result.mask_png).hexdigest()
     if sensors:
         body["sensors"] = sensors
     # Each task carries its own field (the schema requires it and refuses the others).
