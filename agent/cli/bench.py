@@ -11,7 +11,7 @@ from agent.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``bench pipeline``, ``bench kernels`` and ``bench sync`` and their flags to the subcommands."""
+    """Add ``bench pipeline``, ``kernels``, ``analytics`` and ``sync`` and their flags."""
     bench = sub.add_parser("bench", help="benchmarks (ratios against a baseline in the same run)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     pipe = bench_sub.add_parser("pipeline", help="raw invoke vs hand-written loop vs the agent")
@@ -34,6 +34,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                     help="OpenCV threads for the baseline (the kernels use one)")
     kb.add_argument("--json", action="store_true")
     kb.set_defaults(func=cmd_bench_kernels)
+
+    ab = bench_sub.add_parser("analytics", help="tracker + counting cost per frame and accuracy "
+                                               "vs tracker libraries, on a generated scene")
+    ab.add_argument("--tracks", type=positive(int), nargs="+", default=[10, 50, 200])
+    ab.add_argument("--frames", type=positive(int), default=150)
+    ab.add_argument("--repeats", type=positive(int), default=3)
+    ab.add_argument("--json", action="store_true")
+    ab.set_defaults(func=cmd_bench_analytics)
 
     sb = bench_sub.add_parser("sync", help="durable outbox path vs raw paho; backlog drain")
     sb.add_argument("--messages", type=positive(int), default=20_000)
@@ -85,6 +93,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         for key, value in report.items():
             print(f"{key}: {value}")
+    return 0
+
+
+def cmd_bench_analytics(args: argparse.Namespace) -> int:
+    from agent.bench.analytics import bench_analytics
+
+    report = bench_analytics(tracks=args.tracks, frames=args.frames, repeats=args.repeats)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for name, costs in report["cost_ms_per_frame"].items():
+        print(f"{name}: " + ", ".join(f"{n} tracks {ms['cpu']:.3f} ms" for n, ms in costs.items()))
+    if report["not_installed"]:
+        print(f"not installed (not measured): {', '.join(report['not_installed'])}")
     return 0
 
 
