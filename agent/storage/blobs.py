@@ -103,8 +103,9 @@ class BlobStore:
             if len(out) >= limit:
                 break
             for idx, data in self.db.execute(
-                    "SELECT idx, data FROM blob_chunks WHERE blob = ? AND sent_ns IS NULL "
-                    "ORDER BY idx LIMIT ?", (blob, limit - len(out) + len(exclude))):
+                    "SELECT c.idx, c.data FROM blob_chunks c WHERE c.blob = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM chunk_sent s WHERE s.blob = c.blob AND s.idx = c.idx) "
+                    "ORDER BY c.idx LIMIT ?", (blob, limit - len(out) + len(exclude))):
                 if (blob, idx) in exclude:
                     continue
                 out.append(OutgoingPart(blob, idx, count, size, bytes(data), kind, ctype))
@@ -125,8 +126,10 @@ class BlobStore:
         for blob, idx in parts:
             if idx == MANIFEST:
                 self.db.execute("UPDATE blobs SET manifest_sent_ns = ? WHERE blob = ?", (now, blob))
-            else:
-                self.db.execute("UPDATE blob_chunks SET sent_ns = ? WHERE blob = ? AND idx = ?",
+            else:  # a row of chunk_sent: the chunk's own row (and its pages) is not rewritten
+                self.db.execute("INSERT INTO chunk_sent (blob, idx, sent_ns) SELECT blob, idx, ? "
+                                "FROM blob_chunks WHERE blob = ? AND idx = ? ON CONFLICT "
+                                "(blob, idx) DO UPDATE SET sent_ns = excluded.sent_ns",
                                 (now, blob, idx))
 
     def on_ack(self, complete: Iterable[str], held: Mapping[str, list[tuple[int, int]]]) -> int:
@@ -144,7 +147,7 @@ class BlobStore:
 
     def requeue_unacked(self, sent_before_ns: int) -> int:
         """Parts sent but not acknowledged by ``sent_before_ns`` go back to unsent."""
-        n = self.db.execute("UPDATE blob_chunks SET sent_ns = NULL WHERE sent_ns < ?",
+        n = self.db.execute("DELETE FROM chunk_sent WHERE sent_ns < ?",
                             (sent_before_ns,)).rowcount
         # The manifest too, for blobs ingest has not completed (it may have missed it).
         n += self.db.execute("UPDATE blobs SET manifest_sent_ns = NULL WHERE manifest_sent_ns < ?",

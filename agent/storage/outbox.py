@@ -127,6 +127,17 @@ CREATE TABLE IF NOT EXISTS blob_chunks (
     sent_ns INTEGER,
     PRIMARY KEY (blob, idx)
 ) WITHOUT ROWID;
+-- Chunks sent (PUBACK), outside the chunk rows: marking a 64 KiB chunk in its row rewrote the
+-- row and its overflow pages (snapshots measured 5.3x their size written, 2.1x without).
+CREATE TABLE IF NOT EXISTS chunk_sent (
+    blob TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    sent_ns INTEGER NOT NULL,
+    PRIMARY KEY (blob, idx)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS blob_chunks_deleted AFTER DELETE ON blob_chunks BEGIN
+    DELETE FROM chunk_sent WHERE blob = old.blob AND idx = old.idx;
+END;
 """ + codec_mod.DDL
 
 
@@ -452,6 +463,8 @@ class Outbox:
                            "sent_ns IS NOT NULL OR acked_ns IS NOT NULL")
                 for index in ("records_unsent", "records_unacked", "records_eviction"):
                     db.execute(f"DROP INDEX IF EXISTS {index}")
+                db.execute("INSERT OR IGNORE INTO chunk_sent (blob, idx, sent_ns) SELECT blob, "
+                           "idx, sent_ns FROM blob_chunks WHERE sent_ns IS NOT NULL")
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
                        (str(SCHEMA_VERSION),))
             db.execute("COMMIT")
