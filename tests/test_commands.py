@@ -419,3 +419,12 @@ def test_a_command_the_agent_died_acting_on_is_answered_interrupted(broker,
         assert again.replay and again.code == "interrupted"
     finally:
         d.close()
+
+
+def test_the_diag_check_names_are_diags_own() -> None:
+    """The runtime cannot import diag, so it keeps the names; they must not drift apart."""
+    from agent.config import Secrets, load_config
+    from agent.diag.checks import all_checks
+    from agent.service.commands import DIAG_CHECKS
+
+    assert set(DIAG_CHECKS) == {"config", *all_checks(load_config(None), Secrets(), None)}

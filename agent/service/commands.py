@@ -76,10 +76,11 @@ MAX_IN_PROGRESS = 32  # commands being served at once; more are answered ``busy`
 APPLIED_FILE = "config.applied.toml"
 DIAG_CACHE_S = 10.0  # a diag within this of the last one gets that one's checks (a flood is one run)
 DIAG_TIMEOUT_S = 120.0
-# The checks of `lepton-agent diag` (its --help): a name outside them is refused here, before a
-# process is started for it.
+# The checks of `lepton-agent diag` (agent.diag.checks.all_checks, which the runtime may not
+# import; tests/test_commands.py keeps the two equal): a name outside them is refused here,
+# before a process is started for it.
 DIAG_CHECKS = ("config", "camera", "sensors", "model", "pipelines", "kernels", "broker", "cache",
-               "clock", "temperature", "memory")
+               "storage", "clock", "temperature", "memory")
 # Sections that configure the pipelines only: set-config applies changes to them live.
 LIVE_SECTIONS = ("source", "model", "motion", "analytics", "pipelines", "lines", "zones")
 # What the runtime built once (the outbox, the link, the sensor hub, the thermal governor...).
