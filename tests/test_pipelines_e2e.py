@@ -291,3 +291,34 @@ def test_a_failed_pipeline_beside_healthy_ones(tmp_path: Path, broker: LocalBrok
     ingest.stop()
     _assert_exactly_once(ingest.db, device, tmp_path / "state", expected)
     assert set(_seqs(ingest.db, device)) == {"good1", "good2"}
+
+
+def test_replacing_the_last_live_pipeline_does_not_end_the_run(tmp_path: Path,
+                                                                broker: LocalBroker) -> None:
+    """A file pipeline has ended by itself; the live one is stopped and started again (what a
+    command applying a config does): for a moment every pipeline is done, which must not end
+    the run (PipelineSet.change)."""
+    config = _config(tmp_path, broker, "dev-replace", [
+        RigPipeline("file", SOURCE, pace="fast", max_frames=5, drop_policy="block"),
+        RigPipeline("live", SOURCE, pace="realtime")], grace=5.0)
+    agent = _InProcessAgent(config).start()
+    try:
+        wait_for(lambda: agent.state("file") == "finished", "the file pipeline to end")
+        spec = agent.app.parts.pipelines.get("live").spec  # type: ignore[union-attr]
+
+        async def replace() -> str:
+            parts = agent.app.parts
+            assert parts is not None
+            async with parts.pipelines.change():
+                await agent.app.stop_pipeline("live")
+                await asyncio.sleep(0.5)  # the supervisor looks while every pipeline is done
+                started = await agent.app.start_pipeline(spec)
+            return started.state
+
+        assert agent.call(replace()) == "running"
+        parts = agent.app.parts
+        assert parts is not None and parts.health.state == "running"  # no stop began
+    finally:
+        summary = agent.stop()
+    assert {s.stream: s.state for s in summary.streams} == {"file": "finished",
+                                                           "live": "stopped"}

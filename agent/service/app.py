@@ -147,7 +147,8 @@ class Supervisor:
 
     def ended_by_themselves(self) -> bool:
         pipelines = list(self.parts.pipelines)
-        return (bool(pipelines) and all(p.done.is_set() for p in pipelines)
+        return (bool(pipelines) and not self.parts.pipelines.changing
+                and all(p.done.is_set() for p in pipelines)
                 and any(not p.stop_requested for p in pipelines))
 
     def delivered(self) -> bool:

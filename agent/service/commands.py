@@ -684,13 +684,14 @@ class CommandService:
         args = _parse(StreamArgs, command.args)
         pipeline = self._pipeline(args.stream)
         spec = pipeline.spec
-        if not pipeline.done.is_set():
-            await self.app.stop_pipeline(args.stream)
-        try:
-            started = await self.app.start_pipeline(spec)
-        except AgentError as exc:
-            raise CommandError("failed", f"pipeline {args.stream} did not start again: "
-                               f"{exc.message}", exc.fix) from None
+        async with self.parts.pipelines.change():  # the run does not end between the two
+            if not pipeline.done.is_set():
+                await self.app.stop_pipeline(args.stream)
+            try:
+                started = await self.app.start_pipeline(spec)
+            except AgentError as exc:
+                raise CommandError("failed", f"pipeline {args.stream} did not start again: "
+                                   f"{exc.message}", exc.fix) from None
         return {"stream": args.stream, "state": started.state}
 
     def _pipeline(self, stream: str) -> Pipeline:
@@ -818,24 +819,25 @@ class CommandService:
         previous = {s: current[s].spec for s in (*changed, *removed)
                     if not current[s].done.is_set()}
         try:
-            for stream in (*removed, *changed):
-                if not current[stream].done.is_set():
-                    await app.stop_pipeline(stream)
-            for stream in removed:
-                self.parts.pipelines.remove(stream)
-            started: list[str] = []
-            for stream in (*changed, *added):
-                try:
-                    await app.start_pipeline(desired[stream])
-                except AgentError as exc:
-                    restored = await self._roll_back(started, stream, previous, added)
-                    raise CommandError(
-                        "failed", f"pipeline {stream} did not start: {exc.message}; "
-                        + ("the previous pipelines run again" if restored else
-                           "the previous pipelines could not all be started again: see "
-                           "`pipelines`") + f" (config version {app.config_version} stays)",
-                        exc.fix) from None
-                started.append(stream)
+            async with self.parts.pipelines.change():  # the run does not end in between
+                for stream in (*removed, *changed):
+                    if not current[stream].done.is_set():
+                        await app.stop_pipeline(stream)
+                for stream in removed:
+                    self.parts.pipelines.remove(stream)
+                started: list[str] = []
+                for stream in (*changed, *added):
+                    try:
+                        await app.start_pipeline(desired[stream])
+                    except AgentError as exc:
+                        restored = await self._roll_back(started, stream, previous, added)
+                        raise CommandError(
+                            "failed", f"pipeline {stream} did not start: {exc.message}; "
+                            + ("the previous pipelines run again" if restored else
+                               "the previous pipelines could not all be started again: see "
+                               "`pipelines`") + f" (config version {app.config_version} "
+                            "stays)", exc.fix) from None
+                    started.append(stream)
         except BaseException:
             staged.unlink(missing_ok=True)
             raise

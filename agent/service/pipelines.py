@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -349,6 +349,24 @@ class PipelineSet:
     def __init__(self, parts: PipelineParts) -> None:
         self.parts = parts
         self._pipelines: dict[str, Pipeline] = {}
+        self._changing = 0
+
+    @property
+    def changing(self) -> bool:
+        """True while a caller replaces pipelines (a stop, then a start): every pipeline may be
+        done for a moment, which is not the end of the run."""
+        return self._changing > 0
+
+    @contextlib.asynccontextmanager
+    async def change(self) -> AsyncIterator[None]:
+        """Around a stop-then-start (a command applying a config): the run does not end in
+        between; when it is over, the supervisor looks again."""
+        self._changing += 1
+        try:
+            yield
+        finally:
+            self._changing -= 1
+            self.parts.changed()
 
     def __iter__(self) -> Iterator[Pipeline]:
         return iter(list(self._pipelines.values()))
@@ -382,6 +400,10 @@ class PipelineSet:
     async def start(self, spec: PipelineSpec) -> Pipeline:
         """Load and start a pipeline. A model or source that fails leaves it ``failed`` (with
         the reason) and raises the error; a clash with a running pipeline raises ConfigError."""
+        async with self.change():
+            return await self._start(spec)
+
+    async def _start(self, spec: PipelineSpec) -> Pipeline:
         self._check_new(spec)
         pipeline = Pipeline(spec, self.parts)
         self._pipelines[spec.stream] = pipeline
