@@ -171,8 +171,14 @@ class Uplink:
         if rejected:
             self.rejected += len(rejected)
             self.last_reject = rejected[-1][1]
-            log.error("broker rejected %d publish(es): %s; they stay in the outbox",
-                      len(rejected), self.last_reject)
+            hint = ""
+            if "not authorized" in self.last_reject.lower():
+                # With the reference ACL (docs/broker/acl) a device may write only under its
+                # own name: the certificate's (or user name's) must equal [agent] device_id.
+                hint = ("; the broker's ACL refuses this device's topics: check that [agent] "
+                        "device_id equals the name in its certificate or MQTT user name")
+            log.error("broker rejected %d publish(es): %s; they stay in the outbox%s",
+                      len(rejected), self.last_reject, hint)
             self._execute(self.window.on_rejected([m for m, _ in rejected]))
         if acked:
             self._execute(self.window.on_puback(acked))
