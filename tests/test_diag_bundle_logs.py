@@ -23,7 +23,7 @@ def test_diag_all_checks_json(tmp_path: Path, broker) -> None:  # type: ignore[n
     report = json.loads(out.stdout)
     by_name = {c["name"]: c for c in report["checks"]}
     assert set(by_name) == {"config", "camera", "sensors", "model", "pipelines", "kernels",
-                            "broker", "cache", "clock", "temperature", "memory"}
+                            "broker", "cache", "storage", "clock", "temperature", "memory"}
     for name in ("config", "camera", "model", "pipelines", "kernels", "broker", "cache"):
         assert by_name[name]["status"] == "pass", by_name[name]
     assert snap.stat().st_size > 1000
