@@ -91,7 +91,7 @@ def transposed(frame: np.ndarray, objs: list[Obj]) -> tuple[np.ndarray, list[Obj
                  not o.vertical) for o in objs])
 
 
-def make_dataset(n: int, seed: int, junction_share: float = 0.6, transpose_share: float = 0.25,
+def make_dataset(n: int, seed: int, junction_share: float = 0.5, transpose_share: float = 0.25,
                  ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` frames resized to the model input as the runtime resizes them, and grid targets.
 
@@ -295,7 +295,7 @@ def finish_bundle(out: Path, training: dict[str, float | int]) -> dict[str, dict
     per_scene = evaluate(out)
     manifest["metrics"] = {"iou": 0.5, **training,
                            "eval_scenes": [list(e) for e in EVAL_SCENES],
-                           "eval_frames": f"{EVAL_FRAMES} at 15 fps, every {EVAL_EVERY}th",
+                           "eval_frames": f"{EVAL_FRAMES} at 15 fps, one in {EVAL_EVERY}",
                            "per_scene": per_scene}
     manifest["golden"] = make_golden(load_model(out),
                                      {"width": 640, "height": 480, "seed": 12345, "frame": 30})
@@ -307,9 +307,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "models" / "lepton-vehicles-tiny")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--train-frames", type=int, default=8000)
-    parser.add_argument("--epochs", type=int, default=16)
-    parser.add_argument("--junction-share", type=float, default=0.6,
+    parser.add_argument("--train-frames", type=int, default=10000)
+    parser.add_argument("--epochs", type=int, default=18)
+    parser.add_argument("--junction-share", type=float, default=0.5,
                         help="share of training frames from the junction scene (rest: road)")
     parser.add_argument("--evaluate", type=Path, metavar="BUNDLE",
                         help="only evaluate BUNDLE on the held-out scenes (no TensorFlow needed) "
