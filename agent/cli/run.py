@@ -39,6 +39,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     run.add_argument("--delivery", choices=["ingested", "broker"],
                      help="keep results until ingest acknowledges them (default) or the broker does")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--web-listen", metavar="HOST:PORT",
+                     help="the web console's address ([web] listen; '' turns it off)")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     run.set_defaults(func=cmd_run)
 
@@ -51,6 +53,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     return_large_buffers_to_os()  # before any thread starts allocating frames
     config = load_config_from_args(args)
+    if args.web_listen is not None:
+        config = _with_web_listen(config, args.web_listen)
     secrets = Secrets.from_environment()
     setup_logging(config.agent.log_level, [secrets.mqtt_password] if secrets.mqtt_password else [])
     summary = asyncio.run(AgentApp(config, secrets).run())
@@ -71,6 +75,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         if summary.broker_error and summary.backlog:
             print(f"broker: {summary.broker_error}")
     return 0
+
+
+def _with_web_listen(config: Any, listen: str) -> Any:
+    """``config`` with ``[web] listen`` from ``--web-listen`` (checked like the file's key)."""
+    from pydantic import ValidationError
+
+    from agent.config.schema import WebSection
+    from agent.errors import ConfigError
+
+    try:
+        web = WebSection.model_validate({**config.web.model_dump(), "listen": listen})
+    except ValidationError as exc:
+        raise ConfigError(exc.errors()[0]["msg"].removeprefix("Value error, "),
+                          key="--web-listen", fix="give HOST:PORT, e.g. 127.0.0.1:8080, or '' "
+                          "to turn the console off") from None
+    return config.model_copy(update={"web": web})
 
 
 def _outcome_line(summary: Any) -> str:

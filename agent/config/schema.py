@@ -231,6 +231,41 @@ class MetricsSection(_Section):
     prometheus_host: str = "127.0.0.1"
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``) of ``[web] listen`` as (host, port); ValueError otherwise."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"listen {value!r} is not HOST:PORT (e.g. 127.0.0.1:8080, 0.0.0.0:8443, "
+                         "[::1]:8080); an empty string turns the web console off")
+    return host, int(port)
+
+
+class WebSection(_Section):
+    """``[web]``: the web console (docs/web.md). On loopback by default; any other address
+    requires a login (users from ``$CREDENTIALS_DIRECTORY/{users_credential}``)."""
+
+    listen: str = "127.0.0.1:8080"  # "": off
+    tls: bool = False  # HTTPS with the device certificate ([mqtt] tls_cert_file, tls-key)
+    users_credential: str = "web-users"  # file name in $CREDENTIALS_DIRECTORY: NAME:ROLE:HASH lines
+    session_ttl_s: int = Field(8 * 3600, ge=60, le=30 * 86_400)
+    live_fps: float = Field(5.0, gt=0, le=5.0)  # the live view's JPEGs per second, per viewer
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value:
+            parse_listen(value)
+        return value
+
+    @field_validator("users_credential")
+    @classmethod
+    def _credential(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value) or value.startswith("."):
+            raise ValueError("a credential name is a file name: letters, digits, '_', '.', '-'")
+        return value
+
+
 class KernelsSection(_Section):
     preprocess: Literal["native", "opencv"] = "native"
 
@@ -406,6 +441,7 @@ class AgentConfig(_Section):
     thermal: ThermalSection = ThermalSection()
     metrics: MetricsSection = MetricsSection()
     analytics: AnalyticsSection = AnalyticsSection()
+    web: WebSection = WebSection()
 
     @model_validator(mode="after")
     def _attached_sensors_exist(self) -> AgentConfig:
