@@ -96,7 +96,8 @@ class InferenceWorker:
                  threads: int = 1,
                  analyze: Callable[[CapturedFrame, list[Detection] | None], Any] | None = None,
                  publish_threshold: float | None = None,
-                 masks: MaskPolicy | None = None) -> None:
+                 masks: MaskPolicy | None = None,
+                 observe: Callable[[CapturedFrame, list[Detection]], None] | None = None) -> None:
         self.frames = frames
         self.snapshots = snapshots
         self.runner = runner
@@ -110,6 +111,10 @@ class InferenceWorker:
         # Detections below this go to the analytics only (the model decodes lower for them).
         self.publish_threshold = publish_threshold
         self.masks = masks
+        self.observe = observe  # the web console's latest-frame slot (agent.service.web.live)
+        # A runner to switch to at the next frame boundary (model OTA) and who to tell.
+        self._swap: tuple[ModelRunner, Callable[[ModelRunner], None]] | None = None
+        self._swap_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"inference-{stream}", daemon=True)
 
     def start(self) -> None:
@@ -154,16 +159,35 @@ class InferenceWorker:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def swap(self, runner: ModelRunner, swapped: Callable[[ModelRunner], None]) -> None:
+        """Switch to ``runner`` between two frames: the frame being inferred finishes on the
+        old runner, the next one (queued frames included) runs on the new. ``swapped(old)`` is
+        called in the inference thread right after the switch, before the next frame. A
+        pending swap not taken yet is replaced. No frame is dropped: the queue is untouched."""
+        with self._swap_lock:
+            self._swap = (runner, swapped)
+
+    def _take_swap(self) -> None:
+        with self._swap_lock:
+            pending, self._swap = self._swap, None
+        if pending is not None:
+            old, self.runner = self.runner, pending[0]
+            pending[1](old)
+
     def _run(self) -> None:
         consecutive = 0
         try:
             while True:
+                if self._swap is not None:  # at a frame boundary
+                    self._take_swap()
                 try:
                     frame = self.frames.get(timeout=0.5)
                 except QueueClosed:
                     return
                 if frame is None:
                     continue
+                if self._swap is not None:  # a swap asked for while waiting for this frame
+                    self._take_swap()
                 dequeued = time.perf_counter()
                 tensor = frame.tensor
                 if not frame.detect or tensor is None:  # between detector runs: tracker only
@@ -199,6 +223,8 @@ class InferenceWorker:
                     snapshot = self.snapshots.take(frame.image, len(published), now)
                 analyzed = time.perf_counter()
                 analysis = self.analyze(frame, found) if self.analyze else None
+                if self.observe is not None:
+                    self.observe(frame, published)
                 self.deliver(FrameResult(
                     stream=self.stream, frame_index=frame.index, capture_wall=frame.wall,
                     capture_mono_ns=frame.mono_ns, width=frame.width, height=frame.height,

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol
 
 from agent.config import PipelineSpec
@@ -31,7 +33,7 @@ from agent.core.contract.result import FrameResult, ModelRef
 from agent.core.contract.topics import DeviceTopics
 from agent.core.thermal import ThermalGovernor
 from agent.core.uri import SourceUri, parse_source
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError, ConfigError, ModelError
 from agent.inference.model import LoadedModel, load_model
 from agent.inference.runner import ModelRunner
 from agent.inference.worker import InferenceWorker, MaskPolicy, SnapshotPolicy
@@ -40,6 +42,7 @@ from agent.pipeline.frames import CapturedFrame
 from agent.pipeline.queues import BoundedQueue, DropPolicy
 from agent.service.analytics import AnalyticsStage, FrameAnalysis, check_against_model
 from agent.service.snapshot import CaptureStage, FrameQueue, InferenceStage, PipelineStatus
+from agent.service.web.live import LatestFrame
 from agent.sources.capture import CaptureWorker, MotionGate
 from agent.sources.readers import open_reader
 
@@ -104,6 +107,7 @@ class PipelineParts:
     loop: asyncio.AbstractEventLoop
     changed: Callable[[], None]  # a pipeline's state changed (event-loop thread)
     read_state: Callable[[str], str | None]  # what the outbox committed under a key
+    live: bool = False  # the web console is on: keep each frame's image for its live view
 
 
 class StageWatch:
@@ -176,6 +180,7 @@ class Pipeline:
         self.publish_threshold: float | None = None  # results' score threshold, when lowered
         self.context: ResultContext | None = None
         self.started_at = time.monotonic()
+        self.latest = LatestFrame()  # the web console's live view (filled only while watched)
 
     @property
     def stream(self) -> str:
@@ -188,21 +193,59 @@ class Pipeline:
     def load(self) -> None:
         """Load the model and check a file source (blocking: run it off the event loop).
         Raises the AgentError that says what is wrong and how to fix it."""
-        spec = self.spec
         if not self.uri.is_live:
             open_reader(self.uri).close()  # fail fast, with the reason, on a bad file
-        self.model = load_model(spec.model, num_threads=spec.threads, delegate=spec.delegate,
-                                score_threshold=spec.score_threshold, labels=spec.labels)
+        self.model, self.publish_threshold = self.load_model(self.spec.model)
+
+    def load_model(self, path: Path) -> tuple[LoadedModel, float | None]:
+        """A model for this pipeline as its spec loads one (threads, delegate, threshold,
+        labels, the analytics' lower decode threshold), and the results' score threshold
+        when lowered. Blocking; :meth:`load` and a model OTA's second interpreter use it."""
+        spec = self.spec
+        model = load_model(path, num_threads=spec.threads, delegate=spec.delegate,
+                           score_threshold=spec.score_threshold, labels=spec.labels)
+        publish_threshold = None
         if spec.analytics is not None:
-            manifest = self.model.manifest
+            manifest = model.manifest
             # The tracker's second pass matches low-score detections to lost tracks: the model
             # decodes down to its low_score; results still carry only the configured threshold's.
-            self.publish_threshold = manifest.score_threshold
+            publish_threshold = manifest.score_threshold
             manifest.score_threshold = min(manifest.score_threshold,
                                            spec.analytics.tracker.low_score)
             check_against_model(spec.analytics, stream=spec.stream, task=manifest.task,
-                                labels=[manifest.label(i) for i in range(self.model.classes or 0)]
+                                labels=[manifest.label(i) for i in range(model.classes or 0)]
                                 or list(manifest.labels.values()))
+        return model, publish_threshold
+
+    def swap_runner(self, runner: ModelRunner, publish_threshold: float | None,
+                    swapped: Callable[[ModelRunner], None]) -> None:
+        """Switch inference to ``runner`` (a second interpreter, loaded and warmed while this
+        one serves) between two frames: no frame is dropped, the next result is the new
+        model's and names it. ``swapped(old_runner)`` runs in the inference thread at the
+        switch. The new model must take the same input (frames already prepared for the old
+        one are its input too); ModelError otherwise."""
+        inference, capture, context = self.inference, self.capture, self.context
+        if inference is None or capture is None or context is None or self.model is None \
+                or self.done.is_set():
+            raise ConfigError(f"pipeline {self.stream!r} is {self.state}, not running",
+                              fix="start it (assign, restart-pipeline) first")
+        old_in, new_in = self.model.input_spec(), runner.model.input_spec()
+        if (old_in.shape, old_in.dtype, self.model.manifest.color) != \
+                (new_in.shape, new_in.dtype, runner.manifest.color):
+            raise ModelError(f"input {new_in.shape} {new_in.dtype} {runner.manifest.color} "
+                             f"differs from the running model's {old_in.shape} {old_in.dtype} "
+                             f"{self.model.manifest.color}", path=str(runner.model.path),
+                             fix="a model with another input needs a pipeline restart: "
+                                 "assign the pipeline with the new model instead")
+        new_context = dataclasses.replace(context, model=runner.model.ref)
+
+        def take(old: ModelRunner) -> None:  # inference thread, between two frames
+            self.model, self.context = runner.model, new_context
+            self.publish_threshold = inference.publish_threshold = publish_threshold
+            capture.prepare = runner.prepare
+            swapped(old)
+
+        inference.swap(runner, take)
 
     def start(self) -> None:
         """Build the threads around the loaded model and start them."""
@@ -237,15 +280,17 @@ class Pipeline:
             max_frames=spec.max_frames,
             backoff=Backoff(spec.reconnect_initial_s, spec.reconnect_max_s), motion=self.gate,
             governor=parts.governor,
-            keep_image=snapshots is not None or self.analytics is not None,
+            keep_image=snapshots is not None or self.analytics is not None or parts.live,
             name=f"capture-{spec.stream}", interval=spec.interval, resume_after=resume_after,
             replay_frames=REPLAY_FRAMES)
         sink = parts.sink
         self.inference = InferenceWorker(
-            self.frames, runner, spec.stream, lambda result: sink.deliver(result, context),
+            # self.context, read per result: a model swap changes the model it names
+            self.frames, runner, spec.stream, lambda result: sink.deliver(result, self.context or context),
             self._threads_ended, snapshots=snapshots, budget=parts.budget, threads=spec.threads,
             analyze=self.analytics, publish_threshold=self.publish_threshold,
-            masks=parts.masks())
+            masks=parts.masks(), observe=self.latest.observe if parts.live else None)
+        self.latest.analytics = self.analytics
         self.watch = StageWatch(self.uri.raw, self.capture, self.inference, self.frames)
         log.info("pipeline %s: model %s (%s, %s, sha256 %s...) on %s; source %s (%s, %s), "
                  "%d thread(s)", spec.stream, self.model.ref.name, self.model.manifest.task,
