@@ -120,7 +120,7 @@ def build(config: AgentConfig, secrets: Secrets, loop: asyncio.AbstractEventLoop
     parts = PipelineParts(sink=writer, governor=governor, budget=budget,
                           preprocess=cfg.kernels.preprocess, snapshots=snapshots, masks=masks,
                           topics=topics, loop=loop, changed=pipelines_changed,
-                          read_state=outbox.read_state)
+                          read_state=outbox.read_state, live=bool(cfg.web.listen))
     pipelines = PipelineSet(parts)
     notifier = Notifier()
     health = RuntimeHealth(

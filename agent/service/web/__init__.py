@@ -1,0 +1,1 @@
+"""The web console (docs/web.md): an aiohttp app on the agent's event loop."""

@@ -1,0 +1,191 @@
+"""The live view's latest-frame slot and its renderer.
+
+A pipeline's inference thread calls :meth:`LatestFrame.observe` once per detector frame (the
+hook in ``InferenceWorker``). While nobody watches, that is one clock read and a comparison;
+while a viewer watches (``want()`` called in the last :data:`WANT_S`), it stores a reference to
+the frame's BGR image (the capture thread made a new one per read, nothing copies it) and the
+boxes and track boxes as small tuples. Drawing and JPEG encoding happen on the web side, off the
+pipeline's threads, at most ``live_fps`` times a second whatever the number of viewers
+(:class:`Renderer` caches the JPEG of the last frame it drew).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from agent.core.contract.result import Detection
+from agent.pipeline.frames import CapturedFrame
+
+WANT_S = 3.0  # a viewer keeps the slot filled this long after its last request
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2 normalized
+
+
+@dataclass(frozen=True)
+class LiveBox:
+    box: Box
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class LiveTrack:
+    track_id: int
+    box: Box
+    label: str
+    confirmed: bool
+
+
+@dataclass(frozen=True)
+class LiveFrame:
+    """One frame as the inference thread left it."""
+
+    seq: int
+    index: int
+    width: int
+    height: int
+    image: np.ndarray
+    boxes: tuple[LiveBox, ...]
+    tracks: tuple[LiveTrack, ...]
+    at: float  # time.monotonic()
+
+
+def _tracks_of(analytics: Any) -> tuple[LiveTrack, ...]:
+    # AnalyticsStage keeps its engine private (agent/service/analytics.py is not this module's);
+    # the tracker's ``tracks`` is its read-only public list.
+    engine = getattr(analytics, "_analytics", None) if analytics is not None else None
+    if engine is None:
+        return ()
+    return tuple(LiveTrack(t.track_id, tuple(float(v) for v in t.box),  # type: ignore[arg-type]
+                           t.label or "", bool(t.confirmed)) for t in engine.tracker.tracks)
+
+
+class LatestFrame:
+    """The newest frame of one pipeline with its boxes and tracks, for the web console."""
+
+    def __init__(self, analytics: Any = None) -> None:
+        self.analytics = analytics
+        self._lock = threading.Lock()
+        self._frame: LiveFrame | None = None
+        self._seq = 0
+        self._wanted_until = 0.0
+
+    def want(self) -> None:
+        """A viewer is there: fill the slot for the next WANT_S seconds."""
+        self._wanted_until = time.monotonic() + WANT_S
+
+    @property
+    def wanted(self) -> bool:
+        return time.monotonic() < self._wanted_until
+
+    def observe(self, frame: CapturedFrame, detections: Sequence[Detection]) -> None:
+        """Inference thread: the frame just processed (after its analytics ran)."""
+        if frame.image is None or time.monotonic() >= self._wanted_until:
+            return
+        boxes = tuple(LiveBox((d.box[1], d.box[0], d.box[3], d.box[2]), d.label, d.score)
+                      for d in detections)
+        tracks = _tracks_of(self.analytics)
+        with self._lock:
+            self._seq += 1
+            self._frame = LiveFrame(self._seq, frame.index, frame.width, frame.height,
+                                    frame.image, boxes, tracks, time.monotonic())
+
+    def get(self) -> LiveFrame | None:
+        with self._lock:
+            return self._frame
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """What is drawn besides the boxes: the pipeline's lines and zones (normalized points)."""
+
+    lines: tuple[tuple[str, tuple[tuple[float, float], ...]], ...] = ()
+    zones: tuple[tuple[str, tuple[tuple[float, float], ...]], ...] = ()
+
+
+_GREEN = (80, 200, 80)
+_GREY = (170, 170, 170)
+_LINE = (0, 200, 255)
+_ZONE = (255, 160, 0)
+
+
+def _px(p: tuple[float, float], w: int, h: int) -> tuple[int, int]:
+    return int(round(p[0] * w)), int(round(p[1] * h))
+
+
+def draw(frame: LiveFrame, overlay: Overlay) -> np.ndarray:
+    """A copy of the frame's image with tracks (id and class), untracked boxes, lines (with an
+    arrow towards their 'in' side) and zones drawn."""
+    img = frame.image.copy()
+    h, w = img.shape[:2]
+    for name, pts in overlay.zones:
+        poly = np.array([_px(p, w, h) for p in pts], np.int32)
+        cv2.polylines(img, [poly], True, _ZONE, 2)
+        cv2.putText(img, name, poly[0] + (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, _ZONE, 1)
+    for name, pts in overlay.lines:
+        a, b = _px(pts[0], w, h), _px(pts[1], w, h)
+        cv2.line(img, a, b, _LINE, 2)
+        mid = ((a[0] + b[0]) // 2, (a[1] + b[1]) // 2)
+        dx, dy = b[0] - a[0], b[1] - a[1]
+        norm = max((dx * dx + dy * dy) ** 0.5, 1.0)
+        # 'in' is the side where (P2 - P1) x (A - P1) > 0 (lepton.count): normal (-dy, dx)
+        tip = (int(mid[0] - dy / norm * 30), int(mid[1] + dx / norm * 30))
+        cv2.arrowedLine(img, mid, tip, _LINE, 2, tipLength=0.3)
+        cv2.putText(img, name, (a[0] + 4, a[1] + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, _LINE, 1)
+    tracked = False
+    for t in frame.tracks:
+        if not t.confirmed:
+            continue
+        tracked = True
+        x1, y1 = _px((t.box[0], t.box[1]), w, h)
+        x2, y2 = _px((t.box[2], t.box[3]), w, h)
+        cv2.rectangle(img, (x1, y1), (x2, y2), _GREEN, 2)
+        cv2.putText(img, f"#{t.track_id} {t.label}", (x1, max(12, y1 - 4)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, _GREEN, 1)
+    if not tracked:  # a pipeline without analytics: the detector's boxes
+        for b in frame.boxes:
+            x1, y1 = _px((b.box[0], b.box[1]), w, h)
+            x2, y2 = _px((b.box[2], b.box[3]), w, h)
+            cv2.rectangle(img, (x1, y1), (x2, y2), _GREY, 2)
+            cv2.putText(img, f"{b.label} {b.score:.2f}", (x1, max(12, y1 - 4)),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.45, _GREY, 1)
+    return img
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 75) -> bytes:
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:  # pragma: no cover - a BGR uint8 image always encodes
+        raise ValueError("JPEG encoding failed")
+    return bytes(jpeg.tobytes())
+
+
+class Renderer:
+    """One pipeline's drawn and raw JPEGs, made at most once per new frame (thread-safe: the
+    web handlers call it through ``asyncio.to_thread``)."""
+
+    def __init__(self, slot: LatestFrame) -> None:
+        self.slot = slot
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[bool, int, Overlay], bytes] = {}
+
+    def jpeg(self, overlay: Overlay | None) -> tuple[int, bytes] | None:
+        """(frame seq, JPEG) of the newest frame, drawn with ``overlay`` (None: the raw
+        frame, for the editor's background); None while no frame came."""
+        frame = self.slot.get()
+        if frame is None:
+            return None
+        key = (overlay is not None, frame.seq, overlay or Overlay())
+        with self._lock:
+            found = self._cache.get(key)
+            if found is None:
+                image = draw(frame, overlay) if overlay is not None else frame.image
+                found = encode_jpeg(image)
+                self._cache = {k: v for k, v in self._cache.items() if k[1] == frame.seq}
+                self._cache[key] = found
+        return frame.seq, found
