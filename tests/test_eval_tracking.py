@@ -226,15 +226,24 @@ def test_eval_counting_true_counts_match_the_truth(clip: tuple[Path, Path], tmp_
     ("counting", ["--truth", "{gt}", "--source", "{clip}", "--config", "{tmp}/nolines.toml"],
      "no counting line"),
     ("counting", ["--truth", "{gt}", "--source", "{clip}", "--config", "{tmp}/badline.toml"],
-     "lines[0].points"),
+     "badline.toml:3 [lines.0.points]"),
+    ("counting", ["--truth", "{gt}", "--source", "{clip}", "--config", "{tmp}/two.toml"],
+     "has 2 [[pipelines]]"),
+    ("counting", ["--truth", "{gt}", "--source", "{clip}", "--config", "{tmp}/typo.toml"],
+     "analytics.tracker.min_hitz"),
     ("counting", ["--truth", "{gt}", "--source", "{clip}", "--config", "{tmp}/none.toml"],
-     "does not exist"),
+     "none.toml: file not found"),
 ])
 def test_eval_bad_input_is_one_line_and_exit_2(clip: tuple[Path, Path], tmp_path: Path, what: str,
                                                args: list[str], expect: str) -> None:
     (tmp_path / "bad.txt").write_text("1,1,10,10,5,5,1,0,1\n1,2,ten,10,5,5,1,0,1\n")
     (tmp_path / "nolines.toml").write_text('[agent]\ndevice_id = "cam"\n')
     (tmp_path / "badline.toml").write_text('[[lines]]\nname = "x"\npoints = [[0.5, 0.0], [1.5, 1.0]]\n')
+    (tmp_path / "two.toml").write_text("".join(
+        f'[[pipelines]]\nstream = "s{i}"\nsource = "synthetic://64x48@5"\n'
+        f'[[pipelines.lines]]\nname = "l"\npoints = [[0.5, 0.0], [0.5, 1.0]]\n' for i in (1, 2)))
+    (tmp_path / "typo.toml").write_text('[analytics.tracker]\nmin_hitz = 2\n'
+                                        '[[lines]]\nname = "x"\npoints = [[0.5, 0.0], [0.5, 1.0]]\n')
     source, gt = clip
     subst = {"{tmp}": str(tmp_path), "{clip}": str(source), "{gt}": str(gt)}
     argv = []
@@ -246,3 +255,51 @@ def test_eval_bad_input_is_one_line_and_exit_2(clip: tuple[Path, Path], tmp_path
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert expect in out.stderr and "Traceback" not in out.stderr
     assert out.stderr.strip().count("\n") == 0 and out.stdout == ""
+
+
+def _summary_counts(summary: dict[str, object]) -> dict[tuple[str, str, str], int]:
+    streams = summary["streams"]
+    assert isinstance(streams, list) and len(streams) == 1
+    return {(c["rule"], c["label"], c["direction"]): c["count"] for c in streams[0]["counts"]
+            if c["kind"] == "line" and c["count"]}
+
+
+def test_eval_counting_measures_what_lepton_agent_run_reports(clip: tuple[Path, Path],
+                                                              tmp_path: Path) -> None:
+    """The measured counts are the agent's own: `lepton-agent run` on the same clip and config
+    (its run summary) reports the same counts per line, class and direction, and the threshold
+    and tracker settings of the config reach the run (a config with min_hits 1000 counts 0)."""
+    source, gt = clip
+    config = tmp_path / "agent.toml"
+    config.write_text('[[pipelines]]\nstream = "north"\nsource = "synthetic://64x48@5"\n'
+                      '[[pipelines.lines]]\nname = "mid"\npoints = [[0.5, 0.0], [0.5, 1.0]]\n'
+                      '[[pipelines.lines]]\nname = "across"\npoints = [[0.0, 0.5], [1.0, 0.5]]\n')
+    out = run_cli("eval", "counting", "--truth", str(gt), "--source", str(source),
+                  "--config", str(config), "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["frames"] == 60 and report["frames_dropped"] == 0 and report["interval"] == 1
+    measured = {(r["line"], r["class"], r["direction"]): r["measured"] for r in report["counts"]
+                if r["measured"]}
+    assert sum(measured.values()) > 0
+    single = tmp_path / "single.toml"
+    single.write_text('[[lines]]\nname = "mid"\npoints = [[0.5, 0.0], [0.5, 1.0]]\n'
+                      '[[lines]]\nname = "across"\npoints = [[0.0, 0.5], [1.0, 0.5]]\n')
+    run = run_cli("run", "--config", str(single), "--source", str(source), "--offline",
+                  "--pace", "fast", "--state-dir", str(tmp_path / "state"), "--json",
+                  "--log-level", "error")
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["frames_processed"] == 60
+    assert _summary_counts(summary) == measured
+    # The stage times come from the agent's results: one per frame, analytics among them.
+    latency = report["latency"]
+    assert latency["results"] == 60 and latency["mean_ms"]["analytics"] > 0
+    assert 0 < latency["analytics_share"] < 1
+    # The config's tracker settings are the run's: nothing confirmed, nothing counted.
+    never = tmp_path / "never.toml"
+    never.write_text(single.read_text() + "[analytics.tracker]\nmin_hits = 1000\n")
+    out = run_cli("eval", "counting", "--truth", str(gt), "--source", str(source),
+                  "--config", str(never), "--json")
+    assert out.returncode == 0, out.stderr
+    assert sum(r["measured"] for r in json.loads(out.stdout)["counts"]) == 0

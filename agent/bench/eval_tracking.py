@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomllib
 
-from agent.errors import AgentError, ConfigError, SourceError
+from agent.errors import AgentError, SourceError
 
 Point = tuple[float, float]
 
@@ -110,14 +109,23 @@ def _short(line: str) -> str:
 # -- the reference line count ----------------------------------------------------------------------
 
 
+# Where the anchor sits in the box, as (share of the width from x, share of the height from y):
+# the config's anchor names, written out here rather than taken from agent.core.analytics.
+ANCHOR_AT: dict[str, tuple[float, float]] = {
+    "bottom-center": (0.5, 1.0), "center": (0.5, 0.5), "top-center": (0.5, 0.0),
+    "left-center": (0.0, 0.5), "right-center": (1.0, 0.5),
+}
+
+
 @dataclass(frozen=True)
 class CountLine:
-    """A counting line as the config gives it: normalized points, optional class filter."""
+    """A counting line: normalized points, optional class filter, the box point that counts."""
 
     name: str
     p1: Point
     p2: Point
     classes: frozenset[str] | None = None
+    anchor: str = "bottom-center"
 
 
 def _side(p1: Point, p2: Point, a: Point) -> float:
@@ -162,16 +170,18 @@ def path_crossings(points: Sequence[Point], p1: Point, p2: Point) -> list[str]:
 
 @dataclass(frozen=True)
 class TrueTrajectory:
-    """One object of the truth: its class and its normalized bottom-centre point per frame."""
+    """One object of the truth: its class and its normalized anchor point per frame."""
 
     object_id: int
     class_id: int
     points: tuple[Point, ...]
 
 
-def trajectories(rows: Iterable[MotRow], width: int, height: int) -> list[TrueTrajectory]:
-    """Each object's bottom-centre path in normalized coordinates, in frame order; its class is
-    the class most of its rows give."""
+def trajectories(rows: Iterable[MotRow], width: int, height: int,
+                 anchor: str = "bottom-center") -> list[TrueTrajectory]:
+    """Each object's anchor path (bottom-centre by default) in normalized coordinates, in frame
+    order; its class is the class most of its rows give."""
+    ax, ay = ANCHOR_AT[anchor]
     by_id: dict[int, list[MotRow]] = {}
     for row in rows:
         by_id.setdefault(row.object_id, []).append(row)
@@ -179,7 +189,7 @@ def trajectories(rows: Iterable[MotRow], width: int, height: int) -> list[TrueTr
     for object_id in sorted(by_id):
         own = sorted(by_id[object_id], key=lambda r: r.frame)
         class_id = Counter(r.class_id for r in own).most_common(1)[0][0]
-        points = tuple(((r.x + r.w / 2) / width, (r.y + r.h) / height) for r in own)
+        points = tuple(((r.x + r.w * ax) / width, (r.y + r.h * ay) / height) for r in own)
         out.append(TrueTrajectory(object_id, class_id, points))
     return out
 
@@ -188,62 +198,13 @@ def true_line_counts(rows: Iterable[MotRow], line: CountLine, width: int, height
                      labels: dict[int, str]) -> Counter[tuple[str, str]]:
     """How many objects of the truth crossed ``line``, by (class label, direction)."""
     counts: Counter[tuple[str, str]] = Counter()
-    for traj in trajectories(rows, width, height):
+    for traj in trajectories(rows, width, height, line.anchor):
         label = labels.get(traj.class_id, str(traj.class_id))
         if line.classes is not None and label not in line.classes:
             continue
         for direction in path_crossings(traj.points, line.p1, line.p2):
             counts[(label, direction)] += 1
     return counts
-
-
-def read_lines(path: Path) -> list[CountLine]:
-    """The counting lines of an agent config file: top-level ``[[lines]]`` and each
-    ``[[pipelines.lines]]`` (name, points, optional classes), read with tomllib. ConfigError
-    names the file and key of what it cannot use, and says so when there is no line at all."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError("config file does not exist", file=str(path),
-                          fix="give the agent config holding the [[lines]]") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read it: {exc}", file=str(path)) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", file=str(path)) from exc
-    tables: list[tuple[str, Any]] = []
-    raw = data.get("lines", [])
-    tables += [(f"lines[{i}]", t) for i, t in enumerate(raw if isinstance(raw, list) else [raw])]
-    pipelines = data.get("pipelines", [])
-    for p, pipe in enumerate(pipelines if isinstance(pipelines, list) else []):
-        own = pipe.get("lines", []) if isinstance(pipe, dict) else []
-        tables += [(f"pipelines[{p}].lines[{i}]", t) for i, t in enumerate(own)]
-    if not tables:
-        raise ConfigError("no counting line", file=str(path), key="lines",
-                          fix='add one: [[lines]] name = "stop-bar" points = [[0.5, 0.0], [0.5, 1.0]]')
-    lines: list[CountLine] = []
-    for key, table in tables:
-        if not isinstance(table, dict):
-            raise ConfigError("must be a table (name, points, classes)", file=str(path), key=key)
-        name = table.get("name")
-        if not isinstance(name, str) or not name:
-            raise ConfigError("needs a name", file=str(path), key=f"{key}.name")
-        points = table.get("points")
-        try:
-            (x1, y1), (x2, y2) = ((float(a), float(b)) for a, b in points)  # type: ignore[union-attr]
-            ok = all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in (x1, y1, x2, y2))
-        except (TypeError, ValueError):
-            ok = False
-        if not ok or (x1, y1) == (x2, y2):
-            raise ConfigError(f"must be two distinct points in [0, 1], got {points!r}",
-                              file=str(path), key=f"{key}.points",
-                              fix="points = [[x1, y1], [x2, y2]], normalized to the frame")
-        classes = table.get("classes")
-        if classes is not None and not (isinstance(classes, list)
-                                        and all(isinstance(c, str) for c in classes)):
-            raise ConfigError("must be a list of class names", file=str(path), key=f"{key}.classes")
-        lines.append(CountLine(name, (x1, y1), (x2, y2),
-                               frozenset(classes) if classes is not None else None))
-    return lines
 
 
 # -- the evaluator ---------------------------------------------------------------------------------
@@ -420,3 +381,198 @@ def run_clip(clip: Path, model: Path, lines: Sequence[CountLine] = (), *, thread
             if row.key.kind == "line":
                 run.measured[row.key.rule][(row.key.label, row.key.direction.value)] += row.count
     return run
+
+
+# -- running the agent itself over a clip ----------------------------------------------------------
+
+
+# The stages of a result's latency_ms that are work done on the frame (``queue`` is waiting).
+WORK_STAGES = ("capture", "preprocess", "inference", "postprocess", "analytics")
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """Summed milliseconds per stage over the detector frames' results of a run."""
+
+    results: int
+    ms: dict[str, float]
+
+    def mean(self, stage: str) -> float:
+        return self.ms.get(stage, 0.0) / self.results if self.results else 0.0
+
+    @property
+    def analytics_share(self) -> float | None:
+        """Tracker + counting over the frame's whole work (capture, preprocess, inference,
+        postprocess, analytics), from the summed times; None without results."""
+        work = sum(self.ms.get(s, 0.0) for s in WORK_STAGES)
+        return self.ms.get("analytics", 0.0) / work if work > 0 else None
+
+    def to_json(self) -> dict[str, Any]:
+        share = self.analytics_share
+        return {"results": self.results,
+                "mean_ms": {s: round(self.mean(s), 4) for s in WORK_STAGES if s in self.ms},
+                "analytics_share": round(share, 4) if share is not None else None}
+
+
+@dataclass(frozen=True)
+class AgentRun:
+    """What ``lepton-agent run`` made of a clip: its run summary's figures and counts."""
+
+    stream: str
+    frames_captured: int
+    frames_processed: int
+    frames_dropped: int
+    processing_fps: float
+    interval: int
+    model: Path
+    model_sha256: str
+    labels: dict[int, str]
+    lines: tuple[CountLine, ...]
+    measured: dict[str, Counter[tuple[str, str]]]  # per line: (label, direction) -> count
+    stages: StageTimes
+
+
+def eval_config(path: Path, source: Path, state_dir: Path, *, model: Path | None = None,
+                threads: int | None = None, overrides: dict[str, dict[str, Any]] | None = None
+                ) -> Any:
+    """The agent config of ``path`` through the real loader, set up to measure one clip: the
+    clip as the source, played as fast as the pipeline takes it without dropping a frame
+    (pace fast, drop policy block, no loop, no frame limit), offline, its outbox in
+    ``state_dir``. ``overrides`` are further ``{section: {key: value}}`` (the goal harness's
+    ``[analytics]``). A config of several ``[[pipelines]]`` is refused: one clip is one stream."""
+    from agent.config import load_config
+
+    play = {"pace": "fast", "drop_policy": "block", "loop": False, "max_frames": 0}
+    layer: dict[str, dict[str, Any]] = {
+        "mqtt": {"broker": ""},
+        "agent": {"state_dir": str(state_dir), "log_level": "error"},
+    }
+    if model is not None:
+        layer.setdefault("model", {})["path"] = str(model)
+    if threads is not None:
+        layer.setdefault("model", {})["num_threads"] = threads
+    for section, values in (overrides or {}).items():
+        layer.setdefault(section, {}).update(values)
+    config = load_config(path, overrides=layer)
+    if config.pipelines is None:  # the one pipeline of [source]: the clip is its source
+        source_layer = {**layer.get("source", {}), "uri": str(source), **play}
+        config = load_config(path, overrides={**layer, "source": source_layer})
+    else:
+        if len(config.pipelines) != 1:
+            raise AgentError(f"{path} has {len(config.pipelines)} [[pipelines]]; eval counting "
+                             "runs one clip through one pipeline",
+                             fix="give a config with one [[pipelines]] table or top-level [[lines]]")
+        pipeline = config.pipelines[0]
+        config = config.with_pipelines([pipeline.model_copy(update={
+            "source": str(source), **play, **({"model": model} if model is not None else {}),
+            **({"threads": threads} if threads is not None else {})})])
+    spec = config.pipeline_specs()[0]
+    if spec.analytics is None or not spec.analytics.lines:
+        from agent.errors import ConfigError
+
+        raise ConfigError("no counting line", file=str(path), key="lines",
+                          fix='add one: [[lines]] name = "stop-bar" points = [[0.5, 0.0], [0.5, 1.0]]')
+    return config
+
+
+def count_lines(config: Any) -> tuple[CountLine, ...]:
+    """The counting lines of the config's pipeline, as the loader resolved them (points,
+    class filter, anchor), for the reference count."""
+    spec = config.pipeline_specs()[0]
+    return tuple(CountLine(r.name, r.line.p1, r.line.p2, r.classes, r.anchor.value)
+                 for r in spec.analytics.lines)
+
+
+def _stage_times(state_dir: Path) -> StageTimes:
+    """The latency_ms of every result record the run left in its outbox, summed per stage."""
+    import json
+
+    from agent.storage.outbox import Outbox
+    from agent.storage.report import outbox_path
+
+    totals: dict[str, float] = {}
+    results = 0
+    outbox = Outbox(outbox_path(state_dir))
+    try:
+        after = 0
+        while True:
+            page = outbox.fetch_unsent(after, 500)
+            if not page:
+                break
+            after = page[-1].id
+            for rec in page:
+                if "/results/" not in rec.topic:
+                    continue
+                body = json.loads(rec.payload)
+                results += 1
+                for stage, ms in body.get("latency_ms", {}).items():
+                    totals[stage] = totals.get(stage, 0.0) + float(ms)
+    finally:
+        outbox.close()
+    return StageTimes(results, totals)
+
+
+def run_agent(config: Any) -> AgentRun:
+    """Run the agent (``AgentApp``, as ``lepton-agent run`` does) on ``config`` (from
+    :func:`eval_config`) until its clip ends; the counts are the run summary's
+    ``streams[].counts``, the stage times the results' ``latency_ms`` in its outbox."""
+    import asyncio
+
+    from agent.inference.model import load_model
+    from agent.service.app import AgentApp
+
+    spec = config.pipeline_specs()[0]
+    summary = asyncio.run(AgentApp(config).run())
+    stream = next((s for s in summary.streams if s.stream == spec.stream), None)
+    if summary.error or stream is None or stream.state == "failed":
+        why = summary.error or (stream.reason if stream is not None else "no pipeline ran")
+        raise AgentError(f"the agent did not run the clip {spec.source}: {why}",
+                         fix="run `lepton-agent run --config FILE --source CLIP` to see why")
+    loaded = load_model(spec.model, num_threads=1, labels=spec.labels)
+    labels = {int(k): str(v) for k, v in loaded.manifest.labels.items()}
+    lines = count_lines(config)
+    measured: dict[str, Counter[tuple[str, str]]] = {ln.name: Counter() for ln in lines}
+    for row in stream.counts:
+        if row["kind"] == "line":
+            measured[row["rule"]][(row["label"], row["direction"])] += int(row["count"])
+    return AgentRun(
+        stream=stream.stream, frames_captured=stream.frames_captured,
+        frames_processed=stream.frames_processed, frames_dropped=stream.frames_dropped,
+        processing_fps=stream.processing_fps, interval=spec.interval,
+        model=Path(loaded.path), model_sha256=loaded.manifest.sha256,
+        labels=labels, lines=lines, measured=measured,
+        stages=_stage_times(config.agent.state_dir))
+
+
+@dataclass(frozen=True)
+class CountRow:
+    """One line, class and direction: the truth's count, the agent's, and the difference."""
+
+    line: str
+    label: str
+    direction: str
+    true: int
+    measured: int
+
+    @property
+    def error(self) -> int:
+        return self.measured - self.true
+
+    def to_json(self) -> dict[str, Any]:
+        return {"line": self.line, "class": self.label, "direction": self.direction,
+                "true": self.true, "measured": self.measured, "error": self.error}
+
+
+def count_rows(run: AgentRun, truth: Sequence[MotRow], width: int, height: int) -> list[CountRow]:
+    """Per line, class (the line's filter, else the model's labels) and direction: true and
+    measured counts."""
+    rows: list[CountRow] = []
+    for line in run.lines:
+        true = true_line_counts(truth, line, width, height, run.labels)
+        measured = run.measured[line.name]
+        classes = sorted(set(run.labels.values()) if line.classes is None else line.classes)
+        for label in classes:
+            for direction in ("in", "out"):
+                rows.append(CountRow(line.name, label, direction, true[(label, direction)],
+                                     measured[(label, direction)]))
+    return rows
