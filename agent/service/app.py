@@ -211,6 +211,7 @@ class AgentApp:
         self._changed: asyncio.Event | None = None
         self.config_version = 0  # of the pipelines' config, changed by commands
         self.commands: CommandService | None = None
+        self.web: Any = None  # the web console (agent.service.web.server.WebConsole) when on
 
     async def run(self, stop: asyncio.Event | None = None) -> RunSummary:
         """Run until every pipeline has ended, or ``stop`` (SIGTERM/SIGINT) is set.
@@ -319,6 +320,10 @@ class AgentApp:
             socket_path(cfg.agent.state_dir, cfg.agent.status_socket),
             lambda: health.snapshot().to_json())
         metrics_server = self._start_metrics()
+        if cfg.web.listen:  # imported only when on: aiohttp costs start-up time and RSS
+            from agent.service.web.server import start_web
+
+            self.web = await start_web(self, cfg, self.secrets)
         if parts.hub:
             parts.hub.start()
         first = snapshot.pipelines[0]
@@ -349,6 +354,8 @@ class AgentApp:
         cfg = self.config
         parts.health.state = "stopped"
         status_server.close()
+        if self.web is not None:
+            await self.web.close()
         socket_path(cfg.agent.state_dir, cfg.agent.status_socket).unlink(missing_ok=True)
         if metrics_server is not None:
             metrics_server.shutdown()
