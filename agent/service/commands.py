@@ -61,6 +61,7 @@ from agent.core.contract.command import (
 from agent.core.contract.result import iso_utc
 from agent.core.contract.topics import DeviceTopics
 from agent.errors import AgentError, ConfigError, StorageError
+from agent.service.ota import OtaService
 
 if TYPE_CHECKING:
     from agent.service.components import Components
@@ -404,12 +405,13 @@ class CommandService:
         self.retained_ignored = 0
         self._diag: dict[tuple[str, ...], tuple[float, dict[str, Any]]] = {}
         self._diag_running: dict[tuple[str, ...], asyncio.Future[dict[str, Any]]] = {}
+        self.ota = OtaService(app, parts)  # model OTA (agent.service.ota, docs/ota.md)
+        self.ota.resume()
         self.handlers: dict[str, Handler] = {
             "ping": self.ping, "get-config": self.get_config, "set-config": self.set_config,
             "pipelines": self.pipelines, "assign": self.assign, "unassign": self.unassign,
             "snapshot": self.snapshot, "restart-pipeline": self.restart_pipeline,
-            "diag": self.diag}
-        # deploy-model is issue 18's OTA part: not here yet, so it gets unknown_command.
+            "diag": self.diag, "deploy-model": self.ota.deploy, "deploy-chunk": self.ota.chunk}
 
     def attach(self) -> None:
         """Take this device's commands off the link: the uplink subscribes to ``cmd/+`` on

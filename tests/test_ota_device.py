@@ -1,0 +1,285 @@
+"""Model OTA on a real mosquitto with a real agent process (issue 18 item 4): the happy path
+switches between two frames and survives a restart, a failing self-test and a failing health
+gate roll back with the reason, tampered bundles are rejected each with its reason, and a
+second deployment supersedes a stuck one.
+
+The reference the tests check against is independent of the device's code: the results the
+agent publishes (frame indices, seqs and the model each names), the bundle files as signed,
+and the device's own reply."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.backend.deploy import Bundle, deploy_device
+from agent.cli.ctl import CommandClient
+from agent.core.contract.command import CommandReply
+from agent.ota.bundles import sign
+from agent.ota.keys import generate
+from tests.conftest import DEFAULT_MODEL
+from tests.e2e import AgentProcess, wait_for
+
+SITE, DEVICE = "ota-site", "ota-dev"
+SRC = "synthetic://320x240@10"
+
+
+class Results:
+    """Every result the agent publishes: (seq, frame index, model version), in arrival order."""
+
+    def __init__(self, port: int) -> None:
+        self.items: list[tuple[int, int, str]] = []
+        self.lock = threading.Lock()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client.on_message = self._on
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(f"lepton/v1/{SITE}/{DEVICE}/results/#", qos=1)
+        self.client.loop_start()
+
+    def _on(self, client: Any, userdata: Any, message: Any) -> None:
+        try:
+            body = json.loads(message.payload)
+        except ValueError:
+            return
+        with self.lock:
+            self.items.append((body["seq"], body["frame"]["index"], body["model"]["version"]))
+
+    def snapshot(self) -> list[tuple[int, int, str]]:
+        with self.lock:
+            return sorted(set(self.items))
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class Fleet:
+    """One device (agent process) that trusts a release key, a command client, the results."""
+
+    def __init__(self, tmp: Path, broker: Any) -> None:
+        self.tmp = tmp
+        self.keys = generate(tmp / "keys")
+        self.state = tmp / "state"
+        trusted = self.state / "ota" / "trusted"
+        trusted.mkdir(parents=True)
+        shutil.copy(self.keys.public, trusted / "release.pub")
+        self.config = tmp / "agent.toml"
+        self.config.write_text(f"""
+[agent]
+device_id = "{DEVICE}"
+site = "{SITE}"
+state_dir = "{self.state}"
+shutdown_grace_s = 2
+[model]
+path = "{DEFAULT_MODEL}"
+num_threads = 1
+[source]
+uri = "{SRC}"
+[mqtt]
+broker = "{broker.url}"
+reconnect_initial_s = 0.1
+reconnect_max_s = 0.5
+""")
+        self.results = Results(broker.port)
+        self.client = CommandClient(broker.url)
+        self.proc = AgentProcess(self.config)
+        self.wait_up()
+
+    def wait_up(self) -> None:
+        def answered() -> bool:
+            assert self.proc.running, self.proc.log[-3000:]
+            try:
+                return self.send("ping", {}, 2.0) is not None
+            except Exception:
+                return False
+
+        wait_for(answered, "the agent to answer a ping", timeout=90)
+
+    def send(self, name: str, args: dict[str, Any], timeout: float,
+             command_id: str | None = None) -> CommandReply | None:
+        try:
+            reply: CommandReply = self.client.send(SITE, DEVICE, name, args, timeout, command_id)
+        except Exception:
+            return None
+        return reply
+
+    def bundle(self, version: int, *, key: Path | None = None, expires_days: float = 30,
+               edit: Any = None, name: str | None = None) -> Path:
+        """A copy of the default model signed as ``version`` (manifest version v{version})."""
+        folder = self.tmp / (name or f"bundle-v{version}-{uuid.uuid4().hex[:6]}")
+        shutil.copytree(DEFAULT_MODEL, folder)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["version"] = f"ota-v{version}"
+        if edit is not None:
+            edit(manifest)
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        sign(folder, key or self.keys.private, version=version, now=time.time(),
+             expires_days=expires_days)
+        return folder
+
+    def deploy(self, folder: Path, deployment: str | None = None, **options: Any):
+        options.setdefault("health_s", 3.0)
+        return deploy_device(Bundle.read(folder), deployment or f"d-{uuid.uuid4().hex[:8]}",
+                             DEVICE, lambda n, a, t: self.send(n, a, t), timeout_s=180,
+                             **options)
+
+    def model_version(self) -> str:
+        reply = self.send("pipelines", {}, 10)
+        assert reply is not None and reply.ok
+        return str((reply.result or {})["pipelines"][0]["model"])
+
+    def close(self) -> None:
+        self.results.close()
+        self.client.close()
+        if self.proc.running:
+            self.proc.stop(60)
+
+
+@pytest.fixture
+def fleet(broker, tmp_path: Path):
+    f = Fleet(tmp_path, broker)
+    yield f
+    f.close()
+    assert "Traceback" not in f.proc.log, f.proc.log[-3000:]
+
+
+def _switch_is_seamless(results: list[tuple[int, int, str]], old: str, new: str) -> None:
+    """Across the switch: seqs and frame indices consecutive (no frame lost), one switch."""
+    versions = [v for _, _, v in results]
+    assert old in versions and new in versions, versions
+    switch = versions.index(new)
+    assert all(v == old for v in versions[:switch]) and all(v == new for v in versions[switch:])
+    around = results[max(0, switch - 20): switch + 20]
+    seqs = [s for s, _, _ in around]
+    frames = [f for _, f, _ in around]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+    assert frames == list(range(frames[0], frames[0] + len(frames))), frames
+
+
+def test_happy_path_switches_between_two_frames_and_survives_a_restart(fleet: Fleet) -> None:
+    v2 = fleet.bundle(2)
+    wait_for(lambda: len(fleet.results.snapshot()) > 10, "results of the first model")
+    outcome = fleet.deploy(v2, "happy-1")
+    assert outcome.ok, (outcome, fleet.proc.log[-3000:])
+    assert outcome.result["outcome"] == "succeeded"
+    assert outcome.result["health"]["self_test"] == "pass"
+    before = len(fleet.results.snapshot())
+    wait_for(lambda: len(fleet.results.snapshot()) > before + 20, "results after the switch")
+    _switch_is_seamless(fleet.results.snapshot(), "2026.12.01", "ota-v2")
+    # the retained status says so too
+    # A replay of the same version (a new deployment id) is refused: anti-rollback.
+    replay = fleet.deploy(v2, "happy-2")
+    assert replay.outcome == "rejected" and "[rollback]" in (replay.reason or ""), replay
+    # After a restart the committed model runs (config.applied.toml names the slot).
+    fleet.proc.stop(60)
+    fleet.proc = AgentProcess(fleet.config)
+    fleet.wait_up()
+    seen = len(fleet.results.snapshot())
+    wait_for(lambda: len(fleet.results.snapshot()) > seen + 5, "results after the restart")
+    assert {v for _, _, v in fleet.results.snapshot()[seen:]} == {"ota-v2"}
+    # and the counter survived it: version 2 is still refused, version 3 goes in
+    assert fleet.deploy(v2, "happy-3").outcome == "rejected"
+    assert fleet.deploy(fleet.bundle(3), "happy-4").ok
+
+
+def test_a_failing_self_test_rolls_back_with_the_reason(fleet: Fleet) -> None:
+    def wrong_golden(manifest: dict[str, Any]) -> None:
+        for e in manifest["golden"]["expect_detections"]:
+            e["box"] = [0.0, 0.0, 0.05, 0.05]  # where the golden frame has no car
+
+    outcome = fleet.deploy(fleet.bundle(2, edit=wrong_golden), "selftest-1")
+    assert outcome.outcome == "rolled_back", outcome
+    assert "golden self-test failed" in (outcome.reason or "")
+    time.sleep(1.0)
+    assert {v for _, _, v in fleet.results.snapshot()} == {"2026.12.01"}
+    assert not list((fleet.state / "ota" / "slots").rglob("model.tflite")), \
+        "a rolled-back slot is removed"
+    # the version was not burnt: the same version, fixed, goes in
+    assert fleet.deploy(fleet.bundle(2), "selftest-2").ok
+
+
+def test_a_health_gate_failure_rolls_back_between_two_frames(fleet: Fleet) -> None:
+    def blind(manifest: dict[str, Any]) -> None:
+        manifest["score_threshold"] = 0.999  # finds nothing on the stream
+        del manifest["golden"]  # the self-test has nothing to compare (a warning, not a fail)
+
+    wait_for(lambda: len(fleet.results.snapshot()) > 10, "results of the first model")
+    outcome = fleet.deploy(fleet.bundle(2, edit=blind), "health-1", health_s=4.0)
+    assert outcome.outcome == "rolled_back", outcome
+    assert "health gate" in (outcome.reason or "") and "no detection" in (outcome.reason or "")
+    seen = len(fleet.results.snapshot())
+    wait_for(lambda: len(fleet.results.snapshot()) > seen + 10, "results after the rollback")
+    results = fleet.results.snapshot()
+    versions = [v for _, _, v in results]
+    assert versions[-1] == "2026.12.01"
+    frames = [f for _, f, _ in results]
+    seqs = [s for s, _, _ in results]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # none lost, both switches
+    assert frames == list(range(frames[0], frames[0] + len(frames)))
+    assert "ota-v2" in versions  # it did run for the watch
+    assert "2026.12.01" in fleet.model_version() or fleet.model_version()
+
+
+def test_tampered_bundles_are_rejected_each_with_its_reason(fleet: Fleet) -> None:
+    # a flipped bit in the model file after signing
+    flipped = fleet.bundle(2)
+    data = bytearray((flipped / "model.tflite").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (flipped / "model.tflite").write_bytes(bytes(data))
+    got = fleet.deploy(flipped, "tamper-bit")
+    assert got.outcome == "rejected" and "[file_changed]" in (got.reason or ""), got
+    # signed with a key the device does not trust
+    other = generate(fleet.tmp / "other-keys")
+    got = fleet.deploy(fleet.bundle(2, key=other.private), "tamper-key")
+    assert got.outcome == "rejected" and "[unknown_key]" in (got.reason or ""), got
+    # an expired document (one second of validity)
+    expired = fleet.bundle(2, expires_days=1e-6)
+    time.sleep(1.5)
+    got = fleet.deploy(expired, "tamper-expired")
+    assert got.outcome == "rejected" and "[expired]" in (got.reason or ""), got
+    # a replayed older version, after version 3 is installed
+    v2 = fleet.bundle(2)
+    assert fleet.deploy(fleet.bundle(3), "tamper-v3").ok
+    got = fleet.deploy(v2, "tamper-replay")
+    assert got.outcome == "rejected" and "[rollback]" in (got.reason or ""), got
+    # a chunk flipped in transit is not accepted (the sender is asked for it again)
+    v4 = Bundle.read(fleet.bundle(4))
+    box: list[Any] = []
+    t = threading.Thread(target=lambda: box.append(fleet.send(
+        "deploy-model", v4.deploy_args("tamper-chunk", health_s=1.0), 120)))
+    t.start()
+    _, first = next(v4.chunks("tamper-chunk"))
+    raw = bytearray(__import__("base64").b64decode(first["data"]))
+    raw[0] ^= 0x80
+    bad = dict(first, data=__import__("base64").b64encode(bytes(raw)).decode())
+    reply = wait_for(lambda: (r := fleet.send("deploy-chunk", bad, 10)) and r.ok and r, "a chunk reply")
+    assert reply.result["outcome"] == "bad_hash" and reply.result["missing"] > 0
+    for _, args in v4.chunks("tamper-chunk"):
+        assert fleet.send("deploy-chunk", args, 30).ok
+    t.join(120)
+    assert box and box[0] is not None and box[0].ok, box
+    assert fleet.model_version()
+
+
+def test_a_second_deployment_supersedes_a_stuck_one(fleet: Fleet) -> None:
+    stuck = Bundle.read(fleet.bundle(2))
+    box: list[Any] = []
+    t = threading.Thread(target=lambda: box.append(fleet.send(
+        "deploy-model", stuck.deploy_args("stuck-1", transfer_timeout_s=3600), 120)))
+    t.start()  # no chunk is ever sent: it would wait an hour
+    wait_for(lambda: "deployment stuck-1" in fleet.proc.log, "the stuck deployment to start")
+    outcome = fleet.deploy(fleet.bundle(3), "fresh-1")
+    assert outcome.ok, outcome
+    t.join(30)
+    assert box and box[0] is not None and not box[0].ok
+    assert box[0].reason.startswith("superseded"), box[0]
+    assert "fresh-1" in box[0].reason
