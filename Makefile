@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 AGENT := $(VENV)/bin/lepton-agent
 APT_PACKAGES := python3-venv python3-dev mosquitto gcc make
 # For the tests on an x86-64 host: the NEON kernels are checked under qemu-aarch64.
-TEST_APT_PACKAGES := systemd openssl $(if $(filter x86_64,$(shell uname -m)),gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
+TEST_APT_PACKAGES := systemd openssl chromium $(if $(filter x86_64,$(shell uname -m)),gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-packages test-packages apt-install run test-neon test-arm deb test test-slow test-all mutants lint model sensor-model bench clean

@@ -203,3 +203,107 @@ def record_seqs(state_dir: Path, stream: str | None = None) -> list[int]:
                 f"SELECT seq FROM records {where} ORDER BY seq", args)]
     except sqlite3.Error as exc:
         raise OutboxUnreadable(f"unreadable: {exc}", path=str(path)) from exc
+
+
+# -- the web console's reads (agent/service/web) -------------------------------------------------
+
+@dataclass(frozen=True)
+class StoredPayload:
+    """One record the outbox still holds, decoded: its class's JSON payload and when it was
+    committed (ns since the epoch)."""
+
+    stream: str
+    seq: int
+    created_ns: int
+    payload: bytes
+
+
+def _payloads(state_dir: Path, kind: str, since_ns: int, limit: int,
+              newest_first: bool) -> list[StoredPayload]:
+    path = outbox_path(state_dir)
+    if not path.exists():
+        return []
+    order = "DESC" if newest_first else "ASC"
+    try:
+        with contextlib.closing(_connect_ro(path)) as conn:
+            dicts = read_dicts(conn)
+            # records' primary key is commit order, so id order is created_ns order
+            rows = conn.execute(
+                f"SELECT stream, seq, created_ns, payload FROM records WHERE class = ? AND "
+                f"created_ns >= ? ORDER BY id {order} LIMIT ?", (kind, since_ns, limit)).fetchall()
+            return [StoredPayload(str(s), int(q), int(c), decode(bytes(p), dicts))
+                    for s, q, c, p in rows]
+    except (sqlite3.Error, ValueError) as exc:
+        raise OutboxUnreadable(f"unreadable: {exc}", path=str(path)) from exc
+
+
+def read_counts(state_dir: Path, since_s: float, limit: int = 20_000) -> list[StoredPayload]:
+    """The count records (``lepton.count`` payloads) committed in the last ``since_s``
+    seconds that the outbox still holds (delivered ones are kept up to ``[outbox]
+    keep_delivered``), oldest first; empty without an outbox."""
+    since_ns = time.time_ns() - int(since_s * 1e9)
+    return _payloads(state_dir, "count", since_ns, limit, newest_first=False)
+
+
+def read_events(state_dir: Path, limit: int = 100) -> list[StoredPayload]:
+    """The newest ``limit`` track-event records (``lepton.event`` payloads), newest first."""
+    return _payloads(state_dir, "event", 0, limit, newest_first=True)
+
+
+def read_blob(state_dir: Path, blob: str) -> tuple[str, bytes] | None:
+    """(content type, bytes) of a blob (a snapshot) the outbox still holds whole, else None."""
+    path = outbox_path(state_dir)
+    if not path.exists():
+        return None
+    try:
+        with contextlib.closing(_connect_ro(path)) as conn:
+            row = conn.execute("SELECT content_type, size, chunk_count FROM blobs WHERE blob = ?",
+                               (blob,)).fetchone()
+            if row is None:
+                return None
+            chunks = [bytes(d) for (d,) in conn.execute(
+                "SELECT data FROM blob_chunks WHERE blob = ? ORDER BY idx", (blob,))]
+    except sqlite3.Error as exc:
+        raise OutboxUnreadable(f"unreadable: {exc}", path=str(path)) from exc
+    data = b"".join(chunks)
+    if len(chunks) != int(row[2]) or len(data) != int(row[1]):
+        return None  # partly sent and pruned: not whole any more
+    return str(row[0]), data
+
+
+@dataclass(frozen=True)
+class DeliveryMarks:
+    """When the broker last acknowledged a record (PUBACK, marked sent) and when ingest last
+    acknowledged one, as ns since the epoch (None: never, or no longer in the outbox)."""
+
+    last_puback_ns: int | None
+    last_ingest_ack_ns: int | None
+
+
+def read_delivery_marks(state_dir: Path) -> DeliveryMarks:
+    """The newest sent and acked marks of the records the outbox holds."""
+    path = outbox_path(state_dir)
+    if not path.exists():
+        return DeliveryMarks(None, None)
+    try:
+        with contextlib.closing(_connect_ro(path)) as conn:
+            _require_marks(conn)
+            sent, acked = conn.execute("SELECT MAX(sent_ns), MAX(acked_ns) FROM marks").fetchone()
+    except sqlite3.Error as exc:
+        raise OutboxUnreadable(f"unreadable: {exc}", path=str(path)) from exc
+    return DeliveryMarks(int(sent) if sent is not None else None,
+                         int(acked) if acked is not None else None)
+
+
+def blobs_present(state_dir: Path, blobs: list[str]) -> set[str]:
+    """Which of ``blobs`` the outbox still holds (their snapshots can be shown)."""
+    path = outbox_path(state_dir)
+    if not path.exists() or not blobs:
+        return set()
+    try:
+        with contextlib.closing(_connect_ro(path)) as conn:
+            marks = ",".join("?" * len(blobs))
+            return {str(b) for (b,) in conn.execute(
+                f"SELECT blob FROM blobs WHERE blob IN ({marks})", blobs)}
+    except sqlite3.Error as exc:
+        raise OutboxUnreadable(f"unreadable: {exc}", path=str(path)) from exc

@@ -116,18 +116,19 @@ _ZONE = (255, 160, 0)
 
 
 def _px(p: tuple[float, float], w: int, h: int) -> tuple[int, int]:
-    return int(round(p[0] * w)), int(round(p[1] * h))
+    return round(p[0] * w), round(p[1] * h)
 
 
 def draw(frame: LiveFrame, overlay: Overlay) -> np.ndarray:
     """A copy of the frame's image with tracks (id and class), untracked boxes, lines (with an
     arrow towards their 'in' side) and zones drawn."""
-    img = frame.image.copy()
+    img: np.ndarray = frame.image.copy()
     h, w = img.shape[:2]
     for name, pts in overlay.zones:
         poly = np.array([_px(p, w, h) for p in pts], np.int32)
         cv2.polylines(img, [poly], True, _ZONE, 2)
-        cv2.putText(img, name, poly[0] + (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, _ZONE, 1)
+        cv2.putText(img, name, (int(poly[0][0]) + 4, int(poly[0][1]) + 14),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, _ZONE, 1)
     for name, pts in overlay.lines:
         a, b = _px(pts[0], w, h), _px(pts[1], w, h)
         cv2.line(img, a, b, _LINE, 2)
@@ -149,11 +150,11 @@ def draw(frame: LiveFrame, overlay: Overlay) -> np.ndarray:
         cv2.putText(img, f"#{t.track_id} {t.label}", (x1, max(12, y1 - 4)),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.45, _GREEN, 1)
     if not tracked:  # a pipeline without analytics: the detector's boxes
-        for b in frame.boxes:
-            x1, y1 = _px((b.box[0], b.box[1]), w, h)
-            x2, y2 = _px((b.box[2], b.box[3]), w, h)
+        for d in frame.boxes:
+            x1, y1 = _px((d.box[0], d.box[1]), w, h)
+            x2, y2 = _px((d.box[2], d.box[3]), w, h)
             cv2.rectangle(img, (x1, y1), (x2, y2), _GREY, 2)
-            cv2.putText(img, f"{b.label} {b.score:.2f}", (x1, max(12, y1 - 4)),
+            cv2.putText(img, f"{d.label} {d.score:.2f}", (x1, max(12, y1 - 4)),
                         cv2.FONT_HERSHEY_SIMPLEX, 0.45, _GREY, 1)
     return img
 
