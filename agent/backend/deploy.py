@@ -273,8 +273,8 @@ def run_rollout(store: RolloutStore, rollout: str, bundle: Bundle, plan: Rollout
         for device in group:
             store.set_device(rollout, device, "deploying", None)
 
-            def one(d: str = device) -> None:
-                results[d] = deploy_device(bundle, rollout, d, send_to(d), **options)
+            def one(d: str = device, into: dict[str, DeviceOutcome] = results) -> None:
+                into[d] = deploy_device(bundle, rollout, d, send_to(d), **options)
 
             thread = threading.Thread(target=one, name=f"rollout-{device}", daemon=True)
             thread.start()

@@ -482,11 +482,13 @@ class OtaService:
             if dep.phase in ("verifying", "installing"):
                 self._enter(dep, "installing")
                 await self._phase(dep, asyncio.to_thread(self._install, dep, doc))
+            # The old model's figures for the health gate: from here to the switch (the
+            # warm-up and the self-test, a few seconds), while it serves alone.
+            baseline = self._sample(dep)
             self._enter(dep, "warming")
             runners = await self._phase(dep, self._warm(dep))
             self._enter(dep, "self_test")
             await self._phase(dep, self._self_test(dep))
-            baseline = self._sample(dep)
             self._enter(dep, "switching")
             await self._phase(dep, self._switch(dep, runners))
             self._enter(dep, "watching", dep.health_s + 30.0)
