@@ -110,7 +110,7 @@ class Overlay:
 
 
 _GREEN = (80, 200, 80)
-_GREY = (170, 170, 170)
+_MAGENTA = (255, 0, 255)  # detector boxes of a pipeline without tracking
 _LINE = (0, 200, 255)
 _ZONE = (255, 160, 0)
 
@@ -153,9 +153,9 @@ def draw(frame: LiveFrame, overlay: Overlay) -> np.ndarray:
         for d in frame.boxes:
             x1, y1 = _px((d.box[0], d.box[1]), w, h)
             x2, y2 = _px((d.box[2], d.box[3]), w, h)
-            cv2.rectangle(img, (x1, y1), (x2, y2), _GREY, 2)
+            cv2.rectangle(img, (x1, y1), (x2, y2), _MAGENTA, 2)
             cv2.putText(img, f"{d.label} {d.score:.2f}", (x1, max(12, y1 - 4)),
-                        cv2.FONT_HERSHEY_SIMPLEX, 0.45, _GREY, 1)
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.45, _MAGENTA, 1)
     return img
 
 
