@@ -56,6 +56,30 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     sb.add_argument("--json", action="store_true")
     sb.set_defaults(func=cmd_bench_sync)
 
+    wb = bench_sub.add_parser("web", help="pipeline fps with two live-view viewers vs none")
+    wb.add_argument("--seconds", type=positive(float), default=8.0, help="per phase")
+    wb.add_argument("--rounds", type=positive(int), default=2, help="interleaved repeats (medians)")
+    wb.add_argument("--viewers", type=positive(int), default=2)
+    wb.add_argument("--pace", choices=["fast", "realtime"], default="fast",
+                    help="fast: the clip as fast as possible (any cost shows); realtime: 15 fps")
+    wb.add_argument("--json", action="store_true")
+    wb.set_defaults(func=cmd_bench_web)
+
+
+def cmd_bench_web(args: argparse.Namespace) -> int:
+    from agent.bench.web import bench_web
+
+    result = bench_web(seconds=args.seconds, rounds=args.rounds, viewers=args.viewers,
+                       pace=args.pace)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"pipeline fps: {result['fps_without']} without viewers, "
+              f"{result['fps_with_viewers']} with {result['viewers']} on the live view "
+              f"(ratio {result['ratio']}, goal >= 0.97); each viewer got "
+              f"{result['viewer_jpegs_per_s']} JPEG/s")
+    return 0
+
 
 def cmd_bench_kernels(args: argparse.Namespace) -> int:
     import cv2

@@ -167,26 +167,33 @@ def encode_jpeg(image: np.ndarray, quality: int = 75) -> bytes:
 
 
 class Renderer:
-    """One pipeline's drawn and raw JPEGs, made at most once per new frame (thread-safe: the
-    web handlers call it through ``asyncio.to_thread``)."""
+    """One pipeline's drawn and raw JPEGs, shared by every viewer: a new one is made only for
+    a new frame and at most once per ``min_interval_s`` (so N viewers at 5 fps cost 5 encodes
+    a second, not 5N). Thread-safe: the web handlers call it through ``asyncio.to_thread``."""
 
-    def __init__(self, slot: LatestFrame) -> None:
+    def __init__(self, slot: LatestFrame, min_interval_s: float = 0.0) -> None:
         self.slot = slot
+        self.min_interval_s = min_interval_s
         self._lock = threading.Lock()
-        self._cache: dict[tuple[bool, int, Overlay], bytes] = {}
+        self._cache: dict[tuple[bool, Overlay], tuple[float, int, bytes]] = {}
 
     def jpeg(self, overlay: Overlay | None) -> tuple[int, bytes] | None:
         """(frame seq, JPEG) of the newest frame, drawn with ``overlay`` (None: the raw
         frame, for the editor's background); None while no frame came."""
-        frame = self.slot.get()
-        if frame is None:
-            return None
-        key = (overlay is not None, frame.seq, overlay or Overlay())
+        key = (overlay is not None, overlay or Overlay())
         with self._lock:
-            found = self._cache.get(key)
-            if found is None:
-                image = draw(frame, overlay) if overlay is not None else frame.image
-                found = encode_jpeg(image)
-                self._cache = {k: v for k, v in self._cache.items() if k[1] == frame.seq}
-                self._cache[key] = found
-        return frame.seq, found
+            now = time.monotonic()
+            cached = self._cache.get(key)
+            if cached is not None and now - cached[0] < self.min_interval_s:
+                return cached[1], cached[2]
+            frame = self.slot.get()
+            if frame is None:
+                return None
+            if cached is not None and cached[1] == frame.seq:
+                return cached[1], cached[2]
+            image = draw(frame, overlay) if overlay is not None else frame.image
+            made = (now, frame.seq, encode_jpeg(image))
+            if len(self._cache) > 8:  # overlays change with the rules: keep the recent ones
+                self._cache.clear()
+            self._cache[key] = made
+        return made[1], made[2]

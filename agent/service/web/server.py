@@ -460,7 +460,8 @@ class WebConsole:
         if renderer is None or renderer.slot is not slot:
             self.renderers = {k: v for k, v in self.renderers.items()
                               if any(p.latest is v.slot for p in self._pipelines())}
-            renderer = self.renderers[id(slot)] = Renderer(slot)
+            renderer = self.renderers[id(slot)] = Renderer(
+                slot, min_interval_s=0.9 / self.config.web.live_fps)
         return renderer
 
     def _pipelines(self) -> list[Pipeline]:
