@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``models inspect`` and its flags to the subcommands."""
+    """Add ``models inspect`` (and ``keygen``, ``sign``, ``verify``) and their flags."""
     models = sub.add_parser("models", help="model tools")
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     inspect = models_sub.add_parser(
@@ -24,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     inspect.add_argument("--write-manifest", type=Path, metavar="DIR",
                          help="write a bundle (model, labels, manifest.json to edit) to DIR")
     inspect.set_defaults(func=cmd_models_inspect)
+    from agent.cli import model_signing  # keygen, sign, verify: signed bundles (docs/ota.md)
+
+    model_signing.add_parsers(models_sub)
 
 
 def _tensor_line(t: dict[str, object]) -> str:
