@@ -126,11 +126,12 @@ reconnect_max_s = 0.5
              expires_days=expires_days)
         return folder
 
-    def deploy(self, folder: Path, deployment: str | None = None, **options: Any):
+    def deploy(self, folder: Path, deployment: str | None = None, timeout_s: float = 180,
+               **options: Any):
         options.setdefault("health_s", 3.0)
         return deploy_device(Bundle.read(folder), deployment or f"d-{uuid.uuid4().hex[:8]}",
-                             DEVICE, lambda n, a, t: self.send(n, a, t), timeout_s=180,
-                             **options)
+                             DEVICE, lambda n, a, t: self.send(n, a, t), timeout_s=timeout_s,
+                             chunk_timeout_s=5, **options)
 
     def model_version(self) -> str:
         reply = self.send("pipelines", {}, 10)
@@ -283,3 +284,48 @@ def test_a_second_deployment_supersedes_a_stuck_one(fleet: Fleet) -> None:
     assert box and box[0] is not None and not box[0].ok
     assert box[0].reason.startswith("superseded"), box[0]
     assert "fresh-1" in box[0].reason
+
+
+@pytest.mark.slow
+def test_sigkill_at_ten_random_points_resumes_or_aborts_cleanly(fleet: Fleet) -> None:
+    """SIGKILL at 10 random moments of a deployment (transfer, checks, warm-up, self-test,
+    switch, watch, commit): after the restart the same deployment resumes or ends with a
+    terminal outcome, the model that runs is always a whole one (the old or the new), and no
+    committed result is lost (the seqs on the broker have no hole)."""
+    import random
+
+    rng = random.Random(18)
+    version, installed = 2, "2026.12.01"
+    outcomes = []
+    for point in range(10):
+        folder = fleet.bundle(version, name=f"kill-{point}")
+        deployment = f"kill-{point}"
+        first = threading.Thread(target=lambda: fleet.deploy(folder, deployment, timeout_s=12,
+                                                             health_s=2.0), daemon=True)
+        delay = rng.uniform(0.0, 6.0)
+        first.start()
+        time.sleep(delay)  # the random point: what it hits is whatever state is current then
+        fleet.proc.kill()
+        fleet.proc.proc.wait(30)
+        fleet.proc = AgentProcess(fleet.config)
+        fleet.wait_up()
+        # the backend repeats the deployment (same id): it resumes or reports how it ended
+        outcome = fleet.deploy(folder, deployment, health_s=2.0)
+        outcomes.append((round(delay, 2), outcome.outcome, outcome.reason))
+        assert outcome.outcome in ("succeeded", "rolled_back", "timed_out", "failed"), outcome
+        running = fleet.model_version()
+        assert running == "lepton-vehicles-tiny", running
+        seen = len(fleet.results.snapshot())
+        wait_for(lambda: len(fleet.results.snapshot()) > seen + 3, "results after the restart")
+        now_running = fleet.results.snapshot()[-1][2]
+        if outcome.ok:
+            installed, version = f"ota-v{version}", version + 1
+        assert now_running == installed, (outcomes, now_running)
+        # every slot on disk is a whole, signed bundle
+        for model_file in (fleet.state / "ota" / "slots").rglob("model.tflite"):
+            assert model_file.read_bytes() == (DEFAULT_MODEL / "model.tflite").read_bytes()
+        first.join(30)
+    seqs = [s for s, _, _ in fleet.results.snapshot()]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "a committed result was lost"
+    assert any(o == "succeeded" for _, o, _ in outcomes), outcomes
+    print("kill points:", outcomes)
