@@ -300,8 +300,8 @@ def test_sigkill_at_ten_random_points_resumes_or_aborts_cleanly(fleet: Fleet) ->
     for point in range(10):
         folder = fleet.bundle(version, name=f"kill-{point}")
         deployment = f"kill-{point}"
-        first = threading.Thread(target=lambda: fleet.deploy(folder, deployment, timeout_s=12,
-                                                             health_s=2.0), daemon=True)
+        first = threading.Thread(target=fleet.deploy, args=(folder, deployment),
+                                 kwargs={"timeout_s": 12, "health_s": 2.0}, daemon=True)
         delay = rng.uniform(0.0, 6.0)
         first.start()
         time.sleep(delay)  # the random point: what it hits is whatever state is current then
@@ -316,7 +316,7 @@ def test_sigkill_at_ten_random_points_resumes_or_aborts_cleanly(fleet: Fleet) ->
         running = fleet.model_version()
         assert running == "lepton-vehicles-tiny", running
         seen = len(fleet.results.snapshot())
-        wait_for(lambda: len(fleet.results.snapshot()) > seen + 3, "results after the restart")
+        wait_for(lambda n=seen: len(fleet.results.snapshot()) > n + 3, "results after the restart")
         now_running = fleet.results.snapshot()[-1][2]
         if outcome.ok:
             installed, version = f"ota-v{version}", version + 1
