@@ -88,13 +88,21 @@ class AnalyticsStage:
         self._crops: dict[int, np.ndarray] = {}  # track id -> its best view so far (BGR)
         # What this run counted, over the buckets it emitted: (rule, kind, label, direction).
         self.totals: dict[tuple[str, str, str, str], int] = {}
+        # The last frame's tracks and the open bucket's counts, replaced whole after each frame
+        # (the web console reads them from the event loop while this thread goes on).
+        self.tracks: tuple[Track, ...] = ()
+        self.open_counts: dict[tuple[str, str, str, str], int] = {}
 
     def _add_totals(self, closed: Sequence[ClosedBucket]) -> None:
+        if not closed:
+            return
+        totals = dict(self.totals)  # replaced whole: readers on the event loop copy it
         for bucket in closed:
             for row in bucket.counts:
                 k = row.key
                 key = (k.rule, k.kind, k.label, k.direction.value)
-                self.totals[key] = self.totals.get(key, 0) + row.count
+                totals[key] = totals.get(key, 0) + row.count
+        self.totals = totals
 
     def _engine(self, frame: CapturedFrame) -> Analytics:
         # Made at the first frame: times are the source's own clock (a file's position), and
@@ -122,6 +130,9 @@ class AnalyticsStage:
         for gone in [i for i in self._crops if i not in live]:
             del self._crops[gone]
         self._add_totals(out.closed)
+        self.tracks = out.tracks
+        self.open_counts = {(k.rule, k.kind, k.label, k.direction.value): n
+                            for k, n in engine.buckets.open_counts().items()}
         return FrameAnalysis(-1 if frame.replay else frame.index, events, out.closed,
                              engine.buckets_state())
 

@@ -57,13 +57,11 @@ class LiveFrame:
 
 
 def _tracks_of(analytics: Any) -> tuple[LiveTrack, ...]:
-    # AnalyticsStage keeps its engine private (agent/service/analytics.py is not this module's);
-    # the tracker's ``tracks`` is its read-only public list.
-    engine = getattr(analytics, "_analytics", None) if analytics is not None else None
-    if engine is None:
+    # AnalyticsStage.tracks: the last frame's tracks, replaced whole after each frame.
+    if analytics is None:
         return ()
     return tuple(LiveTrack(t.track_id, tuple(float(v) for v in t.box),  # type: ignore[arg-type]
-                           t.label or "", bool(t.confirmed)) for t in engine.tracker.tracks)
+                           t.label or "", bool(t.confirmed)) for t in analytics.tracks)
 
 
 class LatestFrame:

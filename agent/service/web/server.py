@@ -615,19 +615,8 @@ class WebConsole:
         totals: dict[tuple[str, str, str, str], int] = {}
         if stage is not None:
             totals = dict(stage.totals)
-            engine = getattr(stage, "_analytics", None)  # the open bucket's counts so far
-            if engine is not None:
-                for _ in range(3):  # the inference thread may add a key while we copy
-                    try:
-                        open_counts = engine.buckets.open_counts()
-                        break
-                    except RuntimeError:
-                        continue
-                else:
-                    open_counts = {}
-                for k, n in open_counts.items():
-                    key = (k.rule, k.kind, k.label, k.direction.value)
-                    totals[key] = totals.get(key, 0) + n
+            for key, n in stage.open_counts.items():  # the open bucket's counts so far
+                totals[key] = totals.get(key, 0) + n
         return web.json_response({
             "stream": pipeline.stream, "version": self.app.config_version,
             "counts": [{"rule": r, "kind": k, "label": lb, "direction": d, "count": n}
