@@ -86,7 +86,7 @@ DIAG_CHECKS = ("config", "camera", "sensors", "model", "pipelines", "kernels", "
 LIVE_SECTIONS = ("source", "model", "motion", "analytics", "pipelines", "lines", "zones")
 # What the runtime built once (the outbox, the link, the sensor hub, the thermal governor...).
 RESTART_SECTIONS = ("agent", "mqtt", "outbox", "shards", "sensors", "kernels", "thermal",
-                    "metrics")
+                    "metrics", "web")
 MUTATING = frozenset({"set-config", "assign", "unassign", "restart-pipeline"})
 
 
