@@ -65,6 +65,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     wb.add_argument("--json", action="store_true")
     wb.set_defaults(func=cmd_bench_web)
 
+    ob = bench_sub.add_parser("ota", help="model swap gap and frames lost on a traffic clip; "
+                                         "command round trip on loopback")
+    ob.add_argument("--model", type=Path, help="model bundle (default: the default model)")
+    ob.add_argument("--clip", type=Path, help="video file (default: a generated junction clip)")
+    ob.add_argument("--seconds", type=positive(float), default=8.0)
+    ob.add_argument("--fps", type=positive(float), default=15.0)
+    ob.add_argument("--commands", type=positive(int, zero=True), default=200,
+                    help="pings for command_rtt_ms (0 skips it)")
+    ob.add_argument("--json", action="store_true")
+    ob.set_defaults(func=cmd_bench_ota)
+
 
 def cmd_bench_web(args: argparse.Namespace) -> int:
     from agent.bench.web import bench_web
@@ -78,6 +89,32 @@ def cmd_bench_web(args: argparse.Namespace) -> int:
               f"{result['fps_with_viewers']} with {result['viewers']} on the live view "
               f"(ratio {result['ratio']}, goal >= 0.97); each viewer got "
               f"{result['viewer_jpegs_per_s']} JPEG/s")
+    return 0
+
+
+def cmd_bench_ota(args: argparse.Namespace) -> int:
+    from agent.bench.ota import bench_swap
+    from agent.cli.ctl import bench_commands
+    from agent.config.schema import ModelSection
+
+    model = args.model or ModelSection().path
+    if not model.exists():
+        raise ConfigError(f"model {model} does not exist", fix="give --model a model bundle")
+    if args.clip is not None and not args.clip.is_file():
+        raise ConfigError(f"clip {args.clip} does not exist", fix="give --clip a video file")
+    report = bench_swap(model, seconds=args.seconds, fps=args.fps, clip=args.clip)
+    if args.commands:
+        rtt = bench_commands(args.commands)
+        report["command_rtt_ms"] = rtt["command_rtt_ms"]
+        report["command_rtt_ms_broker_nodelay"] = rtt["command_rtt_ms_broker_nodelay"]
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"swap gap {report['swap_gap_ms']} ms (frame interval "
+              f"{report['frame_interval_ms']} ms, longest steady gap "
+              f"{report['max_gap_ms_steady']} ms), frames lost {report['frames_lost']} of "
+              f"{report['frames_read']}" + (f"; command round trip p50/p99 "
+                                           f"{report['command_rtt_ms']}" if args.commands else ""))
     return 0
 
 
