@@ -53,7 +53,8 @@ def write_config(tmp_path: Path, broker_url: str, device: str, grace: float = 8.
 
 def write_offline_config(tmp_path: Path, source: str, *, source_extra: str = "",
                          extra: str = "") -> Path:
-    """An offline agent (no broker) on the default model, one thread, a 1 s grace."""
+    """An offline agent (no broker) on the default model, one thread, a 1 s grace, no web
+    console (tests run many agents at once; the console's own tests give it a port)."""
     config = tmp_path / "agent.toml"
     config.write_text(f"""
 [agent]
@@ -67,6 +68,8 @@ uri = "{source}"
 {source_extra}
 [mqtt]
 broker = ""
+[web]
+listen = ""
 {extra}""")
     return config
 

@@ -86,7 +86,7 @@ def write_agent_config(path: Path, *, device_id: str, site: str, state_dir: Path
                        thread_budget: int | None = None,
                        pipelines: Sequence[RigPipeline] = ()) -> Path:
     """An agent config for the rig: ``threads`` interpreter threads (one), quick reconnects,
-    telemetry every second; ``pipelines`` become ``[[pipelines]]`` tables (none: the one
+    telemetry every second, no web console (a rig runs several agents at once); ``pipelines`` become ``[[pipelines]]`` tables (none: the one
     pipeline ``--source`` or ``[source]`` gives), ``thread_budget`` sets ``[agent]``'s."""
     outbox = [f"ack_timeout_s = {ack_timeout_s}"]
     if delivery:
@@ -111,6 +111,9 @@ broker = "{broker_url}"
 reconnect_initial_s = 0.1
 reconnect_max_s = 0.5
 telemetry_interval_s = 1
+
+[web]
+listen = ""
 
 [outbox]
 """ + "\n".join(outbox) + "\n" + ("\n" + tables if tables else ""))
