@@ -185,22 +185,33 @@ class RolloutStore:
     (``postgresql://...``, with ``?options=-csearch_path=SCHEMA`` for a schema of its own)."""
 
     def __init__(self, db: str) -> None:
+        from agent.backend.store import _split_schema, sqlite_path
+        from agent.errors import StorageError
+
         self.postgres = db.startswith(("postgres://", "postgresql://"))
         self._conn: Any
-        if self.postgres:
-            import psycopg
+        try:
+            if self.postgres:
+                import psycopg
 
-            try:
-                self._conn = psycopg.connect(db, autocommit=True)
-            except psycopg.Error as exc:
-                raise DeployError(f"cannot open the database: {exc}".strip(),
-                                  fix="check the --db URL and that PostgreSQL runs") from None
-        else:
-            try:
-                self._conn = sqlite3.connect(db, isolation_level=None, timeout=30)
-            except sqlite3.Error as exc:
-                raise DeployError(f"{db}: cannot open the database: {exc}",
-                                  fix="give a writable --db path") from None
+                url, schema = _split_schema(db)
+                try:
+                    self._conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+                    if schema:
+                        self._conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                        self._conn.execute(f'SET search_path TO "{schema}"')
+                except psycopg.Error as exc:
+                    raise DeployError(f"cannot open the database: {' '.join(str(exc).split())}",
+                                      fix="check the --db URL and that PostgreSQL runs") from None
+            else:
+                path = sqlite_path(db)
+                try:
+                    self._conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+                except sqlite3.Error as exc:
+                    raise DeployError(f"{path}: cannot open the database: {exc}",
+                                      fix="give a writable --db path") from None
+        except StorageError as exc:
+            raise DeployError(exc.message, fix=exc.fix) from None
         for statement in _SCHEMA:
             self._exec(statement)
 
@@ -254,6 +265,16 @@ class RolloutStore:
                         "devices": [{"device": d, "batch": b, "state": s, "reason": r}
                                     for d, b, s, r in devices]})
         return out
+
+    def site_devices(self, site: str) -> list[str]:
+        """The devices of ``site`` that ingest has stored records of (none without ingest)."""
+        try:
+            return [str(r[0]) for r in self._exec(
+                "SELECT DISTINCT device FROM records WHERE site = ? ORDER BY device", (site,))]
+        except Exception:  # no records table: this database has not been ingest's yet
+            if self.postgres:
+                self._conn.rollback()
+            return []
 
     def close(self) -> None:
         self._conn.close()
