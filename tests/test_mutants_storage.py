@@ -19,6 +19,7 @@ from agent.storage import outbox as outbox_mod
 from agent.storage.blobs import BlobStore
 from agent.storage.lock import LOCK_NAME, StateDirLock, lock_holder
 from agent.storage.outbox import Outbox
+from tests.outbox_probe import sent_not_acked
 
 
 def test_manifest_payload_is_the_contract_message() -> None:
@@ -276,8 +277,8 @@ def test_fetch_keeps_qos_and_mark_sent_errors_name_the_file(tmp_path: Path) -> N
     assert [(r.seq, r.qos, r.payload) for r in box.fetch_unsent(0, 10)] == [(1, 0, b"a"), (2, 1, b"b")]
     assert [r.seq for r in box.fetch_unsent(1, 10)] == [2]
     box.mark_sent([1])
-    assert [r.seq for r in box.fetch_unsent(0, 10)] == [2] and box.unacked_sent() == 1
-    assert box.requeue_unacked(time.time_ns() + 1) == 1 and box.unacked_sent() == 0
+    assert [r.seq for r in box.fetch_unsent(0, 10)] == [2] and sent_not_acked(box) == 1
+    assert box.requeue_unacked(time.time_ns() + 1) == 1 and sent_not_acked(box) == 0
     box.db.execute("DROP TABLE records")
     with pytest.raises(StorageError) as err:
         box.mark_sent([2])

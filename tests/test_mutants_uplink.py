@@ -17,6 +17,7 @@ from agent.core.outbox import PublishWindow
 from agent.storage.blobs import BlobStore
 from agent.storage.outbox import Outbox, PendingRecord
 from agent.sync.uplink import LIVE_RESERVE, Uplink
+from tests.outbox_probe import sent_not_acked
 
 ACK_TOPIC = "lepton/v1/s/d/ack"
 
@@ -196,9 +197,9 @@ def test_sent_marks_are_batched_until_the_window_drains(tmp_path: Path) -> None:
     uplink.on_connected(False)
     uplink.committed(outbox.append(_records(4)))
     uplink.on_puback([2], [])
-    assert outbox.unacked_sent() == 0  # held back: three still in flight
+    assert sent_not_acked(outbox) == 0  # held back: three still in flight
     uplink.on_puback([3, 4, 5], [])
-    assert outbox.unacked_sent() == 4  # the window drained: flushed in one transaction
+    assert sent_not_acked(outbox) == 4  # the window drained: flushed in one transaction
     assert uplink.acked == 4 and uplink.idle
 
 
@@ -287,7 +288,7 @@ def test_in_flight_records_are_not_published_twice(tmp_path: Path) -> None:
     assert len(link.sent) == 4
     uplink.on_puback([2], [])
     uplink.requeued()  # PUBACKed (not yet marked): flushed, so not fetched again
-    assert len(link.sent) == 4 and outbox.unacked_sent() == 1
+    assert len(link.sent) == 4 and sent_not_acked(outbox) == 1
 
 
 def test_the_live_reserve_is_a_hard_limit(tmp_path: Path) -> None:

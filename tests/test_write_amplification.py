@@ -14,6 +14,7 @@ from agent.bench.sync import Payloads, _disk_writes, live_writes, result_payload
 from agent.storage.codec import MAGIC
 from agent.storage.outbox import Outbox, PendingRecord
 from agent.storage.report import read_report, record_payloads
+from tests.outbox_probe import sent_not_acked
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs /proc/self/io")
 
@@ -92,7 +93,7 @@ def test_schema_2_marks_move_to_the_marks_table(tmp_path: Path) -> None:
     db.commit()
     db.close()
     box = Outbox(tmp_path / "outbox.db")
-    assert box.backlog()[0] == 1 and box.unacked_sent() == 1  # seq 2: sent, not acked
+    assert box.backlog()[0] == 1 and sent_not_acked(box) == 1  # seq 2: sent, not acked
     assert box.fetch_unsent(0, 10) == []
     new = box.append([PendingRecord("cam0", "t", lambda seq: b"{}")])[0]
     assert new.seq == 4 and new.id == 4  # neither seq 3 nor the AUTOINCREMENT id 3 reused

@@ -851,10 +851,6 @@ class Outbox:
             "DELETE FROM marks WHERE acked_ns IS NULL AND sent_ns < ?", (sent_before_ns,))
         return int(cur.rowcount)
 
-    def unacked_sent(self) -> int:
-        return int(self._db.execute(
-            "SELECT COUNT(*) FROM marks WHERE acked_ns IS NULL AND sent_ns IS NOT NULL").fetchone()[0])
-
     def backlog(self) -> tuple[int, float | None]:
         """Records not yet delivered (ingested, or sent when delivery is to the broker), and the
         age in seconds of the oldest of them."""
