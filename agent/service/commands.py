@@ -88,6 +88,10 @@ LIVE_SECTIONS = ("source", "model", "motion", "analytics", "pipelines", "lines",
 RESTART_SECTIONS = ("agent", "mqtt", "outbox", "shards", "sensors", "kernels", "thermal",
                     "metrics", "web")
 MUTATING = frozenset({"set-config", "assign", "unassign", "restart-pipeline"})
+# Not kept in the outcome ring: a bundle's chunks are idempotent (a resent one is answered
+# ``duplicate`` from the deployment's own state) and a 100 MB model is ~1070 of them, which
+# would push every other command's outcome out of the ring's 1024 slots.
+UNRECORDED = frozenset({"deploy-chunk"})
 
 
 # -- TOML out --------------------------------------------------------------------------------
@@ -572,6 +576,8 @@ class CommandService:
             reply = self._refused(command.id, command.name, CommandError(
                 "internal", f"{_one_line(exc)}" + (f" (traceback in {where})" if where else ""),
                 "please report it with that file"))
+        if command.name in UNRECORDED:
+            return reply
         try:
             self.outcomes.put(Outcome(command.id, command.name, reply.to_json()))
         except StorageError as exc:
