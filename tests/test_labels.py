@@ -6,10 +6,9 @@ reported a parrot as "menu"; the traffic LSTM-SSD labelled vehicles "tench").
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-
-import json
 from pathlib import Path
 
 import cv2

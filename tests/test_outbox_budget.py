@@ -157,7 +157,8 @@ def test_schema_1_outbox_is_migrated_in_place(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.db")
     box.append(_batch(random.Random(1), 1))
     assert [(r.seq) for r in box.fetch_unsent(0, 10)] == [7, 8]
-    assert box.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "3"  # schema 3: sent/acked marks in their own table
+    # schema 3: sent/acked marks in their own table
+    assert box.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "3"
 
 
 @pytest.mark.parametrize("damage", ["garbage", "torn_pages"])

@@ -1,8 +1,8 @@
 """``make run``: the whole loop on this machine, ending with a printed summary.
 
 A clip of the synthetic scene -> the agent with the default model and a counting line -> a
-private mosquitto -> the ingest consumer (SQLite): results, crossing events and counts. Without mosquitto the agent still runs, offline, and
-says how many results wait in its outbox.
+private mosquitto -> the ingest consumer (SQLite): results, crossing events and counts.
+Without mosquitto the agent still runs, offline, and says how many records wait in its outbox.
 """
 
 from __future__ import annotations

@@ -86,8 +86,9 @@ def write_agent_config(path: Path, *, device_id: str, site: str, state_dir: Path
                        thread_budget: int | None = None,
                        pipelines: Sequence[RigPipeline] = ()) -> Path:
     """An agent config for the rig: ``threads`` interpreter threads (one), quick reconnects,
-    telemetry every second, no web console (a rig runs several agents at once); ``pipelines`` become ``[[pipelines]]`` tables (none: the one
-    pipeline ``--source`` or ``[source]`` gives), ``thread_budget`` sets ``[agent]``'s."""
+    telemetry every second, no web console (a rig runs several agents at once);
+    ``pipelines`` become ``[[pipelines]]`` tables (none: the one pipeline ``--source`` or
+    ``[source]`` gives), ``thread_budget`` sets ``[agent]``'s."""
     outbox = [f"ack_timeout_s = {ack_timeout_s}"]
     if delivery:
         outbox.append(f'delivery = "{delivery}"')
