@@ -437,8 +437,8 @@ def eval_config(path: Path, source: Path, state_dir: Path, *, model: Path | None
                 ) -> Any:
     """The agent config of ``path`` through the real loader, set up to measure one clip: the
     clip as the source, played as fast as the pipeline takes it without dropping a frame
-    (pace fast, drop policy block, no loop, no frame limit), offline, its outbox in
-    ``state_dir``. ``overrides`` are further ``{section: {key: value}}`` (the goal harness's
+    (pace fast, drop policy block, no loop, no frame limit), offline, without the web console,
+    its outbox in ``state_dir``. ``overrides`` are further ``{section: {key: value}}`` (the goal harness's
     ``[analytics]``). A config of several ``[[pipelines]]`` is refused: one clip is one stream."""
     from agent.config import load_config
 
@@ -446,6 +446,7 @@ def eval_config(path: Path, source: Path, state_dir: Path, *, model: Path | None
     layer: dict[str, dict[str, Any]] = {
         "mqtt": {"broker": ""},
         "agent": {"state_dir": str(state_dir), "log_level": "error"},
+        "web": {"listen": ""},  # no console: runs in a row (and tests beside an agent) need no port
     }
     if model is not None:
         layer.setdefault("model", {})["path"] = str(model)
