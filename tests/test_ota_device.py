@@ -89,6 +89,7 @@ broker = "{broker.url}"
 reconnect_initial_s = 0.1
 reconnect_max_s = 0.5
 """)
+        self.broker_port = broker.port
         self.results = Results(broker.port)
         self.client = CommandClient(broker.url)
         self.proc = AgentProcess(self.config)
@@ -153,6 +154,22 @@ def fleet(broker, tmp_path: Path):
     assert "Traceback" not in f.proc.log, f.proc.log[-3000:]
 
 
+def _retained(fleet: Fleet, topic: str) -> dict[str, Any]:
+    got: list[dict[str, Any]] = []
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.on_message = lambda c, u, m: got.append(json.loads(m.payload) | {"_r": m.retain})
+    client.connect("127.0.0.1", fleet.broker_port)
+    client.subscribe(topic, qos=1)
+    client.loop_start()
+    try:
+        wait_for(lambda: got, f"the retained message on {topic}", timeout=10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    assert got[0]["_r"] is True
+    return got[0]
+
+
 def _switch_is_seamless(results: list[tuple[int, int, str]], old: str, new: str) -> None:
     """Across the switch: seqs and frame indices consecutive (no frame lost), one switch."""
     versions = [v for _, _, v in results]
@@ -176,7 +193,9 @@ def test_happy_path_switches_between_two_frames_and_survives_a_restart(fleet: Fl
     before = len(fleet.results.snapshot())
     wait_for(lambda: len(fleet.results.snapshot()) > before + 20, "results after the switch")
     _switch_is_seamless(fleet.results.snapshot(), "2026.12.01", "ota-v2")
-    # the retained status says so too
+    status = _retained(fleet, f"lepton/v1/{SITE}/{DEVICE}/ota")
+    assert (status["deployment"], status["outcome"], status["version"]) == (
+        "happy-1", "succeeded", 2)
     # A replay of the same version (a new deployment id) is refused: anti-rollback.
     replay = fleet.deploy(v2, "happy-2")
     assert replay.outcome == "rejected" and "[rollback]" in (replay.reason or ""), replay
@@ -269,6 +288,19 @@ def test_tampered_bundles_are_rejected_each_with_its_reason(fleet: Fleet) -> Non
     t.join(120)
     assert box and box[0] is not None and box[0].ok, box
     assert fleet.model_version()
+
+
+def test_a_transfer_that_never_completes_times_out(fleet: Fleet) -> None:
+    bundle = Bundle.read(fleet.bundle(2))
+    reply = fleet.send("deploy-model", bundle.deploy_args("late-1", transfer_timeout_s=2.0), 60)
+    assert reply is not None and not reply.ok and reply.code == "timeout", reply
+    assert reply.reason.startswith("timed_out: the receiving state did not end"), reply
+    assert not (fleet.state / "ota" / "staging" / "late-1").exists()
+    # a chunk that comes too late is answered, not acted on
+    _, first = next(bundle.chunks("late-1"))
+    late = fleet.send("deploy-chunk", first, 10)
+    assert late is not None and late.ok, late
+    assert (late.result["outcome"], late.result["state"]) == ("closed", "timed_out")
 
 
 def test_a_second_deployment_supersedes_a_stuck_one(fleet: Fleet) -> None:

@@ -370,9 +370,9 @@ class OtaService:
             raise CommandError("not_found", f"no deployment {args.deployment!r} on this device"
                                + (f" (the current one is {dep.id})" if dep else ""),
                                "send deploy-model first")
-        if dep.terminal or dep.phase != "receiving":
-            return {"deployment": dep.id, "outcome": "duplicate", "phase": dep.phase,
-                    "missing": 0}
+        if dep.terminal or dep.phase != "receiving":  # a late or resent chunk: nothing to do
+            return {"deployment": dep.id, "outcome": "closed",
+                    "state": dep.outcome or dep.phase, "missing": 0}
         state_json = dep.received.get(args.path)
         if state_json is None:
             raise CommandError("bad_args", f"args.path: {args.path!r} is not a file of "
