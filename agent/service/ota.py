@@ -511,10 +511,10 @@ class OtaService:
                 await self._roll_back_runners(dep)
             self._finish(dep, end.outcome, end.reason)
         except AgentError as exc:
-            if dep.phase in ("switching", "watching", "committing"):
+            switched = dep.phase in ("switching", "watching", "committing")
+            if switched:
                 await self._roll_back_runners(dep)
-            self._finish(dep, "failed" if dep.phase not in ("watching",) else "rolled_back",
-                         f"{dep.phase}: {exc}")
+            self._finish(dep, "rolled_back" if switched else "failed", f"{dep.phase}: {exc}")
         except Exception as exc:  # a bug: the old model keeps serving, the outcome says so
             log.exception("deployment %s failed in the %s state", dep.id, dep.phase)
             if dep.phase in ("switching", "watching", "committing"):
