@@ -176,6 +176,7 @@ class Store(Protocol):
     def add_shard(self, part: ShardPart) -> ShardState: ...
     def reject(self, topic: str, reason: str, payload: bytes) -> None: ...
     def count(self) -> int: ...
+    def stored_keys(self, site: str, stream: str) -> list[tuple[str, int]]: ...
     def describe(self) -> str: ...
     def close(self) -> None: ...
 
@@ -297,6 +298,11 @@ class SqliteStore:
 
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+
+    def stored_keys(self, site: str, stream: str) -> list[tuple[str, int]]:
+        """(device, seq) of every record of ``stream`` stored for ``site``."""
+        return [(str(d), int(q)) for d, q in self._db.execute(
+            "SELECT device, seq FROM records WHERE site = ? AND stream = ?", (site, stream))]
 
     def close(self) -> None:
         self._db.close()
@@ -488,6 +494,15 @@ class PostgresStore:
             row = cur.fetchone()
         self._db.commit()
         return int(row[0]) if row else 0
+
+    def stored_keys(self, site: str, stream: str) -> list[tuple[str, int]]:
+        """(device, seq) of every record of ``stream`` stored for ``site``."""
+        with self._db.cursor() as cur:
+            cur.execute("SELECT device, seq FROM records WHERE site = %s AND stream = %s",
+                        (site, stream))
+            rows = [(str(d), int(q)) for d, q in cur.fetchall()]
+        self._db.commit()
+        return rows
 
     def close(self) -> None:
         self._db.close()

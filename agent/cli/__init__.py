@@ -19,6 +19,7 @@ from agent import __version__
 from agent.cli import bench, config, counts, ctl, demo, diag, faults, ingest, models, run, status, synth_clip
 from agent.cli import eval as eval_cmd
 from agent.cli import pki as pki_cmd
+from agent.cli import simulate as simulate_cmd
 from agent.errors import AgentError
 
 
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lepton-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (run, config, models, ingest, counts, demo, status, diag, bench, faults, synth_clip,
-                  eval_cmd, pki_cmd, ctl):
+                  eval_cmd, pki_cmd, ctl, simulate_cmd):
         group.add_parser(sub)
     ctl.add_bench_parser(sub.choices["bench"])  # bench commands
     return parser
