@@ -119,7 +119,10 @@ def decode_json(topic: str, payload: bytes, limit: int = MAX_PAYLOAD) -> tuple[s
     if len(payload) > limit:
         raise Reject(f"payload of {len(payload)} bytes exceeds {limit}", topic=topic,
                      code=TOO_LARGE)
-    depth = nesting_depth(payload)
+    # Fewer opening brackets than the limit cannot nest deeper than it: most records skip
+    # the scan (1/7 of the decode cost on simulator records).
+    depth = (0 if payload.count(b"[") + payload.count(b"{") <= MAX_DEPTH
+             else nesting_depth(payload))
     if depth > MAX_DEPTH:
         raise Reject(f"JSON nested {depth} deep (at most {MAX_DEPTH})", topic=topic,
                      code=TOO_DEEP)
@@ -136,7 +139,10 @@ def decode_json(topic: str, payload: bytes, limit: int = MAX_PAYLOAD) -> tuple[s
         # MAX_DEPTH but stays a reject rather than a crash.
         raise Reject(f"payload is not JSON: {clean(str(exc), 200)}", topic=topic,
                      code=NOT_JSON) from None
-    _check_strings(value, topic)
+    # NUL and lone surrogates can only come from a \u escape (json.loads refuses raw control
+    # characters and the text is valid UTF-8): without one there is nothing to look for.
+    if "\\u" in text:
+        _check_strings(value, topic)
     return text, value
 
 
