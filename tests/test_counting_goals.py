@@ -126,6 +126,18 @@ def test_harness_measured_counts_are_eval_countings(smoke: tuple[dict[str, objec
     assert three["true_total"] == counting["true_total"]
 
 
+def test_truth_as_detections_counts_nearly_the_truth(smoke: tuple[dict[str, object], Path]
+                                                     ) -> None:
+    """The tracker fed the truth's own boxes: the bound a perfect detector would give. Boxes
+    given in the wrong order or frame would count nothing like the truth."""
+    report, _ = smoke
+    (counting,) = report["counting"]  # type: ignore[misc]
+    runs = {r["min_visibility"]: r for r in report["truth_as_detections"]}  # type: ignore[attr-defined]
+    assert set(runs) == {0.0, 0.4, 0.7}
+    assert all(r["true_total"] == counting["true_total"] for r in runs.values())
+    assert runs[0.0]["scene_abs_error_pct"] <= 10.0, runs
+
+
 def test_a_parked_flickering_vehicle_on_the_line_counts_nothing(tmp_path: Path) -> None:
     (tmp_path / "band").mkdir()
     figures = flicker_figures(tmp_path / "band", seconds=6.0)
@@ -151,3 +163,36 @@ def test_eval_goals_bad_input_is_one_line_and_exit_2(args: list[str], expect: st
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert expect in out.stderr and "Traceback" not in out.stderr
     assert out.stderr.strip().count("\n") == 0 and out.stdout == ""
+
+
+@pytest.mark.slow
+def test_ten_scenes_the_goals_that_hold(tmp_path: Path) -> None:
+    """`lepton-agent eval goals` as documented (10 scenes of 60 s at 5 and 15 fps, flicker,
+    interval 3, the traffic model). Asserted: the goals measured as met (docs/analytics.md,
+    *Goals*); the count error goal (<= 2 % per line, class and direction) is not met by the
+    default model and is only kept from getting worse than measured."""
+    out = run_cli("eval", "goals", "--json", "--workdir", str(tmp_path), timeout=1800)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    by_fps = {c["fps"]: c for c in report["counting"]}
+    assert set(by_fps) == {5.0, 15.0}
+    for c in by_fps.values():
+        assert len(c["scenes"]) == 10 and all(s["dropped"] == 0 for s in c["scenes"])
+        assert c["true_total"] > 900
+    # The tracker and lines fed the truth's boxes meet the count goal (the detector is the gap).
+    for r in report["truth_as_detections"]:
+        if r["min_visibility"] == 0.0:
+            assert r["worst_error_pct"] <= 2.0, r
+    # Measured with the default model (sha256 eb89700c): 5.64 % and 4.88 % per-scene |error|.
+    assert by_fps[5.0]["scene_abs_error_pct"] <= 7.0, by_fps[5.0]
+    assert by_fps[15.0]["scene_abs_error_pct"] <= 6.0, by_fps[15.0]
+    # Flicker: the parked vehicle shown as car and truck by turns counts nothing.
+    assert report["flicker"]["goal_met"], report["flicker"]
+    # Interval 3 at 15 fps: within one point of interval 1 (+0.71 measured).
+    (three,) = [c for c in report["interval_3"] if c["fps"] == 15.0]
+    assert three["goal_met"], three
+    # Traffic model: tracker + counting within 5 % of a frame's work; interval 3 skips
+    # inference (the 2.5x goal itself depends on the machine's load: 2.31-2.77 measured).
+    for t in report["traffic_interval"]:
+        assert t["share_goal_met"], t
+        assert t["ratio"] >= 1.8, t
