@@ -7,8 +7,12 @@
   from ``agent.core.analytics``, so that the counts it is compared with cannot share its bugs;
 - :func:`tracking_scores` computes HOTA, IDF1, MOTA and ID switches with TrackEval's metric
   classes (the reference implementation of HOTA, Luiten et al. 2020), not with our own sums;
-- :func:`run_clip` runs the default model and this project's tracker and line counters on every
-  frame of a clip, giving the tracks (as MOT rows) and the measured counts.
+- :func:`run_clip` runs the default model and this project's tracker on every frame of a clip,
+  giving the tracks as MOT rows (``eval tracking``);
+- :func:`run_agent` runs the agent itself (``AgentApp``) on a clip with a config loaded by
+  :func:`eval_config` through the agent's loader, giving the run summary's counts and the
+  results' stage times (``eval counting``); :func:`count_rows` sets them beside the truth's,
+  counted on the lines of that same loaded config (:func:`count_lines`).
 """
 
 from __future__ import annotations

@@ -196,8 +196,13 @@ def cmd_eval_goals(args: argparse.Namespace) -> int:
               f"{c['scene_abs_error_pct']} %, analytics {c['analytics_share']} of the frame's work")
         for r in c["per_line_class_direction"]:
             print(f"  {r['line']:<7} {r['class']:<6} {r['direction']:<4} true {r['true']:>4}  "
-                  f"measured {r['measured']:>4}  error {r['error']:+d} ({r['error_pct']} %)  "
+                  f"measured {r['measured']:>4}  error {r['error']:+d} "
+                  f"({'-' if r['error_pct'] is None else r['error_pct']} %)  "
                   f"per-scene |error| {r['scene_abs_error']}")
+    for t in report.get("truth_as_detections", []):
+        print(f"truth's boxes as detections, {t['fps']:g} fps, vehicles >= "
+              f"{t['min_visibility']:.0%} visible: per-scene |error| {t['scene_abs_error_pct']} %, "
+              f"worst {t['worst_error_pct']} %")
     for c in report["interval_3"]:
         print(f"interval 3, {c['fps']:g} fps: worst net error {c['worst_error_pct']} %, per-scene "
               f"|error| {c['scene_abs_error_pct']} % ({c['vs_interval_1_pp']:+} pp vs interval 1: "
