@@ -40,7 +40,8 @@ from agent.backend.decode import (
     decode_json,
 )
 from agent.backend.shards import parse_shard
-from agent.backend.store import IngestedRecord, Store, Unstorable
+from agent.backend.store import IngestedRecord, Store, StoreUnavailable, Unstorable
+from agent.core.backoff import Backoff
 from agent.core.contract.ack import Ranges, encode_ack, to_ranges
 from agent.core.contract.count import count_from_json
 from agent.core.contract.topics import DeviceTopics, parse_topic, results_subscription
@@ -65,9 +66,28 @@ class IngestStats:
     blobs_completed: int = 0
     connects: int = 0
     last_reject: str | None = None
+    commits: int = 0
+    """Batches committed."""
+    commit_s: float = 0.0
+    """Seconds spent committing batches, all together (commit_s / commits: the mean)."""
+    store_outages: int = 0
+    """Times the database went away and ingest held its batch until it came back."""
+    lag_messages: int = field(default=0, repr=False)
+    """Received, not yet committed (nor rejected): held in the batch, or while the database
+    is away."""
+    lag_since: float | None = field(default=None, repr=False)
+    """Monotonic time the oldest of those was received (None: none)."""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["lag_messages"], out["lag_since"]
+        return out
+
+    def lag_oldest_s(self, now: float | None = None) -> float:
+        """Age of the oldest message received and not yet committed (0: none)."""
+        if self.lag_since is None:
+            return 0.0
+        return max(0.0, (time.monotonic() if now is None else now) - self.lag_since)
 
     def summary(self) -> str:
         """One log line: the counters, and each reject reason with its count."""
@@ -148,8 +168,11 @@ class Ingest:
 
     def __init__(self, store: Store, subscription: str, name: str = "ingest",
                  shard_subscription: str | None = None,
-                 extra_subscriptions: tuple[str, ...] = ()) -> None:
+                 extra_subscriptions: tuple[str, ...] = (), retry_store: bool = False) -> None:
         self.store = store
+        self.retry_store = retry_store
+        """A database that went away (StoreUnavailable): hold and reconnect (run_ingest), or
+        stop with the error (False)."""
         self.name = name
         self.subscription = subscription
         self.subscriptions = [*([shard_subscription] if shard_subscription else []),
@@ -160,6 +183,11 @@ class Ingest:
         self.link: MqttLink | None = None
         self.ready_file: Path | None = None
         self._batch: list[Pending] = []
+        self._deferred: list[paho.MQTTMessage] = []
+        """Messages received while the database is away, handled once it is back."""
+        self.unavailable: StoreUnavailable | None = None
+        self._retry_at = 0.0
+        self._store_backoff = Backoff(0.2, 10.0)
         self._wake = asyncio.Event()
         self.failed: StorageError | None = None
 
@@ -233,10 +261,67 @@ class Ingest:
         if self.failed is not None:
             return  # not acknowledged: the broker redelivers it to the next start
         self.stats.received += 1
+        if self.unavailable is not None:
+            # Not acknowledged, and kept: a broker resends an unacknowledged message only on
+            # a new connection, so dropping it would leave it in flight until then.
+            self._deferred.append(message)
+            self._note_lag()
+            return
+        self._handle_safely(message)
+
+    def _handle_safely(self, message: paho.MQTTMessage) -> None:
         try:
             self._handle(message)
+        except StoreUnavailable as exc:  # a reject or a shard part could not be written
+            if not self.retry_store:
+                self._fail(exc)
+                return
+            self._deferred.append(message)
+            self._went_away(exc)
         except StorageError as exc:
             self._fail(exc)
+        self._note_lag()
+
+    def _note_lag(self) -> None:
+        lag = len(self._batch) + len(self._deferred)
+        if lag and not self.stats.lag_messages:
+            self.stats.lag_since = time.monotonic()
+        elif not lag:
+            self.stats.lag_since = None
+        self.stats.lag_messages = lag
+
+    def _went_away(self, exc: StoreUnavailable) -> None:
+        """The database is away: hold what is received, unacknowledged, and retry."""
+        if self.unavailable is None:
+            log.error("%s; holding %d messages unacknowledged and reconnecting", exc,
+                      len(self._batch) + len(self._deferred))
+            self.stats.store_outages += 1
+            self.unavailable = exc
+        self._retry_at = time.monotonic() + self._store_backoff.next_delay()
+
+    def _try_store_again(self) -> None:
+        """Reconnect; once the database answers, commit the batch and handle what waited."""
+        if time.monotonic() < self._retry_at:
+            return
+        try:
+            self.store.reconnect()
+        except StoreUnavailable as exc:
+            self._went_away(exc)
+            return
+        log.info("the database is back: committing %d held records, handling %d messages",
+                 len(self._batch), len(self._deferred))
+        self.unavailable = None
+        self._store_backoff.reset()
+        self.flush()
+        if self.unavailable is not None:
+            return
+        deferred, self._deferred = self._deferred, []
+        for n, message in enumerate(deferred):
+            if self.unavailable is not None:
+                self._deferred.extend(deferred[n:])
+                break
+            self._handle_safely(message)
+        self._note_lag()
 
     def _fail(self, exc: StorageError) -> None:
         """The database is unavailable: stop taking messages; the committer raises it."""
@@ -273,12 +358,24 @@ class Ingest:
         if not self._batch:
             self._acknowledge_to_devices([])
             return
+        if self.unavailable is not None:
+            return
         batch, self._batch = self._batch, []
+        started = time.perf_counter()
         try:
             new = self.store.store([r for r, _, _, _ in batch])
             kept = batch
         except Unstorable:
             new, kept = self._store_one_by_one(batch, ack)
+        except StoreUnavailable as exc:
+            if not self.retry_store:
+                raise
+            self._batch = batch + self._batch
+            self._went_away(exc)
+            return
+        self.stats.commits += 1
+        self.stats.commit_s += time.perf_counter() - started
+        self._note_lag()
         self.stats.stored += new
         self.stats.duplicates += len(kept) - new
         if ack:
@@ -336,6 +433,10 @@ class Ingest:
                 await asyncio.sleep(interval)
             if self.failed is not None:
                 raise self.failed
+            if self.unavailable is not None:
+                self._try_store_again()
+                self._wake.set()  # come back for the next attempt
+                continue
             self.flush()
         if self.failed is not None:
             raise self.failed
@@ -380,6 +481,47 @@ class TlsFiles:
                               f"{self.key or '(none)'}: {exc}", key="--tls-cert",
                               fix="--tls-cert takes the client's PEM certificate and --tls-key "
                                   "its unencrypted PEM key (the pair must match)") from None
+
+
+def check_broker(broker: BrokerUrl, *, username: str | None = None,
+                 password: str | None = None, tls: TlsFiles | None = None,
+                 timeout: float = 5.0) -> tuple[bool, str]:
+    """Whether the broker takes an MQTT 5 connection from ingest (CONNACK success), and one
+    line saying so."""
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from agent.sync.mqtt import tls_context
+
+    result: list[str] = []
+    done = threading.Event()
+
+    def on_connect(client: paho.Client, userdata: Any, flags: Any, reason: Any,
+                   props: Any) -> None:
+        result.append("" if not reason.is_failure else str(reason))
+        done.set()
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=default_client_id("check"),
+                         protocol=paho.MQTTv5)
+    client.on_connect = on_connect
+    if username:
+        client.username_pw_set(username, password)
+    try:
+        if broker.tls:
+            t = tls or TlsFiles()
+            client.tls_set_context(tls_context(t.ca, t.cert, t.key))
+        client.connect(broker.host, broker.port, keepalive=10)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        return False, f"broker {broker}: unreachable: {exc}"
+    client.loop_start()
+    try:
+        if not done.wait(timeout):
+            return False, f"broker {broker}: no CONNACK within {timeout:g} s"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    if result[0]:
+        return False, f"broker {broker}: refused the connection: {result[0]}"
+    return True, f"broker {broker}: reachable (MQTT 5 connection accepted)"
 
 
 RECEIVE_MAXIMUM = 1000
@@ -428,7 +570,8 @@ async def run_ingest(broker: BrokerUrl, store: Store, *, group: str | None = "in
                     shard_subscription=results_subscription(group, "shards"),
                     extra_subscriptions=(results_subscription(group, "sensors"),
                                          results_subscription(group, "events"),
-                                         results_subscription(group, "counts")))
+                                         results_subscription(group, "counts")),
+                    retry_store=True)
     ingest.ready_file = ready_file
     tls = tls or TlsFiles()
     # A consumer reconnects quickly (at most reconnect_max_s apart): while it is away the

@@ -1,5 +1,6 @@
 """Prometheus endpoint of the ingest consumer (``--metrics-listen HOST:PORT``): what it received,
-stored, dropped as duplicates and rejected, each reject reason a label of its own."""
+stored, dropped as duplicates and rejected, each reject reason a label of its own; its lag
+(received, not committed: how many and the age of the oldest) and the batch commit time."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from agent.backend.ingest import IngestStats
@@ -33,8 +39,19 @@ class IngestCollector(Collector):
                 ("blobs_completed", "Shard blobs reassembled, verified and written",
                  s.blobs_completed),
                 ("acks_sent", "Ingest acknowledgements published to devices", s.acks_sent),
-                ("connects", "Connections made to the broker", s.connects)):
+                ("connects", "Connections made to the broker", s.connects),
+                ("store_outages", "Times the database went away (ingest held its messages "
+                                  "unacknowledged and reconnected)", s.store_outages)):
             yield CounterMetricFamily(f"lepton_ingest_{name}", doc, value=value)
+        # records/s is rate(lepton_ingest_stored_total[1m]); these tell how far behind it is.
+        yield GaugeMetricFamily("lepton_ingest_lag_messages", "Messages received but not yet "
+                                "committed (in the batch, or held while the database is away)",
+                                value=s.lag_messages)
+        yield GaugeMetricFamily("lepton_ingest_lag_oldest_seconds", "Age of the oldest message "
+                                "received and not yet committed (0: none)",
+                                value=round(s.lag_oldest_s(), 6))
+        yield SummaryMetricFamily("lepton_ingest_batch_commit_seconds", "Time to commit a batch "
+                                  "of records", count_value=s.commits, sum_value=s.commit_s)
         rejects = CounterMetricFamily("lepton_ingest_rejected", "Messages rejected (stored in "
                                       "rejects and acknowledged), by reason code",
                                       labels=["reason"])

@@ -167,6 +167,12 @@ class Unstorable(Exception):
     transaction was rolled back, and the record is rejected rather than retried."""
 
 
+class StoreUnavailable(StorageError):
+    """The database server cannot be reached (connection refused or lost, server restarting):
+    nothing of the batch was stored. Ingest keeps it unacknowledged and calls
+    :meth:`Store.reconnect` with a backoff; a full disk or a refused write is not this."""
+
+
 class Store(Protocol):
     """What ingest needs from a database."""
 
@@ -176,6 +182,7 @@ class Store(Protocol):
     def add_shard(self, part: ShardPart) -> ShardState: ...
     def reject(self, topic: str, reason: str, payload: bytes) -> None: ...
     def count(self) -> int: ...
+    def reconnect(self) -> None: ...
     def stored_keys(self, site: str, stream: str) -> list[tuple[str, int]]: ...
     def describe(self) -> str: ...
     def close(self) -> None: ...
@@ -293,6 +300,10 @@ class SqliteStore:
                          (time.time_ns(), clean(topic, 1000), clean(reason),
                           payload[:PAYLOAD_KEPT]))
 
+    def reconnect(self) -> None:
+        """Nothing to reconnect to: a file's errors are not transient (StorageError stops
+        ingest)."""
+
     def describe(self) -> str:
         return f"SQLite {self.path.resolve()}"
 
@@ -367,9 +378,19 @@ class PostgresStore:
                                fix="pip install 'lepton-edge[backend]'") from exc
         self._psycopg: Any = psycopg
         self._url = _redact(url)
-        conninfo, self.schema = _split_schema(url)
+        self._full_url = url
+        self._conninfo, self.schema = _split_schema(url)
+        self._connect()
+
+    def _connect(self) -> None:
+        """Open the connection, make the schema and tables (under an advisory lock)."""
+        psycopg = self._psycopg
+        url = self._full_url
         try:
-            self._db = psycopg.connect(conninfo, autocommit=False, connect_timeout=10)
+            # The application name carries the schema, so an operator (or a test) can tell
+            # which ingest a server-side connection belongs to in pg_stat_activity.
+            self._db = psycopg.connect(self._conninfo, autocommit=False, connect_timeout=10,
+                                       application_name=f"lepton-ingest/{self.schema or '-'}")
             with self._db.cursor() as cur:
                 if self.schema:
                     cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
@@ -391,6 +412,16 @@ class PostgresStore:
             raise StorageError(f"cannot open PostgreSQL: {exc}".strip(), path=_redact(url),
                                fix="check the server is up, the URL, and that the user may "
                                    "create tables in the schema") from exc
+
+    def reconnect(self) -> None:
+        """A new connection after the server went away; StoreUnavailable while it stays away."""
+        with contextlib.suppress(Exception):
+            self._db.close()
+        try:
+            self._connect()
+        except StorageError as exc:
+            raise StoreUnavailable(str(exc), path=self._url,
+                                   fix="ingest retries with a backoff") from exc
 
     def store(self, records: list[IngestedRecord]) -> int:
         """Insert records not yet stored, in one transaction; returns how many were new."""
@@ -448,6 +479,11 @@ class PostgresStore:
                 self._db.rollback()
         if isinstance(exc, (self._psycopg.DataError, self._psycopg.IntegrityError)):
             raise Unstorable(str(exc).strip()) from exc
+        if isinstance(exc, self._psycopg.OperationalError) or self._db.closed:
+            # The connection is gone (server restarted, backend terminated, network): nothing
+            # of the transaction was kept; ingest holds the batch and reconnects.
+            raise StoreUnavailable(f"PostgreSQL went away: {str(exc).strip()}", path=self._url,
+                                   fix="ingest reconnects with a backoff; check the server")
         raise StorageError(f"PostgreSQL: {str(exc).strip()}", path=self._url,
                            fix="check the server is up; the broker redelivers what was not "
                                "stored") from exc
@@ -506,6 +542,67 @@ class PostgresStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+_REQUIRED_TABLES = _OWN_TABLES - {"sqlite_sequence"}
+
+
+def check_store(url: str) -> tuple[bool, str]:
+    """Whether the database ``url`` names is reachable and its tables are ingest's current ones
+    (without creating anything), and one line saying so."""
+    parts = urlsplit(url)
+    if parts.scheme in ("postgresql", "postgres"):
+        return _check_postgres(url)
+    path = sqlite_path(url)
+    if not path.exists():
+        return True, (f"SQLite {path.resolve()}: absent; ingest creates it with the current "
+                      "tables at start")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                                timeout=5)) as db:
+            tables = {r[0] for r in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            columns = [r[1] for r in db.execute("PRAGMA table_info(records)")]
+    except sqlite3.Error as exc:
+        return False, f"SQLite {path.resolve()}: cannot read it: {exc}"
+    return _schema_verdict(f"SQLite {path.resolve()}", tables, columns, _RECORD_COLUMNS)
+
+
+def _check_postgres(url: str) -> tuple[bool, str]:
+    try:
+        import psycopg
+    except ImportError:
+        return False, "PostgreSQL: psycopg is not installed (pip install 'lepton-edge[backend]')"
+    conninfo, schema = _split_schema(url)
+    where = f"PostgreSQL {_redact(url)}"
+    try:
+        with psycopg.connect(conninfo, connect_timeout=5) as db:
+            name = schema or db.execute("SELECT current_schema()").fetchone()[0]  # type: ignore[index]
+            tables = {r[0] for r in db.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+                (name,))}
+            columns = [r[0] for r in db.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
+                "AND table_name = 'records' ORDER BY ordinal_position", (name,))]
+    except psycopg.Error as exc:
+        return False, f"{where}: unreachable: {' '.join(str(exc).split())}"
+    if not tables:
+        return True, f"{where}: reachable; schema empty, ingest creates the tables at start"
+    return _schema_verdict(f"{where}: reachable;", tables, columns, _PG_RECORD_COLUMNS)
+
+
+def _schema_verdict(where: str, tables: set[str], columns: list[str],
+                    want: list[str]) -> tuple[bool, str]:
+    foreign = sorted(tables - _OWN_TABLES)
+    if foreign:
+        return False, f"{where} holds tables that are not ingest's: {', '.join(foreign)}"
+    if columns and columns != want:
+        return False, f"{where} records table has columns {', '.join(columns)}, not ingest's"
+    missing = sorted(_REQUIRED_TABLES - tables)
+    if missing:
+        return False, (f"{where} schema is behind: tables {', '.join(missing)} missing "
+                       "(ingest adds them at its next start)")
+    return True, f"{where} schema current ({len(_REQUIRED_TABLES)} tables)"
 
 
 def _split_schema(url: str) -> tuple[str, str | None]:

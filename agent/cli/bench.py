@@ -76,6 +76,43 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ob.add_argument("--json", action="store_true")
     ob.set_defaults(func=cmd_bench_ota)
 
+    ib = bench_sub.add_parser("ingest", help="ingest into SQLite and PostgreSQL vs a raw paho "
+                                             "subscriber; scale-out; overload through the "
+                                             "fleet simulator")
+    ib.add_argument("--records", type=positive(int), default=20_000)
+    ib.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/test",
+                    help="PostgreSQL server (a schema of its own is made and dropped)")
+    ib.add_argument("--processes", type=positive(int), default=1,
+                    help="N > 1: also N ingest processes on one shared subscription vs one")
+    ib.add_argument("--overload", type=positive(float, zero=True), default=0.0,
+                    help="offer this many times the measured SQLite rate (0: skip)")
+    ib.add_argument("--seconds", type=positive(float), default=60.0,
+                    help="length of the overload burst")
+    ib.add_argument("--json", action="store_true")
+    ib.set_defaults(func=cmd_bench_ingest)
+
+
+def cmd_bench_ingest(args: argparse.Namespace) -> int:
+    from agent.bench.ingest import bench_ingest
+
+    report = bench_ingest(records=args.records, pg_server=args.pg, processes=args.processes,
+                          overload=args.overload, seconds=args.seconds)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"records/s: raw subscriber {report['raw_subscriber_per_s']}, SQLite "
+          f"{report['sqlite_per_s']} ({report['sqlite_ratio']}x), PostgreSQL "
+          f"{report['postgresql_per_s']} ({report.get('postgresql_ratio')}x); goal >= 0.5x")
+    if "processes" in report:
+        p = report["processes"]
+        print(f"{p['n']} processes: {p['n_per_s']}/s vs one {p['one_per_s']}/s "
+              f"({p['ratio']}x, goal >= 1.3x)")
+    if "overload" in report:
+        o = report["overload"]
+        print(f"overload: offered {o['offered']}, stored {o['stored']}, lost {o['lost']}, "
+              f"duplicates stored {o['duplicates_stored']}, caught up {o['catch_up_s']} s after")
+    return 0
+
 
 def cmd_bench_web(args: argparse.Namespace) -> int:
     from agent.bench.web import bench_web

@@ -42,6 +42,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                              "e.g. 127.0.0.1:9101 (default: off)")
     ingest.add_argument("--ready-file", type=Path,
                         help="written once the subscription is in place (for orchestration)")
+    ingest.add_argument("--check", action="store_true",
+                        help="only check that the broker and the database are reachable and "
+                             "the schema is current (one line each; exit 1 if not)")
     ingest.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     ingest.set_defaults(func=cmd_ingest)
@@ -75,6 +78,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         if not is_loopback(metrics_listen[0]):
             print(f"ingest: warning: --metrics-listen {args.metrics_listen}: the endpoint has no "
                   "authentication; keep it on loopback or behind a firewall", file=sys.stderr)
+    if args.check:
+        from agent.backend.ingest import check_broker
+        from agent.backend.store import check_store
+
+        checks = [check_broker(broker, username=args.username, password=secrets.mqtt_password,
+                               tls=tls), check_store(args.db)]
+        for ok, line in checks:
+            print(f"{'ok  ' if ok else 'FAIL'} {line}")
+        return 0 if all(ok for ok, _ in checks) else 1
     store = open_store(args.db, args.blob_dir)
     print(f"ingest: storing into {store.describe()}", file=sys.stderr, flush=True)
     try:

@@ -1,0 +1,362 @@
+"""``lepton-agent bench ingest``: how many records a second ingest stores, against the limit of a
+Python MQTT consumer, on one private mosquitto in one run.
+
+- ``raw_subscriber_per_s``: a paho subscriber that only parses each message's JSON and PUBACKs
+  it (manual acks, as ingest), the most a Python consumer of this broker takes;
+- ``sqlite_per_s``, ``postgresql_per_s``: ``lepton-agent ingest`` (a real process) into each
+  store.
+
+Each consumer is measured on a queue the broker already holds: its persistent session
+subscribes, goes away, ``records`` simulator records (``lepton.result`` from the contract's
+encoder, many devices) are published, and the consumer comes back. Its rate is the records
+taken from the first to the last, so neither the publisher's speed nor the start of a process
+counts. ``processes``: the same with N ingest processes on one shared subscription (one with
+the same shared subscription is measured beside it). ``overload``: the fleet simulator offers
+``overload`` times the measured SQLite rate for ``seconds`` to ingest on a broker with the
+reference limits of docs/broker/ingest.conf; the report has what was offered, stored, lost,
+stored twice, and the time from the end of the burst until every record was stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import sqlite3
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.core.contract.topics import DeviceTopics
+from agent.core.uri import parse_broker
+from agent.devtools.mosquitto import LocalBroker
+from agent.devtools.rig import IngestProcess
+from agent.devtools.simulate import (
+    STREAM,
+    FleetOptions,
+    FleetReport,
+    VirtualDevice,
+    run_fleet,
+    store_reader,
+)
+from agent.errors import AgentError
+
+PG_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
+SUBSCRIPTION = "lepton/v1/+/+/results/+"
+REFERENCE_CONF = Path(__file__).resolve().parents[2] / "docs" / "broker" / "ingest.conf"
+
+
+def make_messages(records: int, devices: int = 20, site: str = "bench") -> list[tuple[str, bytes]]:
+    """``records`` result records spread over ``devices`` simulator devices (topic, payload)."""
+    fleet = FleetOptions(devices=devices, rate=1, seconds=1, site=site)
+    out: list[tuple[str, bytes]] = []
+    devs = [VirtualDevice(f"b-{n:04d}", DeviceTopics(site, f"b-{n:04d}"), fleet,
+                          random.Random(n), FleetReport(devices)) for n in range(devices)]
+    wall = 1.79e9
+    for i in range(records):
+        dev = devs[i % devices]
+        dev.make_record(wall + i / 1000)
+    for dev in devs:
+        topic = dev.topics.results(STREAM)
+        out.extend((topic, r.payload) for r in dev.unsent.values())
+    random.Random(0).shuffle(out)
+    return out
+
+
+def publish_all(port: int, messages: list[tuple[str, bytes]]) -> None:
+    """QoS 1 publishes until the broker has PUBACKed every one."""
+    done = threading.Event()
+    left = [len(messages)]
+
+    def on_publish(client: paho.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            done.set()
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{uuid.uuid4().hex[:6]}",
+                         protocol=paho.MQTTv5)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.on_publish = on_publish
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        for topic, payload in messages:
+            client.publish(topic, payload, qos=1)
+        if not done.wait(600):
+            raise AgentError(f"the broker took {len(messages) - left[0]} of {len(messages)} "
+                             "records within 600 s")
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def _connect_props() -> Properties:
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 3600
+    return props
+
+
+def drop_session(port: int, client_id: str) -> None:
+    """End a persistent session the broker keeps for ``client_id``: an orphan session goes on
+    collecting copies of every message (and, in a shared group, its share of them)."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    client.connect("127.0.0.1", port, clean_start=True)
+    client.loop_start()
+    deadline = time.monotonic() + 10
+    while not client.is_connected() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    client.disconnect()
+    client.loop_stop()
+
+
+def raw_subscriber_rate(port: int, messages: list[tuple[str, bytes]]) -> float:
+    """Records/s of a paho subscriber that parses each payload's JSON and PUBACKs it."""
+    n = len(messages)
+    cid = f"bench-raw-{uuid.uuid4().hex[:6]}"
+    subscribed = threading.Event()
+    done = threading.Event()
+    times: list[float] = []
+    count = [0]
+
+    def on_subscribe(client: paho.Client, *args: Any) -> None:
+        subscribed.set()
+
+    def on_message(client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        json.loads(msg.payload)
+        client.ack(msg.mid, msg.qos)
+        count[0] += 1
+        if count[0] == 1:
+            times.append(time.perf_counter())
+        if count[0] == n:
+            times.append(time.perf_counter())
+            done.set()
+
+    def client() -> paho.Client:
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=paho.MQTTv5,
+                        manual_ack=True)
+        c.on_subscribe = on_subscribe
+        c.on_message = on_message
+        c.connect("127.0.0.1", port, clean_start=False, properties=_connect_props())
+        return c
+
+    first = client()
+    first.loop_start()
+    first.subscribe(SUBSCRIPTION, qos=1)
+    if not subscribed.wait(10):
+        raise AgentError("the raw subscriber's SUBSCRIBE was not acknowledged")
+    first.disconnect()
+    first.loop_stop()
+    publish_all(port, messages)
+    second = client()
+    second.loop_start()
+    try:
+        if not done.wait(600):
+            raise AgentError(f"the raw subscriber took {count[0]} of {n} records in 600 s")
+    finally:
+        second.disconnect()
+        second.loop_stop()
+        drop_session(port, cid)
+    return (n - 1) / max(times[1] - times[0], 1e-9)
+
+
+class _Counter:
+    """Counts the records of a store, read with the database's own client."""
+
+    def __init__(self, db_url: str) -> None:
+        self.db_url = db_url
+        if db_url.startswith("sqlite:///"):
+            self.path: Path | None = Path(db_url[len("sqlite:///"):])
+            self.pg: Any = None
+        else:
+            import psycopg
+
+            base, _, self.schema = db_url.partition("?schema=")
+            self.path = None
+            self.pg = psycopg.connect(base, autocommit=True)
+
+    def __call__(self) -> int:
+        if self.path is not None:
+            if not self.path.exists():
+                return 0
+            with sqlite3.connect(self.path, timeout=10) as conn:
+                try:
+                    return int(conn.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+                except sqlite3.OperationalError:
+                    return 0
+        try:
+            row = self.pg.execute(f'SELECT COUNT(*) FROM "{self.schema}".records').fetchone()
+        except Exception:  # the table is created by ingest's first start
+            return 0
+        return int(row[0])
+
+    def close(self) -> None:
+        if self.pg is not None:
+            self.pg.close()
+
+
+def ingest_rate(broker: LocalBroker, messages: list[tuple[str, bytes]], db_url: str,
+                workdir: Path, processes: int = 1, group: str = "") -> float:
+    """Records/s of ``processes`` ingest processes (stable client ids: their sessions hold the
+    queue while they are away) taking ``messages`` the broker already holds."""
+    n = len(messages)
+    tag = uuid.uuid4().hex[:6]
+    procs = [IngestProcess(broker.url, workdir / f"ingest-{tag}-{i}.db", db_url=db_url,
+                           client_id=f"bench-ingest-{tag}-{i}", group=group,
+                           log_level="warning") for i in range(processes)]
+    counter = _Counter(db_url)
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.stop()
+        publish_all(broker.port, messages)
+        for p in procs:
+            p.start()
+        first: tuple[float, int] | None = None
+        deadline = time.monotonic() + 600
+        while True:
+            stored = counter()
+            now = time.perf_counter()
+            if first is None and stored > 0:
+                first = (now, stored)
+            if stored >= n:
+                break
+            if time.monotonic() > deadline:
+                raise AgentError(f"ingest stored {stored} of {n} records in 600 s: "
+                                 + " | ".join(p.log[-300:] for p in procs))
+            time.sleep(0.02)
+        assert first is not None
+        return (n - first[1]) / max(now - first[0], 1e-9)
+    finally:
+        for p in procs:
+            if p.running:
+                p.stop()
+        for i in range(processes):
+            drop_session(broker.port, f"bench-ingest-{tag}-{i}")
+        counter.close()
+
+
+def pg_schema(server: str) -> tuple[str, Callable[[], None]] | None:
+    """A fresh schema on ``server`` and how to drop it; None when the server is unreachable."""
+    try:
+        import psycopg
+
+        admin = psycopg.connect(server, autocommit=True, connect_timeout=5)
+    except Exception:
+        return None
+    schema = f"lepton_bench_{uuid.uuid4().hex[:8]}"
+
+    def drop() -> None:
+        admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        admin.close()
+
+    return f"{server}?schema={schema}", drop
+
+
+def reference_broker(workdir: Path) -> LocalBroker:
+    """A private mosquitto with the limits of docs/broker/ingest.conf added to its config
+    (later lines win in mosquitto's config)."""
+    broker = LocalBroker(workdir)
+    limits = [line for line in REFERENCE_CONF.read_text().splitlines()
+              if line.strip() and not line.startswith("#")
+              and line.split()[0] in ("max_queued_messages", "max_queued_bytes",
+                                      "max_inflight_messages", "max_inflight_bytes")]
+    broker.conf.write_text(broker.conf.read_text() + "\n".join(limits) + "\n")
+    return broker
+
+
+def overload_run(db_url: str, workdir: Path, capacity: float, factor: float, seconds: float,
+                 devices: int = 50) -> dict[str, Any]:
+    """The simulator offers ``factor`` x ``capacity`` records/s for ``seconds`` to one ingest
+    process on a broker with the reference limits."""
+    with reference_broker(workdir / "overload-broker") as broker:
+        proc = IngestProcess(broker.url, workdir / "overload.db", db_url=db_url,
+                             log_level="warning").start()
+        try:
+            rate = factor * capacity / devices
+            options = FleetOptions(devices=devices, rate=rate, seconds=seconds, site="overload",
+                                   ack_timeout_s=5.0, ack_timeout_max_s=60.0,
+                                   drain_s=max(120.0, seconds * factor * 2))
+            report: FleetReport = asyncio.run(run_fleet(parse_broker(broker.url), options,
+                                                        store_reader(db_url)))
+        finally:
+            stats = proc.stop() if proc.running else {}
+    return {"target_per_s": round(factor * capacity), "devices": devices, "seconds": seconds,
+            "offered": report.offered, "offered_per_s": round(report.offered /
+                                                               max(report.offer_s, 1e-9)),
+            "stored": report.stored, "lost": report.lost,
+            "duplicates_stored": report.duplicates_stored, "pending": report.pending,
+            "catch_up_s": report.catch_up_s, "resent": report.resent,
+            "duplicates_seen": report.duplicates_seen,
+            "ingest_duplicates": stats.get("duplicates"), "ingest_received": stats.get("received")}
+
+
+def bench_ingest(records: int = 20_000, pg_server: str = PG_DEFAULT, processes: int = 1,
+                 overload: float = 0.0, seconds: float = 60.0) -> dict[str, Any]:
+    """The figures of one run (records/s and ratios to the raw subscriber)."""
+    messages = make_messages(records)
+    report: dict[str, Any] = {"records": records, "payload_bytes_mean": round(
+        sum(len(p) for _, p in messages) / len(messages)), "cpus": os.cpu_count(),
+        "load_1m": round(os.getloadavg()[0], 2)}
+    with tempfile.TemporaryDirectory(prefix="lepton-bench-ingest-") as tmp:
+        work = Path(tmp)
+        with LocalBroker(work / "broker", persistence=False) as broker:
+            report["raw_subscriber_per_s"] = round(raw_subscriber_rate(broker.port, messages))
+            report["sqlite_per_s"] = round(ingest_rate(broker, messages,
+                                                       f"sqlite:///{work}/s1.db", work))
+            pg = pg_schema(pg_server)
+            if pg is None:
+                report["postgresql_per_s"] = None
+                report["postgresql"] = f"no server at {pg_server}"
+            else:
+                url, drop = pg
+                try:
+                    report["postgresql_per_s"] = round(ingest_rate(broker, messages, url, work))
+                finally:
+                    drop()
+            raw = report["raw_subscriber_per_s"]
+            report["sqlite_ratio"] = round(report["sqlite_per_s"] / raw, 3)
+            if report["postgresql_per_s"]:
+                report["postgresql_ratio"] = round(report["postgresql_per_s"] / raw, 3)
+            if processes > 1:
+                report["processes"] = _scale_out(broker, messages, work, processes, pg_server)
+        if overload:
+            report["overload"] = overload_run(f"sqlite:///{work}/overload.db", work,
+                                              report["sqlite_per_s"], overload, seconds)
+    report["load_1m_after"] = round(os.getloadavg()[0], 2)
+    return report
+
+
+def _scale_out(broker: LocalBroker, messages: list[tuple[str, bytes]], work: Path,
+               processes: int, pg_server: str) -> dict[str, Any]:
+    """One process and N processes, each on the shared subscription, into PostgreSQL (SQLite
+    when there is no server: its writers take turns)."""
+    out: dict[str, Any] = {"n": processes}
+    rates = []
+    for n in (1, processes):
+        pg = pg_schema(pg_server)
+        if pg is None:
+            out["store"] = "sqlite"
+            rates.append(ingest_rate(broker, messages, f"sqlite:///{work}/scale{n}.db", work,
+                                     processes=n, group="bench"))
+            continue
+        out["store"] = "postgresql"
+        url, drop = pg
+        try:
+            rates.append(ingest_rate(broker, messages, url, work, processes=n, group="bench"))
+        finally:
+            drop()
+    out["one_per_s"], out["n_per_s"] = round(rates[0]), round(rates[1])
+    out["ratio"] = round(rates[1] / rates[0], 3)
+    return out
