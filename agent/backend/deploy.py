@@ -29,6 +29,8 @@ TRANSFER_CHUNK = 96 * 1024
 """Bytes per chunk: base64 makes it 128 KiB, which with the JSON around it stays well under
 a command's 256 KiB limit."""
 
+CHUNK_TRIES = 3  # a chunk the device refuses (bad_hash, bad_size) is sent this many times
+
 Send = Callable[[str, dict[str, Any], float], CommandReply | None]
 
 
@@ -134,10 +136,16 @@ def deploy_device(bundle: Bundle, deployment: str, device: str, send: Send, *,
     waiter.start()
     deadline = time.monotonic() + timeout_s
     for _command_id, chunk in bundle.chunks(deployment):
+        bad = 0
         while waiter.is_alive() and time.monotonic() < deadline:
             reply = send("deploy-chunk", chunk, chunk_timeout_s)
             if reply is not None and reply.ok:
-                break
+                if (reply.result or {}).get("outcome") in ("accepted", "duplicate", "closed"):
+                    break
+                bad += 1  # bad_hash, bad_size: corrupted on the way, or another plan
+                if bad >= CHUNK_TRIES:
+                    break  # the device's deadline ends the deployment; its reply says so
+                continue
             if reply is not None and reply.code != "not_found":
                 break  # refused: the deploy-model reply says why
             time.sleep(0.2)  # not there yet (deploy-model not taken yet), or no reply
