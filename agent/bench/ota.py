@@ -101,7 +101,7 @@ def bench_swap(model: Path, *, seconds: float = 8.0, fps: float = 15.0, width: i
         "source": source, "model": str(model), "fps": fps,
         "frame_interval_ms": round(1e3 / fps, 2),
         "swap_gap_ms": round(swap_gap, 2) if swap_gap is not None else None,
-        "swap_within_one_frame_interval": swap_gap is not None and swap_gap <= 1e3 / fps + 5,
+        "swap_within_one_frame_interval": swap_gap is not None and swap_gap <= 1e3 / fps,
         "max_gap_ms_steady": round(max(steady), 2) if steady else None,
         "median_gap_ms": round(statistics.median(gaps), 2) if gaps else None,
         "frames_read": read, "results": len(delivered),
