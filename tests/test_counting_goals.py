@@ -157,9 +157,14 @@ def test_a_parked_flickering_vehicle_on_the_line_counts_nothing(tmp_path: Path) 
     (["--fps", "5,x"], "is not a list of frame rates"),
     (["--fps", "0"], "is not a list of frame rates"),
     (["--traffic-model", "/nonexistent/model.tflite"], "traffic model /nonexistent"),
+    (["--workdir", "{file}"], "cannot use"),
 ])
-def test_eval_goals_bad_input_is_one_line_and_exit_2(args: list[str], expect: str) -> None:
-    out = run_cli("eval", "goals", "--scenes", "1", "--seconds", "1", *args, "--json")
+def test_eval_goals_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str],
+                                                     expect: str) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    args = [a.replace("{file}", str(tmp_path / "file")) for a in args]
+    out = run_cli("eval", "goals", "--scenes", "1", "--seconds", "1", "--no-traffic"
+                  if "--traffic-model" not in args else "--no-flicker", *args, "--json")
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert expect in out.stderr and "Traceback" not in out.stderr
     assert out.stderr.strip().count("\n") == 0 and out.stdout == ""

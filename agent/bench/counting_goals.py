@@ -486,7 +486,12 @@ def goals(*, scenes: int = 10, seconds: float = 60.0, fps_list: Sequence[float] 
                              "fps ratio")
     with tempfile.TemporaryDirectory(prefix="lepton-goals-") as tmp:
         work = workdir or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
+        try:
+            work.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AgentError(f"cannot use {work} as the work directory: "
+                             f"{exc.strerror or exc}",
+                             fix="give --workdir a directory that can be created") from exc
         report: dict[str, Any] = {"scenes": scenes, "seconds": seconds, "settings": base,
                                   "placement": placement,
                                   "size": f"{SIZE[0]}x{SIZE[1]}", "counting": [],
