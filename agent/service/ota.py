@@ -261,11 +261,30 @@ class OtaService:
         self.outbox = parts.outbox
         self.root = app.config.agent.state_dir / "ota"
         self.trust = load_trust_dir(app.config.agent.state_dir / TRUST_DIR)
-        self.counters = RollbackCounters.from_json(self.outbox.read_state(COUNTERS_KEY) or "{}")
-        self.clock = TrustedClock.from_json(self.outbox.read_state(CLOCK_KEY) or "{}") \
-            if self.outbox.read_state(CLOCK_KEY) else TrustedClock()
+        # What the outbox state holds is read defensively: the agent starts whatever it finds.
+        # Unreadable counters refuse every deployment (accepting would disarm anti-rollback).
+        self.broken: str | None = None
+        self.counters = RollbackCounters()
+        try:
+            self.counters = RollbackCounters.from_json(self.outbox.read_state(COUNTERS_KEY)
+                                                       or "{}")
+        except ValueError as exc:
+            self.broken = f"the anti-rollback counters ({COUNTERS_KEY}) are unreadable: {exc}"
+            log.error("%s; every deployment is refused until they are restored", self.broken)
+        self.clock = TrustedClock()
+        clock = self.outbox.read_state(CLOCK_KEY)
+        try:
+            self.clock = TrustedClock.from_json(clock) if clock else TrustedClock()
+        except ValueError as exc:
+            log.error("the trusted clock (%s) is unreadable (%s); it starts again from the "
+                      "device clock and the next signed document", CLOCK_KEY, exc)
         text = self.outbox.read_state(DEPLOYMENT_KEY)
-        self.current: Deployment | None = Deployment.from_json(text) if text else None
+        self.current: Deployment | None = None
+        try:
+            self.current = Deployment.from_json(text) if text else None
+        except (ValueError, TypeError) as exc:
+            log.error("the last deployment's record (%s) is unreadable (%s); it is ignored",
+                      DEPLOYMENT_KEY, exc)
         self.task: asyncio.Task[Deployment] | None = None
         self.received = asyncio.Event()
         self.swapped_back: dict[str, ModelRunner] = {}  # stream -> the runner to roll back to
@@ -326,6 +345,9 @@ class OtaService:
     async def deploy(self, command: Command) -> dict[str, Any]:
         """``deploy-model``: start (or rejoin) a deployment; the reply is its outcome."""
         args: DeployArgs = _parse(DeployArgs, command.args)
+        if self.broken:
+            raise CommandError("failed", f"rejected [state]: {self.broken}",
+                               "restore the state directory from a backup, or reset it")
         dep = self.current
         if dep is not None and dep.id == args.deployment:
             if not dep.terminal and (self.task is None or self.task.done()):
