@@ -409,7 +409,7 @@ class CommandService:
         self.retained_ignored = 0
         self._diag: dict[tuple[str, ...], tuple[float, dict[str, Any]]] = {}
         self._diag_running: dict[tuple[str, ...], asyncio.Future[dict[str, Any]]] = {}
-        self.ota = OtaService(app, parts)  # model OTA (agent.service.ota, docs/ota.md)
+        self.ota = OtaService(app, parts, self.lock)  # model OTA (agent.service.ota, docs/ota.md)
         self.ota.resume()
         self.handlers: dict[str, Handler] = {
             "ping": self.ping, "get-config": self.get_config, "set-config": self.set_config,

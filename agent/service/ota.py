@@ -255,8 +255,13 @@ class OtaService:
     """The device's deployments: the ``deploy-model`` and ``deploy-chunk`` handlers, the
     driver task of the current deployment, and its recovery after a restart."""
 
-    def __init__(self, app: AgentFace, parts: Components) -> None:
+    def __init__(self, app: AgentFace, parts: Components,
+                 lock: asyncio.Lock | None = None) -> None:
         self.app = app
+        # The command service's lock of state-changing commands: held from the switch to the
+        # outcome, so no set-config/assign restarts a pipeline or writes the applied config
+        # between the switch, the commit and a rollback.
+        self.lock = lock or asyncio.Lock()
         self.parts = parts
         self.outbox = parts.outbox
         self.root = app.config.agent.state_dir / "ota"
@@ -499,6 +504,7 @@ class OtaService:
     async def _drive(self, dep: Deployment) -> Deployment:
         """Run ``dep`` from its state to a terminal outcome."""
         runners: dict[str, tuple[ModelRunner, float | None]] = {}
+        locked = False
         try:
             if dep.phase == "receiving":
                 await self._phase(dep, self._receive(dep), max(0.0, dep.deadline - time.time()))
@@ -516,6 +522,8 @@ class OtaService:
             runners = await self._phase(dep, self._warm(dep))
             self._enter(dep, "self_test")
             await self._phase(dep, self._self_test(dep))
+            await self._phase(dep, self.lock.acquire())
+            locked = True
             self._enter(dep, "switching")
             await self._phase(dep, self._switch(dep, runners))
             self._enter(dep, "watching", dep.health_s + 30.0)
@@ -545,6 +553,8 @@ class OtaService:
                          f"{exc}")
         finally:
             runners.clear()
+            if locked:
+                self.lock.release()
         return dep
 
     async def _phase(self, dep: Deployment, work: Any, deadline_s: float | None = None) -> Any:
