@@ -292,6 +292,7 @@ class OtaService:
                       DEPLOYMENT_KEY, exc)
         self.task: asyncio.Task[Deployment] | None = None
         self.received = asyncio.Event()
+        self.chunk_lock = asyncio.Lock()
         self.swapped_back: dict[str, ModelRunner] = {}  # stream -> the runner to roll back to
         self._thresholds: dict[str, float | None] = {}
         self._superseded_by: str | None = None
@@ -400,28 +401,30 @@ class OtaService:
         if dep.terminal or dep.phase != "receiving":  # a late or resent chunk: nothing to do
             return {"deployment": dep.id, "outcome": "closed",
                     "state": dep.outcome or dep.phase, "missing": 0}
-        state_json = dep.received.get(args.path)
-        if state_json is None:
+        if args.path not in dep.received:
             raise CommandError("bad_args", f"args.path: {args.path!r} is not a file of "
                                f"deployment {dep.id}", "send the files of its plan")
         try:
             data = base64.b64decode(args.data, validate=True)
         except (binascii.Error, ValueError):
             raise CommandError("bad_args", "args.data is not base64", None) from None
-        state = ReceiveState.from_json(state_json)
-        outcome, state = state.accept(args.index, data)
-        if outcome is ChunkOutcome.ACCEPTED:
-            offset, _length = state.plan.span(args.index)
-            target = self._staging(dep) / args.path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                os.pwrite(fd, data, offset)
-                os.fsync(fd)  # the chunk is on disk before its mark is committed
-            finally:
-                os.close(fd)
-            dep.received[args.path] = state.to_json()
-            self._save(dep)
+        async with self.chunk_lock:  # one chunk at a time: each builds on the last's state
+            if dep.terminal or dep.phase != "receiving":
+                return {"deployment": dep.id, "outcome": "closed",
+                        "state": dep.outcome or dep.phase, "missing": 0}
+            state = ReceiveState.from_json(dep.received[args.path])
+            outcome, state = state.accept(args.index, data)
+            if outcome is ChunkOutcome.ACCEPTED:
+                offset, _length = state.plan.span(args.index)
+                target = self._staging(dep) / args.path
+                # off the event loop: an fsync on an SD card takes tens of ms
+                await asyncio.to_thread(_write_at, target, data, offset)
+                if dep.terminal:  # ended (superseded, timed out) during the write
+                    shutil.rmtree(self._staging(dep), ignore_errors=True)
+                    return {"deployment": dep.id, "outcome": "closed",
+                            "state": dep.outcome, "missing": 0}
+                dep.received[args.path] = state.to_json()
+                self._save(dep)
         missing = sum(len(ReceiveState.from_json(s).missing()) for s in dep.received.values())
         if missing == 0:
             self.received.set()
@@ -794,6 +797,17 @@ class OtaService:
                 and not self._applied_names(dep.slot):
             shutil.rmtree(dep.slot, ignore_errors=True)  # never left where it could be run
         self._announce(dep)
+
+
+def _write_at(target: Path, data: bytes, offset: int) -> None:
+    """Write ``data`` at ``offset`` of ``target`` and fsync it (before its mark is committed)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.pwrite(fd, data, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
