@@ -108,3 +108,37 @@ def test_the_cli_reports_one_json_line_and_checks_the_store(broker, tmp_path: Pa
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "site" in bad.stderr
 
+
+
+def test_acks_slower_than_the_timeout_stretch_it_to_twice_their_delay() -> None:
+    """A backend 8 s behind is not a lost record: the device waits 16 s before publishing
+    again, instead of resending its whole backlog every 5 s."""
+    import random
+    import time
+
+    from agent.core.contract.ack import encode_ack
+    from agent.core.contract.topics import DeviceTopics
+    from agent.devtools.simulate import STREAM, VirtualDevice
+    from tests.ingest_support import message
+
+    options = FleetOptions(devices=1, rate=1, seconds=1, ack_timeout_s=5.0)
+    dev = VirtualDevice("d", DeviceTopics("s", "d"), options, random.Random(1), FleetReport(1),
+                        ack_timeout=5.0)
+    for _ in range(4):
+        dev.make_record(time.time())
+    now = time.monotonic()
+    for seq in (1, 2, 3, 4):
+        record = dev.unsent.pop(seq)
+        record.sent_at, record.sends = now - 8.0, 1
+        dev.sent[seq] = record
+    dev.sent[4].sends = 2  # resent: its delay says nothing (Karn)
+    dev.sent[4].sent_at = now - 30.0
+    ack = encode_ack({STREAM: [(1, 2)]}, ingest="i")
+    dev.on_message(message(dev.topics.ack, ack))
+    assert dev.ack_delay is not None and 8.0 <= dev.ack_delay < 8.5
+    assert 16.0 <= dev.ack_timeout < 17.0
+    assert sorted(dev.sent) == [3, 4] and dev.report.acknowledged == 2
+    dev.on_message(message(dev.topics.ack, encode_ack({STREAM: [(4, 4)]}, ingest="i")))
+    assert dev.ack_delay < 8.5  # the resent record's 30 s was not taken
+    dev.on_message(message(dev.topics.ack, encode_ack({STREAM: [(1, 1)]}, ingest="i")))
+    assert dev.report.duplicates_seen == 1

@@ -554,7 +554,8 @@ async def run_ingest(broker: BrokerUrl, store: Store, *, group: str | None = "in
                      password: str | None = None, username: str | None = None,
                      ready_file: Path | None = None, reconnect_max_s: float = 5.0,
                      tls: TlsFiles | None = None, stats_interval_s: float = 60.0,
-                     metrics_listen: tuple[str, int] | None = None) -> IngestStats:
+                     metrics_listen: tuple[str, int] | None = None,
+                     receive_maximum: int = RECEIVE_MAXIMUM) -> IngestStats:
     """Consume results until ``stop`` is set (SIGTERM/SIGINT when run from the CLI).
 
     With ``client_id`` the broker keeps the session (and its in-flight messages) across
@@ -584,6 +585,7 @@ async def run_ingest(broker: BrokerUrl, store: Store, *, group: str | None = "in
                                           clean_start=client_id is None,
                                           session_expiry_s=7 * 24 * 3600 if client_id else 0),
                       ingest, loop)
+    link.receive_maximum = receive_maximum
     ingest.link = link
     metrics_server = None
     if metrics_listen:

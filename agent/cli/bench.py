@@ -88,6 +88,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                     help="offer this many times the measured SQLite rate (0: skip)")
     ib.add_argument("--seconds", type=positive(float), default=60.0,
                     help="length of the overload burst")
+    ib.add_argument("--rounds", type=positive(int), default=3, help="interleaved repeats (medians)")
     ib.add_argument("--json", action="store_true")
     ib.set_defaults(func=cmd_bench_ingest)
 
@@ -96,7 +97,7 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
     from agent.bench.ingest import bench_ingest
 
     report = bench_ingest(records=args.records, pg_server=args.pg, processes=args.processes,
-                          overload=args.overload, seconds=args.seconds)
+                          overload=args.overload, seconds=args.seconds, rounds=args.rounds)
     if args.json:
         print(json.dumps(report))
         return 0

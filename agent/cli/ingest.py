@@ -42,6 +42,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                              "e.g. 127.0.0.1:9101 (default: off)")
     ingest.add_argument("--ready-file", type=Path,
                         help="written once the subscription is in place (for orchestration)")
+    ingest.add_argument("--receive-maximum", type=int, default=1000, metavar="N",
+                        help="MQTT 5 Receive Maximum: messages the broker may have in flight "
+                             "to this process, unacknowledged (1-65535)")
     ingest.add_argument("--check", action="store_true",
                         help="only check that the broker and the database are reachable and "
                              "the schema is current (one line each; exit 1 if not)")
@@ -67,6 +70,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     tls = TlsFiles(args.tls_ca, args.tls_cert,
                    args.tls_key or (secrets.tls_key_file if args.tls_cert else None))
     tls.check(broker)
+    if not 1 <= args.receive_maximum <= 65535:
+        raise ConfigError("must be 1-65535", key="--receive-maximum", fix="e.g. 1000")
     if args.stats_interval <= 0:
         raise ConfigError("must be above 0", key="--stats-interval", fix="e.g. 60")
     metrics_listen = None
@@ -96,7 +101,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                                        username=args.username, ready_file=args.ready_file,
                                        reconnect_max_s=args.reconnect_max, tls=tls,
                                        stats_interval_s=args.stats_interval,
-                                       metrics_listen=metrics_listen))
+                                       metrics_listen=metrics_listen,
+                                       receive_maximum=args.receive_maximum))
     finally:
         store.close()
     print(json.dumps(stats.to_json()))

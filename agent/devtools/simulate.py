@@ -6,7 +6,9 @@ records built by the contract's encoder, a ``lepton.telemetry`` report now and t
 its own ``ack`` topic. Like the agent with ``delivery = "ingested"`` it keeps every record until
 ingest's ack names it, and publishes it again when no ack came within the ack timeout. When a
 round of resends brings no ack back, the timeout doubles (up to ``ack_timeout_max_s``), so a
-slow backend is not flooded with repeats; the next ack resets it.
+slow backend is not flooded with repeats. Acks that arrive, but later than the timeout, set
+it to twice their smoothed delay (measured on records published once), so a backend that is
+behind is not sent its backlog again.
 
 What a run reports (:class:`FleetReport`): records offered, acknowledged, still pending, the
 acks that named a record already acknowledged (duplicates ingest saw), resends, and, when the
@@ -90,6 +92,7 @@ class _Record:
     payload: bytes
     sent_at: float = 0.0
     """Monotonic time of the last publish (0: queued, not published yet)."""
+    sends: int = 0
 
 
 @dataclass
@@ -111,6 +114,8 @@ class VirtualDevice:
     ack_timeout: float = 5.0
     last_ack: float = 0.0
     last_backoff: float = 0.0
+    ack_delay: float | None = None
+    """Smoothed time from a record's only publish to its ack (None: none measured yet)."""
 
     def make_record(self, wall: float) -> None:
         """A new result record, queued for publishing."""
@@ -164,14 +169,23 @@ class VirtualDevice:
                 if seq in self.acked:
                     self.report.duplicates_seen += 1
                     continue
-                if self.sent.pop(seq, None) is None and self.unsent.pop(seq, None) is None:
+                record = self.sent.pop(seq, None) or self.unsent.pop(seq, None)
+                if record is None:
                     continue
+                if record.sends == 1:  # a resent record's delay is ambiguous (Karn)
+                    sample = time.monotonic() - record.sent_at
+                    self.ack_delay = (sample if self.ack_delay is None
+                                      else 0.875 * self.ack_delay + 0.125 * sample)
                 self.acked.add(seq)
                 self.report.acknowledged += 1
                 progress = True
         if progress:
             self.last_ack = time.monotonic()
-            self.ack_timeout = self.fleet.ack_timeout_s
+            # Acks that come slower than the timeout mean a backend behind, not lost records:
+            # wait twice the measured delay before publishing again (as TCP's RTO does), so
+            # a backlog at ingest is not multiplied by resends.
+            self.ack_timeout = min(max(self.fleet.ack_timeout_s, 2 * (self.ack_delay or 0.0)),
+                                   self.fleet.ack_timeout_max_s)
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -204,6 +218,7 @@ class VirtualDevice:
                 return
             self.inflight.add(mid)
             record.sent_at = now
+            record.sends += 1
             self.sent[seq] = record
             self.report.published += 1
 
