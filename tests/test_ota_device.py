@@ -31,6 +31,7 @@ from tests.e2e import AgentProcess, wait_for
 
 SITE, DEVICE = "ota-site", "ota-dev"
 SRC = "synthetic://320x240@10"
+OLD = json.loads((DEFAULT_MODEL / "manifest.json").read_text())["version"]  # the running one
 
 
 class Results:
@@ -192,7 +193,7 @@ def test_happy_path_switches_between_two_frames_and_survives_a_restart(fleet: Fl
     assert outcome.result["health"]["self_test"] == "pass"
     before = len(fleet.results.snapshot())
     wait_for(lambda: len(fleet.results.snapshot()) > before + 20, "results after the switch")
-    _switch_is_seamless(fleet.results.snapshot(), "2026.12.01", "ota-v2")
+    _switch_is_seamless(fleet.results.snapshot(), OLD, "ota-v2")
     status = _retained(fleet, f"lepton/v1/{SITE}/{DEVICE}/ota")
     assert (status["deployment"], status["outcome"], status["version"]) == (
         "happy-1", "succeeded", 2)
@@ -220,7 +221,7 @@ def test_a_failing_self_test_rolls_back_with_the_reason(fleet: Fleet) -> None:
     assert outcome.outcome == "rolled_back", outcome
     assert "golden self-test failed" in (outcome.reason or "")
     time.sleep(1.0)
-    assert {v for _, _, v in fleet.results.snapshot()} == {"2026.12.01"}
+    assert {v for _, _, v in fleet.results.snapshot()} == {OLD}
     assert not list((fleet.state / "ota" / "slots").rglob("model.tflite")), \
         "a rolled-back slot is removed"
     # the version was not burnt: the same version, fixed, goes in
@@ -240,13 +241,12 @@ def test_a_health_gate_failure_rolls_back_between_two_frames(fleet: Fleet) -> No
     wait_for(lambda: len(fleet.results.snapshot()) > seen + 10, "results after the rollback")
     results = fleet.results.snapshot()
     versions = [v for _, _, v in results]
-    assert versions[-1] == "2026.12.01"
+    assert versions[-1] == OLD
     frames = [f for _, f, _ in results]
     seqs = [s for s, _, _ in results]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # none lost, both switches
     assert frames == list(range(frames[0], frames[0] + len(frames)))
     assert "ota-v2" in versions  # it did run for the watch
-    assert "2026.12.01" in fleet.model_version() or fleet.model_version()
 
 
 def test_tampered_bundles_are_rejected_each_with_its_reason(fleet: Fleet) -> None:
@@ -333,7 +333,7 @@ def test_sigkill_at_ten_random_points_resumes_or_aborts_cleanly(fleet: Fleet) ->
     states = ["receiving", "verifying", "installing", "warming", "self_test", "switching",
               "watching", "committing"]
     points = states + rng.sample(states[1:], 2)
-    version, installed = 2, "2026.12.01"
+    version, installed = 2, OLD
     outcomes = []
     for n, state in enumerate(points):
         folder = fleet.bundle(version, name=f"kill-{n}")
