@@ -110,7 +110,17 @@ def test_a_rollout_succeeds_then_one_stops_on_its_canary(broker, tmp_path: Path)
 
 
 def test_deploy_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
+    keys = generate(tmp_path / "keys")
+    signed = str(_bundle(tmp_path, keys.private, 2))
+    db = f"sqlite:///{tmp_path}/x.db"
     for args, words in [
+        ([signed, "--db", db, "--broker", "mqtt://127.0.0.1:1", "--site", "nowhere"],
+         "the ingest database has seen no device of site 'nowhere'"),
+        ([signed, "--db", db, "--broker", "mqtt://127.0.0.1:1"], "give --devices D1,D2 or --site S"),
+        ([signed, "--db", db, "--devices", "a"], "a rollout needs --broker"),
+        ([signed, "--db", db, "--broker", "mqtt://127.0.0.1:1", "--devices", "a/b"], "a/b"),
+        ([signed, "--db", db, "--broker", "mqtt://127.0.0.1:1", "--devices", "a"],
+         "cannot connect to mqtt://127.0.0.1:1"),
         (["status", "nope", "--db", f"sqlite:///{tmp_path}/x.db"], "no rollout 'nope'"),
         ([str(tmp_path), "--db", f"sqlite:///{tmp_path}/x.db", "--broker", "mqtt://127.0.0.1:1",
           "--devices", "a"], "signature.json is missing"),
