@@ -303,6 +303,25 @@ def test_a_transfer_that_never_completes_times_out(fleet: Fleet) -> None:
     assert (late.result["outcome"], late.result["state"]) == ("closed", "timed_out")
 
 
+def test_the_sender_rejoins_a_deployment_across_a_device_restart(fleet: Fleet) -> None:
+    """deploy_device sends deploy-model again while it has no reply: after a SIGKILL in the
+    health watch the restarted device answers the repeat with how the deployment ended."""
+    folder = fleet.bundle(2)
+    box: list[Any] = []
+    sender = threading.Thread(target=lambda: box.append(fleet.deploy(
+        folder, "rejoin-1", timeout_s=120, health_s=20.0, retry_s=3.0)), daemon=True)
+    sender.start()
+    wait_for(lambda: "deployment rejoin-1 (lepton-vehicles-tiny v2): watching" in fleet.proc.log,
+             "the health watch")
+    fleet.proc.kill()
+    fleet.proc.proc.wait(30)
+    fleet.proc = AgentProcess(fleet.config)
+    sender.join(120)
+    assert box, "deploy_device did not return"
+    assert box[0].outcome == "rolled_back", box[0]
+    assert "restarted during the watching state" in box[0].reason
+
+
 def test_a_second_deployment_supersedes_a_stuck_one(fleet: Fleet) -> None:
     stuck = Bundle.read(fleet.bundle(2))
     box: list[Any] = []

@@ -29,6 +29,7 @@ TRANSFER_CHUNK = 96 * 1024
 """Bytes per chunk: base64 makes it 128 KiB, which with the JSON around it stays well under
 a command's 256 KiB limit."""
 
+DEPLOY_RETRY_S = 60.0  # deploy-model without a reply this long is sent again
 CHUNK_TRIES = 3  # a chunk the device refuses (bad_hash, bad_size) is sent this many times
 
 Send = Callable[[str, dict[str, Any], float], CommandReply | None]
@@ -125,16 +126,26 @@ def _outcome_of(device: str, reply: CommandReply | None) -> DeviceOutcome:
 
 def deploy_device(bundle: Bundle, deployment: str, device: str, send: Send, *,
                   timeout_s: float = 600.0, chunk_timeout_s: float = 30.0,
-                  **options: Any) -> DeviceOutcome:
+                  retry_s: float = DEPLOY_RETRY_S, **options: Any) -> DeviceOutcome:
     """Drive one device: ``deploy-model`` (its reply is the outcome, so it is waited for in a
     thread) while the chunks go one after the other, each confirmed; a chunk without a reply
     is sent again (the device answers ``duplicate`` for one it had)."""
     box: list[CommandReply | None] = []
     args = bundle.deploy_args(deployment, **options)
-    waiter = threading.Thread(target=lambda: box.append(send("deploy-model", args, timeout_s)),
-                              name=f"deploy-{device}", daemon=True)
-    waiter.start()
     deadline = time.monotonic() + timeout_s
+
+    def wait_outcome() -> None:
+        # Sent again (same deployment id: the device rejoins it) every retry_s without a
+        # reply: a device that restarted meanwhile resumes the deployment on the next one.
+        while time.monotonic() < deadline:
+            reply = send("deploy-model", args,
+                         max(1.0, min(retry_s, deadline - time.monotonic())))
+            if reply is not None:
+                box.append(reply)
+                return
+
+    waiter = threading.Thread(target=wait_outcome, name=f"deploy-{device}", daemon=True)
+    waiter.start()
     for _command_id, chunk in bundle.chunks(deployment):
         bad = 0
         while waiter.is_alive() and time.monotonic() < deadline:
