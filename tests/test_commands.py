@@ -171,7 +171,7 @@ def test_each_handler_over_mqtt(device: Device, broker) -> None:
     assert pong.ok and pong.result and pong.result["pong"] is True and not pong.replay
     assert pong.device == DEVICE and pong.site == SITE
 
-    unknown = d.send("deploy-model", {"bundle": "x"})
+    unknown = d.send("reformat-disk", {"bundle": "x"})
     assert not unknown.ok and unknown.code == "unknown_command"
     assert "ping" in (unknown.fix or "")
     malformed = d.raw("ping", b"{not json")

@@ -17,6 +17,7 @@ import traceback
 
 from agent import __version__
 from agent.cli import bench, config, counts, ctl, demo, diag, faults, ingest, models, run, status, synth_clip
+from agent.cli import deploy as deploy_cmd
 from agent.cli import eval as eval_cmd
 from agent.cli import pki as pki_cmd
 from agent.cli import simulate as simulate_cmd
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lepton-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (run, config, models, ingest, counts, demo, status, diag, bench, faults, synth_clip,
-                  eval_cmd, pki_cmd, ctl, simulate_cmd):
+                  eval_cmd, pki_cmd, ctl, deploy_cmd, simulate_cmd):
         group.add_parser(sub)
     ctl.add_bench_parser(sub.choices["bench"])  # bench commands
     return parser
