@@ -42,7 +42,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -57,7 +56,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -70,6 +68,8 @@ from agent.core.ota.document import SIGNATURE_FILE, BundleDocument, FileEntry, d
 from agent.core.ota.verify import ObservedBundle, RollbackCounters, TrustedKeys, check_document, check_files
 from agent.errors import AgentError, StorageError
 from agent.inference.runner import ModelRunner
+from agent.ota.bundles import sha256_file
+from agent.ota.keys import ed25519_verify
 
 if TYPE_CHECKING:
     from agent.service.commands import AgentFace
@@ -197,15 +197,6 @@ class Ended(Exception):
         self.reason = reason
 
 
-def ed25519_check(public_key: bytes, message: bytes, signature: bytes) -> bool:
-    """Core's ``SignatureCheck`` (the runtime may not import agent.ota; same three calls)."""
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
-    except (InvalidSignature, ValueError):
-        return False
-    return True
-
-
 def load_trust_dir(folder: Path) -> TrustedKeys:
     """The release keys a device trusts: every ``*.pub`` (PEM, Ed25519) in ``folder``; a
     rotation is two files there. A file that is not such a key is logged and skipped."""
@@ -238,7 +229,7 @@ def scan_folder(folder: Path) -> ObservedBundle:
             if not stat.S_ISREG(path.lstat().st_mode):
                 irregular.append(rel)
                 continue
-            size, digest = _hash(path)
+            size, digest = sha256_file(path)
             files.append(FileEntry(rel, size, digest))
     return ObservedBundle(tuple(sorted(files, key=lambda f: f.path)), tuple(sorted(irregular)))
 
@@ -433,7 +424,7 @@ class OtaService:
     # -- the stages ----------------------------------------------------------------------------
 
     def _check_document(self, envelope: bytes) -> BundleDocument:
-        verdict = check_document(envelope, trust=self.trust, check_signature=ed25519_check,
+        verdict = check_document(envelope, trust=self.trust, check_signature=ed25519_verify,
                                  counters=self.counters, clock=self.clock,
                                  device_now=time.time())
         self.clock = verdict.clock
@@ -577,7 +568,7 @@ class OtaService:
         staging = self._staging(dep)
         for path, text in dep.received.items():
             state = ReceiveState.from_json(text)
-            size, digest = _hash(staging / path)
+            size, digest = sha256_file(staging / path)
             if state.finish(digest) is not WholeOutcome.VERIFIED or size != state.plan.size:
                 raise Ended("rejected", f"[file_changed] {path}: the assembled file does not "
                             "match its signed sha256")
@@ -813,13 +804,3 @@ def _write_at(target: Path, data: bytes, offset: int) -> None:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _hash(path: Path) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as fh:
-        for piece in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(piece)
-            size += len(piece)
-    return size, digest.hexdigest()
