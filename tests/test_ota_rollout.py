@@ -25,8 +25,7 @@ SITE = "roll-site"
 
 
 def _deploy(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    # `lepton-agent deploy` until agent/cli/__init__.py registers the group
-    return subprocess.run([sys.executable, "-m", "agent.cli.deploy", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "agent", "deploy", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT)
 
 

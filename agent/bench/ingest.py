@@ -177,20 +177,20 @@ class _Counter:
     def __init__(self, db_url: str) -> None:
         self.db_url = db_url
         if db_url.startswith("sqlite:///"):
-            self.path: Path | None = Path(db_url[len("sqlite:///"):])
+            self.ingest_db: Path | None = Path(db_url[len("sqlite:///"):])
             self.pg: Any = None
         else:
             import psycopg
 
             base, _, self.schema = db_url.partition("?schema=")
-            self.path = None
+            self.ingest_db = None
             self.pg = psycopg.connect(base, autocommit=True)
 
     def __call__(self) -> int:
-        if self.path is not None:
-            if not self.path.exists():
+        if self.ingest_db is not None:
+            if not self.ingest_db.exists():
                 return 0
-            with sqlite3.connect(self.path, timeout=10) as conn:
+            with sqlite3.connect(self.ingest_db, timeout=10) as conn:
                 try:
                     return int(conn.execute("SELECT COUNT(*) FROM records").fetchone()[0])
                 except sqlite3.OperationalError:
