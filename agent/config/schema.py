@@ -62,6 +62,16 @@ def _no_nul(path: Path) -> Path:
 LaxPath = Annotated[Path, Field(strict=False), AfterValidator(_no_nul)]
 
 
+def _source_uri(value: str) -> str:
+    parse_source(value)
+    return value
+
+
+# A capture source URI and a stream name, checked the same in [source] and [[pipelines]].
+SourceURI = Annotated[str, AfterValidator(_source_uri)]
+StreamName = Annotated[str, AfterValidator(stream_name)]
+
+
 DropPolicy = Literal["drop_oldest", "drop_newest", "block"]
 
 
@@ -83,8 +93,8 @@ class AgentSection(_Section):
 
 
 class SourceSection(_Section):
-    uri: str = "synthetic://640x480@15"
-    stream: str = "cam0"
+    uri: SourceURI = "synthetic://640x480@15"
+    stream: StreamName = "cam0"
     pace: Literal["auto", "realtime", "fast"] = "auto"
     loop: bool = False
     max_frames: int = Field(0, ge=0, le=10**12)
@@ -94,17 +104,6 @@ class SourceSection(_Section):
     attach_sensors: list[str] = []
     attach_window_s: float = Field(2.0, gt=0, le=3600)
     drop_policy: DropPolicy | Literal["auto"] = "auto"
-
-    @field_validator("uri")
-    @classmethod
-    def _uri(cls, value: str) -> str:
-        parse_source(value)
-        return value
-
-    @field_validator("stream")
-    @classmethod
-    def _stream(cls, value: str) -> str:
-        return stream_name(value)
 
     @model_validator(mode="after")
     def _backoff(self) -> SourceSection:
@@ -381,8 +380,8 @@ class PipelineSection(_Section):
     ``[motion]`` (``agent.config.pipelines.resolve``); ``motion`` keys it sets override only
     those keys of ``[motion]``."""
 
-    stream: str
-    source: str
+    stream: StreamName
+    source: SourceURI
     model: LaxPath | None = None
     threads: int | None = Field(None, ge=1, le=64)
     pace: Literal["auto", "realtime", "fast"] | None = None
@@ -397,17 +396,6 @@ class PipelineSection(_Section):
     interval: int | None = Field(None, ge=1, le=1000)  # None: [analytics] interval
     lines: list[LineSection] = []
     zones: list[ZoneSection] = []
-
-    @field_validator("source")
-    @classmethod
-    def _source(cls, value: str) -> str:
-        parse_source(value)
-        return value
-
-    @field_validator("stream")
-    @classmethod
-    def _stream(cls, value: str) -> str:
-        return stream_name(value)
 
 
 PIPELINES = TypeAdapter(list[PipelineSection])
