@@ -42,6 +42,7 @@ def test_cli_refuses_bad_flags_in_one_line() -> None:
     assert "--records" in out.stderr
 
 
+@pytest.mark.slow  # whole runs of real processes: the default tier stays under 15 min
 def test_cli_prints_one_json_object() -> None:
     out = run_cli("bench", "ingest", "--records", "300", "--pg", "postgresql://x@127.0.0.1:1/x",
                   "--json", timeout=300)

@@ -14,6 +14,7 @@ pytestmark = [pytest.mark.broker,
               pytest.mark.skipif(find_mosquitto() is None, reason="needs mosquitto")]
 
 
+@pytest.mark.slow  # whole runs of real processes: the default tier stays under 15 min
 def test_two_stream_report_shape() -> None:
     """One short round, two streams: every key of the multi-stream report, each consistent with
     the others (the aggregate is the sum of the streams, the ratios are the figures')."""

@@ -44,6 +44,7 @@ def _creds(directory: Path, key: Path, password: str) -> dict[str, str]:
     return {"CREDENTIALS_DIRECTORY": str(directory)}
 
 
+@pytest.mark.slow  # whole runs of real processes: the default tier stays under 15 min
 def test_no_key_material_and_no_password_in_any_log(tmp_path: Path) -> None:
     pki = tmp_path / "pki"
     init_ca(pki / "ca")

@@ -254,6 +254,7 @@ def _one_tls_line(lines: list[str], cause: str) -> str:
     return hits[0]
 
 
+@pytest.mark.slow  # whole runs of real processes: the default tier stays under 15 min
 def test_agent_and_ingest_over_mtls_and_rotating_an_expired_certificate_keeps_the_outbox(
         fleet: Fleet, tmp_path: Path) -> None:
     # cam1's certificate expired yesterday: the agent keeps its results and says so, once.

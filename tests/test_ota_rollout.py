@@ -65,6 +65,7 @@ def _bundle(tmp: Path, key: Path, version: int, edit: Any = None) -> Path:
     return folder
 
 
+@pytest.mark.slow  # whole runs of real processes: the default tier stays under 15 min
 def test_a_rollout_succeeds_then_one_stops_on_its_canary(broker, tmp_path: Path) -> None:
     keys = generate(tmp_path / "keys")
     agents = [_agent(tmp_path, d, broker.url, keys.public) for d in ("cam-1", "cam-2")]
