@@ -181,3 +181,12 @@ def test_a_model_that_fails_at_invoke_names_the_op(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"invoke failed in op GATHER: gather index out of "
                                          r"bounds; node number 1 \(GATHER\)"):
         runner.infer(np.zeros((1, 4, 4, 3), np.float32))
+
+
+def test_write_manifest_to_an_unwritable_place_is_one_line(tmp_path: Path) -> None:
+    """Found by the slow command-line fuzz: an OSError here was an internal error."""
+    from tests.conftest import DEFAULT_MODEL, run_cli
+
+    out = run_cli("models", "inspect", "--write-manifest", "/proc/nope/x", str(DEFAULT_MODEL))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--write-manifest" in out.stderr and "/proc/nope/x" in out.stderr

@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+from agent.errors import ConfigError
+
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``models inspect`` (and ``keygen``, ``sign``, ``verify``) and their flags."""
@@ -41,7 +43,12 @@ def cmd_models_inspect(args: argparse.Namespace) -> int:
 
     report = inspect_model(args.path, labels=args.labels, delegate=args.delegate)
     data = report.to_json()
-    written = write_bundle(report, args.write_manifest) if args.write_manifest else None
+    try:
+        written = write_bundle(report, args.write_manifest) if args.write_manifest else None
+    except OSError as exc:
+        raise ConfigError(f"cannot write the bundle to {args.write_manifest}: "
+                          f"{exc.strerror or exc}", key="--write-manifest",
+                          fix="give a directory you can write to") from exc
     if written is not None:
         data["written"] = str(written)
     if args.json:
