@@ -9,25 +9,7 @@ import argparse
 import time
 from pathlib import Path
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is not >= 0")
-    return value
+from agent.cli.common import positive
 
 
 def _days(text: str) -> float:
@@ -50,7 +32,7 @@ def add_parsers(models_sub: argparse._SubParsersAction[argparse.ArgumentParser])
     sign = models_sub.add_parser("sign", help="sign a model bundle folder (writes signature.json)")
     sign.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
     sign.add_argument("--key", type=Path, required=True, help="signing.key from keygen")
-    sign.add_argument("--version", type=_positive_int, required=True, metavar="N",
+    sign.add_argument("--version", type=positive(int), required=True, metavar="N",
                       help="bundle version, higher than every version signed before for this model")
     sign.add_argument("--expires", type=_days, default=30.0, metavar="DAYS",
                       help="days until the signature expires (default 30)")
@@ -60,7 +42,7 @@ def add_parsers(models_sub: argparse._SubParsersAction[argparse.ArgumentParser])
     verify.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
     verify.add_argument("--trust", type=Path, action="append", required=True, metavar="PUB",
                         help="a trusted public key (repeat for a key rotation)")
-    verify.add_argument("--installed-version", type=_nonnegative_int, default=0, metavar="N",
+    verify.add_argument("--installed-version", type=positive(int, zero=True), default=0, metavar="N",
                         help="the version installed for this model: N and lower are refused")
     verify.add_argument("--model", metavar="NAME", help="refuse a bundle of any other model")
     verify.set_defaults(func=cmd_verify)
