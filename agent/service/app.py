@@ -35,7 +35,7 @@ from agent.core.uri import parse_broker
 from agent.errors import AgentError, StorageError
 from agent.service.commands import CommandService, load_applied
 from agent.service.components import Components, build
-from agent.service.pipelines import Pipeline
+from agent.service.pipelines import Pipeline, wait_event
 from agent.service.snapshot import HealthSnapshot
 from agent.service.status import serve as serve_status
 from agent.service.status import socket_path
@@ -121,13 +121,6 @@ def _processing_fps(pipeline: Pipeline) -> float:
     return round((st.frames - 1) / max(st.last_result_at - st.first_result_at, 1e-9), 2)
 
 
-async def _wait(event: asyncio.Event, seconds: float) -> bool:
-    """Wait up to ``seconds`` for ``event``; True once it is set."""
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(event.wait(), max(seconds, 0.0))
-    return event.is_set()
-
-
 class Supervisor:
     """The ``supervisor`` task: waits until a stop is asked for or every pipeline has ended
     by itself (end of file, ``max_frames``, failure), then runs the graceful stop and cancels
@@ -185,13 +178,13 @@ class Supervisor:
                 for w in late:
                     w.cancel()
         p.writer.close()
-        await _wait(p.writer.drained, grace_end - time.monotonic())
+        await wait_event(p.writer.drained, grace_end - time.monotonic())
         while p.link and p.link.connected and not self.delivered():
             left = grace_end - time.monotonic()
             if left <= 0:
                 break
             self.progress.clear()
-            await _wait(self.progress, min(left, 1.0))
+            await wait_event(self.progress, min(left, 1.0))
         for task in [*self.background, self.writer_task]:
             if task is not None:
                 task.cancel()

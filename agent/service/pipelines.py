@@ -475,7 +475,7 @@ class PipelineSet:
             raise ConfigError(f"no pipeline {stream!r}",
                               fix=f"the pipelines are: {', '.join(self._pipelines) or 'none'}")
         pipeline.stop()
-        if not await _wait(pipeline.done, grace_s):
+        if not await wait_event(pipeline.done, grace_s):
             log.warning("pipeline %s: inference did not finish within %.1fs; dropping its "
                         "queued frames", stream, grace_s)
             pipeline.abort()
@@ -501,7 +501,7 @@ class PipelineSet:
             pipeline.abort()
 
 
-async def _wait(event: asyncio.Event, seconds: float) -> bool:
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
     """Wait up to ``seconds`` for ``event``; True once it is set."""
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(event.wait(), max(seconds, 0.0))
