@@ -265,8 +265,57 @@ class WebSection(_Section):
         return value
 
 
+class HomeAssistantSection(_Section):
+    """``[homeassistant]``: Home Assistant MQTT discovery over the agent's own broker link
+    (docs/web.md). Off by default."""
+
+    enabled: bool = False
+    discovery_prefix: str = "homeassistant"  # HA's own default; its birth is {prefix}/status
+    node_id: str = ""  # "": the device id with characters HA refuses replaced by '_'
+    interval_s: float = Field(10.0, ge=1, le=3600)  # how often the states are published
+
+    @field_validator("discovery_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*", value):
+            raise ValueError("a topic prefix of letters, digits, '_' and '-' segments, "
+                             "joined by '/' (no wildcards)")
+        return value
+
+    @field_validator("node_id")
+    @classmethod
+    def _node(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+            raise ValueError("a node id is letters, digits, '_' and '-' (what HA accepts)")
+        return value
+
+
 class KernelsSection(_Section):
     preprocess: Literal["native", "opencv"] = "native"
+
+
+class OtaSection(_Section):
+    """``[ota]``: model deployments on this device (docs/ota.md). ``health_s``,
+    ``min_fps_ratio`` and ``transfer_timeout_s`` are what a ``deploy-model`` that does not
+    name them gets."""
+
+    # Release keys (Ed25519 PEM) the device trusts: ``.pub`` files, or folders of them. []: the
+    # *.pub files in {state_dir}/ota/trusted. A rotation is two keys here.
+    trusted_keys: list[LaxPath] = Field(default_factory=list, max_length=64)
+    health_s: float = Field(10.0, ge=0, le=3600)
+    min_fps_ratio: float = Field(0.5, ge=0, le=1)
+    transfer_timeout_s: float = Field(300.0, gt=0, le=86_400)
+    # The states' own deadlines (verifying 120 s, warming 120 s, self_test 180 s...) times
+    # this: a slow board may need more.
+    deadline_scale: float = Field(1.0, ge=0.1, le=100)
+    clock_skew_threshold_s: float = Field(300.0, gt=0, le=10 * 365 * 86_400)
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _keys(cls, value: list[Path]) -> list[Path]:
+        if len(set(value)) != len(value):
+            raise ValueError("a key or folder is named twice")
+        return value
 
 
 ANCHORS = ("bottom-center", "center", "top-center", "left-center", "right-center")
@@ -430,6 +479,8 @@ class AgentConfig(_Section):
     metrics: MetricsSection = MetricsSection()
     analytics: AnalyticsSection = AnalyticsSection()
     web: WebSection = WebSection()
+    ota: OtaSection = OtaSection()
+    homeassistant: HomeAssistantSection = HomeAssistantSection()
 
     @model_validator(mode="after")
     def _attached_sensors_exist(self) -> AgentConfig:
