@@ -170,6 +170,7 @@ def _pipelines_snapshot() -> Any:
         Health,
         HealthSnapshot,
         InferenceStage,
+        OtaStatus,
         OutboxHealth,
         PipelineStatus,
         ThermalHealth,
@@ -208,7 +209,7 @@ def _pipelines_snapshot() -> Any:
         pipelines=pipelines, outbox=outbox,
         broker=BrokerHealth(url=None, connected=False, connects=0, last_error=None),
         sensors={}, thermal=ThermalHealth(temp_c=None, throttled=False, level=0),
-        last_error=pipelines[1].reason)
+        last_error=pipelines[1].reason, ota=OtaStatus.unknown())
 
 
 def test_status_and_telemetry_carry_every_pipeline() -> None:

@@ -113,3 +113,51 @@ def test_diag_bundle_exits_0_once_written_and_reports_the_checks(tmp_path: Path)
     unwritable = run_cli("diag", "bundle", "--output", "/proc/nope/bundle.tar.gz")
     assert unwritable.returncode == 2
     assert "cannot write the bundle /proc/nope/bundle.tar.gz" in unwritable.stderr
+
+
+# -- issue 18 item 5: clock skew behind trusted time -------------------------------------------
+
+def _trusted_clock_state(tmp_path: Path, learned: float) -> Path:
+    """A state dir whose outbox holds a trusted clock that learned ``learned`` from a signed
+    document (as the OTA runtime commits it)."""
+    from agent.core.ota.clock import TrustedClock
+    from agent.storage.outbox import Outbox
+
+    state = tmp_path / "state"
+    state.mkdir()
+    outbox = Outbox(state / "outbox.db")
+    outbox.append([], state={"ota/clock": TrustedClock().learn(learned).to_json()})
+    outbox.close()
+    return state
+
+
+def test_diag_clock_reports_skew_behind_trusted_time(tmp_path: Path) -> None:
+    import time
+
+    from agent.config import AgentConfig
+    from agent.diag.checks import check_clock
+
+    state = _trusted_clock_state(tmp_path, time.time() + 3600)  # a signed doc from 1 h ahead
+    cfg = AgentConfig.model_validate({"agent": {"state_dir": str(state)},
+                                      "ota": {"clock_skew_threshold_s": 600}})
+    result = check_clock(cfg)
+    assert result.status == "fail", result
+    assert "behind trusted time" in result.reason and result.fix and "NTP" in result.fix
+    assert result.details is not None and 3590 < result.details["skew_s"] < 3610
+    assert result.details["threshold_s"] == 600
+    # the same skew under a larger threshold is not reported
+    wide = cfg.model_copy(update={"ota": cfg.ota.model_copy(
+        update={"clock_skew_threshold_s": 7200})})
+    assert "behind trusted time" not in check_clock(wide).reason
+
+
+def test_diag_clock_without_a_signed_document_says_nothing_of_skew(tmp_path: Path) -> None:
+    import time
+
+    from agent.config import AgentConfig
+    from agent.diag.checks import check_clock
+
+    for state in (tmp_path / "none", _trusted_clock_state(tmp_path, time.time() - 60)):
+        cfg = AgentConfig.model_validate({"agent": {"state_dir": str(state)}})
+        result = check_clock(cfg)
+        assert result.status != "fail" and "behind" not in result.reason, result

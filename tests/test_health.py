@@ -155,7 +155,9 @@ STATUS_KEYS = [
         "storage_error", "storage_errors", "last_storage_error", "results_held")),
     "broker", *(f"broker.{k}" for k in ("url", "connected", "connects", "last_error")),
     "sensors", "thermal", *(f"thermal.{k}" for k in ("temp_c", "throttled", "level")),
-    "last_error"]
+    "last_error", "ota", *(f"ota.{k}" for k in (
+        "slot", "model", "version", "deployment", "state", "last_deployment", "last_outcome",
+        "last_reason", "clock_skew_s", "clock_skew_threshold_s", "clock_skew_exceeds"))]
 
 
 def _key_paths(d: dict[str, Any], prefix: str = "") -> list[str]:

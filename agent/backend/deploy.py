@@ -74,13 +74,16 @@ class Bundle:
         return cls(folder, raw.decode("utf-8"), doc.model, doc.version, plans)
 
     def deploy_args(self, deployment: str, *, streams: list[str] | None = None,
-                    health_s: float = 10.0, min_fps_ratio: float = 0.5,
-                    transfer_timeout_s: float = 300.0) -> dict[str, Any]:
-        """The args of ``deploy-model``."""
+                    health_s: float | None = None, min_fps_ratio: float | None = None,
+                    transfer_timeout_s: float | None = None) -> dict[str, Any]:
+        """The args of ``deploy-model``; an option left None is the device's ``[ota]``
+        default."""
         args: dict[str, Any] = {"deployment": deployment, "signature": self.signature,
-                                "files": [p.to_json() for p in self.plans],
-                                "health_s": health_s, "min_fps_ratio": min_fps_ratio,
-                                "transfer_timeout_s": transfer_timeout_s}
+                                "files": [p.to_json() for p in self.plans]}
+        for key, value in (("health_s", health_s), ("min_fps_ratio", min_fps_ratio),
+                           ("transfer_timeout_s", transfer_timeout_s)):
+            if value is not None:
+                args[key] = value
         if streams:
             args["streams"] = streams
         return args

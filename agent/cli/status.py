@@ -141,8 +141,27 @@ def _status_lines(snap: HealthSnapshot) -> list[str]:
         lines.append(f"  sensor {name}: {state} {s.port} {s.protocol}, {s.readings} "
                      f"readings, {s.parse_errors} parse errors{anomaly}"
                      f"{'; ' + latest if latest else ''}")
+    lines += _ota_lines(snap)
     if snap.last_error:
         lines.append(f"  last error: {snap.last_error}")
+    return lines
+
+
+def _ota_lines(snap: HealthSnapshot) -> list[str]:
+    """Model OTA: the slot running, a deployment in progress, the last outcome, clock skew."""
+    o = snap.ota
+    parts = [f"slot {o.slot} ({o.model} v{o.version})" if o.slot else "configured model"]
+    if o.deployment:
+        parts.append(f"deployment {o.deployment} in the {o.state} state")
+    if o.last_outcome:
+        parts.append(f"last {o.last_deployment}: {o.last_outcome}"
+                     + (f" ({o.last_reason})" if o.last_reason else ""))
+    lines = [f"  ota:       {'; '.join(parts)}"]
+    if o.clock_skew_exceeds:
+        behind = "unreadable" if o.clock_skew_s is None else f"{_ago(o.clock_skew_s)} behind"
+        lines.append(f"  clock:     SKEWED: the device clock is {behind} trusted time "
+                     f"(threshold {_ago(o.clock_skew_threshold_s)}; fix: set the clock, e.g. "
+                     "enable NTP: timedatectl set-ntp true)")
     return lines
 
 

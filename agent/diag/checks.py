@@ -338,12 +338,51 @@ def clock_synchronized() -> bool | None:
     return None if rc < 0 else rc != 5  # TIME_ERROR: not synchronized
 
 
+def trusted_clock_skew(cfg: AgentConfig, device_now: float) -> tuple[float, float] | None:
+    """(seconds the device clock lags trusted time, trusted time) from the OTA runtime's
+    trusted clock (``ota/clock`` in outbox.db, read-only), or None when the device has not
+    learned a time from a signed document (or the state cannot be read)."""
+    import sqlite3
+
+    from agent.core.ota.clock import TrustedClock
+
+    db = cfg.agent.state_dir / "outbox.db"
+    if not db.is_file():
+        return None
+    try:
+        conn = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            row = conn.execute("SELECT value FROM pipeline_state WHERE key = 'ota/clock'"
+                               ).fetchone()
+        finally:
+            conn.close()
+        clock = TrustedClock.from_json(str(row[0])) if row else None
+    except (sqlite3.Error, ValueError):
+        return None
+    if clock is None or clock.learned <= 0:
+        return None
+    skew = clock.skew(device_now, cfg.ota.clock_skew_threshold_s)
+    return skew.seconds, device_now + skew.seconds
+
+
 def check_clock(cfg: AgentConfig) -> CheckResult:
     now = datetime.now(timezone.utc)
     if now.year < 2025:
         return CheckResult("clock", "fail", f"the clock says {now:%Y-%m-%d}",
                            "enable NTP (timedatectl set-ntp true) or fit an RTC; TLS and "
                            "timestamps need real time")
+    threshold = cfg.ota.clock_skew_threshold_s
+    skew = trusted_clock_skew(cfg, now.timestamp())
+    if skew is not None and skew[0] > threshold:
+        trusted = datetime.fromtimestamp(skew[1], timezone.utc)
+        return CheckResult(
+            "clock", "fail", f"{now:%Y-%m-%d %H:%M:%S}Z is {skew[0]:.0f}s behind trusted time "
+            f"({trusted:%Y-%m-%d %H:%M:%S}Z, from the newest signed model document; "
+            f"threshold {threshold:.0f}s)",
+            "set the clock right: enable NTP (timedatectl set-ntp true) or replace the RTC "
+            "battery; result timestamps are that far off. A clock that once jumped ahead and "
+            "came back keeps trusted time ahead until the OTA state is reset (docs/ota.md)",
+            {"skew_s": round(skew[0], 1), "threshold_s": threshold})
     synced = clock_synchronized()
     if synced is None:
         return CheckResult("clock", "warn", f"{now:%Y-%m-%d %H:%M:%S}Z; cannot tell if synchronized",

@@ -86,7 +86,7 @@ DIAG_CHECKS = ("config", "camera", "sensors", "model", "pipelines", "kernels", "
 LIVE_SECTIONS = ("source", "model", "motion", "analytics", "pipelines", "lines", "zones")
 # What the runtime built once (the outbox, the link, the sensor hub, the thermal governor...).
 RESTART_SECTIONS = ("agent", "mqtt", "outbox", "shards", "sensors", "kernels", "thermal",
-                    "metrics", "web")
+                    "metrics", "web", "ota")
 MUTATING = frozenset({"set-config", "assign", "unassign", "restart-pipeline"})
 # Not kept in the outcome ring: a bundle's chunks are idempotent (a resent one is answered
 # ``duplicate`` from the deployment's own state) and a 100 MB model is ~1070 of them, which
@@ -411,6 +411,7 @@ class CommandService:
         self._diag_running: dict[tuple[str, ...], asyncio.Future[dict[str, Any]]] = {}
         self.ota = OtaService(app, parts, self.lock)  # model OTA (agent.service.ota, docs/ota.md)
         self.ota.resume()
+        parts.health.ota = self.ota.health
         self.handlers: dict[str, Handler] = {
             "ping": self.ping, "get-config": self.get_config, "set-config": self.set_config,
             "pipelines": self.pipelines, "assign": self.assign, "unassign": self.unassign,

@@ -18,6 +18,7 @@ from agent.service.snapshot import (
     Eviction,
     Health,
     HealthSnapshot,
+    OtaStatus,
     OutboxHealth,
     SensorHealth,
     ThermalHealth,
@@ -77,6 +78,7 @@ class RuntimeHealth:
     # slots are held, inference waits for the storage, not for a hung stage.
     results_held: Callable[[], int] | None = None
     result_slots: int = 0
+    ota: Callable[[], OtaStatus] | None = None  # the OTA service's status, once it started
 
     def held_back_by_storage(self) -> bool:
         """True when every result slot holds an uncommitted result (inference must wait)."""
@@ -149,7 +151,8 @@ class RuntimeHealth:
                                   throttled=self.thermal.throttled if self.thermal else False,
                                   level=self.governor.level),
             last_error=(self.storage.error or stages.capture.last_error or failed
-                        or (link.last_error if link else None)))
+                        or (link.last_error if link else None)),
+            ota=self.ota() if self.ota is not None else OtaStatus.unknown())
 
     def telemetry(self) -> dict[str, Any]:
         """The flat health record published on ``telemetry`` (schema lepton.telemetry v1)."""

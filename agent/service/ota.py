@@ -44,8 +44,10 @@ import binascii
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
+import sqlite3
 import stat
 import sys
 import tempfile
@@ -70,6 +72,7 @@ from agent.errors import AgentError, StorageError
 from agent.inference.runner import ModelRunner
 from agent.ota.bundles import sha256_file
 from agent.ota.keys import ed25519_verify
+from agent.service.snapshot import OtaStatus
 
 if TYPE_CHECKING:
     from agent.service.commands import AgentFace
@@ -115,9 +118,10 @@ class DeployArgs(_Args):
     signature: str = Field(min_length=2, max_length=64 * 1024)
     files: list[FilePlan] = Field(min_length=1, max_length=64)
     streams: list[str] = Field(default_factory=list, max_length=32)  # default: every pipeline
-    health_s: float = Field(10.0, ge=0, le=3600)
-    min_fps_ratio: float = Field(0.5, ge=0, le=1)
-    transfer_timeout_s: float = Field(300.0, gt=0, le=86_400)
+    # None: [ota] health_s, min_fps_ratio, transfer_timeout_s of the device's config
+    health_s: float | None = Field(None, ge=0, le=3600)
+    min_fps_ratio: float | None = Field(None, ge=0, le=1)
+    transfer_timeout_s: float | None = Field(None, gt=0, le=86_400)
 
 
 class ChunkArgs(_Args):
@@ -200,8 +204,24 @@ class Ended(Exception):
 def load_trust_dir(folder: Path) -> TrustedKeys:
     """The release keys a device trusts: every ``*.pub`` (PEM, Ed25519) in ``folder``; a
     rotation is two files there. A file that is not such a key is logged and skipped."""
+    return load_trusted_keys([folder], missing_ok=True)
+
+
+def load_trusted_keys(paths: list[Path], *, missing_ok: bool = False) -> TrustedKeys:
+    """The release keys of ``[ota] trusted_keys``: each path a ``.pub`` file (PEM, Ed25519) or
+    a folder whose ``*.pub`` files are read. A path that is not there, or a file that is not
+    such a key, is logged and skipped (the agent runs on; every deployment signed with that
+    key is then refused ``unknown_key``)."""
     raw: list[bytes] = []
-    for path in sorted(folder.glob("*.pub")) if folder.is_dir() else []:
+    files: list[Path] = []
+    for entry in paths:
+        if entry.is_dir():
+            files += sorted(entry.glob("*.pub"))
+        elif entry.is_file():
+            files.append(entry)
+        elif not missing_ok:
+            log.error("[ota] trusted_keys: %s is not there; no key is trusted from it", entry)
+    for path in files:
         try:
             key = serialization.load_pem_public_key(path.read_bytes())
         except (OSError, ValueError, TypeError) as exc:
@@ -256,7 +276,14 @@ class OtaService:
         self.parts = parts
         self.outbox = parts.outbox
         self.root = app.config.agent.state_dir / "ota"
-        self.trust = load_trust_dir(app.config.agent.state_dir / TRUST_DIR)
+        ota = app.config.ota
+        self.settings = ota
+        self.trust = (load_trusted_keys(list(ota.trusted_keys)) if ota.trusted_keys else
+                      load_trust_dir(app.config.agent.state_dir / TRUST_DIR))
+        if not self.trust.keys:
+            log.warning("OTA: no trusted release key (%s); every deployment is refused "
+                        "[unknown_key]", ", ".join(map(str, ota.trusted_keys))
+                        or app.config.agent.state_dir / TRUST_DIR)
         # What the outbox state holds is read defensively: the agent starts whatever it finds.
         # Unreadable counters refuse every deployment (accepting would disarm anti-rollback).
         self.broken: str | None = None
@@ -276,6 +303,7 @@ class OtaService:
                       "device clock and the next signed document", CLOCK_KEY, exc)
         text = self.outbox.read_state(DEPLOYMENT_KEY)
         self.current: Deployment | None = None
+        self.last: Deployment | None = None  # the one that ended before the current one
         try:
             self.current = Deployment.from_json(text) if text else None
         except (ValueError, TypeError) as exc:
@@ -293,10 +321,14 @@ class OtaService:
     def _save(self, dep: Deployment, **extra: str) -> None:
         self.outbox.append([], state={DEPLOYMENT_KEY: dep.to_json(), **extra})
 
+    def _limit(self, phase: str) -> float:
+        """The deadline of a state that does not take its own from the command."""
+        return PHASE_DEADLINE_S[phase] * self.settings.deadline_scale
+
     def _enter(self, dep: Deployment, phase: str, deadline_s: float | None = None) -> None:
         dep.phase = phase
         dep.deadline = time.time() + (deadline_s if deadline_s is not None
-                                      else PHASE_DEADLINE_S[phase])
+                                      else self._limit(phase))
         self._save(dep)
         self._announce(dep)
 
@@ -309,6 +341,35 @@ class OtaService:
                          retain=True)
         log.info("deployment %s (%s v%d): %s%s", dep.id, dep.model, dep.version,
                  dep.outcome or dep.phase, f": {dep.reason}" if dep.reason else "")
+        # the device's retained status carries the OTA state too (snapshot.ota)
+        with contextlib.suppress(sqlite3.Error, StorageError):
+            self.parts.telemetry.refresh_birth(self.parts.health.snapshot())
+
+    def health(self) -> OtaStatus:
+        """The snapshot's ``ota``: the slot and version the first pipeline that runs a deployed
+        model runs, the deployment in progress, the last outcome, the clock's skew."""
+        slot = model = None
+        version: int | None = None
+        slots = self.root / "slots"
+        for pipeline in self.parts.pipelines:
+            path = Path(pipeline.spec.model)
+            if path.parent.parent == slots and path.name in ("a", "b"):
+                slot, model = path.name, path.parent.name
+                version = self.counters.version(model) or None
+                break
+        dep = self.current
+        running = dep is not None and not dep.terminal
+        last = self.last if running else dep
+        skew = self.clock.skew(time.time(), self.settings.clock_skew_threshold_s)
+        return OtaStatus(
+            slot=slot, model=model, version=version,
+            deployment=dep.id if running and dep else None,
+            state=dep.phase if running and dep else None,
+            last_deployment=last.id if last else None,
+            last_outcome=last.outcome if last else None,
+            last_reason=last.reason if last else None,
+            clock_skew_s=round(skew.seconds, 1) if math.isfinite(skew.seconds) else None,
+            clock_skew_threshold_s=skew.threshold_s, clock_skew_exceeds=skew.exceeds)
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -364,20 +425,27 @@ class OtaService:
         if doc.total_size > budget:
             raise CommandError("failed", f"rejected [disk]: the bundle is {doc.total_size} "
                                f"bytes; {budget} are free for it", "free space in the state dir")
+        settings = self.settings
+        transfer_s = (args.transfer_timeout_s if args.transfer_timeout_s is not None
+                      else settings.transfer_timeout_s)
         new = Deployment(
             id=args.deployment, model=doc.model, version=doc.version, phase="receiving",
             signature=args.signature, plans=[p.to_json() for p in plans], streams=streams,
-            health_s=args.health_s, min_fps_ratio=args.min_fps_ratio,
-            deadline=time.time() + args.transfer_timeout_s, started_at=time.time(),
+            health_s=settings.health_s if args.health_s is None else args.health_s,
+            min_fps_ratio=(settings.min_fps_ratio if args.min_fps_ratio is None
+                           else args.min_fps_ratio),
+            deadline=time.time() + transfer_s, started_at=time.time(),
             received={p.path: ReceiveState.start(p, budget_bytes=budget,
                                                  entry=doc.entry(p.path)).to_json()
                       for p in plans})
         staging = self._staging(new)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
+        if dep is not None and dep.terminal:
+            self.last = dep
         self.current = new
         self.received.clear()
-        self._enter(new, "receiving", args.transfer_timeout_s)
+        self._enter(new, "receiving", transfer_s)
         self._start_driver(new)
         return await self._outcome(new)
 
@@ -552,7 +620,7 @@ class OtaService:
         return dep
 
     async def _phase(self, dep: Deployment, work: Any, deadline_s: float | None = None) -> Any:
-        limit = deadline_s if deadline_s is not None else PHASE_DEADLINE_S[dep.phase]
+        limit = deadline_s if deadline_s is not None else self._limit(dep.phase)
         try:
             return await asyncio.wait_for(work, limit)
         except asyncio.TimeoutError:
@@ -766,7 +834,7 @@ class OtaService:
         self.swapped_back.clear()
         if waits:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*waits), PHASE_DEADLINE_S["switching"])
+                await asyncio.wait_for(asyncio.gather(*waits), self._limit("switching"))
 
     def _finish(self, dep: Deployment, outcome: str | None, reason: str | None, *,
                 commit: bool = False) -> None:

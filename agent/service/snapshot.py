@@ -239,6 +239,55 @@ class ThermalHealth:
 
 
 @dataclass(frozen=True)
+class OtaStatus:
+    """Model OTA on this device (docs/ota.md). ``slot`` ("a" or "b"), ``model`` and ``version``
+    (the signed bundle version) of the first pipeline that runs a deployed model, None while
+    every pipeline runs its configured model; ``deployment`` and ``state`` of the deployment in
+    progress (None when none is); ``last_*`` of the last one that ended; the device clock's
+    lag behind trusted time (None before the OTA service started) against
+    ``[ota] clock_skew_threshold_s``."""
+
+    slot: str | None
+    model: str | None
+    version: int | None
+    deployment: str | None
+    state: str | None
+    last_deployment: str | None
+    last_outcome: str | None
+    last_reason: str | None
+    clock_skew_s: float | None
+    clock_skew_threshold_s: float | None
+    clock_skew_exceeds: bool
+
+    @classmethod
+    def unknown(cls) -> OtaStatus:
+        """Before the OTA service has started."""
+        return cls(slot=None, model=None, version=None, deployment=None, state=None,
+                   last_deployment=None, last_outcome=None, last_reason=None,
+                   clock_skew_s=None, clock_skew_threshold_s=None, clock_skew_exceeds=False)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> OtaStatus:
+        return cls(slot=d["slot"], model=d["model"], version=d["version"],
+                   deployment=d["deployment"], state=d["state"],
+                   last_deployment=d["last_deployment"], last_outcome=d["last_outcome"],
+                   last_reason=d["last_reason"], clock_skew_s=d["clock_skew_s"],
+                   clock_skew_threshold_s=d["clock_skew_threshold_s"],
+                   clock_skew_exceeds=d["clock_skew_exceeds"])
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``ota`` object of telemetry and the retained status."""
+        out: dict[str, Any] = _plain(self)
+        return out
+
+    @property
+    def reported(self) -> bool:
+        """Something to say in the retained status: a deployed model, a deployment, skew."""
+        return bool(self.slot or self.deployment or self.last_outcome
+                    or self.clock_skew_exceeds)
+
+
+@dataclass(frozen=True)
 class HealthSnapshot:
     """The whole pipeline at one moment."""
 
@@ -257,6 +306,7 @@ class HealthSnapshot:
     sensors: dict[str, SensorHealth]
     thermal: ThermalHealth
     last_error: str | None
+    ota: OtaStatus
 
     def to_json(self) -> dict[str, Any]:
         """The status socket's JSON object (same keys, order and values as ever)."""
@@ -274,7 +324,8 @@ class HealthSnapshot:
             pipelines=tuple(PipelineStatus.from_json(p) for p in d["pipelines"]),
             outbox=OutboxHealth.from_json(d["outbox"]), broker=BrokerHealth.from_json(d["broker"]),
             sensors={k: SensorHealth.from_json(v) for k, v in d["sensors"].items()},
-            thermal=ThermalHealth.from_json(d["thermal"]), last_error=d["last_error"])
+            thermal=ThermalHealth.from_json(d["thermal"]), last_error=d["last_error"],
+            ota=OtaStatus.from_json(d["ota"]))
 
     def cache(self) -> dict[str, Any]:
         """The outbox's disk budget figures, for telemetry and the retained status."""
@@ -298,7 +349,8 @@ class HealthSnapshot:
                 "acks_ignored": o.acks_ignored, "health": self.health.status,
                 "storage_errors": o.storage_errors, "last_storage_error": o.last_storage_error,
                 "uptime_s": self.uptime_s,
-                "pipelines": [p.telemetry() for p in self.pipelines]}
+                "pipelines": [p.telemetry() for p in self.pipelines],
+                "ota": self.ota.to_json()}
 
 
 def combined(pipelines: tuple[PipelineStatus, ...]) -> tuple[Stages, Queues, float]:

@@ -434,5 +434,7 @@ def status_payload(*, state: str, device: str, site: str, extra: dict[str, Any],
         cache = snapshot.cache()
         if cache["evictions"] or cache["quarantined"] or cache["storage_error"]:
             fields["cache"] = cache
+        if snapshot.ota.reported:  # a deployed model, a deployment, its outcome, clock skew
+            fields["ota"] = snapshot.ota.to_json()
     return encode_status(state=state, device=device, site=site, wall_time=time.time(),
                          extra=fields)
