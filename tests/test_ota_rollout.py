@@ -154,3 +154,98 @@ def test_the_rollout_store_on_sqlite_and_postgresql(kind: str, tmp_path: Path) -
         with pytest.raises(Exception, match="exists already"):
             again.create("r1", bundle, plan, {})
         again.close()
+
+
+class Commands:
+    """Every command the broker carries to some devices (an observer beside the devices)."""
+
+    def __init__(self, port: int, devices: tuple[str, ...]) -> None:
+        import threading
+
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.seen: list[tuple[str, str]] = []  # (device, command name)
+        self.lock = threading.Lock()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client.on_message = self._on
+        self.client.connect("127.0.0.1", port)
+        for d in devices:
+            self.client.subscribe(f"lepton/v1/{SITE}/{d}/cmd/+", qos=1)
+        self.client.loop_start()
+
+    def _on(self, client: Any, userdata: Any, message: Any) -> None:
+        parts = message.topic.split("/")
+        with self.lock:
+            self.seen.append((parts[3], parts[5]))
+
+    def devices(self) -> set[str]:
+        with self.lock:
+            return {d for d, _ in self.seen}
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.mark.slow  # two agents and three rollout commands: about a minute
+def test_a_rollout_survives_its_sender_being_killed(broker, tmp_path: Path) -> None:
+    """SIGKILL the deploy CLI while the second batch's device deploys; `deploy resume ID`
+    finishes the rollout without sending anything to the device that was done, and running
+    the first command again (same --id) finds it over and sends nothing."""
+    keys = generate(tmp_path / "keys")
+    agents = [_agent(tmp_path, d, broker.url, keys.public) for d in ("cam-1", "cam-2")]
+    url = f"sqlite:///{tmp_path / 'ingest.db'}"
+    first = [str(_bundle(tmp_path, keys.private, 2)), "--db", url, "--broker", broker.url,
+             "--site", SITE, "--devices", "cam-1,cam-2", "--batch", "1", "--health-s", "2",
+             "--id", "roll-kill"]
+
+    def states() -> dict[str, str]:
+        try:
+            store = RolloutStore(url)
+            try:
+                (r,) = store.status("roll-kill")
+            finally:
+                store.close()
+        except Exception:  # not created yet
+            return {}
+        return {d["device"]: d["state"] for d in r["devices"]}
+
+    sender = None
+    try:
+        for a in agents:
+            wait_for(lambda a=a: "command" in a.log or a.status() is not None,
+                     "the agent to start", timeout=90)
+        sender = subprocess.Popen([sys.executable, "-m", "agent", "deploy", *first], cwd=ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # killed once cam-2's own deployment has begun (the device logged its first state)
+        wait_for(lambda: states().get("cam-2") == "deploying"
+                 and "deployment roll-kill (" in agents[1].log,
+                 "the second batch to start deploying", timeout=240)
+        sender.kill()
+        sender.wait(30)
+        assert states() == {"cam-1": "succeeded", "cam-2": "deploying"}, states()
+
+        watch = Commands(broker.port, ("cam-1", "cam-2"))
+        try:
+            out = _deploy("resume", "roll-kill", "--db", url, "--broker", broker.url, "--json")
+            assert out.returncode == 0, out.stderr + out.stdout
+            report = json.loads(out.stdout)
+            assert report["state"] == "succeeded", report
+            assert [(d["device"], d["state"]) for d in report["devices"]] == [
+                ("cam-1", "succeeded"), ("cam-2", "succeeded")]
+            assert watch.devices() == {"cam-2"}, watch.seen  # nothing sent to cam-1
+            sent = len(watch.seen)
+            again = _deploy(*first)
+            assert again.returncode == 0, again.stderr + again.stdout
+            assert "rollout roll-kill: succeeded" in again.stdout
+            time.sleep(0.5)  # a command the CLI had sent would have reached the observer
+            assert len(watch.seen) == sent, watch.seen[sent:]
+        finally:
+            watch.close()
+    finally:
+        if sender is not None and sender.poll() is None:
+            sender.kill()
+        for a in agents:
+            if a.running:
+                a.stop(60)

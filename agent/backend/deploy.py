@@ -271,6 +271,14 @@ class RolloutStore:
         self._exec("UPDATE ota_rollouts SET state = ?, reason = ?, updated_at = ? WHERE id = ?",
                    (state, reason, time.time(), rollout))
 
+    def options(self, rollout: str) -> dict[str, Any]:
+        """The options a rollout was created with (plan, health gate, site)."""
+        rows = self._exec("SELECT options FROM ota_rollouts WHERE id = ?", (rollout,))
+        if not rows:
+            raise DeployError(f"no rollout {rollout!r}", fix="see `lepton-agent deploy status`")
+        found: dict[str, Any] = json.loads(rows[0][0])
+        return found
+
     def status(self, rollout: str | None = None) -> list[dict[str, Any]]:
         """Every rollout (or one), newest first, with its devices' states."""
         rows = self._exec("SELECT id, model, version, bundle, state, reason, created_at "
@@ -302,17 +310,30 @@ class RolloutStore:
         self._conn.close()
 
 
+# A device in one of these states has its outcome: a resumed rollout does not deploy to it
+# again. ``pending`` and ``deploying`` (the sender died while it waited) are deployed to.
+DEVICE_DONE = frozenset({"succeeded", "failed", "rolled_back", "superseded", "timed_out",
+                         "rejected", "no_reply", "skipped"})
+
+
 def run_rollout(store: RolloutStore, rollout: str, bundle: Bundle, plan: RolloutPlan,
                 send_to: Callable[[str], Send], *, progress: Callable[[DeviceOutcome], None]
-                = lambda _o: None, **options: Any) -> str:
+                = lambda _o: None, batches: list[list[str]] | None = None,
+                finished: dict[str, str] | None = None, **options: Any) -> str:
     """Deploy batch after batch (the devices of a batch in parallel); stop, leaving the rest
     ``skipped``, once more than ``max_failures`` devices did not succeed. Returns the
-    rollout's final state: ``succeeded`` or ``stopped``."""
+    rollout's final state: ``succeeded`` or ``stopped``.
+
+    ``batches`` and ``finished`` (device -> its stored state) resume a rollout: a device that
+    has its outcome is not deployed to again, and its failure still counts."""
     failures = 0
-    batches = plan.batches()
+    batches = plan.batches() if batches is None else batches
+    finished = finished or {}
     for n, group in enumerate(batches):
         results: dict[str, DeviceOutcome] = {}
         threads = []
+        failures += sum(1 for d in group if finished.get(d, "succeeded") != "succeeded")
+        group = [d for d in group if d not in finished]
         for device in group:
             store.set_device(rollout, device, "deploying", None)
 
@@ -340,3 +361,38 @@ def run_rollout(store: RolloutStore, rollout: str, bundle: Bundle, plan: Rollout
             return "stopped"
     store.set_rollout(rollout, "succeeded", None)
     return "succeeded"
+
+
+def resume_rollout(store: RolloutStore, rollout: str, send_to: Callable[[str], Send], *,
+                   bundle: Bundle | None = None,
+                   progress: Callable[[DeviceOutcome], None] = lambda _o: None,
+                   **options: Any) -> str:
+    """Continue a rollout whose sender stopped (killed, a lost machine) from the database:
+    devices that have their outcome are left as they are; the others (``pending``, and
+    ``deploying``: the device rejoins its deployment, same id, or answers how it ended) are
+    deployed to, batch by batch, with the rollout's own plan and health options. A rollout
+    that already ended returns its state without sending anything."""
+    (record,) = store.status(rollout)
+    if record["state"] != "running":
+        return str(record["state"])
+    saved = store.options(rollout)
+    if bundle is None:
+        bundle = Bundle.read(Path(record["bundle"]))
+    if (bundle.model, bundle.version) != (record["model"], record["version"]):
+        raise DeployError(f"rollout {rollout} deploys {record['model']} v{record['version']}; "
+                          f"{bundle.folder} is {bundle.model} v{bundle.version}",
+                          fix="resume it with its own bundle, or start a rollout with --id NEW")
+    grouped: dict[int, list[str]] = {}
+    for d in record["devices"]:
+        grouped.setdefault(int(d["batch"]), []).append(str(d["device"]))
+    finished = {str(d["device"]): str(d["state"]) for d in record["devices"]
+                if d["state"] in DEVICE_DONE}
+    plan = RolloutPlan(tuple(str(d["device"]) for d in record["devices"]),
+                       canary=int(saved.get("canary", 1)), batch=int(saved.get("batch", 10)),
+                       max_failures=int(saved.get("max_failures", 0)))
+    for key in ("health_s", "min_fps_ratio"):
+        if saved.get(key) is not None:
+            options.setdefault(key, saved[key])
+    return run_rollout(store, rollout, bundle, plan, send_to, progress=progress,
+                       batches=[grouped[b] for b in sorted(grouped)], finished=finished,
+                       **options)

@@ -25,10 +25,13 @@ from agent.errors import ConfigError
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``deploy`` (a rollout, or ``deploy status [ID]``)."""
     p = sub.add_parser("deploy", help="roll a signed model bundle out to devices; "
-                                      "`deploy status` shows rollouts")
-    p.add_argument("target", metavar="BUNDLE|status",
-                   help="a signed bundle folder, or `status` to read rollouts")
-    p.add_argument("rollout", nargs="?", metavar="ID", help="with status: one rollout")
+                                      "`deploy status` shows rollouts, `deploy resume ID` "
+                                      "continues one whose sender stopped")
+    p.add_argument("target", metavar="BUNDLE|status|resume",
+                   help="a signed bundle folder, `status` to read rollouts, or `resume` to "
+                        "continue one")
+    p.add_argument("rollout", nargs="?", metavar="ID",
+                   help="with status: one rollout; with resume: the rollout to continue")
     p.add_argument("--db", required=True, help="the ingest database (SQLite path or "
                                                "postgresql:// URL) that keeps rollouts")
     p.add_argument("--broker", help="mqtt://host:port or mqtts://host:port (a rollout)")
@@ -40,11 +43,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--batch", type=positive(int), default=10, help="devices per batch after")
     p.add_argument("--max-failures", type=positive(int, zero=True), default=0,
                    help="failed devices tolerated before the rollout stops (default 0)")
-    p.add_argument("--id", dest="rollout_id", help="the rollout's id (default: generated)")
-    p.add_argument("--health-s", type=positive(float, zero=True), default=30.0,
-                   help="each device's health watch after the switch")
-    p.add_argument("--min-fps-ratio", type=float, default=0.5,
-                   help="health gate: fps at least this share of the previous model's")
+    p.add_argument("--id", dest="rollout_id", help="the rollout's id (default: generated); "
+                   "an existing rollout of the same bundle is resumed")
+    p.add_argument("--health-s", type=positive(float, zero=True), default=None,
+                   help="each device's health watch after the switch (default: the "
+                        "device's [ota] health_s)")
+    p.add_argument("--min-fps-ratio", type=float, default=None,
+                   help="health gate: fps at least this share of the previous model's "
+                        "(default: the device's [ota] min_fps_ratio)")
     p.add_argument("--timeout", type=positive(float), default=900.0,
                    help="seconds per device for the whole deployment")
     p.add_argument("--username")
@@ -100,35 +106,69 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             store.close()
         _print_status(rollouts, args.json)
         return 0
+    if args.target == "resume":
+        if args.rollout is None:
+            raise ConfigError("deploy resume needs the rollout's id", key="ID",
+                              fix="deploy resume ID --db DB --broker URL (ids: deploy status)")
+        return _rollout(args, resume=args.rollout)
     if args.rollout is not None:
         raise ConfigError(f"unexpected argument {args.rollout!r}", fix="deploy BUNDLE --devices "
-                          "D1,D2 ...; or deploy status [ID]")
+                          "D1,D2 ...; deploy status [ID]; or deploy resume ID")
     return _rollout(args)
 
 
-def _rollout(args: argparse.Namespace) -> int:
-    from agent.backend.deploy import Bundle, DeviceOutcome, RolloutPlan, RolloutStore, run_rollout
+def _rollout(args: argparse.Namespace, resume: str | None = None) -> int:
+    """A new rollout, or (``resume``, or ``--id`` of one that exists) the rest of one."""
+    from agent.backend.deploy import (
+        Bundle,
+        DeviceOutcome,
+        RolloutPlan,
+        RolloutStore,
+        resume_rollout,
+        run_rollout,
+    )
     from agent.cli.ctl import CommandClient, NoReply
     from agent.core.contract.command import CommandReply
 
     if not args.broker:
         raise ConfigError("a rollout needs --broker", key="--broker",
                           fix="give the broker the devices use")
-    if not 0 <= args.min_fps_ratio <= 1:
+    if args.min_fps_ratio is not None and not 0 <= args.min_fps_ratio <= 1:
         raise ConfigError(f"--min-fps-ratio {args.min_fps_ratio} is not in [0, 1]",
                           key="--min-fps-ratio", fix="give a share such as 0.8")
-    bundle = Bundle.read(Path(args.target))
-    devices = _devices(args)
-    site = args.site or "default"
-    rollout = args.rollout_id or f"{bundle.model[:24]}-v{bundle.version}-{uuid.uuid4().hex[:6]}"
-    plan = RolloutPlan(tuple(devices), canary=args.canary, batch=args.batch,
-                       max_failures=args.max_failures)
-    client = CommandClient(args.broker, username=args.username,
-                           password=os.environ.get("LEPTON_CTL_PASSWORD"), ca=args.ca,
-                           cert=args.cert, key=args.key)
+    bundle = None if resume else Bundle.read(Path(args.target))
     store = RolloutStore(args.db)
-    store.create(rollout, bundle, plan, {"health_s": args.health_s,
-                                         "min_fps_ratio": args.min_fps_ratio})
+    try:
+        if resume is None and args.rollout_id and any(r["id"] == args.rollout_id
+                                                       for r in store.status()):
+            resume = args.rollout_id  # the same command again: continue where it stopped
+        if resume is not None:
+            store.status(resume)  # one line naming it when there is no such rollout
+            site = args.site or store.options(resume).get("site") or "default"
+            rollout = resume
+            plan = None
+        else:
+            assert bundle is not None
+            devices = _devices(args)
+            site = args.site or "default"
+            rollout = (args.rollout_id
+                       or f"{bundle.model[:24]}-v{bundle.version}-{uuid.uuid4().hex[:6]}")
+            plan = RolloutPlan(tuple(devices), canary=args.canary, batch=args.batch,
+                               max_failures=args.max_failures)
+    except BaseException:
+        store.close()
+        raise
+    try:
+        client = CommandClient(args.broker, username=args.username,
+                               password=os.environ.get("LEPTON_CTL_PASSWORD"), ca=args.ca,
+                               cert=args.cert, key=args.key)
+    except BaseException:
+        store.close()
+        raise
+    if plan is not None and bundle is not None:
+        store.create(rollout, bundle, plan, {"health_s": args.health_s,
+                                             "min_fps_ratio": args.min_fps_ratio,
+                                             "site": site})
 
     def send_to(device: str) -> Any:
         def send(name: str, command_args: dict[str, Any], timeout: float) -> CommandReply | None:
@@ -145,10 +185,18 @@ def _rollout(args: argparse.Namespace) -> int:
                   + (f" ({outcome.reason})" if outcome.reason else ""), flush=True)
 
     started = time.monotonic()
+    health = {k: v for k, v in (("health_s", args.health_s),
+                                ("min_fps_ratio", args.min_fps_ratio)) if v is not None}
     try:
-        state = run_rollout(store, rollout, bundle, plan, send_to, progress=progress,
-                            timeout_s=args.timeout, health_s=args.health_s,
-                            min_fps_ratio=args.min_fps_ratio)
+        if plan is None:
+            if not args.json:
+                print(f"rollout {rollout}: resuming", flush=True)
+            state = resume_rollout(store, rollout, send_to, bundle=bundle, progress=progress,
+                                   timeout_s=args.timeout, **health)
+        else:
+            assert bundle is not None
+            state = run_rollout(store, rollout, bundle, plan, send_to, progress=progress,
+                                timeout_s=args.timeout, **health)
         report = store.status(rollout)[0]
     finally:
         store.close()
