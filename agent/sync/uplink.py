@@ -59,6 +59,10 @@ class Uplink:
         # Commands (agent.service.commands): subscribed to on each connect, handed over as is.
         self.command_filter: str | None = None
         self.on_command: Callable[[paho.MQTTMessage], None] | None = None
+        # Other listeners (agent.service.homeassistant): each filter is subscribed to on each
+        # connect and its messages handed over as is; ``connected_hooks`` run after the birth.
+        self.listeners: list[tuple[str, Callable[[paho.MQTTMessage], None]]] = []
+        self.connected_hooks: list[Callable[[], None]] = []
 
     def attach(self, link: MqttLink) -> None:
         self.link = link
@@ -153,8 +157,13 @@ class Uplink:
             self.link.subscribe(self.ack_topic, qos=1)
         if self.link and self.command_filter:
             self.link.subscribe(self.command_filter, qos=1, retain_as_published=True)
+        if self.link:
+            for topic_filter, _ in self.listeners:
+                self.link.subscribe(topic_filter, qos=1)
         if self.link and self.birth:
             self.link.publish(self.birth[0], self.birth[1], qos=1, retain=True)
+        for hook in self.connected_hooks:
+            hook()
         self._execute(self.window.on_connected())
 
     def on_disconnected(self, reason: str) -> None:
@@ -189,6 +198,10 @@ class Uplink:
                 and paho.topic_matches_sub(self.command_filter, message.topic):
             self.on_command(message)
             return
+        for topic_filter, listener in self.listeners:
+            if paho.topic_matches_sub(topic_filter, message.topic):
+                listener(message)
+                return
         if message.topic != self.ack_topic:
             log.debug("ignoring message on %s", message.topic)
             return
