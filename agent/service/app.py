@@ -35,6 +35,7 @@ from agent.core.uri import parse_broker
 from agent.errors import AgentError, StorageError
 from agent.service.commands import CommandService, load_applied
 from agent.service.components import Components, build
+from agent.service.homeassistant import start_homeassistant
 from agent.service.pipelines import Pipeline, wait_event
 from agent.service.snapshot import HealthSnapshot
 from agent.service.status import serve as serve_status
@@ -305,6 +306,7 @@ class AgentApp:
         parts.uplink.birth = (parts.topics.status, self._birth(snapshot))
         self.commands = CommandService(self, parts, started=started)
         self.commands.attach()
+        homeassistant = start_homeassistant(self, cfg)  # [homeassistant]: off unless enabled
         if parts.link:
             parts.link.start()
         supervisor = Supervisor(parts, stop, self._changed, cfg.agent.shutdown_grace_s,
@@ -330,6 +332,9 @@ class AgentApp:
                     tasks.create_task(parts.telemetry.run(), name="telemetry"),
                     tasks.create_task(parts.monitor.run(), name="monitor"),
                     tasks.create_task(parts.housekeeping.run(), name="outbox-housekeeping")]
+                if homeassistant is not None:
+                    supervisor.background.append(
+                        tasks.create_task(homeassistant.run(), name="homeassistant"))
                 supervisor.writer_task = tasks.create_task(parts.writer.run(),
                                                            name="outbox-writer")
                 tasks.create_task(supervisor.run(), name="supervisor")
