@@ -138,3 +138,122 @@ def test_login_live_boxes_draw_a_line_save_and_counts_appear(agent: WebAgent,
     assert abs(line.points[0][0] - 0.5) < 0.01 and abs(line.points[1][0] - 0.5) < 0.01
     assert line.points[0][1] < 0.1 and line.points[1][1] > 0.9
     assert not problems, problems
+
+
+def _browser(p, *args: str):  # type: ignore[no-untyped-def]
+    return p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", *args])
+
+
+def _log_in(page, base: str, role: str = "admin") -> None:  # type: ignore[no-untyped-def]
+    page.goto(base + "/login")
+    page.fill("#user", USERS[role][0])
+    page.fill("#password", USERS[role][1])
+    page.click("#submit")
+    page.wait_for_url(base + "/", timeout=15_000)
+
+
+def test_diagnostics_runs_the_checks_and_downloads_a_support_bundle(agent: WebAgent,
+                                                                     tmp_path: Path) -> None:
+    import json
+    import tarfile
+
+    problems: list[str] = []
+    with playwright_sync.sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900},
+                                    accept_downloads=True)
+            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
+                    if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            _log_in(page, agent.base)
+            page.goto(agent.base + "/diagnostics")
+            page.click("#run")
+            page.wait_for_function(
+                "() => document.querySelectorAll('#checks tr').length > 1"
+                " || document.getElementById('msg').className === 'fail'", timeout=240_000)
+            assert page.locator("#msg").get_attribute("class") != "fail", \
+                page.locator("#msg").text_content()
+            shown = page.locator("#checks td:first-child").all_text_contents()
+            assert {"model", "config"} <= set(shown), shown
+            _shot(page, tmp_path, "web-diagnostics-checks.png")
+            with page.expect_download(timeout=240_000) as download:
+                page.click("#bundle")
+            saved = tmp_path / download.value.suggested_filename
+            download.value.save_as(saved)
+        finally:
+            browser.close()
+    assert saved.name.startswith("lepton-diag-cam-web") and saved.name.endswith(".tar.gz")
+    with tarfile.open(saved, "r:gz") as tar:
+        members = {Path(m.name).name: m for m in tar.getmembers()}
+        assert {"diag.json", "config.json", "versions.json", "logs.txt",
+                "status.json"} <= set(members), sorted(members)
+        config = json.loads(tar.extractfile(members["config.json"]).read())  # type: ignore[union-attr]
+        status = json.loads(tar.extractfile(members["status.json"]).read())  # type: ignore[union-attr]
+    # the running agent's config and live status, not the defaults
+    assert config["agent"]["device_id"] == "cam-web"
+    assert status["device"] == "cam-web" and status["pipelines"][0]["stream"] == "cam0"
+    assert not problems, problems
+
+
+def test_the_console_under_tls_with_the_device_certificate(tmp_path: Path) -> None:
+    import base64
+    import hashlib
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.conftest import run_cli
+
+    out = run_cli("pki", "init", "--out", str(tmp_path / "ca"))
+    assert out.returncode == 0, out.stderr
+    out = run_cli("pki", "issue", "cam-web", "--role", "device", "--ca", str(tmp_path / "ca"),
+                  "--out", str(tmp_path / "certs"))
+    assert out.returncode == 0, out.stderr
+    cert, key = tmp_path / "certs" / "cam-web.crt", tmp_path / "certs" / "cam-web.key"
+    running = start_agent(tmp_path, tls=(cert, key))
+    problems: list[str] = []
+    try:
+        # the console serves the device certificate itself (read apart from the browser)
+        served = ssl.get_server_certificate(("127.0.0.1", running.port))
+        device = x509.load_pem_x509_certificate(cert.read_bytes())
+        assert x509.load_pem_x509_certificate(served.encode()) == device
+        # the device certificate names no host and is for client auth (it is the MQTT
+        # identity): the browser is told to accept exactly this key, as an installer would
+        spki = device.public_key().public_bytes(serialization.Encoding.DER,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo)
+        pin = base64.b64encode(hashlib.sha256(spki).digest()).decode()
+        with playwright_sync.sync_playwright() as p:
+            browser = _browser(p, f"--ignore-certificate-errors-spki-list={pin}")
+            try:
+                page = browser.new_page(viewport={"width": 1100, "height": 900})
+                page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
+                        if m.type == "error" else None)
+                page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+                assert running.base.startswith("https://")
+                _log_in(page, running.base)
+                (cookie,) = [c for c in page.context.cookies() if c["name"] == "lepton_session"]
+                assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+                page.goto(running.base + "/live")
+                page.wait_for_function("() => { const i = document.querySelector('img.live'); "
+                                       "return i && i.naturalWidth > 0; }", timeout=60_000)
+                _shot(page, tmp_path, "web-tls-live.png")
+                # from the page (the browser's TLS, not Playwright's own client)
+                status = page.evaluate("async () => (await fetch('/api/v1/status')).json()")
+                assert status["device"] == "cam-web"
+            finally:
+                browser.close()
+            # without the pin the browser refuses the certificate: nothing is loaded silently
+            browser = _browser(p)
+            try:
+                page = browser.new_page()
+                with pytest.raises(playwright_sync.Error, match="ERR_CERT"):
+                    page.goto(running.base + "/login")
+            finally:
+                browser.close()
+    finally:
+        log = running.stop()
+    assert "web console on https://127.0.0.1" in log, log[-2000:]
+    assert key.read_text().strip().splitlines()[1] not in log  # the key never reaches the log
+    assert not problems, problems

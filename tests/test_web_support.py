@@ -37,10 +37,11 @@ class WebAgent:
     port: int
     state_dir: Path
     log: Path
+    tls: bool = False
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def stop(self) -> str:
         if self.proc.poll() is None:
@@ -53,9 +54,11 @@ class WebAgent:
         return self.log.read_text(errors="replace")
 
 
-def start_agent(tmp: Path, *, users: bool = True, frames: int = 300) -> WebAgent:
+def start_agent(tmp: Path, *, users: bool = True, frames: int = 300,
+                tls: tuple[Path, Path] | None = None) -> WebAgent:
     """Start ``lepton-agent run`` on a synthetic road clip (looped, real time) with the web
-    console on a free loopback port; returns once the console answers."""
+    console on a free loopback port; returns once the console answers. ``tls``: the device
+    certificate and key, served as ``[web] tls`` does (the key as the tls-key credential)."""
     clip = tmp / "road.mp4"
     if not clip.exists():
         subprocess.run([sys.executable, "-m", "agent", "synth-clip", str(clip), "--frames",
@@ -65,6 +68,11 @@ def start_agent(tmp: Path, *, users: bool = True, frames: int = 300) -> WebAgent
     if users:
         (creds / "web-users").write_text("".join(
             f"{name}:{role}:{hash_password(pw)}\n" for role, (name, pw) in USERS.items()))
+    tls_toml = ""
+    if tls is not None:
+        (creds / "tls-key").write_bytes(tls[1].read_bytes())
+        (creds / "tls-key").chmod(0o600)
+        tls_toml = f'tls = true\n[mqtt]\ntls_cert_file = "{tls[0]}"\n'
     port = free_port()
     state = tmp / "state"
     config = tmp / "agent.toml"
@@ -72,8 +80,6 @@ def start_agent(tmp: Path, *, users: bool = True, frames: int = 300) -> WebAgent
 [agent]
 state_dir = "{state}"
 device_id = "cam-web"
-[mqtt]
-broker = ""
 [source]
 uri = "{clip}"
 loop = true
@@ -82,13 +88,13 @@ pace = "realtime"
 bucket_s = 60
 [web]
 listen = "127.0.0.1:{port}"
-""")
+{tls_toml}""" + ("" if tls is not None else "[mqtt]\n") + 'broker = ""\n')
     log = tmp / "agent.log"
     env = {**os.environ, "CREDENTIALS_DIRECTORY": str(creds)}
     proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)],
                             stdout=log.open("w"), stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                             env=env)
-    agent = WebAgent(proc, port, state, log)
+    agent = WebAgent(proc, port, state, log, tls=tls is not None)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
