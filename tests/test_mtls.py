@@ -51,8 +51,8 @@ class Fleet:
         return self.dir / "certs" / f"{name}.key"
 
 
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
+def _issue(tmp_path: Path) -> None:
+    """A test fleet's CA and certificates, from the CLI."""
     out = run_cli("pki", "init", "--out", str(tmp_path / "ca"))
     assert out.returncode == 0, out.stderr
     for name, role in (("broker", "broker"), ("cam1", "device"), ("cam2", "device"),
@@ -61,6 +61,11 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
                       "--out", str(tmp_path / "certs"), "--json")
         assert out.returncode == 0, out.stderr
         assert oct((tmp_path / "certs" / f"{name}.key").stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    _issue(tmp_path)
     certs = tmp_path / "certs"
     broker = LocalBroker(tmp_path / "broker", acl_file=ACL,
                          tls={"ca": tmp_path / "ca" / "ca.crt", "cert": certs / "broker.crt",
@@ -396,3 +401,67 @@ def test_pki_refuses_bad_input_with_one_line_and_keeps_keys_private(tmp_path: Pa
         verify = subprocess.run(["openssl", "verify", "-purpose", "sslclient", "-CAfile",
                                  str(ca / "ca.crt"), issued["cert"]], capture_output=True, text=True)
         assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+@pytest.fixture
+def dynsec_fleet(tmp_path: Path) -> Iterator[Fleet]:
+    """The same fleet behind mosquitto's dynamic-security plugin, configured from the
+    reference ACL file (agent.devtools.dynsec): subscriptions are checked too."""
+    from agent.devtools.dynsec import find_plugin, write_dynsec
+
+    plugin = find_plugin()
+    if plugin is None:
+        pytest.skip("mosquitto's dynamic-security plugin is not installed")
+    _issue(tmp_path)
+    certs = tmp_path / "certs"
+    config = write_dynsec(tmp_path / "dynsec.json", ACL.read_text(), ["cam1", "cam2"])
+    broker = LocalBroker(tmp_path / "broker", tls={"ca": tmp_path / "ca" / "ca.crt",
+                                                   "cert": certs / "broker.crt",
+                                                   "key": certs / "broker.key"})
+    conf = broker.conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
+    broker.conf.write_text(conf + f"use_identity_as_username true\nplugin {plugin}\n"
+                                  f"plugin_opt_config_file {config}\n")
+    broker.start()
+    yield Fleet(tmp_path, broker)
+    broker.close()
+
+
+def test_with_dynamic_security_a_foreign_subscription_is_not_authorized(
+        dynsec_fleet: Fleet) -> None:
+    """mosquitto 2.0's acl_file grants every SUBACK; under the dynamic-security plugin made from
+    the same ACL, a device's subscription to another device's topics (or to everything) gets
+    0x87, its own are granted, and publishing is refused as under the ACL file."""
+    fleet = dynsec_fleet
+    base1, base2 = "lepton/v1/site-a/cam1", "lepton/v1/site-a/cam2"
+    cam1, cam2 = Client(fleet, "cam1"), Client(fleet, "cam2")
+    ingest, ctl = Client(fleet, "lepton-ingest"), Client(fleet, "lepton-ctl")
+    try:
+        assert ingest.subscribe("$share/ingest/lepton/v1/+/+/results/+") == 1
+        assert ctl.subscribe("lepton/v1/+/+/reply/#") == 1
+        assert ctl.subscribe("lepton/v1/+/+/ota") == 1
+        assert cam1.subscribe(f"{base1}/ack") == 1
+        assert cam1.subscribe(f"{base1}/cmd/+") == 1
+        for topic in (f"{base1}/ack", f"{base1}/cmd/#", f"{base1}/results/+",
+                      "lepton/v1/+/+/#", "lepton/v1/site-a/+/ack", "#",
+                      f"$share/g/{base1}/ack"):
+            assert cam2.subscribe(topic) == NOT_AUTHORIZED, topic
+        assert ctl.subscribe(f"{base1}/results/+") == NOT_AUTHORIZED
+        assert ingest.subscribe(f"{base1}/cmd/#") == NOT_AUTHORIZED
+        assert cam2.subscribe(f"{base2}/cmd/#") == 1
+        # delivery still works where it is granted
+        assert cam1.publish(f"{base1}/results/cam0") in (0, 0x10)
+        ingest.wait_message(f"{base1}/results/cam0")
+        assert cam1.publish(f"{base1}/ota") in (0, 0x10)
+        ctl.wait_message(f"{base1}/ota")
+        assert ctl.publish(f"{base1}/cmd/ping") == 0
+        assert ctl.publish(f"{base2}/cmd/ping") == 0
+        cam1.wait_message(f"{base1}/cmd/ping")
+        cam2.wait_message(f"{base2}/cmd/ping")
+        assert cam2.messages == [f"{base2}/cmd/ping"]
+    finally:
+        for client in (cam1, cam2, ingest, ctl):
+            client.close()
+    for name, topic in (("cam2", f"{base1}/results/cam0"), ("cam1", f"{base1}/ack"),
+                        ("cam1", f"{base1}/cmd/ping"), ("lepton-ctl", f"{base1}/ack"),
+                        ("lepton-ingest", f"{base1}/cmd/ping")):
+        assert publish_code(fleet, name, topic) == NOT_AUTHORIZED, (name, topic)
