@@ -271,6 +271,14 @@ class MqttLink:
                 sock.close()
             return
         self._sock = sock
+        # Nagle off: a command's reply (one small packet) otherwise waits for the broker's
+        # delayed ACK of the last one, 40 ms on Linux. bench commands, 200 pings with the
+        # broker's set_tcp_nodelay: p50 45.4 -> 1.5 ms. Interleaved A/B of bench sync's paths
+        # (4 rounds each, loaded 2 cores): durable 3338 -> 3223/s and drain 4829 -> 4757/s
+        # medians (within the rounds' spread, 1476-5119/s), a live record's commit-to-PUBACK
+        # p50 19.8 -> 1.6 ms.
+        with contextlib.suppress(OSError, AttributeError):  # not TCP (a test's socketpair)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.loop.add_reader(sock, self._readable)
 
     def _unwatch(self, sock: socket.socket) -> None:
