@@ -112,3 +112,42 @@ def test_ids_and_seqs_are_not_reused_after_everything_is_deleted(tmp_path: Path)
     again = Outbox(tmp_path / "o.db", until_ingested=False)
     new = again.append([PendingRecord("cam0", "t", lambda seq: b"{}")])[0]
     assert (new.id, new.seq) == (6, 6)
+
+
+def test_marks_ride_on_the_next_commit_and_a_crash_only_republishes(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "outbox.db"
+    box = Outbox(path)
+    stored = box.append([PendingRecord("cam0", "t", lambda seq: b'{"seq": %d}' % seq)] * 3)
+    wal = box.wal.stat().st_size
+    box.mark_sent([r.id for r in stored])
+    assert box.mark_ingested("cam0", [(1, 2)]) == 2
+    assert box.mark_ingested("cam0", [(1, 2)]) == 0  # counted once
+    # No transaction of their own: the WAL did not grow, yet the outbox's view has them.
+    assert box.wal.stat().st_size == wal
+    assert box.backlog()[0] == 1 and box.fetch_unsent(0, 10) == []
+    assert read_report(path.parent, "ingested").backlog == 3  # type: ignore[union-attr]
+    # A crash before any other write (a second connection stands for the restarted agent):
+    # the records are simply unsent again, to be published again (ingest dedupes).
+    crashed = Outbox(path)
+    assert [r.seq for r in crashed.fetch_unsent(0, 10)] == [1, 2, 3]
+    crashed.db.close()
+    # The next commit carries them.
+    box.append([PendingRecord("cam0", "t", lambda seq: b'{"seq": %d}' % seq)])
+    assert read_report(path.parent, "ingested").backlog == 2  # type: ignore[union-attr]
+    assert [r.seq for r in box.fetch_unsent(0, 10)] == [4]
+    box.close()
+
+
+def test_delivered_records_are_pruned_in_steps_of_a_sixteenth_of_keep(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", until_ingested=False)
+
+    def deliver(n: int) -> None:
+        box.mark_sent([r.id for r in box.append([PendingRecord("cam0", "t", lambda s: b"{}")] * n)])
+
+    deliver(170)
+    assert box.prune_sent(160) == 0  # 10 beyond keep, within its sixteenth (10): kept
+    deliver(1)
+    assert box.prune_sent(160) == 11  # one more: down to keep
+    assert box.backlog()[0] == 0 and box.db.execute("SELECT COUNT(*) FROM records").fetchone()[0] == 160
+    assert box.prune_sent(0) == 160  # keep 0: every delivered record, at once
+    box.close()

@@ -51,8 +51,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     sb.add_argument("--live-hz", type=positive(float), default=30.0)
     sb.add_argument("--live-s", type=positive(int), default=120,
                     help="simulated seconds of a live 15 fps camera for its disk writes")
-    sb.add_argument("--live-commit-ms", type=positive(int), default=50,
-                    help="the live camera's commit interval ([outbox] commit_interval_ms)")
+    sb.add_argument("--live-commit-ms", type=positive(int), default=None,
+                    help="the live camera's commit interval (default: [outbox] "
+                         "commit_interval_ms's default)")
     sb.add_argument("--json", action="store_true")
     sb.set_defaults(func=cmd_bench_sync)
 
