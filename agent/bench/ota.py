@@ -43,6 +43,23 @@ from agent.sources.synthetic import write_clip
 WARM_INVOKES = 3  # as agent.service.ota warms a second interpreter
 
 
+def _clip_frame(clip: Path, width: int, height: int) -> np.ndarray:
+    """A frame of the clip (its tenth), to warm the new interpreter on; blank if unreadable."""
+    import cv2
+
+    reader = cv2.VideoCapture(str(clip))
+    try:
+        image = None
+        for _ in range(10):
+            ok, frame = reader.read()
+            if not ok:
+                break
+            image = frame
+    finally:
+        reader.release()
+    return image if image is not None else np.zeros((height, width, 3), np.uint8)
+
+
 def bench_swap(model: Path, *, seconds: float = 8.0, fps: float = 15.0, width: int = 640,
                height: int = 480, clip: Path | None = None) -> dict[str, Any]:
     """Play the clip through capture and inference, swap the model half-way; the figures."""
@@ -62,23 +79,29 @@ def bench_swap(model: Path, *, seconds: float = 8.0, fps: float = 15.0, width: i
         frames: BoundedQueue[CapturedFrame] = BoundedQueue("frames-bench", 8, "drop_oldest")
         capture = CaptureWorker(parse_source(str(clip)), frames, old_runner.prepare,
                                 realtime=True, name="capture-bench")
-        delivered: list[tuple[float, int, bool]] = []  # (time, frame index, by the new runner)
+        # (time, frame index, by the new runner, invoke + decode ms, capture time in s)
+        delivered: list[tuple[float, int, bool, float, float]] = []
         ended = threading.Event()
         holder: dict[str, ModelRunner] = {}
 
         def deliver(result: FrameResult) -> None:
+            ms = result.latency_ms
             delivered.append((time.perf_counter(), result.frame_index,
-                              worker.runner is holder.get("new")))
+                              worker.runner is holder.get("new"),
+                              ms.get("inference", 0.0) + ms.get("postprocess", 0.0),
+                              result.capture_mono_ns / 1e9))
 
         worker = InferenceWorker(frames, old_runner, "bench", deliver, ended.set)
         started = time.perf_counter()
         worker.start()
         capture.start()
         time.sleep(seconds / 4)
-        # the second interpreter, loaded and warmed while the first serves
+        # the second interpreter, loaded and warmed on a frame of the clip while the first
+        # serves (as agent.service.ota warms it on the stream's next frame)
         new_runner = ModelRunner(load_model(new_path, num_threads=1))
+        warm_input = new_runner.prepare(_clip_frame(clip, width, height))
         for _ in range(WARM_INVOKES):
-            new_runner.infer(new_runner.prepare(np.zeros((height, width, 3), np.uint8)))
+            new_runner.infer(warm_input)
         new_runner.reset_state()
         holder["new"] = new_runner
         time.sleep(max(0.0, started + seconds / 2 - time.perf_counter()))
@@ -97,13 +120,38 @@ def bench_swap(model: Path, *, seconds: float = 8.0, fps: float = 15.0, width: i
     swap_gap = gaps[first_new - 1] if first_new else None
     steady = [g for i, g in enumerate(gaps)
               if first_new is None or abs(i - (first_new - 1)) > 3]
+    median_gap = statistics.median(gaps) if gaps else None
+    # What the switch itself adds: the result gap less the gap between the two frames'
+    # capture times (the camera's pacing, which no swap can shorten or lengthen).
+    added = None
+    if first_new:
+        a, b = delivered[first_new - 1], delivered[first_new]
+        added = (b[0] - a[0]) * 1e3 - (b[4] - a[4]) * 1e3
+    steady_added = [((b[0] - a[0]) - (b[4] - a[4])) * 1e3
+                    for i, (a, b) in enumerate(itertools.pairwise(delivered))
+                    if first_new is None or abs(i - (first_new - 1)) > 3]
+    old_ms = [d[3] for d in delivered if not d[2]]
+    new_ms = [d[3] for d in delivered if d[2]]
     return {
         "source": source, "model": str(model), "fps": fps,
         "frame_interval_ms": round(1e3 / fps, 2),
         "swap_gap_ms": round(swap_gap, 2) if swap_gap is not None else None,
         "swap_within_one_frame_interval": swap_gap is not None and swap_gap <= 1e3 / fps,
         "max_gap_ms_steady": round(max(steady), 2) if steady else None,
-        "median_gap_ms": round(statistics.median(gaps), 2) if gaps else None,
+        "median_gap_ms": round(median_gap, 2) if median_gap is not None else None,
+        # the swap gap against this run's own typical gap (the machine's load moves both)
+        "swap_gap_minus_median_ms": round(swap_gap - median_gap, 2)
+        if swap_gap is not None and median_gap is not None else None,
+        # the swap gap less the capture gap of its two frames, and the largest such figure
+        # away from the switch (the same jitter without a swap)
+        "swap_added_ms": round(added, 2) if added is not None else None,
+        "max_added_ms_steady": round(max(steady_added), 2) if steady_added else None,
+        # invoke + decode of the old runner's last frame and the new one's first frames,
+        # against each runner's median: a cold new interpreter shows here
+        "invoke_ms_old_last": round(old_ms[-1], 2) if old_ms else None,
+        "invoke_ms_old_median": round(statistics.median(old_ms), 2) if old_ms else None,
+        "invoke_ms_new_first": [round(m, 2) for m in new_ms[:3]],
+        "invoke_ms_new_median": round(statistics.median(new_ms), 2) if new_ms else None,
         "frames_read": read, "results": len(delivered),
         "frames_lost": read - len(delivered), "queue_dropped": frames.stats.dropped,
         # frames between the old runner's last result and the new one's first that gave none

@@ -341,6 +341,8 @@ class FrameTap:
         future: asyncio.Future[np.ndarray] = self.loop.create_future()
         with self.lock:
             self.waiters.append(future)
+            if self.capture.prepare != self._grab:  # the model's prepare now (an OTA switch
+                self.original = self.capture.prepare  # changes it)
             self.capture.prepare = self._grab
         return future
 
@@ -412,6 +414,7 @@ class CommandService:
         self.ota = OtaService(app, parts, self.lock)  # model OTA (agent.service.ota, docs/ota.md)
         self.ota.resume()
         parts.health.ota = self.ota.health
+        self.ota.grab_frame = self.grab_frame  # a real frame to warm the new model on
         self.handlers: dict[str, Handler] = {
             "ping": self.ping, "get-config": self.get_config, "set-config": self.set_config,
             "pipelines": self.pipelines, "assign": self.assign, "unassign": self.unassign,
@@ -710,6 +713,17 @@ class CommandService:
                                + (", ".join(p.stream for p in self.parts.pipelines) or "none"))
         return pipeline
 
+    async def grab_frame(self, pipeline: Pipeline, timeout_s: float) -> np.ndarray:
+        """A copy of the next frame the pipeline's capture prepares (asyncio.TimeoutError when
+        none comes in time); one tap per capture, shared by every waiter."""
+        capture = pipeline.capture
+        if capture is None:
+            raise CommandError("failed", f"pipeline {pipeline.stream} is not running", None)
+        tap = self.taps.get(id(capture))
+        if tap is None or tap.capture is not capture:
+            tap = self.taps[id(capture)] = FrameTap(capture, asyncio.get_running_loop())
+        return await asyncio.wait_for(tap.wait(), timeout_s)
+
     async def snapshot(self, command: Command) -> dict[str, Any]:
         """A JPEG of the stream's next frame, stored as a blob the uplink sends as a shard."""
         args = _parse(SnapshotArgs, command.args)
@@ -719,12 +733,8 @@ class CommandService:
             raise CommandError("failed", f"pipeline {args.stream} is {pipeline.state}"
                                + (f" ({pipeline.reason})" if pipeline.reason else ""),
                                "start it (assign, restart-pipeline) first")
-        loop = asyncio.get_running_loop()
-        tap = self.taps.get(id(capture))
-        if tap is None or tap.capture is not capture:
-            tap = self.taps[id(capture)] = FrameTap(capture, loop)
         try:
-            image = await asyncio.wait_for(tap.wait(), args.timeout_s)
+            image = await self.grab_frame(pipeline, args.timeout_s)
         except asyncio.TimeoutError:
             raise CommandError("timeout", f"no frame from {args.stream} within "
                                f"{args.timeout_s:g}s", "check the source with `pipelines` "

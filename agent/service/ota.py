@@ -52,7 +52,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,11 +90,13 @@ TERMINAL = ("succeeded", "failed", "rolled_back", "superseded", "timed_out", "re
 # of its own that imports the runtime and runs the golden input: ~3 s measured on 2 shared cores.
 PHASE_DEADLINE_S = {"verifying": 120.0, "installing": 60.0, "warming": 120.0,
                     "self_test": 180.0, "switching": 15.0, "committing": 30.0}
-# Invokes of the second interpreter before the switch: its first invoke after load runs on
-# cold caches (bench ota, shared LSTM-SSD, one run with a one-invoke warm-up: the first new
-# result came 75.9 ms after the last old one, 9 ms over the 66.7 ms frame interval; the 2
-# shared cores were loaded, so this is an indication, not a measurement of the cause).
+# Invokes of the second interpreter before the switch, on a real frame of the stream (its
+# decode runs on real detections): its first invoke after load runs on cold caches. One more
+# invoke right before the switch was tried and dropped: bench ota, interleaved A/B, the
+# first new invoke of the shared LSTM-SSD was not faster with it (51.7 vs 35.3 ms medians
+# of 3, the old one's 44.0 and 36.9), nor the swap gap (swap_added_ms -0.1 vs -2.5).
 WARM_INVOKES = 3
+WARM_FRAME_S = 5.0  # the wait for a real frame to warm on; a blank one after that
 DISK_RESERVE_BYTES = 64 << 20  # a transfer may not take the state dir's last 64 MiB
 _ID = r"^[A-Za-z0-9_.-]{1,64}$"
 
@@ -313,6 +315,8 @@ class OtaService:
         self.received = asyncio.Event()
         self.chunk_lock = asyncio.Lock()
         self.swapped_back: dict[str, ModelRunner] = {}  # stream -> the runner to roll back to
+        # The command service's frame tap: the next frame a pipeline prepares (to warm on).
+        self.grab_frame: Callable[[Pipeline, float], Awaitable[np.ndarray]] | None = None
         self._thresholds: dict[str, float | None] = {}
         self._superseded_by: str | None = None
 
@@ -673,18 +677,32 @@ class OtaService:
                         f"{pipeline.state if pipeline else 'gone'}; nothing was switched")
         return pipeline
 
+    async def _frame(self, pipeline: Pipeline) -> np.ndarray | None:
+        """The stream's next frame (BGR), None when none comes within WARM_FRAME_S."""
+        if self.grab_frame is None:
+            return None
+        try:
+            return await self.grab_frame(pipeline, WARM_FRAME_S)
+        except (asyncio.TimeoutError, CommandError):
+            return None
+
     async def _warm(self, dep: Deployment) -> dict[str, tuple[ModelRunner, float | None]]:
-        """A second interpreter per pipeline, loaded from the slot and run once."""
+        """A second interpreter per pipeline, loaded from the slot and invoked on a real frame
+        of its stream (a blank one when none comes), while the old one serves."""
         out: dict[str, tuple[ModelRunner, float | None]] = {}
         for stream in dep.streams:
             pipeline = self._pipeline(stream)
+            image = await self._frame(pipeline)
 
-            def load(p: Pipeline = pipeline) -> tuple[ModelRunner, float | None]:
+            def load(p: Pipeline = pipeline, frame: np.ndarray | None = image
+                     ) -> tuple[ModelRunner, float | None]:
                 model, threshold = p.load_model(Path(dep.slot))
                 runner = ModelRunner(model, preprocess=p.parts.preprocess)
-                blank = runner.prepare(np.zeros((runner.height, runner.width, 3), np.uint8))
+                if frame is None:
+                    frame = np.zeros((runner.height, runner.width, 3), np.uint8)
+                tensor = runner.prepare(frame)
                 for _ in range(WARM_INVOKES):
-                    runner.infer(blank)
+                    runner.infer(tensor)
                 runner.reset_state()
                 return runner, threshold
 
