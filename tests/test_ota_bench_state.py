@@ -23,6 +23,11 @@ def test_bench_ota_reports_the_swap_and_refuses_a_missing_model() -> None:
     assert report["frames_read"] == 45 and report["results_by_new_model"] > 0
     assert report["frames_lost"] == report["frames_read"] - report["results"]
     assert 0 < report["swap_gap_ms"] < 1000 and report["frame_interval_ms"] == 66.67
+    # the swap gap apart from the run's typical gap and from its two frames' capture gap
+    assert abs(report["swap_gap_minus_median_ms"]
+               - (report["swap_gap_ms"] - report["median_gap_ms"])) <= 0.02
+    assert isinstance(report["swap_added_ms"], float) and report["max_added_ms_steady"] is not None
+    assert report["invoke_ms_old_median"] > 0 and len(report["invoke_ms_new_first"]) == 3
     bad = run_cli("bench", "ota", "--model", "/no/such/model", "--commands", "0")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert "/no/such/model" in bad.stderr and "Traceback" not in bad.stderr

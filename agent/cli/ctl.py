@@ -286,9 +286,9 @@ def bench_commands(count: int) -> dict[str, Any]:
     report["note"] = (
         "sequential pings, client -> mosquitto -> agent -> mosquitto -> client on 127.0.0.1, "
         "each outcome committed to outbox.db; the agent runs one pipeline (synthetic 320x240 "
-        "at 5 fps). mosquitto leaves Nagle on by default (set_tcp_nodelay false), and so do "
-        "paho and the agent's link: each small message may wait for the peer's delayed ACK "
-        "(40 ms on Linux); ctl's client turns it off on its own socket")
+        "at 5 fps). mosquitto leaves Nagle on by default (set_tcp_nodelay false): each small "
+        "message it forwards may wait for the peer's delayed ACK (40 ms on Linux); the "
+        "agent's link and ctl's client turn it off on their own sockets")
     return report
 
 
