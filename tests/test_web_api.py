@@ -94,6 +94,31 @@ def test_status_is_the_overview_from_the_health_snapshot(agent: WebAgent) -> Non
     assert d["outbox_depth"] > 0 and d["last_puback"] is None and d["last_ingest_ack"] is None
     assert d["evictions"] == {} and s["config_version"] == 0
     assert set(s["thermal"]) == {"temp_c", "throttled", "level"}
+    # the configured model, not an OTA slot
+    assert p["model"]["slot"] is None
+    assert s["ota"]["slot"] is None and s["ota"]["deployment"] is None
+
+
+def test_the_overview_shows_the_model_ota_slot_a_pipeline_runs(tmp_path: Path) -> None:
+    import shutil
+
+    from tests.conftest import DEFAULT_MODEL
+
+    # where model OTA installs a bundle (docs/ota.md): {state_dir}/ota/slots/{model}/a|b
+    slot = tmp_path / "state" / "ota" / "slots" / "lepton-vehicles-tiny" / "b"
+    shutil.copytree(DEFAULT_MODEL, slot)
+    running = start_agent(tmp_path, model=slot)
+    try:
+        c = Client(running.port)
+        assert c.login("viewer")[0] == 200
+        _, s = _wait(lambda: (r := c.json("GET", "/api/v1/status"))[1]["pipelines"]
+                     and r, what="a pipeline")
+        assert s["pipelines"][0]["model"]["slot"] == "b"
+        assert s["ota"]["slot"] == "b" and s["ota"]["model"] == "lepton-vehicles-tiny"
+        status, _, page = c.request("GET", "/static/overview.js")
+        assert status == 200 and b"running slot" in page
+    finally:
+        running.stop()
 
 
 def test_a_viewer_cannot_edit(agent: WebAgent) -> None:

@@ -55,10 +55,11 @@ class WebAgent:
 
 
 def start_agent(tmp: Path, *, users: bool = True, frames: int = 300,
-                tls: tuple[Path, Path] | None = None) -> WebAgent:
+                tls: tuple[Path, Path] | None = None, model: Path | None = None) -> WebAgent:
     """Start ``lepton-agent run`` on a synthetic road clip (looped, real time) with the web
     console on a free loopback port; returns once the console answers. ``tls``: the device
-    certificate and key, served as ``[web] tls`` does (the key as the tls-key credential)."""
+    certificate and key, served as ``[web] tls`` does (the key as the tls-key credential);
+    ``model``: the model bundle (default: the default model)."""
     clip = tmp / "road.mp4"
     if not clip.exists():
         subprocess.run([sys.executable, "-m", "agent", "synth-clip", str(clip), "--frames",
@@ -80,7 +81,7 @@ def start_agent(tmp: Path, *, users: bool = True, frames: int = 300,
 [agent]
 state_dir = "{state}"
 device_id = "cam-web"
-[source]
+{f'[model]{chr(10)}path = "{model}"{chr(10)}' if model else ""}[source]
 uri = "{clip}"
 loop = true
 pace = "realtime"

@@ -424,7 +424,7 @@ class WebConsole:
                 "model": {"name": ref.name if ref else status.model,
                           "version": ref.version if ref else None,
                           "sha256": status.model_sha256,
-                          "slot": getattr(pipeline, "model_slot", None)},
+                          "slot": self._slot(pipeline)},
             })
         o = snap.outbox
         return {
@@ -449,8 +449,19 @@ class WebConsole:
                            "connects": snap.broker.connects,
                            "last_error": snap.broker.last_error},
             },
+            "ota": snap.ota.to_json(),
             "last_error": snap.last_error,
         }
+
+    def _slot(self, pipeline: Pipeline | None) -> str | None:
+        """The model OTA slot (``a``/``b``) this pipeline's model is loaded from; None while it
+        runs its configured model (agent.service.ota installs into
+        ``{state_dir}/ota/slots/{model}/a|b``)."""
+        if pipeline is None:
+            return None
+        path = Path(pipeline.spec.model)
+        slots = self.config.agent.state_dir / "ota" / "slots"
+        return path.name if path.parent.parent == slots and path.name in ("a", "b") else None
 
     # -- live view --------------------------------------------------------------------------------
 
@@ -462,6 +473,7 @@ class WebConsole:
                               if any(p.latest is v.slot for p in self._pipelines())}
             renderer = self.renderers[id(slot)] = Renderer(
                 slot, min_interval_s=0.9 / self.config.web.live_fps)
+            slot.min_interval_s = 0.5 / self.config.web.live_fps  # twice what is drawn
         return renderer
 
     def _pipelines(self) -> list[Pipeline]:

@@ -15,6 +15,13 @@ async function refresh() {
       `${p.frames_captured} captured, ${p.frames_processed} processed`, p.frames_dropped,
       `${p.source.uri}: ${p.source.state}` + (p.source.last_error ? ` (${p.source.last_error})` : "") + (p.source.reconnects ? `, ${p.source.reconnects} reconnects` : ""),
       p.model.name, p.model.version || "", p.model.slot || "-", (p.model.sha256 || "").slice(0, 12)])));
+  const o = s.ota;
+  document.getElementById("ota").replaceChildren(L.table(
+    ["running slot", "deployed model", "bundle version", "deployment", "last deployment", "clock skew"],
+    [[o.slot || "none (configured model)", o.model || "-", o.version === null ? "-" : o.version,
+      o.deployment ? `${o.deployment}: ${o.state}` : "none in progress",
+      o.last_deployment ? `${o.last_deployment}: ${o.last_outcome}` + (o.last_reason ? ` (${o.last_reason})` : "") : "-",
+      o.clock_skew_s === null ? "-" : o.clock_skew_s + " s" + (o.clock_skew_exceeds ? " (over the threshold)" : "")]]));
   const d = s.delivery;
   const ev = Object.entries(d.evictions).map(([k, v]) => `${k}: ${v.records}`).join(", ") || "none";
   document.getElementById("delivery").replaceChildren(L.table(
