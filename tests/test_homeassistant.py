@@ -34,6 +34,7 @@ from agent.service.homeassistant import (
 )
 from tests.conftest import DEFAULT_MODEL, run_cli
 from tests.e2e import AgentProcess, wait_for
+from tests.test_web_support import Client, free_port
 
 jinja2 = pytest.importorskip("jinja2")
 
@@ -216,7 +217,12 @@ points = [[0.5, 0.0], [0.5, 1.0]]
 enabled = true
 interval_s = 1
 """)
+    # the web console on loopback (no users: no login) to change the lines as an installer would
+    port = free_port()
+    config.write_text(config.read_text().replace('[web]\nlisten = ""',
+                                                  f'[web]\nlisten = "127.0.0.1:{port}"'))
     proc = AgentProcess(config)
+    proc.web_port = port  # type: ignore[attr-defined]
     yield proc
     if proc.running:
         proc.stop(60)
@@ -304,6 +310,22 @@ def test_discovery_states_and_rediscovery_on_a_real_broker(broker: LocalBroker,
         watcher.client.publish("homeassistant/status", b"offline", qos=1)
         wait_for(lambda: len(watcher.on(state_topic, since)) >= 3, "three more states")
         assert not watcher.on(prefix, since)
+
+        # the installer replaces line mid by line edge in the web console: edge's entity
+        # appears, mid's gets an empty retained config (HA deletes the entity)
+        web = Client(ha_agent.web_port)  # type: ignore[attr-defined]
+        web.session()
+        _, rules = web.json("GET", "/api/v1/pipelines/cam0/rules")
+        status_code, saved = web.json("PUT", "/api/v1/pipelines/cam0/rules", {
+            "version": rules["version"], "zones": [],
+            "lines": [{"name": "edge", "points": [[0.3, 0.0], [0.3, 1.0]]}]})
+        assert status_code == 200, saved
+        edge = f"homeassistant/sensor/{NODE}/cam0_edge_count/config"
+        mid = f"homeassistant/sensor/{NODE}/cam0_mid_count/config"
+        wait_for(lambda: watcher.on(edge) and (mid, b"") in watcher.on(mid),
+                 "edge's config and mid's removal", timeout=60)
+        kept = retained(broker, "homeassistant/#")
+        assert edge in kept and mid not in kept, sorted(kept)
     finally:
         watcher.close()
     # a clean stop: the availability the entities follow says offline

@@ -29,11 +29,13 @@ import contextlib
 import json
 import logging
 import re
+import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
+from agent.errors import StorageError
 
 if TYPE_CHECKING:
     import paho.mqtt.client as paho
@@ -374,7 +376,10 @@ class HomeAssistant:
     async def run(self) -> None:
         while True:
             self.wake.clear()
-            self.publish()
+            try:
+                self.publish()
+            except (sqlite3.Error, StorageError) as exc:  # the disk: tried again next time
+                log.error("Home Assistant states not published: %s", exc)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.interval_s)
 
