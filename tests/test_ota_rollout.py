@@ -125,6 +125,9 @@ def test_deploy_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
         ([str(tmp_path), "--db", f"sqlite:///{tmp_path}/x.db", "--broker", "mqtt://127.0.0.1:1",
           "--devices", "a"], "signature.json is missing"),
         (["status", "--db", "sqlite:///no/such/dir/x.db"], "x.db"),
+        (["resume", "--db", db, "--broker", "mqtt://127.0.0.1:1"],
+         "deploy resume needs the rollout's id"),
+        (["resume", "nope", "--db", db, "--broker", "mqtt://127.0.0.1:1"], "no rollout 'nope'"),
     ]:
         out = _deploy(*args)
         assert out.returncode == 2, out
