@@ -333,3 +333,49 @@ def test_discovery_states_and_rediscovery_on_a_real_broker(broker: LocalBroker,
     status = retained(broker, f"{BASE}/status")[f"{BASE}/status"]
     assert render(configs[next(iter(wanted))]["availability"][0]["value_template"],
                   status) == "offline"
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_the_update_entity_follows_a_real_model_ota(broker: LocalBroker, tmp_path: Path) -> None:
+    """A signed bundle deployed through deploy-model (tests/test_ota_device.py's device): the
+    model's update entity shows it in progress, then the new version installed."""
+    from tests.test_ota_device import DEVICE as OTA_DEVICE
+    from tests.test_ota_device import OLD, Fleet
+    from tests.test_ota_device import SITE as OTA_SITE
+
+    fleet = Fleet(tmp_path, broker)
+    try:  # the same device with the Home Assistant profile on
+        fleet.proc.stop(60)
+        fleet.config.write_text(fleet.config.read_text()
+                                + "\n[homeassistant]\nenabled = true\ninterval_s = 1\n")
+        fleet.proc = AgentProcess(fleet.config)
+        fleet.wait_up()
+        topic = f"lepton/v1/{OTA_SITE}/{OTA_DEVICE}/ha/model/+"
+        states: list[dict[str, Any]] = []
+        client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        client.on_message = lambda c, u, m: states.append(json.loads(m.payload))
+        client.connect("127.0.0.1", broker.port)
+        client.subscribe(topic, qos=1)
+        client.loop_start()
+        try:
+            wait_for(lambda: states, "the model's update state")
+            assert states[-1]["installed_version"] == OLD and not states[-1]["in_progress"]
+            outcome = fleet.deploy(fleet.bundle(2), "ha-1")
+            assert outcome.ok, (outcome, fleet.proc.log[-3000:])
+            wait_for(lambda: states[-1]["installed_version"] == "ota-v2"
+                     and not states[-1]["in_progress"], "the new version installed")
+        finally:
+            client.loop_stop()
+            client.disconnect()
+        during = [s for s in states if s["in_progress"]]
+        assert during, states
+        # installed: the old model, or the new one once the pipelines switched to it while
+        # the deployment watches their health before it commits
+        assert all(s["latest_version"] == "bundle 2" and s["installed_version"] in (OLD, "ota-v2")
+                   and 0 <= s["update_percentage"] < 100 for s in during), during
+        assert [s["update_percentage"] for s in during] == sorted(
+            s["update_percentage"] for s in during)  # progress only goes forward
+    finally:
+        fleet.close()
+    assert "Traceback" not in fleet.proc.log, fleet.proc.log[-3000:]
