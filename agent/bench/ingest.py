@@ -207,9 +207,20 @@ class _Counter:
             self.pg.close()
 
 
+def _cpu_busy_idle() -> tuple[float, float]:
+    """Seconds all CPUs of the machine spent busy and idle since boot (/proc/stat)."""
+    try:
+        fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / tick, idle / tick
+
+
 def ingest_rate(broker: LocalBroker, messages: list[tuple[str, bytes]], db_url: str,
                 workdir: Path, processes: int = 1, group: str = "",
-                flags: tuple[str, ...] = ()) -> float:
+                flags: tuple[str, ...] = (), idle: list[float] | None = None) -> float:
     """Records/s of ``processes`` ingest processes taking ``messages`` the broker already
     holds for them, from the first message one received to the last commit of any."""
     n = len(messages)
@@ -228,6 +239,7 @@ def ingest_rate(broker: LocalBroker, messages: list[tuple[str, bytes]], db_url: 
         for p in procs:
             p.send(signal.SIGSTOP)
         publish_all(broker.port, messages)
+        busy0, idle0 = _cpu_busy_idle()
         for p in procs:
             p.send(signal.SIGCONT)
         deadline = time.monotonic() + 600
@@ -236,6 +248,11 @@ def ingest_rate(broker: LocalBroker, messages: list[tuple[str, bytes]], db_url: 
                 raise AgentError(f"ingest stored {stored} of {n} records in 600 s: "
                                  + " | ".join(p.log[-300:] for p in procs))
             time.sleep(0.05)  # the clock is ingest's own: polling slower costs no accuracy
+        busy1, idle1 = _cpu_busy_idle()
+        if idle is not None and busy1 + idle1 > busy0 + idle0:
+            # CPUs left idle during the run, in cores: near 0, a second process has nothing
+            # to run on (the machine is shared), whatever ingest does.
+            idle.append((idle1 - idle0) / (busy1 + idle1 - busy0 - idle0) * (os.cpu_count() or 1))
         stats = [p.stop() for p in procs]
         # From the first message any process received to the last commit of any: neither the
         # start-up of a process nor this polling counts (a large window stores the queue in a
@@ -283,23 +300,42 @@ def reference_broker(workdir: Path) -> LocalBroker:
 
 def overload_run(db_url: str, workdir: Path, capacity: float, factor: float, seconds: float,
                  devices: int = 50) -> dict[str, Any]:
-    """The simulator offers ``factor`` x ``capacity`` records/s for ``seconds`` to one ingest
-    process on a broker with the reference limits."""
+    """The simulator offers ``factor`` x the capacity of ingest fed by the simulator on this
+    machine (both share its CPUs: ``capacity``, ingest's rate alone, only sizes the calibration)
+    for ``seconds``, to one ingest process on a broker with the reference limits."""
     with reference_broker(workdir / "overload-broker") as broker:
         proc = IngestProcess(broker.url, workdir / "overload.db", db_url=db_url,
                              log_level="warning").start()
+        counter = _Counter(db_url)
         try:
-            rate = factor * capacity / devices
+            # Calibration: a backlog of ~5 s of ingest's own rate, held by the devices at start
+            # and drained as fast as they publish and ingest stores.
+            backlog = max(10, int(capacity * 5 / devices))
+            calibrate = FleetOptions(devices=devices, rate=0.1, seconds=0.1, backlog=backlog,
+                                     site="calibrate", prefix="cal", ack_timeout_s=30.0,
+                                     drain_s=300.0)
+            cal: FleetReport = asyncio.run(run_fleet(parse_broker(broker.url), calibrate))
+            live = cal.acknowledged / max(cal.offer_s + (cal.catch_up_s or calibrate.drain_s),
+                                          1e-3)
+            rate = factor * live / devices
             options = FleetOptions(devices=devices, rate=rate, seconds=seconds, site="overload",
                                    ack_timeout_s=5.0, ack_timeout_max_s=60.0,
                                    drain_s=max(120.0, seconds * factor * 2))
-            report: FleetReport = asyncio.run(run_fleet(parse_broker(broker.url), options,
-                                                        store_reader(db_url)))
+            before = counter()
+            in_burst: list[int] = []
+            report: FleetReport = asyncio.run(run_fleet(
+                parse_broker(broker.url), options, store_reader(db_url),
+                on_offered=lambda r: in_burst.append(counter() - before)))
         finally:
+            counter.close()
             stats = proc.stop() if proc.running else {}
-    return {"target_per_s": round(factor * capacity), "devices": devices, "seconds": seconds,
-            "offered": report.offered, "offered_per_s": round(report.offered /
-                                                               max(report.offer_s, 1e-9)),
+    burst_per_s = in_burst[0] / max(report.offer_s, 1e-9) if in_burst else 0.0
+    offered_per_s = report.offered / max(report.offer_s, 1e-9)
+    return {"capacity_with_simulator_per_s": round(live), "target_per_s": round(factor * live),
+            "devices": devices, "seconds": seconds,
+            "offered": report.offered, "offered_per_s": round(offered_per_s),
+            "stored_in_burst_per_s": round(burst_per_s),
+            "burst_factor": round(offered_per_s / burst_per_s, 2) if burst_per_s else None,
             "stored": report.stored, "lost": report.lost,
             "duplicates_stored": report.duplicates_stored, "pending": report.pending,
             "catch_up_s": report.catch_up_s, "resent": report.resent,
@@ -346,7 +382,8 @@ def bench_ingest(records: int = 20_000, pg_server: str = PG_DEFAULT, processes: 
             if report["postgresql_per_s"]:
                 report["postgresql_ratio"] = round(report["postgresql_per_s"] / raw, 3)
             if processes > 1:
-                report["processes"] = _scale_out(broker, messages, work, processes, pg_server)
+                report["processes"] = _scale_out(broker, messages, work, processes, pg_server,
+                                                 rounds)
         if overload:
             report["overload"] = overload_run(f"sqlite:///{work}/overload.db", work,
                                               report["sqlite_per_s"], overload, seconds)
@@ -355,24 +392,36 @@ def bench_ingest(records: int = 20_000, pg_server: str = PG_DEFAULT, processes: 
 
 
 def _scale_out(broker: LocalBroker, messages: list[tuple[str, bytes]], work: Path,
-               processes: int, pg_server: str) -> dict[str, Any]:
+               processes: int, pg_server: str, rounds: int) -> dict[str, Any]:
     """One process and N processes, each on the shared subscription, into PostgreSQL (SQLite
-    when there is no server: its writers take turns)."""
+    when there is no server: its writers take turns), in interleaved rounds (medians)."""
     out: dict[str, Any] = {"n": processes}
-    rates = []
-    for n in (1, processes):
-        pg = pg_schema(pg_server)
-        if pg is None:
-            out["store"] = "sqlite"
-            rates.append(ingest_rate(broker, messages, f"sqlite:///{work}/scale{n}.db", work,
-                                     processes=n, group="bench"))
-            continue
-        out["store"] = "postgresql"
-        url, drop = pg
-        try:
-            rates.append(ingest_rate(broker, messages, url, work, processes=n, group="bench"))
-        finally:
-            drop()
-    out["one_per_s"], out["n_per_s"] = round(rates[0]), round(rates[1])
-    out["ratio"] = round(rates[1] / rates[0], 3)
+    rates: dict[int, list[float]] = {1: [], processes: []}
+    idle: dict[int, list[float]] = {1: [], processes: []}
+    for _ in range(rounds):
+        for n in (1, processes):
+            pg = pg_schema(pg_server)
+            if pg is None:
+                out["store"] = "sqlite"
+                rates[n].append(ingest_rate(broker, messages, f"sqlite:///{work}/scale{n}.db",
+                                            work, processes=n, group="bench", idle=idle[n]))
+                continue
+            out["store"] = "postgresql"
+            url, drop = pg
+            try:
+                rates[n].append(ingest_rate(broker, messages, url, work, processes=n,
+                                            group="bench", idle=idle[n]))
+            finally:
+                drop()
+    one, many = statistics.median(rates[1]), statistics.median(rates[processes])
+    out["per_round"] = {"one": [round(r) for r in rates[1]],
+                        "n": [round(r) for r in rates[processes]]}
+    out["one_per_s"], out["n_per_s"] = round(one), round(many)
+    out["ratio"] = round(many / one, 3)
+    # The same ratio round by round (each round's two runs are minutes apart at most, so a
+    # change in the machine's other load moves both less than it moves the medians).
+    out["ratio_per_round"] = [round(b / a, 3) for a, b in zip(rates[1], rates[processes],
+                                                              strict=True)]
+    out["idle_cores"] = {"one": [round(c, 2) for c in idle[1]],
+                         "n": [round(c, 2) for c in idle[processes]]}
     return out

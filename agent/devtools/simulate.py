@@ -12,8 +12,8 @@ behind is not sent its backlog again.
 
 What a run reports (:class:`FleetReport`): records offered, acknowledged, still pending, the
 acks that named a record already acknowledged (duplicates ingest saw), resends, and, when the
-caller gives a way to read the store, the records stored and the lost ones (offered, not
-stored).
+caller gives a way to read the store, the records stored and the lost ones (acknowledged,
+so dropped by the device, and not stored; what is still pending is reported as pending).
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ class FleetReport:
     ``drain_s``)."""
     stored: int | None = None
     lost: int | None = None
+    """Acknowledged by ingest (so dropped by the device) and not in the store."""
     duplicates_stored: int | None = None
     connects: int = 0
 
@@ -325,7 +326,9 @@ async def run_fleet(broker: BrokerUrl, options: FleetOptions,
         stored = stored_seqs(options.site, [d.name for d in devices])
         report.stored = sum(len(s) for s in stored.values())
         offered = {d.name: set(range(1, d.next_seq)) for d in devices}
-        report.lost = sum(len(offered[d] - stored.get(d, set())) for d in offered)
+        # Lost: acknowledged (so the device dropped it) and not stored. What is still pending
+        # is not lost: the device holds it and publishes it again.
+        report.lost = sum(len(d.acked - stored.get(d.name, set())) for d in devices)
         # Rows beyond what was offered (a seq stored twice cannot be: the key forbids it).
         report.duplicates_stored = sum(len(stored.get(d, set()) - offered[d]) for d in offered)
     return report
