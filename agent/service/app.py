@@ -180,7 +180,9 @@ class Supervisor:
                     w.cancel()
         p.writer.close()
         await wait_event(p.writer.drained, grace_end - time.monotonic())
-        while p.link and p.link.connected and not self.delivered():
+        # A link still making its first connection (no error yet) is waited for: a finite run
+        # can end before the broker has answered, and what it committed is then delivered.
+        while p.link and (p.link.connected or p.link.last_error is None) and not self.delivered():
             left = grace_end - time.monotonic()
             if left <= 0:
                 break

@@ -100,7 +100,12 @@ class OutboxWriter:
 
     Inference threads call :meth:`deliver`, which blocks while ``RESULT_SLOTS`` results wait
     (the back-pressure lands on each pipeline's frame queue). While commits fail, results stay
-    in memory and the writer retries with a backoff; the agent keeps running."""
+    in memory and the writer retries with a backoff; the agent keeps running.
+
+    Commits are at most every ``interval_s`` (``[outbox] commit_interval_ms``): each commit
+    writes a few pages whatever it holds, so a live camera's results are batched (docs/
+    durability.md). What should not wait is committed at once: a frame's track events or
+    closed counts, a pipeline waiting for its results at its stop, and the writer's close."""
 
     def __init__(self, *, outbox: Outbox, blobs: BlobStore, uplink: Uplink, device: str,
                  site: str, interval_s: float, loop: asyncio.AbstractEventLoop) -> None:
@@ -119,6 +124,7 @@ class OutboxWriter:
         self.wake = asyncio.Event()
         self.drained = asyncio.Event()  # closing, and nothing left to commit
         self.progress = asyncio.Event()  # set after each commit that took something
+        self.urgent = asyncio.Event()  # ends the wait between two commits
         self.retry = Backoff(0.5, 10.0)
         self.blocked_until = 0.0
         self.closing = False
@@ -133,6 +139,9 @@ class OutboxWriter:
     def _take(self, held: HeldResult) -> None:
         self.pending.append(held)
         self.wake.set()
+        analysis = held.result.analytics
+        if analysis is not None and (analysis.events or analysis.closed):
+            self.urgent.set()
 
     def add_analysis(self, analysis: FrameAnalysis, context: ResultContext) -> None:
         """On the event loop: a pipeline's last analytics (its open bucket, closed partial)."""
@@ -158,6 +167,7 @@ class OutboxWriter:
         """No more results will come: end once everything held is committed."""
         self.closing = True
         self.wake.set()
+        self.urgent.set()
 
     def _records(self, batch: list[HeldResult]) -> tuple[list[PendingRecord], dict[str, str]]:
         """The batch's records (results, then each frame's track events and closed counts) and
@@ -263,6 +273,7 @@ class OutboxWriter:
                 return False
             self.progress.clear()
             self.wake.set()
+            self.urgent.set()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.progress.wait(), left)
         return True
@@ -276,8 +287,10 @@ class OutboxWriter:
             self.wake.clear()
             self.commit()
             self.storage.went_round(self.blocked_until)
-            if self.interval_s:
-                await asyncio.sleep(self.interval_s)
+            if self.interval_s and not self.closing:
+                self.urgent.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.urgent.wait(), self.interval_s)
         self.storage.stopped()
         self.drained.set()
 

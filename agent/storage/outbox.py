@@ -342,6 +342,7 @@ class Outbox:
         self._sent_marks: dict[int, int] = {}
         self._acked_marks: dict[int, int] = {}
         self._last_write = time.monotonic()
+        self._write_failed = False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -790,11 +791,13 @@ class Outbox:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             self.codec.load()  # a dictionary written in the rolled back transaction is gone
+            self._write_failed = True  # the idle flush waits for a write that succeeds
             # Held again, under any mark made since (same id: the later one wins).
             self._sent_marks, self._acked_marks = ({**sent, **self._sent_marks},
                                                    {**acked, **self._acked_marks})
             raise
         self._last_write = time.monotonic()
+        self._write_failed = False
         self.bound_footprint()
 
     def _write_marks(self, sent: Mapping[int, int], acked: Mapping[int, int]) -> None:
@@ -923,10 +926,13 @@ class Outbox:
 
     def requeue_unacked(self, sent_before_ns: int) -> int:
         """Sent but never acknowledged before ``sent_before_ns``: back to unsent. Returns count."""
-        with self.transaction():  # the held marks first: a held ack keeps its record sent
-            cur = self._db.execute(
-                "DELETE FROM marks WHERE acked_ns IS NULL AND sent_ns < ?", (sent_before_ns,))
-            return int(cur.rowcount)
+        # Not a record whose ack the outbox holds; autocommitted, so that nothing is written
+        # when nothing is due (the housekeeping calls this every few seconds).
+        cur = self._db.execute(
+            "DELETE FROM marks WHERE acked_ns IS NULL AND sent_ns < ? AND id NOT IN "
+            "(SELECT value FROM json_each(?))",
+            (sent_before_ns, "[" + ",".join(map(str, self._acked_marks)) + "]"))
+        return int(cur.rowcount)
 
     def backlog(self) -> tuple[int, float | None]:
         """Records not yet delivered (ingested, or sent when delivery is to the broker), and the
@@ -949,7 +955,8 @@ class Outbox:
                 f"SELECT NOT EXISTS (SELECT 1 FROM {MARKED} WHERE {delivered_column(self.until_ingested)} "
                 "IS NOT NULL OR r.id IN (SELECT value FROM json_each(?)) ORDER BY r.id DESC "
                 "LIMIT 1 OFFSET ?)", (self._held_delivered(), keep + slack)).fetchone()[0]:
-            if self.marks_held and time.monotonic() - self._last_write > MARKS_IDLE_S:
+            if (self.marks_held and not self._write_failed
+                    and time.monotonic() - self._last_write > MARKS_IDLE_S):
                 self.flush_marks()
             return 0
         # marks holds rows of existing records only (the delete trigger drops a record's mark).
