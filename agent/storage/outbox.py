@@ -34,9 +34,11 @@ stream's seqs then continue ``POWER_LOSS_SEQ_GAP`` higher, so no published seq i
 pages, so the layout keeps each commit's pages few and small: 512-byte pages (new files), no
 per-commit counter rows (seqs and ids are read back from the records at open; the ``streams``
 row is written by a trigger only when records are deleted), sent/acked state in a narrow
-``marks`` table rather than rewriting the record rows, the eviction index only over the rare
-classes (results are evicted in id order, which is their age), and payloads compressed at
-rest with a dictionary per class (``agent.storage.codec``).
+``marks`` table rather than rewriting the record rows, held in memory until the next write
+transaction (the outbox's own queries count them at once; a crash only republishes), the
+eviction index only over the rare classes (results are evicted in id order, which is their
+age), payloads compressed at rest with a dictionary per class (``agent.storage.codec``),
+``secure_delete=FAST`` and delivered records pruned in steps.
 """
 
 from __future__ import annotations
