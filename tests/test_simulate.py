@@ -122,8 +122,7 @@ def test_acks_slower_than_the_timeout_stretch_it_to_twice_their_delay() -> None:
     from tests.ingest_support import message
 
     options = FleetOptions(devices=1, rate=1, seconds=1, ack_timeout_s=5.0)
-    dev = VirtualDevice("d", DeviceTopics("s", "d"), options, random.Random(1), FleetReport(1),
-                        ack_timeout=5.0)
+    dev = VirtualDevice("d", DeviceTopics("s", "d"), options, random.Random(1), FleetReport(1))
     for _ in range(4):
         dev.make_record(time.time())
     now = time.monotonic()
@@ -135,10 +134,10 @@ def test_acks_slower_than_the_timeout_stretch_it_to_twice_their_delay() -> None:
     dev.sent[4].sent_at = now - 30.0
     ack = encode_ack({STREAM: [(1, 2)]}, ingest="i")
     dev.on_message(message(dev.topics.ack, ack))
-    assert dev.ack_delay is not None and 8.0 <= dev.ack_delay < 8.5
-    assert 16.0 <= dev.ack_timeout < 17.0
+    assert dev.timer.delay_s is not None and 8.0 <= dev.timer.delay_s < 8.5
+    assert 16.0 <= dev.timer.timeout_s < 17.0
     assert sorted(dev.sent) == [3, 4] and dev.report.acknowledged == 2
     dev.on_message(message(dev.topics.ack, encode_ack({STREAM: [(4, 4)]}, ingest="i")))
-    assert dev.ack_delay < 8.5  # the resent record's 30 s was not taken
+    assert dev.timer.delay_s < 8.5  # the resent record's 30 s was not taken
     dev.on_message(message(dev.topics.ack, encode_ack({STREAM: [(1, 1)]}, ingest="i")))
     assert dev.report.duplicates_seen == 1

@@ -35,6 +35,7 @@ from agent.core.contract.telemetry import encode_telemetry
 from agent.core.contract.topics import DeviceTopics
 from agent.core.uri import BrokerUrl
 from agent.sync.mqtt import LinkOptions, MqttLink, Will
+from agent.sync.uplink import AckTimeout
 
 LABELS = ("car", "truck", "bus", "person", "bicycle")
 MODEL = ModelRef("lepton-vehicles-tiny", "1.0.0", "9f2c4e6a" * 8)
@@ -112,11 +113,8 @@ class VirtualDevice:
     acked: set[int] = field(default_factory=set)
     inflight: set[int] = field(default_factory=set)
     """mids published and not yet PUBACKed by the broker."""
-    ack_timeout: float = 5.0
-    last_ack: float = 0.0
-    last_backoff: float = 0.0
-    ack_delay: float | None = None
-    """Smoothed time from a record's only publish to its ack (None: none measured yet)."""
+    timer: AckTimeout = field(default_factory=lambda: AckTimeout(5.0, 60.0))
+    """When to publish again: the agent's policy (agent.sync.uplink.AckTimeout)."""
 
     def make_record(self, wall: float) -> None:
         """A new result record, queued for publishing."""
@@ -174,19 +172,12 @@ class VirtualDevice:
                 if record is None:
                     continue
                 if record.sends == 1:  # a resent record's delay is ambiguous (Karn)
-                    sample = time.monotonic() - record.sent_at
-                    self.ack_delay = (sample if self.ack_delay is None
-                                      else 0.875 * self.ack_delay + 0.125 * sample)
+                    self.timer.sample(time.monotonic() - record.sent_at)
                 self.acked.add(seq)
                 self.report.acknowledged += 1
                 progress = True
         if progress:
-            self.last_ack = time.monotonic()
-            # Acks that come slower than the timeout mean a backend behind, not lost records:
-            # wait twice the measured delay before publishing again (as TCP's RTO does), so
-            # a backlog at ingest is not multiplied by resends.
-            self.ack_timeout = min(max(self.fleet.ack_timeout_s, 2 * (self.ack_delay or 0.0)),
-                                   self.fleet.ack_timeout_max_s)
+            self.timer.acked(time.monotonic())
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -197,18 +188,14 @@ class VirtualDevice:
             return
         if self.sent:
             oldest = next(iter(self.sent.values()))
-            if now - oldest.sent_at >= self.ack_timeout:
-                expired = [s for s, r in self.sent.items() if now - r.sent_at >= self.ack_timeout]
+            timeout = self.timer.timeout_s
+            if now - oldest.sent_at >= timeout:
+                expired = [s for s, r in self.sent.items() if now - r.sent_at >= timeout]
                 for seq in expired:
                     self.unsent[seq] = self.sent.pop(seq)
                     self.unsent.move_to_end(seq, last=False)
                 self.report.resent += len(expired)
-                # No ack for a whole timeout, and none since the last doubling: back off (at
-                # most once per timeout, however many records expire in it).
-                if (self.last_ack < now - self.ack_timeout
-                        and now - self.last_backoff >= self.ack_timeout):
-                    self.ack_timeout = min(self.ack_timeout * 2, self.fleet.ack_timeout_max_s)
-                    self.last_backoff = now
+                self.timer.resending(now)
         topic = self.topics.results(STREAM)
         while self.unsent and len(self.inflight) < self.fleet.window:
             seq, record = self.unsent.popitem(last=False)
@@ -254,7 +241,8 @@ async def run_fleet(broker: BrokerUrl, options: FleetOptions,
         name = f"{options.prefix}-{n:05d}"
         topics = DeviceTopics(options.site, name)
         dev = VirtualDevice(name, topics, options, random.Random(options.seed * 100_003 + n),
-                            report, ack_timeout=options.ack_timeout_s)
+                            report, timer=AckTimeout(options.ack_timeout_s,
+                                                     options.ack_timeout_max_s))
         will = Will(topics.status, encode_status(state="offline", device=name,
                                                  site=options.site, wall_time=time.time()))
         dev.link = MqttLink(broker, LinkOptions(client_id=f"lepton-sim-{options.site}-{name}",

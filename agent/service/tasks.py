@@ -40,7 +40,7 @@ from agent.sources.thermal import SysfsThermal
 from agent.storage.blobs import BlobStore
 from agent.storage.outbox import Outbox, PendingRecord
 from agent.sync.mqtt import MqttLink
-from agent.sync.uplink import Uplink
+from agent.sync.uplink import AckTimeout, Uplink
 
 if TYPE_CHECKING:
     from agent.service.sensors import SensorHub
@@ -383,15 +383,19 @@ class Housekeeping:
         self.until_ingested = until_ingested
         self.ack_timeout_s = ack_timeout_s
         self.keep_delivered = keep_delivered
+        # [outbox] ack_timeout_s is the least wait; late acks stretch it up to 10x, so a
+        # backend minutes behind is not sent the backlog again (agent.sync.uplink.AckTimeout).
+        uplink.ack_timeout = AckTimeout(ack_timeout_s, 10 * ack_timeout_s)
 
     def tick(self) -> None:
-        timeout = self.ack_timeout_s
+        timeout = self.uplink.ack_timeout.timeout_s
         if self.until_ingested and self.link and self.link.connected:
             self.uplink.flush_sent()
             n = self.outbox.requeue_unacked(time.time_ns() - int(timeout * 1e9))
             if n:
                 log.warning("%d record(s) published but not acknowledged by ingest within "
                             "%.0fs; publishing them again", n, timeout)
+                self.uplink.ack_timeout.resending(time.monotonic())
                 self.uplink.requeued()
             parts = self.blobs.requeue_unacked(time.time_ns() - int(timeout * 1e9))
             if parts:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import paho.mqtt.client as paho
 
@@ -19,6 +19,45 @@ log = logging.getLogger("agent.uplink")
 
 
 LIVE_RESERVE = 32
+FIRST_SENT_KEPT = 4096
+"""Publish times kept for ack delay samples (the most recent records published once)."""
+
+
+class AckTimeout:
+    """How long a device waits for ingest's ack before it publishes a record again; the agent
+    (``Housekeeping``) and the fleet simulator share it.
+
+    At least ``base_s``. Acks that come, but late, mean a backend behind rather than lost
+    records: the timeout is twice the smoothed delay from a record's only publish to its ack
+    (a record published twice gives no sample: which publish was acked is unknown, Karn), so
+    a backlog at ingest is not sent again (overload 3x for 20 s: 888,000 resends with the
+    doubling alone, 435,000 with this; docs/backend.md). A whole timeout without any ack
+    while records wait doubles it, at most once per timeout. Never above ``max_s``."""
+
+    def __init__(self, base_s: float, max_s: float) -> None:
+        self.base_s = base_s
+        self.max_s = max(max_s, base_s)
+        self.timeout_s = base_s
+        self.delay_s: float | None = None
+        """Smoothed ack delay of records published once (None: none measured yet)."""
+        self.last_ack = 0.0
+        self.last_backoff = 0.0
+
+    def sample(self, delay_s: float) -> None:
+        """The ack delay of a record published once."""
+        self.delay_s = delay_s if self.delay_s is None else 0.875 * self.delay_s + 0.125 * delay_s
+
+    def acked(self, now: float) -> None:
+        """Acks arrived (after their samples): the timeout follows the measured delay."""
+        self.last_ack = now
+        self.timeout_s = min(max(self.base_s, 2 * (self.delay_s or 0.0)), self.max_s)
+
+    def resending(self, now: float) -> None:
+        """Records are being published again: with no ack for a whole timeout, and none since
+        the last doubling, back off."""
+        if self.last_ack < now - self.timeout_s and now - self.last_backoff >= self.timeout_s:
+            self.timeout_s = min(self.timeout_s * 2, self.max_s)
+            self.last_backoff = now
 
 
 class Uplink:
@@ -48,6 +87,10 @@ class Uplink:
         self.acks_ignored = 0  # ack ranges beyond the seqs this device assigned
         self._acks_ignored_logged = -1e9
         self.link: MqttLink | None = None
+        self.ack_timeout = AckTimeout(30.0, 300.0)
+        """When ``Housekeeping`` publishes again what ingest has not acknowledged."""
+        self._first_sent: dict[tuple[str, int], float | None] = {}
+        """(stream, seq) -> monotonic time of its only publish (None: published again)."""
         self.published = 0
         self.acked = 0
         self.rejected = 0
@@ -121,6 +164,13 @@ class Uplink:
             return False
         self.window.on_published(mid, rec.id)
         self.published += 1
+        key = (rec.stream, rec.seq)
+        if key in self._first_sent:
+            self._first_sent[key] = None
+        else:
+            if len(self._first_sent) >= FIRST_SENT_KEPT:
+                del self._first_sent[next(iter(self._first_sent))]
+            self._first_sent[key] = time.monotonic()
         return True
 
     def committed(self, records: Sequence[StoredRecord] = ()) -> None:
@@ -216,12 +266,30 @@ class Uplink:
             ack.streams, {s: self.outbox.last_seq(s) for s in ack.streams})
         if ignored:
             self._ignored_acks(ignored, ack.streams)
+        now = time.monotonic()
         for stream, ranges in streams.items():
             self.ingested += self.outbox.mark_ingested(stream, ranges)
+            self._sample_ack_delays(stream, ranges, now)
+        if streams:
+            self.ack_timeout.acked(now)
         if self.blobs is not None and (ack.blobs_complete or ack.blobs_held):
             self.blobs_completed += self.blobs.on_ack(ack.blobs_complete, ack.blobs_held)
             self._pump_shards()
         self.on_progress()
+
+    def _sample_ack_delays(self, stream: str, ranges: list[tuple[int, int]], now: float) -> None:
+        if not self._first_sent:
+            return
+        for lo, hi in ranges:
+            if hi - lo >= FIRST_SENT_KEPT:  # wider than what is kept: look up what is kept
+                seqs: Iterable[int] = [s for st, s in self._first_sent if st == stream
+                                       and lo <= s <= hi]
+            else:
+                seqs = range(lo, hi + 1)
+            for seq in seqs:
+                sent = self._first_sent.pop((stream, seq), 0.0)
+                if sent:
+                    self.ack_timeout.sample(now - sent)
 
     def _ignored_acks(self, count: int, streams: dict[str, list[tuple[int, int]]]) -> None:
         self.acks_ignored += count
