@@ -379,3 +379,25 @@ def test_the_update_entity_follows_a_real_model_ota(broker: LocalBroker, tmp_pat
     finally:
         fleet.close()
     assert "Traceback" not in fleet.proc.log, fleet.proc.log[-3000:]
+
+
+def test_enabled_without_a_broker_is_one_warning_and_the_agent_runs(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(f"""
+[agent]
+state_dir = "{tmp_path / 'state'}"
+[mqtt]
+broker = ""
+[source]
+uri = "synthetic://160x120@30"
+[web]
+listen = ""
+[homeassistant]
+enabled = true
+""")
+    out = run_cli("run", "--config", str(config), "--max-frames", "20", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)["frames_processed"] == 20
+    warnings = [line for line in out.stderr.splitlines() if "[homeassistant]" in line]
+    assert len(warnings) == 1 and "no broker is configured" in warnings[0], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
