@@ -257,3 +257,36 @@ def test_the_console_under_tls_with_the_device_certificate(tmp_path: Path) -> No
     assert "web console on https://127.0.0.1" in log, log[-2000:]
     assert key.read_text().strip().splitlines()[1] not in log  # the key never reaches the log
     assert not problems, problems
+
+
+def test_the_overview_shows_the_ota_slot(tmp_path: Path) -> None:
+    from tests.conftest import DEFAULT_MODEL
+
+    # a pipeline run from where model OTA installs a bundle: {state_dir}/ota/slots/{model}/b
+    slot = tmp_path / "state" / "ota" / "slots" / "lepton-vehicles-tiny" / "b"
+    shutil.copytree(DEFAULT_MODEL, slot)
+    running = start_agent(tmp_path, model=slot)
+    problems: list[str] = []
+    try:
+        with playwright_sync.sync_playwright() as p:
+            browser = _browser(p)
+            try:
+                page = browser.new_page(viewport={"width": 1100, "height": 700})
+                page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
+                        if m.type == "error" else None)
+                page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+                _log_in(page, running.base, "viewer")
+                page.wait_for_function("() => document.querySelectorAll('#ota td').length > 0"
+                                       " && document.querySelectorAll('#pipelines td').length",
+                                       timeout=30_000)
+                header = page.locator("#pipelines th").all_text_contents()
+                row = page.locator("#pipelines tr").nth(1).locator("td").all_text_contents()
+                assert row[header.index("slot")] == "b", (header, row)
+                ota = page.locator("#ota td").all_text_contents()
+                assert ota[0] == "b" and ota[1] == "lepton-vehicles-tiny", ota
+                _shot(page, tmp_path, "web-overview-ota-slot.png")
+            finally:
+                browser.close()
+    finally:
+        running.stop()
+    assert not problems, problems
