@@ -13,6 +13,7 @@ whatever the number of viewers (:class:`Renderer` caches the JPEG of the last fr
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -80,7 +81,7 @@ class LatestFrame:
         self._frame: LiveFrame | None = None
         self._seq = 0
         self._wanted_until = 0.0
-        self._taken_at = 0.0
+        self._taken_at = -math.inf
 
     def want(self) -> None:
         """A viewer is there: fill the slot for the next WANT_S seconds."""
