@@ -151,3 +151,36 @@ def test_delivered_records_are_pruned_in_steps_of_a_sixteenth_of_keep(tmp_path: 
     assert box.backlog()[0] == 0 and box.db.execute("SELECT COUNT(*) FROM records").fetchone()[0] == 160
     assert box.prune_sent(0) == 160  # keep 0: every delivered record, at once
     box.close()
+
+
+def test_records_acked_in_order_need_no_marks_rows(tmp_path: Path) -> None:
+    """The delivered watermark: records acked in id order are covered by one number in the
+    header (no marks row each); out-of-order acks keep their rows until the gap closes; every
+    view (the outbox's, the report's, after a reopen, the prune) agrees."""
+    state = tmp_path / "state"
+    box = Outbox(state / "outbox.db")
+
+    def commit(n: int) -> list[int]:
+        return [r.id for r in box.append([PendingRecord("cam0", "t", lambda s: b'{"a": 1}')] * n)]
+
+    def rows() -> list[tuple[int, bool, bool]]:
+        return [(int(i), s is not None, a is not None) for i, s, a in
+                box.db.execute("SELECT id, sent_ns, acked_ns FROM marks ORDER BY id")]
+
+    box.mark_sent(commit(5))
+    box.mark_ingested("cam0", [(1, 3), (5, 5)])
+    commit(1)  # the marks ride on this commit
+    assert rows() == [(4, True, False), (5, True, True)]  # 1-3 below the watermark
+    assert box.backlog()[0] == 2 and read_report(state, "ingested").backlog == 2  # type: ignore[union-attr]
+    assert box.fetch_unsent(0, 10)[0].seq == 6  # 1-5 sent
+    assert box.mark_ingested("cam0", [(1, 3)]) == 0  # already acked
+    box.mark_ingested("cam0", [(4, 4)])  # the gap closes: the watermark passes 4 and 5
+    box.flush_marks()
+    assert [i for i, _, _ in rows() if i <= 4] == [] and box.backlog()[0] == 1
+    box.close()
+    again = Outbox(state / "outbox.db")
+    assert again.backlog()[0] == 1 and [r.seq for r in again.fetch_unsent(0, 10)] == [6]
+    assert again.requeue_unacked(2**62) == 0  # nothing below the watermark goes back
+    assert again.prune_sent(0) == 5
+    assert again.db.execute("SELECT MIN(id), COUNT(*) FROM records").fetchone() == (6, 1)
+    again.close()

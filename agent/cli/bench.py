@@ -49,8 +49,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     sb.add_argument("--backlog", type=positive(int, zero=True), default=100_000,
                     help="0 skips the drain test")
     sb.add_argument("--live-hz", type=positive(float), default=30.0)
-    sb.add_argument("--live-s", type=positive(int), default=120,
-                    help="simulated seconds of a live 15 fps camera for its disk writes")
+    sb.add_argument("--live-s", type=positive(int), default=1200,
+                    help="simulated seconds of a live 15 fps camera for its disk writes (long "
+                         "enough for the checkpoints the agent makes, every ~10 minutes)")
     sb.add_argument("--live-commit-ms", type=positive(int), default=None,
                     help="the live camera's commit interval (default: [outbox] "
                          "commit_interval_ms's default)")

@@ -21,7 +21,10 @@ from typing import Literal
 from agent.errors import StorageError
 from agent.storage.codec import decode, read_dicts
 from agent.storage.outbox import (
+    ACKED_ATTR,
+    EPOCH_2024,
     MARKED,
+    SENT,
     delivered_column,
     disk_footprint,
     quarantined_files,
@@ -129,7 +132,7 @@ def read_report(state_dir: Path, delivery: Delivery = "ingested", *,
             last_seq = query_last_seqs(conn) if "streams" in tables else {}
             column = delivered_column(until_ingested)
             classes = {str(k): ClassCounts(int(n), int(u), int(d)) for k, n, u, d in conn.execute(
-                f"SELECT r.class, COUNT(*), COUNT(*) - COUNT(m.sent_ns), COUNT(*) - "
+                f"SELECT r.class, COUNT(*), COUNT(*) - COUNT({SENT}), COUNT(*) - "
                 f"COUNT({column}) FROM {MARKED} GROUP BY r.class ORDER BY r.class")}
             evictions = {k: Eviction(n, b) for k, (n, b) in sorted(
                 query_evictions(conn).items())} if "evictions" in tables else {}
@@ -289,6 +292,11 @@ def read_delivery_marks(state_dir: Path) -> DeliveryMarks:
         with contextlib.closing(_connect_ro(path)) as conn:
             _require_marks(conn)
             sent, acked = conn.execute("SELECT MAX(sent_ns), MAX(acked_ns) FROM marks").fetchone()
+            # Records below the delivered watermark have no marks row: when it last moved.
+            moved = int(conn.execute(f"PRAGMA {ACKED_ATTR}").fetchone()[0])
+            if moved:
+                at = (moved + EPOCH_2024) * 10**9
+                sent, acked = max(sent or 0, at), max(acked or 0, at)
     except sqlite3.Error as exc:
         raise OutboxUnreadable(f"unreadable: {exc}", path=str(path)) from exc
     return DeliveryMarks(int(sent) if sent is not None else None,
