@@ -149,7 +149,7 @@ class OutboxSection(_Section):
         default_factory=lambda: dict(DEFAULT_PRIORITIES))
     durability_interval_s: float = Field(1.0, ge=0, le=3600)
     # Each commit writes a few SQLite pages whatever it holds: a camera at 15 fps committed
-    # every 50 ms wrote 5.5x its results' bytes to the card, every second 2.3x (bench sync,
+    # every 50 ms wrote 4.9x its results' bytes to the card, every second 1.85x (bench sync,
     # docs/durability.md). A second is the durability interval's default: a power cut loses
     # that much anyway. Track events and closed counts are committed without the wait.
     commit_interval_ms: int = Field(1000, ge=0, le=10_000)
