@@ -4,6 +4,7 @@ written since boot and eMMC wear, on hand-made /proc and /sys trees and on real 
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,3 +170,33 @@ def test_diag_storage_cli(tmp_path: Path) -> None:
     assert out.returncode == {"pass": 0, "warn": 1, "fail": 2}[check["status"]]
     text = run_cli("diag", "storage", "--config", str(config))
     assert "storage:" in text.stdout and "Traceback" not in text.stderr
+
+
+def test_an_agent_on_tmpfs_warns_at_start_and_runs_on(tmp_path: Path) -> None:
+    """Bad input from issue 20: the state directory on tmpfs. The agent says at start that the
+    outbox will not survive a reboot, with the fix, and runs (commits, status) as usual."""
+    from agent.service.status import query
+    from tests.e2e import wait_for
+    from tests.test_service import start_agent
+
+    ram = tmp_path / "ram"
+    ram.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(ram)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        proc = start_agent(ram)
+        try:
+            snap = wait_for(lambda: (s := query(ram / "state" / "agent.sock")) and
+                            s["outbox"]["backlog"] > 0 and s, "results committed on the tmpfs")
+            assert snap["state"] == "running"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert (f"state directory {ram / 'state'} is on tmpfs ({ram}), which is RAM: the outbox "
+                "and what it holds do not survive a reboot or a power cut (fix: put [agent] "
+                "state_dir on the card") in err, err
+    finally:
+        subprocess.run(["umount", "-l", str(ram)], check=False)

@@ -22,54 +22,10 @@ from typing import Any
 
 from agent.config import AgentConfig
 from agent.diag import CheckResult, Status
+from agent.storage.mounts import RAM_FILESYSTEMS, find_mount
 
-RAM_FILESYSTEMS = ("tmpfs", "ramfs")
 NO_ATIME_NEEDED = (*RAM_FILESYSTEMS, "proc", "sysfs", "devtmpfs", "overlay")
 FULL_FAIL_BYTES = 50 * 2**20
-
-
-@dataclass(frozen=True)
-class Mount:
-    """The mount a path lives on, from /proc/self/mountinfo."""
-
-    mount_point: Path
-    fstype: str
-    options: tuple[str, ...]  # per-mount and superblock options together
-    source: str
-    device: str  # "major:minor"
-
-
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal (\\040)."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def find_mount(path: Path, mountinfo: str) -> Mount | None:
-    """The mount holding ``path`` (the longest mount point above it; the last one mounted
-    there wins), from the text of /proc/self/mountinfo."""
-    target = path.resolve()
-    best: Mount | None = None
-    for line in mountinfo.splitlines():
-        left, sep, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if not sep or len(fields) < 6 or len(tail) < 2:
-            continue
-        point = Path(_unescape(fields[4]))
-        if not (target == point or point in target.parents):
-            continue
-        if best is None or len(point.parts) >= len(best.mount_point.parts):
-            supers = tail[2].split(",") if len(tail) > 2 else []
-            best = Mount(point, tail[0], tuple(fields[5].split(",") + supers),
-                         _unescape(tail[1]), fields[2])
-    return best
 
 
 def sectors_written(device: str, sys_root: Path = Path("/sys")) -> int | None:

@@ -8,6 +8,7 @@ from their specs by :class:`~agent.service.pipelines.PipelineSet`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,12 +36,15 @@ from agent.service.tasks import (
 )
 from agent.sources.thermal import SysfsThermal
 from agent.storage.blobs import BlobStore
+from agent.storage.mounts import ram_filesystem_warning
 from agent.storage.outbox import Outbox
 from agent.sync.mqtt import LinkOptions, MqttLink, Will
 from agent.sync.uplink import Uplink
 
 if TYPE_CHECKING:
     from agent.service.sensors import SensorHub
+
+log = logging.getLogger("agent.app")
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,8 @@ def build(config: AgentConfig, secrets: Secrets, loop: asyncio.AbstractEventLoop
     outbox = Outbox(cfg.agent.state_dir / "outbox.db", until_ingested=until_ingested,
                     budget_bytes=int(cfg.outbox.budget_bytes), priorities=cfg.outbox.priorities,
                     durability_interval_s=cfg.outbox.durability_interval_s)
+    if warning := ram_filesystem_warning(cfg.agent.state_dir):
+        log.warning("%s", warning)  # the agent runs on: a lab or a test may want just that
     sh = cfg.shards
     blobs = BlobStore(outbox, chunk_size=int(sh.chunk_size), expiry_s=sh.expiry_s)
     uplink = Uplink(outbox, PublishWindow(cfg.mqtt.publish_window), None,
