@@ -746,21 +746,24 @@ class Outbox:
         """Delete about ``nbytes`` of data: delivered records first, then the lowest priority
         and oldest undelivered records and blobs (a blob goes whole). Returns how many
         undelivered items were evicted."""
-        self.flush_marks()  # the choice below reads them
+        # No write of the held marks of its own (on a full disk that would fail before the
+        # room is made): the choice counts them, the delete's transaction writes them.
         if self._prune_delivered_bytes(nbytes):
             return 0
         column = delivered_column(self.until_ingested)
+        held = self._held_delivered()
         # Results in id order (their age, no index needed), the rarer classes through their
         # index, blobs: the oldest undelivered of each, merged by priority then age.
         candidates = sorted(self._db.execute(
             f"SELECT * FROM (SELECT 0, r.id, r.class, r.priority, r.created_ns, "
             f"length(r.payload) FROM {MARKED} WHERE r.class = 'result' AND {column} IS NULL "
-            f"ORDER BY r.id LIMIT 5000) "
+            f"AND r.id NOT IN (SELECT value FROM json_each(?1)) ORDER BY r.id LIMIT 5000) "
             f"UNION ALL SELECT * FROM (SELECT 0, r.id, r.class, r.priority, r.created_ns, "
             f"length(r.payload) FROM {MARKED} WHERE r.class != 'result' AND {column} IS NULL "
-            f"ORDER BY r.priority, r.id LIMIT 5000) "
-            "UNION ALL SELECT * FROM (SELECT 1, rowid, 'shard', priority, created_ns, size "
-            "FROM blobs ORDER BY priority, created_ns LIMIT 5000)").fetchall(),
+            f"AND r.id NOT IN (SELECT value FROM json_each(?1)) ORDER BY r.priority, r.id "
+            "LIMIT 5000) UNION ALL SELECT * FROM (SELECT 1, rowid, 'shard', priority, "
+            "created_ns, size FROM blobs ORDER BY priority, created_ns LIMIT 5000)",
+            (held,)).fetchall(),
             key=lambda c: (c[3], c[4]))[:5000]
         counts: dict[str, list[int]] = {}
         doomed_records: list[tuple[int]] = []
@@ -883,8 +886,9 @@ class Outbox:
         """Delete the oldest delivered records worth ``nbytes``; True if that covered it."""
         column = delivered_column(self.until_ingested)
         rows = self._db.execute(
-            f"SELECT r.id, length(r.payload) FROM {MARKED} "
-            f"WHERE {column} IS NOT NULL ORDER BY r.id LIMIT 5000").fetchall()
+            f"SELECT r.id, length(r.payload) FROM {MARKED} WHERE {column} IS NOT NULL OR "
+            "r.id IN (SELECT value FROM json_each(?)) ORDER BY r.id LIMIT 5000",
+            (self._held_delivered(),)).fetchall()
         want, doomed = nbytes, []
         for rid, size in rows:
             if want <= 0:
