@@ -822,24 +822,26 @@ class Outbox:
         """Inside a write transaction: the held marks into ``marks`` (rows of records since
         deleted are skipped), sent before acked."""
         # The watermark moves over the records acked in the file or by these marks, in id
-        # order; the marks it passes need no row.
-        below = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        new_below = self._next_id
-        for (rid,) in self._db.execute(
-                "SELECT r.id FROM records r LEFT JOIN marks m ON m.id = r.id WHERE r.id >= ? "
-                "AND m.acked_ns IS NULL ORDER BY r.id", (below,)):
-            if rid not in acked:
-                new_below = rid
-                break
-        if below < new_below < 2**31:
-            self._db.execute(f"PRAGMA user_version = {int(new_below)}")
-            self._db.execute(f"PRAGMA {ACKED_ATTR} = {int(time.time()) - EPOCH_2024}")
-            sent = {i: n for i, n in sent.items() if i >= new_below}
-            acked = {i: n for i, n in acked.items() if i >= new_below}
-            # Rows it passed (acked out of order before, or sent only): no longer needed.
-            lowest = self._db.execute("SELECT MIN(id) FROM marks").fetchone()[0]
-            if lowest is not None and lowest < new_below:
-                self._db.execute("DELETE FROM marks WHERE id < ?", (new_below,))
+        # order; the marks it passes need no row. Only acks move it (without held acks it is
+        # already at the first record not acked: every write of acks moved it that far).
+        if acked:
+            below = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            new_below = self._next_id
+            for (rid,) in self._db.execute(
+                    "SELECT r.id FROM records r LEFT JOIN marks m ON m.id = r.id WHERE r.id >= ? "
+                    "AND m.acked_ns IS NULL ORDER BY r.id", (below,)):
+                if rid not in acked:
+                    new_below = rid
+                    break
+            if below < new_below < 2**31:
+                self._db.execute(f"PRAGMA user_version = {int(new_below)}")
+                self._db.execute(f"PRAGMA {ACKED_ATTR} = {int(time.time()) - EPOCH_2024}")
+                sent = {i: n for i, n in sent.items() if i >= new_below}
+                acked = {i: n for i, n in acked.items() if i >= new_below}
+                # Rows it passed (acked out of order before, or sent only): no longer needed.
+                lowest = self._db.execute("SELECT MIN(id) FROM marks").fetchone()[0]
+                if lowest is not None and lowest < new_below:
+                    self._db.execute("DELETE FROM marks WHERE id < ?", (new_below,))
         by_time: dict[int, list[int]] = {}
         for rid, ns in sent.items():
             by_time.setdefault(ns, []).append(rid)
