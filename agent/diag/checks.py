@@ -342,22 +342,13 @@ def trusted_clock_skew(cfg: AgentConfig, device_now: float) -> tuple[float, floa
     """(seconds the device clock lags trusted time, trusted time) from the OTA runtime's
     trusted clock (``ota/clock`` in outbox.db, read-only), or None when the device has not
     learned a time from a signed document (or the state cannot be read)."""
-    import sqlite3
-
     from agent.core.ota.clock import TrustedClock
+    from agent.storage.report import OutboxUnreadable, read_state
 
-    db = cfg.agent.state_dir / "outbox.db"
-    if not db.is_file():
-        return None
     try:
-        conn = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, timeout=5)
-        try:
-            row = conn.execute("SELECT value FROM pipeline_state WHERE key = 'ota/clock'"
-                               ).fetchone()
-        finally:
-            conn.close()
-        clock = TrustedClock.from_json(str(row[0])) if row else None
-    except (sqlite3.Error, ValueError):
+        text = read_state(cfg.agent.state_dir, "ota/clock")
+        clock = TrustedClock.from_json(text) if text else None
+    except (OutboxUnreadable, ValueError):
         return None
     if clock is None or clock.learned <= 0:
         return None

@@ -303,6 +303,20 @@ def read_delivery_marks(state_dir: Path) -> DeliveryMarks:
                          int(acked) if acked is not None else None)
 
 
+def read_state(state_dir: Path, key: str) -> str | None:
+    """What the agent last committed under ``key`` (``Outbox.read_state``), read-only; None
+    when there is no outbox or no such key."""
+    path = outbox_path(state_dir)
+    if not path.exists():
+        return None
+    try:
+        with contextlib.closing(_connect_ro(path)) as conn:
+            row = conn.execute("SELECT value FROM pipeline_state WHERE key = ?", (key,)).fetchone()
+    except sqlite3.Error as exc:
+        raise OutboxUnreadable(f"unreadable: {exc}", path=str(path)) from exc
+    return None if row is None else str(row[0])
+
+
 def blobs_present(state_dir: Path, blobs: list[str]) -> set[str]:
     """Which of ``blobs`` the outbox still holds (their snapshots can be shown)."""
     path = outbox_path(state_dir)
