@@ -139,8 +139,12 @@ def test_status_looks_where_the_unit_puts_the_socket_and_the_outbox(tmp_path: Pa
 
     assert Path("/run") / _unit_setting("RuntimeDirectory") == SYSTEMD_RUNTIME_DIR
     assert Path("/var/lib") / _unit_setting("StateDirectory") == SYSTEMD_STATE_DIR
+    from agent.storage.volatile import volatile_dir
+
+    # Last: where an agent whose state directory cannot be written runs (a volatile outbox).
     assert socket_candidates(tmp_path) == [tmp_path / "agent.sock",
-                                           SYSTEMD_RUNTIME_DIR / "status.sock"]
+                                           SYSTEMD_RUNTIME_DIR / "status.sock",
+                                           volatile_dir(tmp_path) / "agent.sock"]
     assert socket_candidates(tmp_path, tmp_path / "x.sock") == [tmp_path / "x.sock"]
 
 

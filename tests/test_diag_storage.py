@@ -148,6 +148,7 @@ def test_real_tmpfs_read_only(small_tmpfs: Path) -> None:
         assert result.status == "fail" and "read-only" in result.reason and "ro" in \
             result.details["options"]
         assert "a running agent keeps going" in result.reason and "remount" in result.fix
+        assert "an agent starting now runs on a volatile outbox" in result.reason
         # What the outbox says on a read-only state directory: its file, and a fix.
         with pytest.raises(StorageError, match=f"storage {state / 'outbox.db'}: cannot open"):
             Outbox(state / "outbox.db", budget_bytes=1024 * 1024)

@@ -152,7 +152,8 @@ STATUS_KEYS = [
         "backlog", "oldest_unsent_s", "published", "ingested", "acks_ignored", "acks_malformed",
         "blobs_waiting", "blob_bytes_waiting", "chunks_sent", "blobs_completed",
         "disk_free_bytes", "used_bytes", "budget_bytes", "wal_bytes", "evictions", "quarantined",
-        "storage_error", "storage_errors", "last_storage_error", "results_held")),
+        "storage_error", "storage_errors", "last_storage_error", "results_held",
+        "volatile")),
     "broker", *(f"broker.{k}" for k in ("url", "connected", "connects", "last_error")),
     "sensors", "thermal", *(f"thermal.{k}" for k in ("temp_c", "throttled", "level")),
     "last_error", "ota", *(f"ota.{k}" for k in (

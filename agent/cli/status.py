@@ -120,6 +120,9 @@ def _status_lines(snap: HealthSnapshot) -> list[str]:
              f"  outbox:    backlog {ob.backlog}"
              + (f", oldest unsent {_ago(ob.oldest_unsent_s)} old" if ob.backlog else "")
              + f", {ob.published} published, {ob.ingested} ingested"]
+    if ob.volatile:
+        lines.append(f"  storage:   DEGRADED: {ob.volatile} (fix: make the state directory "
+                     "writable or free space on it, then restart the agent)")
     lines += _pipeline_lines(snap)
     if not br.url:
         lines.append("  broker:    none (offline)")

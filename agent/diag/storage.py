@@ -23,6 +23,7 @@ from typing import Any
 from agent.config import AgentConfig
 from agent.diag import CheckResult, Status
 from agent.storage.mounts import RAM_FILESYSTEMS, find_mount
+from agent.storage.volatile import MIN_FREE_BYTES
 
 NO_ATIME_NEEDED = (*RAM_FILESYSTEMS, "proc", "sysfs", "devtmpfs", "overlay")
 FULL_FAIL_BYTES = 50 * 2**20
@@ -123,14 +124,17 @@ def check_storage(cfg: AgentConfig, proc_root: Path = Path("/proc"),
     found: list[tuple[Status, str, str]] = []
     if "ro" in options or not os.access(where, os.W_OK):
         # A running agent's commits fail and it goes on as on a full disk; a starting one
-        # cannot take the state directory's lock and stops with one line (measured).
+        # runs on a volatile outbox (agent.storage.volatile), with health degraded.
         found.append(("fail", f"{where} is read-only (a running agent keeps going: results "
-                      "wait in memory and the commit is retried; an agent starting now stops: "
-                      "it cannot create its lock file)",
+                      "wait in memory and the commit is retried; an agent starting now runs on "
+                      "a volatile outbox in RAM, which a reboot or a power cut loses, until "
+                      "this is fixed and it is restarted)",
                       "remount read-write (mount -o remount,rw), check dmesg for I/O errors; a "
                       "card that went read-only by itself is failing: replace it"))
     if usage.free < FULL_FAIL_BYTES:
-        found.append(("fail", f"the filesystem is nearly full ({keeps})",
+        found.append(("fail", f"the filesystem is nearly full ({keeps}; an agent starting "
+                      f"with under {MIN_FREE_BYTES // 2**20} MiB free runs on a volatile outbox "
+                      "in RAM, which a reboot or a power cut loses)",
                       "free space on it, or move [agent] state_dir"))
     if wear is not None and (wear.life_a >= 11 or wear.life_b >= 11 or wear.pre_eol == 3):
         found.append(("fail", "the eMMC is past its rated life", "replace the card/module now"))

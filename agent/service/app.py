@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -36,6 +37,7 @@ from agent.errors import AgentError, StorageError
 from agent.service.commands import CommandService, load_applied
 from agent.service.components import Components, build
 from agent.service.homeassistant import start_homeassistant
+from agent.service.ota import TRUST_DIR
 from agent.service.pipelines import Pipeline, wait_event
 from agent.service.snapshot import HealthSnapshot
 from agent.service.status import serve as serve_status
@@ -43,6 +45,8 @@ from agent.service.status import socket_path
 from agent.service.tasks import status_payload
 from agent.storage.lock import StateDirLock
 from agent.storage.outbox import Outbox
+from agent.storage.report import read_all_state
+from agent.storage.volatile import state_dir_unusable, volatile_budget, volatile_dir
 from agent.sync.mqtt import tls_context
 from agent.sync.uplink import Uplink
 
@@ -208,18 +212,68 @@ class AgentApp:
         self.config_version = 0  # of the pipelines' config, changed by commands
         self.commands: CommandService | None = None
         self.web: Any = None  # the web console (agent.service.web.server.WebConsole) when on
+        self.volatile: str | None = None  # why the outbox is volatile (see _go_volatile)
+        self._adopt: dict[str, str] = {}  # the real outbox's committed state, when volatile
 
     async def run(self, stop: asyncio.Event | None = None) -> RunSummary:
         """Run until every pipeline has ended, or ``stop`` (SIGTERM/SIGINT) is set.
 
-        The state directory is locked for the whole run: a second agent on it is refused."""
-        lock = StateDirLock(self.config.agent.state_dir).acquire()
+        The state directory is locked for the whole run: a second agent on it is refused.
+        One that cannot be written (read-only, full) is swapped for a volatile one
+        (:meth:`_go_volatile`), locked too, and the real one still holds off a second agent."""
+        state_dir = self.config.agent.state_dir
+        reason = state_dir_unusable(state_dir)
+        if reason is None:
+            locks = [StateDirLock(state_dir).acquire()]
+        else:
+            locks = [StateDirLock(state_dir, read_only=True).acquire()]
+            try:
+                locks.append(StateDirLock(self._go_volatile(reason)).acquire())
+            except BaseException:
+                locks[0].release()
+                raise
         try:
             return await self._run(stop)
         finally:
             if self._stop_deadline is not None:
                 self._stop_deadline.cancel()
-            lock.release()
+            for lock in reversed(locks):
+                lock.release()
+
+    def _go_volatile(self, reason: str) -> Path:
+        """Run on a volatile outbox: the config's state directory becomes the volatile one (with
+        the configured one's applied config, and a budget that spares RAM); returns it."""
+        real = self.config.agent.state_dir
+        where = volatile_dir(real)
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            budget = volatile_budget(int(self.config.outbox.budget_bytes), where)
+        except OSError as exc:
+            raise StorageError(f"state directory {real} is not writable ({reason}) and the "
+                               f"volatile one cannot be made either: {exc.strerror or exc}",
+                               path=str(where), fix=f"make {real} writable or free space on "
+                               "it, then restart the agent") from exc
+        # Fleet commands' config, applied last in the real directory, still runs, and what the
+        # real outbox committed with its records (a file source's position, the open count
+        # bucket, OTA state) carries on: a file restarted from frame 0 would give frames
+        # already delivered new seqs, duplicates at ingest.
+        config, self.config_version = load_applied(self.config)
+        try:
+            self._adopt = read_all_state(real)
+        except StorageError as exc:
+            log.warning("%s; file sources start from their beginning and counts from zero", exc)
+        self.volatile = (f"state directory {real} is not writable ({reason}): running on a "
+                         f"volatile outbox in {where}")
+        log.error("%s; results are not kept through a reboot or a power cut, and the backlog in "
+                  "%s waits for the next start (fix: make %s writable or free space on it, then "
+                  "restart the agent)", self.volatile, real, real)
+        update: dict[str, Any] = {
+            "agent": config.agent.model_copy(update={"state_dir": where}),
+            "outbox": config.outbox.model_copy(update={"budget_bytes": budget})}
+        if not config.ota.trusted_keys and (real / TRUST_DIR).is_dir():  # the keys stay trusted
+            update["ota"] = config.ota.model_copy(update={"trusted_keys": [real / TRUST_DIR]})
+        self.config = config.model_copy(update=update)
+        return where
 
     # The internal API fleet control drives (event-loop thread, while run() runs).
     async def start_pipeline(self, spec: PipelineSpec) -> Pipeline:
@@ -272,7 +326,8 @@ class AgentApp:
 
     async def _run(self, stop: asyncio.Event | None) -> RunSummary:
         # What set-config/assign/unassign applied last (state_dir/config.applied.toml) runs.
-        self.config, self.config_version = load_applied(self.config)
+        self.config, version = load_applied(self.config)
+        self.config_version = version or self.config_version
         cfg = self.config
         started = time.monotonic()
         loop = asyncio.get_running_loop()
@@ -286,9 +341,12 @@ class AgentApp:
             tls_context(cfg.mqtt.tls_ca_file, cfg.mqtt.tls_cert_file, self.secrets.tls_key_file)
         parts = build(cfg, self.secrets, loop, started=started, birth=self._birth,
                       publish_snapshot=self._publish_snapshot,
-                      pipelines_changed=self._pipelines_changed)
+                      pipelines_changed=self._pipelines_changed, volatile=self.volatile)
         self.parts = parts
         self._held = lambda: parts.writer.held
+        if self._adopt:
+            with contextlib.suppress(sqlite3.Error, StorageError):  # a fresh start, at worst
+                parts.outbox.adopt_state(self._adopt)
         try:
             await self._start_pipelines(parts)
         except BaseException:

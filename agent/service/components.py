@@ -91,15 +91,19 @@ def _make_link(config: AgentConfig, secrets: Secrets, topics: DeviceTopics, upli
 def build(config: AgentConfig, secrets: Secrets, loop: asyncio.AbstractEventLoop, *,
           started: float, birth: Callable[[HealthSnapshot], bytes],
           publish_snapshot: Callable[[HealthSnapshot], None],
-          pipelines_changed: Callable[[], None]) -> Components:
-    """Build every shared part from ``config`` (opens the outbox; starts nothing)."""
+          pipelines_changed: Callable[[], None], volatile: str | None = None) -> Components:
+    """Build every shared part from ``config`` (opens the outbox; starts nothing).
+    ``volatile``: why ``[agent] state_dir`` is a volatile stand-in for the configured one
+    (agent.storage.volatile): its outbox's seqs start above any the real one gave out, and
+    health says degraded with this reason."""
     cfg = config
     topics = DeviceTopics(cfg.agent.site, cfg.agent.device_id)
     until_ingested = cfg.outbox.delivery == "ingested"
     outbox = Outbox(cfg.agent.state_dir / "outbox.db", until_ingested=until_ingested,
                     budget_bytes=int(cfg.outbox.budget_bytes), priorities=cfg.outbox.priorities,
-                    durability_interval_s=cfg.outbox.durability_interval_s)
-    if warning := ram_filesystem_warning(cfg.agent.state_dir):
+                    durability_interval_s=cfg.outbox.durability_interval_s,
+                    fresh_seq_floor=volatile is not None)
+    if volatile is None and (warning := ram_filesystem_warning(cfg.agent.state_dir)):
         log.warning("%s", warning)  # the agent runs on: a lab or a test may want just that
     sh = cfg.shards
     blobs = BlobStore(outbox, chunk_size=int(sh.chunk_size), expiry_s=sh.expiry_s)
@@ -115,6 +119,7 @@ def build(config: AgentConfig, secrets: Secrets, loop: asyncio.AbstractEventLoop
     writer = OutboxWriter(outbox=outbox, blobs=blobs, uplink=uplink,
                           device=cfg.agent.device_id, site=cfg.agent.site,
                           interval_s=cfg.outbox.commit_interval_ms / 1000, loop=loop)
+    writer.storage.volatile = volatile
 
     def snapshots() -> SnapshotPolicy | None:
         return (SnapshotPolicy(sh.snapshot_interval_s, sh.snapshot_min_detections,

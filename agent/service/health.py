@@ -34,9 +34,12 @@ class StorageState:
     """The outbox writer's side of health: the commit error now (None once a commit succeeds
     again), failed commits since start, the last error (kept after recovery), and the
     writer's own liveness (monotonic): when its loop last went round (committed, failed, found
-    nothing to do) and when its next retry is due; ``beat`` is None while it is not running."""
+    nothing to do) and when its next retry is due; ``beat`` is None while it is not running.
+    ``volatile``: why the outbox is a volatile one (the state directory could not be written
+    at start, agent.storage.volatile): degraded health for the whole run."""
 
     error: str | None = None
+    volatile: str | None = None
     errors: int = 0
     last_error: str | None = None
     beat: float | None = None
@@ -124,7 +127,8 @@ class RuntimeHealth:
         return HealthSnapshot(
             state=self.state,
             health=Health(status="stuck" if problems else
-                          "degraded" if self.storage.error or failed else "ok",
+                          "degraded" if self.storage.error or self.storage.volatile or failed
+                          else "ok",
                           problems=tuple(problems)),
             pid=os.getpid(), device=self.device, site=self.site,
             uptime_s=round(time.monotonic() - self.started, 1),
@@ -142,7 +146,8 @@ class RuntimeHealth:
                 quarantined=str(self.outbox.quarantined) if self.outbox.quarantined else None,
                 storage_error=self.storage.error, storage_errors=self.storage.errors,
                 last_storage_error=self.storage.last_error,
-                results_held=self.results_held() if self.results_held else 0),
+                results_held=self.results_held() if self.results_held else 0,
+                volatile=self.storage.volatile),
             broker=BrokerHealth(url=self.broker, connected=bool(link and link.connected),
                                 connects=link.connects if link else 0,
                                 last_error=link.last_error if link else None),

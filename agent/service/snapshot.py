@@ -28,7 +28,8 @@ def _plain(value: Any) -> Any:
 @dataclass(frozen=True)
 class Health:
     """stuck: a stage made no progress for the stall time (``problems`` say which);
-    degraded: commits fail and results are held in memory."""
+    degraded: commits fail and results are held in memory, or the outbox is volatile (the
+    state directory could not be written at start)."""
 
     status: HealthStatus
     problems: tuple[str, ...]
@@ -168,6 +169,9 @@ class OutboxHealth:
     storage_errors: int
     last_storage_error: str | None
     results_held: int
+    # Why the outbox is volatile (RAM, not kept through a reboot): the state directory could
+    # not be written at start; None on the state directory itself.
+    volatile: str | None = None
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> OutboxHealth:
@@ -183,7 +187,7 @@ class OutboxHealth:
                        for k, v in d["evictions"].items()},
             quarantined=d["quarantined"], storage_error=d["storage_error"],
             storage_errors=d["storage_errors"], last_storage_error=d["last_storage_error"],
-            results_held=d["results_held"])
+            results_held=d["results_held"], volatile=d.get("volatile"))
 
 
 @dataclass(frozen=True)
@@ -332,7 +336,7 @@ class HealthSnapshot:
         o = self.outbox
         return {"used_bytes": o.used_bytes, "budget_bytes": o.budget_bytes,
                 "evictions": _plain(o.evictions), "quarantined": o.quarantined,
-                "storage_error": o.storage_error}
+                "storage_error": o.storage_error, "volatile": o.volatile}
 
     def telemetry(self) -> dict[str, Any]:
         """The flat health record published on ``telemetry`` (schema lepton.telemetry v1)."""

@@ -35,12 +35,15 @@ SYSTEMD_STATE_DIR = Path("/var/lib/lepton-agent")
 def socket_candidates(state_dir: Path, configured: Path | None = None) -> list[Path]:
     """Where to look for a running agent's socket, first match wins: the configured path only,
     when one is given; else this environment's default, the state directory's, then the
-    systemd service's."""
+    systemd service's, then that of the volatile outbox an agent runs on when the state
+    directory cannot be written (agent.storage.volatile)."""
+    from agent.storage.volatile import volatile_dir
+
     if configured:
         return [configured]
     found: list[Path] = []
     for path in (socket_path(state_dir), state_dir / "agent.sock",
-                 SYSTEMD_RUNTIME_DIR / "status.sock"):
+                 SYSTEMD_RUNTIME_DIR / "status.sock", volatile_dir(state_dir) / "agent.sock"):
         if path not in found:
             found.append(path)
     return found

@@ -29,15 +29,27 @@ def lock_holder(path: Path) -> int | None:
 
 
 class StateDirLock:
-    """Holds the state directory for this process until ``release`` (or the process ends)."""
+    """Holds the state directory for this process until ``release`` (or the process ends).
 
-    def __init__(self, state_dir: Path) -> None:
+    ``read_only``: for a state directory that cannot be written (the agent then runs on a
+    volatile outbox elsewhere): the lock file is opened for reading only, which ``flock``
+    allows, so a second agent is still refused; none is created when missing (then no agent
+    can hold it either) and no pid is written."""
+
+    def __init__(self, state_dir: Path, *, read_only: bool = False) -> None:
         self.state_dir = state_dir
         self.path = state_dir / LOCK_NAME
+        self.read_only = read_only
         self._fd: int | None = None
 
     def acquire(self) -> StateDirLock:
         """Take the lock or raise StorageError naming the directory and the pid holding it."""
+        if self.read_only:
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return self  # no lock file to hold: nobody holds this directory
+            return self._lock(fd)
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -45,6 +57,9 @@ class StateDirLock:
             raise StorageError(f"cannot create the state directory's lock file: {exc.strerror}",
                                path=str(self.path),
                                fix="pass --state-dir with a writable directory") from exc
+        return self._lock(fd)
+
+    def _lock(self, fd: int) -> StateDirLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
@@ -63,9 +78,10 @@ class StateDirLock:
                                path=str(self.path),
                                fix="use a local filesystem that supports flock for "
                                    "--state-dir") from exc
-        with contextlib.suppress(OSError):  # only names us in an error; a full disk is no reason
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+        if not self.read_only:
+            with contextlib.suppress(OSError):  # only names us in an error; a full disk is no reason
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
         return self
 
@@ -74,8 +90,9 @@ class StateDirLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
+        if not self.read_only:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
         os.close(fd)  # closing the last descriptor drops the flock
 
     @property

@@ -299,6 +299,12 @@ def boot_id() -> str | None:
         return None
 
 
+def time_seq_floor() -> int:
+    """A seq floor from the clock (ms x 1000): above any seq an outbox of this device gave out
+    by counting, or from an earlier floor, unless it issued over 1,000 records a millisecond."""
+    return int(time.time() * 1000) * 1000
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
 
@@ -331,7 +337,11 @@ class Outbox:
     def __init__(self, path: Path, *, until_ingested: bool = True, budget_bytes: int | None = None,
                  priorities: Mapping[str, int] | None = None,
                  durability_interval_s: float = 1.0, compress: bool = True,
-                 driver: Driver | None = None) -> None:
+                 driver: Driver | None = None, fresh_seq_floor: bool = False) -> None:
+        """``fresh_seq_floor``: every stream's seqs continue above a floor taken from the clock
+        (as after a quarantine), so that none collides with a seq another outbox of the same
+        device gave out: for the volatile outbox of an agent whose state directory cannot be
+        written (agent.storage.volatile)."""
         self.path = path
         self.driver = driver or Driver()
         self.compress = compress
@@ -365,13 +375,13 @@ class Outbox:
                                path=str(path.parent),
                                fix="pass --state-dir with a writable directory") from exc
         try:
-            self._db = self._open()
+            self._db = self._open(seq_floor=time_seq_floor() if fresh_seq_floor else 0)
         except sqlite3.DatabaseError as exc:
             if not _is_corruption(exc):
                 raise self._open_error(exc) from exc
             self._quarantine(exc)
             try:
-                self._db = self._open(seq_floor=int(time.time() * 1000) * 1000)
+                self._db = self._open(seq_floor=time_seq_floor())
             except sqlite3.DatabaseError as again:
                 raise self._open_error(again) from again
         self._page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
@@ -400,7 +410,7 @@ class Outbox:
                 raise CorruptDatabase(f"integrity check failed: {check}")
             self._migrate(db)
             if seq_floor:
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('seq_floor', ?)", (str(seq_floor),))
+                self._raise_seq_floor(db, seq_floor)
             self._power_cut_check(db)
             meta = dict(db.execute("SELECT key, value FROM meta"))
             self._seq_floor = int(meta.get("seq_floor", 0))
@@ -412,6 +422,20 @@ class Outbox:
             db.close()
             raise
         return db
+
+    @staticmethod
+    def _raise_seq_floor(db: sqlite3.Connection, floor: int) -> None:
+        """New streams' seqs begin above ``floor``, and streams the file has continue above it
+        (a gap, as after a power cut: ingest only needs seqs never reused)."""
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT INTO meta (key, value) VALUES ('seq_floor', ?) ON CONFLICT (key) DO "
+                   "UPDATE SET value = max(CAST(value AS INTEGER), CAST(excluded.value AS "
+                   "INTEGER))", (str(floor),))
+        for stream, last in query_last_seqs(db).items():
+            if last < floor:
+                db.execute("INSERT INTO streams (stream, last_seq) VALUES (?, ?) ON CONFLICT "
+                           "(stream) DO UPDATE SET last_seq = excluded.last_seq", (stream, floor))
+        db.execute("COMMIT")
 
     @staticmethod
     def _old_sequence(db: sqlite3.Connection) -> int:
@@ -653,6 +677,16 @@ class Outbox:
         if evicted:  # the budget may have taken some of these already
             return self.fetch_ids([r.id for r in stored])
         return stored
+
+    def adopt_state(self, state: Mapping[str, str]) -> int:
+        """Take the keys this file has no value for from ``state`` (another outbox's, e.g. the
+        real one a volatile outbox stands in for: file positions, count buckets, OTA state), in
+        one transaction; returns how many were new."""
+        with self.transaction():
+            have = {str(k) for (k,) in self._db.execute("SELECT key FROM pipeline_state")}
+            new = {k: v for k, v in state.items() if k not in have}
+            self._write_state(new)
+        return len(new)
 
     def _write_state(self, state: Mapping[str, str]) -> None:
         self._db.executemany(

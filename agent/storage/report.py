@@ -32,6 +32,7 @@ from agent.storage.outbox import (
     query_evictions,
     query_last_seqs,
     query_used_bytes,
+    side_files,
 )
 
 OUTBOX_FILE = "outbox.db"
@@ -315,6 +316,28 @@ def read_state(state_dir: Path, key: str) -> str | None:
     except sqlite3.Error as exc:
         raise OutboxUnreadable(f"unreadable: {exc}", path=str(path)) from exc
     return None if row is None else str(row[0])
+
+
+def read_all_state(state_dir: Path) -> dict[str, str]:
+    """Everything the agent committed with its records (``Outbox.read_state``'s keys), read-only,
+    also on a read-only filesystem: SQLite cannot make the WAL index there, so a file closed
+    cleanly (no WAL left) is read as immutable. Empty when there is no outbox."""
+    path = outbox_path(state_dir)
+    if not path.exists():
+        return {}
+    query = "SELECT key, value FROM pipeline_state"
+    try:
+        with contextlib.closing(_connect_ro(path)) as conn:
+            return {str(k): str(v) for k, v in conn.execute(query)}
+    except sqlite3.Error as exc:
+        if side_files(path)[0].exists():
+            raise OutboxUnreadable(f"unreadable: {exc}", path=str(path)) from exc
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.absolute().as_uri()}?immutable=1",
+                                                uri=True)) as conn:
+            return {str(k): str(v) for k, v in conn.execute(query)}
+    except sqlite3.Error as exc:
+        raise OutboxUnreadable(f"unreadable: {exc}", path=str(path)) from exc
 
 
 def blobs_present(state_dir: Path, blobs: list[str]) -> set[str]:
