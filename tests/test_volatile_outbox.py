@@ -300,3 +300,28 @@ def test_agent_on_a_full_state_dir_runs_on_a_volatile_outbox(
         shutil.rmtree(where, ignore_errors=True)
     assert summary["error"] is None and summary["results_committed"] > 0
     assert max(ingested_seqs(tmp_path / "ingest.db", DEVICE)) > last_disk
+
+
+def test_stopping_with_a_volatile_backlog_says_it_is_lost_at_a_reboot(
+        small_tmpfs: Path, tmp_path: Path) -> None:
+    """No broker: what the volatile outbox holds at stop is named, with what loses it."""
+    state = small_tmpfs / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    runtime = tmp_path / "run"
+    runtime.mkdir()
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[agent]\ndevice_id = "{DEVICE}"\nstate_dir = "{state}"\n'
+                      f'[model]\npath = "{DEFAULT_MODEL}"\nnum_threads = 1\n')
+    agent = AgentProcess(config, "--source", "synthetic://160x120@15", "--web-listen", "",
+                         env={"RUNTIME_DIRECTORY": str(runtime)})
+    try:
+        agent.wait_status(lambda s: s["outbox"]["backlog"] >= 3, "results in the volatile outbox")
+        summary = agent.stop()
+    finally:
+        if agent.running:
+            agent.send(9)
+    assert summary["backlog"] >= 3
+    assert (f"{summary['backlog']} record(s) not delivered are left in the volatile outbox "
+            f"{runtime / 'volatile-state'}: a reboot or a power cut loses them") in agent.log
+    assert list(state.iterdir()) == []

@@ -432,6 +432,10 @@ class AgentApp:
                     wall_time=time.time(), extra={"reason": "stopped"}), qos=1, retain=True)
             await link.stop(2.0)
         backlog = self._close_storage(parts.uplink, parts.outbox)
+        if self.volatile and backlog > 0:
+            log.warning("%d record(s) not delivered are left in the volatile outbox %s: a "
+                        "reboot or a power cut loses them (systemd also removes its runtime "
+                        "directory when the service stops)", backlog, cfg.agent.state_dir)
         held, sensors_held = parts.writer.held
         if held or sensors_held:
             self.summary.results_uncommitted = held
