@@ -52,18 +52,19 @@ def test_probe_passes_a_writable_directory_and_names_a_full_one(tmp_path: Path) 
     assert reason is not None and str(state) in reason and "no space left" in reason
 
 
-def test_probe_names_a_directory_it_cannot_create(tmp_path: Path) -> None:
+def test_probe_leaves_mistakes_in_the_config_to_the_lock(tmp_path: Path) -> None:
+    """A state_dir that is a file, or whose lock file is a directory, is no filesystem that
+    cannot be written: no volatile outbox; the lock refuses it with its one line, as ever."""
     from agent.storage.volatile import state_dir_unusable
 
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    reason = state_dir_unusable(blocker / "state")
-    assert reason is not None and f"cannot create {blocker / 'state'}: " in reason
-    assert "File exists" in reason or "Not a directory" in reason
-    # A directory whose lock file cannot be opened for writing (here: it is a directory).
+    for state in (blocker, blocker / "state"):
+        assert state_dir_unusable(state) is None
+        with pytest.raises(StorageError, match="cannot create the state directory's lock file"):
+            StateDirLock(state).acquire()
     (tmp_path / "state" / "agent.lock").mkdir(parents=True)
-    reason = state_dir_unusable(tmp_path / "state")
-    assert reason == f"cannot open {tmp_path / 'state' / 'agent.lock'} for writing: Is a directory"
+    assert state_dir_unusable(tmp_path / "state") is None
 
 
 def test_volatile_dir_under_the_runtime_directory_or_named_after_the_state_dir(

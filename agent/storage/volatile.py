@@ -7,6 +7,7 @@ the backlog left in the real state directory waits for the next start (docs/dura
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -24,25 +25,34 @@ VOLATILE_BUDGET_BYTES = 64 << 20
 VOLATILE_NAME = "volatile-state"
 
 
+# The errors of a filesystem that cannot be written (read-only, permissions, full, quota).
+# Others (the path is a file, a name too long, a symlink loop) are mistakes in the config:
+# the lock refuses them with its one line, as ever, rather than hiding them under a volatile
+# outbox.
+UNWRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT})
+
+
 def state_dir_unusable(state_dir: Path, min_free: int = MIN_FREE_BYTES) -> str | None:
     """Why ``state_dir`` cannot hold the outbox (naming it and the system's words for the
     error: read-only file system, permission denied, no space left), or None when it can:
     it is created if missing, its lock file opens for writing and its filesystem has at least
-    ``min_free`` bytes free. Takes no lock: another agent holding it is the lock's to say."""
+    ``min_free`` bytes free. None too for an error outside ``UNWRITABLE`` (the lock says
+    it). Takes no lock: another agent holding it is the lock's to say."""
     lock = state_dir / LOCK_NAME
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        return f"cannot create {state_dir}: {exc.strerror or exc}"
+        return f"cannot create {state_dir}: {exc.strerror}" if exc.errno in UNWRITABLE else None
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
-        return f"cannot open {lock} for writing: {exc.strerror or exc}"
+        return (f"cannot open {lock} for writing: {exc.strerror}" if exc.errno in UNWRITABLE
+                else None)
     os.close(fd)
     try:
         st = os.statvfs(state_dir)
-    except OSError as exc:
-        return f"cannot read the free space of {state_dir}: {exc.strerror or exc}"
+    except OSError:
+        return None  # no figure: the outbox's own open says what is wrong
     free = st.f_bavail * st.f_frsize
     if free < min_free:
         return (f"no space left on the filesystem of {state_dir}: {free // 1024} KiB free, "
