@@ -326,3 +326,51 @@ def test_stopping_with_a_volatile_backlog_says_it_is_lost_at_a_reboot(
     assert (f"{summary['backlog']} record(s) not delivered are left in the volatile outbox "
             f"{runtime / 'volatile-state'}: a reboot or a power cut loses them") in agent.log
     assert list(state.iterdir()) == []
+
+
+@pytest.mark.broker
+def test_a_file_source_resumes_on_the_volatile_outbox_where_the_card_left_it(
+        tmp_path: Path, broker: Any) -> None:
+    """The real outbox's committed position (read read-only from the read-only card) carries
+    on: the file is not started again from frame 0, whose frames would get new seqs."""
+    from agent.devtools.rig import write_agent_config
+    from agent.service.pipelines import REPLAY_FRAMES
+    from agent.storage.report import read_all_state
+
+    clip = tmp_path / "road.avi"
+    out = run_cli("synth-clip", str(clip), "--frames", "240")
+    assert out.returncode == 0, out.stderr
+    card = tmp_path / "card"
+    card.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(card)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here (needs root): {done.stderr.strip()}")
+    ingest = Ingest(broker.url, tmp_path / "ingest.db", "volatile-resume-ingest")
+    try:
+        state = card / "state"
+        config = write_agent_config(tmp_path / "agent.toml", device_id=DEVICE, site="test-site",
+                                    state_dir=state, broker_url=broker.url, model=DEFAULT_MODEL,
+                                    delivery="ingested")
+        config.write_text(config.read_text() + '\n[[lines]]\nname = "mid"\n'
+                          "points = [[0.5, 0.0], [0.5, 1.0]]\n\n[analytics]\nbucket_s = 3600\n")
+        first = AgentProcess(config, "--source", str(clip), "--pace", "realtime")
+        first.wait_status(lambda s: s["stages"]["inference"]["frames"] >= 60,
+                          "a quarter of the clip processed", timeout=120)
+        first.stop()
+        positions = {k: v for k, v in read_all_state(state).items() if k.startswith("position/")}
+        assert len(positions) == 1, positions
+        position = int(next(iter(positions.values())))
+        assert position >= 59
+        subprocess.run(["mount", "-o", "remount,ro", str(card)], check=True)
+        runtime = tmp_path / "run"
+        runtime.mkdir()
+        second = AgentProcess(config, "--source", str(clip), "--pace", "fast",
+                              env={"RUNTIME_DIRECTORY": str(runtime)})
+        summary = second.finish(timeout=180)
+        assert f"state directory {state} is not writable" in second.log
+        assert f"resuming {clip} after frame {position}" in second.log, second.log
+        assert 0 < summary["frames_processed"] <= 240 - (position + 1) + REPLAY_FRAMES, summary
+    finally:
+        ingest.stop()
+        subprocess.run(["umount", "-l", str(card)], check=False)
