@@ -5,6 +5,7 @@ waiting for its results at its stop, track events and closed counts, the writer'
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from agent.core.contract.result import FrameResult, ModelRef
 from agent.core.outbox import PublishWindow
 from agent.service.analytics import FrameAnalysis
 from agent.service.pipelines import ResultContext
-from agent.service.tasks import OutboxWriter
+from agent.service.tasks import RESULT_SLOTS, OutboxWriter
 from agent.storage.blobs import BlobStore
 from agent.storage.outbox import Outbox
 from agent.sync.uplink import Uplink
@@ -74,6 +75,31 @@ def test_a_closed_count_and_the_close_end_the_wait(tmp_path: Path) -> None:
         writer.close()  # the close ends it: everything held is committed
         await asyncio.wait_for(task, 30)
         assert outbox.last_seq("cam0") == 4
+        outbox.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_fast_source_is_not_held_to_one_batch_of_slots_per_interval(tmp_path: Path) -> None:
+    """An inference thread delivering more results than there are slots, inside the hour's
+    wait: the writer commits once half the slots are held, so every delivery returns."""
+    async def scenario() -> None:
+        writer, outbox, task = await _writer(tmp_path)
+        writer.deliver(_result(0), CONTEXT)
+        await asyncio.wait_for(writer.progress.wait(), 30)  # the hour's wait starts now
+        total = 3 * RESULT_SLOTS
+        # A daemon thread: on the old writer it blocks for the hour, and must not hold the
+        # test run when the assertion below fails.
+        producer = threading.Thread(daemon=True, target=lambda: [
+            writer.deliver(_result(i), CONTEXT) for i in range(1, total + 1)])
+        producer.start()
+        deadline = time.monotonic() + 60
+        while producer.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not producer.is_alive(), f"deliveries blocked at {len(writer.pending)} held"
+        writer.close()
+        await asyncio.wait_for(task, 30)
+        assert outbox.last_seq("cam0") == total + 1
         outbox.close()
 
     asyncio.run(scenario())

@@ -131,7 +131,8 @@ def test_watchdog_stays_fed_while_every_commit_fails(tmp_path: Path) -> None:
     try:
         notify.wait_ready(agent)
         held = agent.wait_status(lambda s: s["outbox"]["results_held"] >= RESULT_SLOTS
-                                 and s["queues"]["frames"]["depth"] > 0,
+                                 and s["queues"]["frames"]["depth"] > 0
+                                 and s["outbox"]["storage_error"] is not None,
                                  "every result slot held while commits fail", timeout=120)
         assert "cannot commit records" in held["outbox"]["storage_error"]
         assert held["outbox"]["storage_errors"] > 0

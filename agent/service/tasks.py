@@ -142,6 +142,11 @@ class OutboxWriter:
         analysis = held.result.analytics
         if analysis is not None and (analysis.events or analysis.closed):
             self.urgent.set()
+        elif len(self.pending) >= RESULT_SLOTS // 2:
+            # A fast source fills the slots well within a commit interval: committing at half
+            # keeps inference from waiting on the interval (with 1 s commits it was held to
+            # RESULT_SLOTS results a second).
+            self.urgent.set()
 
     def add_analysis(self, analysis: FrameAnalysis, context: ResultContext) -> None:
         """On the event loop: a pipeline's last analytics (its open bucket, closed partial)."""
