@@ -50,6 +50,7 @@ class Topic:
         self.client.disconnect()
 
 
+@pytest.mark.slow  # a whole agent or browser run: the default tier keeps < 15 min
 def test_ota_state_in_status_socket_cli_retained_status_and_telemetry(broker,
                                                                       tmp_path: Path) -> None:
     fleet = Fleet(tmp_path, broker)

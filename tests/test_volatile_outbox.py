@@ -303,6 +303,7 @@ def test_agent_on_a_full_state_dir_runs_on_a_volatile_outbox(
     assert max(ingested_seqs(tmp_path / "ingest.db", DEVICE)) > last_disk
 
 
+@pytest.mark.slow  # a whole agent or browser run: the default tier keeps < 15 min
 def test_stopping_with_a_volatile_backlog_says_it_is_lost_at_a_reboot(
         small_tmpfs: Path, tmp_path: Path) -> None:
     """No broker: what the volatile outbox holds at stop is named, with what loses it."""
@@ -328,6 +329,7 @@ def test_stopping_with_a_volatile_backlog_says_it_is_lost_at_a_reboot(
     assert list(state.iterdir()) == []
 
 
+@pytest.mark.slow  # a whole agent or browser run: the default tier keeps < 15 min
 @pytest.mark.broker
 def test_a_file_source_resumes_on_the_volatile_outbox_where_the_card_left_it(
         tmp_path: Path, broker: Any) -> None:

@@ -152,6 +152,7 @@ def _log_in(page, base: str, role: str = "admin") -> None:  # type: ignore[no-un
     page.wait_for_url(base + "/", timeout=15_000)
 
 
+@pytest.mark.slow  # a whole agent or browser run: the default tier keeps < 15 min
 def test_diagnostics_runs_the_checks_and_downloads_a_support_bundle(agent: WebAgent,
                                                                      tmp_path: Path) -> None:
     import json
@@ -196,6 +197,7 @@ def test_diagnostics_runs_the_checks_and_downloads_a_support_bundle(agent: WebAg
     assert not problems, problems
 
 
+@pytest.mark.slow  # a whole agent or browser run: the default tier keeps < 15 min
 def test_the_console_under_tls_with_the_device_certificate(tmp_path: Path) -> None:
     import base64
     import hashlib
@@ -259,6 +261,7 @@ def test_the_console_under_tls_with_the_device_certificate(tmp_path: Path) -> No
     assert not problems, problems
 
 
+@pytest.mark.slow  # a whole agent or browser run: the default tier keeps < 15 min
 def test_the_overview_shows_the_ota_slot(tmp_path: Path) -> None:
     from tests.conftest import DEFAULT_MODEL
 
