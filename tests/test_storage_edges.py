@@ -1,0 +1,139 @@
+"""The outbox's eviction and budget arithmetic at its edges, on real SQLite files: what is
+pruned as delivered, what is evicted and counted, the page cap's two tests at their
+boundaries, and the budget split read back from SQLite. The mutation run (``make mutants``)
+found these boundaries untested."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.storage import outbox as outbox_mod
+from agent.storage.blobs import BlobStore
+from agent.storage.outbox import ROW_OVERHEAD, SHM_BYTES, Outbox, PendingRecord, query_evictions
+
+SIZES = [1000, 900, 1100, 800, 1200, 700]  # not in id order: the eviction order is by age
+
+
+def _box(path: Path, **kw: Any) -> tuple[Outbox, list[int]]:
+    """An outbox (uncompressed: stored sizes are the payloads') with one result per SIZES."""
+    box = Outbox(path, compress=False, **kw)
+    stored = box.append([PendingRecord("s", "t", lambda seq, n=n: b"a" * n) for n in SIZES])
+    return box, [r.id for r in stored]
+
+
+def _ids(box: Outbox) -> list[int]:
+    return [int(r[0]) for r in box.db.execute("SELECT id FROM records ORDER BY id")]
+
+
+def _seq(box: Outbox, rid: int) -> int:
+    return int(box.db.execute("SELECT seq FROM records WHERE id = ?", (rid,)).fetchone()[0])
+
+
+def test_make_room_prunes_delivered_first_and_evicts_by_age(tmp_path: Path) -> None:
+    box, ids = _box(tmp_path / "o.db")
+    box.mark_sent(ids[:2])
+    box.flush_marks()  # 1 and 2 sent (in the file), not ingested: not delivered
+    s3 = _seq(box, ids[2])
+    assert box.mark_ingested("s", [(s3, s3)]) == 1  # 3 delivered (held in memory)
+    # One byte: the delivered record covers it, nothing undelivered goes.
+    assert box.make_room(1) == 0
+    assert _ids(box) == [ids[0], ids[1], ids[3], ids[4], ids[5]]
+    assert box.eviction_counts() == {} and query_evictions(box.db) == {}
+    # Exactly the first record's share: it alone goes (the sent-only one counts undelivered).
+    assert box.make_room(SIZES[0] + ROW_OVERHEAD) == 1
+    assert _ids(box) == [ids[1], ids[3], ids[4], ids[5]]
+    # One byte more than the next record's share: two go, the next oldest too.
+    assert box.make_room(SIZES[1] + ROW_OVERHEAD + 1) == 2
+    assert _ids(box) == [ids[4], ids[5]]
+    evicted = SIZES[0] + SIZES[1] + SIZES[3]
+    assert box.eviction_counts() == {"result": {"records": 3, "bytes": evicted}}
+    assert query_evictions(box.db) == {"result": [3, evicted]}
+
+
+def test_prune_delivered_bytes_at_its_boundaries(tmp_path: Path) -> None:
+    box, ids = _box(tmp_path / "o.db")
+    seqs = [_seq(box, i) for i in ids]
+    box.mark_ingested("s", [(seqs[0], seqs[2])])  # 1..3 delivered
+    # Exactly the first delivered record's share: it alone goes, and it covered the room.
+    assert box.make_room(SIZES[0] + ROW_OVERHEAD) == 0
+    assert _ids(box) == ids[1:]
+    # One byte over the next's share: two delivered go and covered it.
+    assert box.make_room(SIZES[1] + ROW_OVERHEAD + 1) == 0
+    assert _ids(box) == ids[3:] and box.eviction_counts() == {}
+    box.mark_ingested("s", [(seqs[3], seqs[3])])
+    # One byte over the last delivered's share: it goes, and the oldest undelivered too.
+    assert box.make_room(SIZES[3] + ROW_OVERHEAD + 1) == 1
+    assert _ids(box) == ids[5:]
+    assert box.eviction_counts() == {"result": {"records": 1, "bytes": SIZES[4]}}
+
+
+def test_make_room_counts_blobs_and_records(tmp_path: Path) -> None:
+    box, ids = _box(tmp_path / "o.db")
+    BlobStore(box).put(b"b" * 3000, kind="clip")
+    assert box.make_room(10**9) == len(ids) + 1
+    assert _ids(box) == [] and box.db.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] == 0
+    assert box.db.execute("SELECT COUNT(*) FROM blob_chunks").fetchone()[0] == 0
+    assert box.eviction_counts() == {"result": {"records": len(ids), "bytes": sum(SIZES)},
+                                     "shard": {"records": 1, "bytes": 3000}}
+
+
+def test_make_room_evicts_at_most_5000_a_call(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", compress=False)
+    box.append([PendingRecord("s", "t", lambda seq: b"x") for _ in range(5000)])
+    BlobStore(box).put(b"b" * 2000)  # 5001 candidates: 5000 results (the query's cap) and it
+    assert box.make_room(10**9) == 5000
+    left = len(_ids(box)) + box.db.execute("SELECT COUNT(*) FROM blobs").fetchone()[0]
+    assert left == 1
+
+
+class _Fs:
+    def __init__(self, free: int) -> None:
+        self.f_bavail, self.f_frsize = free // 2, 2
+
+
+def test_at_page_cap_free_disk_boundary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The filesystem's free space (stated as exactly 4 MiB + 4000 bytes) against a write."""
+    assert not Outbox(tmp_path / "nobudget.db")._at_page_cap(10**12)  # no budget: never
+    box = Outbox(tmp_path / "o.db", budget_bytes=64 * 1024 * 1024)
+    monkeypatch.setattr(outbox_mod.os, "statvfs", lambda _p: _Fs(4 * 1024 * 1024 + 4000))
+    assert not box._at_page_cap(1000)  # needs more than 4 x 1000 + 4 MiB free
+    assert box._at_page_cap(999)
+
+
+def test_at_page_cap_used_pages_boundary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    box = Outbox(tmp_path / "o.db", budget_bytes=4 * 1024 * 1024)
+
+    def no_statvfs(_p: object) -> os.statvfs_result:
+        raise OSError("no statvfs")
+
+    monkeypatch.setattr(outbox_mod.os, "statvfs", no_statvfs)
+    used = box.usage().used_bytes
+    assert box.file_cap_bytes is not None
+    gap = box.file_cap_bytes - 4 * box._page - used
+    assert gap > 0 and gap % 2 == 0
+    assert box._at_page_cap(gap // 2)
+    assert not box._at_page_cap(gap // 2 - 1)
+
+
+def _pragma(box: Outbox, name: str) -> int:
+    return int(box.db.execute(f"PRAGMA {name}").fetchone()[0])
+
+
+@pytest.mark.parametrize("budget", [64 * 1024, 200 * 1024, 8 * 4000 * 4096, 4 * 1024 * 1024])
+def test_plan_budget_split(tmp_path: Path, budget: int) -> None:
+    box = Outbox(tmp_path / "o.db", budget_bytes=budget)
+    page = _pragma(box, "page_size")
+    wal = budget // 8 if budget // 8 > 8 * page else 8 * page
+    shm = SHM_BYTES + SHM_BYTES * (wal // page // 4000)
+    cap_pages = (budget - box.reserve_bytes - wal - shm) // page
+    cap_pages = cap_pages if cap_pages > 16 else 16
+    assert box.file_cap_bytes == cap_pages * page
+    assert _pragma(box, "max_page_count") == cap_pages
+    assert _pragma(box, "journal_size_limit") == wal
+    assert _pragma(box, "wal_autocheckpoint") == (wal // 4 // page if wal // 4 // page > 4 else 4)
+    margin = cap_pages * page // 8 if cap_pages * page // 8 > 2 * page else 2 * page
+    assert type(box.target_bytes) is int and box.target_bytes == cap_pages * page - margin
