@@ -6,6 +6,7 @@ found these boundaries untested."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +138,48 @@ def test_plan_budget_split(tmp_path: Path, budget: int) -> None:
     assert _pragma(box, "wal_autocheckpoint") == (wal // 4 // page if wal // 4 // page > 4 else 4)
     margin = cap_pages * page // 8 if cap_pages * page // 8 > 2 * page else 2 * page
     assert type(box.target_bytes) is int and box.target_bytes == cap_pages * page - margin
+
+
+def _blob_store(path: Path) -> tuple[BlobStore, str, str]:
+    """Two blobs of three 1 KiB chunks each, the first older (sent first)."""
+    store = BlobStore(Outbox(path, compress=False), chunk_size=1024)
+    first = store.put(b"1" * 3072, kind="clip")
+    second = store.put(b"2" * 3072, kind="clip")
+    return store, first, second
+
+
+def test_pending_stops_at_the_limit(tmp_path: Path) -> None:
+    from agent.core.contract.shard import MANIFEST
+    store, a, b = _blob_store(tmp_path / "o.db")
+    # The limit met by a blob's chunk: the next blob's manifest waits.
+    assert [(p.blob, p.index) for p in store.pending(2)] == [(a, MANIFEST), (a, 0)]
+    # An exclusion elsewhere lets the chunk query return more: still at most the limit.
+    assert [(p.blob, p.index) for p in store.pending(1, {(b, 2)})] == [(a, MANIFEST)]
+    assert [(p.blob, p.index) for p in store.pending(2, {(a, MANIFEST)})] == [(a, 0), (a, 1)]
+    assert [(p.blob, p.index) for p in store.pending(5, {(a, MANIFEST), (a, 1)})] == [
+        (a, 0), (a, 2), (b, MANIFEST), (b, 0), (b, 1)]
+    store.mark_sent([(x, i) for x in (a, b) for i in (MANIFEST, 0, 1, 2)])
+    assert store.pending(10) == [] and store.maybe_pending is False
+
+
+def test_pending_expires_blobs_every_10_s(tmp_path: Path) -> None:
+    store = BlobStore(Outbox(tmp_path / "o.db", compress=False), chunk_size=1024)
+    kept = store.put(b"k" * 10)
+    before = time.monotonic()
+    assert [p.blob for p in store.pending(10)] == [kept, kept]
+    assert before + 10.0 <= store._next_expiry <= time.monotonic() + 10.0
+    late = store.put(b"l" * 10, expiry_s=-1.0)  # expired at once; the next check removes it
+    assert [p.blob for p in store.pending(10)] == [kept, kept, late, late]
+    assert store.expired == 0
+    store._next_expiry = time.monotonic()  # the 10 s passed
+    assert [p.blob for p in store.pending(10)] == [kept, kept] and store.expired == 1
+
+
+def test_put_default_expiry_and_stored_meta(tmp_path: Path) -> None:
+    import json
+    store = BlobStore(Outbox(tmp_path / "o.db"), chunk_size=1024, expiry_s=60.0)
+    blob = store.put(b"x" * 10, meta={"z": 1, "a": 2})
+    created, expires, meta = store.db.execute(
+        "SELECT created_ns, expires_ns, meta FROM blobs WHERE blob = ?", (blob,)).fetchone()
+    assert expires == created + 60 * 10**9
+    assert meta == json.dumps({"a": 2, "z": 1})  # canonical: the same content, the same row
