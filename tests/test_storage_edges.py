@@ -183,3 +183,33 @@ def test_put_default_expiry_and_stored_meta(tmp_path: Path) -> None:
         "SELECT created_ns, expires_ns, meta FROM blobs WHERE blob = ?", (blob,)).fetchone()
     assert expires == created + 60 * 10**9
     assert meta == json.dumps({"a": 2, "z": 1})  # canonical: the same content, the same row
+
+
+def test_unescape_octal_escapes_only_whole() -> None:
+    from agent.storage.mounts import _unescape
+    assert _unescape("a\\040b\\134") == "a b\\"  # space, and a backslash ending the field
+    assert _unescape("x\\04") == "x\\04"  # cut short: kept as written
+    assert _unescape("\\a40\\9") == "\\a40\\9"  # not octal digits
+
+
+MOUNTINFO_EDGES = "\n".join([
+    "20 1 8:1 / / rw,relatime shared:1 - ext4 /dev/root rw,errors=remount-ro",
+    "21 20 0:5 / /data ro - ext4",  # too short after the separator: skipped
+    "22 20 0:6 / /data - ext4 /dev/x rw",  # too short before it (no options): skipped
+    "23 20 0:7 / /data rw,nosuid - tmpfs - rw,size=1k,mode=755",  # source '-'
+    "24 20 0:8 / /data/a\\040b rw - ext4 /dev/mmc\\134p1",  # no superblock options
+    "25 20 0:9 / /data/a\\040b rw,noatime - f2fs /dev/mmcblk0p2 rw,lazytime",  # mounted over
+])
+
+
+def test_find_mount_edges() -> None:
+    from agent.storage.mounts import Mount, find_mount
+    assert find_mount(Path("/data/x"), MOUNTINFO_EDGES) == Mount(
+        Path("/data"), "tmpfs", ("rw", "nosuid", "rw", "size=1k", "mode=755"), "-", "0:7")
+    assert find_mount(Path("/data/a b/c"), MOUNTINFO_EDGES) == Mount(
+        Path("/data/a b"), "f2fs", ("rw", "noatime", "rw", "lazytime"), "/dev/mmcblk0p2", "0:9")
+    under = "\n".join(MOUNTINFO_EDGES.splitlines()[:-1])
+    assert find_mount(Path("/data/a b"), under) == Mount(
+        Path("/data/a b"), "ext4", ("rw",), "/dev/mmc\\p1", "0:8")
+    assert find_mount(Path("/etc"), MOUNTINFO_EDGES) == Mount(
+        Path("/"), "ext4", ("rw", "relatime", "rw", "errors=remount-ro"), "/dev/root", "8:1")
