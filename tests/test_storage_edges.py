@@ -213,3 +213,120 @@ def test_find_mount_edges() -> None:
         Path("/data/a b"), "ext4", ("rw",), "/dev/mmc\\p1", "0:8")
     assert find_mount(Path("/etc"), MOUNTINFO_EDGES) == Mount(
         Path("/"), "ext4", ("rw", "relatime", "rw", "errors=remount-ro"), "/dev/root", "8:1")
+
+
+def test_report_reads_name_the_unreadable_file(tmp_path: Path) -> None:
+    from agent.storage.report import (
+        OutboxUnreadable,
+        outbox_path,
+        record_payloads,
+        record_seqs,
+        records_pending,
+    )
+    path = outbox_path(tmp_path)
+    path.write_bytes(b"not an outbox, " * 100)
+    for read in (lambda: record_seqs(tmp_path), lambda: record_seqs(tmp_path, "s"),
+                 lambda: records_pending(tmp_path), lambda: record_payloads(tmp_path, "s")):
+        with pytest.raises(OutboxUnreadable) as err:
+            read()
+        assert err.value.path == str(path)
+        assert str(err.value).startswith(f"storage {path}: unreadable: file is not a database")
+    path.unlink()
+    import sqlite3
+    with sqlite3.connect(path) as old:  # schema 2: marks still in the record rows
+        old.execute("CREATE TABLE records (id INTEGER PRIMARY KEY, stream TEXT, seq INTEGER)")
+    old.close()
+    with pytest.raises(OutboxUnreadable) as err:
+        records_pending(tmp_path)
+    assert str(err.value).startswith(
+        f"storage {path}: unreadable: an outbox from an older agent (schema < 3): start the "
+        "agent once to migrate it")
+
+
+def test_records_pending_counts_until_ingested_by_default(tmp_path: Path) -> None:
+    from agent.storage.report import outbox_path, records_pending
+    box, ids = _box(outbox_path(tmp_path))
+    box.mark_sent(ids)
+    s1 = _seq(box, ids[0])
+    box.mark_ingested("s", [(s1, s1)])
+    box.flush_marks()
+    undelivered = {("s", _seq(box, i)) for i in ids[1:]}
+    assert records_pending(tmp_path) == undelivered
+    assert records_pending(tmp_path, "sent") == set()
+
+
+def test_marks_written_once_256_are_held(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", compress=False)
+    ids = [r.id for r in box.append([PendingRecord("s", "t", lambda seq: b"x")] * 256)]
+    box.mark_sent(ids[:255])
+    assert box.marks_held == 255
+    box.mark_sent(ids[255:])
+    assert box.marks_held == 0  # the 256th wrote them
+    seqs = [_seq(box, i) for i in ids]
+    assert box.mark_ingested("s", [(seqs[0], seqs[254])]) == 255 and box.marks_held == 255
+    assert box.mark_ingested("s", [(seqs[255], seqs[255])]) == 1 and box.marks_held == 0
+
+
+def test_mark_ingested_error_names_the_file(tmp_path: Path) -> None:
+    from agent.errors import StorageError
+    box = Outbox(tmp_path / "o.db")
+    box.db.close()
+    with pytest.raises(StorageError) as err:
+        box.mark_ingested("s", [(1, 2)])
+    assert err.value.path == str(tmp_path / "o.db")
+    assert str(err.value).startswith(
+        f"storage {tmp_path / 'o.db'}: cannot record ingest ack: Cannot operate on a closed")
+
+
+def test_requeue_unacked_spares_held_acks_and_marks_not_older(tmp_path: Path) -> None:
+    box, ids = _box(tmp_path / "o.db")
+    box.mark_sent(ids[:3])
+    box.flush_marks()
+    s1, s2 = _seq(box, ids[0]), _seq(box, ids[1])
+    box.mark_ingested("s", [(s1, s2)])  # two acks held: spared
+    box.mark_sent([ids[3]])
+    at = box._sent_marks[ids[3]]
+    assert box.requeue_unacked(at) == 1  # the third, sent earlier; the fourth at `at`: not older
+    assert [r.id for r in box.fetch_unsent(0, 10)] == [ids[2], ids[4], ids[5]]
+    assert box.requeue_unacked(at + 1) == 1
+    assert [r.id for r in box.fetch_unsent(0, 10)] == [ids[2], ids[3], ids[4], ids[5]]
+
+
+def _footprint(path: Path) -> int:
+    total = 0
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), path.with_name(path.name + ".reserve")):
+        if p.exists():
+            st = os.stat(p)
+            total += max(st.st_size, st.st_blocks * 512)
+    return total
+
+
+def test_usage_reports_the_files_on_disk(tmp_path: Path) -> None:
+    box = _box(tmp_path / "o.db", budget_bytes=4 * 1024 * 1024)[0]
+    usage = box.usage()
+    wal = os.stat(tmp_path / "o.db-wal")
+    assert usage.wal_bytes == max(wal.st_size, wal.st_blocks * 512) > 0
+    assert usage.budget_bytes == 4 * 1024 * 1024
+    assert usage.disk_bytes == _footprint(tmp_path / "o.db") > usage.file_bytes
+
+
+def test_prune_sent_counts_ingest_acks_and_flushes_idle_marks(tmp_path: Path) -> None:
+    box, ids = _box(tmp_path / "o.db")
+    box.mark_sent(ids)
+    box.flush_marks()
+    assert box.prune_sent(0) == 0 and _ids(box) == ids  # sent, not ingested: kept
+    box.mark_sent(ids[:1])  # held again (a later PUBACK)
+    assert box.prune_sent(16) == 0 and box.marks_held == 1  # written a moment ago: held
+    box._last_write = time.monotonic() - 6.0  # MARKS_IDLE_S without a write
+    assert box.prune_sent(16) == 0 and box.marks_held == 0
+
+
+def test_quarantined_files_lists_the_databases_only(tmp_path: Path) -> None:
+    from agent.storage.outbox import quarantined_files
+    path = tmp_path / "o.db"
+    path.write_bytes(b"garbage " * 512)
+    box = Outbox(path)
+    assert box.quarantined is not None
+    for suffix in ("-wal", "-shm"):  # as SQLite leaves them beside a file it could open
+        Path(f"{box.quarantined}{suffix}").write_bytes(b"x")
+    assert quarantined_files(path) == [box.quarantined]
