@@ -330,3 +330,19 @@ def test_quarantined_files_lists_the_databases_only(tmp_path: Path) -> None:
     for suffix in ("-wal", "-shm"):  # as SQLite leaves them beside a file it could open
         Path(f"{box.quarantined}{suffix}").write_bytes(b"x")
     assert quarantined_files(path) == [box.quarantined]
+
+
+def test_decode_reads_a_two_byte_dictionary_id_and_names_its_errors() -> None:
+    import zlib
+
+    from agent.storage.codec import MAGIC, CorruptPayload, decode
+    zdict, payload = b'{"schema": "x", "device": "d"}' * 4, b'{"schema": "x", "device": "e"}' * 3
+    c = zlib.compressobj(6, zlib.DEFLATED, -15, zdict=zdict)
+    stored = MAGIC + (258).to_bytes(2, "big") + c.compress(payload) + c.flush()
+    assert decode(stored, {258: zdict, 2: b"other"}) == payload
+    with pytest.raises(CorruptPayload, match=r"^compressed with dictionary 258, which the file "
+                                             r"lacks$"):
+        decode(stored, {2: zdict})
+    with pytest.raises(CorruptPayload, match=r"^does not decompress: Error -3 while "
+                                             r"decompressing data: invalid block type$"):
+        decode(MAGIC + b"\x00\x01\xff\xff\xff", {1: zdict})
