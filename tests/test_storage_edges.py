@@ -346,3 +346,13 @@ def test_decode_reads_a_two_byte_dictionary_id_and_names_its_errors() -> None:
     with pytest.raises(CorruptPayload, match=r"^does not decompress: Error -3 while "
                                              r"decompressing data: invalid block type$"):
         decode(MAGIC + b"\x00\x01\xff\xff\xff", {1: zdict})
+
+
+def test_lock_holder_reads_ascii_digits_only(tmp_path: Path) -> None:
+    from agent.storage.lock import lock_holder
+    path = tmp_path / "lock"
+    path.write_text("4242\n", encoding="ascii")
+    assert lock_holder(path) == 4242
+    path.write_bytes("\u0664\u0662\n".encode())  # Arabic-Indic digits: str.isdigit() and int() take them
+    assert lock_holder(path) is None
+    assert lock_holder(tmp_path / "missing") is None
