@@ -319,6 +319,12 @@ def test_prune_sent_counts_ingest_acks_and_flushes_idle_marks(tmp_path: Path) ->
     assert box.prune_sent(16) == 0 and box.marks_held == 1  # written a moment ago: held
     box._last_write = time.monotonic() - 6.0  # MARKS_IDLE_S without a write
     assert box.prune_sent(16) == 0 and box.marks_held == 0
+    box.mark_sent(ids[1:2])
+
+    with pytest.raises(RuntimeError), box.transaction():  # a write that failed (rolled back,
+        raise RuntimeError("write failed")  # its marks held again): the idle write waits
+    box._last_write = time.monotonic() - 6.0
+    assert box.prune_sent(16) == 0 and box.marks_held == 1
 
 
 def test_quarantined_files_lists_the_databases_only(tmp_path: Path) -> None:
