@@ -362,3 +362,28 @@ def test_lock_holder_reads_ascii_digits_only(tmp_path: Path) -> None:
     path.write_bytes("\u0664\u0662\n".encode())  # Arabic-Indic digits: str.isdigit() and int() take them
     assert lock_holder(path) is None
     assert lock_holder(tmp_path / "missing") is None
+
+
+def test_quarantine_moves_the_wal_and_shm_with_the_file(tmp_path: Path) -> None:
+    """While another connection holds the file (so that the failed open's close does not fold
+    the WAL into it), the corrupt file's WAL (unchanged) and shared memory go with it."""
+    from agent.storage.outbox import quarantined_files
+    path = tmp_path / "o.db"
+    holder = Outbox(path, compress=False)
+    holder.append([PendingRecord("s", "t", lambda seq: b"x" * 300) for _ in range(50)])
+    holder.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    holder.append([PendingRecord("s", "t", lambda seq: b"y" * 300) for _ in range(5)])
+    with open(path, "r+b") as f:  # pages 4-7 overwritten: quick_check fails
+        f.seek(512 * 3)
+        f.write(b"\xaa" * 512 * 4)
+    wal, shm = Path(f"{path}-wal").read_bytes(), Path(f"{path}-shm").read_bytes()
+    assert wal
+    try:
+        box = Outbox(path)
+        assert box.quarantined is not None
+        assert Path(f"{box.quarantined}-wal").read_bytes() == wal
+        assert len(Path(f"{box.quarantined}-shm").read_bytes()) == len(shm)  # (readers' marks change)
+        assert quarantined_files(path) == [box.quarantined]
+        box.close()
+    finally:
+        holder.close()
