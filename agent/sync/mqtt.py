@@ -328,8 +328,7 @@ class MqttLink:
             try:
                 await asyncio.to_thread(self._connect_blocking)
             except ssl.SSLError as exc:
-                self._note_error(f"cannot connect to {self.broker}: " + describe_tls_failure(
-                    exc, self.options.tls_ca_file, self.options.tls_cert_file))
+                self._note_error(self._tls_refusal(exc))
             except (OSError, ValueError) as exc:
                 self._note_error(f"cannot connect to {self.broker}: {exc}")
             except Exception as exc:
@@ -347,6 +346,13 @@ class MqttLink:
             self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._backoff.next_delay())
+
+    def _tls_refusal(self, exc: ssl.SSLError) -> str:
+        """One text for a TLS refusal, whether the broker's alert came during the handshake or
+        right after it (TLS 1.3 checks the client certificate after the client's side is done,
+        so either happens from one attempt to the next): the same cause is logged once."""
+        return f"{self.broker}: " + describe_tls_failure(
+            exc, self.options.tls_ca_file, self.options.tls_cert_file)
 
     def _note_error(self, text: str) -> None:
         if text != self.last_error:
@@ -376,8 +382,7 @@ class MqttLink:
                        properties: Any) -> None:
         tls_failure, self.client.tls_failure = self.client.tls_failure, None
         if tls_failure is not None:
-            self._note_error(f"disconnected from {self.broker}: " + describe_tls_failure(
-                tls_failure, self.options.tls_ca_file, self.options.tls_cert_file))
+            self._note_error(self._tls_refusal(tls_failure))
         elif not self._stopping:
             self._note_error(f"disconnected from {self.broker}: {reason}")
         self._set_disconnected(str(reason))
