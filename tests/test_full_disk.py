@@ -15,7 +15,6 @@ Mounting needs root; the test is skipped, saying so, where mounting is not permi
 from __future__ import annotations
 
 import errno
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from agent.storage.report import read_report
 from tests.conftest import DEFAULT_MODEL, ingested_seqs
 from tests.e2e import AgentProcess, Ingest, outbox_last_seq, wait_for
 from tests.test_watchdog import RESULT_SLOTS, STALL_S, NotifyListener, assert_fed_for
+from tests.tmpfs import mounted_tmpfs
 
 pytestmark = pytest.mark.broker
 DEVICE = "dev-full-disk"
@@ -35,20 +35,8 @@ WATCHDOG_S = 2.0  # the agent's stall time stays STALL_S (its floor)
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs, unmounted afterwards (needs root; skipped otherwise)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                              capture_output=True, text=True)
-    except FileNotFoundError:
-        pytest.skip("no mount command here: cannot make a small tmpfs to fill")
-    if done.returncode != 0:
-        pytest.skip(f"mounting a 2 MiB tmpfs is not permitted here (needs root): "
-                    f"{done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "small", "2m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _fill(path: Path) -> int:

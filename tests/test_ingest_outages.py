@@ -24,6 +24,7 @@ from tests.e2e import ReapedIngest
 from tests.ingest_support import wait_until
 from tests.test_full_disk import _fill
 from tests.test_ingest_metrics import scrape
+from tests.tmpfs import mounted_tmpfs
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -164,20 +165,10 @@ def test_broker_restarted_mid_run_loses_nothing(tmp_path: Path) -> None:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 32 MiB tmpfs (room for the run's database and its WAL once the filler is gone),
-    unmounted afterwards (needs root; skipped otherwise)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command here: cannot make a small tmpfs to fill")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here (needs root): {done.stderr.strip()}")
-    try:
+    """A 32 MiB tmpfs (room for the run's database and its WAL once the filler is gone), unmounted
+    afterwards (needs root; skipped otherwise)."""
+    with mounted_tmpfs(tmp_path / "small", "32m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ from agent.storage.report import read_state
 from tests.conftest import DEFAULT_MODEL, ingested_seqs, run_cli
 from tests.e2e import AgentProcess, Ingest, wait_for
 from tests.test_full_disk import _fill
+from tests.tmpfs import mounted_tmpfs
 
 DEVICE = "dev-volatile"
 
@@ -147,19 +148,8 @@ def test_the_volatile_outbox_adopts_the_real_ones_state_keeping_its_own(tmp_path
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs, unmounted afterwards (needs root; skipped otherwise)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                              capture_output=True, text=True)
-    except FileNotFoundError:
-        pytest.skip("no mount command here: cannot make a read-only or a full filesystem")
-    if done.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here (needs root): {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "small", "2m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _config(tmp_path: Path, state: Path, broker_url: str) -> Path:
