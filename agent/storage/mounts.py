@@ -3,6 +3,7 @@ own warning at start when its state directory is on a RAM filesystem."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,3 +66,10 @@ def ram_filesystem_warning(state_dir: Path, proc_root: Path = Path("/proc")) -> 
     return (f"state directory {state_dir} is on {mount.fstype} ({mount.mount_point}), which is "
             "RAM: the outbox and what it holds do not survive a reboot or a power cut (fix: put "
             "[agent] state_dir on the card, e.g. /var/lib/lepton)")
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged process may still write on ``path``'s filesystem (OSError if it
+    cannot be asked)."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize

@@ -57,6 +57,7 @@ from agent.core.contract.ack import to_ranges
 from agent.core.outbox import DEFAULT_PRIORITIES
 from agent.errors import StorageError
 from agent.storage import codec as codec_mod
+from agent.storage.mounts import free_bytes
 
 log = logging.getLogger("agent.outbox")
 T = TypeVar("T")
@@ -610,9 +611,9 @@ class Outbox:
                                        and self.reserve.stat().st_size >= self.reserve_bytes):
             return
         try:
-            fs = os.statvfs(self.path.parent)
+            free = free_bytes(self.path.parent)
             with self.reserve.open("ab") as f:
-                missing = min(self.reserve_bytes - f.tell(), fs.f_bavail * fs.f_frsize // 2)
+                missing = min(self.reserve_bytes - f.tell(), free // 2)
                 while missing > 0:
                     n = min(missing, 64 * 1024)
                     f.write(b"\0" * n)
@@ -744,8 +745,7 @@ class Outbox:
         if self.file_cap_bytes is None:
             return False
         try:
-            fs = os.statvfs(self.path.parent)
-            if fs.f_bavail * fs.f_frsize > 4 * nbytes + 4 * 1024 * 1024:
+            if free_bytes(self.path.parent) > 4 * nbytes + 4 * 1024 * 1024:
                 return True
         except OSError:
             pass

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from agent.storage.lock import LOCK_NAME
+from agent.storage.mounts import free_bytes
 
 # Below this much free space the state directory counts as full at start: the outbox's first
 # commit (and its reserve file) would fail at once.
@@ -50,10 +51,9 @@ def state_dir_unusable(state_dir: Path, min_free: int = MIN_FREE_BYTES) -> str |
                 else None)
     os.close(fd)
     try:
-        st = os.statvfs(state_dir)
+        free = free_bytes(state_dir)
     except OSError:
         return None  # no figure: the outbox's own open says what is wrong
-    free = st.f_bavail * st.f_frsize
     if free < min_free:
         return (f"no space left on the filesystem of {state_dir}: {free // 1024} KiB free, "
                 f"under the {min_free // 1024} KiB an outbox needs to start")
@@ -76,5 +76,4 @@ def volatile_dir(state_dir: Path, environ: Mapping[str, str] | None = None) -> P
 def volatile_budget(configured: int, directory: Path) -> int:
     """The volatile outbox's budget: the configured one, capped at ``VOLATILE_BUDGET_BYTES``
     and at half of what ``directory``'s filesystem has free (RAM, on a tmpfs)."""
-    st = os.statvfs(directory)
-    return max(0, min(configured, VOLATILE_BUDGET_BYTES, st.f_bavail * st.f_frsize // 2))
+    return max(0, min(configured, VOLATILE_BUDGET_BYTES, free_bytes(directory) // 2))
