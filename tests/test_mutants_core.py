@@ -381,7 +381,7 @@ def test_output_shapes_the_decoders_read() -> None:
     check_manifest(_manifest("grid", {"grid": "g"}), [IMG], [_t("g", (1, 4, 4, 6))])
     for shape in ((1, 4, 4, 5), (2, 4, 4, 6), (1, 4, 6)):
         with raises(ManifestError, f"grid output 'g' has shape {list(shape)}; the grid decoder reads "
-                                   "[1, GH, GW, 5 + classes]"):
+                                   "[1, GH, GW, grid_slots x (5 + classes)]"):
             check_manifest(_manifest("grid", {"grid": "g"}), [IMG], [_t("g", shape)])
     with raises(ManifestError, "scores output 'p' is empty"):
         check_manifest(_manifest("softmax", {"scores": "p"}), [IMG], [_t("p", (1, 0))])
@@ -479,6 +479,36 @@ def test_grid_detections_known_answer() -> None:
     one = grid_detections(grid, Manifest("m", "detection", "grid", score_threshold=0.3, max_results=1))
     assert len(one) == 1 and one[0].class_id == 1
 
+
+
+def test_grid_detections_two_slots_per_cell() -> None:
+    # Two vehicles whose centres share a cell (a car drawn over a truck): one box each.
+    grid = np.zeros((1, 2, 2, 2 * 7), np.float32)
+    grid[0, 1, 0, :7] = [0.9, 0.5, 0.5, 0.2, 0.25, 0.9, 0.1]   # slot 0: car, 0.81
+    grid[0, 1, 0, 7:] = [0.8, 0.5, 0.25, 0.3, 0.5, 0.25, 0.75]  # slot 1: truck, 0.6
+    grid[0, 0, 1, 7:] = [0.2, 0.5, 0.5, 0.1, 0.1, 1.0, 0.0]     # slot 1, under the threshold
+    m = Manifest("m", "detection", "grid", labels={0: "car", 1: "truck"}, score_threshold=0.5,
+                 grid_slots=2)
+    dets = grid_detections(grid, m)
+    assert [(d.class_id, d.label) for d in dets] == [(0, "car"), (1, "truck")]
+    assert [d.score for d in dets] == pytest.approx([0.81, 0.6])
+    # cy = (1 + 0.5) / 2 = 0.75; cx = (0 + 0.5) / 2 = 0.25 and (0 + 0.25) / 2 = 0.125
+    assert dets[0].box == pytest.approx((0.65, 0.125, 0.85, 0.375))
+    assert dets[1].box == pytest.approx((0.6, 0.0, 0.9, 0.375))
+
+
+def test_grid_slots_must_divide_the_channels() -> None:
+    out = [_t("g", (1, 4, 4, 14))]
+    check_manifest(_manifest("grid", {"grid": "g"}, grid_slots=2), [IMG], out)
+    assert output_classes(_manifest("grid", {"grid": "g"}, grid_slots=2), out) == 2
+    with raises(ManifestError, "grid_slots = 3 does not divide the 14 channels of grid output 'g'"):
+        check_manifest(_manifest("grid", {"grid": "g"}, grid_slots=3), [IMG], out)
+    with raises(ManifestError, "grid_slots = 0: give the boxes per grid cell, 1 or more"):
+        check_manifest(_manifest("grid", {"grid": "g"}, grid_slots=0), [IMG], out)
+    # 2 slots of 5: no room for a class
+    with raises(ManifestError, "grid output 'g' has shape [1, 4, 4, 10]; the grid decoder reads "
+                               "[1, GH, GW, grid_slots x (5 + classes)]"):
+        check_manifest(_manifest("grid", {"grid": "g"}, grid_slots=2), [IMG], [_t("g", (1, 4, 4, 10))])
 
 # --- records ---------------------------------------------------------------------------------
 

@@ -102,6 +102,9 @@ class Manifest:
     sensor: dict[str, Any] = field(default_factory=dict)  # window geometry and normalization
     # Detection heads decoded here (yolo_*, ssd_raw, grid): class-wise NMS overlap.
     iou_threshold: float = 0.45
+    # grid: boxes per cell; the grid's last axis is grid_slots x (5 + classes), slot after slot,
+    # so objects whose centres share a cell (one vehicle partly over another) each get a box.
+    grid_slots: int = 1
     # yolo_*: box values in input pixels, normalized to [0, 1], or "auto" (decided on the
     # first frame from the largest box value).
     box_units: Literal["auto", "pixels", "normalized"] = "auto"
@@ -388,10 +391,15 @@ def _check_output_shapes(manifest: Manifest, by_name: dict[str, TensorSpec]) -> 
         return by_name[manifest.outputs[role]].shape
 
     if manifest.decoder == "grid":
-        grid = shape("grid")
-        if len(grid) != 4 or grid[0] != 1 or grid[3] < 6:
+        grid, slots = shape("grid"), manifest.grid_slots
+        if not isinstance(slots, int) or slots < 1:
+            raise ManifestError(f"grid_slots = {slots!r}: give the boxes per grid cell, 1 or more")
+        if len(grid) == 4 and grid[3] % slots:
+            raise ManifestError(f"grid_slots = {slots} does not divide the {grid[3]} channels of "
+                                f"grid output {manifest.outputs['grid']!r}")
+        if len(grid) != 4 or grid[0] != 1 or grid[3] // slots < 6:
             raise ManifestError(f"grid output {manifest.outputs['grid']!r} has shape {list(grid)}; "
-                                "the grid decoder reads [1, GH, GW, 5 + classes]")
+                                "the grid decoder reads [1, GH, GW, grid_slots x (5 + classes)]")
     elif manifest.decoder == "ssd_postprocess":
         boxes, classes, scores = shape("boxes"), shape("classes"), shape("scores")
         if len(boxes) != 3 or boxes[0] != 1 or boxes[2] != 4 or classes != boxes[:2] \
@@ -451,7 +459,7 @@ def output_classes(manifest: Manifest, outputs: list[TensorSpec]) -> int | None:
         shape = by_name[manifest.outputs["scores"]].shape
         return shape[-1] if shape else 1
     if manifest.decoder == "grid" and "grid" in manifest.outputs:
-        return by_name[manifest.outputs["grid"]].shape[-1] - 5
+        return by_name[manifest.outputs["grid"]].shape[-1] // max(manifest.grid_slots, 1) - 5
     if manifest.decoder.startswith("yolo") and "predictions" in manifest.outputs:
         dims = [d for d in by_name[manifest.outputs["predictions"]].shape[1:] if d != 1]
         return min(dims) - (5 if manifest.decoder == "yolo_v5" else 4) if len(dims) == 2 else None

@@ -92,13 +92,15 @@ def nms(
 
 
 def grid_detections(grid: FloatArray, manifest: Manifest, iou_threshold: float = 0.45) -> list[Detection]:
-    """Detections from a single-scale grid head of shape [1, GH, GW, 5 + C].
+    """Detections from a single-scale grid head of shape [1, GH, GW, S x (5 + C)], S being the
+    manifest's ``grid_slots`` (boxes per cell).
 
-    Channels per cell: objectness, centre offset y and x within the cell, box height and
+    Channels per slot: objectness, centre offset y and x within the cell, box height and
     width relative to the image (all already in [0, 1]), then class probabilities.
     """
-    g = grid[0]
-    gh, gw = g.shape[0], g.shape[1]
+    gh, gw = grid.shape[1], grid.shape[2]
+    slots = manifest.grid_slots
+    g = grid[0].reshape(gh, gw * slots, grid.shape[3] // slots)  # slot k of cell x: column x*S+k
     objectness = g[..., 0]
     class_probs = g[..., 5:]
     class_ids = np.argmax(class_probs, axis=-1).astype(np.int32)
@@ -107,7 +109,7 @@ def grid_detections(grid: FloatArray, manifest: Manifest, iou_threshold: float =
     if ys.size == 0:
         return []
     cy = (ys + g[ys, xs, 1]) / gh
-    cx = (xs + g[ys, xs, 2]) / gw
+    cx = (xs // slots + g[ys, xs, 2]) / gw
     h = g[ys, xs, 3]
     w = g[ys, xs, 4]
     boxes = np.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=1).astype(np.float32)

@@ -36,7 +36,8 @@ log = logging.getLogger("agent.inference")
 MANIFEST_NAME = "manifest.json"
 _MANIFEST_KEYS = {"name", "version", "description", "task", "decoder", "file", "sha256", "input",
                   "color", "labels", "label_offset", "score_threshold", "max_results", "outputs",
-                  "state", "metrics", "golden", "sensor", "iou_threshold", "box_units",
+                  "state", "metrics", "golden", "sensor", "iou_threshold", "grid_slots",
+                  "box_units",
                   "anchors", "box_scales", "score_activation", "skip_background", "keypoints",
                   "skeleton", "min_area", "normalize"}
 
