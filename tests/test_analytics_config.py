@@ -9,6 +9,8 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.config import AnalyticsSpec, PipelineSection, load_config
 from agent.config.schema import ANCHORS, LineSection, TrackerSection, ZoneSection
@@ -75,6 +77,8 @@ def test_pipelines_with_nested_lines_and_zones(tmp_path: Path) -> None:
     north, south, east = load_config(write(tmp_path, TRAFFIC)).pipeline_specs()
     tracker = TrackerConfig(min_hits=2, max_age_s=1.5)
     assert north.interval == 2 and south.interval == 3 and east.interval == 1
+    # the detector-rate floor applies where a tracker runs (south has no lines or zones)
+    assert (north.min_detector_hz, south.min_detector_hz, east.min_detector_hz) == (5.0, 0.0, 5.0)
     assert north.analytics == AnalyticsSpec(
         lines=(LineRule.of("stop-bar", [[0.05, 0.62], [0.95, 0.58]], classes=["car", "truck"]),),
         zones=(ZoneRule.of("box", [[0.3, 0.4], [0.7, 0.4], [0.7, 0.9], [0.3, 0.9]],
@@ -128,6 +132,30 @@ def test_defaults_without_analytics(tmp_path: Path) -> None:
                                       'source = "a.mp4"\n[[pipelines]]\nstream = "b"\n'
                                       'source = "b.mp4"\ninterval = 2\n'))
     assert [s.interval for s in cfg.pipeline_specs()] == [4, 2]
+
+
+def test_min_detector_hz_is_read_and_bounded(tmp_path: Path) -> None:
+    lines = '[[lines]]\nname = "l"\npoints = [[0.1, 0.5], [0.9, 0.5]]\n'
+    (spec,) = load_config(write(tmp_path, f'[analytics]\nmin_detector_hz = 0\n{lines}')).pipeline_specs()
+    assert spec.min_detector_hz == 0.0
+    with pytest.raises(ConfigError, match=r"analytics\.min_detector_hz"):
+        load_config(write(tmp_path, f'[analytics]\nmin_detector_hz = -1\n{lines}'))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 1000), st.floats(0.0, 240.0), st.floats(0.0, 60.0))
+def test_detector_interval_is_the_largest_that_keeps_the_rate(interval: int, fps: float,
+                                                              min_hz: float) -> None:
+    from agent.core.analytics import detector_interval
+
+    got = detector_interval(interval, fps, min_hz)
+    if fps == 0.0 or min_hz == 0.0:
+        assert got == interval
+        return
+    assert 1 <= got <= interval
+    # the detector keeps the rate (unless even every frame is slower), and one more would not
+    assert got == 1 or fps / got >= min_hz * (1 - 1e-9)
+    assert got == interval or fps / (got + 1) < min_hz
 
 
 def test_resolve_pipeline_accepts_lines_and_zones(tmp_path: Path) -> None:

@@ -220,3 +220,33 @@ def test_image_sequence_without_files_is_named(tmp_path: Path) -> None:
         open_reader(parse_source(str(tmp_path / "%04d.bmp")))
     with pytest.raises(SourceError, match="no such directory"):
         open_reader(parse_source(str(tmp_path / "absent" / "%04d.bmp")))
+
+
+@pytest.mark.parametrize(("fps", "interval", "min_hz", "detected"), [
+    (5.0, 3, 5.0, list(range(12))),          # 1.7 Hz would be too slow: every frame
+    (15.0, 3, 5.0, list(range(0, 12, 3))),   # 5 Hz: as configured
+    (10.0, 3, 4.0, list(range(0, 12, 2))),   # lowered to 2 (5 Hz), not to 1
+    (5.0, 3, 0.0, list(range(0, 12, 3))),    # no minimum
+])
+def test_interval_lowered_to_the_minimum_detector_rate(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, fps: float, interval: int, min_hz: float,
+        detected: list[int]) -> None:
+    clip = tmp_path / "c.avi"
+    write_clip(str(clip), 32, 32, fps, 12)
+    q: BoundedQueue[CapturedFrame] = BoundedQueue("frames", 4, "block")
+    worker = CaptureWorker(parse_source(str(clip)), q, identity, realtime=False, interval=interval,
+                           min_detector_hz=min_hz, name="capture-north")
+    with caplog.at_level("WARNING", logger="agent.capture"):
+        worker.start()
+        frames = drain(q)
+    assert [f.index for f in frames if f.detect] == detected
+    assert all((f.tensor is not None) == f.detect for f in frames)
+    lowered = [r.getMessage() for r in caplog.records if "min_detector_hz" in r.getMessage()]
+    if len(detected) * interval > 12:
+        assert lowered == [f"capture-north: the source runs at {fps:g} fps, so interval {interval} "
+                           f"would run the detector at {fps / interval:.1f} Hz, under "
+                           f"analytics.min_detector_hz ({min_hz:g}): running it every "
+                           f"{12 // len(detected)} frame(s); the tracker loses vehicles between "
+                           "detections that far apart (docs/analytics.md)"]
+    else:
+        assert lowered == []

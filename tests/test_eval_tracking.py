@@ -303,3 +303,13 @@ def test_eval_counting_measures_what_lepton_agent_run_reports(clip: tuple[Path, 
                   "--config", str(never), "--json")
     assert out.returncode == 0, out.stderr
     assert sum(r["measured"] for r in json.loads(out.stdout)["counts"]) == 0
+    # A 10 fps clip with interval 3 would run the detector at 3.3 Hz: under the default
+    # analytics.min_detector_hz (5) the agent runs it every 2nd frame (the warning it logs is
+    # tested in test_capture.py; eval runs the agent at log level error).
+    slow = tmp_path / "slow.toml"
+    slow.write_text("[analytics]\ninterval = 3\n" + single.read_text())
+    out = run_cli("eval", "counting", "--truth", str(gt), "--source", str(source),
+                  "--config", str(slow), "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert (report["interval"], report["detector_interval"]) == (3, 2)

@@ -218,6 +218,7 @@ class CountingFigures:
             self.per_key.setdefault((row.line, row.label, row.direction), Tally()).add(row)
             self.per_class.setdefault((row.label, row.direction), Tally()).add(row)
         self.scenes.append({"seed": scene.seed, "interval": run.interval,
+                            "detector_interval": run.detector_interval,
                             "frames": run.frames_processed,
                             "dropped": run.frames_dropped, "fps": run.processing_fps,
                             "true": sum(r.true for r in rows),

@@ -427,7 +427,8 @@ class AgentRun:
     frames_processed: int
     frames_dropped: int
     processing_fps: float
-    interval: int
+    interval: int  # as configured
+    detector_interval: int  # as run (lowered by analytics.min_detector_hz on a slow source)
     model: Path
     model_sha256: str
     labels: dict[int, str]
@@ -544,6 +545,7 @@ def run_agent(config: Any) -> AgentRun:
         stream=stream.stream, frames_captured=stream.frames_captured,
         frames_processed=stream.frames_processed, frames_dropped=stream.frames_dropped,
         processing_fps=stream.processing_fps, interval=spec.interval,
+        detector_interval=stream.detector_interval,
         model=Path(loaded.path), model_sha256=loaded.manifest.sha256,
         labels=labels, lines=lines, measured=measured,
         stages=_stage_times(config.agent.state_dir))

@@ -121,7 +121,7 @@ def cmd_eval_counting(args: argparse.Namespace) -> int:
                   f"measured {r['measured']:>4}  error {r['error']:+d}")
         print(f"summed |error| {out['absolute_error_total']} of {out['true_total']} true "
               f"crossings; {run.frames_processed} frames at {run.processing_fps} fps "
-              f"(interval {run.interval})")
+              f"(interval {run.interval}, detector every {run.detector_interval})")
     return 0
 
 
@@ -131,6 +131,7 @@ def counting_report(run: Any, rows: list[Any]) -> dict[str, Any]:
     total_abs = sum(abs(r.error) for r in rows)
     return {"frames": run.frames_processed, "frames_dropped": run.frames_dropped,
             "processing_fps": run.processing_fps, "interval": run.interval,
+            "detector_interval": run.detector_interval,
             "model": str(run.model), "model_sha256": run.model_sha256,
             "counts": [r.to_json() for r in rows], "true_total": total_true,
             "absolute_error_total": total_abs,

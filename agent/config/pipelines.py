@@ -60,6 +60,8 @@ class PipelineSpec:
     attach_window_s: float
     motion: MotionSection  # the resolved motion settings
     interval: int = 1  # the detector runs on every interval-th frame; the tracker predicts between
+    # ... lowered at the source's open so the detector runs at least this often (0: never)
+    min_detector_hz: float = 0.0
     analytics: AnalyticsSpec | None = None  # None: no lines and no zones, so no tracker runs
 
 
@@ -196,6 +198,7 @@ def resolve(config: AgentConfig, section: PipelineSection, count: int,
                              else src.attach_sensors),
         attach_window_s=src.attach_window_s, motion=motion,
         interval=section.interval if section.interval is not None else config.analytics.interval,
+        min_detector_hz=config.analytics.min_detector_hz if analytics is not None else 0.0,
         analytics=analytics)
 
 

@@ -73,6 +73,9 @@ class StreamSummary:
     frames_dropped: int
     detections: int
     processing_fps: float
+    # Every how many frames the detector ran: the configured interval, or lower where the
+    # source's fps and analytics.min_detector_hz asked for it.
+    detector_interval: int = 1
     # What its lines and zones counted in the buckets this run emitted (restored counts of an
     # earlier run included): one entry per rule, kind, class and direction.
     counts: list[dict[str, Any]] = field(default_factory=list)
@@ -456,6 +459,7 @@ class AgentApp:
                 frames_captured=status.capture.frames, frames_processed=status.inference.frames,
                 frames_dropped=status.frames.dropped, detections=status.inference.detections,
                 processing_fps=_processing_fps(p),
+                detector_interval=p.capture.interval if p.capture is not None else p.spec.interval,
                 counts=[{"rule": r, "kind": k, "label": lb, "direction": d, "count": n}
                         for (r, k, lb, d), n in sorted(p.analytics.totals.items())]
                 if p.analytics is not None else []))

@@ -281,7 +281,8 @@ class Pipeline:
             backoff=Backoff(spec.reconnect_initial_s, spec.reconnect_max_s), motion=self.gate,
             governor=parts.governor,
             keep_image=snapshots is not None or self.analytics is not None or parts.live,
-            name=f"capture-{spec.stream}", interval=spec.interval, resume_after=resume_after,
+            name=f"capture-{spec.stream}", interval=spec.interval,
+            min_detector_hz=spec.min_detector_hz, resume_after=resume_after,
             replay_frames=REPLAY_FRAMES)
         sink = parts.sink
         self.inference = InferenceWorker(

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from agent import kernels
+from agent.core.analytics.engine import detector_interval
 from agent.core.backoff import Backoff
 from agent.core.thermal import ThermalGovernor
 from agent.core.uri import SourceUri
@@ -88,7 +89,8 @@ class CaptureWorker:
                  reader_factory: Callable[[SourceUri], FrameReader] = open_reader,
                  keep_image: bool = False, motion: MotionGate | None = None,
                  governor: ThermalGovernor | None = None, name: str = "capture",
-                 interval: int = 1, resume_after: int = -1, replay_frames: int = 0) -> None:
+                 interval: int = 1, min_detector_hz: float = 0.0, resume_after: int = -1,
+                 replay_frames: int = 0) -> None:
         self.uri = uri
         self.out = out
         self.prepare = prepare
@@ -101,7 +103,11 @@ class CaptureWorker:
         self.motion = motion
         self.governor = governor
         self.thermal_skipped = 0
-        self.interval = max(1, interval)
+        self.configured_interval = max(1, interval)
+        self.min_detector_hz = min_detector_hz
+        self.interval = self.configured_interval  # set again at each open from the source's fps
+        self._lowered_to = 0
+        self.name = name
         # A file source continues after the last frame whose results were committed: frames up
         # to this index are read and passed over, once, on the first open.
         self.resume_after = resume_after if not uri.is_live else -1
@@ -146,6 +152,7 @@ class CaptureWorker:
                     self.busy_since = None
                 self.stats.opens += 1
                 self.backoff.reset()
+                self._set_interval(reader.fps)
                 return reader
             except SourceError as exc:
                 self.stats.last_error = str(exc)
@@ -156,6 +163,17 @@ class CaptureWorker:
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 self._stop.wait(delay)
         return None
+
+    def _set_interval(self, fps: float) -> None:
+        interval = detector_interval(self.configured_interval, fps, self.min_detector_hz)
+        if interval < self.configured_interval and interval != self._lowered_to:
+            log.warning("%s: the source runs at %g fps, so interval %d would run the detector at "
+                        "%.1f Hz, under analytics.min_detector_hz (%g): running it every %d "
+                        "frame(s); the tracker loses vehicles between detections that far apart "
+                        "(docs/analytics.md)", self.name, fps, self.configured_interval,
+                        fps / self.configured_interval, self.min_detector_hz, interval)
+            self._lowered_to = interval  # once per value, not at every loop of a file
+        self.interval = interval
 
     def _run(self) -> None:
         try:

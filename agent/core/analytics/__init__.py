@@ -7,7 +7,7 @@ owns clocks, persistence and publishing. Entry point: :class:`Analytics` (see do
 from __future__ import annotations
 
 from agent.core.analytics.counting import ClosedBucket, CountBuckets, CountKey, CountRow
-from agent.core.analytics.engine import Analytics, FrameAnalytics
+from agent.core.analytics.engine import Analytics, FrameAnalytics, detector_interval
 from agent.core.analytics.events import (
     Direction,
     Event,
@@ -37,5 +37,5 @@ __all__ = [
     "Direction", "Event", "ExitReason", "FrameAnalytics", "GeometryError", "Line", "LineCounter",
     "LineCrossed", "LineRule", "Loitering", "Observation", "Overcrowded", "Polygon", "Track",
     "TrackSummary", "Tracker", "TrackerConfig", "TrajectoryPoint", "ZoneEntered", "ZoneExited",
-    "ZoneMonitor", "ZoneRule", "observations_from_detections",
+    "ZoneMonitor", "ZoneRule", "detector_interval", "observations_from_detections",
 ]

@@ -28,6 +28,16 @@ from agent.core.analytics.tracker import Observation, Track, Tracker, TrackerCon
 from agent.core.analytics.zones import ZoneMonitor, ZoneRule
 
 
+def detector_interval(interval: int, source_fps: float, min_detector_hz: float) -> int:
+    """How often the detector runs: every ``interval``-th frame, lowered so that it still sees at
+    least ``min_detector_hz`` frames a second of a source of ``source_fps`` (either 0: unknown,
+    or no minimum, so ``interval`` as given)."""
+    if source_fps <= 0 or min_detector_hz <= 0:
+        return interval
+    ratio = source_fps / min_detector_hz
+    return interval if ratio >= interval else max(1, int(ratio + 1e-9))
+
+
 @dataclass(frozen=True)
 class FrameAnalytics:
     """What one frame produced: live tracks (read-only), events, and buckets that closed."""
