@@ -321,3 +321,17 @@ def test_colour_and_gray_constants_over_many_values() -> None:
     spec = Preprocess(out_w=256, out_h=256, out_c=1)  # same size: the identity, then gray
     got, _ = ref.preprocess(Image.packed("bgr", bgr), spec)
     assert np.array_equal(got, _model(Image.packed("bgr", bgr), spec)[0])
+
+
+def test_motion_reports_the_eight_largest_regions_by_default() -> None:
+    # Ten separate moving squares of 1..10 pixels a side: the default capacity (8, as the native
+    # kernel's) keeps the eight largest, largest first.
+    motion = ref.Motion(MotionState(80, 8))
+    motion.update(np.zeros((8, 80), np.uint8))
+    frame = np.zeros((8, 80), np.uint8)
+    for side in range(1, 11):
+        x = (side - 1) * 8
+        frame[:side if side <= 7 else 7, x:x + min(side, 7)] = 255
+    _, regions = motion.update(frame)
+    pixels = [min(s, 7) * min(s, 7) for s in range(1, 11)]
+    assert [r[4] for r in regions] == sorted(pixels, reverse=True)[:8]
