@@ -1,0 +1,435 @@
+"""Known answers for agent/core/analytics that the mutation run (``make mutants``) found untested:
+segment intersection, polygon validation and its messages, point-in-polygon, distance to the
+boundary, zone rules and monitors, the closed bucket's JSON and the persisted pending counts.
+
+Every expected value is worked out by hand here (coordinates are multiples of 1/8 or 1/20 so
+the arithmetic is exact or obvious), never read back from the code under test.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from agent.core.analytics.counting import ClosedBucket, CountBuckets, CountKey, CountRow
+from agent.core.analytics.engine import Analytics
+from agent.core.analytics.events import (
+    Direction,
+    ExitReason,
+    Loitering,
+    Overcrowded,
+    ZoneEntered,
+    ZoneExited,
+)
+from agent.core.analytics.geometry import GeometryError, Polygon, _cross, _segments_intersect
+from agent.core.analytics.lines import LineRule
+from agent.core.analytics.tracker import Observation, Track
+from agent.core.analytics.zones import ZoneMonitor, ZoneRule
+
+Pt = tuple[float, float]
+
+
+def raises(message: str):  # type: ignore[no-untyped-def]
+    """pytest.raises(GeometryError) matching the whole message."""
+    return pytest.raises(GeometryError, match=r"^" + re.escape(message) + "$")
+
+
+# --- _cross and _segments_intersect ---------------------------------------------------------
+
+
+def test_cross_is_the_z_of_oa_times_ob() -> None:
+    # o = (1/8, 1/4), a - o = (3/8, 1/8), b - o = (1/8, 1/2): 3/8 * 1/2 - 1/8 * 1/8 = 11/64.
+    assert _cross((0.125, 0.25), (0.5, 0.375), (0.25, 0.75)) == 11 / 64
+    # Swapping a and b flips the sign; from the origin it is the 2-D cross product of a and b.
+    assert _cross((0.125, 0.25), (0.25, 0.75), (0.5, 0.375)) == -11 / 64
+    assert _cross((0.0, 0.0), (1.0, 0.0), (0.0, 1.0)) == 1.0
+
+
+def variants(p1: Pt, p2: Pt, q1: Pt, q2: Pt) -> list[tuple[Pt, Pt, Pt, Pt]]:
+    """The same two segments in all 8 orders: either first, each either way round."""
+    out = []
+    for a, b in (((p1, p2), (q1, q2)), ((q1, q2), (p1, p2))):
+        for s in (a, a[::-1]):
+            for t in (b, b[::-1]):
+                out.append((s[0], s[1], t[0], t[1]))
+    return out
+
+
+# (p1, p2, q1, q2, do the closed segments share a point), worked out by hand.
+SEGMENT_CASES: list[tuple[str, Pt, Pt, Pt, Pt, bool]] = [
+    # The diagonals of the unit square cross at (1/2, 1/2); every cross product is +-1 there.
+    ("unit X", (0.0, 1.0), (1.0, 0.0), (0.0, 0.0), (1.0, 1.0), True),
+    ("small X", (0.25, 0.25), (0.75, 0.5), (0.5, 0.125), (0.5, 0.875), True),
+    ("parallel", (0.0, 0.0), (1.0, 0.0), (0.0, 0.5), (1.0, 0.5), False),
+    ("parallel slanted", (0.0, 0.0), (0.5, 0.5), (0.25, 0.0), (0.75, 0.5), False),
+    ("collinear apart, x", (0.0, 0.0), (0.25, 0.0), (0.5, 0.0), (1.0, 0.0), False),
+    ("collinear apart, y", (0.5, 0.0), (0.5, 0.25), (0.5, 0.5), (0.5, 1.0), False),
+    ("collinear apart, slanted", (0.0, 0.0), (0.25, 0.25), (0.5, 0.5), (0.75, 0.75), False),
+    ("collinear overlap", (0.0, 0.0), (0.5, 0.0), (0.25, 0.0), (1.0, 0.0), True),
+    ("collinear overlap, y", (0.5, 0.0), (0.5, 0.5), (0.5, 0.25), (0.5, 1.0), True),
+    ("collinear, one inside the other", (0.0, 0.25), (1.0, 0.25), (0.25, 0.25), (0.5, 0.25), True),
+    ("collinear, touching ends", (0.0, 0.0), (0.5, 0.0), (0.5, 0.0), (1.0, 0.0), True),
+    ("collinear, touching ends, y", (0.25, 0.0), (0.25, 0.5), (0.25, 0.5), (0.25, 1.0), True),
+    ("L: ends touch", (0.0, 0.0), (0.5, 0.5), (0.5, 0.5), (1.0, 0.0), True),
+    ("V: ends touch, other way", (0.25, 1.0), (0.75, 0.25), (0.75, 0.25), (1.0, 1.0), True),
+    # T-junctions: an end of one segment lies inside the other (and nothing else is shared).
+    ("T on a horizontal, left", (0.25, 0.5), (0.25, 1.0), (0.0, 0.5), (1.0, 0.5), True),
+    ("T on a horizontal, right", (0.75, 0.5), (0.75, 0.0), (0.0, 0.5), (1.0, 0.5), True),
+    ("T on a vertical, low", (0.5, 0.25), (1.0, 0.25), (0.5, 0.0), (0.5, 1.0), True),
+    ("T on a vertical, high", (0.5, 0.75), (0.0, 0.75), (0.5, 0.0), (0.5, 1.0), True),
+    ("T on a slant", (0.5, 0.5), (0.5, 1.0), (0.0, 0.0), (1.0, 1.0), True),
+    ("T on a slant, lying", (0.25, 0.25), (1.0, 0.25), (0.0, 0.0), (0.75, 0.75), True),
+    # Near misses: the stem stops short, or its end is on the other's line beyond its end.
+    ("T short", (0.25, 0.625), (0.25, 1.0), (0.0, 0.5), (1.0, 0.5), False),
+    ("beyond the end, x", (0.75, 0.5), (0.75, 1.0), (0.0, 0.5), (0.5, 0.5), False),
+    ("beyond the start, x", (0.25, 0.5), (0.25, 1.0), (0.5, 0.5), (1.0, 0.5), False),
+    ("beyond the end, y", (0.5, 0.75), (1.0, 0.75), (0.5, 0.0), (0.5, 0.5), False),
+    ("beyond the start, y", (0.5, 0.25), (1.0, 0.25), (0.5, 0.5), (0.5, 1.0), False),
+    ("beyond the end, slanted", (0.75, 0.75), (1.0, 0.5), (0.0, 0.0), (0.5, 0.5), False),
+    ("crossing lines, not segments", (0.0, 0.0), (0.25, 0.25), (0.0, 1.0), (1.0, 0.0), False),
+]
+
+
+@pytest.mark.parametrize(("p1", "p2", "q1", "q2", "expected"), [c[1:] for c in SEGMENT_CASES],
+                         ids=[c[0] for c in SEGMENT_CASES])
+def test_segments_intersect_in_every_order(p1: Pt, p2: Pt, q1: Pt, q2: Pt, expected: bool) -> None:
+    for args in variants(p1, p2, q1, q2):
+        assert _segments_intersect(*args) is expected, args
+
+
+# --- Polygon.of: what is accepted and the exact messages --------------------------------------
+
+SQUARE = [[0.25, 0.25], [0.75, 0.25], [0.75, 0.75], [0.25, 0.75]]
+NO_AREA = "zone 'dock': the polygon has no area (all points on one line)"
+
+
+@pytest.mark.parametrize(
+    ("points", "message"),
+    [
+        ([[0.1, 0.1], [0.5, 0.5]], "zone 'dock': a zone polygon needs at least 3 points, got 2"),
+        ([[0.1, 0.1], [1.2, 0.1], [0.5, 0.8]],
+         "zone 'dock': point 1 x = 1.2 is outside [0, 1] (coordinates are normalized)"),
+        ([[0.1, 0.1], [0.9, 0.1], [0.5, 0.8], [0.2, -0.5]],
+         "zone 'dock': point 3 y = -0.5 is outside [0, 1] (coordinates are normalized)"),
+        ([[0.1, 0.1], [0.9, 0.1, 0.0], [0.5, 0.8]],
+         "zone 'dock': point 1 has 3 coordinates, expected 2 (x, y)"),
+        # repeated neighbours: first pair, a middle pair, last and first (the wrap)
+        ([[0.1, 0.1], [0.1, 0.1], [0.9, 0.9], [0.2, 0.8]],
+         "zone 'dock': points 0 and 1 are the same; drop one"),
+        ([[0.1, 0.1], [0.9, 0.1], [0.9, 0.9], [0.9, 0.9], [0.1, 0.9]],
+         "zone 'dock': points 2 and 3 are the same; drop one"),
+        ([[0.1, 0.1], [0.9, 0.1], [0.5, 0.9], [0.1, 0.1]],
+         "zone 'dock': points 3 and 0 are the same; drop one"),
+        # bow tie: edge 0-1 crosses edge 2-3
+        ([[0.1, 0.1], [0.9, 0.9], [0.9, 0.1], [0.1, 0.9]],
+         "zone 'dock': the polygon is self-intersecting (edge 0-1 crosses edge 2-3); "
+         "list the points in order around the zone"),
+        # the unit square's diagonals as a bow tie (cross products of exactly +-1)
+        ([[0.0, 0.0], [1.0, 1.0], [1.0, 0.0], [0.0, 1.0]],
+         "zone 'dock': the polygon is self-intersecting (edge 0-1 crosses edge 2-3); "
+         "list the points in order around the zone"),
+        # the other bow tie: edge 1-2 crosses the closing edge 3-0
+        ([[0.1, 0.1], [0.9, 0.1], [0.1, 0.9], [0.9, 0.9]],
+         "zone 'dock': the polygon is self-intersecting (edge 1-2 crosses edge 3-0); "
+         "list the points in order around the zone"),
+        # a figure eight through one repeated (not neighbouring) vertex: edges 0-1 and 3-4 touch
+        ([[0.1, 0.1], [0.5, 0.5], [0.9, 0.1], [0.9, 0.9], [0.5, 0.5], [0.1, 0.9]],
+         "zone 'dock': the polygon is self-intersecting (edge 0-1 crosses edge 3-4); "
+         "list the points in order around the zone"),
+        # vertex 3 lies on edge 0-1 (a T where the outline comes back to touch itself)
+        ([[0.1, 0.5], [0.9, 0.5], [0.9, 0.9], [0.5, 0.5], [0.3, 0.9]],
+         "zone 'dock': the polygon is self-intersecting (edge 0-1 crosses edge 2-3); "
+         "list the points in order around the zone"),
+        ([[0.1, 0.1], [0.5, 0.5], [0.9, 0.9]], NO_AREA),
+        ([[0.2, 0.7], [0.5, 0.4], [0.8, 0.1]], NO_AREA),
+        ([[0.3, 0.1], [0.3, 0.5], [0.3, 0.9]], NO_AREA),
+    ],
+)
+def test_bad_polygons_raise_the_exact_message(points: list[list[float]], message: str) -> None:
+    with raises(message):
+        Polygon.of("zone 'dock'", points)
+
+
+def test_polygons_are_accepted_either_way_round_and_keep_their_vertices() -> None:
+    ccw = [[0.25, 0.25], [0.75, 0.25], [0.75, 0.75], [0.25, 0.75]]  # counter-clockwise (y down)
+    for points in (ccw, ccw[::-1], ccw[2:] + ccw[:2]):
+        assert Polygon.of("z", points).vertices == tuple((x, y) for x, y in points)
+    # concave (an ell) and a thin but non-degenerate sliver
+    Polygon.of("ell", [[0.1, 0.1], [0.6, 0.1], [0.6, 0.4], [0.3, 0.4], [0.3, 0.9], [0.1, 0.9]])
+    Polygon.of("sliver", [[0.1, 0.5], [0.9, 0.5], [0.5, 0.50001]])
+
+
+def test_the_tolerances_are_strict_bounds() -> None:
+    """Points exactly 1e-9 apart are distinct, and twice the area exactly 1e-9 is an area."""
+    # (0, 0), (1e-9, 0), (1, 1), (0, 1): the first two are 1e-9 apart (math.dist is exact here).
+    assert math.dist((0.0, 0.0), (1e-9, 0.0)) == 1e-9
+    Polygon.of("z", [[0.0, 0.0], [1e-9, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    # The triangle (0, 0), (1e-9, 0), (1/2, 1) has twice its area = 1e-9 * 1 exactly.
+    Polygon.of("z", [[0.0, 0.0], [1e-9, 0.0], [0.5, 1.0]])
+    with raises("z: the polygon has no area (all points on one line)"):  # twice the area: 5e-10
+        Polygon.of("z", [[0.0, 0.0], [1e-8, 0.0], [0.5, 0.05]])
+
+
+# --- Polygon.contains and boundary_distances -------------------------------------------------
+
+DIAMOND = [[0.5, 0.1], [0.9, 0.5], [0.5, 0.9], [0.1, 0.5]]  # |x - 0.5| + |y - 0.5| <= 0.4
+
+
+def grid(step: float = 0.05) -> np.ndarray:
+    n = round(1 / step)
+    return np.array([(i * step, j * step) for i in range(n + 1) for j in range(n + 1)])
+
+
+@pytest.mark.parametrize("order", ["ccw", "cw", "rotated"])
+def test_contains_a_diamond_with_vertices_on_the_grid_rows(order: str) -> None:
+    """The rows y = 0.5 and x = 0.5 pass through vertices: a ray through a vertex counts once."""
+    points = {"ccw": DIAMOND, "cw": DIAMOND[::-1], "rotated": DIAMOND[1:] + DIAMOND[:1]}[order]
+    poly = Polygon.of("d", points)
+    pts = grid()
+    margin = np.abs(pts[:, 0] - 0.5) + np.abs(pts[:, 1] - 0.5) - 0.4
+    off_edge = np.abs(margin) > 1e-6  # points on an edge may go either way
+    expected = margin < 0
+    assert poly.contains(pts)[off_edge].tolist() == expected[off_edge].tolist()
+    # the row through two vertices, by hand
+    row = np.array([[0.05, 0.5], [0.3, 0.5], [0.5, 0.5], [0.6, 0.5], [0.85, 0.5], [0.95, 0.5]])
+    assert poly.contains(row).tolist() == [False, True, True, True, True, False]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_contains_a_concave_ell(reverse: bool) -> None:
+    ell = [[0.1, 0.1], [0.6, 0.1], [0.6, 0.4], [0.3, 0.4], [0.3, 0.9], [0.1, 0.9]]
+    poly = Polygon.of("ell", ell[::-1] if reverse else ell)
+    pts = np.array([[0.2, 0.2], [0.5, 0.3], [0.2, 0.8], [0.5, 0.6], [0.7, 0.3], [0.2, 0.95],
+                    [0.45, 0.4 + 1e-3], [0.45, 0.4 - 1e-3], [0.05, 0.4], [0.65, 0.1 + 1e-3], [0.2, 0.4]])
+    assert poly.contains(pts).tolist() == [True, True, True, False, False, False,
+                                           False, True, False, False, True]
+
+
+def test_contains_a_triangle_with_slanted_edges() -> None:
+    # right triangle (0.2, 0.2), (0.8, 0.2), (0.2, 0.8): inside when x, y > 0.2 and x + y < 1
+    poly = Polygon.of("t", [[0.2, 0.2], [0.8, 0.2], [0.2, 0.8]])
+    pts = grid()
+    margin = np.minimum(np.minimum(pts[:, 0] - 0.2, pts[:, 1] - 0.2), 1 - pts[:, 0] - pts[:, 1])
+    off_edge = np.abs(margin) > 1e-6
+    assert poly.contains(pts)[off_edge].tolist() == (margin > 0)[off_edge].tolist()
+
+
+RECT = [[0.2, 0.2], [0.8, 0.2], [0.8, 0.6], [0.2, 0.6]]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_boundary_distances_of_a_rectangle(reverse: bool) -> None:
+    poly = Polygon.of("r", RECT[::-1] if reverse else RECT)
+    pts = np.array([
+        [0.3, 0.5],  # inside: 0.1 to the left edge and to the bottom (y = 0.6)
+        [0.5, 0.3],  # inside: 0.1 to the top (y = 0.2)
+        [0.7, 0.4],  # inside: 0.1 to the right edge
+        [0.1, 0.1],  # beyond the corner (0.2, 0.2)
+        [0.9, 0.7],  # beyond the corner (0.8, 0.6)
+        [0.95, 0.1],  # beyond the corner (0.8, 0.2)
+        [0.05, 0.9],  # beyond the corner (0.2, 0.6)
+        [0.5, 0.9],  # below the middle of the bottom edge
+        [0.95, 0.4],  # right of the right edge
+        [0.5, 0.4],  # the centre
+        [0.2, 0.4],  # on the left edge
+        [0.8, 0.2],  # on a vertex
+    ])
+    expected = [0.1, 0.1, 0.1, math.hypot(0.1, 0.1), math.hypot(0.1, 0.1), math.hypot(0.15, 0.1),
+                math.hypot(0.15, 0.3), 0.3, 0.15, 0.2, 0.0, 0.0]
+    assert poly.boundary_distances(pts).tolist() == pytest.approx(expected, abs=1e-12)
+
+
+def test_boundary_distances_to_a_slanted_edge() -> None:
+    # hypotenuse x + y = 1 from (0.8, 0.2) to (0.2, 0.8): distance |x + y - 1| / sqrt 2 on its span
+    poly = Polygon.of("t", [[0.2, 0.2], [0.8, 0.2], [0.2, 0.8]])
+    pts = np.array([[0.6, 0.6], [0.45, 0.45], [0.3, 0.9], [0.9, 0.3], [0.9, 0.1], [1.0, 0.3]])
+    expected = [0.2 / math.sqrt(2), 0.1 / math.sqrt(2), 0.2 / math.sqrt(2), 0.2 / math.sqrt(2),
+                math.hypot(0.1, 0.1), math.hypot(0.2, 0.1)]
+    assert poly.boundary_distances(pts).tolist() == pytest.approx(expected, abs=1e-12)
+
+
+# --- ZoneRule.of -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"band": 0.5}, "zone 'dock': band = 0.5 must be in [0, 0.5) (normalized distance)"),
+        ({"band": 0.7}, "zone 'dock': band = 0.7 must be in [0, 0.5) (normalized distance)"),
+        ({"band": -0.01}, "zone 'dock': band = -0.01 must be in [0, 0.5) (normalized distance)"),
+        ({"loiter_s": 0.0}, "zone 'dock': loiter_s = 0.0 must be positive (seconds)"),
+        ({"loiter_s": -3.0}, "zone 'dock': loiter_s = -3.0 must be positive (seconds)"),
+        ({"max_occupancy": -1}, "zone 'dock': max_occupancy = -1 must be 0 or more"),
+    ],
+)
+def test_bad_zone_settings_raise_the_exact_message(kwargs: dict[str, float], message: str) -> None:
+    with raises(message):
+        ZoneRule.of("dock", SQUARE, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_zone_rule_keeps_what_it_was_given_at_the_edges_of_the_ranges() -> None:
+    rule = ZoneRule.of("dock", SQUARE, classes=["car", "truck", "car"], band=0.0, loiter_s=0.5,
+                       max_occupancy=0)
+    assert (rule.name, rule.classes, rule.band, rule.loiter_s, rule.max_occupancy) == (
+        "dock", frozenset({"car", "truck"}), 0.0, 0.5, 0)
+    assert rule.polygon.vertices == ((0.25, 0.25), (0.75, 0.25), (0.75, 0.75), (0.25, 0.75))
+    assert ZoneRule.of("dock", SQUARE, band=0.49).band == 0.49
+    assert ZoneRule.of("dock", SQUARE).classes is None
+    assert ZoneRule.of("dock", SQUARE, classes=[]).classes == frozenset()
+
+
+def test_a_bad_polygon_in_a_zone_rule_names_the_zone() -> None:
+    with raises("zone 'gate 2': points 1 and 2 are the same; drop one"):
+        ZoneRule.of("gate 2", [[0.1, 0.1], [0.5, 0.5], [0.5, 0.5], [0.9, 0.1]])
+
+
+# --- ZoneMonitor ---------------------------------------------------------------------------
+
+
+def track(track_id: int, label: str = "car", *, confirmed: bool = True) -> Track:
+    t = Track(track_id, 0.0, 16)
+    t.confirmed = confirmed
+    t.vote(Observation((0.0, 0.0, 0.1, 0.1), 0.9, 0, label))
+    return t
+
+
+def box_at(x: float, y: float) -> tuple[float, float, float, float]:
+    """A box 1/16 wide whose bottom-centre anchor is exactly (x, y) (dyadic coordinates)."""
+    return (x - 0.03125, y - 0.0625, x + 0.03125, y)
+
+
+def step(monitor: ZoneMonitor, now: float, items: list[tuple[Track, Pt]]) -> list[object]:
+    tracks = [t for t, _ in items]
+    boxes = np.array([box_at(*xy) for _, xy in items], dtype=np.float64).reshape(len(items), 4)
+    return list(monitor.process(tracks, boxes, now))
+
+
+IN, OUT = (0.5, 0.5), (0.9375, 0.5)
+
+
+def test_entry_exit_events_carry_their_time_rule_and_track() -> None:
+    monitor = ZoneMonitor(ZoneRule.of("dock", SQUARE))
+    car = track(7)
+    (entered,) = step(monitor, 3.0, [(car, IN)])
+    assert isinstance(entered, ZoneEntered)
+    assert (entered.rule, entered.t, entered.track.track_id, entered.track.label) == ("dock", 3.0, 7, "car")
+    (exited,) = step(monitor, 5.5, [(car, OUT)])
+    assert isinstance(exited, ZoneExited)
+    assert (exited.rule, exited.t, exited.dwell_s, exited.reason, exited.counted_label) == (
+        "dock", 5.5, 2.5, ExitReason.LEFT, "car")
+    assert (exited.track.track_id, exited.track.label) == (7, "car")
+
+
+def test_an_anchor_exactly_band_outside_is_not_out_yet() -> None:
+    """Exit needs the anchor outside by more than the band: 1/8 outside with band 1/8 stays."""
+    monitor = ZoneMonitor(ZoneRule.of("dock", SQUARE, band=0.125))
+    car = track(1)
+    assert [type(e) for e in step(monitor, 0.0, [(car, IN)])] == [ZoneEntered]
+    assert step(monitor, 1.0, [(car, (0.875, 0.5))]) == []  # 0.875 - 0.75 = 0.125 = band
+    assert monitor.occupancy() == {"car": 1}
+    assert [type(e) for e in step(monitor, 2.0, [(car, (0.90625, 0.5))])] == [ZoneExited]
+
+
+def test_a_zone_class_filter_admits_only_its_classes() -> None:
+    monitor = ZoneMonitor(ZoneRule.of("dock", SQUARE, classes=["truck"]))
+    car, lorry = track(1, "car"), track(2, "truck")
+    events = step(monitor, 0.0, [(car, IN), (lorry, IN)])
+    assert [(type(e), e.track.track_id) for e in events] == [(ZoneEntered, 2)]  # type: ignore[attr-defined]
+    assert monitor.occupancy() == {"truck": 1}
+
+
+def test_tracks_and_boxes_of_different_lengths_are_an_error() -> None:
+    monitor = ZoneMonitor(ZoneRule.of("dock", SQUARE))
+    with pytest.raises(ValueError, match="zip"):
+        monitor.process([track(1), track(2)], np.array([box_at(*IN)]), 0.0)
+
+
+def test_overcrowding_fires_once_while_crowded_with_its_fields() -> None:
+    monitor = ZoneMonitor(ZoneRule.of("dock", SQUARE, max_occupancy=1))
+    a, b, c = track(1), track(2, "truck"), track(3)
+    assert [type(e) for e in step(monitor, 0.0, [(a, IN)])] == [ZoneEntered]
+    events = step(monitor, 2.0, [(a, IN), (b, IN)])
+    assert [type(e) for e in events] == [ZoneEntered, Overcrowded]
+    crowded = events[1]
+    assert isinstance(crowded, Overcrowded)
+    assert (crowded.rule, crowded.t, crowded.occupancy, crowded.threshold, crowded.track.track_id) == (
+        "dock", 2.0, 2, 1, 2)
+    # a third one while still crowded: no second alarm
+    assert [type(e) for e in step(monitor, 3.0, [(a, IN), (b, IN), (c, IN)])] == [ZoneEntered]
+    # two leave (occupancy 1 = threshold: re-armed), one comes back: a new alarm
+    step(monitor, 4.0, [(b, OUT), (c, OUT)])
+    events = step(monitor, 5.0, [(c, IN)])
+    assert [type(e) for e in events] == [ZoneEntered, Overcrowded]
+
+
+def test_max_occupancy_zero_alarms_on_the_first_entry() -> None:
+    monitor = ZoneMonitor(ZoneRule.of("dock", SQUARE, max_occupancy=0))
+    events = step(monitor, 1.0, [(track(1), IN)])
+    assert [type(e) for e in events] == [ZoneEntered, Overcrowded]
+    assert (events[1].occupancy, events[1].threshold) == (1, 0)  # type: ignore[attr-defined]
+
+
+def test_loitering_counts_dwell_from_the_entry_not_from_zero() -> None:
+    monitor = ZoneMonitor(ZoneRule.of("dock", SQUARE, loiter_s=10.0))
+    p = track(4, "person")
+    events: list[object] = []
+    for now in (100.0, 105.0, 110.0, 110.5, 112.0, 130.0):
+        events += [e for e in step(monitor, now, [(p, IN)]) if isinstance(e, Loitering)]
+    (loiter,) = events
+    assert isinstance(loiter, Loitering)
+    assert (loiter.rule, loiter.t, loiter.dwell_s, loiter.threshold_s, loiter.track.track_id) == (
+        "dock", 110.5, 10.5, 10.0, 4)
+
+
+def test_entry_label_is_the_class_at_entry_and_none_outside() -> None:
+    monitor = ZoneMonitor(ZoneRule.of("dock", SQUARE))
+    car, other = track(1, "car"), track(2, "bus")
+    step(monitor, 0.0, [(car, IN), (other, OUT)])
+    car.vote(Observation((0.0, 0.0, 0.1, 0.1), 5.0, 1, "truck"))  # the vote changes after entry
+    assert car.label == "truck"
+    assert monitor.entry_label(1) == "car"
+    assert monitor.entry_label(2) is None
+    assert monitor.entry_label(99) is None
+    (lost,) = monitor.forget([1], 4.0)
+    assert isinstance(lost, ZoneExited)
+    assert (lost.t, lost.dwell_s, lost.reason, lost.counted_label, lost.track.track_id) == (
+        4.0, 4.0, ExitReason.LOST, "car", 1)
+    assert monitor.entry_label(1) is None
+
+
+# --- counting: a closed bucket's JSON; engine: pending crossings in the persisted state ------
+
+
+def test_a_closed_bucket_to_json() -> None:
+    bucket = ClosedBucket(1_700_000_040.0, 60.0, True, (
+        CountRow(CountKey("dock", "zone", "truck", Direction.OUT), 1),
+        CountRow(CountKey("mid", "line", "car", Direction.IN), 3),
+    ))
+    assert bucket.to_json() == {
+        "bucket": {"start": 1_700_000_040.0, "seconds": 60.0, "partial": True},
+        "counts": [
+            {"rule": "dock", "kind": "zone", "label": "truck", "direction": "out", "count": 1},
+            {"rule": "mid", "kind": "line", "label": "car", "direction": "in", "count": 3},
+        ],
+    }
+
+
+def test_two_pending_crossings_of_one_key_persist_as_two() -> None:
+    """Two cars cross the line down in separate lanes; neither class is settled when the state is
+    written, so the state holds both."""
+    analytics = Analytics(lines=[LineRule.of("mid", [[0.0, 0.5], [1.0, 0.5]])], wall_now=1_700_000_000.0,
+                          mono_now=0.0, label_settle_s=30.0)
+    crossed = 0
+    for i in range(30):
+        t = i / 10
+        y = 0.1 + 0.8 * t / 3
+        obs = [Observation((x - 0.01, y - 0.05, x + 0.01, y + 0.05), 0.9, 0, "car") for x in (0.25, 0.75)]
+        crossed += len(analytics.step(obs, t).events)
+        if crossed == 2:
+            break
+    assert crossed == 2
+    restored = CountBuckets.from_json(analytics.buckets_state(), wall_now=1_700_000_000.0, mono_now=0.0)
+    assert restored.open_counts() == {CountKey("mid", "line", "car", Direction.IN): 2}
