@@ -6,11 +6,15 @@ text the user sees, so a changed operator, bound, index or word fails."""
 
 from __future__ import annotations
 
+import math
 import re
 
+import numpy as np
 import pytest
 
-from agent.core import uri
+from agent.core import heads, uri
+from agent.core.contract.result import Keypoint, Pose
+from agent.core.manifest import Manifest, TensorSpec, candidates
 
 
 def raises(exc: type[Exception], message: str):  # type: ignore[no-untyped-def]
@@ -32,3 +36,162 @@ def test_loopback_hosts() -> None:
     assert uri.is_loopback("[::]") is False
     assert uri.is_loopback("camera.local") is False
     assert uri.is_loopback("X127.0.0.1X") is False  # only brackets are stripped
+
+
+# --- heads: activations --------------------------------------------------------------------
+
+def _softmax_rows(rows: list[list[float]]) -> list[list[float]]:
+    out = []
+    for row in rows:
+        top = max(row)
+        e = [math.exp(v - top) for v in row]
+        out.append([v / sum(e) for v in e])
+    return out
+
+
+def test_softmax_is_per_row_and_float32_even_for_large_logits() -> None:
+    # A row of large logits (1000 would overflow exp without the max subtracted) beside a row
+    # of small ones (each row needs its own max: the other row's would underflow to 0 / 0).
+    x = np.array([[1000.0, 999.0, 997.0], [0.0, -1.0, -3.0]], np.float32)
+    got = heads.softmax(x)
+    assert got.dtype == np.float32 and got.shape == (2, 3)
+    np.testing.assert_allclose(got, _softmax_rows(x.tolist()), rtol=1e-6)
+    # The activation is over the last axis whatever the rank.
+    x3 = np.array([[[1.0, 2.0, 3.0], [0.0, 0.0, 5.0]], [[2.0, 1.0, 0.0], [4.0, 4.0, 4.0]]],
+                  np.float32)
+    got3 = heads.softmax(x3)
+    assert got3.dtype == np.float32 and got3.shape == (2, 2, 3)
+    np.testing.assert_allclose(got3.reshape(4, 3), _softmax_rows(x3.reshape(4, 3).tolist()),
+                               rtol=1e-6)
+
+
+def test_sigmoid_values_and_dtype() -> None:
+    x = np.array([[-2.0, 0.0, 3.0]], np.float32)
+    got = heads.sigmoid(x)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, [[1 / (1 + math.exp(2.0)), 0.5, 1 / (1 + math.exp(-3.0))]],
+                               rtol=1e-6)
+
+
+# --- heads: box units, SSD raw ---------------------------------------------------------------
+
+def test_box_norm_units() -> None:
+    assert heads.box_norm(300.0, 320, 240, "normalized") == (1.0, 1.0)  # whatever the values
+    assert heads.box_norm(0.5, 320, 240, "pixels") == (320.0, 240.0)
+    assert heads.box_norm(2.0, 320, 240, "auto") == (1.0, 1.0)  # the bound is normalized
+    assert heads.box_norm(2.5, 320, 240, "auto") == (320.0, 240.0)
+    assert heads.box_norm(0.9, 640, 480, "auto") == (1.0, 1.0)
+
+
+def test_ssd_decode_known_boxes() -> None:
+    scales = (10.0, 5.0, 2.0, 4.0)
+    # (ty, tx, th, tw) per box against anchors (ycenter, xcenter, h, w):
+    # box 0: yc = 1/10 * 0.2 + 0.5 = 0.52, xc = 1/5 * 0.4 + 0.25 = 0.33, h = 0.2, w = 0.4;
+    # box 1: centre at its anchor, h = exp(2 ln 2 / 2) * 0.1 = 0.2, w = exp(4 ln 0.5 / 4) * 0.2 = 0.1.
+    enc = np.array([[[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 2 * math.log(2.0), 4 * math.log(0.5)]]],
+                   np.float32)
+    anchors = np.array([[0.5, 0.25, 0.2, 0.4], [0.4, 0.6, 0.1, 0.2]], np.float32)
+    got = heads.ssd_decode(enc, anchors, scales)
+    assert got.dtype == np.float32 and got.shape == (2, 4)
+    np.testing.assert_allclose(got, [[0.42, 0.13, 0.62, 0.53], [0.3, 0.55, 0.5, 0.65]],
+                               atol=1e-6)
+
+
+def _ssd_manifest(**kw: object) -> Manifest:
+    return Manifest(name="m", task="detection", decoder="ssd_raw", **kw)  # type: ignore[arg-type]
+
+
+def test_ssd_raw_candidates_softmax_without_background() -> None:
+    boxes = np.array([[0.1, 0.1, 0.2, 0.2], [0.3, 0.3, 0.4, 0.4]], np.float32)
+    logits = np.array([[[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]]], np.float32)
+    m = _ssd_manifest(score_activation="softmax", skip_background=True, score_threshold=0.5)
+    b, scores, classes = heads.ssd_raw_candidates(boxes, logits, m)
+    # Row 0: softmax (0, 2, 1) -> e^2 / (1 + e^2 + e) for class 0 after the background column;
+    # row 1: its best non-background score is 1 / (e^3 + 2), below the threshold.
+    assert b.tolist() == boxes[:1].tolist()
+    assert classes.tolist() == [0]
+    assert scores.dtype == np.float32
+    np.testing.assert_allclose(scores, [math.exp(2) / (1 + math.exp(2) + math.e)], rtol=1e-6)
+
+
+def test_ssd_raw_candidates_without_activation_keep_the_threshold_itself() -> None:
+    boxes = np.array([[0.1, 0.1, 0.2, 0.2], [0.3, 0.3, 0.4, 0.4], [0.5, 0.5, 0.6, 0.6]],
+                     np.float32)
+    # float64 scores (a caller's array): compared as float32, so 0.3 reaches a 0.3 threshold.
+    scores_in = np.array([[0.1, 0.6, 0.55], [0.2, 0.3, 0.1], [0.29, 0.0, 0.1]])
+    m = _ssd_manifest(score_activation="none", skip_background=False, score_threshold=0.3)
+    b, scores, classes = heads.ssd_raw_candidates(boxes, scores_in, m)
+    assert b.tolist() == boxes[:2].tolist()
+    assert classes.tolist() == [1, 1]
+    assert scores.dtype == np.float32
+    assert scores.tolist() == np.array([0.6, 0.3], np.float32).tolist()
+
+
+# --- heads: MoveNet multi-pose ---------------------------------------------------------------
+
+def test_movenet_multi_best_first_ties_in_row_order_and_at_most_max_results() -> None:
+    scores = [0.9, 0.5, 0.5, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.9]
+    raw = np.zeros((1, len(scores), 56), np.float32)
+    for p, score in enumerate(scores):
+        raw[0, p, :51] = np.tile([0.5, p / 20, 0.8], 17)  # y, x (the person's mark), score
+        raw[0, p, 51:55] = [0.1, 0.2, 1.5, -0.3]          # a box partly outside the frame
+        raw[0, p, 55] = score
+    m = Manifest(name="m", task="pose", decoder="movenet_multi", score_threshold=0.5,
+                 max_results=3)
+    poses = heads.movenet_multi(raw, m)
+    # Persons reaching 0.5: 0 and 9 (0.9), then 1 and 2 (0.5, equal: row order); 3 kept.
+    assert [(round(p.score, 6), p.keypoints[0].x) for p in poses] == [
+        (0.9, np.float32(0 / 20).item()), (0.9, np.float32(9 / 20).item()),
+        (0.5, np.float32(1 / 20).item())]
+    for p in poses:
+        assert p.box == (np.float32(0.1).item(), np.float32(0.2).item(), 1.0, 0.0)
+        assert len(p.keypoints) == 17 and p.keypoints[16].name == "right_ankle"
+    m.max_results = 10
+    assert len(heads.movenet_multi(raw, m)) == 4
+
+
+# --- result payload: keypoints and poses -----------------------------------------------------
+
+def test_keypoint_and_pose_json_clip_and_round() -> None:
+    assert Keypoint("nose", 1.5, 0.1234567, 0.123456).to_json() == {
+        "name": "nose", "x": 1.0, "y": 0.12346, "score": 0.1235}
+    assert Keypoint("nose", 0.7654321, 1.25, 1.5).to_json() == {
+        "name": "nose", "x": 0.76543, "y": 1.0, "score": 1.0}
+    assert Keypoint("nose", -0.5, -0.5, -0.5).to_json() == {
+        "name": "nose", "x": 0.0, "y": 0.0, "score": 0.0}
+    pose = Pose(0.987654, [Keypoint("nose", 0.5, 0.5, 0.5)], (0.1234567, -0.2, 1.5, 0.7654321))
+    assert pose.to_json() == {"score": 0.9877,
+                              "keypoints": [{"name": "nose", "x": 0.5, "y": 0.5, "score": 0.5}],
+                              "box": [0.12346, 0.0, 1.0, 0.76543]}
+    assert Pose(1.5, []).to_json() == {"score": 1.0, "keypoints": []}
+    assert Pose(0.25, []).to_json() == {"score": 0.25, "keypoints": []}
+
+
+# --- manifest.candidates (models inspect) ----------------------------------------------------
+
+def _spec(name: str, shape: tuple[int, ...], dtype: str = "float32", index: int = 0) -> TensorSpec:
+    return TensorSpec(index, name, shape, dtype)
+
+
+def test_candidates_of_a_window_model() -> None:
+    window = _spec("window", (1, 50, 6))
+    outs = [_spec("probs", (1, 3)), _spec("features", (1, 4, 2)), _spec("batch", (2, 3)),
+            _spec("column", (3, 1))]
+    found = candidates([window], outs)
+    assert [(c.task, c.decoder, c.outputs, c.lacks, c.why, c.complete) for c in found] == [
+        ("sequence", "softmax", {"scores": "probs"},
+         "rate_hz and anomaly_label in the manifest's sensor section", "a window input [1, 50, 6]",
+         False)]
+
+
+def test_candidates_of_an_image_model_leave_out_state_outputs() -> None:
+    image = _spec("image", (1, 96, 96, 3), "uint8")
+    state_in = _spec("state_in", (1, 16))
+    scores = _spec("scores", (1, 10))
+    state_out = _spec("state_out", (1, 16))
+    found = candidates([image, state_in], [state_out, scores])
+    assert [(c.task, c.decoder, c.outputs) for c in found] == [
+        ("classification", "softmax", {"scores": "scores"}),
+        ("embedding", "embedding", {"embedding": "scores"})]
+    # No image input (two [1, N] inputs): nothing to offer, and no exception.
+    assert candidates([_spec("a", (1, 4)), _spec("b", (1, 4))], [scores]) == []
