@@ -433,3 +433,49 @@ def test_two_pending_crossings_of_one_key_persist_as_two() -> None:
     assert crossed == 2
     restored = CountBuckets.from_json(analytics.buckets_state(), wall_now=1_700_000_000.0, mono_now=0.0)
     assert restored.open_counts() == {CountKey("mid", "line", "car", Direction.IN): 2}
+
+
+# --- counting: the persisted state with closed buckets not yet taken --------------------------
+
+WALL = 1_700_000_000.0  # 20 s past a minute: the open minute started at WALL - 20
+K_CAR = CountKey("mid", "line", "car", Direction.IN)
+K_TRUCK = CountKey("dock", "zone", "truck", Direction.OUT)
+
+
+def test_the_state_holds_closed_buckets_and_extra_counts_as_compact_json() -> None:
+    buckets = CountBuckets(60.0, wall_now=WALL, mono_now=0.0)
+    buckets.add(K_CAR, 1.0)
+    buckets.add(K_CAR, 2.0)
+    buckets.add(K_TRUCK, 3.0)
+    buckets.add(K_CAR, 45.0)  # wall WALL + 45 is in the next minute: the first one closes, not taken
+    text = buckets.to_json(extra={K_CAR: 2, K_TRUCK: 1})
+    assert text == (
+        '{"version":1,"seconds":60.0,'
+        '"open":{"start":1700000040.0,"partial":false,'
+        '"counts":[["dock","zone","truck","out",1],["mid","line","car","in",3]]},'
+        '"closed":[{"start":1699999980.0,"seconds":60.0,"partial":false,'
+        '"counts":[["dock","zone","truck","out",1],["mid","line","car","in",2]]}]}'
+    )
+
+
+def test_a_state_with_closed_buckets_restores_them() -> None:
+    text = (
+        '{"version":1,"seconds":60.0,'
+        '"open":{"start":1700000040.0,"partial":false,"counts":[["mid","line","car","in",3]]},'
+        '"closed":[{"start":1699999920.0,"seconds":60.0,"partial":true,'
+        '"counts":[["mid","line","car","in",4],["dock","zone","truck","out",1]]},'
+        '{"start":1699999980.0,"seconds":30.0,"partial":false,"counts":[]}]}'
+    )
+    restored = CountBuckets.from_json(text, wall_now=WALL + 100.0, mono_now=0.0)
+    assert restored.close(partial=False) == [
+        ClosedBucket(1699999920.0, 60.0, True, (CountRow(K_TRUCK, 1), CountRow(K_CAR, 4))),
+        ClosedBucket(1699999980.0, 30.0, False, ()),
+        ClosedBucket(1700000040.0, 60.0, True, (CountRow(K_CAR, 3),)),  # restored open: partial
+    ]
+
+
+def test_a_state_of_another_version_says_which() -> None:
+    message = "count buckets state: cannot restore (version 2, expected 1); it was not written by to_json"
+    with pytest.raises(ValueError, match=r"^" + re.escape(message) + "$"):
+        CountBuckets.from_json('{"version":2,"seconds":60.0,"open":null,"closed":[]}', wall_now=WALL,
+                               mono_now=0.0)
