@@ -195,3 +195,104 @@ def test_candidates_of_an_image_model_leave_out_state_outputs() -> None:
         ("embedding", "embedding", {"embedding": "scores"})]
     # No image input (two [1, N] inputs): nothing to offer, and no exception.
     assert candidates([_spec("a", (1, 4)), _spec("b", (1, 4))], [scores]) == []
+
+
+# --- heads: segmentation and embeddings ------------------------------------------------------
+
+def test_class_maps_are_int32() -> None:
+    argmax_map = np.array([[[0, 200], [3, 1]]], np.uint8)
+    got = heads.class_map(argmax_map, logits=False)
+    assert got.dtype == np.int32 and got.tolist() == [[0, 200], [3, 1]]
+    logits = np.array([[[[0.1, 0.9, 0.0], [0.5, 0.2, 0.6]]]], np.float32)  # [1, 1, 2, 3]
+    got = heads.class_map(logits, logits=True)
+    assert got.dtype == np.int32 and got.tolist() == [[1, 2]]
+
+
+def _components(mask: list[list[bool]]) -> tuple[int, int, int, int, int]:
+    """8-connected flood fill: (pixels, ymin, xmin, ymax, xmax) of the largest component, ties
+    to the one whose first pixel comes first in row order."""
+    h, w = len(mask), len(mask[0])
+    seen: set[tuple[int, int]] = set()
+    best = (0, 0, 0, 0, 0)
+    for y in range(h):
+        for x in range(w):
+            if not mask[y][x] or (y, x) in seen:
+                continue
+            stack, pixels = [(y, x)], []
+            seen.add((y, x))
+            while stack:
+                cy, cx = stack.pop()
+                pixels.append((cy, cx))
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        ny, nx = cy + dy, cx + dx
+                        if 0 <= ny < h and 0 <= nx < w and mask[ny][nx] and (ny, nx) not in seen:
+                            seen.add((ny, nx))
+                            stack.append((ny, nx))
+            if len(pixels) > best[0]:
+                ys, xs = [p[0] for p in pixels], [p[1] for p in pixels]
+                best = (len(pixels), min(ys), min(xs), max(ys), max(xs))
+    return best
+
+
+MASKS = [
+    # A U-shape whose arms meet only at the bottom, beside a larger blob joined diagonally.
+    ["X.X...XX",
+     "X.X...XX",
+     "XXX....X",
+     ".......X",
+     "..XX..X.",
+     "..XX.X..",
+     "......XX"],
+    # Two runs per row, alternating which one ends first; a diagonal chain.
+    ["XX..XXX.",
+     ".XXX..XX",
+     "X...XX..",
+     ".X.X...X",
+     "..X...X.",
+     "X....X.."],
+    # Ties: two components of 4 pixels; the first in row order wins.
+    ["....XX",
+     "XX..XX",
+     "XX....",
+     "......"],
+]
+
+
+def test_largest_component_against_a_flood_fill() -> None:
+    rng = np.random.default_rng(7)
+    masks = [np.array([[c == "X" for c in row] for row in m]) for m in MASKS]
+    masks += [rng.random((9, 11)) < p for p in (0.3, 0.45, 0.55, 0.6)]
+    for mask in masks:
+        assert heads.largest_component(mask) == _components(mask.tolist()), mask.astype(int)
+    assert heads.largest_component(np.zeros((3, 4), bool)) == (0, 0, 0, 0, 0)
+
+
+def test_segments_areas_background_and_min_area() -> None:
+    classes = np.array([[0, 0, 1, 2],
+                        [0, 0, 2, 2],
+                        [3, 3, 3, 3],
+                        [3, 3, 3, 3]], np.int32)
+    # Class 0 is not background when the labels name it otherwise.
+    m = Manifest(name="m", task="segmentation", decoder="argmax",
+                 labels={0: "road", 1: "person", 2: "car", 3: "sky"}, skip_background=True,
+                 min_area=3 / 16, max_results=10)
+    got = [(s.class_id, s.label, s.area, s.box) for s in heads.segments(classes, m)]
+    # Class 1 (1/16) is below min_area; class 2 (3/16) is exactly at it and kept; classes
+    # after a left-out one are still looked at.
+    assert got == [(3, "sky", 0.5, (0.5, 0.0, 1.0, 1.0)),
+                   (0, "road", 0.25, (0.0, 0.0, 0.5, 0.5)),
+                   (2, "car", 3 / 16, (0.0, 0.5, 0.5, 1.0))]
+    m.labels = {0: "background", 1: "person", 2: "car", 3: "sky"}
+    assert [s.class_id for s in heads.segments(classes, m)] == [3, 2]
+    m.skip_background = False
+    assert [s.class_id for s in heads.segments(classes, m)] == [3, 0, 2]
+
+
+def test_embedding_normalizes_a_short_vector_too() -> None:
+    e = heads.embedding(np.array([[0.3, 0.4]], np.float32), 0.0, 0, normalize=True)
+    assert e.dim == 2 and e.normalized is True
+    np.testing.assert_allclose(e.values, [0.6, 0.8], rtol=1e-6)
+    e = heads.embedding(np.array([[3.0, 4.0]], np.float32), 0.0, 0, normalize=False)
+    assert e.values == (3.0, 4.0) and e.normalized is False
+    assert heads.embedding(np.zeros((1, 3), np.float32), 0.0, 0, True).values == (0.0, 0.0, 0.0)
