@@ -13,8 +13,12 @@ import numpy as np
 import pytest
 
 from agent.core import heads, uri
+from agent.core.contract.command import CommandError, accepts_response_topic, command_name
 from agent.core.contract.result import Keypoint, Pose
+from agent.core.contract.topics import DeviceTopics
 from agent.core.manifest import Manifest, TensorSpec, candidates
+from agent.core.ota.clock import TrustedClock
+from agent.core.ota.verify import RollbackCounters
 
 
 def raises(exc: type[Exception], message: str):  # type: ignore[no-untyped-def]
@@ -296,3 +300,68 @@ def test_embedding_normalizes_a_short_vector_too() -> None:
     e = heads.embedding(np.array([[3.0, 4.0]], np.float32), 0.0, 0, normalize=False)
     assert e.values == (3.0, 4.0) and e.normalized is False
     assert heads.embedding(np.zeros((1, 3), np.float32), 0.0, 0, True).values == (0.0, 0.0, 0.0)
+
+
+# --- contract: topics and commands -----------------------------------------------------------
+
+SEGMENT_RULE = ("is not a valid topic segment: use 1-64 characters from letters, digits, '_', "
+                "'.', ':' and '-' (no '/', '+', '#' or spaces)")
+
+
+def test_count_topics() -> None:
+    t = DeviceTopics("site-1", "dev.7")
+    assert t.counts("cam_0") == "lepton/v1/site-1/dev.7/counts/cam_0"
+    with raises(ValueError, f"stream 'a/b' {SEGMENT_RULE}"):
+        t.counts("a/b")
+
+
+def test_command_names_refused_say_why() -> None:
+    t = DeviceTopics("s", "d")
+    assert command_name(t, "lepton/v1/s/d/cmd/set-config") == "set-config"
+    with pytest.raises(CommandError) as info:
+        command_name(t, "lepton/v1/s/d/cmd/Reboot")
+    reason = "command name 'Reboot' is not 1-32 of a-z, 0-9 and '-' (starting with a letter)"
+    assert (info.value.code, info.value.reason, str(info.value), info.value.fix) == (
+        "unknown_command", reason, reason, "send one of the commands docs/commands.md lists")
+
+
+def test_response_topics_up_to_the_mqtt_limit() -> None:
+    t = DeviceTopics("s", "d")
+    base = t.reply + "/"
+    longest = base + "a" * (65535 - len(base))  # 65535 bytes: the most an MQTT topic holds
+    assert len(longest.encode()) == 65535
+    assert accepts_response_topic(t, longest) is True
+    assert accepts_response_topic(t, longest + "a") is False
+    assert accepts_response_topic(t, t.reply) is True
+    assert accepts_response_topic(t, base + "x/+") is False
+
+
+# --- OTA: trusted clock skew, rollback counters ----------------------------------------------
+
+def test_clock_skew_reports_its_threshold() -> None:
+    clock = TrustedClock(floor=1000.0, learned=900.0)
+    skew = clock.skew(float("nan"), threshold_s=60.0)
+    assert (skew.seconds, skew.threshold_s, skew.exceeds) == (math.inf, 60.0, True)
+    skew = clock.skew(-5.0)
+    assert (skew.seconds, skew.threshold_s, skew.exceeds) == (math.inf, 300.0, True)
+    skew = clock.skew(950.0, threshold_s=60.0)
+    assert (skew.seconds, skew.threshold_s, skew.exceeds) == (50.0, 60.0, False)
+    skew = clock.skew(930.0, threshold_s=60.0)
+    assert (skew.seconds, skew.threshold_s, skew.exceeds) == (70.0, 60.0, True)
+
+
+def test_rollback_counters() -> None:
+    counters = RollbackCounters({"det": 5})
+    assert counters.version("det") == 5
+    assert counters.version("other") == 0
+    assert counters.installed("det", 3).versions == {"det": 5}  # never lowered
+    assert counters.installed("det", 7).versions == {"det": 7}
+    assert counters.installed("new", 2).versions == {"det": 5, "new": 2}
+    assert RollbackCounters.from_json('{"a": 0, "b": 3}').versions == {"a": 0, "b": 3}
+    with raises(ValueError, "rollback counters are not JSON: Expecting value: line 1 column 1 "
+                            "(char 0)"):
+        RollbackCounters.from_json("nope")
+    rule = "rollback counters must map model names to integers >= 0"
+    for text in ('{"a": -1}', '{"a": 1.5}', '{"a": true}', '{"a": "3"}', "[1]", '"a"'):
+        with raises(ValueError, rule):
+            RollbackCounters.from_json(text)
