@@ -6,6 +6,9 @@ text the user sees, so a changed operator, bound, index or word fails."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import math
 import re
 
@@ -18,7 +21,22 @@ from agent.core.contract.result import Keypoint, Pose
 from agent.core.contract.topics import DeviceTopics
 from agent.core.manifest import Manifest, TensorSpec, candidates
 from agent.core.ota.clock import TrustedClock
-from agent.core.ota.verify import RollbackCounters
+from agent.core.ota.document import (
+    MAX_ENVELOPE_BYTES,
+    BundleDocument,
+    DocumentError,
+    FileEntry,
+    decode_envelope,
+    parse_document,
+)
+from agent.core.ota.verify import (
+    ObservedBundle,
+    RollbackCounters,
+    TrustedKeys,
+    check_document,
+    check_files,
+    verify_bundle,
+)
 
 
 def raises(exc: type[Exception], message: str):  # type: ignore[no-untyped-def]
@@ -365,3 +383,226 @@ def test_rollback_counters() -> None:
     for text in ('{"a": -1}', '{"a": 1.5}', '{"a": true}', '{"a": "3"}', "[1]", '"a"'):
         with raises(ValueError, rule):
             RollbackCounters.from_json(text)
+
+
+# --- OTA: signature envelope, document, refusals ---------------------------------------------
+# A stand-in for Ed25519 (check_document takes the check from its caller): a "signature" is the
+# sha512 of key + message, 64 bytes like an Ed25519 one.
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+KID = hashlib.sha256(KEY).hexdigest()[:16]
+OTHER_KID = hashlib.sha256(OTHER_KEY).hexdigest()[:16]
+H_MANIFEST = "a" * 64
+H_MODEL = "b" * 64
+CONTEXT = b"lepton-bundle-signature/1\n"
+
+
+def _sign(key: bytes, message: bytes) -> bytes:
+    return hashlib.sha512(key + message).digest()
+
+
+def _check(key: bytes, message: bytes, signature: bytes) -> bool:
+    return _sign(key, message) == signature
+
+
+def _doc_bytes(model: str = "det", version: int = 3, key: str = KID, issued: int = 1000,
+               expires: int = 5000, **extra: object) -> bytes:
+    data = {"format": "lepton-bundle-signature/1", "model": model, "version": version,
+            "manifest_sha256": H_MANIFEST,
+            "files": [{"path": "manifest.json", "size": 10, "sha256": H_MANIFEST},
+                      {"path": "model.tflite", "size": 100, "sha256": H_MODEL}],
+            "issued_at": issued, "expires_at": expires, "key_id": key}
+    data.update(extra)
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode("ascii")
+
+
+def _envelope(document: bytes, key: bytes = KEY, kid: str = KID, **override: object) -> bytes:
+    data: dict[str, object] = {
+        "format": "lepton-bundle-signature/1", "key_id": kid,
+        "signature": base64.b64encode(_sign(key, CONTEXT + document)).decode("ascii"),
+        "document": document.decode("ascii")}
+    data.update(override)
+    return json.dumps(data).encode("utf-8")
+
+
+def _verdict(envelope: bytes, installed: int = 2, device_now: float = 2000.0,
+             trust: TrustedKeys | None = None, model: str | None = None):  # type: ignore[no-untyped-def]
+    return check_document(envelope, trust=trust or TrustedKeys({KID: KEY}), check_signature=_check,
+                          counters=RollbackCounters({"det": installed}),
+                          clock=TrustedClock(floor=1500.0), device_now=device_now,
+                          expected_model=model)
+
+
+def _document() -> BundleDocument:
+    return BundleDocument("det", 3, H_MANIFEST, (FileEntry("manifest.json", 10, H_MANIFEST),
+                                                 FileEntry("model.tflite", 100, H_MODEL)),
+                          1000, 5000, KID)
+
+
+def test_an_accepted_document_says_what_to_persist() -> None:
+    v = _verdict(_envelope(_doc_bytes(issued=1800)), device_now=1200.0)
+    assert v.refusal is None and v.document == _document().__class__(
+        "det", 3, H_MANIFEST, _document().files, 1800, 5000, KID)
+    assert v.counters.versions == {"det": 3}
+    assert (v.clock.floor, v.clock.learned, v.trusted_now) == (1800.0, 1800.0, 1800.0)
+    assert _document().entry("model.tflite") == FileEntry("model.tflite", 100, H_MODEL)
+    assert _document().entry("labels.txt") is None
+
+
+def _refused(v) -> str:  # type: ignore[no-untyped-def]
+    assert v.refusal is not None
+    assert v.counters.versions == {"det": 2}  # nothing to persist on a refusal
+    return str(v.refusal)
+
+
+def test_document_refusals_say_what_and_how_to_fix() -> None:
+    v = _verdict(b"nope")
+    assert _refused(v) == ("[malformed] signature file unreadable: signature file is not JSON: "
+                           "Expecting value: line 1 column 1 (char 0) (fix: sign the bundle again "
+                           "with `lepton-agent models sign`)")
+    assert (v.document, v.trusted_now, v.clock.floor) == (None, 2000.0, 2000.0)
+    fix_key = "sign with a trusted key, or add the signer's public key to the trusted keys"
+    v = _verdict(_envelope(_doc_bytes()), trust=TrustedKeys({}))
+    assert _refused(v) == (f"[unknown_key] signed by key {KID}, which is not trusted "
+                           f"(trusted: none) (fix: {fix_key})")
+    third = hashlib.sha256(b"\x07" * 32).hexdigest()[:16]
+    v = _verdict(_envelope(_doc_bytes()),
+                 trust=TrustedKeys({OTHER_KID: OTHER_KEY, third: b"\x07" * 32}))
+    ids = ", ".join(sorted([OTHER_KID, third]))
+    assert _refused(v) == (f"[unknown_key] signed by key {KID}, which is not trusted "
+                           f"(trusted: {ids}) (fix: {fix_key})")
+    v = _verdict(_envelope(_doc_bytes(), key=OTHER_KEY))
+    assert _refused(v) == (f"[bad_signature] the signature by key {KID} does not match the "
+                           "document (edited after signing, or forged) (fix: use the bundle as "
+                           "it was signed, or sign it again)")
+    spaced = _doc_bytes().replace(b",", b", ")
+    v = _verdict(_envelope(spaced))
+    assert _refused(v) == ("[malformed] signed document unreadable: the signed document is not "
+                           "in canonical form (fix: sign the bundle again with this version's "
+                           "`lepton-agent models sign`)")
+    assert v.document is None
+    v = _verdict(_envelope(_doc_bytes(key=OTHER_KID)))
+    assert _refused(v) == (f"[malformed] document names key {OTHER_KID} but was signed by {KID} "
+                           "(fix: sign the bundle again with `lepton-agent models sign`)")
+    assert v.document is not None and v.document.key_id == OTHER_KID
+    v = _verdict(_envelope(_doc_bytes()), model="cls")
+    assert _refused(v) == ("[wrong_model] bundle is model 'det', not the expected 'cls' "
+                           "(fix: deploy a bundle of 'cls')")
+    assert v.document == _document()
+    v = _verdict(_envelope(_doc_bytes()), installed=3)
+    assert str(v.refusal) == ("[rollback] model 'det' version 3 is not newer than the installed "
+                              "version 3 (fix: sign the bundle with --version 4 or higher)")
+    assert v.document == _document() and v.counters.versions == {"det": 3}
+    v = _verdict(_envelope(_doc_bytes()), device_now=5000.5)
+    assert _refused(v) == ("[expired] the document expired at 5000 (Unix s); trusted time is "
+                           "5000 (fix: sign the bundle again with a later --expires)")
+    assert v.document == _document()
+    assert (v.trusted_now, v.clock.floor, v.clock.learned) == (5000.5, 5000.5, 1000.0)
+
+
+def _observed(*files: FileEntry, irregular: tuple[str, ...] = ()) -> ObservedBundle:
+    return ObservedBundle(tuple(files), irregular)
+
+
+MANIFEST_ENTRY = FileEntry("manifest.json", 10, H_MANIFEST)
+MODEL_ENTRY = FileEntry("model.tflite", 100, H_MODEL)
+
+
+def test_file_refusals_say_what_and_how_to_fix() -> None:
+    doc = _document()
+    assert check_files(doc, _observed(MANIFEST_ENTRY, MODEL_ENTRY)) is None
+    assert str(check_files(doc, _observed(MANIFEST_ENTRY, irregular=("z.bin", "model.tflite")))) == (
+        "[unsafe_file] not a regular file: model.tflite, z.bin (fix: a bundle holds only "
+        "regular files; replace links with the files)")
+    assert str(check_files(doc, _observed(MODEL_ENTRY))) == (
+        "[manifest_changed] manifest.json is missing (fix: restore the signed manifest, or sign "
+        "the bundle again after editing it)")
+    assert str(check_files(doc, _observed(FileEntry("manifest.json", 10, "c" * 64), MODEL_ENTRY))) == (
+        "[manifest_changed] manifest.json differs from the signed one (fix: restore the signed "
+        "manifest, or sign the bundle again after editing it)")
+    three = BundleDocument("det", 3, H_MANIFEST, (FileEntry("a.txt", 1, H_MODEL), MANIFEST_ENTRY,
+                                                  MODEL_ENTRY), 1000, 5000, KID)
+    assert str(check_files(three, _observed(MANIFEST_ENTRY))) == (
+        "[missing_file] signed file(s) missing: a.txt, model.tflite (fix: copy the whole signed "
+        "bundle)")
+    assert str(check_files(doc, _observed(FileEntry("z", 1, H_MODEL), MANIFEST_ENTRY, MODEL_ENTRY,
+                                          FileEntry("b", 1, H_MODEL)))) == (
+        "[extra_file] file(s) not covered by the signature: b, z (fix: remove them, or sign the "
+        "bundle again with them)")
+    changed = FileEntry("model.tflite", 101, "0123456789abcdef" * 4)
+    assert str(check_files(doc, _observed(MANIFEST_ENTRY, changed))) == (
+        "[file_changed] model.tflite differs from the signed file (size 101 vs 100, sha256 "
+        "0123456789ab vs bbbbbbbbbbbb) (fix: copy the signed file again (corrupted or tampered), "
+        "or sign again)")
+
+
+def test_verify_bundle_keeps_the_first_refusal_and_the_verdict_state() -> None:
+    def run(installed: int, observed: ObservedBundle):  # type: ignore[no-untyped-def]
+        return verify_bundle(_envelope(_doc_bytes()), observed, trust=TrustedKeys({KID: KEY}),
+                             check_signature=_check, counters=RollbackCounters({"det": installed}),
+                             clock=TrustedClock(floor=1500.0), device_now=2000.0)
+    bad_files = _observed(MODEL_ENTRY)
+    v = run(3, bad_files)  # refused for the version: the files are not looked at
+    assert v.refusal is not None and v.refusal.reason.value == "rollback"
+    v = run(2, bad_files)
+    assert v.refusal is not None and v.refusal.reason.value == "manifest_changed"
+    assert v.document == _document() and v.counters.versions == {"det": 2}
+    assert (v.clock.floor, v.clock.learned, v.trusted_now) == (2000.0, 1000.0, 2000.0)
+    v = run(2, _observed(MANIFEST_ENTRY, MODEL_ENTRY))
+    assert v.refusal is None and v.counters.versions == {"det": 3}
+
+
+def test_malformed_documents_say_why() -> None:
+    keys = ("['expires_at', 'files', 'format', 'issued_at', 'key_id', 'manifest_sha256', "
+            "'model', 'version']")
+    with raises(DocumentError, f"the signed document must have exactly the keys {keys}"):
+        parse_document(b'{"format": "lepton-bundle-signature/1"}')
+    with raises(DocumentError, f"the signed document must have exactly the keys {keys}"):
+        parse_document(b"[1, 2]")
+    with raises(DocumentError, "the signed document is not ASCII JSON: Expecting value: line 1 "
+                               "column 1 (char 0)"):
+        parse_document(b"nope")
+    with raises(DocumentError, "document format 'other/2' is not 'lepton-bundle-signature/1'"):
+        parse_document(_doc_bytes(format="other/2"))
+    file_rule = "files must be a list of objects with the keys ['path', 'sha256', 'size']"
+    for files in ("x", [{"path": "manifest.json"}], [["path", "sha256", "size"]]):
+        with raises(DocumentError, file_rule):
+            parse_document(_doc_bytes(files=files))
+    with raises(DocumentError, "the model name and file paths must be strings"):
+        parse_document(_doc_bytes(model=5))
+    with raises(DocumentError, "the model name and file paths must be strings"):
+        parse_document(_doc_bytes(files=[{"path": 1, "size": 10, "sha256": H_MANIFEST}]))
+    assert parse_document(_doc_bytes()) == _document()
+
+
+def test_malformed_envelopes_say_why() -> None:
+    good = json.loads(_envelope(_doc_bytes()))
+    assert decode_envelope(_envelope(_doc_bytes())).key_id == KID
+    with raises(DocumentError, f"signature file is {MAX_ENVELOPE_BYTES + 1} bytes, more than "
+                               f"{MAX_ENVELOPE_BYTES}"):
+        decode_envelope(b" " * (MAX_ENVELOPE_BYTES + 1))
+    with pytest.raises(DocumentError, match=r"^signature file is not JSON: "):
+        decode_envelope(b" " * MAX_ENVELOPE_BYTES)  # the limit itself is read
+    with raises(DocumentError, "signature file is not JSON: 'utf-8' codec can't decode byte 0xff "
+                               "in position 0: invalid start byte"):
+        decode_envelope(b"\xff")
+    keys_rule = "signature file must have exactly the keys document, format, key_id, signature"
+    for data in ([1], {k: v for k, v in good.items() if k != "signature"}):
+        with raises(DocumentError, keys_rule):
+            decode_envelope(json.dumps(data).encode())
+    cases = [
+        ({"format": "x/1"}, "signature format 'x/1' is not 'lepton-bundle-signature/1'"),
+        ({"key_id": KID.upper()}, "key_id is not 16 lowercase hex digits"),
+        ({"key_id": 7}, "key_id is not 16 lowercase hex digits"),
+        ({"document": "caf\u00e9"}, "document is not an ASCII string"),
+        ({"document": 7}, "document is not an ASCII string"),
+        ({"signature": "QUJD*"}, "signature is not base64: Only base64 data is allowed"),
+        ({"signature": good["signature"][:4] + "*" + good["signature"][4:]},
+         "signature is not base64: Only base64 data is allowed"),
+        ({"signature": base64.b64encode(bytes(63)).decode()},
+         "an Ed25519 signature is 64 bytes, this one is 63"),
+    ]
+    for override, message in cases:
+        with raises(DocumentError, message):
+            decode_envelope(json.dumps({**good, **override}).encode())
