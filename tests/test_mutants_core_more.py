@@ -17,9 +17,10 @@ import pytest
 
 from agent.core import heads, uri
 from agent.core.contract.command import CommandError, accepts_response_topic, command_name
-from agent.core.contract.result import Keypoint, Pose
+from agent.core.contract.result import Keypoint, Pose, Segment
 from agent.core.contract.topics import DeviceTopics
-from agent.core.manifest import Manifest, TensorSpec, candidates
+from agent.core.labels import LabelError, parse_labels
+from agent.core.manifest import Manifest, TensorSpec, candidates, head_candidates
 from agent.core.ota.clock import TrustedClock
 from agent.core.ota.document import (
     MAX_ENVELOPE_BYTES,
@@ -37,6 +38,7 @@ from agent.core.ota.verify import (
     check_files,
     verify_bundle,
 )
+from agent.core.sensors import Reading, Windower
 
 
 def raises(exc: type[Exception], message: str):  # type: ignore[no-untyped-def]
@@ -606,3 +608,103 @@ def test_malformed_envelopes_say_why() -> None:
     for override, message in cases:
         with raises(DocumentError, message):
             decode_envelope(json.dumps({**good, **override}).encode())
+
+
+# --- heads: YOLO layouts, rows and candidates ------------------------------------------------
+
+def test_yolo_layouts() -> None:
+    assert heads.yolo_layout((1, 84, 8400), "yolo_v8") == heads.YoloLayout(8400, 84, True, False)
+    assert heads.yolo_layout((1, 25200, 85), "yolo_v5") == heads.YoloLayout(25200, 85, False, True)
+    # Exports with an extra unit axis: the axes of size 1 are dropped.
+    assert heads.yolo_layout((1, 1, 84, 8400), "yolo_v8") == heads.YoloLayout(8400, 84, True, False)
+    assert heads.yolo_layout((1, 8400, 1, 84), "yolo_v8") == heads.YoloLayout(8400, 84, False, False)
+    # Square: read as anchors first (channels on the last axis).
+    assert heads.yolo_layout((1, 6, 6), "yolo_v8") == heads.YoloLayout(6, 6, False, False)
+    with raises(ValueError, "YOLO head [1, 1, 84] has 1 channels: yolo_v8 needs 4 box values plus "
+                            "at least one class"):
+        heads.yolo_layout((1, 1, 84), "yolo_v8")
+    with raises(ValueError, "YOLO head [1, 5, 100] has 5 channels: yolo_v5 needs 5 box values plus "
+                            "at least one class"):
+        heads.yolo_layout((1, 5, 100), "yolo_v5")
+    with raises(ValueError, "YOLO head [1, 4, 100] has 4 channels: yolo_v8 needs 4 box values plus "
+                            "at least one class"):
+        heads.yolo_layout((1, 4, 100), "yolo_v8")
+    with raises(ValueError, "a YOLO head is [1, 4 + classes, N] or [1, N, 5 + classes], not "
+                            "[1, 2, 84, 8400]"):
+        heads.yolo_layout((1, 2, 84, 8400), "yolo_v8")
+
+
+def test_yolo_rows_ignore_a_float_tensors_quantization() -> None:
+    layout = heads.YoloLayout(2, 6, True, False)
+    raw = np.arange(12, dtype=np.float32).reshape(1, 6, 2)
+    rows = heads.yolo_rows(raw, layout, 0.5, 3)
+    assert rows.tolist() == [[0, 2, 4, 6, 8, 10], [1, 3, 5, 7, 9, 11]]
+    q = heads.yolo_rows(np.arange(12, dtype=np.uint8).reshape(1, 6, 2), layout, 0.5, 3)
+    assert q[0].tolist() == [-1.5, -0.5, 0.5, 1.5, 2.5, 3.5]
+
+
+def test_yolo_candidates_known_answer() -> None:
+    layout = heads.YoloLayout(3, 7, False, True)  # v5: cx, cy, w, h, objectness, 2 classes
+    raw = np.array([[[320, 240, 64, 48, 0.9, 0.2, 0.8],
+                     [100, 100, 10, 10, 0.5, 0.9, 0.1],
+                     [50, 60, 20, 20, 0.9, 0.5, 0.5]]], np.float32)
+    boxes, conf, classes, index = heads.yolo_candidates(raw, layout, 0.0, 0, 0.45, 640.0, 480.0)
+    # Row 0: 0.9 * 0.8 = 0.72 (class 1); row 1: 0.5 * 0.9 = 0.45, at the threshold (class 0);
+    # row 2: 0.9 * 0.5 = 0.45 too, equal class scores: the first class.
+    assert index.tolist() == [0, 1, 2] and classes.tolist() == [1, 0, 0]
+    assert boxes.dtype == np.float32 and conf.dtype == np.float32
+    np.testing.assert_allclose(conf, [0.72, 0.45, 0.45], rtol=1e-6)
+    np.testing.assert_allclose(boxes, [[0.45, 0.45, 0.55, 0.55],
+                                       [(100 - 5) / 480, (100 - 5) / 640, (100 + 5) / 480,
+                                        (100 + 5) / 640],
+                                       [50 / 480, 40 / 640, 70 / 480, 60 / 640]], rtol=1e-6)
+
+
+# --- manifest: integer maps, tensor matching -------------------------------------------------
+
+def test_integer_maps_read_as_class_maps() -> None:
+    for dtype in ("int32", "int64", "uint8", "int8", "int16"):
+        found = head_candidates([TensorSpec(0, "map", (1, 16, 16), dtype)])
+        assert [(c.task, c.decoder) for c in found] == [("segmentation", "argmax")], dtype
+    # A quantized uint8 output holds real values, not class ids.
+    assert head_candidates([TensorSpec(0, "map", (1, 16, 16), "uint8", 0.1, 0)]) == []
+    assert head_candidates([TensorSpec(0, "map", (1, 16, 16), "float32")]) == []
+
+
+def test_tensor_spec_scales_match_within_1e_9() -> None:
+    a = TensorSpec(0, "a", (1, 4), "int8", 0.0, 0)
+    assert a.matches(TensorSpec(1, "b", (1, 4), "int8", 1e-9, 0)) is True
+    assert a.matches(TensorSpec(1, "b", (1, 4), "int8", 2e-9, 0)) is False
+
+
+# --- result payload: segments ------------------------------------------------------------------
+
+def test_segment_json_clips_and_rounds() -> None:
+    assert Segment(2, "car", 0.1234567, (-0.1, 0.1234567, 1.5, 0.5)).to_json() == {
+        "label": "car", "class_id": 2, "area": 0.12346, "box": [0.0, 0.12346, 1.0, 0.5]}
+    assert Segment(2, "car", 1.5, (0.25, 0.25, 0.75, 0.75)).to_json()["area"] == 1.0
+    assert Segment(2, "car", -0.5, (0.25, 0.25, 0.75, 0.75)).to_json()["area"] == 0.0
+
+
+# --- labels: pbtxt ------------------------------------------------------------------------------
+
+def test_pbtxt_comments_and_incomplete_items() -> None:
+    text = ('item # the first\n{ id: 1 }\n'          # no name: skipped, and the rest still read
+            'item {\n  id: 2  # sedan\n  display_name: "car"\n}\n'
+            "item { id: 3 name: 'truck' }\n")
+    assert parse_labels(text, pbtxt=True) == {2: "car", 3: "truck"}
+    assert parse_labels('item # c\n{ id: 4 name: "bus" }', pbtxt=True) == {4: "bus"}
+    with raises(LabelError, "no 'item { id: ... name: ... }' entries found"):
+        parse_labels("# nothing here\n", pbtxt=True)
+
+
+# --- sensors: windows every hop ----------------------------------------------------------------
+
+def test_windower_first_window_waits_for_the_hop() -> None:
+    w = Windower(["a"], rate_hz=1.0, size=2, hop=3)
+    out = []
+    for ts in range(7):
+        out += w.add(Reading("s", float(ts), {"a": ts * 10.0}))
+    # Samples at t = 0, 1, 2, ... (the latest reading at or before t); the first window ends
+    # at the third sample, the next three samples later.
+    assert out == [(2.0, [[10.0], [20.0]]), (5.0, [[40.0], [50.0]])]
