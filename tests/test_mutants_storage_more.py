@@ -1,8 +1,8 @@
 """The storage paths of a start on a state directory that cannot be written, in-process: what the
 mutation run (``make mutants``) found no fast test reaching or left alive. The volatile outbox's
 checks (agent/storage/volatile.py), the RAM-filesystem warning (mounts.py), the read-only lock
-(lock.py), the report's reads of saved state and its integrity check (report.py) and
-``Outbox.adopt_state``.
+(lock.py), the report's reads of saved state and its integrity check (report.py),
+``Outbox.adopt_state`` and the seq floor taken from the clock.
 
 A directory that cannot be written is made for real, without a mount: the immutable attribute
 (``FS_IOC_SETFLAGS``, which refuses even root) where the test runs as root, mode 0555 otherwise.
@@ -523,4 +523,27 @@ def test_read_counts_returns_at_most_20000_by_default(tmp_path: Path) -> None:
                 for _ in range(20_001)])
     assert len(read_counts(tmp_path, 3600)) == 20_000
     assert len(read_counts(tmp_path, 3600, limit=20_001)) == 20_001
+    box.close()
+
+
+# -- outbox: the seq floor a volatile outbox (or a quarantine) takes from the clock --------------
+
+def test_a_fresh_floor_lifts_every_stream_above_the_clock(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The floor is the clock in ms x 1000; a stream the file has continues above it, a new
+    stream starts above it; a later floor below what was given out lowers nothing."""
+    path = tmp_path / "outbox.db"
+    box = Outbox(path)
+    assert [r.seq for r in box.append([_record("cam0"), _record("cam0")])] == [1, 2]
+    box.close()
+    monkeypatch.setattr(time, "time", lambda: 1_800_000_000.25)
+    floor = 1_800_000_000_250 * 1000
+    box = Outbox(path, fresh_seq_floor=True)
+    stored = box.append([_record("cam0"), _record("cam1")])
+    assert [(r.stream, r.seq) for r in stored] == [("cam0", floor + 1), ("cam1", floor + 1)]
+    box.close()
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.0)  # the clock stepped back
+    box = Outbox(path, fresh_seq_floor=True)
+    stored = box.append([_record("cam0"), _record("cam2")])
+    assert [(r.stream, r.seq) for r in stored] == [("cam0", floor + 2), ("cam2", floor + 1)]
     box.close()
