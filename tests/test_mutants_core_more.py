@@ -7,6 +7,7 @@ text the user sees, so a changed operator, bound, index or word fails."""
 from __future__ import annotations
 
 import base64
+import enum
 import hashlib
 import json
 import math
@@ -17,10 +18,20 @@ import pytest
 
 from agent.core import heads, uri
 from agent.core.contract.command import CommandError, accepts_response_topic, command_name
+from agent.core.contract.event import (
+    SnapshotRef,
+    TrackEvent,
+    decode_track_event,
+    downsample,
+    encode_event,
+    event_body,
+    track_event_body,
+)
 from agent.core.contract.result import Keypoint, Pose, Segment
 from agent.core.contract.topics import DeviceTopics
 from agent.core.labels import LabelError, parse_labels
 from agent.core.manifest import Manifest, TensorSpec, candidates, head_candidates
+from agent.core.ota.chunks import ChunkError, ChunkPlan, ReceiveState, plan_chunks
 from agent.core.ota.clock import TrustedClock
 from agent.core.ota.document import (
     MAX_ENVELOPE_BYTES,
@@ -708,3 +719,151 @@ def test_windower_first_window_waits_for_the_hop() -> None:
     # Samples at t = 0, 1, 2, ... (the latest reading at or before t); the first window ends
     # at the third sample, the next three samples later.
     assert out == [(2.0, [[10.0], [20.0]]), (5.0, [[40.0], [50.0]])]
+
+
+# --- contract: events --------------------------------------------------------------------------
+
+def test_event_body_rounds_the_score() -> None:
+    body = event_body(device="d", site="s", source="imu", ts=0.0, type="anomaly_start",
+                      label="spike", score=0.123456, model={"name": "m"})
+    assert body == {"schema": {"id": "lepton.event", "version": 1}, "device": "d", "site": "s",
+                    "stream": "imu.events", "ts": "1970-01-01T00:00:00.000000Z", "source": "imu",
+                    "type": "anomaly_start", "label": "spike", "score": 0.1235,
+                    "model": {"name": "m"}}
+
+
+def test_downsample_bounds() -> None:
+    assert downsample([]) == ()
+    assert downsample([(0.123456, 1.5), (-0.2, 0.654321)], limit=2) == ((0.1235, 1.0),
+                                                                        (0.0, 0.6543))
+    # 5 points into 3: indexes round(i * 4 / 2) = 0, 2, 4.
+    pts = [(i / 10, i / 10) for i in range(5)]
+    assert downsample(pts, limit=3) == ((0.0, 0.0), (0.2, 0.2), (0.4, 0.4))
+    with raises(ValueError, "trajectory limit 1 must be at least 2"):
+        downsample(pts, limit=1)
+
+
+SHA = "0123456789abcdef" * 4
+
+
+def _event(**kw: object) -> TrackEvent:
+    base: dict[str, object] = {"type": "zone_enter", "rule": "door", "track_id": 7,
+                               "label": "person", "confidence": 0.5,
+                               "trajectory": ((0.1, 0.2),)}
+    base.update(kw)
+    return TrackEvent(**base)  # type: ignore[arg-type]
+
+
+def test_snapshot_refs() -> None:
+    assert SnapshotRef(SHA, "image/png").to_json() == {"sha256": SHA, "content_type": "image/png"}
+    with raises(ValueError, f"snapshot sha256 {SHA.upper()!r} is not 64 lowercase hex digits"):
+        SnapshotRef(SHA.upper())
+    with raises(ValueError, "snapshot content type 'Image/JPEG' is not like image/jpeg"):
+        SnapshotRef(SHA, "Image/JPEG")
+
+
+class Side(enum.Enum):
+    IN = "in"
+    OUT = "out"
+
+
+def test_track_event_fields_and_bounds() -> None:
+    e = _event(type="crossing", direction=Side.OUT, trajectory=[[0.1, 0.2], [1, 0]])
+    assert e.direction == "out" and e.trajectory == ((0.1, 0.2), (1.0, 0.0))
+    assert _event(type="crossing", direction="in").direction == "in"
+    # Bounds that are accepted.
+    _event(track_id=2**63 - 1)
+    _event(label="a")
+    _event(label="x" * 128)
+    _event(confidence=1)
+    _event(trajectory=tuple((0.0, 1.0) for _ in range(32)))
+    _event(type="overcrowding", occupancy=0)
+    _event(type="overcrowding", occupancy=1_000_000)
+    _event(type="loitering", dwell_s=31536000.0)
+    cases: list[tuple[dict[str, object], str]] = [
+        ({"type": "bogus"}, "event type 'bogus' is not one of crossing, zone_enter, zone_exit, "
+                            "loitering, overcrowding"),
+        ({"rule": 5}, "event rule 5 is not a string"),
+        ({"rule": "a/b"}, f"rule 'a/b' {SEGMENT_RULE}"),
+        ({"track_id": -1}, "track id -1 must be an integer >= 0"),
+        ({"track_id": True}, "track id True must be an integer >= 0"),
+        ({"track_id": 2**63}, f"track id {2**63} must be an integer >= 0"),
+        ({"label": ""}, "event label '' must be 1-128 characters"),
+        ({"label": "x" * 129}, f"event label {'x' * 129!r} must be 1-128 characters"),
+        ({"confidence": 1.5}, "vote confidence 1.5 must be a number in 0..1"),
+        ({"confidence": True}, "vote confidence True must be a number in 0..1"),
+        ({"confidence": "0.5"}, "vote confidence '0.5' must be a number in 0..1"),
+        ({"confidence": math.nan}, "vote confidence nan must be a number in 0..1"),
+        ({"trajectory": tuple((0.0, 1.0) for _ in range(33))},
+         "trajectory of 33 points: give 1-32 (downsample() bounds it)"),
+        ({"trajectory": ((1.5, 0.5),)}, "trajectory x 1.5 must be a number in 0..1"),
+        ({"trajectory": ((0.5, 1.5),)}, "trajectory y 1.5 must be a number in 0..1"),
+        ({"type": "crossing", "direction": "up"}, "crossing direction 'up' is not 'in' or 'out'"),
+        ({"type": "loitering", "dwell_s": -1}, "dwell_s -1 must be a number in 0..3.1536e+07"),
+        ({"type": "overcrowding", "occupancy": -1}, "occupancy -1 must be an integer in 0..1000000"),
+        ({"type": "overcrowding", "occupancy": True},
+         "occupancy True must be an integer in 0..1000000"),
+        ({"type": "overcrowding", "occupancy": 1_000_001},
+         "occupancy 1000001 must be an integer in 0..1000000"),
+    ]
+    for kw, message in cases:
+        with raises(ValueError, message):
+            _event(**kw)
+
+
+def test_track_event_json_rounds() -> None:
+    e = _event(type="loitering", confidence=0.123456, dwell_s=12.34567)
+    assert e.to_json() == {"rule": "door", "track_id": 7, "label": "person", "confidence": 0.1235,
+                           "trajectory": [[0.1, 0.2]], "dwell_s": 12.346}
+
+
+def test_track_events_round_trip_and_malformed_ones_say_why() -> None:
+    e = _event(snapshot=SnapshotRef(SHA, "image/png"))
+    with raises(ValueError, f"source 'a b' {SEGMENT_RULE}"):
+        track_event_body(device="d", site="s", source="a b", ts=0.0, event=e)
+    body = track_event_body(device="d", site="s", source="cam", ts=1.5, event=e,
+                            model={"name": "det", "version": "2"})
+    got = decode_track_event(encode_event(body, seq=4))
+    assert (got.device, got.site, got.source, got.seq, got.ts, got.model) == (
+        "d", "s", "cam", 4, "1970-01-01T00:00:01.500000Z", {"name": "det", "version": "2"})
+    assert got.event == e and got.event.snapshot == SnapshotRef(SHA, "image/png")
+    for seq in (0, True):
+        with raises(ValueError, f"seq {seq!r} must be an integer >= 1"):
+            decode_track_event(encode_event(body, seq=seq))  # type: ignore[arg-type]
+    broken = {**body, "trajectory": [[0.1]]}
+    with raises(ValueError, "track event is malformed: list index out of range"):
+        decode_track_event(encode_event(broken, seq=4))
+
+
+# --- OTA: chunk plans --------------------------------------------------------------------------
+
+def test_chunk_plan_checks_and_messages() -> None:
+    h = [hashlib.sha256(b"abcd").hexdigest(), hashlib.sha256(b"ef").hexdigest()]
+    plan = ChunkPlan("m.bin", 6, 4, tuple(h), SHA)
+    assert (plan.span(0), plan.span(1)) == ((0, 4), (4, 2))
+    with raises(ChunkError, "m.bin: chunk 2 out of range 0..1"):
+        plan.span(2)
+    with raises(ChunkError, "m.bin: size -1 is not an integer >= 0"):
+        ChunkPlan("m.bin", -1, 4, (), SHA)
+    with raises(ChunkError, "m.bin: size 1.5 is not an integer >= 0"):
+        ChunkPlan("m.bin", 1.5, 4, (), SHA)  # type: ignore[arg-type]
+    with raises(ChunkError, "m.bin: chunk size 0 is not an integer >= 1"):
+        ChunkPlan("m.bin", 0, 0, (), SHA)
+    with raises(ChunkError, "m.bin: chunk size 2.0 is not an integer >= 1"):
+        ChunkPlan("m.bin", 4, 2.0, tuple(h), SHA)  # type: ignore[arg-type]
+    with raises(ChunkError, "m.bin: hashes must be 64 lowercase hex digits"):
+        ChunkPlan("m.bin", 6, 4, tuple(h), SHA.upper())
+    with raises(ChunkError, "chunk plan is not an object: list"):
+        ChunkPlan.from_json([1])
+    with raises(ChunkError, "chunk plan is unreadable: KeyError('size')"):
+        ChunkPlan.from_json({"path": "m.bin"})
+    with raises(ChunkError, "m.bin: chunk 1 is 0 bytes; only the last chunk may be shorter than 4"):
+        plan_chunks("m.bin", [b"abcd", b""], chunk_size=4)
+    with raises(ChunkError, "m.bin: chunk 0 is 0 bytes; only the last chunk may be shorter than 4"):
+        plan_chunks("m.bin", [b""], chunk_size=4)
+    entry = FileEntry("m.bin", 7, "f" * 64)
+    with raises(ChunkError, "m.bin: the chunk plan (6 bytes, sha256 0123456789ab) is not for the "
+                            "signed file (7 bytes, sha256 ffffffffffff)"):
+        ReceiveState.start(plan, budget_bytes=100, entry=entry)
+    with raises(ChunkError, "receiver state is unreadable: KeyError('plan')"):
+        ReceiveState.from_json("{}")
