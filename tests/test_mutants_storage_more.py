@@ -43,6 +43,7 @@ from agent.storage.report import (
     read_counts,
     read_delivery_marks,
     read_events,
+    read_report,
 )
 from agent.storage.volatile import state_dir_unusable, volatile_budget, volatile_dir
 
@@ -547,3 +548,15 @@ def test_a_fresh_floor_lifts_every_stream_above_the_clock(tmp_path: Path,
     stored = box.append([_record("cam0"), _record("cam2")])
     assert [(r.stream, r.seq) for r in stored] == [("cam0", floor + 2), ("cam2", floor + 1)]
     box.close()
+
+
+def test_a_database_without_records_is_not_reported_as_an_outbox(tmp_path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(tmp_path / "outbox.db")) as conn:
+        conn.execute("CREATE TABLE notes (a TEXT)")
+        conn.commit()
+    with pytest.raises(OutboxUnreadable) as unreadable:
+        read_report(tmp_path)
+    assert str(unreadable.value) == (
+        f"storage {tmp_path / 'outbox.db'}: unreadable: no records table (not an outbox, or "
+        "never written) (fix: restart the agent: it moves a corrupt file aside and starts a "
+        "fresh one)")
