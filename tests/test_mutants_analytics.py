@@ -19,13 +19,14 @@ from agent.core.analytics.engine import Analytics
 from agent.core.analytics.events import (
     Direction,
     ExitReason,
+    LineCrossed,
     Loitering,
     Overcrowded,
     ZoneEntered,
     ZoneExited,
 )
 from agent.core.analytics.geometry import GeometryError, Polygon, _cross, _segments_intersect
-from agent.core.analytics.lines import LineRule
+from agent.core.analytics.lines import LineCounter, LineRule
 from agent.core.analytics.tracker import Observation, Track
 from agent.core.analytics.zones import ZoneMonitor, ZoneRule
 
@@ -479,3 +480,91 @@ def test_a_state_of_another_version_says_which() -> None:
     with pytest.raises(ValueError, match=r"^" + re.escape(message) + "$"):
         CountBuckets.from_json('{"version":2,"seconds":60.0,"open":null,"closed":[]}', wall_now=WALL,
                                mono_now=0.0)
+
+
+# --- lines: bands, the segment's ends, several tracks in one frame, forget -------------------
+
+
+def line_steps(counter: LineCounter, frames: list[list[tuple[Track, Pt]]]) -> list[tuple[float, int, str]]:
+    """Feed one frame a second; (time, track id, direction) of each crossing."""
+    out: list[tuple[float, int, str]] = []
+    for i, items in enumerate(frames):
+        tracks = [t for t, _ in items]
+        boxes = np.array([box_at(*xy) for _, xy in items], dtype=np.float64).reshape(len(items), 4)
+        for e in counter.process(tracks, boxes, float(i)):
+            assert isinstance(e, LineCrossed)
+            out.append((e.t, e.track.track_id, e.direction.value))
+    return out
+
+
+@pytest.mark.parametrize("band", [0.5, 0.7, -0.01])
+def test_a_line_band_out_of_range_is_refused(band: float) -> None:
+    with raises(f"line 'mid': band = {band} must be in [0, 0.5) (normalized distance)"):
+        LineRule.of("mid", [[0.0, 0.5], [1.0, 0.5]], band=band)
+
+
+def test_line_bands_at_the_ends_of_the_range_are_kept() -> None:
+    assert LineRule.of("mid", [[0.0, 0.5], [1.0, 0.5]], band=0.0).band == 0.0
+    assert LineRule.of("mid", [[0.0, 0.5], [1.0, 0.5]], band=0.49).band == 0.49
+
+
+def test_an_anchor_exactly_band_from_the_line_has_not_passed_it() -> None:
+    """y = 1/2 from left to right, band 1/8: the signed distance is y - 1/2 (in: below)."""
+    counter = LineCounter(LineRule.of("mid", [[0.0, 0.5], [1.0, 0.5]], band=0.125))
+    car = track(1)
+    ys = [0.25, 0.625, 0.75, 0.375, 0.25]  # out, exactly band in, in, exactly band out, out
+    assert line_steps(counter, [[(car, (0.5, y))] for y in ys]) == [(2.0, 1, "in"), (4.0, 1, "out")]
+
+
+def test_inside_the_band_on_the_in_side_is_no_side() -> None:
+    counter = LineCounter(LineRule.of("mid", [[0.0, 0.5], [1.0, 0.5]], band=0.125))
+    car = track(1)
+    ys = [0.75, 0.5625, 0.4375, 0.3125]  # in, 1/16 in (band), 1/16 out (band), out
+    assert line_steps(counter, [[(car, (0.5, y))] for y in ys]) == [(3.0, 1, "out")]
+
+
+def test_the_band_near_the_frame_edge_is_half_of_that_sides_reach() -> None:
+    # y = 0.02: the out side (above) reaches 0.02 into the frame, so its band is 0.01, not 0.05
+    counter = LineCounter(LineRule.of("top", [[0.0, 0.02], [1.0, 0.02]], band=0.05))
+    car = track(1)
+    ys = [0.2, 0.0125, 0.0075]  # in; 0.0075 out (inside 0.01); 0.0125 out (beyond it)
+    assert line_steps(counter, [[(car, (0.5, y))] for y in ys]) == [(2.0, 1, "out")]
+    # y = 0.98: the in side (below) reaches 0.02
+    counter = LineCounter(LineRule.of("bottom", [[0.0, 0.98], [1.0, 0.98]], band=0.05))
+    ys = [0.5, 0.9875, 0.9925]
+    assert line_steps(counter, [[(car, (0.5, y))] for y in ys]) == [(2.0, 1, "in")]
+
+
+def test_every_track_of_a_frame_is_looked_at() -> None:
+    """Tracks that are in the band, on their old side or tentative come first in the frame; the
+    crossing of the last one still counts."""
+    counter = LineCounter(LineRule.of("mid", [[0.0, 0.5], [1.0, 0.5]], band=0.125))
+    banded, same, tentative, crosser = track(1), track(2), track(3, confirmed=False), track(4)
+    start = [(t, (0.2 * t.track_id, 0.25)) for t in (banded, same, tentative, crosser)]
+    moved = [(banded, (0.2, 0.5)), (same, (0.4, 0.3)), (tentative, (0.6, 0.75)), (crosser, (0.8, 0.75))]
+    assert line_steps(counter, [start, moved]) == [(1.0, 4, "in")]
+
+
+def test_a_path_through_an_end_point_of_the_segment_counts_and_past_it_not() -> None:
+    rule = LineRule.of("stub", [[0.25, 0.5], [0.75, 0.5]], band=0.01)
+    for x, counts in ((0.25, True), (0.75, True), (0.5, True), (0.125, False), (0.875, False),
+                      (0.9375, False)):
+        counter = LineCounter(rule)
+        car = track(1)
+        got = line_steps(counter, [[(car, (x, 0.25))], [(car, (x, 0.75))]])
+        assert got == ([(1.0, 1, "in")] if counts else []), x
+
+
+def test_line_tracks_and_boxes_of_different_lengths_are_an_error() -> None:
+    counter = LineCounter(LineRule.of("mid", [[0.0, 0.5], [1.0, 0.5]]))
+    with pytest.raises(ValueError, match="zip"):
+        counter.process([track(1), track(2)], np.array([box_at(0.5, 0.25)]), 0.0)
+
+
+def test_forget_drops_a_tracks_side_and_ignores_unknown_ids() -> None:
+    counter = LineCounter(LineRule.of("mid", [[0.0, 0.5], [1.0, 0.5]], band=0.125))
+    car = track(1)
+    assert line_steps(counter, [[(car, (0.5, 0.25))]]) == []
+    counter.forget([1, 42])  # 42 was never seen
+    # the same id again starts afresh: its first side is not a crossing, the next change is
+    assert line_steps(counter, [[(car, (0.5, 0.75))], [(car, (0.5, 0.25))]]) == [(1.0, 1, "out")]
