@@ -38,7 +38,10 @@ from agent.core.ota.document import (
     BundleDocument,
     DocumentError,
     FileEntry,
+    canonical_bytes,
+    check_path,
     decode_envelope,
+    encode_envelope,
     parse_document,
 )
 from agent.core.ota.verify import (
@@ -49,6 +52,7 @@ from agent.core.ota.verify import (
     check_files,
     verify_bundle,
 )
+from agent.core.outbox import FetchUnsent, PublishWindow
 from agent.core.sensors import Reading, Windower
 
 
@@ -867,3 +871,76 @@ def test_chunk_plan_checks_and_messages() -> None:
         ReceiveState.start(plan, budget_bytes=100, entry=entry)
     with raises(ChunkError, "receiver state is unreadable: KeyError('plan')"):
         ReceiveState.from_json("{}")
+
+
+# --- OTA: bundle paths, documents, envelopes -----------------------------------------------------
+
+def test_bundle_paths_are_plain_and_relative() -> None:
+    assert check_path("labels/labels.txt") == "labels/labels.txt"
+    assert check_path("a..b/.c") == "a..b/.c"
+    for bad in ("", "/abs", "a//b", "a/", "./a", "a/./b", "a/../b", "..", "a\\b", "a\x00b"):
+        with raises(DocumentError, f"file path {bad!r} is not a plain relative path inside the "
+                                   "bundle"):
+            check_path(bad)
+    with raises(DocumentError, "signature.json cannot be one of the signed files"):
+        check_path("signature.json")
+
+
+def _bundle_doc(**kw: object) -> BundleDocument:
+    base: dict[str, object] = {"model": "det", "version": 3, "manifest_sha256": H_MANIFEST,
+                               "files": (MANIFEST_ENTRY, MODEL_ENTRY), "issued_at": 1000,
+                               "expires_at": 5000, "key_id": KID}
+    base.update(kw)
+    return BundleDocument(**base)  # type: ignore[arg-type]
+
+
+def test_bundle_document_checks_and_messages() -> None:
+    assert _bundle_doc(issued_at=0).issued_at == 0
+    assert _bundle_doc(files=(MANIFEST_ENTRY, FileEntry("z", 0, H_MODEL))).total_size == 10
+    cases: list[tuple[dict[str, object], str]] = [
+        ({"model": ""}, "the model name is empty"),
+        ({"model": 5}, "the model name is empty"),
+        ({"version": 0}, "bundle version 0 is not an integer >= 1"),
+        ({"manifest_sha256": H_MANIFEST.upper()}, "manifest_sha256 is not 64 lowercase hex digits"),
+        ({"issued_at": -1}, "time -1 is not a non-negative integer of Unix seconds"),
+        ({"issued_at": 1.5}, "time 1.5 is not a non-negative integer of Unix seconds"),
+        ({"expires_at": 1000}, "expires_at 1000 is not after issued_at 1000"),
+        ({"key_id": KID.upper()}, f"key_id {KID.upper()!r} is not 16 lowercase hex digits"),
+        ({"files": (MODEL_ENTRY, MANIFEST_ENTRY)}, "files are not sorted by path without duplicates"),
+        ({"files": (MANIFEST_ENTRY, MODEL_ENTRY, MODEL_ENTRY)},
+         "files are not sorted by path without duplicates"),
+        ({"files": (MANIFEST_ENTRY, FileEntry("model.tflite", -1, H_MODEL))},
+         "file entry 'model.tflite' needs a size >= 0 and a sha256 hex digest"),
+        ({"files": (MANIFEST_ENTRY, FileEntry("model.tflite", 1.5, H_MODEL))},
+         "file entry 'model.tflite' needs a size >= 0 and a sha256 hex digest"),
+        ({"files": (MANIFEST_ENTRY, FileEntry("model.tflite", 1, "x"))},
+         "file entry 'model.tflite' needs a size >= 0 and a sha256 hex digest"),
+        ({"files": (MODEL_ENTRY,)}, "the signed files do not include manifest.json"),
+        ({"manifest_sha256": H_MODEL}, "manifest_sha256 differs from the manifest.json file entry"),
+    ]
+    for kw, message in cases:
+        with raises(DocumentError, message):
+            _bundle_doc(**kw)
+
+
+def test_canonical_bytes_are_ascii_escaped() -> None:
+    got = canonical_bytes(_bundle_doc(model="caf\u00e9"))
+    assert b'"model":"caf\\u00e9"' in got
+    assert got == _doc_bytes(model="caf\u00e9")
+
+
+def test_envelope_bytes_are_indented_and_sorted() -> None:
+    sig = bytes(range(64))
+    got = encode_envelope(b"{}", KID, sig)
+    b64 = base64.b64encode(sig).decode("ascii")
+    assert got == (f'{{\n  "document": "{{}}",\n  "format": "lepton-bundle-signature/1",\n'
+                   f'  "key_id": "{KID}",\n  "signature": "{b64}"\n}}\n').encode("ascii")
+
+
+# --- outbox: publish window -------------------------------------------------------------------
+
+def test_committed_records_need_a_fetch_unless_all_were_published() -> None:
+    w = PublishWindow(window=10, connected=True, has_unsent=False)
+    assert w.on_committed([3]) == [FetchUnsent(0, 10)] and w.cursor == 0 and w.has_unsent
+    w = PublishWindow(window=10, connected=True, has_unsent=False)
+    assert w.on_committed([3, 4], all_published=True) == [] and w.cursor == 4
