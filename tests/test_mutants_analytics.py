@@ -27,7 +27,7 @@ from agent.core.analytics.events import (
 )
 from agent.core.analytics.geometry import GeometryError, Polygon, _cross, _segments_intersect
 from agent.core.analytics.lines import LineCounter, LineRule
-from agent.core.analytics.tracker import Observation, Track
+from agent.core.analytics.tracker import Observation, Track, TrackerConfig
 from agent.core.analytics.zones import ZoneMonitor, ZoneRule
 
 Pt = tuple[float, float]
@@ -568,3 +568,102 @@ def test_forget_drops_a_tracks_side_and_ignores_unknown_ids() -> None:
     counter.forget([1, 42])  # 42 was never seen
     # the same id again starts afresh: its first side is not a crossing, the next change is
     assert line_steps(counter, [[(car, (0.5, 0.75))], [(car, (0.5, 0.25))]]) == [(1.0, 1, "out")]
+
+
+# --- engine: rule names, defaults, the tracker's settings, frame indices, restore, settling ----
+
+WHOLE = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
+MID = [[0.0, 0.5], [1.0, 0.5]]
+
+
+def test_rule_names_must_be_unique_across_lines_and_zones() -> None:
+    message = "analytics: rule names must be unique; repeated: a, b"
+    with pytest.raises(ValueError, match=r"^" + re.escape(message) + "$"):
+        Analytics(lines=[LineRule.of("a", MID), LineRule.of("b", MID), LineRule.of("c", MID)],
+                  zones=[ZoneRule.of("b", WHOLE), ZoneRule.of("a", WHOLE)], wall_now=WALL, mono_now=0.0)
+    message = "analytics: rule names must be unique; repeated: x"
+    with pytest.raises(ValueError, match=r"^" + re.escape(message) + "$"):
+        Analytics(lines=[LineRule.of("x", MID), LineRule.of("x", MID)], wall_now=WALL, mono_now=0.0)
+    Analytics(lines=[LineRule.of("x", MID)], zones=[ZoneRule.of("y", WHOLE)], wall_now=WALL, mono_now=0.0)
+
+
+def car_at(x: float, y: float, score: float = 0.9) -> Observation:
+    return Observation((x - 0.05, y - 0.05, x + 0.05, y + 0.05), score, 0, "car")
+
+
+ZONE_IN = CountKey("all", "zone", "car", Direction.IN)
+
+
+def test_the_trackers_settings_are_used_and_the_default_bucket_is_a_minute() -> None:
+    """min_hits 1: a detection is a confirmed track at once, so it enters the zone on its first
+    frame (the default, 3 hits, would not); its count lands in the minute WALL - 20 .. WALL + 40."""
+    analytics = Analytics(zones=[ZoneRule.of("all", WHOLE)], tracker=TrackerConfig(min_hits=1),
+                          wall_now=WALL, mono_now=0.0)
+    frame = analytics.step([car_at(0.5, 0.5)], 1.0)
+    assert [type(e) for e in frame.events] == [ZoneEntered]
+    assert analytics.close() == [ClosedBucket(WALL - 20.0, 60.0, True, (CountRow(ZONE_IN, 1),))]
+
+
+def test_a_restored_state_is_used() -> None:
+    first = Analytics(zones=[ZoneRule.of("all", WHOLE)], tracker=TrackerConfig(min_hits=1),
+                      wall_now=WALL, mono_now=0.0)
+    first.step([car_at(0.5, 0.5)], 1.0)
+    state = first.buckets_state()
+    # restarted 5 s later on a new monotonic clock: mono 100 is wall WALL + 5
+    second = Analytics(zones=[ZoneRule.of("all", WHOLE)], wall_now=WALL + 5.0, mono_now=100.0,
+                       buckets_state=state)
+    assert second.buckets.bucket_of(100.0) == WALL - 20.0
+    assert second.close(partial=False) == [ClosedBucket(WALL - 20.0, 60.0, True, (CountRow(ZONE_IN, 1),))]
+
+
+def test_frame_indices_given_are_the_trackers_and_the_best_observations() -> None:
+    analytics = Analytics(wall_now=WALL, mono_now=0.0)
+    (t,) = analytics.step([car_at(0.5, 0.5, 0.7)], 0.0, 10).tracks
+    assert analytics.tracker.frame_index == 10 and t.best is not None and t.best.frame_index == 10
+    analytics.step(None, 0.1, 20)  # the detector skipped frame 20
+    assert analytics.tracker.frame_index == 20
+    (t,) = analytics.step([car_at(0.5, 0.5, 0.95)], 0.2).tracks  # no index: the next one, 21
+    assert analytics.tracker.frame_index == 21 and t.best is not None and t.best.frame_index == 21
+
+
+def test_two_lines_crossed_in_one_frame_give_two_events() -> None:
+    analytics = Analytics(lines=[LineRule.of("a", MID), LineRule.of("b", MID)], wall_now=WALL, mono_now=0.0)
+    crossings = []
+    for i in range(30):
+        t = i / 10
+        crossings += [(e.rule, e.t, t) for e in analytics.step([car_at(0.5, 0.1 + 0.8 * t / 3)], t).events]
+    assert sorted(r for r, _, _ in crossings) == ["a", "b"]
+    assert crossings[0][2] == crossings[1][2] and all(et == t for _, et, t in crossings)
+
+
+def test_a_line_and_two_zones_in_one_frame_give_all_their_events() -> None:
+    analytics = Analytics(lines=[LineRule.of("l", [[0.0, 0.25], [1.0, 0.25]], band=0.0)],
+                          zones=[ZoneRule.of("z1", WHOLE), ZoneRule.of("z2", WHOLE)],
+                          tracker=TrackerConfig(min_hits=1), wall_now=WALL, mono_now=0.0)
+    got = [(type(e), e.rule) for e in analytics.step([car_at(0.25, 0.1)], 0.0).events]
+    assert got == [(ZoneEntered, "z1"), (ZoneEntered, "z2")]
+    for i in range(1, 4):  # the bottom edge 0.18, 0.21, 0.24: still above the line
+        assert analytics.step([car_at(0.25, 0.1 + 0.03 * i)], i / 10).events == ()
+    # the bottom edge at 0.27 crosses; a second car appears in the same frame and enters both zones
+    events = analytics.step([car_at(0.25, 0.22), car_at(0.75, 0.8)], 0.4).events
+    assert [(type(e), e.rule, e.t) for e in events] == [
+        (LineCrossed, "l", 0.4), (ZoneEntered, "z1", 0.4), (ZoneEntered, "z2", 0.4)]
+
+
+def test_a_crossing_is_counted_two_seconds_after_it_by_default() -> None:
+    """Frames every 1/8 s (exact): the crossing is in the open bucket from the frame 2.0 s after
+    it, not the one 1.875 s after it."""
+    analytics = Analytics(lines=[LineRule.of("mid", MID)], wall_now=WALL, mono_now=0.0)
+    crossed_at = None
+    key = CountKey("mid", "line", "car", Direction.IN)
+    for i in range(40):
+        now = i * 0.125
+        y = 0.25 + 0.15 * now  # bottom edge y + 0.05 passes 0.51 at about t = 1.4 s
+        if analytics.step([car_at(0.5, y)], now).events:
+            crossed_at = now
+        if crossed_at is not None and now - crossed_at == 1.875:
+            assert analytics.buckets.open_counts() == {}
+        if crossed_at is not None and now - crossed_at == 2.0:
+            assert analytics.buckets.open_counts() == {key: 1}
+            return
+    raise AssertionError(f"no crossing, or no frame 2 s after it (crossed at {crossed_at})")
