@@ -12,12 +12,20 @@ import hashlib
 import json
 import math
 import re
+import time
 
 import numpy as np
 import pytest
 
 from agent.core import heads, uri
 from agent.core.contract.command import CommandError, accepts_response_topic, command_name
+from agent.core.contract.count import (
+    CountBucket,
+    CountEntry,
+    CountRecord,
+    count_from_json,
+    encode_count,
+)
 from agent.core.contract.event import (
     SnapshotRef,
     TrackEvent,
@@ -944,3 +952,137 @@ def test_committed_records_need_a_fetch_unless_all_were_published() -> None:
     assert w.on_committed([3]) == [FetchUnsent(0, 10)] and w.cursor == 0 and w.has_unsent
     w = PublishWindow(window=10, connected=True, has_unsent=False)
     assert w.on_committed([3, 4], all_published=True) == [] and w.cursor == 4
+
+
+# --- contract: counts ---------------------------------------------------------------------------
+
+class Kind(enum.Enum):
+    LINE = "line"
+
+
+def test_count_entries() -> None:
+    e = CountEntry("door", Kind.LINE, "car", Side.IN, 3)
+    assert (e.kind, e.direction, e.key) == ("line", "in", ("door", "line", "car", "in"))
+    CountEntry("door", "zone", "c", "out", 0)
+    CountEntry("door", "zone", "x" * 128, "out", 2**31 - 1)
+    cases: list[tuple[tuple[object, ...], str]] = [
+        ((5, "line", "car", "in", 1), "count rule 5 is not a string"),
+        (("a b", "line", "car", "in", 1), f"rule 'a b' {SEGMENT_RULE}"),
+        (("door", "area", "car", "in", 1), "count kind 'area' is not one of line, zone"),
+        (("door", "line", "", "in", 1), "count label '' must be 1-128 characters"),
+        (("door", "line", "x" * 129, "in", 1),
+         f"count label {'x' * 129!r} must be 1-128 characters"),
+        (("door", "line", "car", "up", 1), "count direction 'up' is not 'in' or 'out'"),
+        (("door", "line", "car", "in", True),
+         "count True of door/car/in must be an integer in 0..2147483647"),
+        (("door", "line", "car", "in", 2**31),
+         "count 2147483648 of door/car/in must be an integer in 0..2147483647"),
+    ]
+    for args, message in cases:
+        with raises(ValueError, message):
+            CountEntry(*args)  # type: ignore[arg-type]
+
+
+def test_count_buckets() -> None:
+    b = CountBucket(120.0005, 60.0, False)  # type: ignore[arg-type]
+    assert (b.start, b.seconds, type(b.seconds), b.start_iso) == (
+        120.0, 60, int, "1970-01-01T00:02:00Z")
+    assert CountBucket(0.001, 60, True).start == 0.0  # 1 ms off: still the whole second
+    assert CountBucket(253402300798, 1, False).start_s == 253402300798
+    assert CountBucket(0, 86400, False).seconds == 86400
+    seconds_rule = "must be a whole number of seconds in 1..86400"
+    cases: list[tuple[tuple[object, ...], str]] = [
+        ((0, True, False), f"bucket seconds True {seconds_rule}"),
+        ((0, "60", False), f"bucket seconds '60' {seconds_rule}"),
+        ((0, 1.5, False), f"bucket seconds 1.5 {seconds_rule}"),
+        ((0, math.inf, False), f"bucket seconds inf {seconds_rule}"),
+        ((0, 0, False), f"bucket seconds 0 {seconds_rule}"),
+        ((0, 86401, False), f"bucket seconds 86401 {seconds_rule}"),
+        ((True, 60, False), "bucket start True is not a number of epoch seconds"),
+        (("0", 60, False), "bucket start '0' is not a number of epoch seconds"),
+        ((math.nan, 60, False), "bucket start nan is not a number of epoch seconds"),
+        ((120.5, 60, False), "bucket start 120.5 is not aligned to its 60 s interval (a whole "
+                             "multiple of seconds since the epoch)"),
+        ((90, 60, False), "bucket start 90 is not aligned to its 60 s interval (a whole multiple "
+                          "of seconds since the epoch)"),
+        ((253402300799, 1, False), "bucket start 253402300799 is outside 1970..9999"),
+        ((-60, 60, False), "bucket start -60 is outside 1970..9999"),
+        ((0, 60, 1), "bucket partial 1 is not true or false"),
+    ]
+    for args, message in cases:
+        with raises(ValueError, message):
+            CountBucket(*args)  # type: ignore[arg-type]
+
+
+def _entry(label: str = "car") -> CountEntry:
+    return CountEntry("door", "line", label, "in", 1)
+
+
+def test_count_records() -> None:
+    bucket = CountBucket(0, 60, False)
+    r = CountRecord("d", "s", "cam", bucket, [_entry()])  # type: ignore[arg-type]
+    assert r.counts == (_entry(),) and r.stream == "cam.counts"
+    many = tuple(_entry(f"c{i}") for i in range(4096))
+    assert len(CountRecord("d", "s", "cam", bucket, many).counts) == 4096
+    with raises(ValueError, "4097 count entries in one record (at most 4096)"):
+        CountRecord("d", "s", "cam", bucket, (*many, _entry("extra")))
+    with raises(ValueError, "count entry door/line/car/in given twice in one bucket"):
+        CountRecord("d", "s", "cam", bucket, (_entry(), _entry()))
+    for kind, args in (("device", ("a b", "s", "cam")), ("site", ("d", "a b", "cam")),
+                       ("source", ("d", "s", "a b"))):
+        with raises(ValueError, f"{kind} 'a b' {SEGMENT_RULE}"):
+            CountRecord(*args, bucket, ())  # type: ignore[arg-type]
+
+
+def _count_body(seq: int = 5) -> dict[str, object]:
+    r = CountRecord("d", "s", "cam", CountBucket(1_790_000_040, 60, True), (_entry(),))
+    return json.loads(encode_count(r, seq=seq))  # type: ignore[no-any-return]
+
+
+def test_count_seq_bounds() -> None:
+    assert _count_body(seq=2**63 - 1)["seq"] == 2**63 - 1
+    r = CountRecord("d", "s", "cam", CountBucket(0, 60, True), ())
+    for seq in (0, True, 2**63):
+        with raises(ValueError, f"seq {seq!r} must be in 1..{2**63 - 1}"):
+            encode_count(r, seq=seq)  # type: ignore[arg-type]
+
+
+def test_count_records_decoded_and_refused() -> None:
+    got = count_from_json(_count_body())
+    assert (got.seq, got.record.bucket.start, got.record.counts) == (5, 1_790_000_040.0, (_entry(),))
+    assert count_from_json(_count_body(seq=2**63 - 1)).seq == 2**63 - 1
+    body = _count_body()
+    start_rule = "is not an RFC 3339 UTC time in whole seconds (YYYY-MM-DDTHH:MM:SSZ)"
+    cases: list[tuple[dict[str, object], str]] = [
+        ({"schema": {"id": "lepton.count", "version": 2}}, "payload lacks schema lepton.count v1"),
+        ({"bucket": [1]}, "'bucket' must be an object and 'counts' a list"),
+        ({"counts": {}}, "'bucket' must be an object and 'counts' a list"),
+        ({"seq": True}, f"seq True must be in 1..{2**63 - 1}"),
+        ({"seq": 0}, f"seq 0 must be in 1..{2**63 - 1}"),
+        ({"counts": [5]}, "count entry 5 is not an object"),
+        ({"bucket": {**body["bucket"], "start": "2026-09-21 14:14:00"}},  # type: ignore[dict-item]
+         f"bucket start '2026-09-21 14:14:00' {start_rule}"),
+        ({"bucket": {**body["bucket"], "start": 5}},  # type: ignore[dict-item]
+         f"bucket start 5 {start_rule}"),
+        ({"bucket": {**body["bucket"], "start": "2026-02-30T00:00:00Z"}},  # type: ignore[dict-item]
+         "bucket start '2026-02-30T00:00:00Z' is not a real date and time"),
+        ({"device": 5}, "count record is malformed: expected string or bytes-like object, got "
+                        "'int'"),
+        ({"stream": "cam"}, "stream 'cam' is not 'cam.counts' (the counts of source S are "
+                            "stream 'S.counts')"),
+    ]
+    for change, message in cases:
+        with raises(ValueError, message):
+            count_from_json({**body, **change})
+    with raises(ValueError, "count record lacks 'seq'"):
+        count_from_json({k: v for k, v in body.items() if k != "seq"})
+
+
+def test_count_bucket_start_is_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert count_from_json(_count_body()).record.bucket.start == 1_790_000_040.0
+    finally:
+        monkeypatch.undo()
+        time.tzset()
