@@ -560,3 +560,37 @@ def test_a_database_without_records_is_not_reported_as_an_outbox(tmp_path: Path)
         f"storage {tmp_path / 'outbox.db'}: unreadable: no records table (not an outbox, or "
         "never written) (fix: restart the agent: it moves a corrupt file aside and starts a "
         "fresh one)")
+
+
+# -- outbox: the reserve file, released on a full disk --------------------------------------------
+
+def test_the_reserve_file_takes_its_share_of_the_budget(tmp_path: Path) -> None:
+    """1 MiB without a budget; with one, a 64th of it, at least 64 KiB, at most 4 MiB and at
+    most an eighth of the budget."""
+    for budget, expected in ((None, MIB), (256 * MIB, 4 * MIB), (1 << 30, 4 * MIB),
+                             (64 * MIB, MIB), (MIB, 64 * 1024), (256 * 1024, 32 * 1024)):
+        path = tmp_path / f"{budget}" / "outbox.db"
+        path.parent.mkdir()
+        box = Outbox(path, budget_bytes=budget)
+        assert path.with_name("outbox.db.reserve").stat().st_size == expected, budget
+        box.close()
+
+
+def test_a_short_reserve_is_topped_up_and_a_long_one_left(tmp_path: Path) -> None:
+    reserve = tmp_path / "outbox.db.reserve"
+    for short in (1000, MIB - 1):
+        reserve.write_bytes(b"\0" * short)
+        Outbox(tmp_path / "outbox.db").close()
+        assert reserve.stat().st_size == MIB
+    reserve.write_bytes(b"\0" * (MIB + 5))
+    Outbox(tmp_path / "outbox.db").close()
+    assert reserve.stat().st_size == MIB + 5
+
+
+def test_the_reserve_takes_at_most_half_the_free_space(tmp_path: Path,
+                                                       free_space: dict[Path, int]) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    free_space[state] = 300 * 1024 + 4096 * 3  # 312 KiB free: a reserve of 156 KiB
+    Outbox(state / "outbox.db").close()
+    assert (state / "outbox.db.reserve").stat().st_size == 156 * 1024
