@@ -667,3 +667,29 @@ def test_a_crossing_is_counted_two_seconds_after_it_by_default() -> None:
             assert analytics.buckets.open_counts() == {key: 1}
             return
     raise AssertionError(f"no crossing, or no frame 2 s after it (crossed at {crossed_at})")
+
+
+def test_a_track_that_ends_exits_its_zones_as_lost_and_settles_its_crossing() -> None:
+    analytics = Analytics(lines=[LineRule.of("mid", MID)],
+                          zones=[ZoneRule.of("all", WHOLE), ZoneRule.of("also", WHOLE)],
+                          tracker=TrackerConfig(min_hits=1), wall_now=WALL, mono_now=0.0, label_settle_s=30.0)
+    events: list[object] = []
+    for i in range(10):  # bottom edge 0.35 .. 0.62 in steps of 0.03: crosses y = 0.51 at i = 6
+        events += analytics.step([car_at(0.5, 0.3 + 0.03 * i)], i / 10).events
+    assert [type(e) for e in events] == [ZoneEntered, ZoneEntered, LineCrossed]
+    also_in = CountKey("also", "zone", "car", Direction.IN)
+    assert analytics.buckets.open_counts() == {ZONE_IN: 1, also_in: 1}  # the crossing is pending
+    ended_at = None
+    for i in range(10, 40):  # no detections: the track coasts, then ends
+        frame = analytics.step([], i / 10)
+        if frame.events:
+            assert frame.tracks == ()
+            assert [(type(e), e.rule, e.reason, e.t) for e in frame.events] == [  # type: ignore[union-attr]
+                (ZoneExited, "all", ExitReason.LOST, i / 10), (ZoneExited, "also", ExitReason.LOST, i / 10)]
+            ended_at = i / 10
+            break
+    assert ended_at is not None
+    assert analytics.buckets.open_counts() == {
+        ZONE_IN: 1, CountKey("all", "zone", "car", Direction.OUT): 1,
+        also_in: 1, CountKey("also", "zone", "car", Direction.OUT): 1,
+        CountKey("mid", "line", "car", Direction.IN): 1}
