@@ -14,6 +14,7 @@ import re
 import numpy as np
 import pytest
 
+from agent.core.analytics import kalman
 from agent.core.analytics.counting import ClosedBucket, CountBuckets, CountKey, CountRow
 from agent.core.analytics.engine import Analytics
 from agent.core.analytics.events import (
@@ -693,3 +694,22 @@ def test_a_track_that_ends_exits_its_zones_as_lost_and_settles_its_crossing() ->
         ZONE_IN: 1, CountKey("all", "zone", "car", Direction.OUT): 1,
         also_in: 1, CountKey("also", "zone", "car", Direction.OUT): 1,
         CountKey("mid", "line", "car", Direction.IN): 1}
+
+
+# --- kalman: the state's box back to corners -------------------------------------------------
+
+
+def test_xywh_to_xyxy_by_hand() -> None:
+    xywh = np.array([[0.5, 0.5, 0.25, 0.5], [0.25, 0.75, 0.125, 0.0625]])
+    assert kalman.xywh_to_xyxy(xywh).tolist() == [[0.375, 0.25, 0.625, 0.75],
+                                                  [0.1875, 0.71875, 0.3125, 0.78125]]
+    state = np.array([[0.5, 0.5, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0]])  # velocities after the box are ignored
+    assert kalman.xywh_to_xyxy(state).tolist() == [[0.375, 0.25, 0.625, 0.75]]
+
+
+def test_a_still_detection_gives_a_track_with_its_box() -> None:
+    analytics = Analytics(wall_now=WALL, mono_now=0.0)
+    box = (0.375, 0.25, 0.625, 0.75)
+    for i in range(4):
+        (t,) = analytics.step([Observation(box, 0.9, 0, "car")], i / 10).tracks
+    assert t.confirmed and t.box == pytest.approx(box, abs=1e-9)
