@@ -37,8 +37,16 @@ from agent.core.contract.event import (
 )
 from agent.core.contract.result import Keypoint, Pose, Segment
 from agent.core.contract.topics import DeviceTopics
-from agent.core.labels import LabelError, parse_labels
-from agent.core.manifest import Manifest, TensorSpec, candidates, head_candidates
+from agent.core.labels import LabelError, fit_labels, parse_labels
+from agent.core.manifest import (
+    COCO17_KEYPOINTS,
+    Candidate,
+    Manifest,
+    TensorSpec,
+    candidates,
+    head_candidates,
+    manifest_for,
+)
 from agent.core.ota.chunks import ChunkError, ChunkPlan, ReceiveState, plan_chunks
 from agent.core.ota.clock import TrustedClock
 from agent.core.ota.document import (
@@ -61,7 +69,8 @@ from agent.core.ota.verify import (
     verify_bundle,
 )
 from agent.core.outbox import FetchUnsent, PublishWindow
-from agent.core.sensors import Reading, Windower
+from agent.core.postprocess import top_classes
+from agent.core.sensors import BinaryCrc16, Reading, Windower, encode_binary_frame
 
 
 def raises(exc: type[Exception], message: str):  # type: ignore[no-untyped-def]
@@ -1086,3 +1095,131 @@ def test_count_bucket_start_is_utc_whatever_the_local_zone(monkeypatch: pytest.M
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+# --- labels: fitting a label file to the model's classes -----------------------------------------
+
+def test_fit_labels_refusals_name_both_numbers() -> None:
+    assert fit_labels({}, 0) == 0
+    assert fit_labels({0: "a", 1: "b"}, 2) == 0
+    with raises(LabelError, "the model has 0 output classes"):
+        fit_labels({0: "a"}, 0)
+    with raises(LabelError, "negative label id -1"):
+        fit_labels({-1: "a", 0: "b"}, 2)
+    with raises(LabelError, "2 labels (ids 0..5) for a model with 3 output classes"):
+        fit_labels({0: "a", 5: "b"}, 3)
+    with raises(LabelError, "4 labels for a model with 9 output classes"):
+        fit_labels({0: "a", 1: "b", 2: "c", 3: "d"}, 9)
+    with raises(LabelError, "3 labels for a model with 2 output classes; one more label than "
+                            "classes, but the first, 'cat', is not a background row"):
+        fit_labels({0: "cat", 1: "dog", 2: "cow"}, 2)
+
+
+# --- postprocess: top classes ----------------------------------------------------------------------
+
+def test_top_classes_are_the_best_k() -> None:
+    scores = np.array([[0.1, 0.7, 0.2, 0.05, 0.6, 0.3]], np.float32)
+    m = Manifest(name="m", task="classification", decoder="softmax", score_threshold=0.0,
+                 max_results=1)
+    assert [c.class_id for c in top_classes(scores, m)] == [1]
+    m.max_results = 2
+    assert [c.class_id for c in top_classes(scores, m)] == [1, 4]
+    m.max_results = 3
+    assert [c.class_id for c in top_classes(scores, m)] == [1, 4, 5]
+    # A wide head (ImageNet-like): the single best of 1000 shuffled scores.
+    order = np.random.default_rng(1).permutation(1000)
+    wide = (order / 1000).astype(np.float32).reshape(1, -1)
+    m.max_results = 1
+    assert [c.class_id for c in top_classes(wide, m)] == [order.tolist().index(999)]
+
+
+# --- manifest: candidates' texts and inferred defaults ---------------------------------------------
+
+def test_head_candidates_say_why() -> None:
+    ssd = [TensorSpec(0, "boxes", (1, 10, 4), "float32"), TensorSpec(1, "classes", (1, 10), "float32"),
+           TensorSpec(2, "scores", (1, 10), "float32"), TensorSpec(3, "count", (1,), "float32")]
+    assert head_candidates(ssd) == [Candidate(
+        "detection", "ssd_postprocess",
+        {"boxes": "boxes", "classes": "classes", "scores": "scores", "count": "count"},
+        why="the 4 outputs of TFLite_Detection_PostProcess")]
+    assert head_candidates([TensorSpec(0, "v", (1, 12), "float32")]) == [
+        Candidate("classification", "softmax", {"scores": "v"}, why="one score vector of 12"),
+        Candidate("embedding", "embedding", {"embedding": "v"},
+                  lacks="a manifest with task 'embedding' (a [1, D] vector reads as class "
+                        "scores unless the manifest says so)",
+                  why="a [1, 12] vector")]
+
+
+def test_inferred_defaults_per_decoder() -> None:
+    image = TensorSpec(0, "image", (1, 64, 64, 3), "uint8")
+
+    def made(task: str, decoder: str) -> Manifest:
+        return manifest_for("m", image, [], Candidate(task, decoder, {}))
+
+    got = {d: (m.score_threshold, m.max_results, m.label_offset) for d, m in (
+        ("ssd_postprocess", made("detection", "ssd_postprocess")),
+        ("softmax", made("classification", "softmax")),
+        ("yolo_v8", made("detection", "yolo_v8")), ("ssd_raw", made("detection", "ssd_raw")),
+        ("grid", made("detection", "grid")), ("argmax", made("segmentation", "argmax")),
+        ("embedding", made("embedding", "embedding")))}
+    assert got == {"ssd_postprocess": (0.3, 20, 1), "softmax": (0.1, 5, 0),
+                   "yolo_v8": (0.25, 100, 0), "ssd_raw": (0.25, 100, 0), "grid": (0.0, 20, 0),
+                   "argmax": (0.0, 32, 0), "embedding": (0.0, 20, 0)}
+    pose = made("pose", "movenet_multi")
+    assert (pose.score_threshold, pose.max_results, pose.keypoints[0], len(pose.skeleton)) == (
+        0.2, 6, COCO17_KEYPOINTS[0], 16)
+
+
+# --- sensors: binary frames ----------------------------------------------------------------------
+
+def test_binary_frames_resync_after_a_bogus_length() -> None:
+    p = BinaryCrc16("imu", lambda: 7.0)
+    # A sync pair whose "length" byte starts the real frame: the bad CRC drops only the sync.
+    frame = encode_binary_frame([1.5, -2.0])
+    assert p.feed(b"\xaa\x55" + frame + bytes(175)) == [Reading("imu", 7.0, {"c0": 1.5, "c1": -2.0})]
+    assert p.last_error == "174 byte(s) of garbage skipped"
+    q = BinaryCrc16("imu", lambda: 7.0)
+    assert q.feed(b"\x01\x02") == []
+    assert (q.errors, q.last_error) == (1, "1 byte(s) of garbage skipped")
+
+
+def _f32(name: str, shape: tuple[int, ...], dtype: str = "float32") -> TensorSpec:
+    return TensorSpec(0, name, shape, dtype)
+
+
+def test_head_candidates_of_each_kind() -> None:
+    assert head_candidates([_f32("v", (1, 1, 1, 256))]) == [
+        Candidate("embedding", "embedding", {"embedding": "v"},
+                  why="a pooled feature vector [1, 1, 1, 256]"),
+        Candidate("classification", "softmax", {"scores": "v"},
+                  lacks="a manifest with task 'classification' and labels",
+                  why="a pooled vector can also be class scores")]
+    assert head_candidates([_f32("kp", (1, 1, 17, 3))]) == [
+        Candidate("pose", "movenet", {"keypoints": "kp"},
+                  why="MoveNet single-pose [1, 1, 17, 3] (y, x, score)")]
+    assert head_candidates([_f32("kp", (1, 6, 56))]) == [
+        Candidate("pose", "movenet_multi", {"keypoints": "kp"}, why="MoveNet multi-pose [1, 6, 56]")]
+    v8 = Candidate("detection", "yolo_v8", {"predictions": "p"},
+                   why="YOLO v8/v11 head [1, 4 + 80, 8400]")
+    v5 = Candidate("detection", "yolo_v5", {"predictions": "p"},
+                   why="YOLO v5 head [1, 8400, 5 + 79]")
+    assert head_candidates([_f32("p", (1, 84, 8400))]) == [v8, v5]
+    assert head_candidates([_f32("p", (1, 8400, 84))]) == [v5, v8]
+    assert head_candidates([_f32("mask", (1, 32, 32), "int32")]) == [
+        Candidate("segmentation", "argmax", {"mask": "mask"}, why="a class map [1, 32, 32]")]
+    assert head_candidates([_f32("l", (1, 32, 32, 6))]) == [
+        Candidate("segmentation", "logits", {"logits": "l"}, why="per-pixel scores of 6 classes"),
+        Candidate("detection", "grid", {"grid": "l"},
+                  lacks="a manifest with decoder 'grid' (objectness, box, classes per cell)",
+                  why="a detection grid [1, GH, GW, 5 + classes]")]
+    assert head_candidates([_f32("l", (1, 32, 32, 5))]) == [
+        Candidate("segmentation", "logits", {"logits": "l"}, why="per-pixel scores of 5 classes")]
+    boxes, scores = _f32("b", (1, 100, 4)), _f32("s", (1, 100, 3))
+    assert head_candidates([boxes, scores]) == [
+        Candidate("detection", "ssd_raw", {"boxes": "b", "scores": "s"},
+                  lacks="anchors (ycenter, xcenter, h, w) per box in the manifest ('anchors': a "
+                        ".npy/.json file)",
+                  why="raw SSD boxes [1, 100, 4] and scores")]
+    assert head_candidates([boxes, scores, _f32("a", (100, 4))]) == [
+        Candidate("detection", "ssd_raw", {"boxes": "b", "scores": "s", "anchors": "a"},
+                  why="raw SSD boxes [1, 100, 4] and scores")]
