@@ -1223,3 +1223,25 @@ def test_head_candidates_of_each_kind() -> None:
     assert head_candidates([boxes, scores, _f32("a", (100, 4))]) == [
         Candidate("detection", "ssd_raw", {"boxes": "b", "scores": "s", "anchors": "a"},
                   why="raw SSD boxes [1, 100, 4] and scores")]
+
+
+def test_head_candidates_at_their_bounds() -> None:
+    def kinds(*heads: TensorSpec) -> list[str]:
+        return [c.decoder for c in head_candidates(list(heads))]
+
+    assert kinds(_f32("kp", (1, 10, 56))) == ["movenet_multi"]
+    assert kinds(_f32("kp", (1, 11, 56))) == ["yolo_v8", "yolo_v5"]  # 11 persons: not MoveNet
+    assert kinds(_f32("p", (1, 5, 100))) == ["yolo_v8", "yolo_v5"]
+    assert kinds(_f32("p", (1, 4, 100))) == []
+    assert kinds(_f32("m", (1, 8, 8), "int32")) == ["argmax"]
+    assert kinds(_f32("m", (1, 4, 100), "int32")) == []
+    assert head_candidates([_f32("m", (1, 16, 32), "uint8")])[0].why == "a class map [1, 16, 32]"
+    assert kinds(_f32("l", (1, 8, 8, 2))) == ["logits"]
+    assert kinds(_f32("l", (1, 32, 32, 1))) == []
+    assert kinds(_f32("l", (1, 4, 32, 6))) == []
+    boxes = _f32("b", (1, 100, 4))
+    assert kinds(boxes, _f32("s", (1, 100, 2))) == ["ssd_raw"]
+    assert kinds(boxes, _f32("s", (1, 100, 1))) == []
+    found = head_candidates([boxes, _f32("s", (1, 100, 3)), _f32("a", (1, 100, 4))])
+    assert [(c.outputs, c.complete) for c in found] == [
+        ({"boxes": "b", "scores": "s", "anchors": "a"}, True)]
