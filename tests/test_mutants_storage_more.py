@@ -24,7 +24,7 @@ import stat
 import struct
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,7 +34,7 @@ from agent.errors import StorageError
 from agent.storage.blobs import BlobStore
 from agent.storage.lock import LOCK_NAME, StateDirLock
 from agent.storage.mounts import ram_filesystem_warning
-from agent.storage.outbox import Outbox, PendingRecord
+from agent.storage.outbox import ROW_OVERHEAD, Outbox, PendingRecord
 from agent.storage.report import (
     OutboxUnreadable,
     integrity_check,
@@ -44,6 +44,7 @@ from agent.storage.report import (
     read_delivery_marks,
     read_events,
     read_report,
+    record_seqs,
 )
 from agent.storage.volatile import state_dir_unusable, volatile_budget, volatile_dir
 
@@ -594,3 +595,45 @@ def test_the_reserve_takes_at_most_half_the_free_space(tmp_path: Path,
     free_space[state] = 300 * 1024 + 4096 * 3  # 312 KiB free: a reserve of 156 KiB
     Outbox(state / "outbox.db").close()
     assert (state / "outbox.db.reserve").stat().st_size == 156 * 1024
+
+
+# -- outbox.write_within_budget: which failures make room and how often ------------------------
+
+def test_only_a_full_page_cap_makes_room_and_at_most_eight_tries(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.db", budget_bytes=64 * MIB, compress=False)
+    box.append([PendingRecord("cam0", "t", lambda seq: b"x" * 1000) for _ in range(2000)])
+    calls: list[str] = []
+
+    def failing(text: str) -> Callable[[], None]:
+        def write() -> None:
+            calls.append(text)
+            raise sqlite3.OperationalError(text)
+        return write
+
+    # Not SQLITE_FULL (a lock, say): raised at once, nothing evicted for it.
+    with pytest.raises(sqlite3.OperationalError, match=r"^database is locked$"):
+        box.write_within_budget(failing("database is locked"), 1000)
+    assert len(calls) == 1 and len(record_seqs(tmp_path)) == 2000
+    # SQLITE_FULL at the file's cap (the disk has room): room made, tried again, eight times in
+    # all, then the error as it was.
+    calls.clear()
+    with pytest.raises(sqlite3.OperationalError, match=r"^database or disk is full$"):
+        box.write_within_budget(failing("database or disk is full"), 1000)
+    assert len(calls) == 8
+    # Before each retry, room for 4 pages (more than the 1000 bytes asked), doubled each time:
+    # whole records of 1000 bytes plus their row overhead, the oldest first.
+    page = int(box.db.execute("PRAGMA page_size").fetchone()[0])
+    evicted = sum(-(-(4 * page << attempt) // (1000 + ROW_OVERHEAD)) for attempt in range(7))
+    assert record_seqs(tmp_path) == list(range(evicted + 1, 2001))
+    box.close()
+
+
+def test_enforce_budget_returns_zero_when_nothing_was_evicted(tmp_path: Path) -> None:
+    unbudgeted = Outbox(tmp_path / "a.db")
+    unbudgeted.append([_record()])
+    assert unbudgeted.enforce_budget() == 0
+    unbudgeted.close()
+    budgeted = Outbox(tmp_path / "b.db", budget_bytes=64 * MIB)
+    budgeted.append([_record()])
+    assert budgeted.enforce_budget() == 0
+    budgeted.close()
