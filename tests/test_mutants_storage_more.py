@@ -17,6 +17,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -628,12 +629,15 @@ def test_only_a_full_page_cap_makes_room_and_at_most_eight_tries(tmp_path: Path)
     box.close()
 
 
-def test_enforce_budget_returns_zero_when_nothing_was_evicted(tmp_path: Path) -> None:
+def test_enforce_budget_returns_zero_when_nothing_was_evicted(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     unbudgeted = Outbox(tmp_path / "a.db")
     unbudgeted.append([_record()])
     assert unbudgeted.enforce_budget() == 0
     unbudgeted.close()
     budgeted = Outbox(tmp_path / "b.db", budget_bytes=64 * MIB)
     budgeted.append([_record()])
-    assert budgeted.enforce_budget() == 0
+    with caplog.at_level(logging.DEBUG, logger="agent"):
+        assert budgeted.enforce_budget() == 0
+    assert not [r for r in caplog.records if "budget" in r.getMessage()]  # nothing to say
     budgeted.close()
