@@ -18,7 +18,12 @@ import numpy as np
 import pytest
 
 from agent.core import heads, uri
-from agent.core.contract.command import CommandError, accepts_response_topic, command_name
+from agent.core.contract.command import (
+    CommandError,
+    accepts_response_topic,
+    command_name,
+    decode_command,
+)
 from agent.core.contract.count import (
     CountBucket,
     CountEntry,
@@ -35,7 +40,15 @@ from agent.core.contract.event import (
     event_body,
     track_event_body,
 )
-from agent.core.contract.result import Keypoint, Pose, Segment
+from agent.core.contract.result import (
+    Embedding,
+    FrameResult,
+    Keypoint,
+    ModelRef,
+    Pose,
+    Segment,
+    encode_result,
+)
 from agent.core.contract.topics import DeviceTopics
 from agent.core.labels import LabelError, fit_labels, parse_labels
 from agent.core.manifest import (
@@ -70,7 +83,7 @@ from agent.core.ota.verify import (
 )
 from agent.core.outbox import FetchUnsent, PublishWindow
 from agent.core.postprocess import top_classes
-from agent.core.sensors import BinaryCrc16, Reading, Windower, encode_binary_frame
+from agent.core.sensors import BinaryCrc16, Reading, Windower, encode_binary_frame, make_parser
 
 
 def raises(exc: type[Exception], message: str):  # type: ignore[no-untyped-def]
@@ -1245,3 +1258,75 @@ def test_head_candidates_at_their_bounds() -> None:
     found = head_candidates([boxes, _f32("s", (1, 100, 3)), _f32("a", (1, 100, 4))])
     assert [(c.outputs, c.complete) for c in found] == [
         ({"boxes": "b", "scores": "s", "anchors": "a"}, True)]
+
+
+# --- commands, results, poses, clocks, sensors ----------------------------------------------------
+
+def test_refused_commands_say_why() -> None:
+    with pytest.raises(CommandError) as info:
+        decode_command("reboot", b" " * (256 * 1024 + 1))
+    assert (info.value.code, info.value.reason, info.value.fix) == (
+        "malformed", "payload of 262145 bytes is over the 262144 byte limit",
+        "send a smaller command")
+    body = json.dumps({"schema": {"id": "lepton.command", "version": 1}, "id": "a b"}).encode()
+    with pytest.raises(CommandError) as info:
+        decode_command("reboot", body)
+    assert (info.value.code, info.value.reason, info.value.fix) == (
+        "malformed", "id 'a b' is not 1-128 characters of A-Z a-z 0-9 _ . : -",
+        "give every command a unique id (a UUID)")
+
+
+def _encoded(**kw: object) -> dict[str, object]:
+    r = FrameResult("cam", 1, 0.0, 5, 8, 8, **kw)  # type: ignore[arg-type]
+    return json.loads(encode_result(r, seq=1, device="d", site="s",  # type: ignore[no-any-return]
+                                    model=ModelRef("m", "1", "0" * 64)))
+
+
+def test_result_records_of_masks_and_embeddings() -> None:
+    got = _encoded(task="segmentation", mask_png=b"PNG!")
+    assert got["mask"] == hashlib.sha256(b"PNG!").hexdigest() and got["segments"] == []
+    assert "mask" not in _encoded(task="segmentation")
+    assert _encoded(task="embedding")["embedding"] == {"dim": 0, "normalized": False, "values": []}
+    assert _encoded(task="embedding", embedding=Embedding(2, (0.6, 0.8), True))["embedding"] == {
+        "dim": 2, "normalized": True, "values": [0.6, 0.8]}
+
+
+def test_single_pose_keypoints_names_and_threshold() -> None:
+    m = Manifest(name="m", task="pose", decoder="movenet", score_threshold=0.5,
+                 keypoints=["nose", "tail"])
+    raw = np.array([[[[0.25, 1.5, 0.5], [0.75, -0.5, 0.5], [0.5, 0.5, 0.5]]]], np.float32)
+    poses = heads.movenet_single(raw, m)  # mean score 0.5: exactly the threshold
+    assert len(poses) == 1 and poses[0].score == 0.5 and poses[0].box is None
+    assert poses[0].keypoints == [Keypoint("nose", 1.0, 0.25, 0.5), Keypoint("tail", 0.0, 0.75, 0.5),
+                                  Keypoint("kp_2", 0.5, 0.5, 0.5)]
+    assert heads.movenet_single(np.zeros((1, 1, 0, 3), np.float32), m) == []
+    m.score_threshold = 0.0
+    assert heads.movenet_single(np.zeros((1, 1, 0, 3), np.float32), m) == [Pose(0.0, [], None)]
+
+
+def test_clock_at_epoch_zero_and_bad_state() -> None:
+    skew = TrustedClock().skew(0.0)
+    assert (skew.seconds, skew.exceeds) == (0.0, False)
+    assert TrustedClock().now(0.0)[0] == 0.0
+    with raises(ValueError, "trusted clock floor -1.0 is not a finite time >= 0"):
+        TrustedClock(floor=-1.0)
+
+
+def test_line_parsers_framing() -> None:
+    csv = make_parser("csv", "imu", lambda: 3.0)
+    assert csv.feed(b"\n1,2\n") == [Reading("imu", 3.0, {"c0": 1.0, "c1": 2.0})]
+    line = b"0" * 1020 + b",2.5"  # exactly MAX_LINE (1024) bytes: kept
+    assert csv.feed(line) == []
+    assert csv.feed(b"\n") == [Reading("imu", 3.0, {"c0": 0.0, "c1": 2.5})]
+    assert csv.errors == 0
+    assert csv.feed(b"9" * 1100) == [] and csv.feed(b"9" * 1100) == []
+    # The rest of the dropped line is dropped too; the next line is read.
+    assert csv.feed(b"1,2\n3,4\n") == [Reading("imu", 3.0, {"c0": 3.0, "c1": 4.0})]
+    assert (csv.errors, csv.last_error) == (1, "line longer than 1024 bytes dropped")
+    assert csv.feed(b"1,X\r\n") == []
+    assert csv.last_error == "non-numeric field in '1,X'"
+
+
+def test_sensor_names_must_be_topic_segments() -> None:
+    with raises(ValueError, f"sensor name 'a b' {SEGMENT_RULE}"):
+        uri.parse_sensor_uri("serial:///dev/ttyUSB0?name=a%20b")
