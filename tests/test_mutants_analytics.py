@@ -28,7 +28,7 @@ from agent.core.analytics.events import (
 )
 from agent.core.analytics.geometry import GeometryError, Polygon, _cross, _segments_intersect
 from agent.core.analytics.lines import LineCounter, LineRule
-from agent.core.analytics.tracker import Observation, Track, TrackerConfig
+from agent.core.analytics.tracker import BestObservation, Observation, Track, TrackerConfig, TrajectoryPoint
 from agent.core.analytics.zones import ZoneMonitor, ZoneRule
 
 Pt = tuple[float, float]
@@ -713,3 +713,41 @@ def test_a_still_detection_gives_a_track_with_its_box() -> None:
     for i in range(4):
         (t,) = analytics.step([Observation(box, 0.9, 0, "car")], i / 10).tracks
     assert t.confirmed and t.box == pytest.approx(box, abs=1e-9)
+
+
+def test_an_events_track_summary_copies_the_tracks_class_vote_trajectory_and_best() -> None:
+    analytics = Analytics(zones=[ZoneRule.of("all", WHOLE)], tracker=TrackerConfig(min_hits=1),
+                          wall_now=WALL, mono_now=0.0)
+    box = (0.25, 0.25, 0.5, 0.75)
+    (entered,) = analytics.step([Observation(box, 0.75, 2, "bus")], 1.5, 4).events
+    assert isinstance(entered, ZoneEntered)
+    summary = entered.track
+    assert (summary.track_id, summary.label, summary.class_id, summary.vote_confidence) == (1, "bus", 2, 1.0)
+    assert summary.trajectory == (TrajectoryPoint(1.5, 0.375, 0.5),)
+    assert summary.best == BestObservation(4, 1.5, 0.75, box, 0)
+
+
+def test_the_initial_state_of_a_track() -> None:
+    """ByteTrack's prior: position std 2 x 1/20 of the box size; velocity std 10 x 1/160 of the
+    size per 1/30 s frame (1.875 sizes a second, which is also the centre's INITIAL_SPEED_STD)."""
+    mean, cov = kalman.initiate(np.array([[0.5, 0.25, 0.25, 0.5]]))
+    assert mean.tolist() == [[0.5, 0.25, 0.25, 0.5, 0.0, 0.0, 0.0, 0.0]]
+    size = np.array([0.25, 0.5, 0.25, 0.5])
+    assert cov[0, kalman.PP].tolist() == pytest.approx((0.1 * size) ** 2, rel=1e-12)
+    assert cov[0, kalman.PP].tolist() == pytest.approx([0.000625, 0.0025, 0.000625, 0.0025], rel=1e-12)
+    assert cov[0, kalman.PV].tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert cov[0, kalman.VV].tolist() == pytest.approx([0.2197265625, 0.87890625, 0.2197265625, 0.87890625],
+                                                      rel=1e-12)
+
+
+def test_count_key_and_bucket_interval_checks_and_close_flags_partial_by_default() -> None:
+    message = "count key: kind 'area' is not one of ('line', 'zone')"
+    with pytest.raises(ValueError, match=r"^" + re.escape(message) + "$"):
+        CountKey("r", "area", "car", Direction.IN)
+    for bad in (0.0, -60.0, math.inf, math.nan):
+        message = f"count buckets: interval {bad} s must be a positive number of seconds"
+        with pytest.raises(ValueError, match=r"^" + re.escape(message) + "$"):
+            CountBuckets(bad, wall_now=WALL, mono_now=0.0)
+    half = CountBuckets(0.5, wall_now=WALL, mono_now=0.0)
+    half.add(K_CAR, 0.25)
+    assert half.close() == [ClosedBucket(WALL, 0.5, True, (CountRow(K_CAR, 1),))]
