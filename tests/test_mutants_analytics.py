@@ -28,7 +28,14 @@ from agent.core.analytics.events import (
 )
 from agent.core.analytics.geometry import GeometryError, Polygon, _cross, _segments_intersect
 from agent.core.analytics.lines import LineCounter, LineRule
-from agent.core.analytics.tracker import BestObservation, Observation, Track, TrackerConfig, TrajectoryPoint
+from agent.core.analytics.tracker import (
+    BestObservation,
+    Observation,
+    Track,
+    TrackerConfig,
+    Trajectory,
+    TrajectoryPoint,
+)
 from agent.core.analytics.zones import ZoneMonitor, ZoneRule
 
 Pt = tuple[float, float]
@@ -751,3 +758,87 @@ def test_count_key_and_bucket_interval_checks_and_close_flags_partial_by_default
     half = CountBuckets(0.5, wall_now=WALL, mono_now=0.0)
     half.add(K_CAR, 0.25)
     assert half.close() == [ClosedBucket(WALL, 0.5, True, (CountRow(K_CAR, 1),))]
+
+
+# --- tracker: settings' messages, trajectory downsampling, class vote, best observation --------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"low_score": -0.1}, "tracker: need 0 <= low_score (-0.1) <= high_score (0.5) <= 1"),
+        ({"low_score": 0.6}, "tracker: need 0 <= low_score (0.6) <= high_score (0.5) <= 1"),
+        ({"high_score": 1.5}, "tracker: need 0 <= low_score (0.1) <= high_score (1.5) <= 1"),
+        ({"match_similarity": 0.0}, "tracker: match_similarity = 0.0 must be in (0, 1]"),
+        ({"low_match_iou": 1.5}, "tracker: low_match_iou = 1.5 must be in (0, 1]"),
+        ({"tentative_similarity": -1.0}, "tracker: tentative_similarity = -1.0 must be in (0, 1]"),
+        ({"min_hits": 0}, "tracker: min_hits = 0 must be at least 1"),
+        ({"tentative_misses": -1}, "tracker: tentative_misses = -1 must be 0 or more"),
+        ({"max_age_s": 0.0}, "tracker: max_age_s = 0.0 must be positive"),
+        ({"max_age_s": math.nan}, "tracker: max_age_s = nan must be positive"),
+        ({"trajectory_points": 1}, "tracker: trajectory_points = 1 must be at least 2"),
+    ],
+)
+def test_bad_tracker_settings_raise_the_exact_message(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=r"^" + re.escape(message) + "$"):
+        TrackerConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_tracker_settings_at_the_ends_of_their_ranges_are_accepted() -> None:
+    TrackerConfig(low_score=0.0, high_score=1.0, match_similarity=1.0, low_match_iou=1.0,
+                  tentative_similarity=1.0, min_hits=1, tentative_misses=0, max_age_s=0.001,
+                  trajectory_points=2)
+    TrackerConfig(low_score=0.5, high_score=0.5)
+
+
+def test_a_full_trajectory_drops_every_other_point() -> None:
+    """max 4 points, 10 added (t = 0..9): at the 4th the list halves to t 0, 2 and every 2nd is
+    kept; at t = 6 it is full again and halves to 0, 4, every 4th kept; t = 8 is the last kept."""
+    trajectory = Trajectory(4)
+    for i in range(10):
+        trajectory.add(float(i), i / 10, 1 - i / 10)
+    assert trajectory.points() == (TrajectoryPoint(0.0, 0.0, 1.0), TrajectoryPoint(4.0, 0.4, 0.6),
+                                   TrajectoryPoint(8.0, 0.8, 1 - 0.8))
+    short = Trajectory(4)
+    for i in range(3):
+        short.add(float(i), 0.5, 0.5)
+    assert [p.t for p in short.points()] == [0.0, 1.0, 2.0]
+
+
+def test_the_class_vote_weights_by_score_and_a_tie_keeps_the_current_class() -> None:
+    t = Track(1, 0.0, 8)
+    assert (t.label, t.class_id, t.vote_confidence) == ("", -1, 0.0)
+    t.vote(Observation((0.0, 0.0, 0.1, 0.1), 0.5, 2, "car"))
+    assert (t.label, t.class_id, t.vote_confidence) == ("car", 2, 1.0)
+    t.vote(Observation((0.0, 0.0, 0.1, 0.1), 0.5, 7, "truck"))  # 0.5 each: a tie keeps car
+    assert (t.label, t.class_id, t.vote_confidence) == ("car", 2, 0.5)
+    t.vote(Observation((0.0, 0.0, 0.1, 0.1), 0.25, 7, "truck"))  # truck 0.75 > car 0.5
+    assert (t.label, t.class_id, t.vote_confidence) == ("truck", 7, 0.6)
+    t.vote(Observation((0.0, 0.0, 0.1, 0.1), 0.25, 3, "car"))  # car 0.75 = truck 0.75: stays truck
+    assert (t.label, t.class_id) == ("truck", 7)
+
+
+def test_the_best_observation_prefers_fewer_cut_sides_then_a_higher_score() -> None:
+    t = Track(1, 0.0, 8)
+    margin = 0.005
+
+    def see(box: tuple[float, float, float, float], score: float, frame: int) -> BestObservation | None:
+        t.observe_best(Observation(box, score, 0, "car"), frame, frame / 10, margin)
+        return t.best
+
+    edge = (0.005, 0.2, 0.3, 0.4)  # x1 at the margin: one side cut
+    assert see(edge, 0.5, 1) == BestObservation(1, 0.1, 0.5, edge, 1)
+    corner = (0.0, 0.0, 0.3, 0.3)  # two sides cut, higher score: not better
+    assert see(corner, 0.9, 2) == BestObservation(1, 0.1, 0.5, edge, 1)
+    inside = (0.1, 0.2, 0.3, 0.4)  # in view, lower score: better (fewer sides cut)
+    assert see(inside, 0.4, 3) == BestObservation(3, 0.3, 0.4, inside, 0)
+    assert see(inside, 0.4, 4) == BestObservation(3, 0.3, 0.4, inside, 0)  # same score: keeps the first
+    assert see(inside, 0.45, 5) == BestObservation(5, 0.5, 0.45, inside, 0)
+    # x2 at 1 - margin is cut too: not better, however high its score
+    assert see((0.1, 0.2, 1 - margin, 0.4), 0.99, 6) == BestObservation(5, 0.5, 0.45, inside, 0)
+    whole = Track(2, 0.0, 8)
+    whole.observe_best(Observation((0.005, 0.005, 0.995, 0.995), 0.5, 0, "car"), 0, 0.0, margin)
+    assert whole.best is not None and whole.best.sides_cut == 4
+    below = Track(3, 0.0, 8)
+    below.observe_best(Observation((0.0051, 0.0051, 0.9949, 0.9949), 0.5, 0, "car"), 0, 0.0, margin)
+    assert below.best is not None and below.best.sides_cut == 0
