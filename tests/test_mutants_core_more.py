@@ -55,10 +55,12 @@ from agent.core.manifest import (
     COCO17_KEYPOINTS,
     Candidate,
     Manifest,
+    ManifestError,
     TensorSpec,
     candidates,
     head_candidates,
     manifest_for,
+    sequence_manifest,
 )
 from agent.core.ota.chunks import ChunkError, ChunkPlan, ReceiveState, plan_chunks
 from agent.core.ota.clock import TrustedClock
@@ -1330,3 +1332,21 @@ def test_line_parsers_framing() -> None:
 def test_sensor_names_must_be_topic_segments() -> None:
     with raises(ValueError, f"sensor name 'a b' {SEGMENT_RULE}"):
         uri.parse_sensor_uri("serial:///dev/ttyUSB0?name=a%20b")
+
+
+def test_window_models_get_a_sequence_manifest() -> None:
+    window = _f32("win", (1, 50, 3))
+    m = sequence_manifest("imu-model", window, [_f32("probs", (1, 4))])
+    assert (m.name, m.task, m.decoder, m.input, m.score_threshold, m.max_results, m.outputs,
+            m.inferred) == ("imu-model", "sequence", "softmax", "win", 0.0, 4,
+                            {"scores": "probs"}, True)
+    assert m.sensor == {"channels": ["ch0", "ch1", "ch2"], "window": 50, "hop": 50,
+                        "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+    for heads_ in ([_f32("a", (1, 4)), _f32("b", (1, 2))], [_f32("c", (2, 4, 1))], []):
+        shapes = ", ".join(f"{t.name}{list(t.shape)}" for t in heads_)
+        with raises(ManifestError, f"window input win[1, 50, 3] but outputs {shapes}; a sequence "
+                                   "model gives one score vector [1, C]"):
+            sequence_manifest("imu-model", window, heads_)
+    with raises(ManifestError, "window input win[1, 50, 3] but outputs c[1, 4, 1]; a sequence "
+                               "model gives one score vector [1, C]"):
+        sequence_manifest("imu-model", window, [_f32("c", (1, 4, 1))])
