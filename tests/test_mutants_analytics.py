@@ -842,3 +842,11 @@ def test_the_best_observation_prefers_fewer_cut_sides_then_a_higher_score() -> N
     below = Track(3, 0.0, 8)
     below.observe_best(Observation((0.0051, 0.0051, 0.9949, 0.9949), 0.5, 0, "car"), 0, 0.0, margin)
     assert below.best is not None and below.best.sides_cut == 0
+
+
+def test_a_new_track_has_no_hits_no_misses_and_is_tentative() -> None:
+    t = Track(5, 2.5, 8)
+    assert (t.track_id, t.first_seen, t.last_seen, t.hits, t.misses) == (5, 2.5, 2.5, 0, 0)
+    assert (t.confirmed, t.observed, t.lost, t.box, t.score, t.best) == (
+        False, False, False, (0.0, 0.0, 0.0, 0.0), 0.0, None)
+    assert t.trajectory.points() == () and t.trajectory.max_points == 8
