@@ -799,6 +799,10 @@ def test_a_full_trajectory_drops_every_other_point() -> None:
         trajectory.add(float(i), i / 10, 1 - i / 10)
     assert trajectory.points() == (TrajectoryPoint(0.0, 0.0, 1.0), TrajectoryPoint(4.0, 0.4, 0.6),
                                    TrajectoryPoint(8.0, 0.8, 1 - 0.8))
+    # t = 12 fills it again: 0, 8 are left and every 8th is kept, so t = 10, 13, 14, 15 are not
+    for i in range(10, 16):
+        trajectory.add(float(i), 0.5, 0.5)
+    assert [p.t for p in trajectory.points()] == [0.0, 8.0]
     short = Trajectory(4)
     for i in range(3):
         short.add(float(i), 0.5, 0.5)
