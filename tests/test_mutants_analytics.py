@@ -35,6 +35,7 @@ from agent.core.analytics.tracker import (
     TrackerConfig,
     Trajectory,
     TrajectoryPoint,
+    iou_matrix,
 )
 from agent.core.analytics.zones import ZoneMonitor, ZoneRule
 
@@ -854,3 +855,18 @@ def test_a_new_track_has_no_hits_no_misses_and_is_tentative() -> None:
     assert (t.confirmed, t.observed, t.lost, t.box, t.score, t.best) == (
         False, False, False, (0.0, 0.0, 0.0, 0.0), 0.0, None)
     assert t.trajectory.points() == () and t.trajectory.max_points == 8
+
+
+def test_a_buffered_iou_grows_both_boxes_by_the_fraction_on_each_side() -> None:
+    """(1/4..1/2)^2 and (1/2..3/4)^2 touch at a corner: IoU 0. Grown by half their size on each
+    side to (1/8..5/8)^2 and (3/8..7/8)^2 they share a 1/4 x 1/4 square: 1/16 / (2/4 - 1/16) = 1/7."""
+    a = np.array([[0.25, 0.25, 0.5, 0.5]])
+    b = np.array([[0.5, 0.5, 0.75, 0.75]])
+    assert iou_matrix(a, b).tolist() == [[0.0]]
+    assert iou_matrix(a, b, 0.5).tolist() == [[pytest.approx(1 / 7, rel=1e-12)]]
+    # a tall box against a wide one: the buffer uses each side's own size
+    tall, wide = np.array([[0.4, 0.1, 0.5, 0.5]]), np.array([[0.1, 0.6, 0.5, 0.7]])
+    # grown by 1/4: tall (0.375..0.525, 0.0..0.6), wide (0.0..0.6, 0.575..0.725)
+    inter = (0.525 - 0.375) * (0.6 - 0.575)
+    union = 0.15 * 0.6 + 0.6 * 0.15 - inter
+    assert iou_matrix(tall, wide, 0.25).tolist() == [[pytest.approx(inter / union, rel=1e-9)]]
