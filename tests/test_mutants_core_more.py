@@ -73,6 +73,7 @@ from agent.core.ota.document import (
     check_path,
     decode_envelope,
     encode_envelope,
+    key_id,
     parse_document,
 )
 from agent.core.ota.verify import (
@@ -1350,3 +1351,11 @@ def test_window_models_get_a_sequence_manifest() -> None:
     with raises(ManifestError, "window input win[1, 50, 3] but outputs c[1, 4, 1]; a sequence "
                                "model gives one score vector [1, C]"):
         sequence_manifest("imu-model", window, [_f32("c", (1, 4, 1))])
+
+
+def test_key_ids() -> None:
+    assert key_id(KEY) == KID
+    with raises(DocumentError, "an Ed25519 public key is 32 bytes, this one is 31"):
+        key_id(KEY[:31])
+    with raises(DocumentError, "an Ed25519 public key is 32 bytes, this one is 33"):
+        key_id(KEY + b"\x00")
