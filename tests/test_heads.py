@@ -283,6 +283,19 @@ def test_movenet_single_and_multi_known_answers() -> None:
     assert poses[1].keypoints[16].name == "right_ankle" and poses[1].keypoints[16].x == pytest.approx(0.6)
 
 
+def test_a_pose_scored_nan_is_not_kept() -> None:
+    # A NaN score compares false with the threshold both ways: it must not pass it.
+    single = np.full((1, 1, 17, 3), np.nan, np.float32)
+    assert heads.movenet_single(single, _manifest(task="pose", decoder="movenet",
+                                                  score_threshold=0.3)) == []
+    multi = np.zeros((1, 2, 56), np.float32)
+    multi[0, 0, 55] = np.nan
+    multi[0, 1, 55] = 0.9
+    poses = heads.movenet_multi(multi, _manifest(task="pose", decoder="movenet_multi",
+                                                 score_threshold=0.3))
+    assert [round(p.score, 2) for p in poses] == [0.9]
+
+
 def components_by_flood(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
     """8-connected components by breadth-first flood fill: (pixels, ymin, xmin, ymax, xmax)."""
     h, w = mask.shape

@@ -190,7 +190,7 @@ def movenet_single(raw: FloatArray, manifest: Manifest) -> list[Pose]:
     scored by its mean keypoint score, kept when that reaches the threshold."""
     kps = raw.reshape(-1, 3)
     score = float(kps[:, 2].mean()) if kps.size else 0.0
-    if score < manifest.score_threshold:
+    if not score >= manifest.score_threshold:  # NaN fails too
         return []
     return [Pose(score, _keypoints(kps, manifest.keypoints or list(COCO17_KEYPOINTS)), None)]
 
@@ -205,7 +205,7 @@ def movenet_multi(raw: FloatArray, manifest: Manifest) -> list[Pose]:
     poses: list[Pose] = []
     for i in order:
         score = float(rows[i, 3 * k + 4])
-        if score < manifest.score_threshold or len(poses) >= manifest.max_results:
+        if not score >= manifest.score_threshold or len(poses) >= manifest.max_results:
             continue
         box = tuple(min(1.0, max(0.0, float(v))) for v in rows[i, 3 * k:3 * k + 4])
         poses.append(Pose(score, _keypoints(rows[i, :3 * k].reshape(k, 3), names),
