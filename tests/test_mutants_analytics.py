@@ -721,6 +721,19 @@ def test_a_still_detection_gives_a_track_with_its_box() -> None:
     for i in range(4):
         (t,) = analytics.step([Observation(box, 0.9, 0, "car")], i / 10).tracks
     assert t.confirmed and t.box == pytest.approx(box, abs=1e-9)
+    (t,) = analytics.step(None, 0.5).tracks  # a skipped frame: predicted, still, not observed
+    assert t.box == pytest.approx(box, abs=1e-9) and t.observed is False
+
+
+def test_frames_without_an_index_count_from_zero_and_time_may_repeat_but_not_go_back() -> None:
+    analytics = Analytics(wall_now=WALL, mono_now=0.0)
+    (t,) = analytics.step([car_at(0.5, 0.5)], 1.0).tracks
+    assert analytics.tracker.frame_index == 0 and t.best is not None and t.best.frame_index == 0
+    analytics.step([car_at(0.5, 0.5)], 1.0)  # the same time again is not going back
+    assert analytics.tracker.frame_index == 1
+    message = "tracker: time went backwards (0.9 < 1.0); pass the monotonic clock"
+    with pytest.raises(ValueError, match=r"^" + re.escape(message) + "$"):
+        analytics.step([car_at(0.5, 0.5)], 0.9)
 
 
 def test_an_events_track_summary_copies_the_tracks_class_vote_trajectory_and_best() -> None:
