@@ -883,3 +883,28 @@ def test_a_buffered_iou_grows_both_boxes_by_the_fraction_on_each_side() -> None:
     inter = (0.525 - 0.375) * (0.6 - 0.575)
     union = 0.15 * 0.6 + 0.6 * 0.15 - inter
     assert iou_matrix(tall, wide, 0.25).tolist() == [[pytest.approx(inter / union, rel=1e-9)]]
+
+
+# --- geometry: lines --------------------------------------------------------------------------
+
+
+def test_line_messages_and_the_distinct_points_bound() -> None:
+    with raises("line 'mid': point 1 x = 1.5 is outside [0, 1] (coordinates are normalized)"):
+        LineRule.of("mid", [[0.0, 0.5], [1.5, 0.5]])
+    with raises("line 'mid': a line has exactly 2 points, got 3"):
+        LineRule.of("mid", [[0.0, 0.5], [0.5, 0.5], [1.0, 0.5]])
+    assert math.dist((0.0, 0.5), (1e-6, 0.5)) == 1e-6  # exactly 1e-6 apart: distinct
+    assert LineRule.of("mid", [[0.0, 0.5], [1e-6, 0.5]]).line.length == 1e-6
+    with raises("line 'mid': the two points are the same (0.5, 0.5); a line needs two distinct points"):
+        LineRule.of("mid", [[0.5, 0.5], [0.5 + 1e-7, 0.5]])
+
+
+def test_side_reach_of_the_diagonals_and_an_edge_line() -> None:
+    """In image coordinates the in side is where (P2 - P1) x (A - P1) > 0. (0,1)->(1,0): in is
+    towards (1,1), out towards (0,0); (0,0)->(1,1): in towards (0,1), out towards (1,0); each
+    corner is 1/sqrt 2 from the diagonal."""
+    h = 1 / math.sqrt(2)
+    assert LineRule.of("a", [[0.0, 1.0], [1.0, 0.0]]).line.side_reach() == pytest.approx((h, h))
+    assert LineRule.of("b", [[0.0, 0.0], [1.0, 1.0]]).line.side_reach() == pytest.approx((h, h))
+    assert LineRule.of("c", [[0.0, 0.02], [1.0, 0.02]]).line.side_reach() == pytest.approx((0.98, 0.02))
+    assert LineRule.of("d", [[1.0, 0.3], [0.0, 0.3]]).line.side_reach() == pytest.approx((0.3, 0.7))
