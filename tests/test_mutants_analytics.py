@@ -806,17 +806,22 @@ def test_tracker_settings_at_the_ends_of_their_ranges_are_accepted() -> None:
 
 
 def test_a_full_trajectory_drops_every_other_point() -> None:
-    """max 4 points, 10 added (t = 0..9): at the 4th the list halves to t 0, 2 and every 2nd is
-    kept; at t = 6 it is full again and halves to 0, 4, every 4th kept; t = 8 is the last kept."""
+    """max 4 points, 10 added (t = 0..9): the 5th point would make 5, so the list halves to t 0,
+    2, 4 and every 2nd is kept; t = 8 would make 5 again: 0, 4, 8, every 4th kept."""
     trajectory = Trajectory(4)
     for i in range(10):
         trajectory.add(float(i), i / 10, 1 - i / 10)
     assert trajectory.points() == (TrajectoryPoint(0.0, 0.0, 1.0), TrajectoryPoint(4.0, 0.4, 0.6),
                                    TrajectoryPoint(8.0, 0.8, 1 - 0.8))
-    # t = 12 fills it again: 0, 8 are left and every 8th is kept, so t = 10, 13, 14, 15 are not
+    # every 4th: t = 12 is kept (4 points, the bound), t = 10, 11, 13, 14, 15 are not
     for i in range(10, 16):
         trajectory.add(float(i), 0.5, 0.5)
-    assert [p.t for p in trajectory.points()] == [0.0, 8.0]
+    assert [p.t for p in trajectory.points()] == [0.0, 4.0, 8.0, 12.0]
+    # the smallest bound still follows the track: its first point and a recent one
+    two = Trajectory(2)
+    for i in range(7):
+        two.add(float(i), 0.5, 0.5)
+    assert [p.t for p in two.points()] == [0.0, 4.0]
     short = Trajectory(4)
     for i in range(3):
         short.add(float(i), 0.5, 0.5)

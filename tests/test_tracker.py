@@ -235,7 +235,7 @@ def test_the_trajectory_is_bounded_and_spans_the_tracks_life() -> None:
         tracker.update([obs(0.1 + 0.0015 * i, 0.5)], i / 10)
     (t,) = tracker.tracks
     points = t.trajectory.points()
-    assert 8 <= len(points) < 16
+    assert 8 <= len(points) <= 16
     assert points[0].t == 0.0 and points[-1].t >= 40.0
     assert all(a.t < b.t for a, b in itertools.pairwise(points))
 

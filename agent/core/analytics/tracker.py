@@ -130,7 +130,7 @@ class Trajectory:
     def add(self, t: float, x: float, y: float) -> None:
         if self._seen % self._stride == 0:
             self._points.append(TrajectoryPoint(t, x, y))
-            if len(self._points) >= self.max_points:
+            if len(self._points) > self.max_points:
                 self._points = self._points[::2]
                 self._stride *= 2
         self._seen += 1
