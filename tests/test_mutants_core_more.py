@@ -87,6 +87,7 @@ from agent.core.ota.verify import (
 from agent.core.outbox import FetchUnsent, PublishWindow
 from agent.core.postprocess import top_classes
 from agent.core.sensors import BinaryCrc16, Reading, Windower, encode_binary_frame, make_parser
+from tests.test_heads import components_by_flood
 
 
 def raises(exc: type[Exception], message: str):  # type: ignore[no-untyped-def]
@@ -281,31 +282,10 @@ def test_class_maps_are_int32() -> None:
 
 
 def _components(mask: list[list[bool]]) -> tuple[int, int, int, int, int]:
-    """8-connected flood fill: (pixels, ymin, xmin, ymax, xmax) of the largest component, ties
-    to the one whose first pixel comes first in row order."""
-    h, w = len(mask), len(mask[0])
-    seen: set[tuple[int, int]] = set()
-    best = (0, 0, 0, 0, 0)
-    for y in range(h):
-        for x in range(w):
-            if not mask[y][x] or (y, x) in seen:
-                continue
-            stack, pixels = [(y, x)], []
-            seen.add((y, x))
-            while stack:
-                cy, cx = stack.pop()
-                pixels.append((cy, cx))
-                for dy in (-1, 0, 1):
-                    for dx in (-1, 0, 1):
-                        ny, nx = cy + dy, cx + dx
-                        if 0 <= ny < h and 0 <= nx < w and mask[ny][nx] and (ny, nx) not in seen:
-                            seen.add((ny, nx))
-                            stack.append((ny, nx))
-            if len(pixels) > best[0]:
-                ys, xs = [p[0] for p in pixels], [p[1] for p in pixels]
-                best = (len(pixels), min(ys), min(xs), max(ys), max(xs))
-    return best
-
+    """The largest 8-connected component by flood fill (tests/test_heads.py's reference):
+    (pixels, ymin, xmin, ymax, xmax), ties to the one whose first pixel comes first in row order."""
+    comps = components_by_flood(np.array(mask, dtype=bool))
+    return max(comps, key=lambda c: c[0]) if comps else (0, 0, 0, 0, 0)
 
 MASKS = [
     # A U-shape whose arms meet only at the bottom, beside a larger blob joined diagonally.
