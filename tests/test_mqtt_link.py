@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -121,3 +123,40 @@ def test_stop_is_prompt_with_no_broker() -> None:
     link = asyncio.run(main())
     assert not link.connected and link.connects == 0
     assert link.last_error and "cannot connect" in link.last_error
+
+
+def test_a_tls_refusal_is_logged_once_while_it_lasts(caplog: pytest.LogCaptureFixture) -> None:
+    """A refused certificate is one log line however often the link retries and however the
+    refusal arrives (the handshake's error, or the alert read after a TLS 1.3 handshake with
+    paho's "Unspecified error" echo of the same attempt); after another failure it is news
+    again. The broker's timing decides which path an attempt takes, so they are driven here
+    through paho's callbacks in each order."""
+    loop = asyncio.new_event_loop()
+    try:
+        link = _link("mqtt://127.0.0.1:1", Recorder(), loop)
+        alert = ssl.SSLError(1, "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca")
+        alert.reason = "TLSV1_ALERT_UNKNOWN_CA"
+
+        def refused_after_handshake() -> None:
+            link.client.tls_failure = alert
+            link._on_disconnect(link.client, None, None, "Unspecified error", None)
+            link._on_disconnect(link.client, None, None, "Unspecified error", None)
+
+        def warnings() -> list[str]:
+            return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+        with caplog.at_level(logging.WARNING, logger="agent.mqtt"):
+            link._note_refusal(alert)  # during the handshake
+            refused_after_handshake()
+            link._note_refusal(alert)
+            refused_after_handshake()
+            assert len(warnings()) == 1, warnings()
+            assert "not signed by a CA the broker trusts" in warnings()[0]
+            assert link.last_error == warnings()[0]
+
+            link._note_error("cannot connect to mqtt://127.0.0.1:1: [Errno 111] refused")
+            refused_after_handshake()
+            assert len(warnings()) == 3, warnings()
+            assert "not signed by a CA" in warnings()[2]
+    finally:
+        loop.close()

@@ -197,6 +197,8 @@ class MqttLink:
         self.connected = False
         self.connects = 0
         self.last_error: str | None = None
+        self._refusal: str | None = None
+        """The TLS refusal already logged since the last connection that got through."""
         self._stopping = False
         self._backoff = Backoff(options.reconnect_initial_s, options.reconnect_max_s)
         self._acks: list[int] = []
@@ -328,7 +330,7 @@ class MqttLink:
             try:
                 await asyncio.to_thread(self._connect_blocking)
             except ssl.SSLError as exc:
-                self._note_error(self._tls_refusal(exc))
+                self._note_refusal(exc)
             except (OSError, ValueError) as exc:
                 self._note_error(f"cannot connect to {self.broker}: {exc}")
             except Exception as exc:
@@ -347,16 +349,21 @@ class MqttLink:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._backoff.next_delay())
 
-    def _tls_refusal(self, exc: ssl.SSLError) -> str:
-        """One text for a TLS refusal, whether the broker's alert came during the handshake or
-        right after it (TLS 1.3 checks the client certificate after the client's side is done,
-        so either happens from one attempt to the next): the same cause is logged once."""
-        return f"{self.broker}: " + describe_tls_failure(
+    def _note_refusal(self, exc: ssl.SSLError) -> None:
+        """Log a TLS refusal once for as long as it lasts. Under TLS 1.3 the broker's verdict on
+        the client certificate comes during the handshake or on the first read after it, and in
+        the second case paho reports the same attempt once more as a lost connection ("Unspecified
+        error"): neither a retry nor that echo is a new fact for the log."""
+        text = f"{self.broker}: " + describe_tls_failure(
             exc, self.options.tls_ca_file, self.options.tls_cert_file)
+        if text != self._refusal:
+            log.warning("%s", text)
+        self._refusal = self.last_error = text
 
     def _note_error(self, text: str) -> None:
         if text != self.last_error:
             log.warning("%s", text)
+            self._refusal = None  # a refusal after another failure is news again
         self.last_error = text
 
     def _set_disconnected(self, reason: str) -> None:
@@ -374,7 +381,7 @@ class MqttLink:
         self._backoff.reset()
         self.connects += 1
         self.connected = True
-        self.last_error = None
+        self.last_error = self._refusal = None
         log.info("connected to %s (session present: %s)", self.broker, flags.session_present)
         self.loop.call_soon(self.handler.on_connected, bool(flags.session_present))
 
@@ -382,8 +389,8 @@ class MqttLink:
                        properties: Any) -> None:
         tls_failure, self.client.tls_failure = self.client.tls_failure, None
         if tls_failure is not None:
-            self._note_error(self._tls_refusal(tls_failure))
-        elif not self._stopping:
+            self._note_refusal(tls_failure)
+        elif not self._stopping and self._refusal is None:
             self._note_error(f"disconnected from {self.broker}: {reason}")
         self._set_disconnected(str(reason))
         self._lost.set()
