@@ -227,7 +227,9 @@ def iou_matrix(a: FloatArray, b: FloatArray, buffer: float = 0.0) -> FloatArray:
 
 
 def assign(similarity: FloatArray, minimum: float) -> list[tuple[int, int]]:
-    """Pairs (row, column) of the assignment maximizing total similarity, each at least ``minimum``."""
+    """Pairs (row, column), each of similarity at least ``minimum``, maximizing the summed
+    similarity above ``minimum`` (ByteTrack's ``lapjv`` with a cost limit: a pair left out costs
+    the limit, so one strong pair can beat two weak ones)."""
     if similarity.size == 0:
         return []
     admissible = similarity >= minimum
