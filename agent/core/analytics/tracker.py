@@ -7,10 +7,11 @@ Per detector frame (:meth:`Tracker.update`):
    weighted by the detection score (ByteTrack's ``fuse_score``);
 3. confirmed tracks seen at the previous detector frame and still unmatched are matched to the
    low-score detections (occluded or blurred objects keep their track instead of being dropped);
-4. tentative tracks are matched to the high-score detections left, by buffered IoU (a new track
-   has no velocity yet, and at 5 fps a car moves more than its length between frames); a
-   tentative track that misses more than ``tentative_misses`` detector frames in a row is dropped
-   (a one-frame false positive never becomes a track);
+4. tentative tracks are matched to the high-score detections left, by buffered IoU with their
+   prediction or their last detection, whichever overlaps more (a new track's velocity is not to
+   be trusted yet, and at 5 fps a car moves more than its length between frames); a tentative
+   track that misses more than ``tentative_misses`` detector frames in a row is dropped (a
+   one-frame false positive never becomes a track);
 5. high-score detections left start tentative tracks; a track is confirmed after ``min_hits`` hits;
 6. confirmed tracks coast unmatched for up to ``max_age_s`` seconds, then are removed.
 
@@ -152,6 +153,7 @@ class Track:
         self.observed = False  # matched to a detection in the latest frame
         self.lost = False  # unmatched at the latest detector frame
         self.box: Box = (0.0, 0.0, 0.0, 0.0)  # filtered box, (x1, y1, x2, y2)
+        self.detection_box: Box = (0.0, 0.0, 0.0, 0.0)  # the latest matched detection's box
         self.score = 0.0  # score of the latest matched detection
         self.trajectory = Trajectory(max_points)
         self.best: BestObservation | None = None
@@ -308,9 +310,18 @@ class Tracker:
         matched_tracks = {m[0] for m in matches}
         recent = [i for i in confirmed if i not in matched_tracks and not self._tracks[i].lost]
         self._match(recent, low, track_boxes, det_boxes, None, cfg.low_match_iou, cfg.match_buffer, matches)
-        # Stage 3: tentative tracks against the high-score detections left.
+        # Stage 3: tentative tracks against the high-score detections left, by the better IoU of
+        # the prediction and the last detection. A Kalman velocity from a new track's first two
+        # boxes is mostly their difference in size: a vehicle entering at the frame edge, its
+        # boxes cut and growing, was predicted as a sliver or a box turned inside out, so it
+        # started a new tentative track at every frame and crossed the line unconfirmed; with
+        # perfect boxes the prediction is the better one. Replayed on the goal scenes (per-scene
+        # |count error|): 5 fps seeds 1-10 5.33 -> 5.02 %, held-out seeds 11-20 5.65 -> 4.37 %;
+        # 15 fps 4.88 -> 4.78 % and 4.71 % either way; the truth's boxes 0.31 / 0.30 % either way.
+        seen_boxes = np.array([t.detection_box for t in self._tracks]).reshape(-1, 4)
         high_left = self._match(tentative, high_left, track_boxes, det_boxes, scores,
-                                cfg.tentative_similarity, cfg.tentative_buffer, matches)
+                                cfg.tentative_similarity, cfg.tentative_buffer, matches,
+                                seen_boxes)
 
         self._apply_matches(matches, observations, det_boxes, now)
         matched_tracks = {m[0] for m in matches}
@@ -334,13 +345,17 @@ class Tracker:
     def _match(
         self, track_idx: list[int], det_idx: IntArray | list[int], track_boxes: FloatArray,
         det_boxes: FloatArray, scores: FloatArray | None, minimum: float, buffer: float,
-        out: list[tuple[int, int]],
+        out: list[tuple[int, int]], seen_boxes: FloatArray | None = None,
     ) -> list[int]:
-        """Assign ``track_idx`` to ``det_idx``, append pairs to ``out``; returns the detections left."""
+        """Assign ``track_idx`` to ``det_idx``, append pairs to ``out``; returns the detections
+        left. With ``seen_boxes`` (each track's last detection) a pair's IoU is the better of
+        the prediction's and the last detection's."""
         dets = list(det_idx)
         if not track_idx or not dets:
             return dets
         sim = iou_matrix(track_boxes[track_idx], det_boxes[dets], buffer)
+        if seen_boxes is not None:
+            np.maximum(sim, iou_matrix(seen_boxes[track_idx], det_boxes[dets], buffer), out=sim)
         if scores is not None:
             sim = sim * scores[dets][None, :]
         used: set[int] = set()
@@ -364,6 +379,7 @@ class Tracker:
         for (t_index, d_index), box in zip(matches, boxes, strict=True):
             track, obs = self._tracks[t_index], observations[d_index]
             track.box = (box[0], box[1], box[2], box[3])
+            track.detection_box = obs.box
             track.observed, track.lost = True, False
             track.misses = 0
             track.last_seen = now
@@ -388,7 +404,7 @@ class Tracker:
             track = Track(self._next_id, now, cfg.trajectory_points)
             self._next_id += 1
             obs = observations[j]
-            track.box = obs.box
+            track.box = track.detection_box = obs.box
             track.observed = True
             track.score = obs.score
             track.hits = 1
