@@ -18,6 +18,7 @@ from agent.core.manifest import (
     TensorSpec,
     check_manifest,
     head_candidates,
+    infer_manifest,
     output_classes,
 )
 
@@ -289,3 +290,44 @@ def test_candidates_of_raw_ssd_heads_with_and_without_anchor_outputs() -> None:
     assert _read([boxes, _spec("s", (1, 99, 91))]) == []
     assert _read([boxes, _spec("s", (1, 100, 1))]) == []
     assert _read([boxes, scores, _spec("x", (1, 100, 91))]) == []  # two score tensors
+
+
+def test_inferring_an_ssd_postprocess_model_takes_max_results_from_its_boxes() -> None:
+    # The boxes come after another tensor of the same second dimension, so only the name picks them.
+    heads = [_spec("b", (1, 25, 4)), _spec("c", (1, 25)), _spec("s", (1, 25)), _spec("n", (1,))]
+    manifest = infer_manifest("ssd", [IMAGE], [heads[1], heads[0], heads[2], heads[3]])
+    assert (manifest.name, manifest.decoder, manifest.max_results) == ("ssd", "ssd_postprocess", 25)
+
+
+def test_inferring_a_window_model_keeps_its_name() -> None:
+    window = TensorSpec(0, "window", (1, 64, 3), "float32")
+    manifest = infer_manifest("bearing", [window], [_spec("scores", (1, 4))])
+    assert (manifest.name, manifest.task, manifest.sensor["window"]) == ("bearing", "sequence", 64)
+
+
+def test_a_signature_that_only_lacks_a_manifest_says_what_each_reading_needs() -> None:
+    with pytest.raises(ManifestError) as caught:
+        infer_manifest("raw", [IMAGE], [_spec("b", (1, 100, 4)), _spec("s", (1, 100, 91))])
+    assert str(caught.value) == (
+        "cannot infer the task from outputs b[1, 100, 4]:float32, s[1, 100, 91]:float32: "
+        "detection/ssd_raw needs anchors (ycenter, xcenter, h, w) per box in the manifest "
+        "('anchors': a .npy/.json file)")
+    with pytest.raises(ManifestError) as caught:
+        infer_manifest("odd", [IMAGE], [_spec("p", (1, 4, 8400))])
+    assert str(caught.value).startswith(
+        "cannot infer the task from outputs p[1, 4, 8400]:float32; expected a score vector")
+
+
+def test_a_score_tensor_with_unit_axes_reports_its_last_dimension() -> None:
+    manifest, outputs = _model("softmax", {"scores": (1, 1, 10)})
+    assert output_classes(manifest, outputs) == 10
+
+
+def test_a_sequence_manifest_is_not_held_to_the_image_input_rule() -> None:
+    window = TensorSpec(0, "window", (1, 64, 3), "float32")
+    manifest = Manifest(name="m", task="sequence", decoder="softmax", input="window",
+                        outputs={"scores": "scores"})
+    check_manifest(manifest, [window], [_spec("scores", (1, 4))])  # no sensor section needed here
+    manifest.task = "classification"
+    with pytest.raises(ManifestError, match="image input 'window' has shape"):
+        check_manifest(manifest, [window], [_spec("scores", (1, 4))])

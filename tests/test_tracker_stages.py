@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from agent.core.analytics import Observation, Tracker, TrackerConfig
-from agent.core.analytics.tracker import assign
+from agent.core.analytics.tracker import assign, iou_matrix
 
 Box = tuple[float, float, float, float]
 HOME: Box = (0.1, 0.1, 0.3, 0.3)  # 0.2 x 0.2
@@ -139,10 +139,12 @@ def test_a_tentative_track_survives_exactly_tentative_misses_missed_frames(allow
 
 
 def test_a_confirmed_track_is_kept_exactly_max_age_after_it_was_last_seen() -> None:
-    tracker = confirmed_still_track(TrackerConfig(max_age_s=0.5))  # last seen at 0.2
+    tracker = Tracker(TrackerConfig(max_age_s=0.5))
+    for t in (0.0, 0.125, 0.25):  # binary fractions: 0.75 - 0.25 is exactly 0.5
+        tracker.update([det(HOME)], t)
     (home,) = tracker.tracks
-    assert tracker.update([], 0.7) == [home] and home.misses == 1  # 0.5 s: still kept
-    assert tracker.update([], 0.7000001) == []
+    assert tracker.update([], 0.75) == [home] and home.misses == 1
+    assert tracker.update([], 0.7500001) == []
 
 
 def test_a_confirmed_track_has_priority_over_a_tentative_one() -> None:
@@ -207,9 +209,32 @@ def test_a_match_moves_the_box_towards_the_detection_and_records_it() -> None:
     assert HOME[0] < home.box[0] < HOME[0] + 0.02  # filtered: between the prediction and the detection
     points = home.trajectory.points()
     assert len(points) == 4 and points[-1].t == 0.3
-    assert points[-1].x == pytest.approx((home.box[0] + home.box[2]) / 2)
+    assert (points[-1].x, points[-1].y) == pytest.approx(
+        ((home.box[0] + home.box[2]) / 2, (home.box[1] + home.box[3]) / 2))
     assert home.label == "car"  # three car votes at 0.9 outweigh one truck at 0.8
     assert home.best is not None and home.best.frame_index == 0  # the first 0.9 stays the best
+    tracker.update([det(shifted(0.02), 0.95)], 0.4, frame_index=10)
+    assert home.best.frame_index == 10 and home.best.t == 0.4 and home.best.score == 0.95
+
+
+def test_a_detection_at_exactly_high_score_is_not_also_a_low_one() -> None:
+    """Two confirmed tracks side by side and one detection of score 0.5 overlapping both: the
+    first stage gives it to the better one, and the second stage must not give it again."""
+    tracker = Tracker(TrackerConfig(min_hits=1))
+    tracker.update([det(HOME), det(shifted(0.05))], 0.0)
+    a, b = tracker.tracks
+    tracker.update([det(HOME, 0.5)], 0.1)
+    assert a.observed and not b.observed and b.misses == 1
+
+
+def test_a_track_matched_in_stage_one_is_not_matched_again_in_stage_two() -> None:
+    tracker = confirmed_still_track(TrackerConfig())
+    (home,) = tracker.tracks
+    # The high-score detection comes second (index 1): the track's own index, 0, is not the
+    # index of its detection, so only the track index keeps it out of the second stage.
+    tracker.update([det(shifted(0.02), 0.3), det(HOME, 0.9)], 0.3)
+    assert home.hits == 4 and home.score == 0.9
+    assert home.trajectory.points()[-1].t == 0.3 and len(home.trajectory.points()) == 4
 
 
 def test_assign_maximizes_the_total_above_the_minimum_not_greedily() -> None:
@@ -220,6 +245,20 @@ def test_assign_maximizes_the_total_above_the_minimum_not_greedily() -> None:
     # ByteTrack's rule: each pair is worth what it has above the minimum, so one strong pair
     # (0.9: 0.4 above 0.5) beats two weak ones (0.6 + 0.6: 0.1 + 0.1 above).
     assert sorted(assign(np.array([[0.9, 0.6], [0.6, 0.01]]), 0.5)) == [(0, 0)]
+
+
+def test_assign_keeps_a_pair_exactly_at_the_minimum_when_it_has_choices() -> None:
+    # The solver's path (rows with a choice): (1, 1) is exactly at the minimum, worth 0 above
+    # it, and is still a pair.
+    assert sorted(assign(np.array([[0.9, 0.3], [0.3, 0.05]]), 0.05)) == [(0, 0), (1, 1)]
+
+
+def test_iou_of_empty_sets_and_of_boxes_without_area() -> None:
+    three = np.array([[0.0, 0.0, 0.1, 0.1]] * 3)
+    assert iou_matrix(np.zeros((0, 4)), three).shape == (0, 3)
+    assert iou_matrix(three, np.zeros((0, 4))).shape == (3, 0)
+    point = np.array([[0.5, 0.5, 0.5, 0.5]])
+    assert iou_matrix(point, point).tolist() == [[0.0]]
 
 
 def test_assign_drops_pairs_under_the_minimum() -> None:
