@@ -524,7 +524,8 @@ def test_read_counts_returns_at_most_20000_by_default(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "outbox.db")
     box.append([PendingRecord("cam0.counts", "t", lambda seq: b'{"n":%d}' % seq, kind="count")
                 for _ in range(20_001)])
-    assert len(read_counts(tmp_path, 3600)) == 20_000
+    newest = read_counts(tmp_path, 3600)
+    assert len(newest) == 20_000 and (newest[0].seq, newest[-1].seq) == (2, 20_001)
     assert len(read_counts(tmp_path, 3600, limit=20_001)) == 20_001
     box.close()
 

@@ -46,7 +46,7 @@ def test_nothing_to_read_without_an_outbox(tmp_path: Path) -> None:
     assert read_state(tmp_path, "x") is None
 
 
-def test_counts_oldest_first_within_the_window_and_the_limit(tmp_path: Path, outbox: Outbox) -> None:
+def test_counts_oldest_first_within_the_window_the_newest_within_the_limit(tmp_path: Path, outbox: Outbox) -> None:
     for n in range(5):
         outbox.append([_record("cam0.counts", "count", {"n": n}),
                        _record("cam0", "result", {"r": n})])
@@ -56,7 +56,8 @@ def test_counts_oldest_first_within_the_window_and_the_limit(tmp_path: Path, out
     assert {c.stream for c in counts} == {"cam0.counts"}
     assert [c.created_ns for c in counts] == sorted(c.created_ns for c in counts)
     assert all(abs(c.created_ns - time.time_ns()) < 60e9 for c in counts)
-    assert [json.loads(c.payload)["n"] for c in read_counts(tmp_path, 3600, limit=2)] == [0, 1]
+    # Over the limit, the newest: a chart of the window ends at now, not at the limit.
+    assert [json.loads(c.payload)["n"] for c in read_counts(tmp_path, 3600, limit=2)] == [3, 4]
     time.sleep(0.05)  # a window that ends before now: what was committed before it is left out
     assert read_counts(tmp_path, 0.01) == []
 

@@ -244,9 +244,9 @@ def _payloads(state_dir: Path, kind: str, since_ns: int, limit: int,
 def read_counts(state_dir: Path, since_s: float, limit: int = 20_000) -> list[StoredPayload]:
     """The count records (``lepton.count`` payloads) committed in the last ``since_s``
     seconds that the outbox still holds (delivered ones are kept up to ``[outbox]
-    keep_delivered``), oldest first; empty without an outbox."""
+    keep_delivered``), the newest ``limit`` of them, oldest first; empty without an outbox."""
     since_ns = time.time_ns() - int(since_s * 1e9)
-    return _payloads(state_dir, "count", since_ns, limit, newest_first=False)
+    return _payloads(state_dir, "count", since_ns, limit, newest_first=True)[::-1]
 
 
 def read_events(state_dir: Path, limit: int = 100) -> list[StoredPayload]:
