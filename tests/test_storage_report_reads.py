@@ -46,7 +46,8 @@ def test_nothing_to_read_without_an_outbox(tmp_path: Path) -> None:
     assert read_state(tmp_path, "x") is None
 
 
-def test_counts_oldest_first_within_the_window_the_newest_within_the_limit(tmp_path: Path, outbox: Outbox) -> None:
+def test_counts_oldest_first_in_the_window_the_newest_in_the_limit(
+        tmp_path: Path, outbox: Outbox) -> None:
     for n in range(5):
         outbox.append([_record("cam0.counts", "count", {"n": n}),
                        _record("cam0", "result", {"r": n})])
