@@ -66,6 +66,11 @@ class StorageError(AgentError):
         self.path = path
 
 
+class BlobTooLarge(StorageError):
+    """A blob larger than the outbox's budget could ever hold: nothing is evicted for it, and
+    retrying cannot help (the writer drops it and commits the rest)."""
+
+
 class RecordRejected(AgentError):
     """An incoming record failed validation at ingest."""
 

@@ -5,6 +5,7 @@ waiting for its results at its stop, track events and closed counts, the writer'
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from pathlib import Path
@@ -100,6 +101,42 @@ def test_a_fast_source_is_not_held_to_one_batch_of_slots_per_interval(tmp_path: 
         writer.close()
         await asyncio.wait_for(task, 30)
         assert outbox.last_seq("cam0") == total + 1
+        outbox.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_snapshot_larger_than_the_budget_is_dropped_and_its_result_committed(
+        tmp_path: Path) -> None:
+    """A snapshot that no eviction could ever make room for is not a reason to hold the
+    results back (retrying would block the pipeline for good): the result is committed without
+    it, nothing stored is evicted for it, and the writer says why."""
+    async def scenario() -> None:
+        outbox = Outbox(tmp_path / "outbox.db", budget_bytes=300_000)
+        blobs = BlobStore(outbox)
+        writer = OutboxWriter(outbox=outbox, blobs=blobs, uplink=Uplink(
+            outbox, PublishWindow(100)), device="dev", site="site", interval_s=HOUR,
+            loop=asyncio.get_running_loop())
+        task = asyncio.create_task(writer.run(), name="outbox-writer")
+        small = _result(1)
+        small.snapshot = b"\xff\xd8small"
+        writer.deliver(small, CONTEXT)
+        await asyncio.wait_for(writer.progress.wait(), 30)
+        huge = _result(2)
+        huge.snapshot = bytes(range(256)) * 2000  # 512 kB: more than the whole budget
+        writer.deliver(huge, CONTEXT)
+        writer.deliver(_result(3), CONTEXT)
+        await asyncio.sleep(0)
+        assert await writer.settled("cam0", 30)
+        writer.close()
+        await asyncio.wait_for(task, 30)
+        assert outbox.last_seq("cam0") == 3 and writer.storage.errors == 0
+        stored = [r for r in outbox.fetch_unsent(0, 10) if r.stream == "cam0"]
+        bodies = {r.seq: json.loads(r.payload) for r in stored}
+        assert "snapshot" in bodies[1] and "snapshot" not in bodies[2]
+        assert blobs.backlog()[0] == 1  # the small one, not evicted for the huge one
+        assert writer.storage.blobs_dropped == 1
+        assert writer.storage.last_error is not None and "512000 bytes" in writer.storage.last_error
         outbox.close()
 
     asyncio.run(scenario())

@@ -93,8 +93,13 @@ def test_a_blob_larger_than_the_headroom_makes_room_within_the_budget(tmp_path: 
     assert box.backlog() == (1, len(big)) and blob == hashlib.sha256(big).hexdigest()
     assert outbox.eviction_counts()["telemetry"]["records"] > 0
     assert outbox.disk_bytes() <= 1_000_000
-    with pytest.raises(StorageError, match="cannot store blob"):
-        box.put(_blob(1_200_000, 2))  # larger than the whole budget
+    with pytest.raises(StorageError) as caught:
+        box.put(_blob(1_200_000, 2))  # larger than the whole budget: the budget is the cause
+    assert ("cannot store a snapshot of 1200000 bytes: the outbox's budget of 1000000 bytes "
+            f"leaves its database {outbox.file_cap_bytes} bytes") in caught.value.message
+    assert caught.value.fix is not None and "budget_bytes" in caught.value.fix
+    assert "free space" not in caught.value.fix
+    assert box.backlog() == (1, len(big))  # what was stored is still there
 
 
 def test_ingest_reassembles_out_of_order_and_duplicated_chunks(tmp_path: Path) -> None:

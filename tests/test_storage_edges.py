@@ -96,16 +96,16 @@ class _Fs:
         self.f_bavail, self.f_frsize = free // 2, 2
 
 
-def test_at_page_cap_free_disk_boundary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def testat_page_cap_free_disk_boundary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The filesystem's free space (stated as exactly 4 MiB + 4000 bytes) against a write."""
-    assert not Outbox(tmp_path / "nobudget.db")._at_page_cap(10**12)  # no budget: never
+    assert not Outbox(tmp_path / "nobudget.db").at_page_cap(10**12)  # no budget: never
     box = Outbox(tmp_path / "o.db", budget_bytes=64 * 1024 * 1024)
     monkeypatch.setattr(outbox_mod.os, "statvfs", lambda _p: _Fs(4 * 1024 * 1024 + 4000))
-    assert not box._at_page_cap(1000)  # needs more than 4 x 1000 + 4 MiB free
-    assert box._at_page_cap(999)
+    assert not box.at_page_cap(1000)  # needs more than 4 x 1000 + 4 MiB free
+    assert box.at_page_cap(999)
 
 
-def test_at_page_cap_used_pages_boundary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def testat_page_cap_used_pages_boundary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     box = Outbox(tmp_path / "o.db", budget_bytes=4 * 1024 * 1024)
 
     def no_statvfs(_p: object) -> os.statvfs_result:
@@ -116,8 +116,8 @@ def test_at_page_cap_used_pages_boundary(tmp_path: Path, monkeypatch: pytest.Mon
     assert box.file_cap_bytes is not None
     gap = box.file_cap_bytes - 4 * box._page - used
     assert gap > 0 and gap % 2 == 0
-    assert box._at_page_cap(gap // 2)
-    assert not box._at_page_cap(gap // 2 - 1)
+    assert box.at_page_cap(gap // 2)
+    assert not box.at_page_cap(gap // 2 - 1)
 
 
 def _pragma(box: Outbox, name: str) -> int:

@@ -44,11 +44,17 @@ class StorageState:
     last_error: str | None = None
     beat: float | None = None
     retry_at: float = 0.0
+    blobs_dropped: int = 0  # larger than the outbox's budget: the record went without them
 
     def failed(self, error: str) -> None:
         """A commit failed (full or failing disk): degraded health, not a hang."""
         self.errors += 1
         self.error = self.last_error = error
+
+    def dropped_blob(self, error: str) -> None:
+        """A blob no eviction could make room for was dropped; its record was committed."""
+        self.blobs_dropped += 1
+        self.last_error = error
 
     def went_round(self, retry_at: float = 0.0, now: float | None = None) -> None:
         """The outbox writer's heartbeat: once per pass of its loop."""

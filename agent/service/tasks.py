@@ -30,7 +30,7 @@ from agent.core.contract.status import encode_status
 from agent.core.contract.telemetry import encode_telemetry
 from agent.core.contract.topics import DeviceTopics
 from agent.core.thermal import ThermalGovernor
-from agent.errors import StorageError
+from agent.errors import BlobTooLarge, StorageError
 from agent.service.analytics import FrameAnalysis
 from agent.service.health import RuntimeHealth, StorageState
 from agent.service.notify import Notifier
@@ -205,11 +205,12 @@ class OutboxWriter:
         for out in analysis.events:
             event = out.event
             if out.snapshot is not None:
-                blob = self.blobs.put(out.snapshot, kind="snapshot", content_type="image/jpeg",
-                                      meta={"stream": ctx.stream, "track_id": event.track_id,
-                                            "rule": event.rule, "event": event.type,
-                                            "ts": iso_utc(out.wall), "labels": [event.label]})
-                event = replace(event, snapshot=SnapshotRef(blob))
+                blob = self._store_blob(out.snapshot, kind="snapshot", content_type="image/jpeg",
+                                        meta={"stream": ctx.stream, "track_id": event.track_id,
+                                              "rule": event.rule, "event": event.type,
+                                              "ts": iso_utc(out.wall), "labels": [event.label]})
+                if blob is not None:
+                    event = replace(event, snapshot=SnapshotRef(blob))
             body = track_event_body(device=self.device, site=self.site, source=ctx.stream,
                                     ts=out.wall, event=event, model=model)
             records.append(PendingRecord(event_stream(ctx.stream), ctx.events_topic,
@@ -224,6 +225,16 @@ class OutboxWriter:
                                          CountEncoder(record), kind="count"))
         return records
 
+    def _store_blob(self, data: bytes, **kwargs: Any) -> str | None:
+        """Store a blob; None when it is larger than the outbox's budget could ever hold (then
+        the record goes without it: holding it back for a retry would stop the pipeline)."""
+        try:
+            return self.blobs.put(data, **kwargs)
+        except BlobTooLarge as exc:
+            self.storage.dropped_blob(str(exc))
+            log.error("%s; dropped it, the record goes without it", exc)
+            return None
+
     def commit(self, force: bool = False) -> None:
         """Commit what is held, unless a failed commit's retry is not due (``force``: now)."""
         if not (self.pending or self.sensor_pending):
@@ -235,16 +246,18 @@ class OutboxWriter:
         try:
             for held in batch:
                 r = held.result
-                if r.mask_png is not None:
-                    self.blobs.put(r.mask_png, kind="mask", content_type="image/png", meta={
-                        "stream": r.stream, "frame_index": r.frame_index,
-                        "ts": iso_utc(r.capture_wall),
-                        "labels": sorted({seg.label for seg in r.segments})})
-                if r.snapshot is not None:
-                    self.blobs.put(r.snapshot, kind="snapshot", content_type="image/jpeg", meta={
-                        "stream": r.stream, "frame_index": r.frame_index,
-                        "ts": iso_utc(r.capture_wall), "detections": len(r.detections),
-                        "labels": sorted({d.label for d in r.detections})})
+                if r.mask_png is not None and self._store_blob(
+                        r.mask_png, kind="mask", content_type="image/png", meta={
+                            "stream": r.stream, "frame_index": r.frame_index,
+                            "ts": iso_utc(r.capture_wall),
+                            "labels": sorted({seg.label for seg in r.segments})}) is None:
+                    r.mask_png = None  # the record names no blob that will never come
+                if r.snapshot is not None and self._store_blob(
+                        r.snapshot, kind="snapshot", content_type="image/jpeg", meta={
+                            "stream": r.stream, "frame_index": r.frame_index,
+                            "ts": iso_utc(r.capture_wall), "detections": len(r.detections),
+                            "labels": sorted({d.label for d in r.detections})}) is None:
+                    r.snapshot = None
             records, state = self._records(batch)
             stored = self.outbox.append(records + sensor_batch, state=state)
         except StorageError as exc:

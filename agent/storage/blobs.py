@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from agent.core.contract.shard import MANIFEST, OutgoingPart, manifest_payload
-from agent.errors import StorageError
+from agent.errors import BlobTooLarge, StorageError
 from agent.storage.outbox import ROW_OVERHEAD, Outbox
 
 
@@ -55,16 +55,34 @@ class BlobStore:
             with self.outbox.transaction():
                 self._insert(blob, data, kind, content_type, count, now, ttl, record_class, meta)
 
+        nbytes = len(data) + count * ROW_OVERHEAD
+        cap = self.outbox.file_cap_bytes
+        if cap is not None and nbytes > cap:  # could never fit: evict nothing for it
+            raise self._over_budget(kind, len(data), cap, "it is larger than that",
+                                    BlobTooLarge)
         try:
             # A blob larger than the budget's headroom meets the file's page cap: room is
             # made (lowest priority first) and the insert tried again.
-            self.outbox.write_within_budget(insert, len(data) + count * ROW_OVERHEAD)
+            self.outbox.write_within_budget(insert, nbytes)
         except sqlite3.Error as exc:
+            if cap is not None and self.outbox.at_page_cap(nbytes):
+                raise self._over_budget(kind, len(data), cap,
+                                        "evicting older items did not make room",
+                                        StorageError) from exc
             raise StorageError(f"cannot store blob: {exc}", path=str(self.outbox.path),
                                fix="free space on the state directory's filesystem") from exc
         self.maybe_pending = True
         self.outbox.enforce_budget()
         return blob
+
+    def _over_budget(self, kind: str, size: int, cap: int, why: str,
+                     error: type[StorageError]) -> StorageError:
+        return error(
+            f"cannot store a {kind} of {size} bytes: the outbox's budget of "
+            f"{self.outbox.budget_bytes} bytes leaves its database {cap} bytes and {why}",
+            path=str(self.outbox.path),
+            fix=f"raise [outbox] budget_bytes, or make the {kind}s smaller (a lower resolution "
+                "or JPEG quality)")
 
     def _insert(self, blob: str, data: bytes, kind: str, content_type: str, count: int, now: int,
                 ttl: float, record_class: str, meta: Mapping[str, Any] | None) -> None:

@@ -730,7 +730,7 @@ class Outbox:
             try:
                 return write()
             except sqlite3.OperationalError as exc:
-                if not (_is_full(exc) and self._at_page_cap(nbytes)) or attempt == 7:
+                if not (_is_full(exc) and self.at_page_cap(nbytes)) or attempt == 7:
                     raise
                 if self._db.execute("SELECT NOT EXISTS (SELECT 1 FROM records) AND "
                                     "NOT EXISTS (SELECT 1 FROM blobs)").fetchone()[0]:
@@ -738,7 +738,7 @@ class Outbox:
                 self.make_room(max(nbytes, self._page * 4) << attempt)
         raise AssertionError("unreachable")
 
-    def _at_page_cap(self, nbytes: int) -> bool:
+    def at_page_cap(self, nbytes: int) -> bool:
         """Whether SQLITE_FULL on a write of about ``nbytes`` is the file's page cap rather
         than the disk: the filesystem has plenty of room, or the write (rows take more pages
         than their payload) could reach the cap."""
