@@ -80,6 +80,10 @@ def expected_direction(p1: tuple[float, float], p2: tuple[float, float], a: tupl
         ([[0.1, -0.1], [0.9, 0.1], [0.5, 0.8]], "y = -0.1 is outside [0, 1]"),
         ([[0.1, 0.1], [0.5, 0.5], [0.9, 0.9]], "no area"),
         ([[0.1, 0.1], [0.1, 0.1], [0.9, 0.9], [0.2, 0.8]], "are the same"),
+        # A vertex on an edge that is not its own, at points written with two decimals: the
+        # cross products come out about 1e-17, not 0, on one side or the other.
+        *[([[0.1, 0.1], [0.7, 0.3], [0.7, 0.9], touching, [0.1, 0.9]], "self-intersecting")
+          for touching in ([0.16, 0.12], [0.4, 0.2], [0.52, 0.24], [0.64, 0.28])],
     ],
 )
 def test_bad_zone_polygons_raise_a_value_error_naming_the_zone_and_the_fault(

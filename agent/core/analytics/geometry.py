@@ -69,10 +69,19 @@ def _cross(o: Point, a: Point, b: Point) -> float:
     return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
 
 
+# A cross product this small is a point on the line: coordinates written with a few decimals
+# (0.64, 0.28 on the segment from 0.1, 0.1 to 0.7, 0.3) give about 1e-17 instead of 0.
+COLLINEAR = 1e-12
+
+
+def _snap(d: float) -> float:
+    return 0.0 if abs(d) <= COLLINEAR else d
+
+
 def _segments_intersect(p1: Point, p2: Point, q1: Point, q2: Point) -> bool:
     """True when closed segments p1p2 and q1q2 share a point (collinear overlaps included)."""
-    d1, d2 = _cross(q1, q2, p1), _cross(q1, q2, p2)
-    d3, d4 = _cross(p1, p2, q1), _cross(p1, p2, q2)
+    d1, d2 = _snap(_cross(q1, q2, p1)), _snap(_cross(q1, q2, p2))
+    d3, d4 = _snap(_cross(p1, p2, q1)), _snap(_cross(p1, p2, q2))
     if ((d1 > 0) != (d2 > 0)) and d1 != 0 and d2 != 0 and ((d3 > 0) != (d4 > 0)) and d3 != 0 and d4 != 0:
         return True
 
