@@ -9,6 +9,7 @@ under test.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 
@@ -36,7 +37,7 @@ from agent.core.analytics import (
     ZoneMonitor,
     ZoneRule,
 )
-from agent.core.analytics.tracker import Track
+from agent.core.analytics.tracker import Track, TrackerConfig
 
 WALL = 1_700_000_000.0  # a wall-clock epoch that is a multiple of 60 s plus 20 s
 HOUR = 3600.0
@@ -535,3 +536,51 @@ def test_replayed_frames_with_count_off_set_the_sides_but_count_nothing() -> Non
     assert [(round(e.anchor[0], 1), e.direction) for e in live] == [(0.8, Direction.IN)]
     rows = [(r.key.direction, r.count) for b in analytics.close() for r in b.counts]
     assert rows == [(Direction.IN, 1)]
+
+
+def test_a_crossing_just_before_the_minute_settles_its_class_like_any_other() -> None:
+    """A vehicle crossing half a second before a bucket ends, seen as a truck before it and as
+    a car (more surely) for the 2 s after: its count is a car, as it would be at any other time
+    of the minute, and the bucket closes once that is settled (2 s after its end). Before, the
+    bucket's end settled the class on the votes so far, so the class a crossing was counted
+    under depended on where the wall-clock minute fell in the run."""
+    wall = 1_700_000_000.0  # 20 s past a minute: the bucket ends at monotonic 40.0
+    analytics = Analytics(lines=[LineRule.of("mid", [[0.0, 0.5], [1.0, 0.5]])],
+                          tracker=TrackerConfig(min_hits=1), wall_now=wall, mono_now=0.0,
+                          label_settle_s=2.0)
+
+    def seen(t: float) -> Observation:
+        y = 0.3 + 0.1 * (t - 38.0)  # bottom edge 0.35 at 38 s, crosses 0.5 + band at ~39.6 s
+        label, score = ("truck", 0.6) if t < 40.0 else ("car", 0.9)
+        return Observation((0.45, y, 0.55, y + 0.05), score, 0 if label == "car" else 1, label)
+
+    closed_at, counted = None, []
+    for i in range(50):  # 38.0 .. 42.9 s at 10 fps
+        t = 38.0 + i / 10
+        frame = analytics.step([seen(t)], t)
+        if frame.closed and closed_at is None:
+            closed_at, counted = t, [(r.key.label, r.count) for r in frame.closed[0].counts]
+    assert counted == [("car", 1)], counted
+    assert closed_at is not None and 41.9 < closed_at < 42.05  # 40 s + label_settle_s
+
+
+def test_a_zone_entry_while_the_last_bucket_is_held_open_counts_in_its_own_bucket() -> None:
+    """The bucket ending at 40 s stays open until 42 s; an entry at 40.5 s is the next
+    bucket's, persisted with the state meanwhile, and not in the bucket that closes."""
+    wall = 1_700_000_000.0  # the bucket ends at monotonic 40.0
+    analytics = Analytics(zones=[ZoneRule.of("dock", [[0.0, 0.0], [1.0, 0.0], [1.0, 0.4],
+                                                      [0.0, 0.4]])],
+                          tracker=TrackerConfig(min_hits=1), wall_now=wall, mono_now=0.0)
+    key = CountKey("dock", "zone", "car", Direction.IN)
+    car = Observation((0.4, 0.2, 0.5, 0.3), 0.9, 0, "car")  # anchor (0.45, 0.3): inside
+    analytics.step([], 39.0)
+    analytics.step([], 40.0)
+    assert [type(e) for e in analytics.step([car], 40.5).events] == [ZoneEntered]
+    assert analytics.buckets.open_counts() == {}  # the open bucket is still the one ending at 40
+    state = json.loads(analytics.buckets_state())
+    assert state["open"]["counts"] == [["dock", "zone", "car", "in", 1]]  # kept if killed now
+    closed = [b for t in (41.0, 42.0, 42.5) for b in analytics.step([car], t).closed]
+    assert [(b.start, b.counts) for b in closed] == [(wall - 20.0, ())]
+    assert analytics.buckets.open_counts() == {key: 1}
+    (last,) = analytics.close()
+    assert last.start == wall + 40.0 and [(r.key, r.count) for r in last.counts] == [(key, 1)]
