@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -206,3 +207,18 @@ def _outbox_readers() -> list[str]:
 
 def test_nothing_outside_storage_opens_the_outbox() -> None:
     assert _outbox_readers() == [], "read the outbox through agent.storage.report"
+
+
+def test_the_oldest_unsent_age_is_in_seconds_and_the_check_is_asked_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    t0 = 1_800_000_000 * 10**9
+    monkeypatch.setattr(time, "time_ns", lambda: t0)
+    box = Outbox(tmp_path / "outbox.db")
+    box.append([PendingRecord("cam0", "t", lambda seq: b"{}", kind="result")])
+    box.close()
+    monkeypatch.setattr(time, "time_ns", lambda: t0 + 5 * 10**9)
+    report = read_report(tmp_path, "ingested")
+    assert report is not None
+    assert report.oldest_unsent_s == 5.0
+    assert report.integrity is None  # quick_check only when asked: it reads the whole file
+    assert report.blobs_waiting == 0
