@@ -318,7 +318,8 @@ class Tracker:
         # perfect boxes the prediction is the better one. Replayed on the goal scenes (per-scene
         # |count error|): 5 fps seeds 1-10 5.33 -> 5.02 %, held-out seeds 11-20 5.65 -> 4.37 %;
         # 15 fps 4.88 -> 4.78 % and 4.71 % either way; the truth's boxes 0.31 / 0.30 % either way.
-        seen_boxes = np.array([t.detection_box for t in self._tracks]).reshape(-1, 4)
+        seen_boxes = (np.array([t.detection_box for t in self._tracks]).reshape(-1, 4)
+                      if tentative and len(high_left) else None)
         high_left = self._match(tentative, high_left, track_boxes, det_boxes, scores,
                                 cfg.tentative_similarity, cfg.tentative_buffer, matches,
                                 seen_boxes)
